@@ -1,0 +1,114 @@
+"""Plain-table formats: a CSV pair (nodes + edges) and GraphML.
+
+These let users bring any connectome (fly, mouse, ...). The bundled worm connectomes are
+stored as CSV pairs too, so they go through exactly the same code.
+
+CSV pair: `NAME.nodes.csv` with columns `name,type[,neurotransmitter]` and `NAME.edges.csv`
+with columns `pre,post,weight`. Either file may be given; its twin is found beside it.
+GraphML: a directed graph whose vertices carry `name` (or `id`) and `type`, and whose edges
+carry `weight` (1 when absent).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from dagc.compiler.connectome import Cell, Connectome, build_connectome, normalize_type, sha256_of
+from dagc.compiler.errors import DagcError
+
+NODE_COLUMNS = ("name", "type")
+EDGE_COLUMNS = ("pre", "post", "weight")
+
+
+def csv_pair_paths(path: Path) -> tuple[Path, Path]:
+    """The (nodes, edges) files of a pair, given either one of them."""
+    name = path.name
+    for suffix in (".nodes.csv", ".edges.csv"):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            return path.with_name(stem + ".nodes.csv"), path.with_name(stem + ".edges.csv")
+    if name in ("nodes.csv", "edges.csv"):
+        return path.with_name("nodes.csv"), path.with_name("edges.csv")
+    raise DagcError(
+        "a CSV connectome is a pair NAME.nodes.csv + NAME.edges.csv (or nodes.csv + edges.csv)",
+        path,
+    )
+
+
+def _read_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    if not path.exists():
+        raise DagcError("file not found (the other half of a CSV pair needs it)", path)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = [column.strip().lower() for column in reader.fieldnames or []]
+            missing = [column for column in required if column not in columns]
+            if missing:
+                raise DagcError(f"missing column(s) {', '.join(missing)}", path)
+            reader.fieldnames = columns
+            return [
+                {key: (value or "").strip() for key, value in row.items() if key}
+                for row in reader
+            ]
+    except UnicodeDecodeError:
+        raise DagcError("not a UTF-8 text file", path) from None
+    except csv.Error as exc:
+        raise DagcError(f"malformed CSV ({exc})", path) from None
+
+
+def load_csv_pair(path: Path, name: str | None = None) -> Connectome:
+    nodes_path, edges_path = csv_pair_paths(path)
+    cells = []
+    for row in _read_rows(nodes_path, NODE_COLUMNS):
+        cell_type = normalize_type(row["type"])
+        if cell_type is None:
+            raise DagcError(f"node {row['name']!r} has unknown type {row['type']!r}", nodes_path)
+        cells.append(Cell(row["name"], cell_type, row.get("neurotransmitter", "")))
+    edges = [(row["pre"], row["post"], row["weight"]) for row in _read_rows(edges_path, EDGE_COLUMNS)]
+    label = name or nodes_path.name[: -len("nodes.csv")].rstrip(".") or nodes_path.parent.name
+    return build_connectome(
+        label, nodes_path.name, sha256_of(nodes_path, edges_path), cells, edges, edges_path
+    )
+
+
+def load_graphml(path: Path) -> Connectome:
+    import igraph
+
+    try:
+        graph = igraph.Graph.Read_GraphML(str(path))
+    except Exception as exc:  # igraph raises InternalError/OSError with C-level messages
+        raise DagcError(f"not a readable GraphML file ({str(exc).splitlines()[0]})", path) from None
+    if not graph.is_directed():
+        raise DagcError("the graph is undirected; a connectome needs pre -> post direction", path)
+    attributes = graph.vs.attributes()
+    name_key = "name" if "name" in attributes else "id" if "id" in attributes else None
+    if name_key is None or "type" not in attributes:
+        raise DagcError("vertices need 'name' (or 'id') and 'type' attributes", path)
+    cells = []
+    for vertex in graph.vs:
+        cell_type = normalize_type(vertex["type"] or "")
+        if cell_type is None:
+            raise DagcError(f"node {vertex[name_key]!r} has unknown type {vertex['type']!r}", path)
+        transmitter = vertex["neurotransmitter"] if "neurotransmitter" in attributes else ""
+        cells.append(Cell(str(vertex[name_key]), cell_type, transmitter or ""))
+    has_weight = "weight" in graph.es.attributes()
+    edges = [
+        (cells[edge.source].name, cells[edge.target].name, edge["weight"] if has_weight else 1)
+        for edge in graph.es
+    ]
+    return build_connectome(path.stem, path.name, sha256_of(path), cells, edges, path)
+
+
+def write_csv_pair(connectome: Connectome, nodes_path: Path, edges_path: Path) -> None:
+    """Write a connectome as a CSV pair (used to build the bundled files and by users)."""
+    with nodes_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["name", "type", "neurotransmitter"])
+        for cell in connectome.cells:
+            writer.writerow([cell.name, cell.type, cell.neurotransmitter])
+    with edges_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["pre", "post", "weight"])
+        for edge in connectome.edges:
+            writer.writerow([edge.pre, edge.post, edge.weight])
