@@ -124,7 +124,9 @@ def build_connectome(
     for pre, post, raw_weight in edges:
         for end in (pre, post):
             if end not in seen:
-                raise DagcError(f"edge {pre} -> {post} names unknown node {end!r}", path)
+                raise DagcError(
+                    f"edge {pre} -> {post} names unknown node {end!r}", path
+                )
         weight = _as_weight(raw_weight, pre, post, path)
         if weight == 0:
             continue
@@ -139,7 +141,9 @@ def _as_weight(raw: object, pre: str, post: str, path: object) -> float:
     try:
         weight = float(raw)
     except (TypeError, ValueError):
-        raise DagcError(f"edge {pre} -> {post} has non-numeric weight {raw!r}", path) from None
+        raise DagcError(
+            f"edge {pre} -> {post} has non-numeric weight {raw!r}", path
+        ) from None
     if weight != weight or weight in (float("inf"), float("-inf")):
         raise DagcError(f"edge {pre} -> {post} has non-finite weight {raw!r}", path)
     if weight < 0:

@@ -52,7 +52,9 @@ def build_dag(graph: Graph, options: DagOptions = DagOptions()) -> Dag:
         return random_dag(graph, options.seed)
     if options.kind in ("ws", "er", "ba"):
         return random_graph_dag(graph, options)
-    raise DagcError(f"unknown DAG kind {options.kind!r} (choose from {', '.join(DAG_KINDS)})")
+    raise DagcError(
+        f"unknown DAG kind {options.kind!r} (choose from {', '.join(DAG_KINDS)})"
+    )
 
 
 # --- constrained DAG -------------------------------------------------------------------------
@@ -143,7 +145,8 @@ def orient_by_order(
     return tuple(
         Edge(pre, post, weight)
         for (pre, post), weight in sorted(
-            merged.items(), key=lambda item: (node_index[item[0][0]], node_index[item[0][1]])
+            merged.items(),
+            key=lambda item: (node_index[item[0][0]], node_index[item[0][1]]),
         )
     )
 
@@ -179,7 +182,9 @@ def random_graph_dag(graph: Graph, options: DagOptions) -> Dag:
     n = options.nodes or len(graph.nodes)
     m = options.edges or undirected_pair_count(graph)
     if n < 2 or m < 1:
-        raise DagcError(f"a random graph needs at least 2 nodes and 1 edge (got {n} and {m})")
+        raise DagcError(
+            f"a random graph needs at least 2 nodes and 1 edge (got {n} and {m})"
+        )
     # igraph's generators draw from its own RNG; seed it so the graph is a function of the seed.
     igraph.set_random_number_generator(random.Random(options.seed))
     try:

@@ -47,7 +47,9 @@ class Graph:
         return counts
 
 
-def prepare_graph(connectome: Connectome, options: PrepareOptions = PrepareOptions()) -> Graph:
+def prepare_graph(
+    connectome: Connectome, options: PrepareOptions = PrepareOptions()
+) -> Graph:
     cells = connectome.cells
     if options.neurons_only:
         cells = tuple(cell for cell in cells if cell.is_neuron)

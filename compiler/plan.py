@@ -19,7 +19,9 @@ class PlanNode:
     type: str
     transmitter: str
     level: int  # 0 = fed by the source
-    preds: tuple[int, ...]  # plan indices of the nodes feeding this one (empty: the source does)
+    preds: tuple[
+        int, ...
+    ]  # plan indices of the nodes feeding this one (empty: the source does)
     edge_slice: tuple[int, int]  # this node's incoming edges in the plan's edge list
     synapses: tuple[float, ...]  # the connectome weight of each incoming edge
 
@@ -118,7 +120,9 @@ def _topological(nodes: list[str], edges) -> list[str]:
 
     index = {name: i for i, name in enumerate(nodes)}
     graph = igraph.Graph(
-        n=len(nodes), edges=[(index[e.pre], index[e.post]) for e in edges], directed=True
+        n=len(nodes),
+        edges=[(index[e.pre], index[e.post]) for e in edges],
+        directed=True,
     )
     if not graph.is_dag():
         raise ValueError("the plan's graph has a cycle; a DAG builder is broken")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -15,6 +16,7 @@ from dagc import __version__
 from dagc.compiler.dag import DAG_KINDS, DagOptions
 from dagc.compiler.errors import DagcError
 from dagc.compiler.graph import PrepareOptions
+from dagc.compiler.render import EDGE_WEIGHT_MODES, LAYOUTS, CompileOptions
 
 CONNECTOME_HELP = (
     "Bundled name (hermaphrodite, male) or a file: WormWiring .mat, Cook SI 5 .xlsx#SEX, "
@@ -34,7 +36,12 @@ def front_end_options(command):
         help="constrained: Park & Kim 2023; random: Roberts et al. 2019; ws/er/ba: random "
         "graphs of the connectome's size.",
     )
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random DAGs.")
+    @click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Seed for random DAGs [default: 0].",
+    )
     @click.option(
         "--all-cells",
         is_flag=True,
@@ -50,10 +57,17 @@ def front_end_options(command):
     )
     @functools.wraps(command)
     def wrapper(*args, dag_kind, seed, all_cells, keep_isolated, keep_unfed, **kwargs):
+        if seed is not None and dag_kind == "constrained":
+            raise DagcError(
+                "--seed only applies to random DAGs; the constrained DAG is unique"
+            )
         prepare = PrepareOptions(
-            neurons_only=not all_cells, drop_isolated=not keep_isolated, drop_unfed=not keep_unfed
+            neurons_only=not all_cells,
+            drop_isolated=not keep_isolated,
+            drop_unfed=not keep_unfed,
         )
-        return command(*args, prepare=prepare, dag_options=DagOptions(dag_kind, seed), **kwargs)
+        dag_options = DagOptions(dag_kind, seed or 0)
+        return command(*args, prepare=prepare, dag_options=dag_options, **kwargs)
 
     return wrapper
 
@@ -74,9 +88,16 @@ def cli():
 @cli.command()
 @click.argument("connectome")
 @front_end_options
-@click.option("--channels", type=click.IntRange(min=1), default=78, show_default=True,
-              help="Channels per node, for the parameter count.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option(
+    "--channels",
+    type=click.IntRange(min=1),
+    default=78,
+    show_default=True,
+    help="Channels per node, for the parameter count.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object instead of a table."
+)
 def inspect(connectome, prepare, dag_options, channels, as_json):
     """Load CONNECTOME, build its DAG and network plan, and report the numbers.
 
@@ -94,6 +115,86 @@ def inspect(connectome, prepare, dag_options, channels, as_json):
         click.echo(format_stats(stats))
 
 
+@cli.command(name="compile")
+@click.option("--connectome", "-c", required=True, help=CONNECTOME_HELP)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The Python file to write (atomically).",
+)
+@front_end_options
+@click.option(
+    "--channels",
+    type=click.IntRange(min=1),
+    default=78,
+    show_default=True,
+    help="Channels per node (the paper: 78).",
+)
+@click.option(
+    "--in-channels",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Image channels (1 for MNIST, 3 for CIFAR-10).",
+)
+@click.option(
+    "--num-classes", type=click.IntRange(min=2), default=10, show_default=True
+)
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=2),
+    default=28,
+    show_default=True,
+    help="Image height and width (28 for MNIST, 32 for CIFAR-10).",
+)
+@click.option(
+    "--edge-weights",
+    type=click.Choice(EDGE_WEIGHT_MODES),
+    default="sigmoid",
+    show_default=True,
+    help="sigmoid: positive gates (RandWire); free: unconstrained; "
+    "dale: sign fixed by the presynaptic neuron's transmitter (GABA inhibitory).",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default="flat",
+    show_default=True,
+    help="flat: one statement per neuron; levels: each topological level at once.",
+)
+def compile_command(
+    connectome,
+    output,
+    prepare,
+    dag_options,
+    channels,
+    in_channels,
+    num_classes,
+    input_size,
+    edge_weights,
+    layout,
+):
+    """Compile a connectome into one flat PyTorch module file."""
+    from dagc.compiler.build import compile_network
+    from dagc.compiler.output import check_writable_dir, write_atomic
+
+    check_writable_dir(output)  # fail before the work, not after it
+    options = CompileOptions(
+        channels, in_channels, num_classes, input_size, edge_weights, layout
+    )
+    front, source = compile_network(connectome, prepare, dag_options, options)
+    warn_pruned(front.plan.pruned)
+    write_atomic(output, source)
+    plan = front.plan
+    click.echo(
+        f"wrote {output}: {len(plan.nodes)} nodes, {len(plan.edges)} edges, depth {plan.depth}, "
+        f"{options.layout} layout",
+        err=True,
+    )
+
+
 def warn_pruned(pruned) -> None:
     if pruned:
         click.echo(
@@ -107,12 +208,18 @@ def format_stats(stats: dict) -> str:
     graph, dag, net = stats["graph"], stats["dag"], stats["network"]
     params = net["parameters"]
     rows = [
-        ("connectome", f"{stats['connectome']['name']} ({stats['connectome']['source']})"),
+        (
+            "connectome",
+            f"{stats['connectome']['name']} ({stats['connectome']['source']})",
+        ),
         ("graph nodes / edges", f"{graph['nodes']} / {graph['edges']}"),
         ("self-loops", str(graph["self_loops"])),
         ("neuron types", ", ".join(f"{k} {v}" for k, v in stats["types"].items())),
-        ("dropped", ", ".join(f"{k}: {' '.join(v) or '-'}" for k, v in graph["dropped"].items())
-         or "-"),
+        (
+            "dropped",
+            ", ".join(f"{k}: {' '.join(v) or '-'}" for k, v in graph["dropped"].items())
+            or "-",
+        ),
         (f"{dag['kind']} DAG nodes / edges", f"{dag['nodes']} / {dag['edges']}"),
         ("layers X(0), X(1), ...", " / ".join(map(str, dag["layers"])) or "-"),
         ("network nodes / edges", f"{net['nodes']} / {net['edges']}"),
@@ -131,7 +238,7 @@ def format_stats(stats: dict) -> str:
 
 def main(argv=None) -> None:
     try:
-        cli.main(args=argv, prog_name="dagc", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="dagc", standalone_mode=False)
     except DagcError as exc:
         click.echo(f"dagc: error: {exc}", err=True)
         sys.exit(2)
@@ -146,3 +253,4 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:
         click.echo("dagc: interrupted", err=True)
         sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -38,20 +38,31 @@ def write_cell_types(cell_types: dict[str, str], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--raw", type=Path, required=True, help="folder holding the raw files")
+    parser.add_argument(
+        "--raw", type=Path, required=True, help="folder holding the raw files"
+    )
     parser.add_argument("--out", type=Path, default=BUNDLED_DIR)
     args = parser.parse_args()
 
-    write_cell_types(read_si4_cell_types(args.raw / SI4_NAME), args.out / "cell_types.csv")
+    write_cell_types(
+        read_si4_cell_types(args.raw / SI4_NAME), args.out / "cell_types.csv"
+    )
     transmitters = read_neurotransmitters(*(args.raw / name for name in ATLAS_NAMES))
     for sex in BUNDLED_NAMES:
         connectome = load_cook_si5(args.raw / SI5_NAME, sex)
         cells = tuple(
-            replace(cell, neurotransmitter=transmitters.get(cell.name, "") if cell.is_neuron else "")
+            replace(
+                cell,
+                neurotransmitter=(
+                    transmitters.get(cell.name, "") if cell.is_neuron else ""
+                ),
+            )
             for cell in connectome.cells
         )
         connectome = replace(connectome, cells=cells)
-        write_csv_pair(connectome, args.out / f"{sex}.nodes.csv", args.out / f"{sex}.edges.csv")
+        write_csv_pair(
+            connectome, args.out / f"{sex}.nodes.csv", args.out / f"{sex}.edges.csv"
+        )
         print(f"{sex}: {len(cells)} cells, {len(connectome.edges)} edges")
 
 

@@ -34,7 +34,9 @@ def _open_workbook(path: Path):
     try:
         return openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise DagcError(f"not a readable .xlsx workbook ({exc.__class__.__name__})", path) from None
+        raise DagcError(
+            f"not a readable .xlsx workbook ({exc.__class__.__name__})", path
+        ) from None
 
 
 def _clean(value: object) -> str:
@@ -46,7 +48,12 @@ def read_si4_cell_types(path: Path) -> dict[str, str]:
     workbook = _open_workbook(path)
     types: dict[str, str] = {}
     try:
-        for sheet in ("pharynx", "sex-shared", "hermaphrodite specific", "male-specific"):
+        for sheet in (
+            "pharynx",
+            "sex-shared",
+            "hermaphrodite specific",
+            "male-specific",
+        ):
             if sheet not in workbook.sheetnames:
                 raise DagcError(f"SI 4 sheet {sheet!r} is missing", path)
             for row in workbook[sheet].iter_rows(values_only=True):
@@ -82,27 +89,36 @@ def load_cook_si5(path: Path, sex: str | None) -> Connectome:
 
     if sex not in SEXES:
         raise DagcError(
-            "SI 5 holds both sexes: add '#hermaphrodite' or '#male' after the file name", path
+            "SI 5 holds both sexes: add '#hermaphrodite' or '#male' after the file name",
+            path,
         )
     si4_path = path.with_name(SI4_NAME)
-    cell_types = read_si4_cell_types(si4_path) if si4_path.exists() else bundled_cell_types()
+    cell_types = (
+        read_si4_cell_types(si4_path) if si4_path.exists() else bundled_cell_types()
+    )
     names, edges = read_si5_chemical(path, sex)
     cells = [Cell(name, cell_types.get(name, "unknown")) for name in names]
     return build_connectome(sex, path.name, sha256_of(path), cells, edges, path)
 
 
-def read_si5_chemical(path: Path, sex: str) -> tuple[list[str], list[tuple[str, str, object]]]:
+def read_si5_chemical(
+    path: Path, sex: str
+) -> tuple[list[str], list[tuple[str, str, object]]]:
     """Every cell named on either axis of the sex's chemical sheet, and its non-empty entries."""
     workbook = _open_workbook(path)
     sheet_name = f"{sex} chemical"
     try:
         if sheet_name not in workbook.sheetnames:
-            raise DagcError(f"sheet {sheet_name!r} not found (is this Cook 2019 SI 5?)", path)
+            raise DagcError(
+                f"sheet {sheet_name!r} not found (is this Cook 2019 SI 5?)", path
+            )
         rows = list(workbook[sheet_name].iter_rows(values_only=True))
     finally:
         workbook.close()
     if len(rows) < 4:
-        raise DagcError(f"sheet {sheet_name!r} is too short to be an adjacency matrix", path)
+        raise DagcError(
+            f"sheet {sheet_name!r} is too short to be an adjacency matrix", path
+        )
     # Row 3 (index 2) names the postsynaptic cells from column D on; column C names the
     # presynaptic cells from row 4 on.
     post_names = [_clean(value) for value in rows[2][3:]]

@@ -14,7 +14,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from dagc.compiler.connectome import Cell, Connectome, build_connectome, normalize_type, sha256_of
+from dagc.compiler.connectome import (
+    Cell,
+    Connectome,
+    build_connectome,
+    normalize_type,
+    sha256_of,
+)
 from dagc.compiler.errors import DagcError
 
 NODE_COLUMNS = ("name", "type")
@@ -27,7 +33,9 @@ def csv_pair_paths(path: Path) -> tuple[Path, Path]:
     for suffix in (".nodes.csv", ".edges.csv"):
         if name.endswith(suffix):
             stem = name[: -len(suffix)]
-            return path.with_name(stem + ".nodes.csv"), path.with_name(stem + ".edges.csv")
+            return path.with_name(stem + ".nodes.csv"), path.with_name(
+                stem + ".edges.csv"
+            )
     if name in ("nodes.csv", "edges.csv"):
         return path.with_name("nodes.csv"), path.with_name("edges.csv")
     raise DagcError(
@@ -63,12 +71,26 @@ def load_csv_pair(path: Path, name: str | None = None) -> Connectome:
     for row in _read_rows(nodes_path, NODE_COLUMNS):
         cell_type = normalize_type(row["type"])
         if cell_type is None:
-            raise DagcError(f"node {row['name']!r} has unknown type {row['type']!r}", nodes_path)
+            raise DagcError(
+                f"node {row['name']!r} has unknown type {row['type']!r}", nodes_path
+            )
         cells.append(Cell(row["name"], cell_type, row.get("neurotransmitter", "")))
-    edges = [(row["pre"], row["post"], row["weight"]) for row in _read_rows(edges_path, EDGE_COLUMNS)]
-    label = name or nodes_path.name[: -len("nodes.csv")].rstrip(".") or nodes_path.parent.name
+    edges = [
+        (row["pre"], row["post"], row["weight"])
+        for row in _read_rows(edges_path, EDGE_COLUMNS)
+    ]
+    label = (
+        name
+        or nodes_path.name[: -len("nodes.csv")].rstrip(".")
+        or nodes_path.parent.name
+    )
     return build_connectome(
-        label, nodes_path.name, sha256_of(nodes_path, edges_path), cells, edges, edges_path
+        label,
+        nodes_path.name,
+        sha256_of(nodes_path, edges_path),
+        cells,
+        edges,
+        edges_path,
     )
 
 
@@ -77,10 +99,16 @@ def load_graphml(path: Path) -> Connectome:
 
     try:
         graph = igraph.Graph.Read_GraphML(str(path))
-    except Exception as exc:  # igraph raises InternalError/OSError with C-level messages
-        raise DagcError(f"not a readable GraphML file ({str(exc).splitlines()[0]})", path) from None
+    except (
+        Exception
+    ) as exc:  # igraph raises InternalError/OSError with C-level messages
+        raise DagcError(
+            f"not a readable GraphML file ({str(exc).splitlines()[0]})", path
+        ) from None
     if not graph.is_directed():
-        raise DagcError("the graph is undirected; a connectome needs pre -> post direction", path)
+        raise DagcError(
+            "the graph is undirected; a connectome needs pre -> post direction", path
+        )
     attributes = graph.vs.attributes()
     name_key = "name" if "name" in attributes else "id" if "id" in attributes else None
     if name_key is None or "type" not in attributes:
@@ -89,12 +117,20 @@ def load_graphml(path: Path) -> Connectome:
     for vertex in graph.vs:
         cell_type = normalize_type(vertex["type"] or "")
         if cell_type is None:
-            raise DagcError(f"node {vertex[name_key]!r} has unknown type {vertex['type']!r}", path)
-        transmitter = vertex["neurotransmitter"] if "neurotransmitter" in attributes else ""
+            raise DagcError(
+                f"node {vertex[name_key]!r} has unknown type {vertex['type']!r}", path
+            )
+        transmitter = (
+            vertex["neurotransmitter"] if "neurotransmitter" in attributes else ""
+        )
         cells.append(Cell(str(vertex[name_key]), cell_type, transmitter or ""))
     has_weight = "weight" in graph.es.attributes()
     edges = [
-        (cells[edge.source].name, cells[edge.target].name, edge["weight"] if has_weight else 1)
+        (
+            cells[edge.source].name,
+            cells[edge.target].name,
+            edge["weight"] if has_weight else 1,
+        )
         for edge in graph.es
     ]
     return build_connectome(path.stem, path.name, sha256_of(path), cells, edges, path)

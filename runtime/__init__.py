@@ -1,0 +1,1 @@
+"""The runtime: load generated modules, the reference interpreter, training and evaluation."""
