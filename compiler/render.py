@@ -53,14 +53,19 @@ def class_name(plan: NetworkPlan) -> str:
 
 
 def weighted_sum(plan: NetworkPlan, node_index: int, names: list[str]) -> str:
-    """`w[e0] * A + w[e1] * B + ...` over a node's inputs, or the source for an input node."""
+    """The expression for a node's input: its predecessors weighted by their edges.
+
+    Two or more inputs go through `self.mix` (one stack and one matrix-vector product),
+    which moves fewer bytes than a chain of scalar multiplies and adds.
+    """
     node = plan.nodes[node_index]
     if not node.preds:
         return "source"
-    start, _ = node.edge_slice
-    return " + ".join(
-        f"w[{start + k}] * {names[pre]}" for k, pre in enumerate(node.preds)
-    )
+    start, stop = node.edge_slice
+    if len(node.preds) == 1:
+        return f"w[{start}] * {names[node.preds[0]]}"
+    inputs = ", ".join(names[pre] for pre in node.preds)
+    return f"self.mix(w[{start}:{stop}], {inputs})"
 
 
 def describe(plan: NetworkPlan, node_index: int) -> str:

@@ -195,6 +195,144 @@ def compile_command(
     )
 
 
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--dataset",
+    default="mnist",
+    show_default=True,
+    help="mnist, fashion-mnist, kmnist or cifar10.",
+)
+@click.option(
+    "--data-dir",
+    envvar="DAGC_DATA_DIR",
+    type=click.Path(path_type=Path),
+    help="Folder with the data set's files (e.g. mnist/*.gz); env DAGC_DATA_DIR.",
+)
+@click.option("--iterations", type=int, default=15000, show_default=True)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Global batch (split across processes under torchrun).",
+)
+@click.option(
+    "--lr", type=float, default=0.004, show_default=True, help="Adam learning rate."
+)
+@click.option(
+    "--lr-step",
+    type=int,
+    default=10000,
+    show_default=True,
+    help="Multiply the learning rate by --lr-gamma every this many iterations.",
+)
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True)
+@click.option(
+    "--eval-every",
+    type=int,
+    default=500,
+    show_default=True,
+    help="Evaluate on the full test set and checkpoint every this many iterations.",
+)
+@click.option("--log-every", type=int, default=50, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--compile/--no-compile",
+    "use_compile",
+    default=None,
+    help="torch.compile the model [default: on for CUDA, off for CPU].",
+)
+@click.option(
+    "--amp",
+    type=click.Choice(["off", "bf16", "fp16"]),
+    default="off",
+    show_default=True,
+    help="Mixed precision.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder [default: runs/<model>-<dataset>-<seed>].",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(
+    model,
+    dataset,
+    data_dir,
+    iterations,
+    batch_size,
+    lr,
+    lr_step,
+    lr_gamma,
+    eval_every,
+    log_every,
+    seed,
+    device,
+    use_compile,
+    amp,
+    out,
+    resume,
+    quiet,
+):
+    """Train a generated MODEL.py with the paper's protocol (defaults) and save everything.
+
+    Writes metrics.jsonl, summary.json, checkpoints and figures (accuracy.png, examples.png,
+    confusion.png) into the run folder. Kill it at any time; --resume continues exactly.
+    """
+    from dagc.runtime.train import TrainConfig
+    from dagc.runtime.train import train as run_training
+
+    config = TrainConfig(
+        model=str(model), dataset=dataset, data_dir=str(data_dir) if data_dir else None,
+        iterations=iterations, batch_size=batch_size, lr=lr, lr_step=lr_step,
+        lr_gamma=lr_gamma, eval_every=eval_every, log_every=log_every, seed=seed,
+        device=device, compile=use_compile, amp=amp, out=str(out) if out else None,
+        resume=resume, quiet=quiet,
+    )  # fmt: skip
+    summary = run_training(config)
+    if summary:
+        click.echo(
+            f"final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
+            f"(best {100 * summary['best_test_accuracy']:.2f} % at iteration "
+            f"{summary['best_iteration']}), {summary['train_wall_time_s']:.0f} s, "
+            f"{summary['median_images_per_s']:.0f} images/s on {summary['device']}"
+        )
+
+
+@cli.command(name="eval")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--dataset", default="mnist", show_default=True)
+@click.option("--data-dir", envvar="DAGC_DATA_DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    help="The generated module, when TARGET is a weights file outside its run folder.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_command(target, dataset, data_dir, model, device, as_json):
+    """Test accuracy (overall and per class) of a run folder or a .safetensors checkpoint."""
+    from dagc.runtime import evaluate
+
+    result = evaluate.evaluate_saved(target, dataset, data_dir, device, model)
+    click.echo(evaluate.as_json(result) if as_json else evaluate.format_result(result))
+
+
 def warn_pruned(pruned) -> None:
     if pruned:
         click.echo(

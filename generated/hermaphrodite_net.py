@@ -614,6 +614,11 @@ class HermaphroditeNet(nn.Module):
     def edge_weights(self) -> torch.Tensor:
         return torch.sigmoid(self.edge_weight)
 
+    @staticmethod
+    def mix(w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of a node's inputs: w[0] * inputs[0] + w[1] * inputs[1] + ..."""
+        return (w @ torch.stack(inputs).flatten(1)).view_as(inputs[0])
+
     def node(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """ReLU -> depthwise 3x3 conv -> BatchNorm of node i."""
         x = F.conv2d(F.relu(x), self.node_conv[i], padding=1, groups=self.channels)
@@ -799,470 +804,397 @@ class HermaphroditeNet(nn.Module):
         IL1VR = self.node(82, source)
         del source
         # AINR (interneuron, ACh) <- ASGL:2, AFDL:3
-        AINR = self.node(83, w[0] * ASGL + w[1] * AFDL)
+        AINR = self.node(83, self.mix(w[0:2], ASGL, AFDL))
         # AIML (interneuron, Glu+5-HT) <- ASKL:5, URXL:2, ALML:1
-        AIML = self.node(84, w[2] * ASKL + w[3] * URXL + w[4] * ALML)
+        AIML = self.node(84, self.mix(w[2:5], ASKL, URXL, ALML))
         # AIMR (interneuron, Glu+5-HT) <- AWBR:1, ASKR:5, URXR:3
-        AIMR = self.node(85, w[5] * AWBR + w[6] * ASKR + w[7] * URXR)
+        AIMR = self.node(85, self.mix(w[5:8], AWBR, ASKR, URXR))
         # URBL (interneuron, ACh) <- ADEL:2, CEPDL:11, IL1L:1
-        URBL = self.node(86, w[8] * ADEL + w[9] * CEPDL + w[10] * IL1L)
+        URBL = self.node(86, self.mix(w[8:11], ADEL, CEPDL, IL1L))
         # LUAR (interneuron, Glu) <- PQR:3, PHCR:6
-        LUAR = self.node(87, w[11] * PQR + w[12] * PHCR)
+        LUAR = self.node(87, self.mix(w[11:13], PQR, PHCR))
         # URAVR (motor, ACh) <- BAGL:1, IL2R:1, IL2VR:16, CEPVR:3, IL1VR:4
-        URAVR = self.node(
-            88,
-            w[13] * BAGL + w[14] * IL2R + w[15] * IL2VR + w[16] * CEPVR + w[17] * IL1VR,
-        )
+        URAVR = self.node(88, self.mix(w[13:18], BAGL, IL2R, IL2VR, CEPVR, IL1VR))
         # VB11 (motor, ACh+Betaine) <- DVA:2
         VB11 = self.node(89, w[18] * DVA)
         # ALA (interneuron, GABA) <- ASJL:3, ASKR:1, ADLL:5, AIMR:2
-        ALA = self.node(90, w[19] * ASJL + w[20] * ASKR + w[21] * ADLL + w[22] * AIMR)
+        ALA = self.node(90, self.mix(w[19:23], ASJL, ASKR, ADLL, AIMR))
         # PVQL (interneuron) <- ASJL:34, PHAL:3, PHAR:4, AIML:1
-        PVQL = self.node(91, w[23] * ASJL + w[24] * PHAL + w[25] * PHAR + w[26] * AIML)
+        PVQL = self.node(91, self.mix(w[23:27], ASJL, PHAL, PHAR, AIML))
         # BDUR (interneuron) <- ALMR:14, AVM:5, CEPDR:5, AIMR:2
-        BDUR = self.node(92, w[27] * ALMR + w[28] * AVM + w[29] * CEPDR + w[30] * AIMR)
+        BDUR = self.node(92, self.mix(w[27:31], ALMR, AVM, CEPDR, AIMR))
         # PDB (motor, ACh) <- LUAR:2
         PDB = self.node(93, w[31] * LUAR)
         # PVNL (interneuron, ACh+Glu+Betaine) <- PQR:2, AVM:4, PHBL:1, LUAR:1, BDUR:11
-        PVNL = self.node(
-            94, w[32] * PQR + w[33] * AVM + w[34] * PHBL + w[35] * LUAR + w[36] * BDUR
-        )
+        PVNL = self.node(94, self.mix(w[32:37], PQR, AVM, PHBL, LUAR, BDUR))
         # URADR (motor, ACh) <- IL2DR:5, IL2R:2, CEPDR:3, IL1DR:8, BDUR:3
-        URADR = self.node(
-            95,
-            w[37] * IL2DR + w[38] * IL2R + w[39] * CEPDR + w[40] * IL1DR + w[41] * BDUR,
-        )
+        URADR = self.node(95, self.mix(w[37:42], IL2DR, IL2R, CEPDR, IL1DR, BDUR))
         # CANL (other, Betaine) <- ALA:30
         CANL = self.node(96, w[42] * ALA)
         # CANR (other, Betaine) <- ALA:30
         CANR = self.node(97, w[43] * ALA)
         # BDUL (interneuron) <- ALML:15, AVM:3, ADEL:1, PVNL:5
-        BDUL = self.node(98, w[44] * ALML + w[45] * AVM + w[46] * ADEL + w[47] * PVNL)
+        BDUL = self.node(98, self.mix(w[44:48], ALML, AVM, ADEL, PVNL))
         # LUAL (interneuron, Glu) <- PHCL:2, PVNL:3
-        LUAL = self.node(99, w[48] * PHCL + w[49] * PVNL)
+        LUAL = self.node(99, self.mix(w[48:50], PHCL, PVNL))
         # HSNL (sex-specific, ACh+5-HT) <- ASJL:1, AWBL:1, AWBR:2, ASKR:1, ASHL:2,
         #     ASHR:4, AIMR:3, PVQL:3, BDUL:3
         HSNL = self.node(
             100,
-            w[50] * ASJL
-            + w[51] * AWBL
-            + w[52] * AWBR
-            + w[53] * ASKR
-            + w[54] * ASHL
-            + w[55] * ASHR
-            + w[56] * AIMR
-            + w[57] * PVQL
-            + w[58] * BDUL,
+            self.mix(w[50:59], ASJL, AWBL, AWBR, ASKR, ASHL, ASHR, AIMR, PVQL, BDUL),
         )
         # HSNR (sex-specific, ACh+5-HT) <- ASJL:1, ASJR:1, AWBR:2, ASHR:5, URXL:1,
         #     AIMR:3, PVQL:6, BDUR:8, HSNL:5
         HSNR = self.node(
             101,
-            w[59] * ASJL
-            + w[60] * ASJR
-            + w[61] * AWBR
-            + w[62] * ASHR
-            + w[63] * URXL
-            + w[64] * AIMR
-            + w[65] * PVQL
-            + w[66] * BDUR
-            + w[67] * HSNL,
+            self.mix(w[59:68], ASJL, ASJR, AWBR, ASHR, URXL, AIMR, PVQL, BDUR, HSNL),
         )
         del ASJL
         # AVHR (interneuron) <- AWBL:2, ASHL:2, PHAL:1, PHAR:1, PHCL:1, PHCR:2, AIML:1,
         #     AIMR:2, PVQL:1, HSNR:2
         AVHR = self.node(
             102,
-            w[68] * AWBL
-            + w[69] * ASHL
-            + w[70] * PHAL
-            + w[71] * PHAR
-            + w[72] * PHCL
-            + w[73] * PHCR
-            + w[74] * AIML
-            + w[75] * AIMR
-            + w[76] * PVQL
-            + w[77] * HSNR,
+            self.mix(
+                w[68:78], AWBL, ASHL, PHAL, PHAR, PHCL, PHCR, AIML, AIMR, PVQL, HSNR
+            ),
         )
         # VC05 (sex-specific, ACh+5-HT) <- HSNL:9, HSNR:2
-        VC05 = self.node(103, w[78] * HSNL + w[79] * HSNR)
+        VC05 = self.node(103, self.mix(w[78:80], HSNL, HSNR))
         # AVFL (interneuron, GABA) <- ASHL:2, PVDL:1, PHAL:4, AIML:5, AIMR:3, HSNL:11,
         #     HSNR:4, AVHR:2
         AVFL = self.node(
-            104,
-            w[80] * ASHL
-            + w[81] * PVDL
-            + w[82] * PHAL
-            + w[83] * AIML
-            + w[84] * AIMR
-            + w[85] * HSNL
-            + w[86] * HSNR
-            + w[87] * AVHR,
+            104, self.mix(w[80:88], ASHL, PVDL, PHAL, AIML, AIMR, HSNL, HSNR, AVHR)
         )
         # VC04 (sex-specific, ACh+5-HT) <- HSNR:1, VC05:4
-        VC04 = self.node(105, w[88] * HSNR + w[89] * VC05)
+        VC04 = self.node(105, self.mix(w[88:90], HSNR, VC05))
         # AVHL (interneuron) <- ADFR:1, ASHR:1, PQR:1, AVM:3, ADEL:2, PHAL:4, AIML:2,
         #     BDUR:2, BDUL:2, HSNR:2, AVHR:1, AVFL:4
         AVHL = self.node(
             106,
-            w[90] * ADFR
-            + w[91] * ASHR
-            + w[92] * PQR
-            + w[93] * AVM
-            + w[94] * ADEL
-            + w[95] * PHAL
-            + w[96] * AIML
-            + w[97] * BDUR
-            + w[98] * BDUL
-            + w[99] * HSNR
-            + w[100] * AVHR
-            + w[101] * AVFL,
+            self.mix(
+                w[90:102],
+                ADFR,
+                ASHR,
+                PQR,
+                AVM,
+                ADEL,
+                PHAL,
+                AIML,
+                BDUR,
+                BDUL,
+                HSNR,
+                AVHR,
+                AVFL,
+            ),
         )
         # AVG (interneuron, ACh) <- PQR:1, PVDL:8, PHAL:11, PHAR:9, PHBL:1, PVNL:2,
         #     AVHR:1, AVFL:5
         AVG = self.node(
-            107,
-            w[102] * PQR
-            + w[103] * PVDL
-            + w[104] * PHAL
-            + w[105] * PHAR
-            + w[106] * PHBL
-            + w[107] * PVNL
-            + w[108] * AVHR
-            + w[109] * AVFL,
+            107, self.mix(w[102:110], PQR, PVDL, PHAL, PHAR, PHBL, PVNL, AVHR, AVFL)
         )
         # PVQR (interneuron) <- ASJR:19, PHAR:1, PHCL:2, PHCR:4, HSNR:1, AVFL:1, AVHL:3,
         #     AVG:2
         PVQR = self.node(
-            108,
-            w[110] * ASJR
-            + w[111] * PHAR
-            + w[112] * PHCL
-            + w[113] * PHCR
-            + w[114] * HSNR
-            + w[115] * AVFL
-            + w[116] * AVHL
-            + w[117] * AVG,
+            108, self.mix(w[110:118], ASJR, PHAR, PHCL, PHCR, HSNR, AVFL, AVHL, AVG)
         )
         del ASJR
         # PVT (interneuron) <- PHAR:2, URAVR:3, PVNL:6, HSNR:1, AVG:2, PVQR:1
-        PVT = self.node(
-            109,
-            w[118] * PHAR
-            + w[119] * URAVR
-            + w[120] * PVNL
-            + w[121] * HSNR
-            + w[122] * AVG
-            + w[123] * PVQR,
-        )
+        PVT = self.node(109, self.mix(w[118:124], PHAR, URAVR, PVNL, HSNR, AVG, PVQR))
         # RIS (interneuron, GABA+Betaine) <- SDQL:8, FLPL:1, CEPDL:3, URYVL:1, OLLR:2,
         #     PVT:1
-        RIS = self.node(
-            110,
-            w[124] * SDQL
-            + w[125] * FLPL
-            + w[126] * CEPDL
-            + w[127] * URYVL
-            + w[128] * OLLR
-            + w[129] * PVT,
-        )
+        RIS = self.node(110, self.mix(w[124:130], SDQL, FLPL, CEPDL, URYVL, OLLR, PVT))
         # DVC (interneuron, Glu) <- IL2VL:1, AVG:2, PVQR:1, PVT:3
-        DVC = self.node(
-            111, w[130] * IL2VL + w[131] * AVG + w[132] * PVQR + w[133] * PVT
-        )
+        DVC = self.node(111, self.mix(w[130:134], IL2VL, AVG, PVQR, PVT))
         # RIGL (interneuron, Glu) <- AWBL:2, ADFL:4, ADLL:1, BAGL:3, BAGR:10, URXL:6,
         #     AQR:1, ADEL:18, ADER:12, AVHR:1, PVT:1, DVC:16
         RIGL = self.node(
             112,
-            w[134] * AWBL
-            + w[135] * ADFL
-            + w[136] * ADLL
-            + w[137] * BAGL
-            + w[138] * BAGR
-            + w[139] * URXL
-            + w[140] * AQR
-            + w[141] * ADEL
-            + w[142] * ADER
-            + w[143] * AVHR
-            + w[144] * PVT
-            + w[145] * DVC,
+            self.mix(
+                w[134:146],
+                AWBL,
+                ADFL,
+                ADLL,
+                BAGL,
+                BAGR,
+                URXL,
+                AQR,
+                ADEL,
+                ADER,
+                AVHR,
+                PVT,
+                DVC,
+            ),
         )
         # RIH (interneuron, ACh+5-HT) <- ADFR:2, ADEL:3, IL2DL:2, IL2L:25, IL2R:19,
         #     IL2VL:5, IL2VR:5, CEPDL:1, CEPDR:4, URYVL:2, OLQDL:3, OLQDR:2, OLQVR:18,
         #     URAVR:1, PVT:2, RIGL:2
         RIH = self.node(
             113,
-            w[146] * ADFR
-            + w[147] * ADEL
-            + w[148] * IL2DL
-            + w[149] * IL2L
-            + w[150] * IL2R
-            + w[151] * IL2VL
-            + w[152] * IL2VR
-            + w[153] * CEPDL
-            + w[154] * CEPDR
-            + w[155] * URYVL
-            + w[156] * OLQDL
-            + w[157] * OLQDR
-            + w[158] * OLQVR
-            + w[159] * URAVR
-            + w[160] * PVT
-            + w[161] * RIGL,
+            self.mix(
+                w[146:162],
+                ADFR,
+                ADEL,
+                IL2DL,
+                IL2L,
+                IL2R,
+                IL2VL,
+                IL2VR,
+                CEPDL,
+                CEPDR,
+                URYVL,
+                OLQDL,
+                OLQDR,
+                OLQVR,
+                URAVR,
+                PVT,
+                RIGL,
+            ),
         )
         # RMHR (motor, ACh+Betaine) <- SDQR:7, ADEL:2, CEPDL:8, CEPDR:1, CEPVL:5,
         #     CEPVR:15, OLQDR:3, OLQVR:1, URBL:5, RIGL:23
         RMHR = self.node(
             114,
-            w[162] * SDQR
-            + w[163] * ADEL
-            + w[164] * CEPDL
-            + w[165] * CEPDR
-            + w[166] * CEPVL
-            + w[167] * CEPVR
-            + w[168] * OLQDR
-            + w[169] * OLQVR
-            + w[170] * URBL
-            + w[171] * RIGL,
+            self.mix(
+                w[162:172],
+                SDQR,
+                ADEL,
+                CEPDL,
+                CEPDR,
+                CEPVL,
+                CEPVR,
+                OLQDR,
+                OLQVR,
+                URBL,
+                RIGL,
+            ),
         )
         # AIYR (interneuron, ACh) <- ASIL:2, AWAR:8, ASGR:1, AWBR:1, ASEL:21, ASER:38,
         #     ADFR:2, AFDR:29, AWCR:22, RIH:4
         AIYR = self.node(
             115,
-            w[172] * ASIL
-            + w[173] * AWAR
-            + w[174] * ASGR
-            + w[175] * AWBR
-            + w[176] * ASEL
-            + w[177] * ASER
-            + w[178] * ADFR
-            + w[179] * AFDR
-            + w[180] * AWCR
-            + w[181] * RIH,
+            self.mix(
+                w[172:182], ASIL, AWAR, ASGR, AWBR, ASEL, ASER, ADFR, AFDR, AWCR, RIH
+            ),
         )
         del AFDR
         # AINL (interneuron, ACh) <- BAGL:1, CEPDL:2, AINR:1, AIYR:1
-        AINL = self.node(
-            116, w[182] * BAGL + w[183] * CEPDL + w[184] * AINR + w[185] * AIYR
-        )
+        AINL = self.node(116, self.mix(w[182:186], BAGL, CEPDL, AINR, AIYR))
         # AIYL (interneuron, ACh) <- ASIL:3, AWAL:3, AWBL:1, ASEL:32, ASER:9, AFDL:25,
         #     AWCL:22, AWCR:12, BAGR:3, RIH:3, AIYR:7
         AIYL = self.node(
             117,
-            w[186] * ASIL
-            + w[187] * AWAL
-            + w[188] * AWBL
-            + w[189] * ASEL
-            + w[190] * ASER
-            + w[191] * AFDL
-            + w[192] * AWCL
-            + w[193] * AWCR
-            + w[194] * BAGR
-            + w[195] * RIH
-            + w[196] * AIYR,
+            self.mix(
+                w[186:197],
+                ASIL,
+                AWAL,
+                AWBL,
+                ASEL,
+                ASER,
+                AFDL,
+                AWCL,
+                AWCR,
+                BAGR,
+                RIH,
+                AIYR,
+            ),
         )
         # RIR (interneuron, ACh+Betaine) <- AWAR:2, AWBR:7, ASEL:1, ADFL:4, ADFR:7,
         #     ASHL:4, ADLL:1, URXL:1, URXR:4, AQR:1, DVA:4, HSNL:3, AVHR:8, AVHL:2,
         #     RIGL:8, AIYL:1
         RIR = self.node(
             118,
-            w[197] * AWAR
-            + w[198] * AWBR
-            + w[199] * ASEL
-            + w[200] * ADFL
-            + w[201] * ADFR
-            + w[202] * ASHL
-            + w[203] * ADLL
-            + w[204] * URXL
-            + w[205] * URXR
-            + w[206] * AQR
-            + w[207] * DVA
-            + w[208] * HSNL
-            + w[209] * AVHR
-            + w[210] * AVHL
-            + w[211] * RIGL
-            + w[212] * AIYL,
+            self.mix(
+                w[197:213],
+                AWAR,
+                AWBR,
+                ASEL,
+                ADFL,
+                ADFR,
+                ASHL,
+                ADLL,
+                URXL,
+                URXR,
+                AQR,
+                DVA,
+                HSNL,
+                AVHR,
+                AVHL,
+                RIGL,
+                AIYL,
+            ),
         )
         # AUAR (interneuron, Glu+Betaine) <- AWAR:1, ADFR:9, BAGL:2, URXR:21, DVA:8,
         #     AINR:2, RIH:2, AINL:2
         AUAR = self.node(
-            119,
-            w[213] * AWAR
-            + w[214] * ADFR
-            + w[215] * BAGL
-            + w[216] * URXR
-            + w[217] * DVA
-            + w[218] * AINR
-            + w[219] * RIH
-            + w[220] * AINL,
+            119, self.mix(w[213:221], AWAR, ADFR, BAGL, URXR, DVA, AINR, RIH, AINL)
         )
         # AUAL (interneuron, Glu+Betaine) <- ADFL:12, URXL:14, DVA:4, IL2DL:2, AINR:1,
         #     RIR:7
-        AUAL = self.node(
-            120,
-            w[221] * ADFL
-            + w[222] * URXL
-            + w[223] * DVA
-            + w[224] * IL2DL
-            + w[225] * AINR
-            + w[226] * RIR,
-        )
+        AUAL = self.node(120, self.mix(w[221:227], ADFL, URXL, DVA, IL2DL, AINR, RIR))
         # AIZR (interneuron, Glu) <- AWAR:25, AWBR:8, ADFR:37, BAGL:2, DVA:3, HSNL:3,
         #     HSNR:1, RIGL:2, RIH:19, AIYR:70, RIR:15, AUAR:2
         AIZR = self.node(
             121,
-            w[227] * AWAR
-            + w[228] * AWBR
-            + w[229] * ADFR
-            + w[230] * BAGL
-            + w[231] * DVA
-            + w[232] * HSNL
-            + w[233] * HSNR
-            + w[234] * RIGL
-            + w[235] * RIH
-            + w[236] * AIYR
-            + w[237] * RIR
-            + w[238] * AUAR,
+            self.mix(
+                w[227:239],
+                AWAR,
+                AWBR,
+                ADFR,
+                BAGL,
+                DVA,
+                HSNL,
+                HSNR,
+                RIGL,
+                RIH,
+                AIYR,
+                RIR,
+                AUAR,
+            ),
         )
         # AIAR (interneuron, ACh) <- ASIR:4, AWAR:3, ASGR:51, ASER:4, AWCL:4, AWCR:8,
         #     ASKR:35, ASHR:28, ADLR:22, AIMR:10, PVQR:12, AINL:1, AIZR:5
         AIAR = self.node(
             122,
-            w[239] * ASIR
-            + w[240] * AWAR
-            + w[241] * ASGR
-            + w[242] * ASER
-            + w[243] * AWCL
-            + w[244] * AWCR
-            + w[245] * ASKR
-            + w[246] * ASHR
-            + w[247] * ADLR
-            + w[248] * AIMR
-            + w[249] * PVQR
-            + w[250] * AINL
-            + w[251] * AIZR,
+            self.mix(
+                w[239:252],
+                ASIR,
+                AWAR,
+                ASGR,
+                ASER,
+                AWCL,
+                AWCR,
+                ASKR,
+                ASHR,
+                ADLR,
+                AIMR,
+                PVQR,
+                AINL,
+                AIZR,
+            ),
         )
         # RIFR (interneuron, ACh) <- AWAR:5, AWBR:1, ASKR:1, ADLR:2, URXR:3, CEPDR:2,
         #     AIMR:3, HSNR:6, AVFL:1, AVHL:1, PVQR:4, AIAR:10
         RIFR = self.node(
             123,
-            w[252] * AWAR
-            + w[253] * AWBR
-            + w[254] * ASKR
-            + w[255] * ADLR
-            + w[256] * URXR
-            + w[257] * CEPDR
-            + w[258] * AIMR
-            + w[259] * HSNR
-            + w[260] * AVFL
-            + w[261] * AVHL
-            + w[262] * PVQR
-            + w[263] * AIAR,
+            self.mix(
+                w[252:264],
+                AWAR,
+                AWBR,
+                ASKR,
+                ADLR,
+                URXR,
+                CEPDR,
+                AIMR,
+                HSNR,
+                AVFL,
+                AVHL,
+                PVQR,
+                AIAR,
+            ),
         )
         # AIZL (interneuron, Glu) <- ASIL:1, AWAL:23, AWBL:15, ASEL:1, ASER:1, ADFL:39,
         #     AWCL:1, ASHL:3, URXL:1, DVA:5, URYDL:1, HSNL:6, HSNR:3, RIGL:10, RIH:12,
         #     AIYL:67, RIR:12, AUAL:2, RIFR:1
         AIZL = self.node(
             124,
-            w[264] * ASIL
-            + w[265] * AWAL
-            + w[266] * AWBL
-            + w[267] * ASEL
-            + w[268] * ASER
-            + w[269] * ADFL
-            + w[270] * AWCL
-            + w[271] * ASHL
-            + w[272] * URXL
-            + w[273] * DVA
-            + w[274] * URYDL
-            + w[275] * HSNL
-            + w[276] * HSNR
-            + w[277] * RIGL
-            + w[278] * RIH
-            + w[279] * AIYL
-            + w[280] * RIR
-            + w[281] * AUAL
-            + w[282] * RIFR,
+            self.mix(
+                w[264:283],
+                ASIL,
+                AWAL,
+                AWBL,
+                ASEL,
+                ASER,
+                ADFL,
+                AWCL,
+                ASHL,
+                URXL,
+                DVA,
+                URYDL,
+                HSNL,
+                HSNR,
+                RIGL,
+                RIH,
+                AIYL,
+                RIR,
+                AUAL,
+                RIFR,
+            ),
         )
         # PVPR (interneuron, ACh) <- ADFR:1, ASHR:1, AQR:1, PQR:1, DVA:3, PVNL:1,
         #     HSNR:1, AVHL:2, RIR:1, RIFR:6
         PVPR = self.node(
             125,
-            w[283] * ADFR
-            + w[284] * ASHR
-            + w[285] * AQR
-            + w[286] * PQR
-            + w[287] * DVA
-            + w[288] * PVNL
-            + w[289] * HSNR
-            + w[290] * AVHL
-            + w[291] * RIR
-            + w[292] * RIFR,
+            self.mix(
+                w[283:293], ADFR, ASHR, AQR, PQR, DVA, PVNL, HSNR, AVHL, RIR, RIFR
+            ),
         )
         # RICR (interneuron, Glu+Oct) <- ADLR:5, URXR:3, SDQL:3, SDQR:3, ALML:3,
         #     IL2DR:2, CEPDL:8, CEPDR:19, CEPVL:17, CEPVR:12, OLQDL:6, OLQDR:2, OLQVR:3,
         #     URBL:1, AIZL:11
         RICR = self.node(
             126,
-            w[293] * ADLR
-            + w[294] * URXR
-            + w[295] * SDQL
-            + w[296] * SDQR
-            + w[297] * ALML
-            + w[298] * IL2DR
-            + w[299] * CEPDL
-            + w[300] * CEPDR
-            + w[301] * CEPVL
-            + w[302] * CEPVR
-            + w[303] * OLQDL
-            + w[304] * OLQDR
-            + w[305] * OLQVR
-            + w[306] * URBL
-            + w[307] * AIZL,
+            self.mix(
+                w[293:308],
+                ADLR,
+                URXR,
+                SDQL,
+                SDQR,
+                ALML,
+                IL2DR,
+                CEPDL,
+                CEPDR,
+                CEPVL,
+                CEPVR,
+                OLQDL,
+                OLQDR,
+                OLQVR,
+                URBL,
+                AIZL,
+            ),
         )
         # RMGL (interneuron) <- URXL:5, ALNL:1, ALML:3, ADEL:7, CEPDL:6, CEPVL:2,
         #     IL1L:1, AIML:3, PVQL:1, BDUL:3, RIGL:6, RMHR:8, RIR:1, RICR:1
         RMGL = self.node(
             127,
-            w[308] * URXL
-            + w[309] * ALNL
-            + w[310] * ALML
-            + w[311] * ADEL
-            + w[312] * CEPDL
-            + w[313] * CEPVL
-            + w[314] * IL1L
-            + w[315] * AIML
-            + w[316] * PVQL
-            + w[317] * BDUL
-            + w[318] * RIGL
-            + w[319] * RMHR
-            + w[320] * RIR
-            + w[321] * RICR,
+            self.mix(
+                w[308:322],
+                URXL,
+                ALNL,
+                ALML,
+                ADEL,
+                CEPDL,
+                CEPVL,
+                IL1L,
+                AIML,
+                PVQL,
+                BDUL,
+                RIGL,
+                RMHR,
+                RIR,
+                RICR,
+            ),
         )
         # VB01 (motor, ACh+Betaine) <- FLPR:1, DVA:1, ADEL:2, AVFL:2, RICR:7
-        VB01 = self.node(
-            128,
-            w[322] * FLPR
-            + w[323] * DVA
-            + w[324] * ADEL
-            + w[325] * AVFL
-            + w[326] * RICR,
-        )
+        VB01 = self.node(128, self.mix(w[322:327], FLPR, DVA, ADEL, AVFL, RICR))
         # ADAL (interneuron, Glu) <- AWAL:2, ADFL:2, ASHL:2, ADLL:1, URXL:6, FLPR:1,
         #     ADEL:1, URYVL:1, URBL:3, BDUL:2, RMGL:4, VB01:5
         ADAL = self.node(
             129,
-            w[327] * AWAL
-            + w[328] * ADFL
-            + w[329] * ASHL
-            + w[330] * ADLL
-            + w[331] * URXL
-            + w[332] * FLPR
-            + w[333] * ADEL
-            + w[334] * URYVL
-            + w[335] * URBL
-            + w[336] * BDUL
-            + w[337] * RMGL
-            + w[338] * VB01,
+            self.mix(
+                w[327:339],
+                AWAL,
+                ADFL,
+                ASHL,
+                ADLL,
+                URXL,
+                FLPR,
+                ADEL,
+                URYVL,
+                URBL,
+                BDUL,
+                RMGL,
+                VB01,
+            ),
         )
         del AWAL
         # AIAL (interneuron, ACh) <- ASIL:2, ASIR:1, ASGL:46, AWBL:4, ASEL:6, ASER:8,
@@ -1270,61 +1202,59 @@ class HermaphroditeNet(nn.Module):
         #     AIML:11, PVQL:10, HSNL:8, HSNR:3, PVQR:1, AIZL:12, ADAL:2
         AIAL = self.node(
             130,
-            w[339] * ASIL
-            + w[340] * ASIR
-            + w[341] * ASGL
-            + w[342] * AWBL
-            + w[343] * ASEL
-            + w[344] * ASER
-            + w[345] * ADFL
-            + w[346] * AWCL
-            + w[347] * AWCR
-            + w[348] * ASKL
-            + w[349] * ASKR
-            + w[350] * ASHL
-            + w[351] * ADLL
-            + w[352] * AINR
-            + w[353] * AIML
-            + w[354] * PVQL
-            + w[355] * HSNL
-            + w[356] * HSNR
-            + w[357] * PVQR
-            + w[358] * AIZL
-            + w[359] * ADAL,
+            self.mix(
+                w[339:360],
+                ASIL,
+                ASIR,
+                ASGL,
+                AWBL,
+                ASEL,
+                ASER,
+                ADFL,
+                AWCL,
+                AWCR,
+                ASKL,
+                ASKR,
+                ASHL,
+                ADLL,
+                AINR,
+                AIML,
+                PVQL,
+                HSNL,
+                HSNR,
+                PVQR,
+                AIZL,
+                ADAL,
+            ),
         )
         # RICL (interneuron, Glu+Oct) <- ADLR:1, URXL:8, SDQR:1, ALML:2, IL2DR:1,
         #     IL2L:1, CEPDL:11, CEPDR:13, CEPVL:20, CEPVR:13, OLQDR:2, OLQVL:4, URBL:1,
         #     RICR:3, ADAL:3
         RICL = self.node(
             131,
-            w[360] * ADLR
-            + w[361] * URXL
-            + w[362] * SDQR
-            + w[363] * ALML
-            + w[364] * IL2DR
-            + w[365] * IL2L
-            + w[366] * CEPDL
-            + w[367] * CEPDR
-            + w[368] * CEPVL
-            + w[369] * CEPVR
-            + w[370] * OLQDR
-            + w[371] * OLQVL
-            + w[372] * URBL
-            + w[373] * RICR
-            + w[374] * ADAL,
+            self.mix(
+                w[360:375],
+                ADLR,
+                URXL,
+                SDQR,
+                ALML,
+                IL2DR,
+                IL2L,
+                CEPDL,
+                CEPDR,
+                CEPVL,
+                CEPVR,
+                OLQDR,
+                OLQVL,
+                URBL,
+                RICR,
+                ADAL,
+            ),
         )
         # URBR (interneuron, ACh) <- ADLR:6, URXR:8, ALMR:1, ADER:1, IL2R:3, CEPDR:14,
         #     RICR:2, RICL:2
         URBR = self.node(
-            132,
-            w[375] * ADLR
-            + w[376] * URXR
-            + w[377] * ALMR
-            + w[378] * ADER
-            + w[379] * IL2R
-            + w[380] * CEPDR
-            + w[381] * RICR
-            + w[382] * RICL,
+            132, self.mix(w[375:383], ADLR, URXR, ALMR, ADER, IL2R, CEPDR, RICR, RICL)
         )
         # AIBL (interneuron, Glu+Betaine) <- ASIL:3, ASGL:17, ASEL:16, ASER:4, ADFL:2,
         #     AFDL:1, AWCL:12, AWCR:3, ASKL:9, ASHL:13, ADLL:26, BAGL:2, SDQR:8, FLPL:3,
@@ -1332,97 +1262,91 @@ class HermaphroditeNet(nn.Module):
         #     AIAL:35
         AIBL = self.node(
             133,
-            w[383] * ASIL
-            + w[384] * ASGL
-            + w[385] * ASEL
-            + w[386] * ASER
-            + w[387] * ADFL
-            + w[388] * AFDL
-            + w[389] * AWCL
-            + w[390] * AWCR
-            + w[391] * ASKL
-            + w[392] * ASHL
-            + w[393] * ADLL
-            + w[394] * BAGL
-            + w[395] * SDQR
-            + w[396] * FLPL
-            + w[397] * AINR
-            + w[398] * HSNR
-            + w[399] * PVT
-            + w[400] * DVC
-            + w[401] * AIYL
-            + w[402] * AIZR
-            + w[403] * AIZL
-            + w[404] * RICR
-            + w[405] * ADAL
-            + w[406] * AIAL,
+            self.mix(
+                w[383:407],
+                ASIL,
+                ASGL,
+                ASEL,
+                ASER,
+                ADFL,
+                AFDL,
+                AWCL,
+                AWCR,
+                ASKL,
+                ASHL,
+                ADLL,
+                BAGL,
+                SDQR,
+                FLPL,
+                AINR,
+                HSNR,
+                PVT,
+                DVC,
+                AIYL,
+                AIZR,
+                AIZL,
+                RICR,
+                ADAL,
+                AIAL,
+            ),
         )
         del ASGL, AFDL, ASKL
         # RIFL (interneuron, ACh) <- ALML:2, ADEL:1, AIML:2, BDUL:2, HSNL:9, AVFL:1,
         #     RIFR:1, RMGL:1, AIAL:10, AIBL:1
         RIFL = self.node(
             134,
-            w[407] * ALML
-            + w[408] * ADEL
-            + w[409] * AIML
-            + w[410] * BDUL
-            + w[411] * HSNL
-            + w[412] * AVFL
-            + w[413] * RIFR
-            + w[414] * RMGL
-            + w[415] * AIAL
-            + w[416] * AIBL,
+            self.mix(
+                w[407:417], ALML, ADEL, AIML, BDUL, HSNL, AVFL, RIFR, RMGL, AIAL, AIBL
+            ),
         )
         del AIAL
         # RIBR (interneuron, GABA) <- BAGL:19, BAGR:1, CEPDR:3, URYDR:1, URYVR:19,
         #     OLLR:21, RIS:18, DVC:6, RIH:15, AIYR:60, AINL:3, AUAR:31, AIBL:16
         RIBR = self.node(
             135,
-            w[417] * BAGL
-            + w[418] * BAGR
-            + w[419] * CEPDR
-            + w[420] * URYDR
-            + w[421] * URYVR
-            + w[422] * OLLR
-            + w[423] * RIS
-            + w[424] * DVC
-            + w[425] * RIH
-            + w[426] * AIYR
-            + w[427] * AINL
-            + w[428] * AUAR
-            + w[429] * AIBL,
+            self.mix(
+                w[417:430],
+                BAGL,
+                BAGR,
+                CEPDR,
+                URYDR,
+                URYVR,
+                OLLR,
+                RIS,
+                DVC,
+                RIH,
+                AIYR,
+                AINL,
+                AUAR,
+                AIBL,
+            ),
         )
         # SMBDL (motor, ACh) <- AWBL:2, ADFL:1, ALNR:4, DVA:6, CEPDR:1, AVHR:3, AIZL:24,
         #     RICL:5, URBR:4
         SMBDL = self.node(
             136,
-            w[430] * AWBL
-            + w[431] * ADFL
-            + w[432] * ALNR
-            + w[433] * DVA
-            + w[434] * CEPDR
-            + w[435] * AVHR
-            + w[436] * AIZL
-            + w[437] * RICL
-            + w[438] * URBR,
+            self.mix(w[430:439], AWBL, ADFL, ALNR, DVA, CEPDR, AVHR, AIZL, RICL, URBR),
         )
         # RIGR (interneuron, Glu) <- AWAR:6, ADFL:1, ADFR:24, BAGL:7, URXR:7, ADEL:15,
         #     ADER:11, PVT:6, DVC:13, RIR:4, PVPR:2, AIBL:5, RIBR:5
         RIGR = self.node(
             137,
-            w[439] * AWAR
-            + w[440] * ADFL
-            + w[441] * ADFR
-            + w[442] * BAGL
-            + w[443] * URXR
-            + w[444] * ADEL
-            + w[445] * ADER
-            + w[446] * PVT
-            + w[447] * DVC
-            + w[448] * RIR
-            + w[449] * PVPR
-            + w[450] * AIBL
-            + w[451] * RIBR,
+            self.mix(
+                w[439:452],
+                AWAR,
+                ADFL,
+                ADFR,
+                BAGL,
+                URXR,
+                ADEL,
+                ADER,
+                PVT,
+                DVC,
+                RIR,
+                PVPR,
+                AIBL,
+                RIBR,
+            ),
         )
         del AWAR
         # RIAR (interneuron, Glu) <- AWBR:3, ASEL:2, ADFR:61, ASHR:3, BAGL:18, URXR:20,
@@ -1430,97 +1354,112 @@ class HermaphroditeNet(nn.Module):
         #     RIR:4, AUAR:22, AIZR:25, RIFR:1, PVPR:2, RIBR:8, RIGR:3
         RIAR = self.node(
             138,
-            w[452] * AWBR
-            + w[453] * ASEL
-            + w[454] * ADFR
-            + w[455] * ASHR
-            + w[456] * BAGL
-            + w[457] * URXR
-            + w[458] * AQR
-            + w[459] * DVA
-            + w[460] * ADER
-            + w[461] * IL2VR
-            + w[462] * CEPVR
-            + w[463] * URYVR
-            + w[464] * ALA
-            + w[465] * RIH
-            + w[466] * AIYR
-            + w[467] * RIR
-            + w[468] * AUAR
-            + w[469] * AIZR
-            + w[470] * RIFR
-            + w[471] * PVPR
-            + w[472] * RIBR
-            + w[473] * RIGR,
+            self.mix(
+                w[452:474],
+                AWBR,
+                ASEL,
+                ADFR,
+                ASHR,
+                BAGL,
+                URXR,
+                AQR,
+                DVA,
+                ADER,
+                IL2VR,
+                CEPVR,
+                URYVR,
+                ALA,
+                RIH,
+                AIYR,
+                RIR,
+                AUAR,
+                AIZR,
+                RIFR,
+                PVPR,
+                RIBR,
+                RIGR,
+            ),
         )
         # SMBVR (motor, ACh) <- ADFR:19, ASHR:7, ADLR:5, URXR:7, PLNR:10, DVA:6,
         #     CEPVR:2, AVHL:4, AIZR:10, URBR:1, RIAR:2
         SMBVR = self.node(
             139,
-            w[474] * ADFR
-            + w[475] * ASHR
-            + w[476] * ADLR
-            + w[477] * URXR
-            + w[478] * PLNR
-            + w[479] * DVA
-            + w[480] * CEPVR
-            + w[481] * AVHL
-            + w[482] * AIZR
-            + w[483] * URBR
-            + w[484] * RIAR,
+            self.mix(
+                w[474:485],
+                ADFR,
+                ASHR,
+                ADLR,
+                URXR,
+                PLNR,
+                DVA,
+                CEPVR,
+                AVHL,
+                AIZR,
+                URBR,
+                RIAR,
+            ),
         )
         # RMGR (interneuron) <- ASHR:6, URXR:6, ADER:5, IL2R:1, CEPDR:1, AIMR:4, HSNL:1,
         #     HSNR:1, PVQR:1, RIR:1, URBR:8, SMBVR:3
         RMGR = self.node(
             140,
-            w[485] * ASHR
-            + w[486] * URXR
-            + w[487] * ADER
-            + w[488] * IL2R
-            + w[489] * CEPDR
-            + w[490] * AIMR
-            + w[491] * HSNL
-            + w[492] * HSNR
-            + w[493] * PVQR
-            + w[494] * RIR
-            + w[495] * URBR
-            + w[496] * SMBVR,
+            self.mix(
+                w[485:497],
+                ASHR,
+                URXR,
+                ADER,
+                IL2R,
+                CEPDR,
+                AIMR,
+                HSNL,
+                HSNR,
+                PVQR,
+                RIR,
+                URBR,
+                SMBVR,
+            ),
         )
         # ADAR (interneuron, Glu) <- ADFR:4, ASHR:5, ADLR:1, URXR:1, FLPR:1, ADER:1,
         #     URYVR:1, URAVR:1, RIR:1, AIAR:4, RICR:2, RICL:7, URBR:5, RMGR:2
         ADAR = self.node(
             141,
-            w[497] * ADFR
-            + w[498] * ASHR
-            + w[499] * ADLR
-            + w[500] * URXR
-            + w[501] * FLPR
-            + w[502] * ADER
-            + w[503] * URYVR
-            + w[504] * URAVR
-            + w[505] * RIR
-            + w[506] * AIAR
-            + w[507] * RICR
-            + w[508] * RICL
-            + w[509] * URBR
-            + w[510] * RMGR,
+            self.mix(
+                w[497:511],
+                ADFR,
+                ASHR,
+                ADLR,
+                URXR,
+                FLPR,
+                ADER,
+                URYVR,
+                URAVR,
+                RIR,
+                AIAR,
+                RICR,
+                RICL,
+                URBR,
+                RMGR,
+            ),
         )
         # PVR (interneuron, Glu) <- SDQL:1, AVM:6, PVM:3, DVA:2, PVDR:4, PDEL:2,
         #     CEPVL:3, IL1DR:5, URBL:1, LUAR:2, SMBVR:2, ADAR:6
         PVR = self.node(
             142,
-            w[511] * SDQL
-            + w[512] * AVM
-            + w[513] * PVM
-            + w[514] * DVA
-            + w[515] * PVDR
-            + w[516] * PDEL
-            + w[517] * CEPVL
-            + w[518] * IL1DR
-            + w[519] * URBL
-            + w[520] * LUAR
-            + w[521] * SMBVR
-            + w[522] * ADAR,
+            self.mix(
+                w[511:523],
+                SDQL,
+                AVM,
+                PVM,
+                DVA,
+                PVDR,
+                PDEL,
+                CEPVL,
+                IL1DR,
+                URBL,
+                LUAR,
+                SMBVR,
+                ADAR,
+            ),
         )
         # AIBR (interneuron, Glu+Betaine) <- ASIR:3, ASGR:20, AWBL:1, ASEL:13, ASER:32,
         #     ADFL:1, AWCL:2, AWCR:18, ASKR:2, ASHR:7, ADLR:27, SDQL:2, FLPL:3, PVT:10,
@@ -1528,183 +1467,160 @@ class HermaphroditeNet(nn.Module):
         #     VB01:2, ADAL:2, ADAR:3
         AIBR = self.node(
             143,
-            w[523] * ASIR
-            + w[524] * ASGR
-            + w[525] * AWBL
-            + w[526] * ASEL
-            + w[527] * ASER
-            + w[528] * ADFL
-            + w[529] * AWCL
-            + w[530] * AWCR
-            + w[531] * ASKR
-            + w[532] * ASHR
-            + w[533] * ADLR
-            + w[534] * SDQL
-            + w[535] * FLPL
-            + w[536] * PVT
-            + w[537] * DVC
-            + w[538] * RIGL
-            + w[539] * RMHR
-            + w[540] * AUAL
-            + w[541] * AIZR
-            + w[542] * AIAR
-            + w[543] * AIZL
-            + w[544] * RICR
-            + w[545] * RMGL
-            + w[546] * VB01
-            + w[547] * ADAL
-            + w[548] * ADAR,
+            self.mix(
+                w[523:549],
+                ASIR,
+                ASGR,
+                AWBL,
+                ASEL,
+                ASER,
+                ADFL,
+                AWCL,
+                AWCR,
+                ASKR,
+                ASHR,
+                ADLR,
+                SDQL,
+                FLPL,
+                PVT,
+                DVC,
+                RIGL,
+                RMHR,
+                AUAL,
+                AIZR,
+                AIAR,
+                AIZL,
+                RICR,
+                RMGL,
+                VB01,
+                ADAL,
+                ADAR,
+            ),
         )
         del ASKR, ASGR, ASEL, ASER, ASIR, AIAR
         # RMFL (interneuron, ACh) <- ASIL:1, SDQL:3, PVT:3, DVC:14, AINL:1, RICR:1,
         #     VB01:10, AIBR:1
         RMFL = self.node(
-            144,
-            w[549] * ASIL
-            + w[550] * SDQL
-            + w[551] * PVT
-            + w[552] * DVC
-            + w[553] * AINL
-            + w[554] * RICR
-            + w[555] * VB01
-            + w[556] * AIBR,
+            144, self.mix(w[549:557], ASIL, SDQL, PVT, DVC, AINL, RICR, VB01, AIBR)
         )
         # URADL (motor, ACh) <- IL2DL:8, CEPDL:8, IL1DL:10, BDUL:3, PVR:3
-        URADL = self.node(
-            145,
-            w[557] * IL2DL
-            + w[558] * CEPDL
-            + w[559] * IL1DL
-            + w[560] * BDUL
-            + w[561] * PVR,
-        )
+        URADL = self.node(145, self.mix(w[557:562], IL2DL, CEPDL, IL1DL, BDUL, PVR))
         # SAAVR (interneuron, ACh) <- ALNR:6, DVA:1, AIBL:1, SMBDL:9, RMGR:1, AIBR:1,
         #     RMFL:1
         SAAVR = self.node(
-            146,
-            w[562] * ALNR
-            + w[563] * DVA
-            + w[564] * AIBL
-            + w[565] * SMBDL
-            + w[566] * RMGR
-            + w[567] * AIBR
-            + w[568] * RMFL,
+            146, self.mix(w[562:569], ALNR, DVA, AIBL, SMBDL, RMGR, AIBR, RMFL)
         )
         # AVKL (interneuron) <- AVM:1, PVM:15, PDEL:5, PDER:16, PVT:7, RIS:6, DVC:2,
         #     RIGR:21, PVR:1, RMFL:9
         AVKL = self.node(
             147,
-            w[569] * AVM
-            + w[570] * PVM
-            + w[571] * PDEL
-            + w[572] * PDER
-            + w[573] * PVT
-            + w[574] * RIS
-            + w[575] * DVC
-            + w[576] * RIGR
-            + w[577] * PVR
-            + w[578] * RMFL,
+            self.mix(w[569:579], AVM, PVM, PDEL, PDER, PVT, RIS, DVC, RIGR, PVR, RMFL),
         )
         del PDEL
         # RIVL (motor, ACh) <- ADFL:1, AWCR:3, ADEL:2, CEPVR:2, RICR:1, RIAR:3, AVKL:5
         RIVL = self.node(
-            148,
-            w[579] * ADFL
-            + w[580] * AWCR
-            + w[581] * ADEL
-            + w[582] * CEPVR
-            + w[583] * RICR
-            + w[584] * RIAR
-            + w[585] * AVKL,
+            148, self.mix(w[579:586], ADFL, AWCR, ADEL, CEPVR, RICR, RIAR, AVKL)
         )
         # SAADR (interneuron, ACh) <- PLNR:8, SDQL:2, DVA:5, ADEL:1, VB01:5, AIBL:10,
         #     RIAR:1, SMBVR:12, AIBR:2, AVKL:3, RIVL:11
         SAADR = self.node(
             149,
-            w[586] * PLNR
-            + w[587] * SDQL
-            + w[588] * DVA
-            + w[589] * ADEL
-            + w[590] * VB01
-            + w[591] * AIBL
-            + w[592] * RIAR
-            + w[593] * SMBVR
-            + w[594] * AIBR
-            + w[595] * AVKL
-            + w[596] * RIVL,
+            self.mix(
+                w[586:597],
+                PLNR,
+                SDQL,
+                DVA,
+                ADEL,
+                VB01,
+                AIBL,
+                RIAR,
+                SMBVR,
+                AIBR,
+                AVKL,
+                RIVL,
+            ),
         )
         # RIML (interneuron, Glu+Tyr+Betaine) <- ASHL:4, ALNR:5, HSNL:4, HSNR:1, RIS:10,
         #     AIZL:35, RICR:10, VB01:10, ADAL:9, RICL:1, AIBL:1, RIFL:7, AIBR:47,
         #     SAAVR:12, AVKL:3, SAADR:14
         RIML = self.node(
             150,
-            w[597] * ASHL
-            + w[598] * ALNR
-            + w[599] * HSNL
-            + w[600] * HSNR
-            + w[601] * RIS
-            + w[602] * AIZL
-            + w[603] * RICR
-            + w[604] * VB01
-            + w[605] * ADAL
-            + w[606] * RICL
-            + w[607] * AIBL
-            + w[608] * RIFL
-            + w[609] * AIBR
-            + w[610] * SAAVR
-            + w[611] * AVKL
-            + w[612] * SAADR,
+            self.mix(
+                w[597:613],
+                ASHL,
+                ALNR,
+                HSNL,
+                HSNR,
+                RIS,
+                AIZL,
+                RICR,
+                VB01,
+                ADAL,
+                RICL,
+                AIBL,
+                RIFL,
+                AIBR,
+                SAAVR,
+                AVKL,
+                SAADR,
+            ),
         )
         # RIBL (interneuron, GABA) <- ASIL:1, ADFL:4, BAGR:22, IL2DL:1, CEPDL:3,
         #     CEPVL:3, URYDL:8, URYVL:9, OLLL:24, AINR:8, RIS:8, DVC:2, RIGL:3, RIH:18,
         #     AINL:2, AIYL:42, AUAL:35, AIBR:11, RIML:9
         RIBL = self.node(
             151,
-            w[613] * ASIL
-            + w[614] * ADFL
-            + w[615] * BAGR
-            + w[616] * IL2DL
-            + w[617] * CEPDL
-            + w[618] * CEPVL
-            + w[619] * URYDL
-            + w[620] * URYVL
-            + w[621] * OLLL
-            + w[622] * AINR
-            + w[623] * RIS
-            + w[624] * DVC
-            + w[625] * RIGL
-            + w[626] * RIH
-            + w[627] * AINL
-            + w[628] * AIYL
-            + w[629] * AUAL
-            + w[630] * AIBR
-            + w[631] * RIML,
+            self.mix(
+                w[613:632],
+                ASIL,
+                ADFL,
+                BAGR,
+                IL2DL,
+                CEPDL,
+                CEPVL,
+                URYDL,
+                URYVL,
+                OLLL,
+                AINR,
+                RIS,
+                DVC,
+                RIGL,
+                RIH,
+                AINL,
+                AIYL,
+                AUAL,
+                AIBR,
+                RIML,
+            ),
         )
         # SMDVL (motor, ACh+GABA+Betaine) <- ADFL:1, AWCL:1, BAGR:1, ALNL:1, ALNR:2,
         #     PLNR:2, DVA:1, URYVR:11, OLLR:11, RIS:1, AIZL:3, RICR:6, RIBR:2, RIAR:43,
         #     ADAR:1, AIBR:7, RMFL:1, RIVL:2, SAADR:5, RIML:11
         SMDVL = self.node(
             152,
-            w[632] * ADFL
-            + w[633] * AWCL
-            + w[634] * BAGR
-            + w[635] * ALNL
-            + w[636] * ALNR
-            + w[637] * PLNR
-            + w[638] * DVA
-            + w[639] * URYVR
-            + w[640] * OLLR
-            + w[641] * RIS
-            + w[642] * AIZL
-            + w[643] * RICR
-            + w[644] * RIBR
-            + w[645] * RIAR
-            + w[646] * ADAR
-            + w[647] * AIBR
-            + w[648] * RMFL
-            + w[649] * RIVL
-            + w[650] * SAADR
-            + w[651] * RIML,
+            self.mix(
+                w[632:652],
+                ADFL,
+                AWCL,
+                BAGR,
+                ALNL,
+                ALNR,
+                PLNR,
+                DVA,
+                URYVR,
+                OLLR,
+                RIS,
+                AIZL,
+                RICR,
+                RIBR,
+                RIAR,
+                ADAR,
+                AIBR,
+                RMFL,
+                RIVL,
+                SAADR,
+                RIML,
+            ),
         )
         # RIAL (interneuron, Glu) <- ASIL:3, AWBL:10, ADFL:46, AWCL:6, AWCR:3, ASHL:9,
         #     ADLL:1, BAGR:18, URXL:15, ALNL:1, AQR:8, DVA:3, ADEL:2, IL2VL:4, CEPVL:1,
@@ -1712,49 +1628,44 @@ class HermaphroditeNet(nn.Module):
         #     AIBR:2, RIVL:5, RIML:3, RIBL:6, SMDVL:19
         RIAL = self.node(
             153,
-            w[652] * ASIL
-            + w[653] * AWBL
-            + w[654] * ADFL
-            + w[655] * AWCL
-            + w[656] * AWCR
-            + w[657] * ASHL
-            + w[658] * ADLL
-            + w[659] * BAGR
-            + w[660] * URXL
-            + w[661] * ALNL
-            + w[662] * AQR
-            + w[663] * DVA
-            + w[664] * ADEL
-            + w[665] * IL2VL
-            + w[666] * CEPVL
-            + w[667] * CEPVR
-            + w[668] * URYVL
-            + w[669] * RIH
-            + w[670] * AIYL
-            + w[671] * RIR
-            + w[672] * AUAL
-            + w[673] * AIZL
-            + w[674] * RIAR
-            + w[675] * AIBR
-            + w[676] * RIVL
-            + w[677] * RIML
-            + w[678] * RIBL
-            + w[679] * SMDVL,
+            self.mix(
+                w[652:680],
+                ASIL,
+                AWBL,
+                ADFL,
+                AWCL,
+                AWCR,
+                ASHL,
+                ADLL,
+                BAGR,
+                URXL,
+                ALNL,
+                AQR,
+                DVA,
+                ADEL,
+                IL2VL,
+                CEPVL,
+                CEPVR,
+                URYVL,
+                RIH,
+                AIYL,
+                RIR,
+                AUAL,
+                AIZL,
+                RIAR,
+                AIBR,
+                RIVL,
+                RIML,
+                RIBL,
+                SMDVL,
+            ),
         )
         del AWCR, AIYL
         # RIVR (motor, ACh) <- BAGL:2, ADEL:2, DVC:2, AIYR:1, RICL:4, RIAR:3, ADAR:5,
         #     RIVL:1, RIAL:12
         RIVR = self.node(
             154,
-            w[680] * BAGL
-            + w[681] * ADEL
-            + w[682] * DVC
-            + w[683] * AIYR
-            + w[684] * RICL
-            + w[685] * RIAR
-            + w[686] * ADAR
-            + w[687] * RIVL
-            + w[688] * RIAL,
+            self.mix(w[680:689], BAGL, ADEL, DVC, AIYR, RICL, RIAR, ADAR, RIVL, RIAL),
         )
         del AIYR
         # SMBDR (motor, ACh) <- ADFR:2, ALNL:7, SDQL:11, ALML:2, DVA:6, ADEL:1, CEPDL:5,
@@ -1762,169 +1673,174 @@ class HermaphroditeNet(nn.Module):
         #     SAADR:2, RIAL:7
         SMBDR = self.node(
             155,
-            w[689] * ADFR
-            + w[690] * ALNL
-            + w[691] * SDQL
-            + w[692] * ALML
-            + w[693] * DVA
-            + w[694] * ADEL
-            + w[695] * CEPDL
-            + w[696] * URYVR
-            + w[697] * URBL
-            + w[698] * AVHL
-            + w[699] * AIZR
-            + w[700] * RICR
-            + w[701] * RICL
-            + w[702] * RIAR
-            + w[703] * SMBVR
-            + w[704] * SAADR
-            + w[705] * RIAL,
+            self.mix(
+                w[689:706],
+                ADFR,
+                ALNL,
+                SDQL,
+                ALML,
+                DVA,
+                ADEL,
+                CEPDL,
+                URYVR,
+                URBL,
+                AVHL,
+                AIZR,
+                RICR,
+                RICL,
+                RIAR,
+                SMBVR,
+                SAADR,
+                RIAL,
+            ),
         )
         del ADFR
         # SIADL (motor, ACh) <- URXR:2, SDQR:2, ALMR:1, RMGL:2, URBR:3, SMBDL:19,
         #     RMGR:1, AIBR:1, RIAL:3
         SIADL = self.node(
             156,
-            w[706] * URXR
-            + w[707] * SDQR
-            + w[708] * ALMR
-            + w[709] * RMGL
-            + w[710] * URBR
-            + w[711] * SMBDL
-            + w[712] * RMGR
-            + w[713] * AIBR
-            + w[714] * RIAL,
+            self.mix(w[706:715], URXR, SDQR, ALMR, RMGL, URBR, SMBDL, RMGR, AIBR, RIAL),
         )
         # SAAVL (interneuron, ACh) <- ASIL:2, ALNL:8, PLNR:1, DVA:3, AINL:3, RICL:2,
         #     AIBL:3, RIML:10, SMBDR:8
         SAAVL = self.node(
             157,
-            w[715] * ASIL
-            + w[716] * ALNL
-            + w[717] * PLNR
-            + w[718] * DVA
-            + w[719] * AINL
-            + w[720] * RICL
-            + w[721] * AIBL
-            + w[722] * RIML
-            + w[723] * SMBDR,
+            self.mix(w[715:724], ASIL, ALNL, PLNR, DVA, AINL, RICL, AIBL, RIML, SMBDR),
         )
         del ASIL
         # SMBVL (motor, ACh) <- AWBL:3, ADFL:9, ADLL:5, PLNL:10, DVA:5, ADEL:2, CEPVL:1,
         #     AIML:4, AVHR:1, AVFL:1, AIZL:21, RMGL:2, VB01:3, SMBDL:2, RIVR:1
         SMBVL = self.node(
             158,
-            w[724] * AWBL
-            + w[725] * ADFL
-            + w[726] * ADLL
-            + w[727] * PLNL
-            + w[728] * DVA
-            + w[729] * ADEL
-            + w[730] * CEPVL
-            + w[731] * AIML
-            + w[732] * AVHR
-            + w[733] * AVFL
-            + w[734] * AIZL
-            + w[735] * RMGL
-            + w[736] * VB01
-            + w[737] * SMBDL
-            + w[738] * RIVR,
+            self.mix(
+                w[724:739],
+                AWBL,
+                ADFL,
+                ADLL,
+                PLNL,
+                DVA,
+                ADEL,
+                CEPVL,
+                AIML,
+                AVHR,
+                AVFL,
+                AIZL,
+                RMGL,
+                VB01,
+                SMBDL,
+                RIVR,
+            ),
         )
         del ADFL
         # SIADR (motor, ACh) <- ALNL:1, SDQL:2, ADEL:2, IL2VR:1, CEPDL:4, URBL:2,
         #     AIZR:1, RMGL:2, AIBL:2, RIAR:4, SMDVL:1, SMBDR:20
         SIADR = self.node(
             159,
-            w[739] * ALNL
-            + w[740] * SDQL
-            + w[741] * ADEL
-            + w[742] * IL2VR
-            + w[743] * CEPDL
-            + w[744] * URBL
-            + w[745] * AIZR
-            + w[746] * RMGL
-            + w[747] * AIBL
-            + w[748] * RIAR
-            + w[749] * SMDVL
-            + w[750] * SMBDR,
+            self.mix(
+                w[739:751],
+                ALNL,
+                SDQL,
+                ADEL,
+                IL2VR,
+                CEPDL,
+                URBL,
+                AIZR,
+                RMGL,
+                AIBL,
+                RIAR,
+                SMDVL,
+                SMBDR,
+            ),
         )
         # PVPL (interneuron, ACh) <- AQR:3, PVDL:1, PHAR:3, PVQL:1, AVHR:9, AVHL:1,
         #     RIGL:2, RIR:2, RMGL:1, ADAL:1, RIFL:8, SMBVL:1
         PVPL = self.node(
             160,
-            w[751] * AQR
-            + w[752] * PVDL
-            + w[753] * PHAR
-            + w[754] * PVQL
-            + w[755] * AVHR
-            + w[756] * AVHL
-            + w[757] * RIGL
-            + w[758] * RIR
-            + w[759] * RMGL
-            + w[760] * ADAL
-            + w[761] * RIFL
-            + w[762] * SMBVL,
+            self.mix(
+                w[751:763],
+                AQR,
+                PVDL,
+                PHAR,
+                PVQL,
+                AVHR,
+                AVHL,
+                RIGL,
+                RIR,
+                RMGL,
+                ADAL,
+                RIFL,
+                SMBVL,
+            ),
         )
         # SAADL (interneuron, ACh) <- PLNL:5, BDUL:3, RMGL:1, VB01:18, AIBL:6, RMGR:3,
         #     AIBR:2, AVKL:1, RIML:1, RIAL:1, RIVR:12, SMBVL:16
         SAADL = self.node(
             161,
-            w[763] * PLNL
-            + w[764] * BDUL
-            + w[765] * RMGL
-            + w[766] * VB01
-            + w[767] * AIBL
-            + w[768] * RMGR
-            + w[769] * AIBR
-            + w[770] * AVKL
-            + w[771] * RIML
-            + w[772] * RIAL
-            + w[773] * RIVR
-            + w[774] * SMBVL,
+            self.mix(
+                w[763:775],
+                PLNL,
+                BDUL,
+                RMGL,
+                VB01,
+                AIBL,
+                RMGR,
+                AIBR,
+                AVKL,
+                RIML,
+                RIAL,
+                RIVR,
+                SMBVL,
+            ),
         )
         # AVJR (interneuron, GABA) <- ADLL:9, ADLR:3, URXL:4, PQR:1, AVM:1, FLPR:2,
         #     ADER:1, URYVL:1, AIMR:1, LUAR:4, PVNL:8, BDUL:2, LUAL:1, AVHR:5, AVHL:1,
         #     AVG:3, RIFR:2, ADAL:11, RIFL:8, PVR:5, SMBVL:1
         AVJR = self.node(
             162,
-            w[775] * ADLL
-            + w[776] * ADLR
-            + w[777] * URXL
-            + w[778] * PQR
-            + w[779] * AVM
-            + w[780] * FLPR
-            + w[781] * ADER
-            + w[782] * URYVL
-            + w[783] * AIMR
-            + w[784] * LUAR
-            + w[785] * PVNL
-            + w[786] * BDUL
-            + w[787] * LUAL
-            + w[788] * AVHR
-            + w[789] * AVHL
-            + w[790] * AVG
-            + w[791] * RIFR
-            + w[792] * ADAL
-            + w[793] * RIFL
-            + w[794] * PVR
-            + w[795] * SMBVL,
+            self.mix(
+                w[775:796],
+                ADLL,
+                ADLR,
+                URXL,
+                PQR,
+                AVM,
+                FLPR,
+                ADER,
+                URYVL,
+                AIMR,
+                LUAR,
+                PVNL,
+                BDUL,
+                LUAL,
+                AVHR,
+                AVHL,
+                AVG,
+                RIFR,
+                ADAL,
+                RIFL,
+                PVR,
+                SMBVL,
+            ),
         )
         # AVFR (interneuron, GABA) <- AIML:4, AIMR:4, HSNL:4, HSNR:2, AVHR:2, VC05:1,
         #     AVFL:12, AVHL:5, PVQR:1, RMGL:1, SIADL:1, AVJR:1
         AVFR = self.node(
             163,
-            w[796] * AIML
-            + w[797] * AIMR
-            + w[798] * HSNL
-            + w[799] * HSNR
-            + w[800] * AVHR
-            + w[801] * VC05
-            + w[802] * AVFL
-            + w[803] * AVHL
-            + w[804] * PVQR
-            + w[805] * RMGL
-            + w[806] * SIADL
-            + w[807] * AVJR,
+            self.mix(
+                w[796:808],
+                AIML,
+                AIMR,
+                HSNL,
+                HSNR,
+                AVHR,
+                VC05,
+                AVFL,
+                AVHL,
+                PVQR,
+                RMGL,
+                SIADL,
+                AVJR,
+            ),
         )
         del VC05
         # RIMR (interneuron, Glu+Tyr+Betaine) <- DVA:5, HSNR:1, AVHL:1, RIS:15, AIZR:34,
@@ -1932,196 +1848,210 @@ class HermaphroditeNet(nn.Module):
         #     SAAVR:7, AVKL:2, SAADR:23, RIML:2, RIAL:2, SAAVL:33, SAADL:16
         RIMR = self.node(
             164,
-            w[808] * DVA
-            + w[809] * HSNR
-            + w[810] * AVHL
-            + w[811] * RIS
-            + w[812] * AIZR
-            + w[813] * RIFR
-            + w[814] * PVPR
-            + w[815] * RICR
-            + w[816] * RICL
-            + w[817] * AIBL
-            + w[818] * ADAR
-            + w[819] * AIBR
-            + w[820] * RMFL
-            + w[821] * SAAVR
-            + w[822] * AVKL
-            + w[823] * SAADR
-            + w[824] * RIML
-            + w[825] * RIAL
-            + w[826] * SAAVL
-            + w[827] * SAADL,
+            self.mix(
+                w[808:828],
+                DVA,
+                HSNR,
+                AVHL,
+                RIS,
+                AIZR,
+                RIFR,
+                PVPR,
+                RICR,
+                RICL,
+                AIBL,
+                ADAR,
+                AIBR,
+                RMFL,
+                SAAVR,
+                AVKL,
+                SAADR,
+                RIML,
+                RIAL,
+                SAAVL,
+                SAADL,
+            ),
         )
         # SMDDL (motor, ACh+GABA+Betaine) <- ALMR:1, URYDL:2, URYDR:11, OLLL:8, OLLR:3,
         #     RIS:1, RMHR:3, RICR:9, RMGL:1, RICL:11, RIBR:2, SMBDL:7, RIAR:32, AIBR:17,
         #     SAAVR:17, RIML:11, RIAL:22, RIVR:6, SIADL:17, RIMR:9
         SMDDL = self.node(
             165,
-            w[828] * ALMR
-            + w[829] * URYDL
-            + w[830] * URYDR
-            + w[831] * OLLL
-            + w[832] * OLLR
-            + w[833] * RIS
-            + w[834] * RMHR
-            + w[835] * RICR
-            + w[836] * RMGL
-            + w[837] * RICL
-            + w[838] * RIBR
-            + w[839] * SMBDL
-            + w[840] * RIAR
-            + w[841] * AIBR
-            + w[842] * SAAVR
-            + w[843] * RIML
-            + w[844] * RIAL
-            + w[845] * RIVR
-            + w[846] * SIADL
-            + w[847] * RIMR,
+            self.mix(
+                w[828:848],
+                ALMR,
+                URYDL,
+                URYDR,
+                OLLL,
+                OLLR,
+                RIS,
+                RMHR,
+                RICR,
+                RMGL,
+                RICL,
+                RIBR,
+                SMBDL,
+                RIAR,
+                AIBR,
+                SAAVR,
+                RIML,
+                RIAL,
+                RIVR,
+                SIADL,
+                RIMR,
+            ),
         )
         # RMDR (motor, ACh) <- URXR:8, ADER:6, IL2L:3, CEPDR:1, OLLR:2, IL1L:9, IL1R:4,
         #     AIMR:1, ALA:3, RIS:16, RMHR:1, RMGL:16, URBR:1, RIAR:35, SMBVR:3, RMGR:7,
         #     RMFL:13, RIML:21, RIBL:1, RIAL:17, RIVR:4, RIMR:12, SMDDL:1
         RMDR = self.node(
             166,
-            w[848] * URXR
-            + w[849] * ADER
-            + w[850] * IL2L
-            + w[851] * CEPDR
-            + w[852] * OLLR
-            + w[853] * IL1L
-            + w[854] * IL1R
-            + w[855] * AIMR
-            + w[856] * ALA
-            + w[857] * RIS
-            + w[858] * RMHR
-            + w[859] * RMGL
-            + w[860] * URBR
-            + w[861] * RIAR
-            + w[862] * SMBVR
-            + w[863] * RMGR
-            + w[864] * RMFL
-            + w[865] * RIML
-            + w[866] * RIBL
-            + w[867] * RIAL
-            + w[868] * RIVR
-            + w[869] * RIMR
-            + w[870] * SMDDL,
+            self.mix(
+                w[848:871],
+                URXR,
+                ADER,
+                IL2L,
+                CEPDR,
+                OLLR,
+                IL1L,
+                IL1R,
+                AIMR,
+                ALA,
+                RIS,
+                RMHR,
+                RMGL,
+                URBR,
+                RIAR,
+                SMBVR,
+                RMGR,
+                RMFL,
+                RIML,
+                RIBL,
+                RIAL,
+                RIVR,
+                RIMR,
+                SMDDL,
+            ),
         )
         # RMDL (motor, ACh) <- ADEL:11, ADER:1, IL2R:3, URYVR:2, OLLL:6, OLLR:9,
         #     IL1R:11, RIS:10, RMHR:4, RMGL:2, URBR:1, RIAR:9, SMBVR:2, RMGR:20, AVKL:1,
         #     RIVL:4, RIML:9, RIAL:26, SIADL:4, RIMR:15, SMDDL:3, RMDR:11
         RMDL = self.node(
             167,
-            w[871] * ADEL
-            + w[872] * ADER
-            + w[873] * IL2R
-            + w[874] * URYVR
-            + w[875] * OLLL
-            + w[876] * OLLR
-            + w[877] * IL1R
-            + w[878] * RIS
-            + w[879] * RMHR
-            + w[880] * RMGL
-            + w[881] * URBR
-            + w[882] * RIAR
-            + w[883] * SMBVR
-            + w[884] * RMGR
-            + w[885] * AVKL
-            + w[886] * RIVL
-            + w[887] * RIML
-            + w[888] * RIAL
-            + w[889] * SIADL
-            + w[890] * RIMR
-            + w[891] * SMDDL
-            + w[892] * RMDR,
+            self.mix(
+                w[871:893],
+                ADEL,
+                ADER,
+                IL2R,
+                URYVR,
+                OLLL,
+                OLLR,
+                IL1R,
+                RIS,
+                RMHR,
+                RMGL,
+                URBR,
+                RIAR,
+                SMBVR,
+                RMGR,
+                AVKL,
+                RIVL,
+                RIML,
+                RIAL,
+                SIADL,
+                RIMR,
+                SMDDL,
+                RMDR,
+            ),
         )
         # RMFR (interneuron, ACh) <- PVT:7, DVC:9, RICL:2, AIBL:6, SAADR:1, RIML:2,
         #     SAAVL:11, SAADL:1, RIMR:7, RMDL:1
         RMFR = self.node(
             168,
-            w[893] * PVT
-            + w[894] * DVC
-            + w[895] * RICL
-            + w[896] * AIBL
-            + w[897] * SAADR
-            + w[898] * RIML
-            + w[899] * SAAVL
-            + w[900] * SAADL
-            + w[901] * RIMR
-            + w[902] * RMDL,
+            self.mix(
+                w[893:903], PVT, DVC, RICL, AIBL, SAADR, RIML, SAAVL, SAADL, RIMR, RMDL
+            ),
         )
         # RMDVL (motor, ACh) <- PLNR:1, CEPDL:13, URYDL:18, URYVR:19, OLLL:3, OLQVR:18,
         #     IL1DL:3, IL1L:22, IL1R:8, IL1VR:5, URAVR:1, AINL:3, RMGL:15, RIAR:57,
         #     RIVL:5, RIAL:48, RMDR:9, RMDL:2
         RMDVL = self.node(
             169,
-            w[903] * PLNR
-            + w[904] * CEPDL
-            + w[905] * URYDL
-            + w[906] * URYVR
-            + w[907] * OLLL
-            + w[908] * OLQVR
-            + w[909] * IL1DL
-            + w[910] * IL1L
-            + w[911] * IL1R
-            + w[912] * IL1VR
-            + w[913] * URAVR
-            + w[914] * AINL
-            + w[915] * RMGL
-            + w[916] * RIAR
-            + w[917] * RIVL
-            + w[918] * RIAL
-            + w[919] * RMDR
-            + w[920] * RMDL,
+            self.mix(
+                w[903:921],
+                PLNR,
+                CEPDL,
+                URYDL,
+                URYVR,
+                OLLL,
+                OLQVR,
+                IL1DL,
+                IL1L,
+                IL1R,
+                IL1VR,
+                URAVR,
+                AINL,
+                RMGL,
+                RIAR,
+                RIVL,
+                RIAL,
+                RMDR,
+                RMDL,
+            ),
         )
         # RMHL (motor, ACh+Betaine) <- ALNL:1, SDQR:15, ADEL:1, IL2DL:1, CEPDL:1,
         #     CEPDR:7, CEPVL:10, OLQDL:1, OLQVL:2, IL1R:3, IL1VL:1, RMHR:3, RMGL:1,
         #     RIGR:17, RMFL:2, RMDL:3
         RMHL = self.node(
             170,
-            w[921] * ALNL
-            + w[922] * SDQR
-            + w[923] * ADEL
-            + w[924] * IL2DL
-            + w[925] * CEPDL
-            + w[926] * CEPDR
-            + w[927] * CEPVL
-            + w[928] * OLQDL
-            + w[929] * OLQVL
-            + w[930] * IL1R
-            + w[931] * IL1VL
-            + w[932] * RMHR
-            + w[933] * RMGL
-            + w[934] * RIGR
-            + w[935] * RMFL
-            + w[936] * RMDL,
+            self.mix(
+                w[921:937],
+                ALNL,
+                SDQR,
+                ADEL,
+                IL2DL,
+                CEPDL,
+                CEPDR,
+                CEPVL,
+                OLQDL,
+                OLQVL,
+                IL1R,
+                IL1VL,
+                RMHR,
+                RMGL,
+                RIGR,
+                RMFL,
+                RMDL,
+            ),
         )
         # RMDDR (motor, ACh) <- ALNL:1, ALML:1, CEPVR:4, URYDL:15, URYVR:32, OLLR:26,
         #     OLQDL:10, IL1DL:3, IL1R:12, IL1VR:40, URBL:2, URAVR:1, HSNR:1, RIS:1,
         #     RMGL:1, RIAR:53, SMDVL:3, RIAL:35, RMDL:7, RMDVL:41
         RMDDR = self.node(
             171,
-            w[937] * ALNL
-            + w[938] * ALML
-            + w[939] * CEPVR
-            + w[940] * URYDL
-            + w[941] * URYVR
-            + w[942] * OLLR
-            + w[943] * OLQDL
-            + w[944] * IL1DL
-            + w[945] * IL1R
-            + w[946] * IL1VR
-            + w[947] * URBL
-            + w[948] * URAVR
-            + w[949] * HSNR
-            + w[950] * RIS
-            + w[951] * RMGL
-            + w[952] * RIAR
-            + w[953] * SMDVL
-            + w[954] * RIAL
-            + w[955] * RMDL
-            + w[956] * RMDVL,
+            self.mix(
+                w[937:957],
+                ALNL,
+                ALML,
+                CEPVR,
+                URYDL,
+                URYVR,
+                OLLR,
+                OLQDL,
+                IL1DL,
+                IL1R,
+                IL1VR,
+                URBL,
+                URAVR,
+                HSNR,
+                RIS,
+                RMGL,
+                RIAR,
+                SMDVL,
+                RIAL,
+                RMDL,
+                RMDVL,
+            ),
         )
         del ALNL
         # RMDVR (motor, ACh) <- CEPDR:3, CEPVL:8, URYDR:12, URYVL:17, OLLR:6, OLQVL:14,
@@ -2129,39 +2059,34 @@ class HermaphroditeNet(nn.Module):
         #     RIVR:1, SMBVL:1, SAADL:1, RMDL:3, RMDVL:1, RMDDR:3
         RMDVR = self.node(
             172,
-            w[957] * CEPDR
-            + w[958] * CEPVL
-            + w[959] * URYDR
-            + w[960] * URYVL
-            + w[961] * OLLR
-            + w[962] * OLQVL
-            + w[963] * IL1DR
-            + w[964] * IL1L
-            + w[965] * IL1R
-            + w[966] * IL1VL
-            + w[967] * RIBR
-            + w[968] * RIAR
-            + w[969] * RMGR
-            + w[970] * RIAL
-            + w[971] * RIVR
-            + w[972] * SMBVL
-            + w[973] * SAADL
-            + w[974] * RMDL
-            + w[975] * RMDVL
-            + w[976] * RMDDR,
+            self.mix(
+                w[957:977],
+                CEPDR,
+                CEPVL,
+                URYDR,
+                URYVL,
+                OLLR,
+                OLQVL,
+                IL1DR,
+                IL1L,
+                IL1R,
+                IL1VL,
+                RIBR,
+                RIAR,
+                RMGR,
+                RIAL,
+                RIVR,
+                SMBVL,
+                SAADL,
+                RMDL,
+                RMDVL,
+                RMDDR,
+            ),
         )
         # URAVL (motor, ACh) <- IL2L:2, IL2VL:7, CEPVL:6, IL1L:4, IL1VL:4, DVC:1,
         #     ADAL:1, RMDVR:8
         URAVL = self.node(
-            173,
-            w[977] * IL2L
-            + w[978] * IL2VL
-            + w[979] * CEPVL
-            + w[980] * IL1L
-            + w[981] * IL1VL
-            + w[982] * DVC
-            + w[983] * ADAL
-            + w[984] * RMDVR,
+            173, self.mix(w[977:985], IL2L, IL2VL, CEPVL, IL1L, IL1VL, DVC, ADAL, RMDVR)
         )
         # AVER (interneuron, ACh) <- ASHR:7, BAGL:7, URXR:2, FLPR:7, DVA:17, ADER:4,
         #     IL2R:2, CEPDL:13, CEPVL:5, URYDL:9, URYDR:2, URYVL:23, OLLL:53, IL1L:5,
@@ -2170,98 +2095,110 @@ class HermaphroditeNet(nn.Module):
         #     URAVL:1
         AVER = self.node(
             174,
-            w[985] * ASHR
-            + w[986] * BAGL
-            + w[987] * URXR
-            + w[988] * FLPR
-            + w[989] * DVA
-            + w[990] * ADER
-            + w[991] * IL2R
-            + w[992] * CEPDL
-            + w[993] * CEPVL
-            + w[994] * URYDL
-            + w[995] * URYDR
-            + w[996] * URYVL
-            + w[997] * OLLL
-            + w[998] * IL1L
-            + w[999] * IL1R
-            + w[1000] * ALA
-            + w[1001] * HSNR
-            + w[1002] * AVG
-            + w[1003] * RIS
-            + w[1004] * RIGL
-            + w[1005] * AUAR
-            + w[1006] * AIZR
-            + w[1007] * AIZL
-            + w[1008] * RIBR
-            + w[1009] * RIGR
-            + w[1010] * RMGR
-            + w[1011] * AVKL
-            + w[1012] * RIML
-            + w[1013] * RIBL
-            + w[1014] * AVJR
-            + w[1015] * SMDDL
-            + w[1016] * RMDVL
-            + w[1017] * URAVL,
+            self.mix(
+                w[985:1018],
+                ASHR,
+                BAGL,
+                URXR,
+                FLPR,
+                DVA,
+                ADER,
+                IL2R,
+                CEPDL,
+                CEPVL,
+                URYDL,
+                URYDR,
+                URYVL,
+                OLLL,
+                IL1L,
+                IL1R,
+                ALA,
+                HSNR,
+                AVG,
+                RIS,
+                RIGL,
+                AUAR,
+                AIZR,
+                AIZL,
+                RIBR,
+                RIGR,
+                RMGR,
+                AVKL,
+                RIML,
+                RIBL,
+                AVJR,
+                SMDDL,
+                RMDVL,
+                URAVL,
+            ),
         )
         # RIPL (interneuron, ACh) <- ASHL:4, ADLL:3, IL2DL:28, IL2DR:1, IL2VL:36,
         #     CEPDL:8, CEPVL:4, IL1DL:11, IL1VL:13, RIH:18, ADAL:4, PVR:16, URADL:12,
         #     SAAVR:12, URAVL:15
         RIPL = self.node(
             175,
-            w[1018] * ASHL
-            + w[1019] * ADLL
-            + w[1020] * IL2DL
-            + w[1021] * IL2DR
-            + w[1022] * IL2VL
-            + w[1023] * CEPDL
-            + w[1024] * CEPVL
-            + w[1025] * IL1DL
-            + w[1026] * IL1VL
-            + w[1027] * RIH
-            + w[1028] * ADAL
-            + w[1029] * PVR
-            + w[1030] * URADL
-            + w[1031] * SAAVR
-            + w[1032] * URAVL,
+            self.mix(
+                w[1018:1033],
+                ASHL,
+                ADLL,
+                IL2DL,
+                IL2DR,
+                IL2VL,
+                CEPDL,
+                CEPVL,
+                IL1DL,
+                IL1VL,
+                RIH,
+                ADAL,
+                PVR,
+                URADL,
+                SAAVR,
+                URAVL,
+            ),
         )
         # RMEL (motor, GABA) <- IL2DL:11, IL2DR:12, IL2R:5, IL2VL:7, IL2VR:8, OLLL:5,
         #     OLQDL:2, IL1DL:1, IL1R:5, URAVR:1, URADL:8, URAVL:8
         RMEL = self.node(
             176,
-            w[1033] * IL2DL
-            + w[1034] * IL2DR
-            + w[1035] * IL2R
-            + w[1036] * IL2VL
-            + w[1037] * IL2VR
-            + w[1038] * OLLL
-            + w[1039] * OLQDL
-            + w[1040] * IL1DL
-            + w[1041] * IL1R
-            + w[1042] * URAVR
-            + w[1043] * URADL
-            + w[1044] * URAVL,
+            self.mix(
+                w[1033:1045],
+                IL2DL,
+                IL2DR,
+                IL2R,
+                IL2VL,
+                IL2VR,
+                OLLL,
+                OLQDL,
+                IL1DL,
+                IL1R,
+                URAVR,
+                URADL,
+                URAVL,
+            ),
         )
         del IL1DL, URADL
         # RMER (motor, GABA) <- ADEL:1, IL2DL:8, IL2DR:11, IL2L:10, IL2VL:6, IL2VR:17,
         #     OLLR:3, OLQDR:1, OLQVR:2, IL1L:4, URAVR:4, URADR:1, RIH:6, RMHR:4, URAVL:3
         RMER = self.node(
             177,
-            w[1045] * ADEL
-            + w[1046] * IL2DL
-            + w[1047] * IL2DR
-            + w[1048] * IL2L
-            + w[1049] * IL2VL
-            + w[1050] * IL2VR
-            + w[1051] * OLLR
-            + w[1052] * OLQDR
-            + w[1053] * OLQVR
-            + w[1054] * IL1L
-            + w[1055] * URAVR
-            + w[1056] * URADR
-            + w[1057] * RIH
-            + w[1058] * RMHR
-            + w[1059] * URAVL,
+            self.mix(
+                w[1045:1060],
+                ADEL,
+                IL2DL,
+                IL2DR,
+                IL2L,
+                IL2VL,
+                IL2VR,
+                OLLR,
+                OLQDR,
+                OLQVR,
+                IL1L,
+                URAVR,
+                URADR,
+                RIH,
+                RMHR,
+                URAVL,
+            ),
         )
         del RMHR
         # AVDL (interneuron, ACh) <- ASHL:7, ASHR:27, ADLL:4, ADLR:26, SDQL:3, AQR:3,
@@ -2270,58 +2207,64 @@ class HermaphroditeNet(nn.Module):
         #     RIGR:1, RMGR:2, ADAR:2, AVJR:1, AVER:4
         AVDL = self.node(
             178,
-            w[1060] * ASHL
-            + w[1061] * ASHR
-            + w[1062] * ADLL
-            + w[1063] * ADLR
-            + w[1064] * SDQL
-            + w[1065] * AQR
-            + w[1066] * PQR
-            + w[1067] * AVM
-            + w[1068] * PLMR
-            + w[1069] * FLPL
-            + w[1070] * FLPR
-            + w[1071] * PVDL
-            + w[1072] * PVDR
-            + w[1073] * ADEL
-            + w[1074] * PHBL
-            + w[1075] * PHBR
-            + w[1076] * AIML
-            + w[1077] * LUAR
-            + w[1078] * PVNL
-            + w[1079] * LUAL
-            + w[1080] * AVHL
-            + w[1081] * AVG
-            + w[1082] * ADAL
-            + w[1083] * URBR
-            + w[1084] * RIGR
-            + w[1085] * RMGR
-            + w[1086] * ADAR
-            + w[1087] * AVJR
-            + w[1088] * AVER,
+            self.mix(
+                w[1060:1089],
+                ASHL,
+                ASHR,
+                ADLL,
+                ADLR,
+                SDQL,
+                AQR,
+                PQR,
+                AVM,
+                PLMR,
+                FLPL,
+                FLPR,
+                PVDL,
+                PVDR,
+                ADEL,
+                PHBL,
+                PHBR,
+                AIML,
+                LUAR,
+                PVNL,
+                LUAL,
+                AVHL,
+                AVG,
+                ADAL,
+                URBR,
+                RIGR,
+                RMGR,
+                ADAR,
+                AVJR,
+                AVER,
+            ),
         )
         # RIPR (interneuron, ACh) <- ADLR:2, BAGL:1, URXR:10, SDQL:1, IL2DR:43,
         #     IL2VR:43, CEPVR:3, OLQVR:18, IL1DR:28, IL1VR:16, URAVR:13, URADR:16,
         #     RIH:7, RIFR:2, ADAR:9, PVR:19, RMEL:1
         RIPR = self.node(
             179,
-            w[1089] * ADLR
-            + w[1090] * BAGL
-            + w[1091] * URXR
-            + w[1092] * SDQL
-            + w[1093] * IL2DR
-            + w[1094] * IL2VR
-            + w[1095] * CEPVR
-            + w[1096] * OLQVR
-            + w[1097] * IL1DR
-            + w[1098] * IL1VR
-            + w[1099] * URAVR
-            + w[1100] * URADR
-            + w[1101] * RIH
-            + w[1102] * RIFR
-            + w[1103] * ADAR
-            + w[1104] * PVR
-            + w[1105] * RMEL,
+            self.mix(
+                w[1089:1106],
+                ADLR,
+                BAGL,
+                URXR,
+                SDQL,
+                IL2DR,
+                IL2VR,
+                CEPVR,
+                OLQVR,
+                IL1DR,
+                IL1VR,
+                URAVR,
+                URADR,
+                RIH,
+                RIFR,
+                ADAR,
+                PVR,
+                RMEL,
+            ),
         )
         del IL1VR, URADR
         # AVJL (interneuron, GABA) <- ADLL:3, ADLR:2, AQR:3, FLPR:2, AIML:1, BDUR:5,
@@ -2329,41 +2272,36 @@ class HermaphroditeNet(nn.Module):
         #     RMGR:4, ADAR:13, PVR:11, AVJR:1, RIMR:4, AVDL:1
         AVJL = self.node(
             180,
-            w[1106] * ADLL
-            + w[1107] * ADLR
-            + w[1108] * AQR
-            + w[1109] * FLPR
-            + w[1110] * AIML
-            + w[1111] * BDUR
-            + w[1112] * PVNL
-            + w[1113] * LUAL
-            + w[1114] * HSNL
-            + w[1115] * HSNR
-            + w[1116] * AVFL
-            + w[1117] * AVHL
-            + w[1118] * AVG
-            + w[1119] * RIFR
-            + w[1120] * PVPR
-            + w[1121] * RMGR
-            + w[1122] * ADAR
-            + w[1123] * PVR
-            + w[1124] * AVJR
-            + w[1125] * RIMR
-            + w[1126] * AVDL,
+            self.mix(
+                w[1106:1127],
+                ADLL,
+                ADLR,
+                AQR,
+                FLPR,
+                AIML,
+                BDUR,
+                PVNL,
+                LUAL,
+                HSNL,
+                HSNR,
+                AVFL,
+                AVHL,
+                AVG,
+                RIFR,
+                PVPR,
+                RMGR,
+                ADAR,
+                PVR,
+                AVJR,
+                RIMR,
+                AVDL,
+            ),
         )
         del HSNL
         # PVNR (interneuron, ACh+Glu+Betaine) <- AVM:3, AIMR:1, BDUR:5, PVNL:9, BDUL:4,
         #     HSNR:2, AVG:4, AVJL:4
         PVNR = self.node(
-            181,
-            w[1127] * AVM
-            + w[1128] * AIMR
-            + w[1129] * BDUR
-            + w[1130] * PVNL
-            + w[1131] * BDUL
-            + w[1132] * HSNR
-            + w[1133] * AVG
-            + w[1134] * AVJL,
+            181, self.mix(w[1127:1135], AVM, AIMR, BDUR, PVNL, BDUL, HSNR, AVG, AVJL)
         )
         del BDUL
         # AVDR (interneuron, ACh) <- ASHL:20, ASHR:2, ADLL:15, ADLR:3, URXL:1, AQR:2,
@@ -2373,91 +2311,82 @@ class HermaphroditeNet(nn.Module):
         #     RIBL:4, PVPL:3, AVJR:7, AVER:4, AVDL:5, PVNR:2
         AVDR = self.node(
             182,
-            w[1135] * ASHL
-            + w[1136] * ASHR
-            + w[1137] * ADLL
-            + w[1138] * ADLR
-            + w[1139] * URXL
-            + w[1140] * AQR
-            + w[1141] * PQR
-            + w[1142] * ALML
-            + w[1143] * AVM
-            + w[1144] * PLML
-            + w[1145] * PLMR
-            + w[1146] * FLPL
-            + w[1147] * FLPR
-            + w[1148] * DVA
-            + w[1149] * PVDL
-            + w[1150] * ADER
-            + w[1151] * PHAL
-            + w[1152] * PHAR
-            + w[1153] * PHBL
-            + w[1154] * PHBR
-            + w[1155] * URYVL
-            + w[1156] * OLQVL
-            + w[1157] * AIMR
-            + w[1158] * LUAR
-            + w[1159] * ALA
-            + w[1160] * PVNL
-            + w[1161] * LUAL
-            + w[1162] * HSNR
-            + w[1163] * AVHR
-            + w[1164] * AVG
-            + w[1165] * AUAL
-            + w[1166] * ADAL
-            + w[1167] * ADAR
-            + w[1168] * RIBL
-            + w[1169] * PVPL
-            + w[1170] * AVJR
-            + w[1171] * AVER
-            + w[1172] * AVDL
-            + w[1173] * PVNR,
+            self.mix(
+                w[1135:1174],
+                ASHL,
+                ASHR,
+                ADLL,
+                ADLR,
+                URXL,
+                AQR,
+                PQR,
+                ALML,
+                AVM,
+                PLML,
+                PLMR,
+                FLPL,
+                FLPR,
+                DVA,
+                PVDL,
+                ADER,
+                PHAL,
+                PHAR,
+                PHBL,
+                PHBR,
+                URYVL,
+                OLQVL,
+                AIMR,
+                LUAR,
+                ALA,
+                PVNL,
+                LUAL,
+                HSNR,
+                AVHR,
+                AVG,
+                AUAL,
+                ADAL,
+                ADAR,
+                RIBL,
+                PVPL,
+                AVJR,
+                AVER,
+                AVDL,
+                PVNR,
+            ),
         )
         # AVL (interneuron, GABA) <- ADEL:1, URYVR:5, IL1VL:1, PVNL:1, AVFL:5, PVQR:2,
         #     PVT:3, RIS:9, PVPR:4, PVNR:3
         AVL = self.node(
             183,
-            w[1174] * ADEL
-            + w[1175] * URYVR
-            + w[1176] * IL1VL
-            + w[1177] * PVNL
-            + w[1178] * AVFL
-            + w[1179] * PVQR
-            + w[1180] * PVT
-            + w[1181] * RIS
-            + w[1182] * PVPR
-            + w[1183] * PVNR,
+            self.mix(
+                w[1174:1184], ADEL, URYVR, IL1VL, PVNL, AVFL, PVQR, PVT, RIS, PVPR, PVNR
+            ),
         )
         # DVB (interneuron, GABA+Betaine) <- AVFL:1, AVL:1
-        DVB = self.node(184, w[1184] * AVFL + w[1185] * AVL)
+        DVB = self.node(184, self.mix(w[1184:1186], AVFL, AVL))
         # AVKR (interneuron) <- PVT:8, RIS:13, RIGL:17, AIZL:4, RICR:1, RIGR:5, RMFL:14,
         #     RIML:1, RMDR:1, RMDL:1, RMFR:9, AVL:2
         AVKR = self.node(
             185,
-            w[1186] * PVT
-            + w[1187] * RIS
-            + w[1188] * RIGL
-            + w[1189] * AIZL
-            + w[1190] * RICR
-            + w[1191] * RIGR
-            + w[1192] * RMFL
-            + w[1193] * RIML
-            + w[1194] * RMDR
-            + w[1195] * RMDL
-            + w[1196] * RMFR
-            + w[1197] * AVL,
+            self.mix(
+                w[1186:1198],
+                PVT,
+                RIS,
+                RIGL,
+                AIZL,
+                RICR,
+                RIGR,
+                RMFL,
+                RIML,
+                RMDR,
+                RMDL,
+                RMFR,
+                AVL,
+            ),
         )
         del RIGR, RMFL, RMFR
         # PVWL (interneuron) <- LUAR:3, VB11:1, PVNL:4, LUAL:1, PVNR:9, AVL:1
-        PVWL = self.node(
-            186,
-            w[1198] * LUAR
-            + w[1199] * VB11
-            + w[1200] * PVNL
-            + w[1201] * LUAL
-            + w[1202] * PVNR
-            + w[1203] * AVL,
-        )
+        PVWL = self.node(186, self.mix(w[1198:1204], LUAR, VB11, PVNL, LUAL, PVNR, AVL))
         # AVEL (interneuron, ACh) <- BAGL:2, BAGR:8, URXL:9, SDQL:1, ALML:3, FLPR:21,
         #     DVA:19, ADEL:3, IL2L:2, CEPDR:9, CEPVR:13, URYDL:1, URYDR:5, URYVR:26,
         #     OLLR:39, IL1R:2, ALA:8, HSNR:1, AVG:2, RIS:17, RIGL:7, RIR:4, AUAL:9,
@@ -2465,45 +2394,48 @@ class HermaphroditeNet(nn.Module):
         #     RIBL:9, SMDDL:1, AVER:3, AVDL:5, AVJL:1, PVNR:5, AVL:3
         AVEL = self.node(
             187,
-            w[1204] * BAGL
-            + w[1205] * BAGR
-            + w[1206] * URXL
-            + w[1207] * SDQL
-            + w[1208] * ALML
-            + w[1209] * FLPR
-            + w[1210] * DVA
-            + w[1211] * ADEL
-            + w[1212] * IL2L
-            + w[1213] * CEPDR
-            + w[1214] * CEPVR
-            + w[1215] * URYDL
-            + w[1216] * URYDR
-            + w[1217] * URYVR
-            + w[1218] * OLLR
-            + w[1219] * IL1R
-            + w[1220] * ALA
-            + w[1221] * HSNR
-            + w[1222] * AVG
-            + w[1223] * RIS
-            + w[1224] * RIGL
-            + w[1225] * RIR
-            + w[1226] * AUAL
-            + w[1227] * AIZR
-            + w[1228] * AIZL
-            + w[1229] * RMGL
-            + w[1230] * ADAL
-            + w[1231] * AIBL
-            + w[1232] * RIBR
-            + w[1233] * ADAR
-            + w[1234] * AIBR
-            + w[1235] * AVKL
-            + w[1236] * RIBL
-            + w[1237] * SMDDL
-            + w[1238] * AVER
-            + w[1239] * AVDL
-            + w[1240] * AVJL
-            + w[1241] * PVNR
-            + w[1242] * AVL,
+            self.mix(
+                w[1204:1243],
+                BAGL,
+                BAGR,
+                URXL,
+                SDQL,
+                ALML,
+                FLPR,
+                DVA,
+                ADEL,
+                IL2L,
+                CEPDR,
+                CEPVR,
+                URYDL,
+                URYDR,
+                URYVR,
+                OLLR,
+                IL1R,
+                ALA,
+                HSNR,
+                AVG,
+                RIS,
+                RIGL,
+                RIR,
+                AUAL,
+                AIZR,
+                AIZL,
+                RMGL,
+                ADAL,
+                AIBL,
+                RIBR,
+                ADAR,
+                AIBR,
+                AVKL,
+                RIBL,
+                SMDDL,
+                AVER,
+                AVDL,
+                AVJL,
+                PVNR,
+                AVL,
+            ),
         )
         del ALA, RIGL, RIR
         # VC06 (sex-specific, ACh) <- AVL:1
@@ -2517,82 +2449,88 @@ class HermaphroditeNet(nn.Module):
         #     SAADL:17, AVJR:4, RIMR:9, AVER:14, AVDL:37, PVNR:5, AVDR:41, AVEL:17
         AVAL = self.node(
             189,
-            w[1244] * AWCL
-            + w[1245] * ASHL
-            + w[1246] * ADLL
-            + w[1247] * BAGR
-            + w[1248] * URXL
-            + w[1249] * ALNR
-            + w[1250] * SDQL
-            + w[1251] * SDQR
-            + w[1252] * AQR
-            + w[1253] * PQR
-            + w[1254] * PLML
-            + w[1255] * PLMR
-            + w[1256] * FLPL
-            + w[1257] * FLPR
-            + w[1258] * DVA
-            + w[1259] * PVDL
-            + w[1260] * PVDR
-            + w[1261] * ADEL
-            + w[1262] * ADER
-            + w[1263] * PHBL
-            + w[1264] * PHBR
-            + w[1265] * PHCL
-            + w[1266] * IL2VR
-            + w[1267] * URYVR
-            + w[1268] * OLQVL
-            + w[1269] * LUAR
-            + w[1270] * BDUR
-            + w[1271] * PVNL
-            + w[1272] * LUAL
-            + w[1273] * AVHR
-            + w[1274] * AVG
-            + w[1275] * DVC
-            + w[1276] * AUAL
-            + w[1277] * PVPR
-            + w[1278] * RICR
-            + w[1279] * RMGL
-            + w[1280] * ADAL
-            + w[1281] * RICL
-            + w[1282] * AIBL
-            + w[1283] * RMGR
-            + w[1284] * SAADR
-            + w[1285] * RIML
-            + w[1286] * RIBL
-            + w[1287] * RIAL
-            + w[1288] * SMBDR
-            + w[1289] * SAAVL
-            + w[1290] * SIADR
-            + w[1291] * PVPL
-            + w[1292] * SAADL
-            + w[1293] * AVJR
-            + w[1294] * RIMR
-            + w[1295] * AVER
-            + w[1296] * AVDL
-            + w[1297] * PVNR
-            + w[1298] * AVDR
-            + w[1299] * AVEL,
+            self.mix(
+                w[1244:1300],
+                AWCL,
+                ASHL,
+                ADLL,
+                BAGR,
+                URXL,
+                ALNR,
+                SDQL,
+                SDQR,
+                AQR,
+                PQR,
+                PLML,
+                PLMR,
+                FLPL,
+                FLPR,
+                DVA,
+                PVDL,
+                PVDR,
+                ADEL,
+                ADER,
+                PHBL,
+                PHBR,
+                PHCL,
+                IL2VR,
+                URYVR,
+                OLQVL,
+                LUAR,
+                BDUR,
+                PVNL,
+                LUAL,
+                AVHR,
+                AVG,
+                DVC,
+                AUAL,
+                PVPR,
+                RICR,
+                RMGL,
+                ADAL,
+                RICL,
+                AIBL,
+                RMGR,
+                SAADR,
+                RIML,
+                RIBL,
+                RIAL,
+                SMBDR,
+                SAAVL,
+                SIADR,
+                PVPL,
+                SAADL,
+                AVJR,
+                RIMR,
+                AVER,
+                AVDL,
+                PVNR,
+                AVDR,
+                AVEL,
+            ),
         )
         del BAGR, AWCL, AUAL
         # SABD (motor, ACh) <- DVA:2, HSNR:1, AVHL:1, VB01:1, PVR:2, SAADR:2, SAAVL:1,
         #     SAADL:2, AVER:1, AVDL:5, AVJL:1, AVDR:1, AVL:9, AVEL:18
         SABD = self.node(
             190,
-            w[1300] * DVA
-            + w[1301] * HSNR
-            + w[1302] * AVHL
-            + w[1303] * VB01
-            + w[1304] * PVR
-            + w[1305] * SAADR
-            + w[1306] * SAAVL
-            + w[1307] * SAADL
-            + w[1308] * AVER
-            + w[1309] * AVDL
-            + w[1310] * AVJL
-            + w[1311] * AVDR
-            + w[1312] * AVL
-            + w[1313] * AVEL,
+            self.mix(
+                w[1300:1314],
+                DVA,
+                HSNR,
+                AVHL,
+                VB01,
+                PVR,
+                SAADR,
+                SAAVL,
+                SAADL,
+                AVER,
+                AVDL,
+                AVJL,
+                AVDR,
+                AVL,
+                AVEL,
+            ),
         )
         # PDA (motor, ACh+Betaine) <- DVB:2
         PDA = self.node(191, w[1314] * DVB)
@@ -2604,70 +2542,66 @@ class HermaphroditeNet(nn.Module):
         #     RMHL:1, RMDVR:1, AVER:33, AVDL:37, AVJL:1, AVDR:52, AVEL:3, AVAL:12
         AVAR = self.node(
             192,
-            w[1315] * ASHL
-            + w[1316] * ASHR
-            + w[1317] * ADLL
-            + w[1318] * ADLR
-            + w[1319] * BAGL
-            + w[1320] * URXR
-            + w[1321] * SDQL
-            + w[1322] * AQR
-            + w[1323] * PQR
-            + w[1324] * PLML
-            + w[1325] * PLMR
-            + w[1326] * FLPL
-            + w[1327] * FLPR
-            + w[1328] * DVA
-            + w[1329] * PVDL
-            + w[1330] * PVDR
-            + w[1331] * ADEL
-            + w[1332] * ADER
-            + w[1333] * PHBL
-            + w[1334] * PHBR
-            + w[1335] * AIMR
-            + w[1336] * LUAR
-            + w[1337] * LUAL
-            + w[1338] * AVHL
-            + w[1339] * AVG
-            + w[1340] * DVC
-            + w[1341] * AUAR
-            + w[1342] * PVPR
-            + w[1343] * RICR
-            + w[1344] * ADAL
-            + w[1345] * RICL
-            + w[1346] * RIBR
-            + w[1347] * RIAR
-            + w[1348] * ADAR
-            + w[1349] * AIBR
-            + w[1350] * SAAVR
-            + w[1351] * SAADR
-            + w[1352] * RIML
-            + w[1353] * PVPL
-            + w[1354] * AVJR
-            + w[1355] * RMHL
-            + w[1356] * RMDVR
-            + w[1357] * AVER
-            + w[1358] * AVDL
-            + w[1359] * AVJL
-            + w[1360] * AVDR
-            + w[1361] * AVEL
-            + w[1362] * AVAL,
+            self.mix(
+                w[1315:1363],
+                ASHL,
+                ASHR,
+                ADLL,
+                ADLR,
+                BAGL,
+                URXR,
+                SDQL,
+                AQR,
+                PQR,
+                PLML,
+                PLMR,
+                FLPL,
+                FLPR,
+                DVA,
+                PVDL,
+                PVDR,
+                ADEL,
+                ADER,
+                PHBL,
+                PHBR,
+                AIMR,
+                LUAR,
+                LUAL,
+                AVHL,
+                AVG,
+                DVC,
+                AUAR,
+                PVPR,
+                RICR,
+                ADAL,
+                RICL,
+                RIBR,
+                RIAR,
+                ADAR,
+                AIBR,
+                SAAVR,
+                SAADR,
+                RIML,
+                PVPL,
+                AVJR,
+                RMHL,
+                RMDVR,
+                AVER,
+                AVDL,
+                AVJL,
+                AVDR,
+                AVEL,
+                AVAL,
+            ),
         )
         del AIMR, AUAR, SAADR, LUAL, PLMR
         # VA12 (motor, ACh+Betaine) <- DVA:1, PVDR:3, PHBL:5, PHBR:1, PHCL:6, PHCR:8,
         #     VB11:5, PVNL:1, AVDL:1, AVAL:5
         VA12 = self.node(
             193,
-            w[1363] * DVA
-            + w[1364] * PVDR
-            + w[1365] * PHBL
-            + w[1366] * PHBR
-            + w[1367] * PHCL
-            + w[1368] * PHCR
-            + w[1369] * VB11
-            + w[1370] * PVNL
-            + w[1371] * AVDL
-            + w[1372] * AVAL,
+            self.mix(
+                w[1363:1373], DVA, PVDR, PHBL, PHBR, PHCL, PHCR, VB11, PVNL, AVDL, AVAL
+            ),
         )
         # PVCL (interneuron, ACh) <- ASHR:3, ADLR:3, SDQL:1, AQR:1, PQR:1, ALML:11,
         #     AVM:10, PVM:1, FLPR:2, DVA:4, PVDL:13, PVDR:29, PDER:1, PHBL:71, PHBR:39,
@@ -2675,99 +2609,82 @@ class HermaphroditeNet(nn.Module):
         #     AVDL:1, AVJL:5, AVEL:1, AVAL:21, AVAR:20, VA12:3
         PVCL = self.node(
             194,
-            w[1373] * ASHR
-            + w[1374] * ADLR
-            + w[1375] * SDQL
-            + w[1376] * AQR
-            + w[1377] * PQR
-            + w[1378] * ALML
-            + w[1379] * AVM
-            + w[1380] * PVM
-            + w[1381] * FLPR
-            + w[1382] * DVA
-            + w[1383] * PVDL
-            + w[1384] * PVDR
-            + w[1385] * PDER
-            + w[1386] * PHBL
-            + w[1387] * PHBR
-            + w[1388] * PHCL
-            + w[1389] * BDUR
-            + w[1390] * PVNL
-            + w[1391] * AVG
-            + w[1392] * RIFR
-            + w[1393] * PVPR
-            + w[1394] * PVR
-            + w[1395] * PVPL
-            + w[1396] * AVJR
-            + w[1397] * AVDL
-            + w[1398] * AVJL
-            + w[1399] * AVEL
-            + w[1400] * AVAL
-            + w[1401] * AVAR
-            + w[1402] * VA12,
+            self.mix(
+                w[1373:1403],
+                ASHR,
+                ADLR,
+                SDQL,
+                AQR,
+                PQR,
+                ALML,
+                AVM,
+                PVM,
+                FLPR,
+                DVA,
+                PVDL,
+                PVDR,
+                PDER,
+                PHBL,
+                PHBR,
+                PHCL,
+                BDUR,
+                PVNL,
+                AVG,
+                RIFR,
+                PVPR,
+                PVR,
+                PVPL,
+                AVJR,
+                AVDL,
+                AVJL,
+                AVEL,
+                AVAL,
+                AVAR,
+                VA12,
+            ),
         )
         # SABVR (motor, ACh) <- HSNR:1, AVER:11, AVDL:5, AVDR:1, AVL:6, AVEL:12, AVAR:2
         SABVR = self.node(
-            195,
-            w[1403] * HSNR
-            + w[1404] * AVER
-            + w[1405] * AVDL
-            + w[1406] * AVDR
-            + w[1407] * AVL
-            + w[1408] * AVEL
-            + w[1409] * AVAR,
+            195, self.mix(w[1403:1410], HSNR, AVER, AVDL, AVDR, AVL, AVEL, AVAR)
         )
         # SMDVR (motor, ACh+GABA+Betaine) <- ADER:1, CEPVL:1, URYDR:3, URYVL:13,
         #     OLLL:10, OLLR:4, RIS:1, RICR:3, ADAL:3, RICL:1, AIBL:4, RIBR:2, RIAR:26,
         #     RIBL:6, SMDVL:2, RIAL:32, RIVR:3, RIMR:3, SMDDL:17, AVAR:1
         SMDVR = self.node(
             196,
-            w[1410] * ADER
-            + w[1411] * CEPVL
-            + w[1412] * URYDR
-            + w[1413] * URYVL
-            + w[1414] * OLLL
-            + w[1415] * OLLR
-            + w[1416] * RIS
-            + w[1417] * RICR
-            + w[1418] * ADAL
-            + w[1419] * RICL
-            + w[1420] * AIBL
-            + w[1421] * RIBR
-            + w[1422] * RIAR
-            + w[1423] * RIBL
-            + w[1424] * SMDVL
-            + w[1425] * RIAL
-            + w[1426] * RIVR
-            + w[1427] * RIMR
-            + w[1428] * SMDDL
-            + w[1429] * AVAR,
+            self.mix(
+                w[1410:1430],
+                ADER,
+                CEPVL,
+                URYDR,
+                URYVL,
+                OLLL,
+                OLLR,
+                RIS,
+                RICR,
+                ADAL,
+                RICL,
+                AIBL,
+                RIBR,
+                RIAR,
+                RIBL,
+                SMDVL,
+                RIAL,
+                RIVR,
+                RIMR,
+                SMDDL,
+                AVAR,
+            ),
         )
         del ADER
         # DA01 (motor, ACh) <- AVM:2, AVER:11, AVDL:4, AVDR:5, AVEL:11, AVAL:6, AVAR:2
         DA01 = self.node(
-            197,
-            w[1430] * AVM
-            + w[1431] * AVER
-            + w[1432] * AVDL
-            + w[1433] * AVDR
-            + w[1434] * AVEL
-            + w[1435] * AVAL
-            + w[1436] * AVAR,
+            197, self.mix(w[1430:1437], AVM, AVER, AVDL, AVDR, AVEL, AVAL, AVAR)
         )
         # VA06 (motor, ACh) <- DVA:1, HSNR:2, AVG:1, AVAL:8, AVAR:9
-        VA06 = self.node(
-            198,
-            w[1437] * DVA
-            + w[1438] * HSNR
-            + w[1439] * AVG
-            + w[1440] * AVAL
-            + w[1441] * AVAR,
-        )
+        VA06 = self.node(198, self.mix(w[1437:1442], DVA, HSNR, AVG, AVAL, AVAR))
         # VA09 (motor, ACh) <- PLML:6, PVDR:2, AVAL:7, AVAR:7
-        VA09 = self.node(
-            199, w[1442] * PLML + w[1443] * PVDR + w[1444] * AVAL + w[1445] * AVAR
-        )
+        VA09 = self.node(199, self.mix(w[1442:1446], PLML, PVDR, AVAL, AVAR))
         del PLML
         # PVCR (interneuron, ACh) <- AQR:4, PQR:1, ALML:4, ALMR:10, AVM:17, PVM:2,
         #     FLPL:6, DVA:1, PVDL:36, PVDR:29, PDER:1, PHBR:21, PHCR:25, LUAR:9, VB11:1,
@@ -2775,34 +2692,37 @@ class HermaphroditeNet(nn.Module):
         #     AVAL:16, AVAR:20, VA12:4, PVCL:10
         PVCR = self.node(
             200,
-            w[1446] * AQR
-            + w[1447] * PQR
-            + w[1448] * ALML
-            + w[1449] * ALMR
-            + w[1450] * AVM
-            + w[1451] * PVM
-            + w[1452] * FLPL
-            + w[1453] * DVA
-            + w[1454] * PVDL
-            + w[1455] * PVDR
-            + w[1456] * PDER
-            + w[1457] * PHBR
-            + w[1458] * PHCR
-            + w[1459] * LUAR
-            + w[1460] * VB11
-            + w[1461] * AVG
-            + w[1462] * RIFR
-            + w[1463] * PVPR
-            + w[1464] * PVPL
-            + w[1465] * AVJR
-            + w[1466] * AVJL
-            + w[1467] * PVNR
-            + w[1468] * AVDR
-            + w[1469] * AVEL
-            + w[1470] * AVAL
-            + w[1471] * AVAR
-            + w[1472] * VA12
-            + w[1473] * PVCL,
+            self.mix(
+                w[1446:1474],
+                AQR,
+                PQR,
+                ALML,
+                ALMR,
+                AVM,
+                PVM,
+                FLPL,
+                DVA,
+                PVDL,
+                PVDR,
+                PDER,
+                PHBR,
+                PHCR,
+                LUAR,
+                VB11,
+                AVG,
+                RIFR,
+                PVPR,
+                PVPL,
+                AVJR,
+                AVJL,
+                PVNR,
+                AVDR,
+                AVEL,
+                AVAL,
+                AVAR,
+                VA12,
+                PVCL,
+            ),
         )
         del ALML, PVM, PHBR
         # RMDDL (motor, ACh) <- URXR:2, ALMR:1, CEPDL:2, CEPVL:7, URYDR:9, URYVL:23,
@@ -2811,86 +2731,74 @@ class HermaphroditeNet(nn.Module):
         #     URAVL:7, SMDVR:3
         RMDDL = self.node(
             201,
-            w[1474] * URXR
-            + w[1475] * ALMR
-            + w[1476] * CEPDL
-            + w[1477] * CEPVL
-            + w[1478] * URYDR
-            + w[1479] * URYVL
-            + w[1480] * OLLL
-            + w[1481] * OLQDL
-            + w[1482] * OLQDR
-            + w[1483] * IL1DR
-            + w[1484] * IL1L
-            + w[1485] * IL1R
-            + w[1486] * IL1VL
-            + w[1487] * RIS
-            + w[1488] * RIAR
-            + w[1489] * RMGR
-            + w[1490] * RIAL
-            + w[1491] * RIVR
-            + w[1492] * RMDR
-            + w[1493] * RMHL
-            + w[1494] * RMDDR
-            + w[1495] * RMDVR
-            + w[1496] * URAVL
-            + w[1497] * SMDVR,
+            self.mix(
+                w[1474:1498],
+                URXR,
+                ALMR,
+                CEPDL,
+                CEPVL,
+                URYDR,
+                URYVL,
+                OLLL,
+                OLQDL,
+                OLQDR,
+                IL1DR,
+                IL1L,
+                IL1R,
+                IL1VL,
+                RIS,
+                RIAR,
+                RMGR,
+                RIAL,
+                RIVR,
+                RMDR,
+                RMHL,
+                RMDDR,
+                RMDVR,
+                URAVL,
+                SMDVR,
+            ),
         )
         del IL1L, ALMR, IL1DR, IL1R, IL1VL, RMDDR
         # SIBDL (motor, ACh) <- OLQVL:13, RMGR:2, AIBR:1, SIADL:4, SMDDL:14, PVCL:2
         SIBDL = self.node(
-            202,
-            w[1498] * OLQVL
-            + w[1499] * RMGR
-            + w[1500] * AIBR
-            + w[1501] * SIADL
-            + w[1502] * SMDDL
-            + w[1503] * PVCL,
+            202, self.mix(w[1498:1504], OLQVL, RMGR, AIBR, SIADL, SMDDL, PVCL)
         )
         del SIADL
         # SIBVL (motor, ACh) <- ADLR:2, SDQL:1, AVM:4, URYVL:1, URYVR:5, OLQDL:10,
         #     RMGL:4, SMDVL:30, PVCL:7
         SIBVL = self.node(
             203,
-            w[1504] * ADLR
-            + w[1505] * SDQL
-            + w[1506] * AVM
-            + w[1507] * URYVL
-            + w[1508] * URYVR
-            + w[1509] * OLQDL
-            + w[1510] * RMGL
-            + w[1511] * SMDVL
-            + w[1512] * PVCL,
+            self.mix(
+                w[1504:1513], ADLR, SDQL, AVM, URYVL, URYVR, OLQDL, RMGL, SMDVL, PVCL
+            ),
         )
         # DA08 (motor, ACh) <- PQR:1, PHAL:3, PHAR:2, PHBL:1, PVQL:1, AVG:1, AVDL:2,
         #     AVDR:1, AVAL:5, AVAR:20, VA12:9, PVCL:2
         DA08 = self.node(
             204,
-            w[1513] * PQR
-            + w[1514] * PHAL
-            + w[1515] * PHAR
-            + w[1516] * PHBL
-            + w[1517] * PVQL
-            + w[1518] * AVG
-            + w[1519] * AVDL
-            + w[1520] * AVDR
-            + w[1521] * AVAL
-            + w[1522] * AVAR
-            + w[1523] * VA12
-            + w[1524] * PVCL,
+            self.mix(
+                w[1513:1525],
+                PQR,
+                PHAL,
+                PHAR,
+                PHBL,
+                PVQL,
+                AVG,
+                AVDL,
+                AVDR,
+                AVAL,
+                AVAR,
+                VA12,
+                PVCL,
+            ),
         )
         del PHAL, PHAR
         # VB05 (motor, ACh+Betaine) <- PVDR:2, VA06:7
-        VB05 = self.node(205, w[1525] * PVDR + w[1526] * VA06)
+        VB05 = self.node(205, self.mix(w[1525:1527], PVDR, VA06))
         # PVWR (interneuron) <- LUAR:2, VB11:1, PVNL:1, PVNR:2, PVWL:1, PVCR:1
         PVWR = self.node(
-            206,
-            w[1527] * LUAR
-            + w[1528] * VB11
-            + w[1529] * PVNL
-            + w[1530] * PVNR
-            + w[1531] * PVWL
-            + w[1532] * PVCR,
+            206, self.mix(w[1527:1533], LUAR, VB11, PVNL, PVNR, PVWL, PVCR)
         )
         del LUAR
         # AVBL (interneuron, ACh) <- AWBL:2, ASHL:14, ADLL:12, ADLR:3, URXL:4, URXR:2,
@@ -2900,48 +2808,51 @@ class HermaphroditeNet(nn.Module):
         #     PVPL:13, AVJR:10, RIMR:9, AVJL:5, AVDR:1, AVAL:2, AVAR:3, PVCL:7, PVCR:21
         AVBL = self.node(
             207,
-            w[1533] * AWBL
-            + w[1534] * ASHL
-            + w[1535] * ADLL
-            + w[1536] * ADLR
-            + w[1537] * URXL
-            + w[1538] * URXR
-            + w[1539] * SDQL
-            + w[1540] * SDQR
-            + w[1541] * AQR
-            + w[1542] * AVM
-            + w[1543] * FLPL
-            + w[1544] * FLPR
-            + w[1545] * DVA
-            + w[1546] * URYDR
-            + w[1547] * URYVR
-            + w[1548] * URBL
-            + w[1549] * AVHR
-            + w[1550] * AVFL
-            + w[1551] * AVHL
-            + w[1552] * AVG
-            + w[1553] * DVC
-            + w[1554] * RIFR
-            + w[1555] * PVPR
-            + w[1556] * ADAL
-            + w[1557] * AIBL
-            + w[1558] * RIFL
-            + w[1559] * RIBR
-            + w[1560] * RMGR
-            + w[1561] * ADAR
-            + w[1562] * PVR
-            + w[1563] * SAAVR
-            + w[1564] * AVKL
-            + w[1565] * RIML
-            + w[1566] * PVPL
-            + w[1567] * AVJR
-            + w[1568] * RIMR
-            + w[1569] * AVJL
-            + w[1570] * AVDR
-            + w[1571] * AVAL
-            + w[1572] * AVAR
-            + w[1573] * PVCL
-            + w[1574] * PVCR,
+            self.mix(
+                w[1533:1575],
+                AWBL,
+                ASHL,
+                ADLL,
+                ADLR,
+                URXL,
+                URXR,
+                SDQL,
+                SDQR,
+                AQR,
+                AVM,
+                FLPL,
+                FLPR,
+                DVA,
+                URYDR,
+                URYVR,
+                URBL,
+                AVHR,
+                AVFL,
+                AVHL,
+                AVG,
+                DVC,
+                RIFR,
+                PVPR,
+                ADAL,
+                AIBL,
+                RIFL,
+                RIBR,
+                RMGR,
+                ADAR,
+                PVR,
+                SAAVR,
+                AVKL,
+                RIML,
+                PVPL,
+                AVJR,
+                RIMR,
+                AVJL,
+                AVDR,
+                AVAL,
+                AVAR,
+                PVCL,
+                PVCR,
+            ),
         )
         del ADLL, AWBL, ASHL
         # RMEV (motor, GABA) <- IL2DL:1, IL2DR:5, IL2L:5, IL2R:2, IL2VL:2, IL2VR:15,
@@ -2949,137 +2860,111 @@ class HermaphroditeNet(nn.Module):
         #     RMEL:1, RMDDL:2
         RMEV = self.node(
             208,
-            w[1575] * IL2DL
-            + w[1576] * IL2DR
-            + w[1577] * IL2L
-            + w[1578] * IL2R
-            + w[1579] * IL2VL
-            + w[1580] * IL2VR
-            + w[1581] * URAVR
-            + w[1582] * PVT
-            + w[1583] * RIS
-            + w[1584] * RIH
-            + w[1585] * SMBVR
-            + w[1586] * SAAVR
-            + w[1587] * SMBVL
-            + w[1588] * URAVL
-            + w[1589] * RMEL
-            + w[1590] * RMDDL,
+            self.mix(
+                w[1575:1591],
+                IL2DL,
+                IL2DR,
+                IL2L,
+                IL2R,
+                IL2VL,
+                IL2VR,
+                URAVR,
+                PVT,
+                RIS,
+                RIH,
+                SMBVR,
+                SAAVR,
+                SMBVL,
+                URAVL,
+                RMEL,
+                RMDDL,
+            ),
         )
         del IL2R, URAVR, PVT, IL2VL, IL2L, RIH, SAAVR, URAVL, RMEL, RMDDL
         # SIBVR (motor, ACh) <- CEPDR:1, URYVL:4, OLQDR:6, RMGL:4, URBR:2, AIBL:2,
         #     SAADL:1, RMDL:3, RMDVR:1, SMDVR:30, PVCR:10
         SIBVR = self.node(
             209,
-            w[1591] * CEPDR
-            + w[1592] * URYVL
-            + w[1593] * OLQDR
-            + w[1594] * RMGL
-            + w[1595] * URBR
-            + w[1596] * AIBL
-            + w[1597] * SAADL
-            + w[1598] * RMDL
-            + w[1599] * RMDVR
-            + w[1600] * SMDVR
-            + w[1601] * PVCR,
+            self.mix(
+                w[1591:1602],
+                CEPDR,
+                URYVL,
+                OLQDR,
+                RMGL,
+                URBR,
+                AIBL,
+                SAADL,
+                RMDL,
+                RMDVR,
+                SMDVR,
+                PVCR,
+            ),
         )
         del CEPDR, OLQDR, SAADL
         # SIAVR (motor, ACh) <- URXR:4, PLNR:10, CEPVR:7, URBR:3, AIBL:2, SMBVR:1,
         #     RMGR:2, AVKL:2, RIVL:5, SMDVL:30, RIAL:2, SMBDR:1, RMDVL:2, SIBVL:5
         SIAVR = self.node(
             210,
-            w[1602] * URXR
-            + w[1603] * PLNR
-            + w[1604] * CEPVR
-            + w[1605] * URBR
-            + w[1606] * AIBL
-            + w[1607] * SMBVR
-            + w[1608] * RMGR
-            + w[1609] * AVKL
-            + w[1610] * RIVL
-            + w[1611] * SMDVL
-            + w[1612] * RIAL
-            + w[1613] * SMBDR
-            + w[1614] * RMDVL
-            + w[1615] * SIBVL,
+            self.mix(
+                w[1602:1616],
+                URXR,
+                PLNR,
+                CEPVR,
+                URBR,
+                AIBL,
+                SMBVR,
+                RMGR,
+                AVKL,
+                RIVL,
+                SMDVL,
+                RIAL,
+                SMBDR,
+                RMDVL,
+                SIBVL,
+            ),
         )
         del PLNR, SMBVR, SIBVL
         # DB02 (motor, ACh) <- DVA:2, PVR:2, AVAR:2, PVCL:4, PVCR:4
-        DB02 = self.node(
-            211,
-            w[1616] * DVA
-            + w[1617] * PVR
-            + w[1618] * AVAR
-            + w[1619] * PVCL
-            + w[1620] * PVCR,
-        )
+        DB02 = self.node(211, self.mix(w[1616:1621], DVA, PVR, AVAR, PVCL, PVCR))
         # DB03 (motor, ACh) <- DVA:3, PVR:3, AVER:1, PVNR:1, AVEL:1, AVAR:2, PVCL:2,
         #     PVCR:6
         DB03 = self.node(
-            212,
-            w[1621] * DVA
-            + w[1622] * PVR
-            + w[1623] * AVER
-            + w[1624] * PVNR
-            + w[1625] * AVEL
-            + w[1626] * AVAR
-            + w[1627] * PVCL
-            + w[1628] * PVCR,
+            212, self.mix(w[1621:1629], DVA, PVR, AVER, PVNR, AVEL, AVAR, PVCL, PVCR)
         )
         # DB04 (motor, ACh) <- DVA:1, PVR:1, AVDR:1, AVEL:1, PVCL:6, PVCR:6
-        DB04 = self.node(
-            213,
-            w[1629] * DVA
-            + w[1630] * PVR
-            + w[1631] * AVDR
-            + w[1632] * AVEL
-            + w[1633] * PVCL
-            + w[1634] * PVCR,
-        )
+        DB04 = self.node(213, self.mix(w[1629:1635], DVA, PVR, AVDR, AVEL, PVCL, PVCR))
         # DB05 (motor, ACh) <- HSNR:1, AVAL:2, AVAR:2, PVCL:2, PVCR:3
-        DB05 = self.node(
-            214,
-            w[1635] * HSNR
-            + w[1636] * AVAL
-            + w[1637] * AVAR
-            + w[1638] * PVCL
-            + w[1639] * PVCR,
-        )
+        DB05 = self.node(214, self.mix(w[1635:1640], HSNR, AVAL, AVAR, PVCL, PVCR))
         # DB07 (motor, ACh) <- PQR:2, DVA:1, PVR:2, AVAL:2, VA12:10, PVCL:5, PVCR:1,
         #     DA08:1
         DB07 = self.node(
-            215,
-            w[1640] * PQR
-            + w[1641] * DVA
-            + w[1642] * PVR
-            + w[1643] * AVAL
-            + w[1644] * VA12
-            + w[1645] * PVCL
-            + w[1646] * PVCR
-            + w[1647] * DA08,
+            215, self.mix(w[1640:1648], PQR, DVA, PVR, AVAL, VA12, PVCL, PVCR, DA08)
         )
         # VB03 (motor, ACh+Betaine) <- AVM:1, PVR:2, PVCR:1
-        VB03 = self.node(216, w[1648] * AVM + w[1649] * PVR + w[1650] * PVCR)
+        VB03 = self.node(216, self.mix(w[1648:1651], AVM, PVR, PVCR))
         # VB06 (motor, ACh+Betaine) <- PVDR:4, PVCL:2, PVCR:4
-        VB06 = self.node(217, w[1651] * PVDR + w[1652] * PVCL + w[1653] * PVCR)
+        VB06 = self.node(217, self.mix(w[1651:1654], PVDR, PVCL, PVCR))
         del PVDR
         # RID (interneuron) <- BAGL:3, URXL:1, AVM:2, URYVL:4, AINR:2, AIML:2, AINL:2,
         #     RMGL:2, AVJR:2, RMHL:1, PVCL:12, PVCR:19, SIBVR:1
         RID = self.node(
             218,
-            w[1654] * BAGL
-            + w[1655] * URXL
-            + w[1656] * AVM
-            + w[1657] * URYVL
-            + w[1658] * AINR
-            + w[1659] * AIML
-            + w[1660] * AINL
-            + w[1661] * RMGL
-            + w[1662] * AVJR
-            + w[1663] * RMHL
-            + w[1664] * PVCL
-            + w[1665] * PVCR
-            + w[1666] * SIBVR,
+            self.mix(
+                w[1654:1667],
+                BAGL,
+                URXL,
+                AVM,
+                URYVL,
+                AINR,
+                AIML,
+                AINL,
+                RMGL,
+                AVJR,
+                RMHL,
+                PVCL,
+                PVCR,
+                SIBVR,
+            ),
         )
         del URXL, BAGL, AIML, AINR, AINL, RMHL
         # AVBR (interneuron, ACh) <- AWBR:2, ASHR:6, ADLR:7, URXR:3, SDQL:2, SDQR:19,
@@ -3090,49 +2975,52 @@ class HermaphroditeNet(nn.Module):
         #     PVCL:27, PVCR:14, AVBL:6
         AVBR = self.node(
             219,
-            w[1667] * AWBR
-            + w[1668] * ASHR
-            + w[1669] * ADLR
-            + w[1670] * URXR
-            + w[1671] * SDQL
-            + w[1672] * SDQR
-            + w[1673] * AQR
-            + w[1674] * AVM
-            + w[1675] * FLPL
-            + w[1676] * FLPR
-            + w[1677] * DVA
-            + w[1678] * IL2DL
-            + w[1679] * URYVL
-            + w[1680] * BDUR
-            + w[1681] * PVNL
-            + w[1682] * AVHR
-            + w[1683] * AVFL
-            + w[1684] * AVHL
-            + w[1685] * AVG
-            + w[1686] * PVQR
-            + w[1687] * RIFR
-            + w[1688] * PVPR
-            + w[1689] * RMGL
-            + w[1690] * ADAL
-            + w[1691] * URBR
-            + w[1692] * RIFL
-            + w[1693] * RMGR
-            + w[1694] * ADAR
-            + w[1695] * PVR
-            + w[1696] * AIBR
-            + w[1697] * RIML
-            + w[1698] * RIBL
-            + w[1699] * SMBVL
-            + w[1700] * PVPL
-            + w[1701] * AVJR
-            + w[1702] * RIMR
-            + w[1703] * RIPR
-            + w[1704] * AVJL
-            + w[1705] * PVNR
-            + w[1706] * AVAR
-            + w[1707] * PVCL
-            + w[1708] * PVCR
-            + w[1709] * AVBL,
+            self.mix(
+                w[1667:1710],
+                AWBR,
+                ASHR,
+                ADLR,
+                URXR,
+                SDQL,
+                SDQR,
+                AQR,
+                AVM,
+                FLPL,
+                FLPR,
+                DVA,
+                IL2DL,
+                URYVL,
+                BDUR,
+                PVNL,
+                AVHR,
+                AVFL,
+                AVHL,
+                AVG,
+                PVQR,
+                RIFR,
+                PVPR,
+                RMGL,
+                ADAL,
+                URBR,
+                RIFL,
+                RMGR,
+                ADAR,
+                PVR,
+                AIBR,
+                RIML,
+                RIBL,
+                SMBVL,
+                PVPL,
+                AVJR,
+                RIMR,
+                RIPR,
+                AVJL,
+                PVNR,
+                AVAR,
+                PVCL,
+                PVCR,
+                AVBL,
+            ),
         )
         del (
             AWBR,
@@ -3160,200 +3048,111 @@ class HermaphroditeNet(nn.Module):
         #     RIAR:7, RIVR:5, SMBVL:1, RMDR:1, RMDVR:2, SMDVR:30, SIBVR:5
         SIAVL = self.node(
             220,
-            w[1710] * PLNL
-            + w[1711] * CEPVL
-            + w[1712] * OLQVL
-            + w[1713] * URBL
-            + w[1714] * RMGL
-            + w[1715] * SMBDL
-            + w[1716] * RIAR
-            + w[1717] * RIVR
-            + w[1718] * SMBVL
-            + w[1719] * RMDR
-            + w[1720] * RMDVR
-            + w[1721] * SMDVR
-            + w[1722] * SIBVR,
+            self.mix(
+                w[1710:1723],
+                PLNL,
+                CEPVL,
+                OLQVL,
+                URBL,
+                RMGL,
+                SMBDL,
+                RIAR,
+                RIVR,
+                SMBVL,
+                RMDR,
+                RMDVR,
+                SMDVR,
+                SIBVR,
+            ),
         )
         del CEPVL, URBL, OLQVL, PLNL, RIVR, SMBVL, RMDVR, SIBVR
         # DA09 (motor, ACh+Betaine) <- PHCL:1, PHCR:23, PVR:2, AVDR:1, AVAL:3, AVAR:3,
         #     VA12:17, DB07:3
         DA09 = self.node(
-            221,
-            w[1723] * PHCL
-            + w[1724] * PHCR
-            + w[1725] * PVR
-            + w[1726] * AVDR
-            + w[1727] * AVAL
-            + w[1728] * AVAR
-            + w[1729] * VA12
-            + w[1730] * DB07,
+            221, self.mix(w[1723:1731], PHCL, PHCR, PVR, AVDR, AVAL, AVAR, VA12, DB07)
         )
         del PHCR, PHCL
         # VA05 (motor, ACh) <- AVDL:1, PVNR:1, AVDR:3, AVAL:7, AVAR:2, VA06:2, VB03:1
         VA05 = self.node(
-            222,
-            w[1731] * AVDL
-            + w[1732] * PVNR
-            + w[1733] * AVDR
-            + w[1734] * AVAL
-            + w[1735] * AVAR
-            + w[1736] * VA06
-            + w[1737] * VB03,
+            222, self.mix(w[1731:1738], AVDL, PVNR, AVDR, AVAL, AVAR, VA06, VB03)
         )
         # VA08 (motor, ACh) <- DVA:1, AVAL:7, AVAR:7, VB06:2
-        VA08 = self.node(
-            223, w[1738] * DVA + w[1739] * AVAL + w[1740] * AVAR + w[1741] * VB06
-        )
+        VA08 = self.node(223, self.mix(w[1738:1742], DVA, AVAL, AVAR, VB06))
         # VB02 (motor, ACh+Betaine) <- PDER:1, AVFL:2, AIZL:1, VB01:1, AVBL:3
-        VB02 = self.node(
-            224,
-            w[1742] * PDER
-            + w[1743] * AVFL
-            + w[1744] * AIZL
-            + w[1745] * VB01
-            + w[1746] * AVBL,
-        )
+        VB02 = self.node(224, self.mix(w[1742:1747], PDER, AVFL, AIZL, VB01, AVBL))
         del AIZL, PDER
         # VB07 (motor, ACh+Betaine) <- DVA:1, PVR:1, PVCL:1, VA09:1, PVCR:1, VB06:1
-        VB07 = self.node(
-            225,
-            w[1747] * DVA
-            + w[1748] * PVR
-            + w[1749] * PVCL
-            + w[1750] * VA09
-            + w[1751] * PVCR
-            + w[1752] * VB06,
-        )
+        VB07 = self.node(225, self.mix(w[1747:1753], DVA, PVR, PVCL, VA09, PVCR, VB06))
         # VC03 (sex-specific, ACh) <- HSNR:1, VC04:1, AVBL:3
-        VC03 = self.node(226, w[1753] * HSNR + w[1754] * VC04 + w[1755] * AVBL)
+        VC03 = self.node(226, self.mix(w[1753:1756], HSNR, VC04, AVBL))
         del VC04
         # RMED (motor, GABA) <- IL2DL:2, IL2DR:3, IL2VR:2, URYDR:7, OLLR:1, OLQDL:1,
         #     RIBR:1, SMBDL:4, SMBDR:25, SMDVR:9, RMEV:1, RID:5
         RMED = self.node(
             227,
-            w[1756] * IL2DL
-            + w[1757] * IL2DR
-            + w[1758] * IL2VR
-            + w[1759] * URYDR
-            + w[1760] * OLLR
-            + w[1761] * OLQDL
-            + w[1762] * RIBR
-            + w[1763] * SMBDL
-            + w[1764] * SMBDR
-            + w[1765] * SMDVR
-            + w[1766] * RMEV
-            + w[1767] * RID,
+            self.mix(
+                w[1756:1768],
+                IL2DL,
+                IL2DR,
+                IL2VR,
+                URYDR,
+                OLLR,
+                OLQDL,
+                RIBR,
+                SMBDL,
+                SMBDR,
+                SMDVR,
+                RMEV,
+                RID,
+            ),
         )
         del IL2VR, IL2DR, IL2DL, OLQDL, URYDR, RIBR, SMBDL, SMDVR
         # SABVL (motor, ACh) <- AVJR:3, AVER:12, AVDL:2, AVDR:5, AVL:9, AVEL:16, AVAL:2,
         #     VC03:1
         SABVL = self.node(
-            228,
-            w[1768] * AVJR
-            + w[1769] * AVER
-            + w[1770] * AVDL
-            + w[1771] * AVDR
-            + w[1772] * AVL
-            + w[1773] * AVEL
-            + w[1774] * AVAL
-            + w[1775] * VC03,
+            228, self.mix(w[1768:1776], AVJR, AVER, AVDL, AVDR, AVL, AVEL, AVAL, VC03)
         )
         del AVJR
         # DA07 (motor, ACh) <- AVAL:4, AVAR:6, PVCR:1, DA08:1, AVBL:1, DB05:12, AVBR:1
         DA07 = self.node(
-            229,
-            w[1776] * AVAL
-            + w[1777] * AVAR
-            + w[1778] * PVCR
-            + w[1779] * DA08
-            + w[1780] * AVBL
-            + w[1781] * DB05
-            + w[1782] * AVBR,
+            229, self.mix(w[1776:1783], AVAL, AVAR, PVCR, DA08, AVBL, DB05, AVBR)
         )
         # AS04 (motor, ACh) <- AVDL:2, AVAL:2, AVAR:2, AVBL:1, DB02:2, DB03:2, AVBR:1,
         #     VA08:11
         AS04 = self.node(
-            230,
-            w[1783] * AVDL
-            + w[1784] * AVAL
-            + w[1785] * AVAR
-            + w[1786] * AVBL
-            + w[1787] * DB02
-            + w[1788] * DB03
-            + w[1789] * AVBR
-            + w[1790] * VA08,
+            230, self.mix(w[1783:1791], AVDL, AVAL, AVAR, AVBL, DB02, DB03, AVBR, VA08)
         )
         # AS05 (motor, ACh) <- HSNR:2, AVAL:6, AVAR:1, AVBL:2, DB03:1, AVBR:2, VA08:3
         AS05 = self.node(
-            231,
-            w[1791] * HSNR
-            + w[1792] * AVAL
-            + w[1793] * AVAR
-            + w[1794] * AVBL
-            + w[1795] * DB03
-            + w[1796] * AVBR
-            + w[1797] * VA08,
+            231, self.mix(w[1791:1798], HSNR, AVAL, AVAR, AVBL, DB03, AVBR, VA08)
         )
         # AS11 (motor, ACh) <- PQR:2, PHBL:1, AVDL:4, AVDR:3, AVAL:8, AVAR:10, VA12:6,
         #     DB07:2, RID:1, DA09:1
         AS11 = self.node(
             232,
-            w[1798] * PQR
-            + w[1799] * PHBL
-            + w[1800] * AVDL
-            + w[1801] * AVDR
-            + w[1802] * AVAL
-            + w[1803] * AVAR
-            + w[1804] * VA12
-            + w[1805] * DB07
-            + w[1806] * RID
-            + w[1807] * DA09,
+            self.mix(
+                w[1798:1808], PQR, PHBL, AVDL, AVDR, AVAL, AVAR, VA12, DB07, RID, DA09
+            ),
         )
         del PQR, PHBL
         # DD05 (motor, GABA) <- PVDL:3, VA09:6, DA08:4, DB03:14, DB04:9, VA08:9, VB07:29
         DD05 = self.node(
-            233,
-            w[1808] * PVDL
-            + w[1809] * VA09
-            + w[1810] * DA08
-            + w[1811] * DB03
-            + w[1812] * DB04
-            + w[1813] * VA08
-            + w[1814] * VB07,
+            233, self.mix(w[1808:1815], PVDL, VA09, DA08, DB03, DB04, VA08, VB07)
         )
         # VA02 (motor, ACh) <- AVM:1, DVA:2, VB01:2, AVER:4, AVDR:1, AVAL:8, AVAR:5,
         #     AVBL:3, VB02:5
         VA02 = self.node(
             234,
-            w[1815] * AVM
-            + w[1816] * DVA
-            + w[1817] * VB01
-            + w[1818] * AVER
-            + w[1819] * AVDR
-            + w[1820] * AVAL
-            + w[1821] * AVAR
-            + w[1822] * AVBL
-            + w[1823] * VB02,
+            self.mix(w[1815:1824], AVM, DVA, VB01, AVER, AVDR, AVAL, AVAR, AVBL, VB02),
         )
         del AVM
         # VA07 (motor, ACh) <- AVAL:7, AVAR:7, VB06:3, AVBR:1
-        VA07 = self.node(
-            235, w[1824] * AVAL + w[1825] * AVAR + w[1826] * VB06 + w[1827] * AVBR
-        )
+        VA07 = self.node(235, self.mix(w[1824:1828], AVAL, AVAR, VB06, AVBR))
         # VD10 (motor, GABA) <- PVDL:3, VA09:3, DA08:7, DB07:7, DA09:5
-        VD10 = self.node(
-            236,
-            w[1828] * PVDL
-            + w[1829] * VA09
-            + w[1830] * DA08
-            + w[1831] * DB07
-            + w[1832] * DA09,
-        )
+        VD10 = self.node(236, self.mix(w[1828:1833], PVDL, VA09, DA08, DB07, DA09))
         del PVDL
         # VC01 (sex-specific, ACh) <- AVFL:1, AVG:2, AVL:2, VC03:5
-        VC01 = self.node(
-            237, w[1833] * AVFL + w[1834] * AVG + w[1835] * AVL + w[1836] * VC03
-        )
+        VC01 = self.node(237, self.mix(w[1833:1837], AVFL, AVG, AVL, VC03))
         del AVG
         # SMDDR (motor, ACh+GABA+Betaine) <- ALNR:1, CEPVR:2, URYDL:3, OLLL:9, OLLR:1,
         #     RIS:6, AIZR:4, RICR:9, RMGL:2, RICL:8, AIBL:16, RIAR:26, RIVL:8, RIML:14,
@@ -3361,31 +3160,34 @@ class HermaphroditeNet(nn.Module):
         #     RMDL:1, RMEV:1, RMED:4
         SMDDR = self.node(
             238,
-            w[1837] * ALNR
-            + w[1838] * CEPVR
-            + w[1839] * URYDL
-            + w[1840] * OLLL
-            + w[1841] * OLLR
-            + w[1842] * RIS
-            + w[1843] * AIZR
-            + w[1844] * RICR
-            + w[1845] * RMGL
-            + w[1846] * RICL
-            + w[1847] * AIBL
-            + w[1848] * RIAR
-            + w[1849] * RIVL
-            + w[1850] * RIML
-            + w[1851] * SMDVL
-            + w[1852] * RIAL
-            + w[1853] * SMBDR
-            + w[1854] * SAAVL
-            + w[1855] * SIADR
-            + w[1856] * RIMR
-            + w[1857] * SMDDL
-            + w[1858] * RMDR
-            + w[1859] * RMDL
-            + w[1860] * RMEV
-            + w[1861] * RMED,
+            self.mix(
+                w[1837:1862],
+                ALNR,
+                CEPVR,
+                URYDL,
+                OLLL,
+                OLLR,
+                RIS,
+                AIZR,
+                RICR,
+                RMGL,
+                RICL,
+                AIBL,
+                RIAR,
+                RIVL,
+                RIML,
+                SMDVL,
+                RIAL,
+                SMBDR,
+                SAAVL,
+                SIADR,
+                RIMR,
+                SMDDL,
+                RMDR,
+                RMDL,
+                RMEV,
+                RMED,
+            ),
         )
         del (
             CEPVR,
@@ -3414,336 +3216,263 @@ class HermaphroditeNet(nn.Module):
         )
         # DA06 (motor, ACh) <- HSNR:1, AVDR:1, AVAL:1, AVAR:4, DB05:3, RID:2, DA07:1
         DA06 = self.node(
-            239,
-            w[1862] * HSNR
-            + w[1863] * AVDR
-            + w[1864] * AVAL
-            + w[1865] * AVAR
-            + w[1866] * DB05
-            + w[1867] * RID
-            + w[1868] * DA07,
+            239, self.mix(w[1862:1869], HSNR, AVDR, AVAL, AVAR, DB05, RID, DA07)
         )
         # DB06 (motor, ACh) <- DA07:1
         DB06 = self.node(240, w[1869] * DA07)
         # AS03 (motor, ACh) <- AVER:1, AVEL:2, DB02:3, AVBR:3, VA08:4, VA07:3
         AS03 = self.node(
-            241,
-            w[1870] * AVER
-            + w[1871] * AVEL
-            + w[1872] * DB02
-            + w[1873] * AVBR
-            + w[1874] * VA08
-            + w[1875] * VA07,
+            241, self.mix(w[1870:1876], AVER, AVEL, DB02, AVBR, VA08, VA07)
         )
         # VA01 (motor, ACh) <- FLPL:5, VB01:7, AVER:5, AVDL:2, AVEL:12, AVAL:2, VA02:2
         VA01 = self.node(
-            242,
-            w[1876] * FLPL
-            + w[1877] * VB01
-            + w[1878] * AVER
-            + w[1879] * AVDL
-            + w[1880] * AVEL
-            + w[1881] * AVAL
-            + w[1882] * VA02,
+            242, self.mix(w[1876:1883], FLPL, VB01, AVER, AVDL, AVEL, AVAL, VA02)
         )
         # VA03 (motor, ACh) <- VB01:2, AVER:1, AVDL:3, AVDR:2, AVEL:1, AVAL:6, AVAR:6,
         #     VB02:11, VA02:2
         VA03 = self.node(
             243,
-            w[1883] * VB01
-            + w[1884] * AVER
-            + w[1885] * AVDL
-            + w[1886] * AVDR
-            + w[1887] * AVEL
-            + w[1888] * AVAL
-            + w[1889] * AVAR
-            + w[1890] * VB02
-            + w[1891] * VA02,
+            self.mix(
+                w[1883:1892], VB01, AVER, AVDL, AVDR, AVEL, AVAL, AVAR, VB02, VA02
+            ),
         )
         # VA10 (motor, ACh) <- AVDL:2, AVAL:9, AVAR:4, AVBL:1, VB07:1, VD10:2
         VA10 = self.node(
-            244,
-            w[1892] * AVDL
-            + w[1893] * AVAL
-            + w[1894] * AVAR
-            + w[1895] * AVBL
-            + w[1896] * VB07
-            + w[1897] * VD10,
+            244, self.mix(w[1892:1898], AVDL, AVAL, AVAR, AVBL, VB07, VD10)
         )
         # VC02 (sex-specific, ACh) <- HSNR:6, PVQR:1, PVNR:1, AVL:2, VB02:1, VC03:2,
         #     VC01:4
         VC02 = self.node(
-            245,
-            w[1898] * HSNR
-            + w[1899] * PVQR
-            + w[1900] * PVNR
-            + w[1901] * AVL
-            + w[1902] * VB02
-            + w[1903] * VC03
-            + w[1904] * VC01,
+            245, self.mix(w[1898:1905], HSNR, PVQR, PVNR, AVL, VB02, VC03, VC01)
         )
         # SIBDR (motor, ACh) <- ADEL:2, CEPDL:2, URYVR:4, OLQVR:18, RMGL:1, URBR:2,
         #     AIBR:1, AVKL:2, SIADR:4, RMDVL:1, SMDDR:14
         SIBDR = self.node(
             246,
-            w[1905] * ADEL
-            + w[1906] * CEPDL
-            + w[1907] * URYVR
-            + w[1908] * OLQVR
-            + w[1909] * RMGL
-            + w[1910] * URBR
-            + w[1911] * AIBR
-            + w[1912] * AVKL
-            + w[1913] * SIADR
-            + w[1914] * RMDVL
-            + w[1915] * SMDDR,
+            self.mix(
+                w[1905:1916],
+                ADEL,
+                CEPDL,
+                URYVR,
+                OLQVR,
+                RMGL,
+                URBR,
+                AIBR,
+                AVKL,
+                SIADR,
+                RMDVL,
+                SMDDR,
+            ),
         )
         del ADEL, CEPDL, OLQVR, RMGL, URYVR, URBR, AIBR, AVKL, RMDVL, SIADR, SMDDR
         # DA02 (motor, ACh) <- DVA:1, AVER:7, AVDL:2, AVDR:5, AVEL:5, AVAL:10, AVAR:9,
         #     PVCR:1, DB02:3, RID:1, VA01:1
         DA02 = self.node(
             247,
-            w[1916] * DVA
-            + w[1917] * AVER
-            + w[1918] * AVDL
-            + w[1919] * AVDR
-            + w[1920] * AVEL
-            + w[1921] * AVAL
-            + w[1922] * AVAR
-            + w[1923] * PVCR
-            + w[1924] * DB02
-            + w[1925] * RID
-            + w[1926] * VA01,
+            self.mix(
+                w[1916:1927],
+                DVA,
+                AVER,
+                AVDL,
+                AVDR,
+                AVEL,
+                AVAL,
+                AVAR,
+                PVCR,
+                DB02,
+                RID,
+                VA01,
+            ),
         )
         del DVA
         # AS06 (motor, ACh) <- AVAR:2, VA09:5, DB04:2, VA10:3
-        AS06 = self.node(
-            248, w[1927] * AVAR + w[1928] * VA09 + w[1929] * DB04 + w[1930] * VA10
-        )
+        AS06 = self.node(248, self.mix(w[1927:1931], AVAR, VA09, DB04, VA10))
         # AS10 (motor, ACh) <- AVFL:1, AVDL:1, AVDR:2, AVAL:5, VA12:6, AVBL:2, DB07:2,
         #     AVBR:1, VA10:1
         AS10 = self.node(
             249,
-            w[1931] * AVFL
-            + w[1932] * AVDL
-            + w[1933] * AVDR
-            + w[1934] * AVAL
-            + w[1935] * VA12
-            + w[1936] * AVBL
-            + w[1937] * DB07
-            + w[1938] * AVBR
-            + w[1939] * VA10,
+            self.mix(
+                w[1931:1940], AVFL, AVDL, AVDR, AVAL, VA12, AVBL, DB07, AVBR, VA10
+            ),
         )
         del AVFL
         # VA04 (motor, ACh) <- VB01:2, AVER:2, AVEL:1, AVAL:7, AVAR:6, VB03:10, AVBR:2,
         #     VA03:2
         VA04 = self.node(
-            250,
-            w[1940] * VB01
-            + w[1941] * AVER
-            + w[1942] * AVEL
-            + w[1943] * AVAL
-            + w[1944] * AVAR
-            + w[1945] * VB03
-            + w[1946] * AVBR
-            + w[1947] * VA03,
+            250, self.mix(w[1940:1948], VB01, AVER, AVEL, AVAL, AVAR, VB03, AVBR, VA03)
         )
         # VB08 (motor, ACh+Betaine) <- PVCL:1, VA09:1, PVCR:2, VA10:1
-        VB08 = self.node(
-            251, w[1948] * PVCL + w[1949] * VA09 + w[1950] * PVCR + w[1951] * VA10
-        )
+        VB08 = self.node(251, self.mix(w[1948:1952], PVCL, VA09, PVCR, VA10))
         # VB09 (motor, ACh+Betaine) <- VD10:1, VA10:1
-        VB09 = self.node(252, w[1952] * VD10 + w[1953] * VA10)
+        VB09 = self.node(252, self.mix(w[1952:1954], VD10, VA10))
         del VD10
         # DA03 (motor, ACh) <- AVER:3, AVDL:9, AVDR:3, AVEL:6, AVAL:12, AVAR:8, DB02:12,
         #     AVBR:3, AS04:2, AS03:1, DA02:1
         DA03 = self.node(
             253,
-            w[1954] * AVER
-            + w[1955] * AVDL
-            + w[1956] * AVDR
-            + w[1957] * AVEL
-            + w[1958] * AVAL
-            + w[1959] * AVAR
-            + w[1960] * DB02
-            + w[1961] * AVBR
-            + w[1962] * AS04
-            + w[1963] * AS03
-            + w[1964] * DA02,
+            self.mix(
+                w[1954:1965],
+                AVER,
+                AVDL,
+                AVDR,
+                AVEL,
+                AVAL,
+                AVAR,
+                DB02,
+                AVBR,
+                AS04,
+                AS03,
+                DA02,
+            ),
         )
         # DA05 (motor, ACh) <- HSNR:2, PVR:1, AVDL:1, AVDR:3, AVAL:14, AVAR:9, PVCL:1,
         #     PVCR:2, AVBL:1, DB03:1, DB04:3, DA06:1, AS06:1
         DA05 = self.node(
             254,
-            w[1965] * HSNR
-            + w[1966] * PVR
-            + w[1967] * AVDL
-            + w[1968] * AVDR
-            + w[1969] * AVAL
-            + w[1970] * AVAR
-            + w[1971] * PVCL
-            + w[1972] * PVCR
-            + w[1973] * AVBL
-            + w[1974] * DB03
-            + w[1975] * DB04
-            + w[1976] * DA06
-            + w[1977] * AS06,
+            self.mix(
+                w[1965:1978],
+                HSNR,
+                PVR,
+                AVDL,
+                AVDR,
+                AVAL,
+                AVAR,
+                PVCL,
+                PVCR,
+                AVBL,
+                DB03,
+                DB04,
+                DA06,
+                AS06,
+            ),
         )
         del HSNR, PVR
         # DB01 (motor, ACh) <- AVDR:1, DA01:1, RID:1, DA02:1
-        DB01 = self.node(
-            255, w[1978] * AVDR + w[1979] * DA01 + w[1980] * RID + w[1981] * DA02
-        )
+        DB01 = self.node(255, self.mix(w[1978:1982], AVDR, DA01, RID, DA02))
         # DD01 (motor, GABA) <- FLPL:6, PVNL:5, AVHL:1, PVQR:1, VB01:1, AVL:4, DA01:12,
         #     DB02:3, RID:3, VB02:30, VA02:20, VA01:12, DA02:7
         DD01 = self.node(
             256,
-            w[1982] * FLPL
-            + w[1983] * PVNL
-            + w[1984] * AVHL
-            + w[1985] * PVQR
-            + w[1986] * VB01
-            + w[1987] * AVL
-            + w[1988] * DA01
-            + w[1989] * DB02
-            + w[1990] * RID
-            + w[1991] * VB02
-            + w[1992] * VA02
-            + w[1993] * VA01
-            + w[1994] * DA02,
+            self.mix(
+                w[1982:1995],
+                FLPL,
+                PVNL,
+                AVHL,
+                PVQR,
+                VB01,
+                AVL,
+                DA01,
+                DB02,
+                RID,
+                VB02,
+                VA02,
+                VA01,
+                DA02,
+            ),
         )
         del FLPL
         # VA11 (motor, ACh) <- PVNR:1, AVDR:1, AVAL:6, AVAR:13, VA12:4, AVBL:1, DA09:1,
         #     VB08:2, VB09:2
         VA11 = self.node(
             257,
-            w[1995] * PVNR
-            + w[1996] * AVDR
-            + w[1997] * AVAL
-            + w[1998] * AVAR
-            + w[1999] * VA12
-            + w[2000] * AVBL
-            + w[2001] * DA09
-            + w[2002] * VB08
-            + w[2003] * VB09,
+            self.mix(
+                w[1995:2004], PVNR, AVDR, AVAL, AVAR, VA12, AVBL, DA09, VB08, VB09
+            ),
         )
         del AVBL
         # VB04 (motor, ACh+Betaine) <- PVCL:3, VA06:1, PVCR:1, VA05:1, VC03:1, VA04:1
         VB04 = self.node(
-            258,
-            w[2004] * PVCL
-            + w[2005] * VA06
-            + w[2006] * PVCR
-            + w[2007] * VA05
-            + w[2008] * VC03
-            + w[2009] * VA04,
+            258, self.mix(w[2004:2010], PVCL, VA06, PVCR, VA05, VC03, VA04)
         )
         # DA04 (motor, ACh) <- AVDL:3, AVDR:2, AVEL:1, AVAL:12, AVAR:9, PVCR:1, DB02:1,
         #     DB03:4, AS05:1, DA03:2, DA05:1
         DA04 = self.node(
             259,
-            w[2010] * AVDL
-            + w[2011] * AVDR
-            + w[2012] * AVEL
-            + w[2013] * AVAL
-            + w[2014] * AVAR
-            + w[2015] * PVCR
-            + w[2016] * DB02
-            + w[2017] * DB03
-            + w[2018] * AS05
-            + w[2019] * DA03
-            + w[2020] * DA05,
+            self.mix(
+                w[2010:2021],
+                AVDL,
+                AVDR,
+                AVEL,
+                AVAL,
+                AVAR,
+                PVCR,
+                DB02,
+                DB03,
+                AS05,
+                DA03,
+                DA05,
+            ),
         )
         del AVDL, AVDR, PVCR
         # AS02 (motor, ACh) <- AVER:4, AVAL:2, AVAR:3, PVCL:1, VA06:1, VA08:1, VA07:10,
         #     DA02:1, DB01:4
         AS02 = self.node(
             260,
-            w[2021] * AVER
-            + w[2022] * AVAL
-            + w[2023] * AVAR
-            + w[2024] * PVCL
-            + w[2025] * VA06
-            + w[2026] * VA08
-            + w[2027] * VA07
-            + w[2028] * DA02
-            + w[2029] * DB01,
+            self.mix(
+                w[2021:2030], AVER, AVAL, AVAR, PVCL, VA06, VA08, VA07, DA02, DB01
+            ),
         )
         # AS07 (motor, ACh) <- AVAL:6, AVAR:6, VA09:3, DB05:3, VA10:6, VA11:2
         AS07 = self.node(
-            261,
-            w[2030] * AVAL
-            + w[2031] * AVAR
-            + w[2032] * VA09
-            + w[2033] * DB05
-            + w[2034] * VA10
-            + w[2035] * VA11,
+            261, self.mix(w[2030:2036], AVAL, AVAR, VA09, DB05, VA10, VA11)
         )
         # AS08 (motor, ACh) <- AVAL:6, AVAR:10, VA12:2, DB05:2, VA11:10
-        AS08 = self.node(
-            262,
-            w[2036] * AVAL
-            + w[2037] * AVAR
-            + w[2038] * VA12
-            + w[2039] * DB05
-            + w[2040] * VA11,
-        )
+        AS08 = self.node(262, self.mix(w[2036:2041], AVAL, AVAR, VA12, DB05, VA11))
         del AVAL
         # AS09 (motor, ACh) <- AVAR:10, VA12:8, VA11:1
-        AS09 = self.node(263, w[2041] * AVAR + w[2042] * VA12 + w[2043] * VA11)
+        AS09 = self.node(263, self.mix(w[2041:2044], AVAR, VA12, VA11))
         # VD06 (motor, GABA) <- PVNR:1, VA06:6, VB05:10, DB03:4, DB04:14, DB05:13,
         #     VB06:1, VC03:5, VA07:2, VC01:1, DA06:13, VC02:2, AS06:20, DA05:22
         VD06 = self.node(
             264,
-            w[2044] * PVNR
-            + w[2045] * VA06
-            + w[2046] * VB05
-            + w[2047] * DB03
-            + w[2048] * DB04
-            + w[2049] * DB05
-            + w[2050] * VB06
-            + w[2051] * VC03
-            + w[2052] * VA07
-            + w[2053] * VC01
-            + w[2054] * DA06
-            + w[2055] * VC02
-            + w[2056] * AS06
-            + w[2057] * DA05,
+            self.mix(
+                w[2044:2058],
+                PVNR,
+                VA06,
+                VB05,
+                DB03,
+                DB04,
+                DB05,
+                VB06,
+                VC03,
+                VA07,
+                VC01,
+                DA06,
+                VC02,
+                AS06,
+                DA05,
+            ),
         )
         # VD11 (motor, GABA) <- AVFR:1, VC06:10, VA09:3, DA08:5, DB07:5, DA09:11,
         #     VA10:3, AS10:10, VB09:6, VA11:5
         VD11 = self.node(
             265,
-            w[2058] * AVFR
-            + w[2059] * VC06
-            + w[2060] * VA09
-            + w[2061] * DA08
-            + w[2062] * DB07
-            + w[2063] * DA09
-            + w[2064] * VA10
-            + w[2065] * AS10
-            + w[2066] * VB09
-            + w[2067] * VA11,
+            self.mix(
+                w[2058:2068], AVFR, VC06, VA09, DA08, DB07, DA09, VA10, AS10, VB09, VA11
+            ),
         )
         del AVFR, AS10
         # VD12 (motor, GABA) <- VB11:2, PDB:10, PVNL:1, PVNR:1, AVL:3, PVWL:1, VC06:7,
         #     VA12:7, DA08:5, DB07:5, DA09:11, AS11:20, VA10:3, VA11:3
         VD12 = self.node(
             266,
-            w[2068] * VB11
-            + w[2069] * PDB
-            + w[2070] * PVNL
-            + w[2071] * PVNR
-            + w[2072] * AVL
-            + w[2073] * PVWL
-            + w[2074] * VC06
-            + w[2075] * VA12
-            + w[2076] * DA08
-            + w[2077] * DB07
-            + w[2078] * DA09
-            + w[2079] * AS11
-            + w[2080] * VA10
-            + w[2081] * VA11,
+            self.mix(
+                w[2068:2082],
+                VB11,
+                PDB,
+                PVNL,
+                PVNR,
+                AVL,
+                PVWL,
+                VC06,
+                VA12,
+                DA08,
+                DB07,
+                DA09,
+                AS11,
+                VA10,
+                VA11,
+            ),
         )
         del PVNL, PVWL
         # DD02 (motor, GABA) <- PVPR:1, PVNR:1, DB02:16, DB03:3, VB03:36, RID:2, VA05:6,
@@ -3751,23 +3480,26 @@ class HermaphroditeNet(nn.Module):
         #     DA04:4
         DD02 = self.node(
             267,
-            w[2082] * PVPR
-            + w[2083] * PVNR
-            + w[2084] * DB02
-            + w[2085] * DB03
-            + w[2086] * VB03
-            + w[2087] * RID
-            + w[2088] * VA05
-            + w[2089] * VB02
-            + w[2090] * VC03
-            + w[2091] * AS04
-            + w[2092] * VC01
-            + w[2093] * VA03
-            + w[2094] * VC02
-            + w[2095] * VA04
-            + w[2096] * DA03
-            + w[2097] * VB04
-            + w[2098] * DA04,
+            self.mix(
+                w[2082:2099],
+                PVPR,
+                PVNR,
+                DB02,
+                DB03,
+                VB03,
+                RID,
+                VA05,
+                VB02,
+                VC03,
+                AS04,
+                VC01,
+                VA03,
+                VC02,
+                VA04,
+                DA03,
+                VB04,
+                DA04,
+            ),
         )
         del PVPR
         # DD06 (motor, GABA) <- VB11:19, PVQL:1, PDB:2, PVQR:2, AVL:1, DVB:10, VC06:6,
@@ -3775,123 +3507,106 @@ class HermaphroditeNet(nn.Module):
         #     VA11:19, VD11:2, VD12:2
         DD06 = self.node(
             268,
-            w[2099] * VB11
-            + w[2100] * PVQL
-            + w[2101] * PDB
-            + w[2102] * PVQR
-            + w[2103] * AVL
-            + w[2104] * DVB
-            + w[2105] * VC06
-            + w[2106] * VA12
-            + w[2107] * VA09
-            + w[2108] * DB04
-            + w[2109] * DB07
-            + w[2110] * DA09
-            + w[2111] * AS11
-            + w[2112] * VA10
-            + w[2113] * VB08
-            + w[2114] * VB09
-            + w[2115] * VA11
-            + w[2116] * VD11
-            + w[2117] * VD12,
+            self.mix(
+                w[2099:2118],
+                VB11,
+                PVQL,
+                PDB,
+                PVQR,
+                AVL,
+                DVB,
+                VC06,
+                VA12,
+                VA09,
+                DB04,
+                DB07,
+                DA09,
+                AS11,
+                VA10,
+                VB08,
+                VB09,
+                VA11,
+                VD11,
+                VD12,
+            ),
         )
         del PVQL, AVL, VA10, VB09, VC06, VD12
         # VB10 (motor, ACh+Betaine) <- VA11:6, VD11:1
-        VB10 = self.node(269, w[2118] * VA11 + w[2119] * VD11)
+        VB10 = self.node(269, self.mix(w[2118:2120], VA11, VD11))
         del VA11, VD11
         # VD02 (motor, GABA) <- VB01:2, AVEL:1, DA01:4, VB02:14, VC03:1, VA02:27,
         #     VC01:1, VA03:3, VC02:3, DA02:17, DB01:24, DD01:1, AS02:21
         VD02 = self.node(
             270,
-            w[2120] * VB01
-            + w[2121] * AVEL
-            + w[2122] * DA01
-            + w[2123] * VB02
-            + w[2124] * VC03
-            + w[2125] * VA02
-            + w[2126] * VC01
-            + w[2127] * VA03
-            + w[2128] * VC02
-            + w[2129] * DA02
-            + w[2130] * DB01
-            + w[2131] * DD01
-            + w[2132] * AS02,
+            self.mix(
+                w[2120:2133],
+                VB01,
+                AVEL,
+                DA01,
+                VB02,
+                VC03,
+                VA02,
+                VC01,
+                VA03,
+                VC02,
+                DA02,
+                DB01,
+                DD01,
+                AS02,
+            ),
         )
         del DD01, AS02
         # VD05 (motor, GABA) <- VA06:3, DB03:24, DB05:3, RID:1, VA05:9, VC03:3, AS05:12,
         #     VC01:4, DA06:3, VC02:4, DA05:1, VB04:3, DA04:21
         VD05 = self.node(
             271,
-            w[2133] * VA06
-            + w[2134] * DB03
-            + w[2135] * DB05
-            + w[2136] * RID
-            + w[2137] * VA05
-            + w[2138] * VC03
-            + w[2139] * AS05
-            + w[2140] * VC01
-            + w[2141] * DA06
-            + w[2142] * VC02
-            + w[2143] * DA05
-            + w[2144] * VB04
-            + w[2145] * DA04,
+            self.mix(
+                w[2133:2146],
+                VA06,
+                DB03,
+                DB05,
+                RID,
+                VA05,
+                VC03,
+                AS05,
+                VC01,
+                DA06,
+                VC02,
+                DA05,
+                VB04,
+                DA04,
+            ),
         )
         # VD07 (motor, GABA) <- PVNR:1, DB05:13, VB06:22, VA08:2, VC03:8, DA07:10,
         #     VA07:13, DA06:13, AS07:20
         VD07 = self.node(
             272,
-            w[2146] * PVNR
-            + w[2147] * DB05
-            + w[2148] * VB06
-            + w[2149] * VA08
-            + w[2150] * VC03
-            + w[2151] * DA07
-            + w[2152] * VA07
-            + w[2153] * DA06
-            + w[2154] * AS07,
+            self.mix(
+                w[2146:2155], PVNR, DB05, VB06, VA08, VC03, DA07, VA07, DA06, AS07
+            ),
         )
         del AS07
         # VD08 (motor, GABA) <- DA08:5, DB07:5, VA08:3, VB07:5, DA07:12, AS08:20
         VD08 = self.node(
-            273,
-            w[2155] * DA08
-            + w[2156] * DB07
-            + w[2157] * VA08
-            + w[2158] * VB07
-            + w[2159] * DA07
-            + w[2160] * AS08,
+            273, self.mix(w[2155:2161], DA08, DB07, VA08, VB07, DA07, AS08)
         )
         del AS08
         # VD09 (motor, GABA) <- DVC:2, VA09:2, DA08:5, DB07:5, DA09:5, VA08:3, VB07:6,
         #     DA07:10, VB08:5, AS09:20
         VD09 = self.node(
             274,
-            w[2161] * DVC
-            + w[2162] * VA09
-            + w[2163] * DA08
-            + w[2164] * DB07
-            + w[2165] * DA09
-            + w[2166] * VA08
-            + w[2167] * VB07
-            + w[2168] * DA07
-            + w[2169] * VB08
-            + w[2170] * AS09,
+            self.mix(
+                w[2161:2171], DVC, VA09, DA08, DB07, DA09, VA08, VB07, DA07, VB08, AS09
+            ),
         )
         del DVC, VB08, AS09
         # AS01 (motor, ACh) <- AVER:6, AVEL:3, AVAR:2, PVCL:1, DA01:13, VA06:13, AVBR:2,
         #     VA07:1, DB01:28, VD02:1
         AS01 = self.node(
             275,
-            w[2171] * AVER
-            + w[2172] * AVEL
-            + w[2173] * AVAR
-            + w[2174] * PVCL
-            + w[2175] * DA01
-            + w[2176] * VA06
-            + w[2177] * AVBR
-            + w[2178] * VA07
-            + w[2179] * DB01
-            + w[2180] * VD02,
+            self.mix(
+                w[2171:2181], AVER, AVEL, AVAR, PVCL, DA01, VA06, AVBR, VA07, DB01, VD02
+            ),
         )
         del AVER, AVAR, PVCL, VD02
         # DD03 (motor, GABA) <- VA06:21, VB05:34, DB03:14, DB04:9, RID:2, VA05:17,
@@ -3899,115 +3614,133 @@ class HermaphroditeNet(nn.Module):
         #     VD06:6, VD05:1
         DD03 = self.node(
             276,
-            w[2181] * VA06
-            + w[2182] * VB05
-            + w[2183] * DB03
-            + w[2184] * DB04
-            + w[2185] * RID
-            + w[2186] * VA05
-            + w[2187] * VC03
-            + w[2188] * AS05
-            + w[2189] * VA07
-            + w[2190] * VC01
-            + w[2191] * DA06
-            + w[2192] * VC02
-            + w[2193] * AS06
-            + w[2194] * DA05
-            + w[2195] * VB04
-            + w[2196] * VD06
-            + w[2197] * VD05,
+            self.mix(
+                w[2181:2198],
+                VA06,
+                VB05,
+                DB03,
+                DB04,
+                RID,
+                VA05,
+                VC03,
+                AS05,
+                VA07,
+                VC01,
+                DA06,
+                VC02,
+                AS06,
+                DA05,
+                VB04,
+                VD06,
+                VD05,
+            ),
         )
         del VA06, AS06, VA05, AS05, DA05, VB05, VD06, VD05
         # DD04 (motor, GABA) <- VA09:6, DA08:4, DB04:2, VB06:32, VA08:9, VB07:11,
         #     VC03:16, DA07:3, VA07:17, VD07:1, VD08:5
         DD04 = self.node(
             277,
-            w[2198] * VA09
-            + w[2199] * DA08
-            + w[2200] * DB04
-            + w[2201] * VB06
-            + w[2202] * VA08
-            + w[2203] * VB07
-            + w[2204] * VC03
-            + w[2205] * DA07
-            + w[2206] * VA07
-            + w[2207] * VD07
-            + w[2208] * VD08,
+            self.mix(
+                w[2198:2209],
+                VA09,
+                DA08,
+                DB04,
+                VB06,
+                VA08,
+                VB07,
+                VC03,
+                DA07,
+                VA07,
+                VD07,
+                VD08,
+            ),
         )
         del VB06, VA09, VA08, DB04, VB07, DA07, VA07, VD07, VD08
         # VD03 (motor, GABA) <- PVNR:3, AVEL:1, DB02:33, VB03:4, AVBR:2, VB02:4, VC03:2,
         #     VC01:2, AS03:23, VA03:11, DA02:11, DA03:43, DB01:2, DD02:1
         VD03 = self.node(
             278,
-            w[2209] * PVNR
-            + w[2210] * AVEL
-            + w[2211] * DB02
-            + w[2212] * VB03
-            + w[2213] * AVBR
-            + w[2214] * VB02
-            + w[2215] * VC03
-            + w[2216] * VC01
-            + w[2217] * AS03
-            + w[2218] * VA03
-            + w[2219] * DA02
-            + w[2220] * DA03
-            + w[2221] * DB01
-            + w[2222] * DD02,
+            self.mix(
+                w[2209:2223],
+                PVNR,
+                AVEL,
+                DB02,
+                VB03,
+                AVBR,
+                VB02,
+                VC03,
+                VC01,
+                AS03,
+                VA03,
+                DA02,
+                DA03,
+                DB01,
+                DD02,
+            ),
         )
         del AVEL, AVBR, VB02, VA03, AS03, DA02
         # VD04 (motor, GABA) <- PVNR:6, DB02:15, DB03:9, DB05:3, VB03:6, VC03:3,
         #     AS04:21, VC01:4, DA06:3, VC02:6, VA04:8, DA03:13, VB04:1, DA04:11, DD02:1
         VD04 = self.node(
             279,
-            w[2223] * PVNR
-            + w[2224] * DB02
-            + w[2225] * DB03
-            + w[2226] * DB05
-            + w[2227] * VB03
-            + w[2228] * VC03
-            + w[2229] * AS04
-            + w[2230] * VC01
-            + w[2231] * DA06
-            + w[2232] * VC02
-            + w[2233] * VA04
-            + w[2234] * DA03
-            + w[2235] * VB04
-            + w[2236] * DA04
-            + w[2237] * DD02,
+            self.mix(
+                w[2223:2238],
+                PVNR,
+                DB02,
+                DB03,
+                DB05,
+                VB03,
+                VC03,
+                AS04,
+                VC01,
+                DA06,
+                VC02,
+                VA04,
+                DA03,
+                VB04,
+                DA04,
+                DD02,
+            ),
         )
         del VB03, DB05, DB02, DB03, AS04, DA06, VA04, DA03, VB04, DA04, DD02
         # VD13 (motor, GABA) <- VB11:22, PDB:2, PVNR:1, DVB:1, VA12:12, DA08:5, DB07:1,
         #     RID:2, DA09:4, AS11:3, DD06:3
         VD13 = self.node(
             280,
-            w[2238] * VB11
-            + w[2239] * PDB
-            + w[2240] * PVNR
-            + w[2241] * DVB
-            + w[2242] * VA12
-            + w[2243] * DA08
-            + w[2244] * DB07
-            + w[2245] * RID
-            + w[2246] * DA09
-            + w[2247] * AS11
-            + w[2248] * DD06,
+            self.mix(
+                w[2238:2249],
+                VB11,
+                PDB,
+                PVNR,
+                DVB,
+                VA12,
+                DA08,
+                DB07,
+                RID,
+                DA09,
+                AS11,
+                DD06,
+            ),
         )
         del PVNR, VB11, DVB, VA12, DA08, DB07, RID, DA09, PDB, AS11, DD06
         # VD01 (motor, GABA) <- AVHL:1, PVQR:1, VB01:4, DA01:13, VC03:2, VA02:1, VC01:5,
         #     VA01:3, VC02:2, DB01:18, AS01:20
         VD01 = self.node(
             281,
-            w[2249] * AVHL
-            + w[2250] * PVQR
-            + w[2251] * VB01
-            + w[2252] * DA01
-            + w[2253] * VC03
-            + w[2254] * VA02
-            + w[2255] * VC01
-            + w[2256] * VA01
-            + w[2257] * VC02
-            + w[2258] * DB01
-            + w[2259] * AS01,
+            self.mix(
+                w[2249:2260],
+                AVHL,
+                PVQR,
+                VB01,
+                DA01,
+                VC03,
+                VA02,
+                VC01,
+                VA01,
+                VC02,
+                DB01,
+                AS01,
+            ),
         )
         del AVHL, PVQR, VB01, VC03, VA02, VC01, VA01, DA01, DB01, VC02, AS01
         # sink <- mean of the 24 output nodes

@@ -719,6 +719,11 @@ class HermaphroditeRandomNet(nn.Module):
     def edge_weights(self) -> torch.Tensor:
         return torch.sigmoid(self.edge_weight)
 
+    @staticmethod
+    def mix(w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of a node's inputs: w[0] * inputs[0] + w[1] * inputs[1] + ..."""
+        return (w @ torch.stack(inputs).flatten(1)).view_as(inputs[0])
+
     def node(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """ReLU -> depthwise 3x3 conv -> BatchNorm of node i."""
         x = F.conv2d(F.relu(x), self.node_conv[i], padding=1, groups=self.channels)
@@ -768,9 +773,9 @@ class HermaphroditeRandomNet(nn.Module):
         # AIZL (interneuron, Glu) <- SMBDL:25
         AIZL = self.node(14, w[1] * SMBDL)
         # AVAR (interneuron, ACh) <- PLMR:5, RIBR:6, DA03:8
-        AVAR = self.node(15, w[2] * PLMR + w[3] * RIBR + w[4] * DA03)
+        AVAR = self.node(15, self.mix(w[2:5], PLMR, RIBR, DA03))
         # SMDDL (motor, ACh+GABA+Betaine) <- RIBR:2, SMBDL:10
-        SMDDL = self.node(16, w[5] * RIBR + w[6] * SMBDL)
+        SMDDL = self.node(16, self.mix(w[5:7], RIBR, SMBDL))
         # VD07 (motor, GABA) <- VC03:8
         VD07 = self.node(17, w[7] * VC03)
         # PQR (sensory, Glu) <- AVAR:26
@@ -782,11 +787,11 @@ class HermaphroditeRandomNet(nn.Module):
         # PVDR (sensory, Glu) <- AVAR:30
         PVDR = self.node(21, w[11] * AVAR)
         # IL1DR (sensory, Glu) <- URADR:11, IL2DR:33
-        IL1DR = self.node(22, w[12] * URADR + w[13] * IL2DR)
+        IL1DR = self.node(22, self.mix(w[12:14], URADR, IL2DR))
         # RIH (interneuron, ACh+5-HT) <- RIBR:17, SMBDL:2, AIZL:12
-        RIH = self.node(23, w[14] * RIBR + w[15] * SMBDL + w[16] * AIZL)
+        RIH = self.node(23, self.mix(w[14:17], RIBR, SMBDL, AIZL))
         # DB02 (motor, ACh) <- DA03:12, AVAR:2
-        DB02 = self.node(24, w[17] * DA03 + w[18] * AVAR)
+        DB02 = self.node(24, self.mix(w[17:19], DA03, AVAR))
         # AS01 (motor, ACh) <- AVAR:2
         AS01 = self.node(25, w[19] * AVAR)
         # VA03 (motor, ACh) <- AVAR:6
@@ -796,812 +801,518 @@ class HermaphroditeRandomNet(nn.Module):
         # ADFR (sensory, ACh+5-HT) <- RIH:5
         ADFR = self.node(28, w[22] * RIH)
         # PHBL (sensory, Glu) <- AVAR:33, PQR:2
-        PHBL = self.node(29, w[23] * AVAR + w[24] * PQR)
+        PHBL = self.node(29, self.mix(w[23:25], AVAR, PQR))
         # IL2DL (sensory, ACh) <- RIH:2
         IL2DL = self.node(30, w[25] * RIH)
         # RIS (interneuron, GABA+Betaine) <- RIBR:19, SMDDL:3, FLPL:1
-        RIS = self.node(31, w[26] * RIBR + w[27] * SMDDL + w[28] * FLPL)
+        RIS = self.node(31, self.mix(w[26:29], RIBR, SMDDL, FLPL))
         # AS07 (motor, ACh) <- AVAR:6, VD07:20, VA11:2
-        AS07 = self.node(32, w[29] * AVAR + w[30] * VD07 + w[31] * VA11)
+        AS07 = self.node(32, self.mix(w[29:32], AVAR, VD07, VA11))
         # AS08 (motor, ACh) <- AVAR:10, VA11:10
-        AS08 = self.node(33, w[32] * AVAR + w[33] * VA11)
+        AS08 = self.node(33, self.mix(w[32:34], AVAR, VA11))
         # VA01 (motor, ACh) <- FLPL:5
         VA01 = self.node(34, w[34] * FLPL)
         # VB06 (motor, ACh+Betaine) <- VD07:24, PVDR:4
-        VB06 = self.node(35, w[35] * VD07 + w[36] * PVDR)
+        VB06 = self.node(35, self.mix(w[35:37], VD07, PVDR))
         # VD12 (motor, GABA) <- PDA:12, VA11:6
-        VD12 = self.node(36, w[37] * PDA + w[38] * VA11)
+        VD12 = self.node(36, self.mix(w[37:39], PDA, VA11))
         # ASEL (sensory, Glu) <- AIZL:5, ADFR:1
-        ASEL = self.node(37, w[39] * AIZL + w[40] * ADFR)
+        ASEL = self.node(37, self.mix(w[39:41], AIZL, ADFR))
         # CEPDL (sensory, DA) <- URBL:13, RIH:7, IL2DL:1, RIS:7
-        CEPDL = self.node(38, w[41] * URBL + w[42] * RIH + w[43] * IL2DL + w[44] * RIS)
+        CEPDL = self.node(38, self.mix(w[41:45], URBL, RIH, IL2DL, RIS))
         # URYDR (sensory, Glu) <- RIBR:1, URADR:1, SMDDL:11, IL1DR:7, RIS:1
-        URYDR = self.node(
-            39,
-            w[45] * RIBR + w[46] * URADR + w[47] * SMDDL + w[48] * IL1DR + w[49] * RIS,
-        )
+        URYDR = self.node(39, self.mix(w[45:50], RIBR, URADR, SMDDL, IL1DR, RIS))
         # AVKL (interneuron) <- RIS:6
         AVKL = self.node(40, w[50] * RIS)
         # AVBR (interneuron, ACh) <- DA03:3, AVAR:18, FLPL:22, AS01:2, IL2DL:2
-        AVBR = self.node(
-            41,
-            w[51] * DA03 + w[52] * AVAR + w[53] * FLPL + w[54] * AS01 + w[55] * IL2DL,
-        )
+        AVBR = self.node(41, self.mix(w[51:56], DA03, AVAR, FLPL, AS01, IL2DL))
         # RMDDR (motor, ACh) <- URBL:2, RIS:1
-        RMDDR = self.node(42, w[56] * URBL + w[57] * RIS)
+        RMDDR = self.node(42, self.mix(w[56:58], URBL, RIS))
         # RMDR (motor, ACh) <- SMDDL:1, RIS:17
-        RMDR = self.node(43, w[58] * SMDDL + w[59] * RIS)
+        RMDR = self.node(43, self.mix(w[58:60], SMDDL, RIS))
         # AS11 (motor, ACh) <- AVAR:10, PQR:2, PHBL:1, VD12:20
-        AS11 = self.node(44, w[60] * AVAR + w[61] * PQR + w[62] * PHBL + w[63] * VD12)
+        AS11 = self.node(44, self.mix(w[60:64], AVAR, PQR, PHBL, VD12))
         # PDB (motor, ACh) <- VD12:10
         PDB = self.node(45, w[64] * VD12)
         # VB10 (motor, ACh+Betaine) <- VA11:9, VD12:6
-        VB10 = self.node(46, w[65] * VA11 + w[66] * VD12)
+        VB10 = self.node(46, self.mix(w[65:67], VA11, VD12))
         # VD06 (motor, GABA) <- VC03:5, VB06:1
-        VD06 = self.node(47, w[67] * VC03 + w[68] * VB06)
+        VD06 = self.node(47, self.mix(w[67:69], VC03, VB06))
         # PDEL (sensory, Glu+DA) <- PLMR:18, AVAR:3, PLML:16, AVKL:7
-        PDEL = self.node(48, w[69] * PLMR + w[70] * AVAR + w[71] * PLML + w[72] * AVKL)
+        PDEL = self.node(48, self.mix(w[69:73], PLMR, AVAR, PLML, AVKL))
         # URYDL (sensory, Glu) <- URBL:1, AIZL:4, SMDDL:3, CEPDL:7, RMDDR:15
-        URYDL = self.node(
-            49,
-            w[73] * URBL + w[74] * AIZL + w[75] * SMDDL + w[76] * CEPDL + w[77] * RMDDR,
-        )
+        URYDL = self.node(49, self.mix(w[73:78], URBL, AIZL, SMDDL, CEPDL, RMDDR))
         # AINR (interneuron, ACh) <- ASEL:1, CEPDL:2
-        AINR = self.node(50, w[78] * ASEL + w[79] * CEPDL)
+        AINR = self.node(50, self.mix(w[78:80], ASEL, CEPDL))
         # RIR (interneuron, ACh+Betaine) <- AIZL:12, ADFR:11, ASEL:1
-        RIR = self.node(51, w[80] * AIZL + w[81] * ADFR + w[82] * ASEL)
+        RIR = self.node(51, self.mix(w[80:83], AIZL, ADFR, ASEL))
         # PVNL (interneuron, ACh+Glu+Betaine) <- PQR:7, PHBL:1, VD12:1, AVBR:2
-        PVNL = self.node(52, w[83] * PQR + w[84] * PHBL + w[85] * VD12 + w[86] * AVBR)
+        PVNL = self.node(52, self.mix(w[83:87], PQR, PHBL, VD12, AVBR))
         # RICR (interneuron, Glu+Oct) <- URBL:1, IL2DR:2, AIZL:17, AVAR:13, SMDDL:9,
         #     CEPDL:9
-        RICR = self.node(
-            53,
-            w[87] * URBL
-            + w[88] * IL2DR
-            + w[89] * AIZL
-            + w[90] * AVAR
-            + w[91] * SMDDL
-            + w[92] * CEPDL,
-        )
+        RICR = self.node(53, self.mix(w[87:93], URBL, IL2DR, AIZL, AVAR, SMDDL, CEPDL))
         # DA09 (motor, ACh+Betaine) <- PDA:1, VD09:5, AVAR:3, VA11:1, VD12:11, AS11:1
-        DA09 = self.node(
-            54,
-            w[93] * PDA
-            + w[94] * VD09
-            + w[95] * AVAR
-            + w[96] * VA11
-            + w[97] * VD12
-            + w[98] * AS11,
-        )
+        DA09 = self.node(54, self.mix(w[93:99], PDA, VD09, AVAR, VA11, VD12, AS11))
         # VB05 (motor, ACh+Betaine) <- PVDR:2, VD06:11
-        VB05 = self.node(55, w[99] * PVDR + w[100] * VD06)
+        VB05 = self.node(55, self.mix(w[99:101], PVDR, VD06))
         # VC04 (sex-specific, ACh+5-HT) <- VC03:1, VC05:6, AVBR:1
-        VC04 = self.node(56, w[101] * VC03 + w[102] * VC05 + w[103] * AVBR)
+        VC04 = self.node(56, self.mix(w[101:104], VC03, VC05, AVBR))
         # PVM (sensory) <- AVKL:15, PDEL:13
-        PVM = self.node(57, w[104] * AVKL + w[105] * PDEL)
+        PVM = self.node(57, self.mix(w[104:106], AVKL, PDEL))
         # CEPVL (sensory, DA) <- RIH:3, RIS:7, RICR:17
-        CEPVL = self.node(58, w[106] * RIH + w[107] * RIS + w[108] * RICR)
+        CEPVL = self.node(58, self.mix(w[106:109], RIH, RIS, RICR))
         # ADAL (interneuron, Glu) <- URBL:3, AVAR:7, AVBR:21, RICR:1
-        ADAL = self.node(
-            59, w[109] * URBL + w[110] * AVAR + w[111] * AVBR + w[112] * RICR
-        )
+        ADAL = self.node(59, self.mix(w[109:113], URBL, AVAR, AVBR, RICR))
         # BDUR (interneuron) <- URADR:3, AVBR:1, PVNL:13
-        BDUR = self.node(60, w[113] * URADR + w[114] * AVBR + w[115] * PVNL)
+        BDUR = self.node(60, self.mix(w[113:116], URADR, AVBR, PVNL))
         # AVG (interneuron, ACh) <- AVAR:3, PQR:1, PHBL:1, AVBR:3, PVNL:4
-        AVG = self.node(
-            61,
-            w[116] * AVAR
-            + w[117] * PQR
-            + w[118] * PHBL
-            + w[119] * AVBR
-            + w[120] * PVNL,
-        )
+        AVG = self.node(61, self.mix(w[116:121], AVAR, PQR, PHBL, AVBR, PVNL))
         # SMBDR (motor, ACh) <- URBL:3, SMBDL:3, ADFR:2, CEPDL:5, RICR:3
-        SMBDR = self.node(
-            62,
-            w[121] * URBL
-            + w[122] * SMBDL
-            + w[123] * ADFR
-            + w[124] * CEPDL
-            + w[125] * RICR,
-        )
+        SMBDR = self.node(62, self.mix(w[121:126], URBL, SMBDL, ADFR, CEPDL, RICR))
         # DB06 (motor, ACh) <- VD09:10, VD07:10, AS08:2, DA09:1
-        DB06 = self.node(
-            63, w[126] * VD09 + w[127] * VD07 + w[128] * AS08 + w[129] * DA09
-        )
+        DB06 = self.node(63, self.mix(w[126:130], VD09, VD07, AS08, DA09))
         # VD10 (motor, GABA) <- DA09:5
         VD10 = self.node(64, w[130] * DA09)
         # VD13 (motor, GABA) <- PDA:3, AVAR:2, VD12:1, AS11:3, PDB:2, DA09:4
-        VD13 = self.node(
-            65,
-            w[131] * PDA
-            + w[132] * AVAR
-            + w[133] * VD12
-            + w[134] * AS11
-            + w[135] * PDB
-            + w[136] * DA09,
-        )
+        VD13 = self.node(65, self.mix(w[131:137], PDA, AVAR, VD12, AS11, PDB, DA09))
         # AVFL (interneuron, GABA) <- PVQL:1, VC05:2, AVBR:1, PVNL:1, AVG:8
-        AVFL = self.node(
-            66,
-            w[137] * PVQL
-            + w[138] * VC05
-            + w[139] * AVBR
-            + w[140] * PVNL
-            + w[141] * AVG,
-        )
+        AVFL = self.node(66, self.mix(w[137:142], PVQL, VC05, AVBR, PVNL, AVG))
         # AIBR (interneuron, Glu+Betaine) <- AIAR:34, AIZL:53, AVAR:2, SMDDL:17, FLPL:3,
         #     ASEL:13, AVBR:14, RICR:3, ADAL:2
         AIBR = self.node(
             67,
-            w[142] * AIAR
-            + w[143] * AIZL
-            + w[144] * AVAR
-            + w[145] * SMDDL
-            + w[146] * FLPL
-            + w[147] * ASEL
-            + w[148] * AVBR
-            + w[149] * RICR
-            + w[150] * ADAL,
+            self.mix(w[142:151], AIAR, AIZL, AVAR, SMDDL, FLPL, ASEL, AVBR, RICR, ADAL),
         )
         # AVDL (interneuron, ACh) <- PLMR:8, SABD:5, DA03:9, AVAR:40, PQR:15, FLPL:30,
         #     PVDR:1, VA03:3, PHBL:6, VA01:2, AVBR:4, AS11:4, PVNL:7, ADAL:1, AVG:1
         AVDL = self.node(
             68,
-            w[151] * PLMR
-            + w[152] * SABD
-            + w[153] * DA03
-            + w[154] * AVAR
-            + w[155] * PQR
-            + w[156] * FLPL
-            + w[157] * PVDR
-            + w[158] * VA03
-            + w[159] * PHBL
-            + w[160] * VA01
-            + w[161] * AVBR
-            + w[162] * AS11
-            + w[163] * PVNL
-            + w[164] * ADAL
-            + w[165] * AVG,
+            self.mix(
+                w[151:166],
+                PLMR,
+                SABD,
+                DA03,
+                AVAR,
+                PQR,
+                FLPL,
+                PVDR,
+                VA03,
+                PHBL,
+                VA01,
+                AVBR,
+                AS11,
+                PVNL,
+                ADAL,
+                AVG,
+            ),
         )
         # RMDDL (motor, ACh) <- IL1DR:13, RIS:1, CEPDL:2, URYDR:9, RMDDR:1, RMDR:6,
         #     CEPVL:9
         RMDDL = self.node(
-            69,
-            w[166] * IL1DR
-            + w[167] * RIS
-            + w[168] * CEPDL
-            + w[169] * URYDR
-            + w[170] * RMDDR
-            + w[171] * RMDR
-            + w[172] * CEPVL,
+            69, self.mix(w[166:173], IL1DR, RIS, CEPDL, URYDR, RMDDR, RMDR, CEPVL)
         )
         # SMBVR (motor, ACh) <- ADFR:19, RMDR:3, SMBDR:2
-        SMBVR = self.node(70, w[173] * ADFR + w[174] * RMDR + w[175] * SMBDR)
+        SMBVR = self.node(70, self.mix(w[173:176], ADFR, RMDR, SMBDR))
         # AS09 (motor, ACh) <- VD09:20, AVAR:10, VA11:1, DB06:1
-        AS09 = self.node(
-            71, w[176] * VD09 + w[177] * AVAR + w[178] * VA11 + w[179] * DB06
-        )
+        AS09 = self.node(71, self.mix(w[176:180], VD09, AVAR, VA11, DB06))
         # VB08 (motor, ACh+Betaine) <- VD09:7, VA11:2, VD10:6
-        VB08 = self.node(72, w[180] * VD09 + w[181] * VA11 + w[182] * VD10)
+        VB08 = self.node(72, self.mix(w[180:183], VD09, VA11, VD10))
         # ASIR (sensory, Betaine) <- AIAR:6, ASEL:2, AIBR:3
-        ASIR = self.node(73, w[183] * AIAR + w[184] * ASEL + w[185] * AIBR)
+        ASIR = self.node(73, self.mix(w[183:186], AIAR, ASEL, AIBR))
         # ASKR (sensory, Glu) <- AIAR:36, AIBR:2
-        ASKR = self.node(74, w[186] * AIAR + w[187] * AIBR)
+        ASKR = self.node(74, self.mix(w[186:188], AIAR, AIBR))
         # SDQL (sensory, ACh) <- AVAR:8, FLPL:2, RIS:8, AVBR:2, RICR:3, BDUR:2,
         #     SMBDR:29, AIBR:2, AVDL:3
         SDQL = self.node(
             75,
-            w[188] * AVAR
-            + w[189] * FLPL
-            + w[190] * RIS
-            + w[191] * AVBR
-            + w[192] * RICR
-            + w[193] * BDUR
-            + w[194] * SMBDR
-            + w[195] * AIBR
-            + w[196] * AVDL,
+            self.mix(w[188:197], AVAR, FLPL, RIS, AVBR, RICR, BDUR, SMBDR, AIBR, AVDL),
         )
         # AQR (sensory, Glu) <- AVAR:6, AVBR:12, RIR:3, AIBR:1, AVDL:3
-        AQR = self.node(
-            76,
-            w[197] * AVAR
-            + w[198] * AVBR
-            + w[199] * RIR
-            + w[200] * AIBR
-            + w[201] * AVDL,
-        )
+        AQR = self.node(76, self.mix(w[197:202], AVAR, AVBR, RIR, AIBR, AVDL))
         # PVDL (sensory, Glu) <- AVAR:29, PVDR:12, PVNL:3, AVG:8, VD10:3, AVFL:1, AVDL:1
         PVDL = self.node(
-            77,
-            w[202] * AVAR
-            + w[203] * PVDR
-            + w[204] * PVNL
-            + w[205] * AVG
-            + w[206] * VD10
-            + w[207] * AVFL
-            + w[208] * AVDL,
+            77, self.mix(w[202:209], AVAR, PVDR, PVNL, AVG, VD10, AVFL, AVDL)
         )
         # PHBR (sensory, Glu) <- AVAR:38, PHBL:7, AVDL:7
-        PHBR = self.node(78, w[209] * AVAR + w[210] * PHBL + w[211] * AVDL)
+        PHBR = self.node(78, self.mix(w[209:212], AVAR, PHBL, AVDL))
         # IL1R (sensory, Glu) <- IL1DR:2, RMDDR:12, RMDR:4, RMDDL:17
-        IL1R = self.node(
-            79, w[212] * IL1DR + w[213] * RMDDR + w[214] * RMDR + w[215] * RMDDL
-        )
+        IL1R = self.node(79, self.mix(w[212:216], IL1DR, RMDDR, RMDR, RMDDL))
         # AIYR (interneuron, ACh) <- RIBR:60, RIH:4, ADFR:3, ASEL:23, AIBR:1
-        AIYR = self.node(
-            80,
-            w[216] * RIBR
-            + w[217] * RIH
-            + w[218] * ADFR
-            + w[219] * ASEL
-            + w[220] * AIBR,
-        )
+        AIYR = self.node(80, self.mix(w[216:221], RIBR, RIH, ADFR, ASEL, AIBR))
         # ADAR (interneuron, Glu) <- AIAR:4, AVAR:8, ADFR:4, URYDR:2, AVBR:15, RIR:1,
         #     RICR:2, AIBR:3, AVDL:2
         ADAR = self.node(
             81,
-            w[221] * AIAR
-            + w[222] * AVAR
-            + w[223] * ADFR
-            + w[224] * URYDR
-            + w[225] * AVBR
-            + w[226] * RIR
-            + w[227] * RICR
-            + w[228] * AIBR
-            + w[229] * AVDL,
+            self.mix(w[221:230], AIAR, AVAR, ADFR, URYDR, AVBR, RIR, RICR, AIBR, AVDL),
         )
         # RIFL (interneuron, ACh) <- AVBR:1, AVFL:1
-        RIFL = self.node(82, w[230] * AVBR + w[231] * AVFL)
+        RIFL = self.node(82, self.mix(w[230:232], AVBR, AVFL))
         # AVHL (interneuron) <- SABD:1, AVAR:1, PQR:1, ADFR:6, AVBR:1, RIR:2, BDUR:3,
         #     SMBDR:4, AVFL:5, AVDL:1, SMBVR:6
         AVHL = self.node(
             83,
-            w[232] * SABD
-            + w[233] * AVAR
-            + w[234] * PQR
-            + w[235] * ADFR
-            + w[236] * AVBR
-            + w[237] * RIR
-            + w[238] * BDUR
-            + w[239] * SMBDR
-            + w[240] * AVFL
-            + w[241] * AVDL
-            + w[242] * SMBVR,
+            self.mix(
+                w[232:243],
+                SABD,
+                AVAR,
+                PQR,
+                ADFR,
+                AVBR,
+                RIR,
+                BDUR,
+                SMBDR,
+                AVFL,
+                AVDL,
+                SMBVR,
+            ),
         )
         # LUAL (interneuron, Glu) <- AVAR:27, PHBL:2, PVNL:4, AVDL:29
-        LUAL = self.node(
-            84, w[243] * AVAR + w[244] * PHBL + w[245] * PVNL + w[246] * AVDL
-        )
+        LUAL = self.node(84, self.mix(w[243:247], AVAR, PHBL, PVNL, AVDL))
         # LUAR (interneuron, Glu) <- AVAR:47, PQR:10, PDB:2, PVNL:1, AVDL:5
-        LUAR = self.node(
-            85,
-            w[247] * AVAR + w[248] * PQR + w[249] * PDB + w[250] * PVNL + w[251] * AVDL,
-        )
+        LUAR = self.node(85, self.mix(w[247:252], AVAR, PQR, PDB, PVNL, AVDL))
         # SIBDL (motor, ACh) <- SMDDL:14, AIBR:1
-        SIBDL = self.node(86, w[252] * SMDDL + w[253] * AIBR)
+        SIBDL = self.node(86, self.mix(w[252:254], SMDDL, AIBR))
         # SIBDR (motor, ACh) <- CEPDL:2, AVKL:2, AIBR:1
-        SIBDR = self.node(87, w[254] * CEPDL + w[255] * AVKL + w[256] * AIBR)
+        SIBDR = self.node(87, self.mix(w[254:257], CEPDL, AVKL, AIBR))
         # DA01 (motor, ACh) <- AVAR:2, AS01:21, AVDL:4
-        DA01 = self.node(88, w[257] * AVAR + w[258] * AS01 + w[259] * AVDL)
+        DA01 = self.node(88, self.mix(w[257:260], AVAR, AS01, AVDL))
         # VA10 (motor, ACh) <- AVAR:4, AS07:6, VD12:3, VD10:4, AVDL:2, VB08:1
-        VA10 = self.node(
-            89,
-            w[260] * AVAR
-            + w[261] * AS07
-            + w[262] * VD12
-            + w[263] * VD10
-            + w[264] * AVDL
-            + w[265] * VB08,
-        )
+        VA10 = self.node(89, self.mix(w[260:266], AVAR, AS07, VD12, VD10, AVDL, VB08))
         # VC01 (sex-specific, ACh) <- VC03:7, VD06:1, AVG:2, AVFL:2
-        VC01 = self.node(
-            90, w[266] * VC03 + w[267] * VD06 + w[268] * AVG + w[269] * AVFL
-        )
+        VC01 = self.node(90, self.mix(w[266:270], VC03, VD06, AVG, AVFL))
         # AUAR (interneuron, Glu+Betaine) <- RIBR:33, AVAR:3, RIH:2, ADFR:9, AINR:3,
         #     AIYR:1
-        AUAR = self.node(
-            91,
-            w[270] * RIBR
-            + w[271] * AVAR
-            + w[272] * RIH
-            + w[273] * ADFR
-            + w[274] * AINR
-            + w[275] * AIYR,
-        )
+        AUAR = self.node(91, self.mix(w[270:276], RIBR, AVAR, RIH, ADFR, AINR, AIYR))
         # SAAVR (interneuron, ACh) <- SMBDL:10, AVAR:45, SMDDL:18, AIBR:2, ASIR:1
-        SAAVR = self.node(
-            92,
-            w[276] * SMBDL
-            + w[277] * AVAR
-            + w[278] * SMDDL
-            + w[279] * AIBR
-            + w[280] * ASIR,
-        )
+        SAAVR = self.node(92, self.mix(w[276:281], SMBDL, AVAR, SMDDL, AIBR, ASIR))
         # RMDVL (motor, ACh) <- CEPDL:15, RMDDR:67, RMDR:11, URYDL:18, RMDDL:1, IL1R:10,
         #     SIBDR:1
         RMDVL = self.node(
-            93,
-            w[281] * CEPDL
-            + w[282] * RMDDR
-            + w[283] * RMDR
-            + w[284] * URYDL
-            + w[285] * RMDDL
-            + w[286] * IL1R
-            + w[287] * SIBDR,
+            93, self.mix(w[281:288], CEPDL, RMDDR, RMDR, URYDL, RMDDL, IL1R, SIBDR)
         )
         # SMDVL (motor, ACh+GABA+Betaine) <- RIBR:3, AIZL:3, SMDDL:2, RIS:1, RMDDR:3,
         #     RICR:6, AIBR:7, ADAR:1
         SMDVL = self.node(
-            94,
-            w[288] * RIBR
-            + w[289] * AIZL
-            + w[290] * SMDDL
-            + w[291] * RIS
-            + w[292] * RMDDR
-            + w[293] * RICR
-            + w[294] * AIBR
-            + w[295] * ADAR,
+            94, self.mix(w[288:296], RIBR, AIZL, SMDDL, RIS, RMDDR, RICR, AIBR, ADAR)
         )
         # VB09 (motor, ACh+Betaine) <- VA11:2, VD10:6, VA10:1
-        VB09 = self.node(95, w[296] * VA11 + w[297] * VD10 + w[298] * VA10)
+        VB09 = self.node(95, self.mix(w[296:299], VA11, VD10, VA10))
         # VD02 (motor, GABA) <- VC03:1, AS01:1, VA03:3, DA01:4, VC01:1
-        VD02 = self.node(
-            96,
-            w[299] * VC03
-            + w[300] * AS01
-            + w[301] * VA03
-            + w[302] * DA01
-            + w[303] * VC01,
-        )
+        VD02 = self.node(96, self.mix(w[299:304], VC03, AS01, VA03, DA01, VC01))
         # VD04 (motor, GABA) <- DA03:13, VC03:3, DB02:15, VC01:4
-        VD04 = self.node(
-            97, w[304] * DA03 + w[305] * VC03 + w[306] * DB02 + w[307] * VC01
-        )
+        VD04 = self.node(97, self.mix(w[304:308], DA03, VC03, DB02, VC01))
         # AWAR (sensory, ACh) <- AIAR:7, ADFR:10, RIR:2, ASIR:1, ASKR:2, AIYR:9, AUAR:1
         AWAR = self.node(
-            98,
-            w[308] * AIAR
-            + w[309] * ADFR
-            + w[310] * RIR
-            + w[311] * ASIR
-            + w[312] * ASKR
-            + w[313] * AIYR
-            + w[314] * AUAR,
+            98, self.mix(w[308:315], AIAR, ADFR, RIR, ASIR, ASKR, AIYR, AUAR)
         )
         # ALNL (sensory, ACh) <- RMDDR:1, SMBDR:12, SMDVL:3
-        ALNL = self.node(99, w[315] * RMDDR + w[316] * SMBDR + w[317] * SMDVL)
+        ALNL = self.node(99, self.mix(w[315:318], RMDDR, SMBDR, SMDVL))
         # DVA (sensory, ACh+Glu) <- PLMR:19, SABD:2, SMBDL:6, AIZL:6, AVAR:2, PLML:9,
         #     FLPL:1, PVDR:5, DB02:2, VB06:1, AVKL:1, AVBR:1, PDEL:9, URYDL:3, RIR:13,
         #     DA09:1, PVM:3, SMBDR:6, AIBR:1, SMBVR:6, SDQL:1, AQR:12, AUAR:8, SAAVR:1,
         #     SMDVL:1
         DVA = self.node(
             100,
-            w[318] * PLMR
-            + w[319] * SABD
-            + w[320] * SMBDL
-            + w[321] * AIZL
-            + w[322] * AVAR
-            + w[323] * PLML
-            + w[324] * FLPL
-            + w[325] * PVDR
-            + w[326] * DB02
-            + w[327] * VB06
-            + w[328] * AVKL
-            + w[329] * AVBR
-            + w[330] * PDEL
-            + w[331] * URYDL
-            + w[332] * RIR
-            + w[333] * DA09
-            + w[334] * PVM
-            + w[335] * SMBDR
-            + w[336] * AIBR
-            + w[337] * SMBVR
-            + w[338] * SDQL
-            + w[339] * AQR
-            + w[340] * AUAR
-            + w[341] * SAAVR
-            + w[342] * SMDVL,
+            self.mix(
+                w[318:343],
+                PLMR,
+                SABD,
+                SMBDL,
+                AIZL,
+                AVAR,
+                PLML,
+                FLPL,
+                PVDR,
+                DB02,
+                VB06,
+                AVKL,
+                AVBR,
+                PDEL,
+                URYDL,
+                RIR,
+                DA09,
+                PVM,
+                SMBDR,
+                AIBR,
+                SMBVR,
+                SDQL,
+                AQR,
+                AUAR,
+                SAAVR,
+                SMDVL,
+            ),
         )
         # IL2L (sensory, ACh) <- RIH:27, RMDR:3, SMDVL:1
-        IL2L = self.node(101, w[343] * RIH + w[344] * RMDR + w[345] * SMDVL)
+        IL2L = self.node(101, self.mix(w[343:346], RIH, RMDR, SMDVL))
         # OLQVR (sensory, Glu) <- RIH:25, ADFR:1, RICR:3, SIBDR:18, RMDVL:21
-        OLQVR = self.node(
-            102,
-            w[346] * RIH
-            + w[347] * ADFR
-            + w[348] * RICR
-            + w[349] * SIBDR
-            + w[350] * RMDVL,
-        )
+        OLQVR = self.node(102, self.mix(w[346:351], RIH, ADFR, RICR, SIBDR, RMDVL))
         # PVNR (interneuron, ACh+Glu+Betaine) <- URBL:2, PDA:1, VC03:1, VD07:1, PQR:4,
         #     PVDR:5, VA11:2, VB06:1, VD12:1, CEPDL:2, AVBR:1, VD06:2, PVNL:9, BDUR:5,
         #     AVG:4, VD13:1, AVDL:1, VD04:6
         PVNR = self.node(
             103,
-            w[351] * URBL
-            + w[352] * PDA
-            + w[353] * VC03
-            + w[354] * VD07
-            + w[355] * PQR
-            + w[356] * PVDR
-            + w[357] * VA11
-            + w[358] * VB06
-            + w[359] * VD12
-            + w[360] * CEPDL
-            + w[361] * AVBR
-            + w[362] * VD06
-            + w[363] * PVNL
-            + w[364] * BDUR
-            + w[365] * AVG
-            + w[366] * VD13
-            + w[367] * AVDL
-            + w[368] * VD04,
+            self.mix(
+                w[351:369],
+                URBL,
+                PDA,
+                VC03,
+                VD07,
+                PQR,
+                PVDR,
+                VA11,
+                VB06,
+                VD12,
+                CEPDL,
+                AVBR,
+                VD06,
+                PVNL,
+                BDUR,
+                AVG,
+                VD13,
+                AVDL,
+                VD04,
+            ),
         )
         # RMFL (interneuron, ACh) <- RIBR:1, RIS:1, AVKL:11, RMDR:13, RICR:1, AIBR:1,
         #     SDQL:3, SAAVR:1, SMDVL:1
         RMFL = self.node(
             104,
-            w[369] * RIBR
-            + w[370] * RIS
-            + w[371] * AVKL
-            + w[372] * RMDR
-            + w[373] * RICR
-            + w[374] * AIBR
-            + w[375] * SDQL
-            + w[376] * SAAVR
-            + w[377] * SMDVL,
+            self.mix(w[369:378], RIBR, RIS, AVKL, RMDR, RICR, AIBR, SDQL, SAAVR, SMDVL),
         )
         # RIPL (interneuron, ACh) <- IL2DR:1, RIH:20, IL2DL:28, CEPDL:8, CEPVL:4,
         #     ADAL:4, SAAVR:12
         RIPL = self.node(
-            105,
-            w[378] * IL2DR
-            + w[379] * RIH
-            + w[380] * IL2DL
-            + w[381] * CEPDL
-            + w[382] * CEPVL
-            + w[383] * ADAL
-            + w[384] * SAAVR,
+            105, self.mix(w[378:385], IL2DR, RIH, IL2DL, CEPDL, CEPVL, ADAL, SAAVR)
         )
         # RMDVR (motor, ACh) <- RIBR:1, AVAR:1, IL1DR:33, URYDR:12, RMDDR:3, CEPVL:8,
         #     SMBDR:1, RMDDL:65, IL1R:17, RMDVL:1
         RMDVR = self.node(
             106,
-            w[385] * RIBR
-            + w[386] * AVAR
-            + w[387] * IL1DR
-            + w[388] * URYDR
-            + w[389] * RMDDR
-            + w[390] * CEPVL
-            + w[391] * SMBDR
-            + w[392] * RMDDL
-            + w[393] * IL1R
-            + w[394] * RMDVL,
+            self.mix(
+                w[385:395],
+                RIBR,
+                AVAR,
+                IL1DR,
+                URYDR,
+                RMDDR,
+                CEPVL,
+                SMBDR,
+                RMDDL,
+                IL1R,
+                RMDVL,
+            ),
         )
         # RIVL (motor, ACh) <- AVKL:5, RICR:1, SMBDR:1, RMDVL:5, SMDVL:8
-        RIVL = self.node(
-            107,
-            w[395] * AVKL
-            + w[396] * RICR
-            + w[397] * SMBDR
-            + w[398] * RMDVL
-            + w[399] * SMDVL,
-        )
+        RIVL = self.node(107, self.mix(w[395:400], AVKL, RICR, SMBDR, RMDVL, SMDVL))
         # DA04 (motor, ACh) <- DA03:2, AVAR:9, DB02:3, AVDL:3, VD04:11
-        DA04 = self.node(
-            108,
-            w[400] * DA03
-            + w[401] * AVAR
-            + w[402] * DB02
-            + w[403] * AVDL
-            + w[404] * VD04,
-        )
+        DA04 = self.node(108, self.mix(w[400:405], DA03, AVAR, DB02, AVDL, VD04))
         # DD01 (motor, GABA) <- VC03:1, FLPL:6, DB02:3, AS01:2, VA03:18, VA01:12,
         #     PVNL:5, AVHL:1, DA01:12, VC01:6, VD02:2
         DD01 = self.node(
             109,
-            w[405] * VC03
-            + w[406] * FLPL
-            + w[407] * DB02
-            + w[408] * AS01
-            + w[409] * VA03
-            + w[410] * VA01
-            + w[411] * PVNL
-            + w[412] * AVHL
-            + w[413] * DA01
-            + w[414] * VC01
-            + w[415] * VD02,
+            self.mix(
+                w[405:416],
+                VC03,
+                FLPL,
+                DB02,
+                AS01,
+                VA03,
+                VA01,
+                PVNL,
+                AVHL,
+                DA01,
+                VC01,
+                VD02,
+            ),
         )
         # VA04 (motor, ACh) <- AVAR:7, VA03:2, AVBR:2, AVDL:1, VD04:9
-        VA04 = self.node(
-            110,
-            w[416] * AVAR
-            + w[417] * VA03
-            + w[418] * AVBR
-            + w[419] * AVDL
-            + w[420] * VD04,
-        )
+        VA04 = self.node(110, self.mix(w[416:421], AVAR, VA03, AVBR, AVDL, VD04))
         # ADFL (sensory, ACh+5-HT) <- SMBDL:1, AIZL:40, RIR:5, ADAL:2, AIBR:1, SMDVL:1,
         #     RIPL:3, RIVL:1
         ADFL = self.node(
-            111,
-            w[421] * SMBDL
-            + w[422] * AIZL
-            + w[423] * RIR
-            + w[424] * ADAL
-            + w[425] * AIBR
-            + w[426] * SMDVL
-            + w[427] * RIPL
-            + w[428] * RIVL,
+            111, self.mix(w[421:429], SMBDL, AIZL, RIR, ADAL, AIBR, SMDVL, RIPL, RIVL)
         )
         # PHCL (sensory, Glu+Betaine) <- DA09:1, PHBR:1, LUAL:2, DVA:12
-        PHCL = self.node(
-            112, w[429] * DA09 + w[430] * PHBR + w[431] * LUAL + w[432] * DVA
-        )
+        PHCL = self.node(112, self.mix(w[429:433], DA09, PHBR, LUAL, DVA))
         # OLLR (sensory, Glu) <- RIBR:22, SMDDL:3, IL1DR:2, RIS:7, ASEL:1, RMDDR:26,
         #     RMDR:4, IL1R:1, SMDVL:11, RMDVR:6
         OLLR = self.node(
             113,
-            w[433] * RIBR
-            + w[434] * SMDDL
-            + w[435] * IL1DR
-            + w[436] * RIS
-            + w[437] * ASEL
-            + w[438] * RMDDR
-            + w[439] * RMDR
-            + w[440] * IL1R
-            + w[441] * SMDVL
-            + w[442] * RMDVR,
+            self.mix(
+                w[433:443],
+                RIBR,
+                SMDDL,
+                IL1DR,
+                RIS,
+                ASEL,
+                RMDDR,
+                RMDR,
+                IL1R,
+                SMDVL,
+                RMDVR,
+            ),
         )
         # IL1L (sensory, Glu) <- URBL:11, RMDR:11, RMDDL:20, RMDVL:22, IL2L:7, RMDVR:6
         IL1L = self.node(
-            114,
-            w[443] * URBL
-            + w[444] * RMDR
-            + w[445] * RMDDL
-            + w[446] * RMDVL
-            + w[447] * IL2L
-            + w[448] * RMDVR,
+            114, self.mix(w[443:449], URBL, RMDR, RMDDL, RMDVL, IL2L, RMDVR)
         )
         # AIMR (interneuron, Glu+5-HT) <- AIAR:10, AVAR:1, ADFR:2, RMDR:1, RIR:1,
         #     BDUR:2, AVFL:3, ASKR:9, PVNR:1
         AIMR = self.node(
             115,
-            w[449] * AIAR
-            + w[450] * AVAR
-            + w[451] * ADFR
-            + w[452] * RMDR
-            + w[453] * RIR
-            + w[454] * BDUR
-            + w[455] * AVFL
-            + w[456] * ASKR
-            + w[457] * PVNR,
+            self.mix(w[449:458], AIAR, AVAR, ADFR, RMDR, RIR, BDUR, AVFL, ASKR, PVNR),
         )
         # AVKR (interneuron) <- PVQL:1, SMBDL:3, AIZL:4, RIS:13, AVKL:3, RMDR:3, RICR:1,
         #     PVM:2, RMFL:16
         AVKR = self.node(
             116,
-            w[458] * PVQL
-            + w[459] * SMBDL
-            + w[460] * AIZL
-            + w[461] * RIS
-            + w[462] * AVKL
-            + w[463] * RMDR
-            + w[464] * RICR
-            + w[465] * PVM
-            + w[466] * RMFL,
+            self.mix(w[458:467], PVQL, SMBDL, AIZL, RIS, AVKL, RMDR, RICR, PVM, RMFL),
         )
         # PVWR (interneuron) <- AVAR:1, PVNL:1, LUAR:3, PVNR:2
-        PVWR = self.node(
-            117, w[467] * AVAR + w[468] * PVNL + w[469] * LUAR + w[470] * PVNR
-        )
+        PVWR = self.node(117, self.mix(w[467:471], AVAR, PVNL, LUAR, PVNR))
         # DA02 (motor, ACh) <- DA03:1, AVAR:9, DB02:3, VA01:1, AVDL:2, VD02:17, DVA:1,
         #     DD01:10
         DA02 = self.node(
-            118,
-            w[471] * DA03
-            + w[472] * AVAR
-            + w[473] * DB02
-            + w[474] * VA01
-            + w[475] * AVDL
-            + w[476] * VD02
-            + w[477] * DVA
-            + w[478] * DD01,
+            118, self.mix(w[471:479], DA03, AVAR, DB02, VA01, AVDL, VD02, DVA, DD01)
         )
         # VA08 (motor, ACh) <- VD09:3, AVAR:7, VD07:2, VB06:3, DVA:1
-        VA08 = self.node(
-            119,
-            w[479] * VD09
-            + w[480] * AVAR
-            + w[481] * VD07
-            + w[482] * VB06
-            + w[483] * DVA,
-        )
+        VA08 = self.node(119, self.mix(w[479:484], VD09, AVAR, VD07, VB06, DVA))
         # VD01 (motor, GABA) <- VC03:2, AS01:20, VA01:11, AVHL:1, DA01:13, VC01:5,
         #     DD01:2
         VD01 = self.node(
-            120,
-            w[484] * VC03
-            + w[485] * AS01
-            + w[486] * VA01
-            + w[487] * AVHL
-            + w[488] * DA01
-            + w[489] * VC01
-            + w[490] * DD01,
+            120, self.mix(w[484:491], VC03, AS01, VA01, AVHL, DA01, VC01, DD01)
         )
         # VD05 (motor, GABA) <- VC03:3, AVAR:1, VC01:4, DA04:21
-        VD05 = self.node(
-            121, w[491] * VC03 + w[492] * AVAR + w[493] * VC01 + w[494] * DA04
-        )
+        VD05 = self.node(121, self.mix(w[491:495], VC03, AVAR, VC01, DA04))
         # VC06 (sex-specific, ACh) <- VD12:8, AVG:2, PVNR:4
-        VC06 = self.node(122, w[495] * VD12 + w[496] * AVG + w[497] * PVNR)
+        VC06 = self.node(122, self.mix(w[495:498], VD12, AVG, PVNR))
         # ASGR (sensory, Glu+Betaine) <- AIAR:56, AIBR:20, ASIR:3, ASKR:1, AIYR:3,
         #     AWAR:1, AIMR:6
         ASGR = self.node(
-            123,
-            w[498] * AIAR
-            + w[499] * AIBR
-            + w[500] * ASIR
-            + w[501] * ASKR
-            + w[502] * AIYR
-            + w[503] * AWAR
-            + w[504] * AIMR,
+            123, self.mix(w[498:505], AIAR, AIBR, ASIR, ASKR, AIYR, AWAR, AIMR)
         )
         # AFDL (sensory, ACh+Glu) <- AIZL:1, ASEL:1, CEPDL:2, AINR:12, ADFL:1
-        AFDL = self.node(
-            124,
-            w[505] * AIZL
-            + w[506] * ASEL
-            + w[507] * CEPDL
-            + w[508] * AINR
-            + w[509] * ADFL,
-        )
+        AFDL = self.node(124, self.mix(w[505:510], AIZL, ASEL, CEPDL, AINR, ADFL))
         # URXL (sensory, ACh+5-HT+Betaine) <- URBL:26, AIZL:1, CEPDL:1, AINR:2, RIR:10,
         #     CEPVL:2, ADAL:8, AQR:5, DVA:1, IL2L:4, PVNR:2, ADFL:2
         URXL = self.node(
             125,
-            w[510] * URBL
-            + w[511] * AIZL
-            + w[512] * CEPDL
-            + w[513] * AINR
-            + w[514] * RIR
-            + w[515] * CEPVL
-            + w[516] * ADAL
-            + w[517] * AQR
-            + w[518] * DVA
-            + w[519] * IL2L
-            + w[520] * PVNR
-            + w[521] * ADFL,
+            self.mix(
+                w[510:522],
+                URBL,
+                AIZL,
+                CEPDL,
+                AINR,
+                RIR,
+                CEPVL,
+                ADAL,
+                AQR,
+                DVA,
+                IL2L,
+                PVNR,
+                ADFL,
+            ),
         )
         # PHCR (sensory, Glu+Betaine) <- DA09:23, PHBR:3, LUAR:6, DVA:22, PHCL:6
-        PHCR = self.node(
-            126,
-            w[522] * DA09
-            + w[523] * PHBR
-            + w[524] * LUAR
-            + w[525] * DVA
-            + w[526] * PHCL,
-        )
+        PHCR = self.node(126, self.mix(w[522:527], DA09, PHBR, LUAR, DVA, PHCL))
         # IL1VR (sensory, Glu) <- RMDDR:40, IL1R:4, RMDVL:5, OLQVR:7, OLLR:3
-        IL1VR = self.node(
-            127,
-            w[527] * RMDDR
-            + w[528] * IL1R
-            + w[529] * RMDVL
-            + w[530] * OLQVR
-            + w[531] * OLLR,
-        )
+        IL1VR = self.node(127, self.mix(w[527:532], RMDDR, IL1R, RMDVL, OLQVR, OLLR))
         # URBR (interneuron, ACh) <- SMBDL:4, IL1DR:2, AVBR:1, RMDR:1, RICR:3, AVDL:1,
         #     SMBVR:1, IL1R:5, ADAR:5, SIBDR:2, OLLR:1
         URBR = self.node(
             128,
-            w[532] * SMBDL
-            + w[533] * IL1DR
-            + w[534] * AVBR
-            + w[535] * RMDR
-            + w[536] * RICR
-            + w[537] * AVDL
-            + w[538] * SMBVR
-            + w[539] * IL1R
-            + w[540] * ADAR
-            + w[541] * SIBDR
-            + w[542] * OLLR,
+            self.mix(
+                w[532:543],
+                SMBDL,
+                IL1DR,
+                AVBR,
+                RMDR,
+                RICR,
+                AVDL,
+                SMBVR,
+                IL1R,
+                ADAR,
+                SIBDR,
+                OLLR,
+            ),
         )
         # AIAL (interneuron, ACh) <- PVQL:11, AIZL:16, ASEL:11, AINR:2, RIR:2, ADAL:3,
         #     ASIR:1, ASKR:1, RIFL:10, ADFL:4
         AIAL = self.node(
             129,
-            w[543] * PVQL
-            + w[544] * AIZL
-            + w[545] * ASEL
-            + w[546] * AINR
-            + w[547] * RIR
-            + w[548] * ADAL
-            + w[549] * ASIR
-            + w[550] * ASKR
-            + w[551] * RIFL
-            + w[552] * ADFL,
+            self.mix(
+                w[543:553], PVQL, AIZL, ASEL, AINR, RIR, ADAL, ASIR, ASKR, RIFL, ADFL
+            ),
         )
         # DVB (interneuron, GABA+Betaine) <- PDA:2, VD13:1, AVFL:1, PHCL:2
-        DVB = self.node(
-            130, w[553] * PDA + w[554] * VD13 + w[555] * AVFL + w[556] * PHCL
-        )
+        DVB = self.node(130, self.mix(w[553:557], PDA, VD13, AVFL, PHCL))
         # URAVL (motor, ACh) <- CEPVL:7, ADAL:1, RMDDL:7, IL2L:2, RIPL:15, RMDVR:9,
         #     IL1L:7
         URAVL = self.node(
-            131,
-            w[557] * CEPVL
-            + w[558] * ADAL
-            + w[559] * RMDDL
-            + w[560] * IL2L
-            + w[561] * RIPL
-            + w[562] * RMDVR
-            + w[563] * IL1L,
+            131, self.mix(w[557:564], CEPVL, ADAL, RMDDL, IL2L, RIPL, RMDVR, IL1L)
         )
         # RMED (motor, GABA) <- RIBR:2, SMBDL:4, IL2DR:3, SMDDL:1, IL2DL:2, URYDR:7,
         #     SMBDR:25, OLLR:1
         RMED = self.node(
             132,
-            w[564] * RIBR
-            + w[565] * SMBDL
-            + w[566] * IL2DR
-            + w[567] * SMDDL
-            + w[568] * IL2DL
-            + w[569] * URYDR
-            + w[570] * SMBDR
-            + w[571] * OLLR,
+            self.mix(w[564:572], RIBR, SMBDL, IL2DR, SMDDL, IL2DL, URYDR, SMBDR, OLLR),
         )
         # ASGL (sensory, Glu+Betaine) <- AINR:3, AIAL:47
-        ASGL = self.node(133, w[572] * AINR + w[573] * AIAL)
+        ASGL = self.node(133, self.mix(w[572:574], AINR, AIAL))
         # CEPDR (sensory, DA) <- RIBR:3, URADR:3, SMBDL:1, IL2DR:2, IL1DR:15, RIH:4,
         #     RIS:1, CEPDL:1, URYDR:6, RMDR:1, RICR:20, BDUR:5, IL1R:1, RMDVR:5,
         #     OLLR:17, URBR:15
         CEPDR = self.node(
             134,
-            w[574] * RIBR
-            + w[575] * URADR
-            + w[576] * SMBDL
-            + w[577] * IL2DR
-            + w[578] * IL1DR
-            + w[579] * RIH
-            + w[580] * RIS
-            + w[581] * CEPDL
-            + w[582] * URYDR
-            + w[583] * RMDR
-            + w[584] * RICR
-            + w[585] * BDUR
-            + w[586] * IL1R
-            + w[587] * RMDVR
-            + w[588] * OLLR
-            + w[589] * URBR,
+            self.mix(
+                w[574:590],
+                RIBR,
+                URADR,
+                SMBDL,
+                IL2DR,
+                IL1DR,
+                RIH,
+                RIS,
+                CEPDL,
+                URYDR,
+                RMDR,
+                RICR,
+                BDUR,
+                IL1R,
+                RMDVR,
+                OLLR,
+                URBR,
+            ),
         )
         # PVR (interneuron, Glu) <- URBL:1, SABD:2, VC05:1, PVDR:4, IL1DR:10, DB02:2,
         #     AVKL:1, AVBR:17, PDEL:2, DA09:2, PVM:4, CEPVL:3, SMBVR:2, SDQL:1, ADAR:7,
         #     LUAR:2, SMDVL:1, DVA:4, PVNR:1, RIPL:16, IL1VR:9
         PVR = self.node(
             135,
-            w[590] * URBL
-            + w[591] * SABD
-            + w[592] * VC05
-            + w[593] * PVDR
-            + w[594] * IL1DR
-            + w[595] * DB02
-            + w[596] * AVKL
-            + w[597] * AVBR
-            + w[598] * PDEL
-            + w[599] * DA09
-            + w[600] * PVM
-            + w[601] * CEPVL
-            + w[602] * SMBVR
-            + w[603] * SDQL
-            + w[604] * ADAR
-            + w[605] * LUAR
-            + w[606] * SMDVL
-            + w[607] * DVA
-            + w[608] * PVNR
-            + w[609] * RIPL
-            + w[610] * IL1VR,
+            self.mix(
+                w[590:611],
+                URBL,
+                SABD,
+                VC05,
+                PVDR,
+                IL1DR,
+                DB02,
+                AVKL,
+                AVBR,
+                PDEL,
+                DA09,
+                PVM,
+                CEPVL,
+                SMBVR,
+                SDQL,
+                ADAR,
+                LUAR,
+                SMDVL,
+                DVA,
+                PVNR,
+                RIPL,
+                IL1VR,
+            ),
         )
         # AVDR (interneuron, ACh) <- PLMR:5, SABD:1, DA03:3, AVAR:58, PQR:23, PLML:5,
         #     FLPL:34, VA03:2, VA11:1, PHBL:1, AS11:3, PVNL:6, DA09:1, ADAL:2, AVG:3,
@@ -1609,472 +1320,354 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVNR:2, DA04:2, AIMR:2, PVWR:2, DA02:5, URXL:1
         AVDR = self.node(
             136,
-            w[611] * PLMR
-            + w[612] * SABD
-            + w[613] * DA03
-            + w[614] * AVAR
-            + w[615] * PQR
-            + w[616] * PLML
-            + w[617] * FLPL
-            + w[618] * VA03
-            + w[619] * VA11
-            + w[620] * PHBL
-            + w[621] * AS11
-            + w[622] * PVNL
-            + w[623] * DA09
-            + w[624] * ADAL
-            + w[625] * AVG
-            + w[626] * AVDL
-            + w[627] * AQR
-            + w[628] * PVDL
-            + w[629] * PHBR
-            + w[630] * ADAR
-            + w[631] * LUAL
-            + w[632] * LUAR
-            + w[633] * DA01
-            + w[634] * DVA
-            + w[635] * PVNR
-            + w[636] * DA04
-            + w[637] * AIMR
-            + w[638] * PVWR
-            + w[639] * DA02
-            + w[640] * URXL,
+            self.mix(
+                w[611:641],
+                PLMR,
+                SABD,
+                DA03,
+                AVAR,
+                PQR,
+                PLML,
+                FLPL,
+                VA03,
+                VA11,
+                PHBL,
+                AS11,
+                PVNL,
+                DA09,
+                ADAL,
+                AVG,
+                AVDL,
+                AQR,
+                PVDL,
+                PHBR,
+                ADAR,
+                LUAL,
+                LUAR,
+                DA01,
+                DVA,
+                PVNR,
+                DA04,
+                AIMR,
+                PVWR,
+                DA02,
+                URXL,
+            ),
         )
         # URAVR (motor, ACh) <- RIH:2, RMDDR:1, IL1R:2, ADAR:1, RMDVL:1, IL1VR:13
         URAVR = self.node(
-            137,
-            w[641] * RIH
-            + w[642] * RMDDR
-            + w[643] * IL1R
-            + w[644] * ADAR
-            + w[645] * RMDVL
-            + w[646] * IL1VR,
+            137, self.mix(w[641:647], RIH, RMDDR, IL1R, ADAR, RMDVL, IL1VR)
         )
         # RMDL (motor, ACh) <- RIBR:1, SMDDL:3, RIS:11, AVKL:1, RMDDR:7, RMDR:19,
         #     SMBVR:4, IL1R:12, RMDVL:2, RMDVR:3, RIVL:5, OLLR:12, IL1L:1, AVKR:2,
         #     URBR:1
         RMDL = self.node(
             138,
-            w[647] * RIBR
-            + w[648] * SMDDL
-            + w[649] * RIS
-            + w[650] * AVKL
-            + w[651] * RMDDR
-            + w[652] * RMDR
-            + w[653] * SMBVR
-            + w[654] * IL1R
-            + w[655] * RMDVL
-            + w[656] * RMDVR
-            + w[657] * RIVL
-            + w[658] * OLLR
-            + w[659] * IL1L
-            + w[660] * AVKR
-            + w[661] * URBR,
+            self.mix(
+                w[647:662],
+                RIBR,
+                SMDDL,
+                RIS,
+                AVKL,
+                RMDDR,
+                RMDR,
+                SMBVR,
+                IL1R,
+                RMDVL,
+                RMDVR,
+                RIVL,
+                OLLR,
+                IL1L,
+                AVKR,
+                URBR,
+            ),
         )
         # SIADR (motor, ACh) <- URBL:2, CEPDL:5, SMBDR:37, SDQL:6, SIBDR:6, SMDVL:1,
         #     ALNL:1, IL1VR:1
         SIADR = self.node(
             139,
-            w[662] * URBL
-            + w[663] * CEPDL
-            + w[664] * SMBDR
-            + w[665] * SDQL
-            + w[666] * SIBDR
-            + w[667] * SMDVL
-            + w[668] * ALNL
-            + w[669] * IL1VR,
+            self.mix(w[662:670], URBL, CEPDL, SMBDR, SDQL, SIBDR, SMDVL, ALNL, IL1VR),
         )
         # HSNL (sex-specific, ACh+5-HT) <- PVQL:4, VC05:10, AIZL:6, RIR:4, AVFL:13,
         #     ASKR:3, RIFL:9, AWAR:3, AIMR:5, AIAL:8
         HSNL = self.node(
             140,
-            w[670] * PVQL
-            + w[671] * VC05
-            + w[672] * AIZL
-            + w[673] * RIR
-            + w[674] * AVFL
-            + w[675] * ASKR
-            + w[676] * RIFL
-            + w[677] * AWAR
-            + w[678] * AIMR
-            + w[679] * AIAL,
+            self.mix(
+                w[670:680], PVQL, VC05, AIZL, RIR, AVFL, ASKR, RIFL, AWAR, AIMR, AIAL
+            ),
         )
         # ASJL (sensory, ACh) <- PVQL:37, ASEL:1, CEPDL:1, ASKR:1, AIAL:4, HSNL:1
-        ASJL = self.node(
-            141,
-            w[680] * PVQL
-            + w[681] * ASEL
-            + w[682] * CEPDL
-            + w[683] * ASKR
-            + w[684] * AIAL
-            + w[685] * HSNL,
-        )
+        ASJL = self.node(141, self.mix(w[680:686], PVQL, ASEL, CEPDL, ASKR, AIAL, HSNL))
         # AWAL (sensory, ACh) <- PVQL:1, AIZL:23, ASEL:7, ADAL:2, AFDL:7, ASGL:1
-        AWAL = self.node(
-            142,
-            w[686] * PVQL
-            + w[687] * AIZL
-            + w[688] * ASEL
-            + w[689] * ADAL
-            + w[690] * AFDL
-            + w[691] * ASGL,
-        )
+        AWAL = self.node(142, self.mix(w[686:692], PVQL, AIZL, ASEL, ADAL, AFDL, ASGL))
         # BAGL (sensory, Glu) <- RIBR:27, AVAR:3, RIH:2, ADFR:7, AQR:8, AUAR:3, RMFL:1,
         #     RIPL:7, URAVR:1
         BAGL = self.node(
             143,
-            w[692] * RIBR
-            + w[693] * AVAR
-            + w[694] * RIH
-            + w[695] * ADFR
-            + w[696] * AQR
-            + w[697] * AUAR
-            + w[698] * RMFL
-            + w[699] * RIPL
-            + w[700] * URAVR,
+            self.mix(w[692:701], RIBR, AVAR, RIH, ADFR, AQR, AUAR, RMFL, RIPL, URAVR),
         )
         # SDQR (sensory, ACh) <- SMBDL:18, AVBR:19, RICR:3, SDQL:4, DVA:10, PVR:5
-        SDQR = self.node(
-            144,
-            w[701] * SMBDL
-            + w[702] * AVBR
-            + w[703] * RICR
-            + w[704] * SDQL
-            + w[705] * DVA
-            + w[706] * PVR,
-        )
+        SDQR = self.node(144, self.mix(w[701:707], SMBDL, AVBR, RICR, SDQL, DVA, PVR))
         # FLPR (sensory, Glu) <- AVAR:10, FLPL:16, AVBR:11, ADAL:1, AVDL:25, ADAR:1,
         #     DA01:2, DVA:6, AVDR:8
         FLPR = self.node(
             145,
-            w[707] * AVAR
-            + w[708] * FLPL
-            + w[709] * AVBR
-            + w[710] * ADAL
-            + w[711] * AVDL
-            + w[712] * ADAR
-            + w[713] * DA01
-            + w[714] * DVA
-            + w[715] * AVDR,
+            self.mix(w[707:716], AVAR, FLPL, AVBR, ADAL, AVDL, ADAR, DA01, DVA, AVDR),
         )
         # RIFR (interneuron, ACh) <- AIAR:10, AIZL:1, AVBR:35, AVFL:2, ASKR:1, ADAR:1,
         #     RIFL:1, AVHL:1, AWAR:5, AIMR:3, CEPDR:2, HSNL:2
         RIFR = self.node(
             146,
-            w[716] * AIAR
-            + w[717] * AIZL
-            + w[718] * AVBR
-            + w[719] * AVFL
-            + w[720] * ASKR
-            + w[721] * ADAR
-            + w[722] * RIFL
-            + w[723] * AVHL
-            + w[724] * AWAR
-            + w[725] * AIMR
-            + w[726] * CEPDR
-            + w[727] * HSNL,
+            self.mix(
+                w[716:728],
+                AIAR,
+                AIZL,
+                AVBR,
+                AVFL,
+                ASKR,
+                ADAR,
+                RIFL,
+                AVHL,
+                AWAR,
+                AIMR,
+                CEPDR,
+                HSNL,
+            ),
         )
         # RMGR (interneuron) <- AVBR:3, RMDR:7, RIR:2, AVDL:2, RMDDL:1, SMBVR:4, ADAR:2,
         #     SIBDL:2, SAAVR:1, RMDVR:23, OLLR:1, AIMR:6, URBR:8, CEPDR:1, RMDL:20,
         #     HSNL:1
         RMGR = self.node(
             147,
-            w[728] * AVBR
-            + w[729] * RMDR
-            + w[730] * RIR
-            + w[731] * AVDL
-            + w[732] * RMDDL
-            + w[733] * SMBVR
-            + w[734] * ADAR
-            + w[735] * SIBDL
-            + w[736] * SAAVR
-            + w[737] * RMDVR
-            + w[738] * OLLR
-            + w[739] * AIMR
-            + w[740] * URBR
-            + w[741] * CEPDR
-            + w[742] * RMDL
-            + w[743] * HSNL,
+            self.mix(
+                w[728:744],
+                AVBR,
+                RMDR,
+                RIR,
+                AVDL,
+                RMDDL,
+                SMBVR,
+                ADAR,
+                SIBDL,
+                SAAVR,
+                RMDVR,
+                OLLR,
+                AIMR,
+                URBR,
+                CEPDR,
+                RMDL,
+                HSNL,
+            ),
         )
         # URADL (motor, ACh) <- RIH:3, IL2DL:8, CEPDL:8, RIPL:12, PVR:3
-        URADL = self.node(
-            148,
-            w[744] * RIH
-            + w[745] * IL2DL
-            + w[746] * CEPDL
-            + w[747] * RIPL
-            + w[748] * PVR,
-        )
+        URADL = self.node(148, self.mix(w[744:749], RIH, IL2DL, CEPDL, RIPL, PVR))
         # AS10 (motor, ACh) <- AVBR:1, VD10:10, AVFL:1, AVDL:1, VA10:1, AVDR:2
-        AS10 = self.node(
-            149,
-            w[749] * AVBR
-            + w[750] * VD10
-            + w[751] * AVFL
-            + w[752] * AVDL
-            + w[753] * VA10
-            + w[754] * AVDR,
-        )
+        AS10 = self.node(149, self.mix(w[749:755], AVBR, VD10, AVFL, AVDL, VA10, AVDR))
         # ASKL (sensory, Glu) <- PVQL:12, AIAL:38, ASGL:2, HSNL:3, ASJL:13
-        ASKL = self.node(
-            150,
-            w[755] * PVQL
-            + w[756] * AIAL
-            + w[757] * ASGL
-            + w[758] * HSNL
-            + w[759] * ASJL,
-        )
+        ASKL = self.node(150, self.mix(w[755:760], PVQL, AIAL, ASGL, HSNL, ASJL))
         # BAGR (sensory, Glu) <- RIBR:1, RIH:5, AINR:9, RIR:1, AQR:8, AIYR:1, SMDVL:1,
         #     URXL:2, BAGL:4
         BAGR = self.node(
             151,
-            w[760] * RIBR
-            + w[761] * RIH
-            + w[762] * AINR
-            + w[763] * RIR
-            + w[764] * AQR
-            + w[765] * AIYR
-            + w[766] * SMDVL
-            + w[767] * URXL
-            + w[768] * BAGL,
+            self.mix(w[760:769], RIBR, RIH, AINR, RIR, AQR, AIYR, SMDVL, URXL, BAGL),
         )
         # IL2R (sensory, ACh) <- URADR:2, RIH:22, ASEL:1, IL1R:2, OLQVR:26, OLLR:6,
         #     URBR:6, URAVR:1, RMDL:3, RMGR:3
         IL2R = self.node(
             152,
-            w[769] * URADR
-            + w[770] * RIH
-            + w[771] * ASEL
-            + w[772] * IL1R
-            + w[773] * OLQVR
-            + w[774] * OLLR
-            + w[775] * URBR
-            + w[776] * URAVR
-            + w[777] * RMDL
-            + w[778] * RMGR,
+            self.mix(
+                w[769:779], URADR, RIH, ASEL, IL1R, OLQVR, OLLR, URBR, URAVR, RMDL, RMGR
+            ),
         )
         # BDUL (interneuron) <- PVNL:7, ADAL:2, RIFL:2, AVHL:2, PVNR:5, AVKR:3, HSNL:3,
         #     URADL:3
         BDUL = self.node(
-            153,
-            w[779] * PVNL
-            + w[780] * ADAL
-            + w[781] * RIFL
-            + w[782] * AVHL
-            + w[783] * PVNR
-            + w[784] * AVKR
-            + w[785] * HSNL
-            + w[786] * URADL,
+            153, self.mix(w[779:787], PVNL, ADAL, RIFL, AVHL, PVNR, AVKR, HSNL, URADL)
         )
         # RIVR (motor, ACh) <- SMDDL:7, RMDR:4, RMDDL:1, AIYR:1, ADAR:5, RMDVR:1,
         #     RIVL:9, BAGL:2
         RIVR = self.node(
-            154,
-            w[787] * SMDDL
-            + w[788] * RMDR
-            + w[789] * RMDDL
-            + w[790] * AIYR
-            + w[791] * ADAR
-            + w[792] * RMDVR
-            + w[793] * RIVL
-            + w[794] * BAGL,
+            154, self.mix(w[787:795], SMDDL, RMDR, RMDDL, AIYR, ADAR, RMDVR, RIVL, BAGL)
         )
         # DB07 (motor, ACh) <- VD09:5, PQR:2, VD12:5, AS11:3, DA09:5, VD10:7, VD13:1,
         #     DVA:1, PVR:2, AS10:2
         DB07 = self.node(
             155,
-            w[795] * VD09
-            + w[796] * PQR
-            + w[797] * VD12
-            + w[798] * AS11
-            + w[799] * DA09
-            + w[800] * VD10
-            + w[801] * VD13
-            + w[802] * DVA
-            + w[803] * PVR
-            + w[804] * AS10,
+            self.mix(
+                w[795:805], VD09, PQR, VD12, AS11, DA09, VD10, VD13, DVA, PVR, AS10
+            ),
         )
         # ASER (sensory, Glu) <- AIAR:9, AIZL:1, ASEL:5, AINR:3, AIBR:32, ASIR:2,
         #     ASKR:1, AIYR:42, AWAR:6, ASGR:3, AFDL:3, AIAL:18, ASKL:5
         ASER = self.node(
             156,
-            w[805] * AIAR
-            + w[806] * AIZL
-            + w[807] * ASEL
-            + w[808] * AINR
-            + w[809] * AIBR
-            + w[810] * ASIR
-            + w[811] * ASKR
-            + w[812] * AIYR
-            + w[813] * AWAR
-            + w[814] * ASGR
-            + w[815] * AFDL
-            + w[816] * AIAL
-            + w[817] * ASKL,
+            self.mix(
+                w[805:818],
+                AIAR,
+                AIZL,
+                ASEL,
+                AINR,
+                AIBR,
+                ASIR,
+                ASKR,
+                AIYR,
+                AWAR,
+                ASGR,
+                AFDL,
+                AIAL,
+                ASKL,
+            ),
         )
         # AUAL (interneuron, Glu+Betaine) <- AIZL:2, IL2DL:2, AINR:1, RIR:7, AIBR:2,
         #     DVA:6, ADFL:13, URXL:15, AVDR:2, BAGR:3
         AUAL = self.node(
             157,
-            w[818] * AIZL
-            + w[819] * IL2DL
-            + w[820] * AINR
-            + w[821] * RIR
-            + w[822] * AIBR
-            + w[823] * DVA
-            + w[824] * ADFL
-            + w[825] * URXL
-            + w[826] * AVDR
-            + w[827] * BAGR,
+            self.mix(
+                w[818:828], AIZL, IL2DL, AINR, RIR, AIBR, DVA, ADFL, URXL, AVDR, BAGR
+            ),
         )
         # RMEL (motor, GABA) <- IL2DR:12, IL2DL:11, IL1R:7, OLLR:1, URAVL:8, URAVR:1,
         #     URADL:8, IL2R:5
         RMEL = self.node(
             158,
-            w[828] * IL2DR
-            + w[829] * IL2DL
-            + w[830] * IL1R
-            + w[831] * OLLR
-            + w[832] * URAVL
-            + w[833] * URAVR
-            + w[834] * URADL
-            + w[835] * IL2R,
+            self.mix(w[828:836], IL2DR, IL2DL, IL1R, OLLR, URAVL, URAVR, URADL, IL2R),
         )
         # SMDVR (motor, ACh+GABA+Betaine) <- RIBR:2, AVAR:2, SMDDL:31, RIS:1, URYDR:3,
         #     RICR:3, CEPVL:2, ADAL:3, AIBR:1, RMDDL:3, SMDVL:3, OLLR:4, AVKR:1, RMED:9,
         #     RIVR:4
         SMDVR = self.node(
             159,
-            w[836] * RIBR
-            + w[837] * AVAR
-            + w[838] * SMDDL
-            + w[839] * RIS
-            + w[840] * URYDR
-            + w[841] * RICR
-            + w[842] * CEPVL
-            + w[843] * ADAL
-            + w[844] * AIBR
-            + w[845] * RMDDL
-            + w[846] * SMDVL
-            + w[847] * OLLR
-            + w[848] * AVKR
-            + w[849] * RMED
-            + w[850] * RIVR,
+            self.mix(
+                w[836:851],
+                RIBR,
+                AVAR,
+                SMDDL,
+                RIS,
+                URYDR,
+                RICR,
+                CEPVL,
+                ADAL,
+                AIBR,
+                RMDDL,
+                SMDVL,
+                OLLR,
+                AVKR,
+                RMED,
+                RIVR,
+            ),
         )
         # DA08 (motor, ACh) <- PVQL:1, VD09:5, AVAR:20, PQR:1, PHBL:1, VD12:5, DA09:1,
         #     AVG:1, DB06:4, VD10:7, VD13:5, AVDL:2, DVB:10, AVDR:1, DB07:1
         DA08 = self.node(
             160,
-            w[851] * PVQL
-            + w[852] * VD09
-            + w[853] * AVAR
-            + w[854] * PQR
-            + w[855] * PHBL
-            + w[856] * VD12
-            + w[857] * DA09
-            + w[858] * AVG
-            + w[859] * DB06
-            + w[860] * VD10
-            + w[861] * VD13
-            + w[862] * AVDL
-            + w[863] * DVB
-            + w[864] * AVDR
-            + w[865] * DB07,
+            self.mix(
+                w[851:866],
+                PVQL,
+                VD09,
+                AVAR,
+                PQR,
+                PHBL,
+                VD12,
+                DA09,
+                AVG,
+                DB06,
+                VD10,
+                VD13,
+                AVDL,
+                DVB,
+                AVDR,
+                DB07,
+            ),
         )
         # ASHR (sensory, Glu) <- AIAR:28, AVAR:10, ADFR:9, AVBR:6, RIR:1, AIBR:7,
         #     AVDL:27, SMBVR:7, ASIR:2, ADAR:7, AVHL:2, AWAR:1, AVDR:2, HSNL:5, RIFR:6,
         #     RMGR:7, ASER:2
         ASHR = self.node(
             161,
-            w[866] * AIAR
-            + w[867] * AVAR
-            + w[868] * ADFR
-            + w[869] * AVBR
-            + w[870] * RIR
-            + w[871] * AIBR
-            + w[872] * AVDL
-            + w[873] * SMBVR
-            + w[874] * ASIR
-            + w[875] * ADAR
-            + w[876] * AVHL
-            + w[877] * AWAR
-            + w[878] * AVDR
-            + w[879] * HSNL
-            + w[880] * RIFR
-            + w[881] * RMGR
-            + w[882] * ASER,
+            self.mix(
+                w[866:883],
+                AIAR,
+                AVAR,
+                ADFR,
+                AVBR,
+                RIR,
+                AIBR,
+                AVDL,
+                SMBVR,
+                ASIR,
+                ADAR,
+                AVHL,
+                AWAR,
+                AVDR,
+                HSNL,
+                RIFR,
+                RMGR,
+                ASER,
+            ),
         )
         # PLNL (sensory, ACh) <- SMDVL:6, SMDVR:6
-        PLNL = self.node(162, w[883] * SMDVL + w[884] * SMDVR)
+        PLNL = self.node(162, self.mix(w[883:885], SMDVL, SMDVR))
         # URYVL (sensory, Glu) <- RIH:2, RIS:1, AVBR:1, CEPVL:8, ADAL:1, RMDDL:23,
         #     RMDVR:17, URXL:2, AVDR:2, SMDVR:13
         URYVL = self.node(
             163,
-            w[885] * RIH
-            + w[886] * RIS
-            + w[887] * AVBR
-            + w[888] * CEPVL
-            + w[889] * ADAL
-            + w[890] * RMDDL
-            + w[891] * RMDVR
-            + w[892] * URXL
-            + w[893] * AVDR
-            + w[894] * SMDVR,
+            self.mix(
+                w[885:895], RIH, RIS, AVBR, CEPVL, ADAL, RMDDL, RMDVR, URXL, AVDR, SMDVR
+            ),
         )
         # IL1DL (sensory, Glu) <- IL2DL:18, CEPDL:18, RMDDR:3, URYDL:3, SAAVR:12,
         #     RMDVL:3, RIPL:11, URXL:2, URADL:14, RMEL:1
         IL1DL = self.node(
             164,
-            w[895] * IL2DL
-            + w[896] * CEPDL
-            + w[897] * RMDDR
-            + w[898] * URYDL
-            + w[899] * SAAVR
-            + w[900] * RMDVL
-            + w[901] * RIPL
-            + w[902] * URXL
-            + w[903] * URADL
-            + w[904] * RMEL,
+            self.mix(
+                w[895:905],
+                IL2DL,
+                CEPDL,
+                RMDDR,
+                URYDL,
+                SAAVR,
+                RMDVL,
+                RIPL,
+                URXL,
+                URADL,
+                RMEL,
+            ),
         )
         del URADL
         # AIYL (interneuron, ACh) <- AIZL:67, RIH:4, ASEL:32, RIR:1, AIYR:7, AFDL:27,
         #     AWAL:17, BAGR:3, ASER:10, AUAL:1
         AIYL = self.node(
             165,
-            w[905] * AIZL
-            + w[906] * RIH
-            + w[907] * ASEL
-            + w[908] * RIR
-            + w[909] * AIYR
-            + w[910] * AFDL
-            + w[911] * AWAL
-            + w[912] * BAGR
-            + w[913] * ASER
-            + w[914] * AUAL,
+            self.mix(
+                w[905:915], AIZL, RIH, ASEL, RIR, AIYR, AFDL, AWAL, BAGR, ASER, AUAL
+            ),
         )
         # RIML (interneuron, Glu+Tyr+Betaine) <- AIZL:35, AVAR:2, SMDDL:13, RIS:10,
         #     AVKL:3, AVBR:11, RMDR:21, RICR:11, ADAL:9, AIBR:69, RIFL:7, SAAVR:22,
         #     SMDVL:11, RMFL:2, AVKR:6, RMDL:12, HSNL:4, SMDVR:1
         RIML = self.node(
             166,
-            w[915] * AIZL
-            + w[916] * AVAR
-            + w[917] * SMDDL
-            + w[918] * RIS
-            + w[919] * AVKL
-            + w[920] * AVBR
-            + w[921] * RMDR
-            + w[922] * RICR
-            + w[923] * ADAL
-            + w[924] * AIBR
-            + w[925] * RIFL
-            + w[926] * SAAVR
-            + w[927] * SMDVL
-            + w[928] * RMFL
-            + w[929] * AVKR
-            + w[930] * RMDL
-            + w[931] * HSNL
-            + w[932] * SMDVR,
+            self.mix(
+                w[915:933],
+                AIZL,
+                AVAR,
+                SMDDL,
+                RIS,
+                AVKL,
+                AVBR,
+                RMDR,
+                RICR,
+                ADAL,
+                AIBR,
+                RIFL,
+                SAAVR,
+                SMDVL,
+                RMFL,
+                AVKR,
+                RMDL,
+                HSNL,
+                SMDVR,
+            ),
         )
         # AVEL (interneuron, ACh) <- RIBR:6, SABD:18, DA03:6, AIZL:3, AVAR:5, SMDDL:1,
         #     AS01:3, VA03:1, RIS:17, VA01:12, URYDR:5, AVKL:4, URYDL:1, RIR:4, ADAL:3,
@@ -2083,184 +1676,147 @@ class HermaphroditeRandomNet(nn.Module):
         #     FLPR:21, BAGR:8, AUAL:9
         AVEL = self.node(
             167,
-            w[933] * RIBR
-            + w[934] * SABD
-            + w[935] * DA03
-            + w[936] * AIZL
-            + w[937] * AVAR
-            + w[938] * SMDDL
-            + w[939] * AS01
-            + w[940] * VA03
-            + w[941] * RIS
-            + w[942] * VA01
-            + w[943] * URYDR
-            + w[944] * AVKL
-            + w[945] * URYDL
-            + w[946] * RIR
-            + w[947] * ADAL
-            + w[948] * AVG
-            + w[949] * AIBR
-            + w[950] * AVDL
-            + w[951] * SDQL
-            + w[952] * IL1R
-            + w[953] * ADAR
-            + w[954] * DA01
-            + w[955] * VD02
-            + w[956] * DVA
-            + w[957] * IL2L
-            + w[958] * PVNR
-            + w[959] * DA04
-            + w[960] * VA04
-            + w[961] * OLLR
-            + w[962] * DA02
-            + w[963] * URXL
-            + w[964] * CEPDR
-            + w[965] * BAGL
-            + w[966] * FLPR
-            + w[967] * BAGR
-            + w[968] * AUAL,
+            self.mix(
+                w[933:969],
+                RIBR,
+                SABD,
+                DA03,
+                AIZL,
+                AVAR,
+                SMDDL,
+                AS01,
+                VA03,
+                RIS,
+                VA01,
+                URYDR,
+                AVKL,
+                URYDL,
+                RIR,
+                ADAL,
+                AVG,
+                AIBR,
+                AVDL,
+                SDQL,
+                IL1R,
+                ADAR,
+                DA01,
+                VD02,
+                DVA,
+                IL2L,
+                PVNR,
+                DA04,
+                VA04,
+                OLLR,
+                DA02,
+                URXL,
+                CEPDR,
+                BAGL,
+                FLPR,
+                BAGR,
+                AUAL,
+            ),
         )
         # VD08 (motor, GABA) <- AS08:20, DB06:12, VA08:5, DB07:5, DA08:5
-        VD08 = self.node(
-            168,
-            w[969] * AS08
-            + w[970] * DB06
-            + w[971] * VA08
-            + w[972] * DB07
-            + w[973] * DA08,
-        )
+        VD08 = self.node(168, self.mix(w[969:974], AS08, DB06, VA08, DB07, DA08))
         # AWCR (sensory, Glu) <- AIAR:14, AIZL:2, ADFR:2, ASEL:19, AIBR:19, ASIR:7,
         #     AIYR:22, IL2L:2, RIVL:3, ADFL:2, ASGR:3, AIAL:7, ASER:6, ASHR:1, AIYL:15
         AWCR = self.node(
             169,
-            w[974] * AIAR
-            + w[975] * AIZL
-            + w[976] * ADFR
-            + w[977] * ASEL
-            + w[978] * AIBR
-            + w[979] * ASIR
-            + w[980] * AIYR
-            + w[981] * IL2L
-            + w[982] * RIVL
-            + w[983] * ADFL
-            + w[984] * ASGR
-            + w[985] * AIAL
-            + w[986] * ASER
-            + w[987] * ASHR
-            + w[988] * AIYL,
+            self.mix(
+                w[974:989],
+                AIAR,
+                AIZL,
+                ADFR,
+                ASEL,
+                AIBR,
+                ASIR,
+                AIYR,
+                IL2L,
+                RIVL,
+                ADFL,
+                ASGR,
+                AIAL,
+                ASER,
+                ASHR,
+                AIYL,
+            ),
         )
         # ALNR (sensory, ACh) <- SMBDL:5, SAAVR:7, SMDVL:8, RMGR:4, RIML:5
-        ALNR = self.node(
-            170,
-            w[989] * SMBDL
-            + w[990] * SAAVR
-            + w[991] * SMDVL
-            + w[992] * RMGR
-            + w[993] * RIML,
-        )
+        ALNR = self.node(170, self.mix(w[989:994], SMBDL, SAAVR, SMDVL, RMGR, RIML))
         # IL1VL (sensory, Glu) <- CEPVL:9, RMDDL:30, RIPL:13, RMDVR:3, IL1L:3, URAVL:10,
         #     PVR:9, URYVL:5
         IL1VL = self.node(
             171,
-            w[994] * CEPVL
-            + w[995] * RMDDL
-            + w[996] * RIPL
-            + w[997] * RMDVR
-            + w[998] * IL1L
-            + w[999] * URAVL
-            + w[1000] * PVR
-            + w[1001] * URYVL,
+            self.mix(w[994:1002], CEPVL, RMDDL, RIPL, RMDVR, IL1L, URAVL, PVR, URYVL),
         )
         # PVPR (interneuron, ACh) <- VC03:2, AVAR:5, PQR:1, ADFR:3, AVBR:11, RIR:1,
         #     PVNL:1, AVG:1, AQR:6, AVHL:5, VC01:1, DVA:3, RIFR:6, ASHR:3
         PVPR = self.node(
             172,
-            w[1002] * VC03
-            + w[1003] * AVAR
-            + w[1004] * PQR
-            + w[1005] * ADFR
-            + w[1006] * AVBR
-            + w[1007] * RIR
-            + w[1008] * PVNL
-            + w[1009] * AVG
-            + w[1010] * AQR
-            + w[1011] * AVHL
-            + w[1012] * VC01
-            + w[1013] * DVA
-            + w[1014] * RIFR
-            + w[1015] * ASHR,
+            self.mix(
+                w[1002:1016],
+                VC03,
+                AVAR,
+                PQR,
+                ADFR,
+                AVBR,
+                RIR,
+                PVNL,
+                AVG,
+                AQR,
+                AVHL,
+                VC01,
+                DVA,
+                RIFR,
+                ASHR,
+            ),
         )
         # RIGL (interneuron, Glu) <- AIZL:14, AVAR:1, RIH:2, RIR:10, AIBR:5, AQR:1,
         #     ALNL:6, DVA:1, ADFL:5, AVKR:18, URXL:12, BAGL:3, BAGR:13, AVEL:7
         RIGL = self.node(
             173,
-            w[1016] * AIZL
-            + w[1017] * AVAR
-            + w[1018] * RIH
-            + w[1019] * RIR
-            + w[1020] * AIBR
-            + w[1021] * AQR
-            + w[1022] * ALNL
-            + w[1023] * DVA
-            + w[1024] * ADFL
-            + w[1025] * AVKR
-            + w[1026] * URXL
-            + w[1027] * BAGL
-            + w[1028] * BAGR
-            + w[1029] * AVEL,
+            self.mix(
+                w[1016:1030],
+                AIZL,
+                AVAR,
+                RIH,
+                RIR,
+                AIBR,
+                AQR,
+                ALNL,
+                DVA,
+                ADFL,
+                AVKR,
+                URXL,
+                BAGL,
+                BAGR,
+                AVEL,
+            ),
         )
         # SAAVL (interneuron, ACh) <- SABD:1, SMBDR:10, SMDVL:1, ALNL:8, DVA:3, OLLR:1,
         #     RIML:15
         SAAVL = self.node(
-            174,
-            w[1030] * SABD
-            + w[1031] * SMBDR
-            + w[1032] * SMDVL
-            + w[1033] * ALNL
-            + w[1034] * DVA
-            + w[1035] * OLLR
-            + w[1036] * RIML,
+            174, self.mix(w[1030:1037], SABD, SMBDR, SMDVL, ALNL, DVA, OLLR, RIML)
         )
         # SIAVL (motor, ACh) <- URBL:2, SMBDL:3, RMDR:1, CEPVL:6, IL2L:1, RMDVR:2,
         #     RIVR:5, SMDVR:40, PLNL:20
         SIAVL = self.node(
             175,
-            w[1037] * URBL
-            + w[1038] * SMBDL
-            + w[1039] * RMDR
-            + w[1040] * CEPVL
-            + w[1041] * IL2L
-            + w[1042] * RMDVR
-            + w[1043] * RIVR
-            + w[1044] * SMDVR
-            + w[1045] * PLNL,
+            self.mix(
+                w[1037:1046], URBL, SMBDL, RMDR, CEPVL, IL2L, RMDVR, RIVR, SMDVR, PLNL
+            ),
         )
         # AS03 (motor, ACh) <- DA03:1, DB02:3, AVBR:3, DD01:2, VA08:4, AVEL:2
         AS03 = self.node(
-            176,
-            w[1046] * DA03
-            + w[1047] * DB02
-            + w[1048] * AVBR
-            + w[1049] * DD01
-            + w[1050] * VA08
-            + w[1051] * AVEL,
+            176, self.mix(w[1046:1052], DA03, DB02, AVBR, DD01, VA08, AVEL)
         )
         # VB07 (motor, ACh+Betaine) <- VD09:6, VD07:1, VB06:1, VA10:1, DVA:1, PVR:1,
         #     VD08:7
         VB07 = self.node(
-            177,
-            w[1052] * VD09
-            + w[1053] * VD07
-            + w[1054] * VB06
-            + w[1055] * VA10
-            + w[1056] * DVA
-            + w[1057] * PVR
-            + w[1058] * VD08,
+            177, self.mix(w[1052:1059], VD09, VD07, VB06, VA10, DVA, PVR, VD08)
         )
         # PLNR (sensory, ACh) <- SMBVR:15, RMDVL:1, SMDVL:2, SAAVL:1
-        PLNR = self.node(
-            178, w[1059] * SMBVR + w[1060] * RMDVL + w[1061] * SMDVL + w[1062] * SAAVL
-        )
+        PLNR = self.node(178, self.mix(w[1059:1063], SMBVR, RMDVL, SMDVL, SAAVL))
         # RIAR (interneuron, Glu) <- RIBR:9, AVAR:2, SMDDL:46, RIH:36, ADFR:63, ASEL:2,
         #     RMDDR:53, RMDR:56, RIR:4, CEPVL:1, SMBDR:2, RMDDL:48, SMBVR:3, AQR:4,
         #     IL1R:2, AIYR:50, AUAR:24, SAAVR:1, RMDVL:57, SMDVL:74, DVA:4, RMDVR:48,
@@ -2268,298 +1824,260 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVPR:2, SIAVL:7
         RIAR = self.node(
             179,
-            w[1063] * RIBR
-            + w[1064] * AVAR
-            + w[1065] * SMDDL
-            + w[1066] * RIH
-            + w[1067] * ADFR
-            + w[1068] * ASEL
-            + w[1069] * RMDDR
-            + w[1070] * RMDR
-            + w[1071] * RIR
-            + w[1072] * CEPVL
-            + w[1073] * SMBDR
-            + w[1074] * RMDDL
-            + w[1075] * SMBVR
-            + w[1076] * AQR
-            + w[1077] * IL1R
-            + w[1078] * AIYR
-            + w[1079] * AUAR
-            + w[1080] * SAAVR
-            + w[1081] * RMDVL
-            + w[1082] * SMDVL
-            + w[1083] * DVA
-            + w[1084] * RMDVR
-            + w[1085] * RIVL
-            + w[1086] * RMDL
-            + w[1087] * SIADR
-            + w[1088] * BAGL
-            + w[1089] * RIFR
-            + w[1090] * RIVR
-            + w[1091] * SMDVR
-            + w[1092] * ASHR
-            + w[1093] * PVPR
-            + w[1094] * SIAVL,
+            self.mix(
+                w[1063:1095],
+                RIBR,
+                AVAR,
+                SMDDL,
+                RIH,
+                ADFR,
+                ASEL,
+                RMDDR,
+                RMDR,
+                RIR,
+                CEPVL,
+                SMBDR,
+                RMDDL,
+                SMBVR,
+                AQR,
+                IL1R,
+                AIYR,
+                AUAR,
+                SAAVR,
+                RMDVL,
+                SMDVL,
+                DVA,
+                RMDVR,
+                RIVL,
+                RMDL,
+                SIADR,
+                BAGL,
+                RIFR,
+                RIVR,
+                SMDVR,
+                ASHR,
+                PVPR,
+                SIAVL,
+            ),
         )
         # SMBVL (motor, ACh) <- SMBDL:4, AIZL:21, AVBR:1, CEPVL:1, AVFL:2, DVA:5,
         #     RMDVR:1, ADFL:9, RIVR:1, PLNL:15, SIAVL:3
         SMBVL = self.node(
             180,
-            w[1095] * SMBDL
-            + w[1096] * AIZL
-            + w[1097] * AVBR
-            + w[1098] * CEPVL
-            + w[1099] * AVFL
-            + w[1100] * DVA
-            + w[1101] * RMDVR
-            + w[1102] * ADFL
-            + w[1103] * RIVR
-            + w[1104] * PLNL
-            + w[1105] * SIAVL,
+            self.mix(
+                w[1095:1106],
+                SMBDL,
+                AIZL,
+                AVBR,
+                CEPVL,
+                AVFL,
+                DVA,
+                RMDVR,
+                ADFL,
+                RIVR,
+                PLNL,
+                SIAVL,
+            ),
         )
         # SIBVR (motor, ACh) <- RMDVR:1, URBR:2, CEPDR:1, AVDR:1, RMDL:3, SMDVR:30,
         #     URYVL:4, SIAVL:7
         SIBVR = self.node(
             181,
-            w[1106] * RMDVR
-            + w[1107] * URBR
-            + w[1108] * CEPDR
-            + w[1109] * AVDR
-            + w[1110] * RMDL
-            + w[1111] * SMDVR
-            + w[1112] * URYVL
-            + w[1113] * SIAVL,
+            self.mix(w[1106:1114], RMDVR, URBR, CEPDR, AVDR, RMDL, SMDVR, URYVL, SIAVL),
         )
         # VA07 (motor, ACh) <- AVAR:7, VD07:15, AS01:1, VB06:4, AVBR:1, VD06:2, AS03:3
         VA07 = self.node(
-            182,
-            w[1114] * AVAR
-            + w[1115] * VD07
-            + w[1116] * AS01
-            + w[1117] * VB06
-            + w[1118] * AVBR
-            + w[1119] * VD06
-            + w[1120] * AS03,
+            182, self.mix(w[1114:1121], AVAR, VD07, AS01, VB06, AVBR, VD06, AS03)
         )
         # VC02 (sex-specific, ACh) <- VC03:6, VD06:2, VC01:7, VD02:3, VD04:6, PVNR:1,
         #     DD01:6, VD01:2, VD05:4, PVPR:1
         VC02 = self.node(
             183,
-            w[1121] * VC03
-            + w[1122] * VD06
-            + w[1123] * VC01
-            + w[1124] * VD02
-            + w[1125] * VD04
-            + w[1126] * PVNR
-            + w[1127] * DD01
-            + w[1128] * VD01
-            + w[1129] * VD05
-            + w[1130] * PVPR,
+            self.mix(
+                w[1121:1131], VC03, VD06, VC01, VD02, VD04, PVNR, DD01, VD01, VD05, PVPR
+            ),
         )
         # ADEL (sensory, DA) <- URBL:2, AVAR:9, FLPL:26, RIH:3, CEPDL:1, CEPVL:1,
         #     ADAL:1, SMBDR:1, AVDL:2, RIFL:1, AVHL:2, SIBDR:2, IL2L:11, RIVL:2, IL1L:6,
         #     RMDL:11, SIADR:2, BDUL:7, RIVR:2, AVEL:3, RIGL:18, SIAVL:1, SMBVL:2
         ADEL = self.node(
             184,
-            w[1131] * URBL
-            + w[1132] * AVAR
-            + w[1133] * FLPL
-            + w[1134] * RIH
-            + w[1135] * CEPDL
-            + w[1136] * CEPVL
-            + w[1137] * ADAL
-            + w[1138] * SMBDR
-            + w[1139] * AVDL
-            + w[1140] * RIFL
-            + w[1141] * AVHL
-            + w[1142] * SIBDR
-            + w[1143] * IL2L
-            + w[1144] * RIVL
-            + w[1145] * IL1L
-            + w[1146] * RMDL
-            + w[1147] * SIADR
-            + w[1148] * BDUL
-            + w[1149] * RIVR
-            + w[1150] * AVEL
-            + w[1151] * RIGL
-            + w[1152] * SIAVL
-            + w[1153] * SMBVL,
+            self.mix(
+                w[1131:1154],
+                URBL,
+                AVAR,
+                FLPL,
+                RIH,
+                CEPDL,
+                CEPVL,
+                ADAL,
+                SMBDR,
+                AVDL,
+                RIFL,
+                AVHL,
+                SIBDR,
+                IL2L,
+                RIVL,
+                IL1L,
+                RMDL,
+                SIADR,
+                BDUL,
+                RIVR,
+                AVEL,
+                RIGL,
+                SIAVL,
+                SMBVL,
+            ),
         )
         # URYVR (sensory, Glu) <- RIBR:21, RIH:4, ADFR:2, RIS:5, RMDDR:32, SMBDR:1,
         #     ADAR:1, SIBDR:4, RMDVL:20, SMDVL:11, IL1VR:3, URAVR:1, RMDL:2, AVEL:26,
         #     RIAR:2
         URYVR = self.node(
             185,
-            w[1154] * RIBR
-            + w[1155] * RIH
-            + w[1156] * ADFR
-            + w[1157] * RIS
-            + w[1158] * RMDDR
-            + w[1159] * SMBDR
-            + w[1160] * ADAR
-            + w[1161] * SIBDR
-            + w[1162] * RMDVL
-            + w[1163] * SMDVL
-            + w[1164] * IL1VR
-            + w[1165] * URAVR
-            + w[1166] * RMDL
-            + w[1167] * AVEL
-            + w[1168] * RIAR,
+            self.mix(
+                w[1154:1169],
+                RIBR,
+                RIH,
+                ADFR,
+                RIS,
+                RMDDR,
+                SMBDR,
+                ADAR,
+                SIBDR,
+                RMDVL,
+                SMDVL,
+                IL1VR,
+                URAVR,
+                RMDL,
+                AVEL,
+                RIAR,
+            ),
         )
         # OLQDR (sensory, Glu) <- IL2DR:2, IL1DR:1, RIH:9, URYDR:1, RICR:2, RMDDL:11,
         #     RIPL:2, OLLR:1, AIMR:1, URBR:2, CEPDR:20, IL2R:10, SIBVR:6
         OLQDR = self.node(
             186,
-            w[1169] * IL2DR
-            + w[1170] * IL1DR
-            + w[1171] * RIH
-            + w[1172] * URYDR
-            + w[1173] * RICR
-            + w[1174] * RMDDL
-            + w[1175] * RIPL
-            + w[1176] * OLLR
-            + w[1177] * AIMR
-            + w[1178] * URBR
-            + w[1179] * CEPDR
-            + w[1180] * IL2R
-            + w[1181] * SIBVR,
+            self.mix(
+                w[1169:1182],
+                IL2DR,
+                IL1DR,
+                RIH,
+                URYDR,
+                RICR,
+                RMDDL,
+                RIPL,
+                OLLR,
+                AIMR,
+                URBR,
+                CEPDR,
+                IL2R,
+                SIBVR,
+            ),
         )
         # ALA (interneuron, GABA) <- PVDR:75, RMDR:3, ASKR:1, PVDL:75, AIMR:2, AVDR:2,
         #     ASJL:3, AVEL:8, RIAR:2
         ALA = self.node(
             187,
-            w[1182] * PVDR
-            + w[1183] * RMDR
-            + w[1184] * ASKR
-            + w[1185] * PVDL
-            + w[1186] * AIMR
-            + w[1187] * AVDR
-            + w[1188] * ASJL
-            + w[1189] * AVEL
-            + w[1190] * RIAR,
+            self.mix(
+                w[1182:1191], PVDR, RMDR, ASKR, PVDL, AIMR, AVDR, ASJL, AVEL, RIAR
+            ),
         )
         # DB04 (motor, ACh) <- VD06:14, DVA:1, PVR:1, AVDR:1, AVEL:1, VC02:1
-        DB04 = self.node(
-            188,
-            w[1191] * VD06
-            + w[1192] * DVA
-            + w[1193] * PVR
-            + w[1194] * AVDR
-            + w[1195] * AVEL
-            + w[1196] * VC02,
-        )
+        DB04 = self.node(188, self.mix(w[1191:1197], VD06, DVA, PVR, AVDR, AVEL, VC02))
         # DD02 (motor, GABA) <- DA03:5, VC03:3, DB02:16, VA03:10, VC01:8, VD04:1,
         #     PVNR:1, DA04:4, VA04:17, PVPR:1, VC02:4
         DD02 = self.node(
             189,
-            w[1197] * DA03
-            + w[1198] * VC03
-            + w[1199] * DB02
-            + w[1200] * VA03
-            + w[1201] * VC01
-            + w[1202] * VD04
-            + w[1203] * PVNR
-            + w[1204] * DA04
-            + w[1205] * VA04
-            + w[1206] * PVPR
-            + w[1207] * VC02,
+            self.mix(
+                w[1197:1208],
+                DA03,
+                VC03,
+                DB02,
+                VA03,
+                VC01,
+                VD04,
+                PVNR,
+                DA04,
+                VA04,
+                PVPR,
+                VC02,
+            ),
         )
         # AWBR (sensory, ACh) <- ADFR:11, AVBR:2, RIR:8, AIYR:2, AVHL:3, AWAR:3,
         #     OLQVR:1, AIMR:1, ASGR:1, HSNL:5, RIFR:3, ASER:1, ASHR:2, RIAR:3, URYVR:1
         AWBR = self.node(
             190,
-            w[1208] * ADFR
-            + w[1209] * AVBR
-            + w[1210] * RIR
-            + w[1211] * AIYR
-            + w[1212] * AVHL
-            + w[1213] * AWAR
-            + w[1214] * OLQVR
-            + w[1215] * AIMR
-            + w[1216] * ASGR
-            + w[1217] * HSNL
-            + w[1218] * RIFR
-            + w[1219] * ASER
-            + w[1220] * ASHR
-            + w[1221] * RIAR
-            + w[1222] * URYVR,
+            self.mix(
+                w[1208:1223],
+                ADFR,
+                AVBR,
+                RIR,
+                AIYR,
+                AVHL,
+                AWAR,
+                OLQVR,
+                AIMR,
+                ASGR,
+                HSNL,
+                RIFR,
+                ASER,
+                ASHR,
+                RIAR,
+                URYVR,
+            ),
         )
         # ADLL (sensory, Glu) <- AVAR:5, ASEL:1, RIR:1, ADAL:3, AVDL:4, RIPL:3, ADFL:1,
         #     AIAL:20, ASGL:2, AVDR:15, HSNL:1, AWAL:1, SDQR:1, ASER:16, RIGL:3,
         #     SMBVL:5, ALA:5
         ADLL = self.node(
             191,
-            w[1223] * AVAR
-            + w[1224] * ASEL
-            + w[1225] * RIR
-            + w[1226] * ADAL
-            + w[1227] * AVDL
-            + w[1228] * RIPL
-            + w[1229] * ADFL
-            + w[1230] * AIAL
-            + w[1231] * ASGL
-            + w[1232] * AVDR
-            + w[1233] * HSNL
-            + w[1234] * AWAL
-            + w[1235] * SDQR
-            + w[1236] * ASER
-            + w[1237] * RIGL
-            + w[1238] * SMBVL
-            + w[1239] * ALA,
+            self.mix(
+                w[1223:1240],
+                AVAR,
+                ASEL,
+                RIR,
+                ADAL,
+                AVDL,
+                RIPL,
+                ADFL,
+                AIAL,
+                ASGL,
+                AVDR,
+                HSNL,
+                AWAL,
+                SDQR,
+                ASER,
+                RIGL,
+                SMBVL,
+                ALA,
+            ),
         )
         # SIBVL (motor, ACh) <- SMBDR:1, SDQL:1, SMDVL:30, URYVL:1, ALNR:1, URYVR:5
         SIBVL = self.node(
-            192,
-            w[1240] * SMBDR
-            + w[1241] * SDQL
-            + w[1242] * SMDVL
-            + w[1243] * URYVL
-            + w[1244] * ALNR
-            + w[1245] * URYVR,
+            192, self.mix(w[1240:1246], SMBDR, SDQL, SMDVL, URYVL, ALNR, URYVR)
         )
         # AS06 (motor, ACh) <- AVAR:2, VD06:20, VA10:3, DB04:3
-        AS06 = self.node(
-            193, w[1246] * AVAR + w[1247] * VD06 + w[1248] * VA10 + w[1249] * DB04
-        )
+        AS06 = self.node(193, self.mix(w[1246:1250], AVAR, VD06, VA10, DB04))
         # DD04 (motor, GABA) <- VC03:16, VD07:1, VB06:32, VA08:9, DA08:4, VD08:5,
         #     VB07:11, VA07:17, DB04:2
         DD04 = self.node(
             194,
-            w[1250] * VC03
-            + w[1251] * VD07
-            + w[1252] * VB06
-            + w[1253] * VA08
-            + w[1254] * DA08
-            + w[1255] * VD08
-            + w[1256] * VB07
-            + w[1257] * VA07
-            + w[1258] * DB04,
+            self.mix(
+                w[1250:1259], VC03, VD07, VB06, VA08, DA08, VD08, VB07, VA07, DB04
+            ),
         )
         # VB02 (motor, ACh+Betaine) <- VC03:1, AIZL:1, VA03:12, AVFL:2, VD02:18,
         #     DD01:30, AVEL:1, VC02:1, DD02:1
         VB02 = self.node(
             195,
-            w[1259] * VC03
-            + w[1260] * AIZL
-            + w[1261] * VA03
-            + w[1262] * AVFL
-            + w[1263] * VD02
-            + w[1264] * DD01
-            + w[1265] * AVEL
-            + w[1266] * VC02
-            + w[1267] * DD02,
+            self.mix(
+                w[1259:1268], VC03, AIZL, VA03, AVFL, VD02, DD01, AVEL, VC02, DD02
+            ),
         )
         # VB04 (motor, ACh+Betaine) <- VC03:1, VB05:1, AVG:1, VD04:1, VA04:2, VD05:5,
         #     DD02:7
         VB04 = self.node(
-            196,
-            w[1268] * VC03
-            + w[1269] * VB05
-            + w[1270] * AVG
-            + w[1271] * VD04
-            + w[1272] * VA04
-            + w[1273] * VD05
-            + w[1274] * DD02,
+            196, self.mix(w[1268:1275], VC03, VB05, AVG, VD04, VA04, VD05, DD02)
         )
         # CANL (other, Betaine) <- ALA:30
         CANL = self.node(197, w[1275] * ALA)
@@ -2569,55 +2087,64 @@ class HermaphroditeRandomNet(nn.Module):
         #     DA01:2, PVNR:3, PVR:6, AVDR:1, BDUL:3, SIBVL:4
         AVM = self.node(
             199,
-            w[1277] * AVKL
-            + w[1278] * AVBR
-            + w[1279] * PVNL
-            + w[1280] * PVM
-            + w[1281] * BDUR
-            + w[1282] * AVDL
-            + w[1283] * AVHL
-            + w[1284] * DA01
-            + w[1285] * PVNR
-            + w[1286] * PVR
-            + w[1287] * AVDR
-            + w[1288] * BDUL
-            + w[1289] * SIBVL,
+            self.mix(
+                w[1277:1290],
+                AVKL,
+                AVBR,
+                PVNL,
+                PVM,
+                BDUR,
+                AVDL,
+                AVHL,
+                DA01,
+                PVNR,
+                PVR,
+                AVDR,
+                BDUL,
+                SIBVL,
+            ),
         )
         # OLQDL (sensory, Glu) <- RIH:14, IL2DL:2, CEPDL:30, RMDDR:10, URYDL:5, RICR:6,
         #     RMDDL:1, IL2L:20, RMED:1, RMEL:2, SIBVL:10
         OLQDL = self.node(
             200,
-            w[1290] * RIH
-            + w[1291] * IL2DL
-            + w[1292] * CEPDL
-            + w[1293] * RMDDR
-            + w[1294] * URYDL
-            + w[1295] * RICR
-            + w[1296] * RMDDL
-            + w[1297] * IL2L
-            + w[1298] * RMED
-            + w[1299] * RMEL
-            + w[1300] * SIBVL,
+            self.mix(
+                w[1290:1301],
+                RIH,
+                IL2DL,
+                CEPDL,
+                RMDDR,
+                URYDL,
+                RICR,
+                RMDDL,
+                IL2L,
+                RMED,
+                RMEL,
+                SIBVL,
+            ),
         )
         # PVPL (interneuron, ACh) <- PVQL:1, AVAR:3, AVBR:12, RIR:3, ADAL:2, AQR:11,
         #     PVDL:2, RIFL:8, AVHL:1, AVKR:1, DVB:10, AVDR:3, RIGL:5, SMBVL:1, SIBVL:1
         PVPL = self.node(
             201,
-            w[1301] * PVQL
-            + w[1302] * AVAR
-            + w[1303] * AVBR
-            + w[1304] * RIR
-            + w[1305] * ADAL
-            + w[1306] * AQR
-            + w[1307] * PVDL
-            + w[1308] * RIFL
-            + w[1309] * AVHL
-            + w[1310] * AVKR
-            + w[1311] * DVB
-            + w[1312] * AVDR
-            + w[1313] * RIGL
-            + w[1314] * SMBVL
-            + w[1315] * SIBVL,
+            self.mix(
+                w[1301:1316],
+                PVQL,
+                AVAR,
+                AVBR,
+                RIR,
+                ADAL,
+                AQR,
+                PVDL,
+                RIFL,
+                AVHL,
+                AVKR,
+                DVB,
+                AVDR,
+                RIGL,
+                SMBVL,
+                SIBVL,
+            ),
         )
         # HSNR (sex-specific, ACh+5-HT) <- PVQL:6, SABD:1, VC03:2, VC05:5, AIZL:3,
         #     AVBR:1, RMDDR:1, VC04:1, BDUR:10, AVFL:7, AVHL:2, PVNR:3, AIMR:3, URXL:1,
@@ -2625,92 +2152,93 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVEL:1, PVPR:3, VC02:6, AWBR:2
         HSNR = self.node(
             202,
-            w[1316] * PVQL
-            + w[1317] * SABD
-            + w[1318] * VC03
-            + w[1319] * VC05
-            + w[1320] * AIZL
-            + w[1321] * AVBR
-            + w[1322] * RMDDR
-            + w[1323] * VC04
-            + w[1324] * BDUR
-            + w[1325] * AVFL
-            + w[1326] * AVHL
-            + w[1327] * PVNR
-            + w[1328] * AIMR
-            + w[1329] * URXL
-            + w[1330] * AIAL
-            + w[1331] * AVDR
-            + w[1332] * HSNL
-            + w[1333] * ASJL
-            + w[1334] * RIFR
-            + w[1335] * RMGR
-            + w[1336] * ASHR
-            + w[1337] * AIYL
-            + w[1338] * RIML
-            + w[1339] * AVEL
-            + w[1340] * PVPR
-            + w[1341] * VC02
-            + w[1342] * AWBR,
+            self.mix(
+                w[1316:1343],
+                PVQL,
+                SABD,
+                VC03,
+                VC05,
+                AIZL,
+                AVBR,
+                RMDDR,
+                VC04,
+                BDUR,
+                AVFL,
+                AVHL,
+                PVNR,
+                AIMR,
+                URXL,
+                AIAL,
+                AVDR,
+                HSNL,
+                ASJL,
+                RIFR,
+                RMGR,
+                ASHR,
+                AIYL,
+                RIML,
+                AVEL,
+                PVPR,
+                VC02,
+                AWBR,
+            ),
         )
         # AWBL (sensory, ACh) <- SMBDL:2, AIZL:15, ASEL:2, AIBR:1, ADFL:27, AFDL:4,
         #     AIAL:4, HSNL:6, AWAL:11, ASHR:1, AIYL:1, RIGL:2, SMBVL:3, ADLL:3, HSNR:2
         AWBL = self.node(
             203,
-            w[1343] * SMBDL
-            + w[1344] * AIZL
-            + w[1345] * ASEL
-            + w[1346] * AIBR
-            + w[1347] * ADFL
-            + w[1348] * AFDL
-            + w[1349] * AIAL
-            + w[1350] * HSNL
-            + w[1351] * AWAL
-            + w[1352] * ASHR
-            + w[1353] * AIYL
-            + w[1354] * RIGL
-            + w[1355] * SMBVL
-            + w[1356] * ADLL
-            + w[1357] * HSNR,
+            self.mix(
+                w[1343:1358],
+                SMBDL,
+                AIZL,
+                ASEL,
+                AIBR,
+                ADFL,
+                AFDL,
+                AIAL,
+                HSNL,
+                AWAL,
+                ASHR,
+                AIYL,
+                RIGL,
+                SMBVL,
+                ADLL,
+                HSNR,
+            ),
         )
         # AIZR (interneuron, Glu) <- AIAR:7, RIBR:2, RIH:19, ADFR:38, RIR:15, SMBDR:17,
         #     AIBR:3, SMBVR:10, AIYR:70, AUAR:2, AWAR:26, DVA:6, SIADR:1, HSNL:3,
         #     BAGL:2, ASER:2, AVEL:28, AWCR:2, RIGL:2, RIAR:25, AWBR:8, HSNR:1
         AIZR = self.node(
             204,
-            w[1358] * AIAR
-            + w[1359] * RIBR
-            + w[1360] * RIH
-            + w[1361] * ADFR
-            + w[1362] * RIR
-            + w[1363] * SMBDR
-            + w[1364] * AIBR
-            + w[1365] * SMBVR
-            + w[1366] * AIYR
-            + w[1367] * AUAR
-            + w[1368] * AWAR
-            + w[1369] * DVA
-            + w[1370] * SIADR
-            + w[1371] * HSNL
-            + w[1372] * BAGL
-            + w[1373] * ASER
-            + w[1374] * AVEL
-            + w[1375] * AWCR
-            + w[1376] * RIGL
-            + w[1377] * RIAR
-            + w[1378] * AWBR
-            + w[1379] * HSNR,
+            self.mix(
+                w[1358:1380],
+                AIAR,
+                RIBR,
+                RIH,
+                ADFR,
+                RIR,
+                SMBDR,
+                AIBR,
+                SMBVR,
+                AIYR,
+                AUAR,
+                AWAR,
+                DVA,
+                SIADR,
+                HSNL,
+                BAGL,
+                ASER,
+                AVEL,
+                AWCR,
+                RIGL,
+                RIAR,
+                AWBR,
+                HSNR,
+            ),
         )
         # VB03 (motor, ACh+Betaine) <- VA03:3, VD04:8, VA04:18, PVR:2, DD02:36, AVM:1
-        VB03 = self.node(
-            205,
-            w[1380] * VA03
-            + w[1381] * VD04
-            + w[1382] * VA04
-            + w[1383] * PVR
-            + w[1384] * DD02
-            + w[1385] * AVM,
-        )
+        VB03 = self.node(205, self.mix(w[1380:1386], VA03, VD04, VA04, PVR, DD02, AVM))
         # RIAL (interneuron, Glu) <- AIZL:30, SMDDL:31, RIH:34, CEPDL:1, RMDDR:35,
         #     RMDR:31, RIR:14, CEPVL:1, SMBDR:7, AIBR:2, RMDDL:49, AQR:12, RMDVL:48,
         #     SMDVL:33, ALNL:1, DVA:3, RMDVR:48, RIVL:13, ADFL:46, URXL:17, RMDL:46,
@@ -2718,39 +2246,42 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIAR:61, ADEL:2, ADLL:1, AWBL:10
         RIAL = self.node(
             206,
-            w[1386] * AIZL
-            + w[1387] * SMDDL
-            + w[1388] * RIH
-            + w[1389] * CEPDL
-            + w[1390] * RMDDR
-            + w[1391] * RMDR
-            + w[1392] * RIR
-            + w[1393] * CEPVL
-            + w[1394] * SMBDR
-            + w[1395] * AIBR
-            + w[1396] * RMDDL
-            + w[1397] * AQR
-            + w[1398] * RMDVL
-            + w[1399] * SMDVL
-            + w[1400] * ALNL
-            + w[1401] * DVA
-            + w[1402] * RMDVR
-            + w[1403] * RIVL
-            + w[1404] * ADFL
-            + w[1405] * URXL
-            + w[1406] * RMDL
-            + w[1407] * BAGR
-            + w[1408] * RIVR
-            + w[1409] * AUAL
-            + w[1410] * SMDVR
-            + w[1411] * URYVL
-            + w[1412] * AIYL
-            + w[1413] * RIML
-            + w[1414] * AWCR
-            + w[1415] * RIAR
-            + w[1416] * ADEL
-            + w[1417] * ADLL
-            + w[1418] * AWBL,
+            self.mix(
+                w[1386:1419],
+                AIZL,
+                SMDDL,
+                RIH,
+                CEPDL,
+                RMDDR,
+                RMDR,
+                RIR,
+                CEPVL,
+                SMBDR,
+                AIBR,
+                RMDDL,
+                AQR,
+                RMDVL,
+                SMDVL,
+                ALNL,
+                DVA,
+                RMDVR,
+                RIVL,
+                ADFL,
+                URXL,
+                RMDL,
+                BAGR,
+                RIVR,
+                AUAL,
+                SMDVR,
+                URYVL,
+                AIYL,
+                RIML,
+                AWCR,
+                RIAR,
+                ADEL,
+                ADLL,
+                AWBL,
+            ),
         )
         # AVER (interneuron, ACh) <- RIBR:4, SABD:1, DA03:3, AIZL:26, AVAR:36, SMDDL:1,
         #     AS01:6, VA03:1, RIS:18, VA01:5, CEPDL:14, URYDR:2, AVKL:2, AVBR:2,
@@ -2760,85 +2291,83 @@ class HermaphroditeRandomNet(nn.Module):
         #     ALA:4, HSNR:1, AIZR:2
         AVER = self.node(
             207,
-            w[1419] * RIBR
-            + w[1420] * SABD
-            + w[1421] * DA03
-            + w[1422] * AIZL
-            + w[1423] * AVAR
-            + w[1424] * SMDDL
-            + w[1425] * AS01
-            + w[1426] * VA03
-            + w[1427] * RIS
-            + w[1428] * VA01
-            + w[1429] * CEPDL
-            + w[1430] * URYDR
-            + w[1431] * AVKL
-            + w[1432] * AVBR
-            + w[1433] * URYDL
-            + w[1434] * CEPVL
-            + w[1435] * AVG
-            + w[1436] * AVDL
-            + w[1437] * RMDDL
-            + w[1438] * IL1R
-            + w[1439] * DA01
-            + w[1440] * AUAR
-            + w[1441] * RMDVL
-            + w[1442] * DVA
-            + w[1443] * VA04
-            + w[1444] * IL1L
-            + w[1445] * DA02
-            + w[1446] * URAVL
-            + w[1447] * AVDR
-            + w[1448] * BAGL
-            + w[1449] * FLPR
-            + w[1450] * RMGR
-            + w[1451] * IL2R
-            + w[1452] * SMDVR
-            + w[1453] * ASHR
-            + w[1454] * URYVL
-            + w[1455] * RIML
-            + w[1456] * AVEL
-            + w[1457] * RIGL
-            + w[1458] * AS03
-            + w[1459] * ALA
-            + w[1460] * HSNR
-            + w[1461] * AIZR,
+            self.mix(
+                w[1419:1462],
+                RIBR,
+                SABD,
+                DA03,
+                AIZL,
+                AVAR,
+                SMDDL,
+                AS01,
+                VA03,
+                RIS,
+                VA01,
+                CEPDL,
+                URYDR,
+                AVKL,
+                AVBR,
+                URYDL,
+                CEPVL,
+                AVG,
+                AVDL,
+                RMDDL,
+                IL1R,
+                DA01,
+                AUAR,
+                RMDVL,
+                DVA,
+                VA04,
+                IL1L,
+                DA02,
+                URAVL,
+                AVDR,
+                BAGL,
+                FLPR,
+                RMGR,
+                IL2R,
+                SMDVR,
+                ASHR,
+                URYVL,
+                RIML,
+                AVEL,
+                RIGL,
+                AS03,
+                ALA,
+                HSNR,
+                AIZR,
+            ),
         )
         # VA05 (motor, ACh) <- AVAR:2, AVDL:1, PVNR:1, VD05:11, AVDR:3, DD02:6, VB04:2,
         #     VB03:1
         VA05 = self.node(
-            208,
-            w[1462] * AVAR
-            + w[1463] * AVDL
-            + w[1464] * PVNR
-            + w[1465] * VD05
-            + w[1466] * AVDR
-            + w[1467] * DD02
-            + w[1468] * VB04
-            + w[1469] * VB03,
+            208, self.mix(w[1462:1470], AVAR, AVDL, PVNR, VD05, AVDR, DD02, VB04, VB03)
         )
         # AWCL (sensory, Glu) <- AIAR:10, AIZL:1, ASEL:16, URYDR:1, AINR:2, AIBR:2,
         #     ASIR:2, SMDVL:1, ASGR:1, AFDL:2, AIAL:3, ASER:2, AIYL:27, AWCR:28, ADLL:2,
         #     AWBL:1, RIAL:6
         AWCL = self.node(
             209,
-            w[1470] * AIAR
-            + w[1471] * AIZL
-            + w[1472] * ASEL
-            + w[1473] * URYDR
-            + w[1474] * AINR
-            + w[1475] * AIBR
-            + w[1476] * ASIR
-            + w[1477] * SMDVL
-            + w[1478] * ASGR
-            + w[1479] * AFDL
-            + w[1480] * AIAL
-            + w[1481] * ASER
-            + w[1482] * AIYL
-            + w[1483] * AWCR
-            + w[1484] * ADLL
-            + w[1485] * AWBL
-            + w[1486] * RIAL,
+            self.mix(
+                w[1470:1487],
+                AIAR,
+                AIZL,
+                ASEL,
+                URYDR,
+                AINR,
+                AIBR,
+                ASIR,
+                SMDVL,
+                ASGR,
+                AFDL,
+                AIAL,
+                ASER,
+                AIYL,
+                AWCR,
+                ADLL,
+                AWBL,
+                RIAL,
+            ),
         )
         # URXR (sensory, ACh+5-HT+Betaine) <- AVAR:2, ADFR:14, URYDR:1, AVBR:3, RMDR:8,
         #     AINR:2, RIR:10, RICR:3, RMDDL:2, SMBVR:7, IL1R:1, ADAR:3, AUAR:26,
@@ -2846,32 +2375,35 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVPR:1, RIAR:20, AWBR:2, AVER:3
         URXR = self.node(
             210,
-            w[1487] * AVAR
-            + w[1488] * ADFR
-            + w[1489] * URYDR
-            + w[1490] * AVBR
-            + w[1491] * RMDR
-            + w[1492] * AINR
-            + w[1493] * RIR
-            + w[1494] * RICR
-            + w[1495] * RMDDL
-            + w[1496] * SMBVR
-            + w[1497] * IL1R
-            + w[1498] * ADAR
-            + w[1499] * AUAR
-            + w[1500] * OLQVR
-            + w[1501] * AIMR
-            + w[1502] * URBR
-            + w[1503] * CEPDR
-            + w[1504] * RMDL
-            + w[1505] * BAGL
-            + w[1506] * RIFR
-            + w[1507] * RMGR
-            + w[1508] * IL2R
-            + w[1509] * PVPR
-            + w[1510] * RIAR
-            + w[1511] * AWBR
-            + w[1512] * AVER,
+            self.mix(
+                w[1487:1513],
+                AVAR,
+                ADFR,
+                URYDR,
+                AVBR,
+                RMDR,
+                AINR,
+                RIR,
+                RICR,
+                RMDDL,
+                SMBVR,
+                IL1R,
+                ADAR,
+                AUAR,
+                OLQVR,
+                AIMR,
+                URBR,
+                CEPDR,
+                RMDL,
+                BAGL,
+                RIFR,
+                RMGR,
+                IL2R,
+                PVPR,
+                RIAR,
+                AWBR,
+                AVER,
+            ),
         )
         del AWBR
         # RIMR (interneuron, Glu+Tyr+Betaine) <- RIBR:4, SMDDL:10, RIS:17, AVKL:3,
@@ -2880,100 +2412,99 @@ class HermaphroditeRandomNet(nn.Module):
         #     SAAVL:44, HSNR:1, AIZR:34, RIAL:2, AVER:1
         RIMR = self.node(
             211,
-            w[1513] * RIBR
-            + w[1514] * SMDDL
-            + w[1515] * RIS
-            + w[1516] * AVKL
-            + w[1517] * AVBR
-            + w[1518] * RMDR
-            + w[1519] * RICR
-            + w[1520] * AIBR
-            + w[1521] * ADAR
-            + w[1522] * AVHL
-            + w[1523] * SAAVR
-            + w[1524] * SMDVL
-            + w[1525] * DVA
-            + w[1526] * RMFL
-            + w[1527] * AVKR
-            + w[1528] * RMDL
-            + w[1529] * RIFR
-            + w[1530] * SMDVR
-            + w[1531] * RIML
-            + w[1532] * PVPR
-            + w[1533] * SAAVL
-            + w[1534] * HSNR
-            + w[1535] * AIZR
-            + w[1536] * RIAL
-            + w[1537] * AVER,
+            self.mix(
+                w[1513:1538],
+                RIBR,
+                SMDDL,
+                RIS,
+                AVKL,
+                AVBR,
+                RMDR,
+                RICR,
+                AIBR,
+                ADAR,
+                AVHL,
+                SAAVR,
+                SMDVL,
+                DVA,
+                RMFL,
+                AVKR,
+                RMDL,
+                RIFR,
+                SMDVR,
+                RIML,
+                PVPR,
+                SAAVL,
+                HSNR,
+                AIZR,
+                RIAL,
+                AVER,
+            ),
         )
         # SABVR (motor, ACh) <- AVAR:2, AVDL:5, AVDR:1, AVEL:12, HSNR:1, AVER:11
         SABVR = self.node(
-            212,
-            w[1538] * AVAR
-            + w[1539] * AVDL
-            + w[1540] * AVDR
-            + w[1541] * AVEL
-            + w[1542] * HSNR
-            + w[1543] * AVER,
+            212, self.mix(w[1538:1544], AVAR, AVDL, AVDR, AVEL, HSNR, AVER)
         )
         # DB03 (motor, ACh) <- DA03:2, AVAR:2, VD06:4, VD04:9, DVA:3, PVNR:1, DA04:4,
         #     VD05:24, PVR:3, AVEL:1, DD02:3, AVER:1
         DB03 = self.node(
             213,
-            w[1544] * DA03
-            + w[1545] * AVAR
-            + w[1546] * VD06
-            + w[1547] * VD04
-            + w[1548] * DVA
-            + w[1549] * PVNR
-            + w[1550] * DA04
-            + w[1551] * VD05
-            + w[1552] * PVR
-            + w[1553] * AVEL
-            + w[1554] * DD02
-            + w[1555] * AVER,
+            self.mix(
+                w[1544:1556],
+                DA03,
+                AVAR,
+                VD06,
+                VD04,
+                DVA,
+                PVNR,
+                DA04,
+                VD05,
+                PVR,
+                AVEL,
+                DD02,
+                AVER,
+            ),
         )
         # AS02 (motor, ACh) <- AVAR:3, VD02:21, DD01:3, DA02:1, VA08:1, VA07:10, AVER:4
         AS02 = self.node(
-            214,
-            w[1556] * AVAR
-            + w[1557] * VD02
-            + w[1558] * DD01
-            + w[1559] * DA02
-            + w[1560] * VA08
-            + w[1561] * VA07
-            + w[1562] * AVER,
+            214, self.mix(w[1556:1563], AVAR, VD02, DD01, DA02, VA08, VA07, AVER)
         )
         # VA02 (motor, ACh) <- AVAR:5, VA03:2, VA01:2, VD02:39, DVA:2, DD01:20, VD01:1,
         #     AVDR:1, VB02:6, AVM:1, AVER:4
         VA02 = self.node(
             215,
-            w[1563] * AVAR
-            + w[1564] * VA03
-            + w[1565] * VA01
-            + w[1566] * VD02
-            + w[1567] * DVA
-            + w[1568] * DD01
-            + w[1569] * VD01
-            + w[1570] * AVDR
-            + w[1571] * VB02
-            + w[1572] * AVM
-            + w[1573] * AVER,
+            self.mix(
+                w[1563:1574],
+                AVAR,
+                VA03,
+                VA01,
+                VD02,
+                DVA,
+                DD01,
+                VD01,
+                AVDR,
+                VB02,
+                AVM,
+                AVER,
+            ),
         )
         # IL2VR (sensory, ACh) <- RIH:10, RMDVL:1, OLQVR:9, IL1VR:31, RMED:2, URAVR:19,
         #     SIADR:1, RMEL:8, RIAR:2, URXR:1
         IL2VR = self.node(
             216,
-            w[1574] * RIH
-            + w[1575] * RMDVL
-            + w[1576] * OLQVR
-            + w[1577] * IL1VR
-            + w[1578] * RMED
-            + w[1579] * URAVR
-            + w[1580] * SIADR
-            + w[1581] * RMEL
-            + w[1582] * RIAR
-            + w[1583] * URXR,
+            self.mix(
+                w[1574:1584],
+                RIH,
+                RMDVL,
+                OLQVR,
+                IL1VR,
+                RMED,
+                URAVR,
+                SIADR,
+                RMEL,
+                RIAR,
+                URXR,
+            ),
         )
         # AVJL (interneuron, GABA) <- SABD:1, VC03:1, AVAR:1, RIS:1, AVBR:8, PVNL:6,
         #     BDUR:5, AVG:7, AVFL:2, AVDL:2, AQR:3, ADAR:13, AVHL:7, LUAL:4, PVNR:5,
@@ -2981,140 +2512,125 @@ class HermaphroditeRandomNet(nn.Module):
         #     HSNR:3, RIMR:4
         AVJL = self.node(
             217,
-            w[1584] * SABD
-            + w[1585] * VC03
-            + w[1586] * AVAR
-            + w[1587] * RIS
-            + w[1588] * AVBR
-            + w[1589] * PVNL
-            + w[1590] * BDUR
-            + w[1591] * AVG
-            + w[1592] * AVFL
-            + w[1593] * AVDL
-            + w[1594] * AQR
-            + w[1595] * ADAR
-            + w[1596] * AVHL
-            + w[1597] * LUAL
-            + w[1598] * PVNR
-            + w[1599] * PVR
-            + w[1600] * HSNL
-            + w[1601] * FLPR
-            + w[1602] * RIFR
-            + w[1603] * RMGR
-            + w[1604] * ASHR
-            + w[1605] * AVEL
-            + w[1606] * PVPR
-            + w[1607] * ADLL
-            + w[1608] * HSNR
-            + w[1609] * RIMR,
+            self.mix(
+                w[1584:1610],
+                SABD,
+                VC03,
+                AVAR,
+                RIS,
+                AVBR,
+                PVNL,
+                BDUR,
+                AVG,
+                AVFL,
+                AVDL,
+                AQR,
+                ADAR,
+                AVHL,
+                LUAL,
+                PVNR,
+                PVR,
+                HSNL,
+                FLPR,
+                RIFR,
+                RMGR,
+                ASHR,
+                AVEL,
+                PVPR,
+                ADLL,
+                HSNR,
+                RIMR,
+            ),
         )
         # RMFR (interneuron, ACh) <- RIH:1, AVKL:7, RMDR:1, AVKR:9, RMDL:7, RIML:2,
         #     SAAVL:11, RIMR:7
         RMFR = self.node(
-            218,
-            w[1610] * RIH
-            + w[1611] * AVKL
-            + w[1612] * RMDR
-            + w[1613] * AVKR
-            + w[1614] * RMDL
-            + w[1615] * RIML
-            + w[1616] * SAAVL
-            + w[1617] * RIMR,
+            218, self.mix(w[1610:1618], RIH, AVKL, RMDR, AVKR, RMDL, RIML, SAAVL, RIMR)
         )
         # SIAVR (motor, ACh) <- AVKL:2, SMBDR:1, SMBVR:1, RMDVL:2, SMDVL:30, RIVL:5,
         #     URBR:3, RMDL:1, RMGR:2, PLNR:20, SIBVL:7, RIAL:2, URXR:4
         SIAVR = self.node(
             219,
-            w[1618] * AVKL
-            + w[1619] * SMBDR
-            + w[1620] * SMBVR
-            + w[1621] * RMDVL
-            + w[1622] * SMDVL
-            + w[1623] * RIVL
-            + w[1624] * URBR
-            + w[1625] * RMDL
-            + w[1626] * RMGR
-            + w[1627] * PLNR
-            + w[1628] * SIBVL
-            + w[1629] * RIAL
-            + w[1630] * URXR,
+            self.mix(
+                w[1618:1631],
+                AVKL,
+                SMBDR,
+                SMBVR,
+                RMDVL,
+                SMDVL,
+                RIVL,
+                URBR,
+                RMDL,
+                RMGR,
+                PLNR,
+                SIBVL,
+                RIAL,
+                URXR,
+            ),
         )
         # DA05 (motor, ACh) <- AVAR:9, VD06:22, AVDL:1, DA04:1, VD05:1, PVR:1, AVDR:3,
         #     DB04:4, AS06:1, HSNR:2, DB03:1
         DA05 = self.node(
             220,
-            w[1631] * AVAR
-            + w[1632] * VD06
-            + w[1633] * AVDL
-            + w[1634] * DA04
-            + w[1635] * VD05
-            + w[1636] * PVR
-            + w[1637] * AVDR
-            + w[1638] * DB04
-            + w[1639] * AS06
-            + w[1640] * HSNR
-            + w[1641] * DB03,
+            self.mix(
+                w[1631:1642],
+                AVAR,
+                VD06,
+                AVDL,
+                DA04,
+                VD05,
+                PVR,
+                AVDR,
+                DB04,
+                AS06,
+                HSNR,
+                DB03,
+            ),
         )
         # DB01 (motor, ACh) <- AS01:31, DA01:17, VD02:24, DD01:31, DA02:3, VD01:18,
         #     AVDR:1, FLPR:1, AS02:5
         DB01 = self.node(
             221,
-            w[1642] * AS01
-            + w[1643] * DA01
-            + w[1644] * VD02
-            + w[1645] * DD01
-            + w[1646] * DA02
-            + w[1647] * VD01
-            + w[1648] * AVDR
-            + w[1649] * FLPR
-            + w[1650] * AS02,
+            self.mix(
+                w[1642:1651], AS01, DA01, VD02, DD01, DA02, VD01, AVDR, FLPR, AS02
+            ),
         )
         # AS04 (motor, ACh) <- DA03:4, AVAR:2, DB02:4, AVBR:1, AVDL:2, VD04:21, DD01:2,
         #     VA08:11, DD02:4, DB03:2
         AS04 = self.node(
             222,
-            w[1651] * DA03
-            + w[1652] * AVAR
-            + w[1653] * DB02
-            + w[1654] * AVBR
-            + w[1655] * AVDL
-            + w[1656] * VD04
-            + w[1657] * DD01
-            + w[1658] * VA08
-            + w[1659] * DD02
-            + w[1660] * DB03,
+            self.mix(
+                w[1651:1661], DA03, AVAR, DB02, AVBR, AVDL, VD04, DD01, VA08, DD02, DB03
+            ),
         )
         # DD05 (motor, GABA) <- VB08:10, PVDL:3, VA10:9, VB09:10, VA08:9, DA08:4,
         #     VB07:29, DB04:9, DB03:14
         DD05 = self.node(
             223,
-            w[1661] * VB08
-            + w[1662] * PVDL
-            + w[1663] * VA10
-            + w[1664] * VB09
-            + w[1665] * VA08
-            + w[1666] * DA08
-            + w[1667] * VB07
-            + w[1668] * DB04
-            + w[1669] * DB03,
+            self.mix(
+                w[1661:1670], VB08, PVDL, VA10, VB09, VA08, DA08, VB07, DB04, DB03
+            ),
         )
         # AINL (interneuron, ACh) <- AIAR:1, RIBR:4, ASEL:1, CEPDL:2, AINR:1, AIYR:1,
         #     AUAR:3, RMDVL:3, RMFL:1, ASGR:1, BAGL:6, SAAVL:3, AVJL:1
         AINL = self.node(
             224,
-            w[1670] * AIAR
-            + w[1671] * RIBR
-            + w[1672] * ASEL
-            + w[1673] * CEPDL
-            + w[1674] * AINR
-            + w[1675] * AIYR
-            + w[1676] * AUAR
-            + w[1677] * RMDVL
-            + w[1678] * RMFL
-            + w[1679] * ASGR
-            + w[1680] * BAGL
-            + w[1681] * SAAVL
-            + w[1682] * AVJL,
+            self.mix(
+                w[1670:1683],
+                AIAR,
+                RIBR,
+                ASEL,
+                CEPDL,
+                AINR,
+                AIYR,
+                AUAR,
+                RMDVL,
+                RMFL,
+                ASGR,
+                BAGL,
+                SAAVL,
+                AVJL,
+            ),
         )
         del AUAR
         # RICL (interneuron, Glu+Oct) <- URBL:1, SMBDL:5, IL2DR:1, AVAR:18, SMDDL:11,
@@ -3123,105 +2639,109 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIMR:8, RMFR:2
         RICL = self.node(
             225,
-            w[1683] * URBL
-            + w[1684] * SMBDL
-            + w[1685] * IL2DR
-            + w[1686] * AVAR
-            + w[1687] * SMDDL
-            + w[1688] * CEPDL
-            + w[1689] * RICR
-            + w[1690] * CEPVL
-            + w[1691] * ADAL
-            + w[1692] * SMBDR
-            + w[1693] * ADAR
-            + w[1694] * IL2L
-            + w[1695] * URXL
-            + w[1696] * URBR
-            + w[1697] * CEPDR
-            + w[1698] * SDQR
-            + w[1699] * RIVR
-            + w[1700] * SMDVR
-            + w[1701] * RIML
-            + w[1702] * SAAVL
-            + w[1703] * OLQDR
-            + w[1704] * RIMR
-            + w[1705] * RMFR,
+            self.mix(
+                w[1683:1706],
+                URBL,
+                SMBDL,
+                IL2DR,
+                AVAR,
+                SMDDL,
+                CEPDL,
+                RICR,
+                CEPVL,
+                ADAL,
+                SMBDR,
+                ADAR,
+                IL2L,
+                URXL,
+                URBR,
+                CEPDR,
+                SDQR,
+                RIVR,
+                SMDVR,
+                RIML,
+                SAAVL,
+                OLQDR,
+                RIMR,
+                RMFR,
+            ),
         )
         # DVC (interneuron, Glu) <- RIBR:6, VD09:2, VC05:3, AVAR:16, PVDR:1, AVKL:2,
         #     AVG:2, AIBR:3, AVDL:2, VC01:1, RMFL:15, DVB:5, URAVL:2, AVDR:4, RIVR:2,
         #     PVPR:3, RIGL:16, VC02:3, RMFR:11
         DVC = self.node(
             226,
-            w[1706] * RIBR
-            + w[1707] * VD09
-            + w[1708] * VC05
-            + w[1709] * AVAR
-            + w[1710] * PVDR
-            + w[1711] * AVKL
-            + w[1712] * AVG
-            + w[1713] * AIBR
-            + w[1714] * AVDL
-            + w[1715] * VC01
-            + w[1716] * RMFL
-            + w[1717] * DVB
-            + w[1718] * URAVL
-            + w[1719] * AVDR
-            + w[1720] * RIVR
-            + w[1721] * PVPR
-            + w[1722] * RIGL
-            + w[1723] * VC02
-            + w[1724] * RMFR,
+            self.mix(
+                w[1706:1725],
+                RIBR,
+                VD09,
+                VC05,
+                AVAR,
+                PVDR,
+                AVKL,
+                AVG,
+                AIBR,
+                AVDL,
+                VC01,
+                RMFL,
+                DVB,
+                URAVL,
+                AVDR,
+                RIVR,
+                PVPR,
+                RIGL,
+                VC02,
+                RMFR,
+            ),
         )
         # PVWL (interneuron) <- VD12:1, PVNL:4, VD13:1, LUAL:1, LUAR:3, PVNR:9, PVWR:1,
         #     AVJL:1
         PVWL = self.node(
-            227,
-            w[1725] * VD12
-            + w[1726] * PVNL
-            + w[1727] * VD13
-            + w[1728] * LUAL
-            + w[1729] * LUAR
-            + w[1730] * PVNR
-            + w[1731] * PVWR
-            + w[1732] * AVJL,
+            227, self.mix(w[1725:1733], VD12, PVNL, VD13, LUAL, LUAR, PVNR, PVWR, AVJL)
         )
         # DD03 (motor, GABA) <- VC03:5, VD06:6, VB05:34, VC01:8, VD05:1, VA07:3, VC02:8,
         #     DB04:9, AS06:4, VB04:13, VA05:17, DB03:14, DA05:13
         DD03 = self.node(
             228,
-            w[1733] * VC03
-            + w[1734] * VD06
-            + w[1735] * VB05
-            + w[1736] * VC01
-            + w[1737] * VD05
-            + w[1738] * VA07
-            + w[1739] * VC02
-            + w[1740] * DB04
-            + w[1741] * AS06
-            + w[1742] * VB04
-            + w[1743] * VA05
-            + w[1744] * DB03
-            + w[1745] * DA05,
+            self.mix(
+                w[1733:1746],
+                VC03,
+                VD06,
+                VB05,
+                VC01,
+                VD05,
+                VA07,
+                VC02,
+                DB04,
+                AS06,
+                VB04,
+                VA05,
+                DB03,
+                DA05,
+            ),
         )
         # VD03 (motor, GABA) <- DA03:43, VC03:2, DB02:33, VA03:15, AVBR:2, VC01:2,
         #     PVNR:3, DD01:6, DA02:11, AVEL:1, AS03:23, DD02:1, VB02:6, VB03:5, DB01:2
         VD03 = self.node(
             229,
-            w[1746] * DA03
-            + w[1747] * VC03
-            + w[1748] * DB02
-            + w[1749] * VA03
-            + w[1750] * AVBR
-            + w[1751] * VC01
-            + w[1752] * PVNR
-            + w[1753] * DD01
-            + w[1754] * DA02
-            + w[1755] * AVEL
-            + w[1756] * AS03
-            + w[1757] * DD02
-            + w[1758] * VB02
-            + w[1759] * VB03
-            + w[1760] * DB01,
+            self.mix(
+                w[1746:1761],
+                DA03,
+                VC03,
+                DB02,
+                VA03,
+                AVBR,
+                VC01,
+                PVNR,
+                DD01,
+                DA02,
+                AVEL,
+                AS03,
+                DD02,
+                VB02,
+                VB03,
+                DB01,
+            ),
         )
         del AS03
         # ASIL (sensory, Betaine) <- AIZL:1, AIYR:2, AWAR:4, RMFL:1, ADFL:1, URXL:1,
@@ -3229,111 +2749,117 @@ class HermaphroditeRandomNet(nn.Module):
         #     AINL:11
         ASIL = self.node(
             230,
-            w[1761] * AIZL
-            + w[1762] * AIYR
-            + w[1763] * AWAR
-            + w[1764] * RMFL
-            + w[1765] * ADFL
-            + w[1766] * URXL
-            + w[1767] * AIAL
-            + w[1768] * ASGL
-            + w[1769] * ASKL
-            + w[1770] * ASER
-            + w[1771] * AIYL
-            + w[1772] * AWCR
-            + w[1773] * SAAVL
-            + w[1774] * RIAL
-            + w[1775] * AWCL
-            + w[1776] * AINL,
+            self.mix(
+                w[1761:1777],
+                AIZL,
+                AIYR,
+                AWAR,
+                RMFL,
+                ADFL,
+                URXL,
+                AIAL,
+                ASGL,
+                ASKL,
+                ASER,
+                AIYL,
+                AWCR,
+                SAAVL,
+                RIAL,
+                AWCL,
+                AINL,
+            ),
         )
         # ALML (sensory, Glu) <- CEPDL:4, RMDDR:1, RICR:3, CEPVL:3, SMBDR:2, SDQL:3,
         #     RIFL:7, PVNR:2, AVDR:3, SIADR:1, SDQR:1, BDUL:16, AVEL:4, ADEL:1, RICL:2
         ALML = self.node(
             231,
-            w[1777] * CEPDL
-            + w[1778] * RMDDR
-            + w[1779] * RICR
-            + w[1780] * CEPVL
-            + w[1781] * SMBDR
-            + w[1782] * SDQL
-            + w[1783] * RIFL
-            + w[1784] * PVNR
-            + w[1785] * AVDR
-            + w[1786] * SIADR
-            + w[1787] * SDQR
-            + w[1788] * BDUL
-            + w[1789] * AVEL
-            + w[1790] * ADEL
-            + w[1791] * RICL,
+            self.mix(
+                w[1777:1792],
+                CEPDL,
+                RMDDR,
+                RICR,
+                CEPVL,
+                SMBDR,
+                SDQL,
+                RIFL,
+                PVNR,
+                AVDR,
+                SIADR,
+                SDQR,
+                BDUL,
+                AVEL,
+                ADEL,
+                RICL,
+            ),
         )
         # IL2VL (sensory, ACh) <- RIH:9, IL2L:1, RIPL:36, URAVL:7, BAGR:1, RMEL:7,
         #     IL1VL:27, RIAL:4, DVC:1
         IL2VL = self.node(
             232,
-            w[1792] * RIH
-            + w[1793] * IL2L
-            + w[1794] * RIPL
-            + w[1795] * URAVL
-            + w[1796] * BAGR
-            + w[1797] * RMEL
-            + w[1798] * IL1VL
-            + w[1799] * RIAL
-            + w[1800] * DVC,
+            self.mix(
+                w[1792:1801], RIH, IL2L, RIPL, URAVL, BAGR, RMEL, IL1VL, RIAL, DVC
+            ),
         )
         # PVQR (interneuron) <- AIAR:12, VC03:2, AVBR:1, AVG:2, AVFL:1, ASKR:6, AVHL:3,
         #     AWAR:4, DD01:1, PHCL:2, AIMR:2, VD01:1, PHCR:4, AIAL:1, ASJL:1, RIFR:4,
         #     RMGR:1, ASER:2, PVPR:1, VC02:2, HSNR:1, DVC:1
         PVQR = self.node(
             233,
-            w[1801] * AIAR
-            + w[1802] * VC03
-            + w[1803] * AVBR
-            + w[1804] * AVG
-            + w[1805] * AVFL
-            + w[1806] * ASKR
-            + w[1807] * AVHL
-            + w[1808] * AWAR
-            + w[1809] * DD01
-            + w[1810] * PHCL
-            + w[1811] * AIMR
-            + w[1812] * VD01
-            + w[1813] * PHCR
-            + w[1814] * AIAL
-            + w[1815] * ASJL
-            + w[1816] * RIFR
-            + w[1817] * RMGR
-            + w[1818] * ASER
-            + w[1819] * PVPR
-            + w[1820] * VC02
-            + w[1821] * HSNR
-            + w[1822] * DVC,
+            self.mix(
+                w[1801:1823],
+                AIAR,
+                VC03,
+                AVBR,
+                AVG,
+                AVFL,
+                ASKR,
+                AVHL,
+                AWAR,
+                DD01,
+                PHCL,
+                AIMR,
+                VD01,
+                PHCR,
+                AIAL,
+                ASJL,
+                RIFR,
+                RMGR,
+                ASER,
+                PVPR,
+                VC02,
+                HSNR,
+                DVC,
+            ),
         )
         # RIGR (interneuron, Glu) <- RIBR:7, ADFR:24, AVKL:21, RIR:9, AVDL:1, AWAR:6,
         #     DVA:4, OLQVR:2, ADFL:1, AVKR:5, BAGL:9, RMGR:2, ALNR:3, PVPR:2, RIAR:3,
         #     ADEL:15, URYVR:2, AIZR:5, AVER:4, URXR:10, DVC:15
         RIGR = self.node(
             234,
-            w[1823] * RIBR
-            + w[1824] * ADFR
-            + w[1825] * AVKL
-            + w[1826] * RIR
-            + w[1827] * AVDL
-            + w[1828] * AWAR
-            + w[1829] * DVA
-            + w[1830] * OLQVR
-            + w[1831] * ADFL
-            + w[1832] * AVKR
-            + w[1833] * BAGL
-            + w[1834] * RMGR
-            + w[1835] * ALNR
-            + w[1836] * PVPR
-            + w[1837] * RIAR
-            + w[1838] * ADEL
-            + w[1839] * URYVR
-            + w[1840] * AIZR
-            + w[1841] * AVER
-            + w[1842] * URXR
-            + w[1843] * DVC,
+            self.mix(
+                w[1823:1844],
+                RIBR,
+                ADFR,
+                AVKL,
+                RIR,
+                AVDL,
+                AWAR,
+                DVA,
+                OLQVR,
+                ADFL,
+                AVKR,
+                BAGL,
+                RMGR,
+                ALNR,
+                PVPR,
+                RIAR,
+                ADEL,
+                URYVR,
+                AIZR,
+                AVER,
+                URXR,
+                DVC,
+            ),
         )
         # SMDDR (motor, ACh+GABA+Betaine) <- SMDDL:5, RIS:9, RMDR:2, URYDL:3, RICR:9,
         #     SMBDR:7, SIBDR:24, SMDVL:27, ALNL:1, RIVL:9, OLLR:1, AVKR:3, RMED:4,
@@ -3341,110 +2867,98 @@ class HermaphroditeRandomNet(nn.Module):
         #     AIZR:6, RIAL:38, AVER:1, RIMR:17, RICL:8
         SMDDR = self.node(
             235,
-            w[1844] * SMDDL
-            + w[1845] * RIS
-            + w[1846] * RMDR
-            + w[1847] * URYDL
-            + w[1848] * RICR
-            + w[1849] * SMBDR
-            + w[1850] * SIBDR
-            + w[1851] * SMDVL
-            + w[1852] * ALNL
-            + w[1853] * RIVL
-            + w[1854] * OLLR
-            + w[1855] * AVKR
-            + w[1856] * RMED
-            + w[1857] * ASGL
-            + w[1858] * RMDL
-            + w[1859] * SIADR
-            + w[1860] * ASJL
-            + w[1861] * RIML
-            + w[1862] * ALNR
-            + w[1863] * SAAVL
-            + w[1864] * RIAR
-            + w[1865] * AIZR
-            + w[1866] * RIAL
-            + w[1867] * AVER
-            + w[1868] * RIMR
-            + w[1869] * RICL,
+            self.mix(
+                w[1844:1870],
+                SMDDL,
+                RIS,
+                RMDR,
+                URYDL,
+                RICR,
+                SMBDR,
+                SIBDR,
+                SMDVL,
+                ALNL,
+                RIVL,
+                OLLR,
+                AVKR,
+                RMED,
+                ASGL,
+                RMDL,
+                SIADR,
+                ASJL,
+                RIML,
+                ALNR,
+                SAAVL,
+                RIAR,
+                AIZR,
+                RIAL,
+                AVER,
+                RIMR,
+                RICL,
+            ),
         )
         # DA06 (motor, ACh) <- AVAR:4, VD07:13, VD06:13, VD04:3, VD05:3, AVDR:1, HSNR:1,
         #     DA05:1, DD03:7
         DA06 = self.node(
             236,
-            w[1870] * AVAR
-            + w[1871] * VD07
-            + w[1872] * VD06
-            + w[1873] * VD04
-            + w[1874] * VD05
-            + w[1875] * AVDR
-            + w[1876] * HSNR
-            + w[1877] * DA05
-            + w[1878] * DD03,
+            self.mix(
+                w[1870:1879], AVAR, VD07, VD06, VD04, VD05, AVDR, HSNR, DA05, DD03
+            ),
         )
         # VA06 (motor, ACh) <- AVAR:10, AS01:13, VD06:9, VB05:9, AVG:1, DVA:1, VD05:4,
         #     VB04:1, HSNR:2, VA05:4, AS02:1, DD03:21
         VA06 = self.node(
             237,
-            w[1879] * AVAR
-            + w[1880] * AS01
-            + w[1881] * VD06
-            + w[1882] * VB05
-            + w[1883] * AVG
-            + w[1884] * DVA
-            + w[1885] * VD05
-            + w[1886] * VB04
-            + w[1887] * HSNR
-            + w[1888] * VA05
-            + w[1889] * AS02
-            + w[1890] * DD03,
+            self.mix(
+                w[1879:1891],
+                AVAR,
+                AS01,
+                VD06,
+                VB05,
+                AVG,
+                DVA,
+                VD05,
+                VB04,
+                HSNR,
+                VA05,
+                AS02,
+                DD03,
+            ),
         )
         del VB05
         # ASJR (sensory, ACh) <- ASKR:12, AIMR:4, HSNL:2, ALA:4, HSNR:1, PVQR:19
-        ASJR = self.node(
-            238,
-            w[1891] * ASKR
-            + w[1892] * AIMR
-            + w[1893] * HSNL
-            + w[1894] * ALA
-            + w[1895] * HSNR
-            + w[1896] * PVQR,
-        )
+        ASJR = self.node(238, self.mix(w[1891:1897], ASKR, AIMR, HSNL, ALA, HSNR, PVQR))
         del ALA
         # AFDR (sensory, ACh+Glu) <- ADFR:1, ASEL:4, AINR:3, RIR:1, AIYR:30, AWAR:23,
         #     AFDL:1, ASER:7, AINL:10, RIGR:1
         AFDR = self.node(
             239,
-            w[1897] * ADFR
-            + w[1898] * ASEL
-            + w[1899] * AINR
-            + w[1900] * RIR
-            + w[1901] * AIYR
-            + w[1902] * AWAR
-            + w[1903] * AFDL
-            + w[1904] * ASER
-            + w[1905] * AINL
-            + w[1906] * RIGR,
+            self.mix(
+                w[1897:1907], ADFR, ASEL, AINR, RIR, AIYR, AWAR, AFDL, ASER, AINL, RIGR
+            ),
         )
         del AIYR, AWAR
         # AIML (interneuron, Glu+5-HT) <- PVQL:1, CEPDL:3, AVFL:6, AVDL:1, RIFL:2,
         #     AVHL:2, URXL:3, AIAL:17, ASGL:8, ASJL:2, ASKL:12, SMBVL:5, AVJL:1, ALML:2
         AIML = self.node(
             240,
-            w[1907] * PVQL
-            + w[1908] * CEPDL
-            + w[1909] * AVFL
-            + w[1910] * AVDL
-            + w[1911] * RIFL
-            + w[1912] * AVHL
-            + w[1913] * URXL
-            + w[1914] * AIAL
-            + w[1915] * ASGL
-            + w[1916] * ASJL
-            + w[1917] * ASKL
-            + w[1918] * SMBVL
-            + w[1919] * AVJL
-            + w[1920] * ALML,
+            self.mix(
+                w[1907:1921],
+                PVQL,
+                CEPDL,
+                AVFL,
+                AVDL,
+                RIFL,
+                AVHL,
+                URXL,
+                AIAL,
+                ASGL,
+                ASJL,
+                ASKL,
+                SMBVL,
+                AVJL,
+                ALML,
+            ),
         )
         del ASJL
         # RIBL (interneuron, GABA) <- RIH:18, IL2DL:1, RIS:13, CEPDL:3, AVBR:1, RMDR:1,
@@ -3453,34 +2967,37 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIAL:8, AVER:14, AINL:2, DVC:3, ASIL:1, SMDDR:1
         RIBL = self.node(
             241,
-            w[1921] * RIH
-            + w[1922] * IL2DL
-            + w[1923] * RIS
-            + w[1924] * CEPDL
-            + w[1925] * AVBR
-            + w[1926] * RMDR
-            + w[1927] * URYDL
-            + w[1928] * AINR
-            + w[1929] * CEPVL
-            + w[1930] * AIBR
-            + w[1931] * ADFL
-            + w[1932] * URAVL
-            + w[1933] * RMED
-            + w[1934] * AVDR
-            + w[1935] * BAGR
-            + w[1936] * AUAL
-            + w[1937] * SMDVR
-            + w[1938] * URYVL
-            + w[1939] * AIYL
-            + w[1940] * RIML
-            + w[1941] * AVEL
-            + w[1942] * RIGL
-            + w[1943] * RIAL
-            + w[1944] * AVER
-            + w[1945] * AINL
-            + w[1946] * DVC
-            + w[1947] * ASIL
-            + w[1948] * SMDDR,
+            self.mix(
+                w[1921:1949],
+                RIH,
+                IL2DL,
+                RIS,
+                CEPDL,
+                AVBR,
+                RMDR,
+                URYDL,
+                AINR,
+                CEPVL,
+                AIBR,
+                ADFL,
+                URAVL,
+                RMED,
+                AVDR,
+                BAGR,
+                AUAL,
+                SMDVR,
+                URYVL,
+                AIYL,
+                RIML,
+                AVEL,
+                RIGL,
+                RIAL,
+                AVER,
+                AINL,
+                DVC,
+                ASIL,
+                SMDDR,
+            ),
         )
         # PVCL (interneuron, ACh) <- AVAR:27, PQR:1, PVDR:29, DB02:4, AS01:1, PHBL:71,
         #     RIS:2, VB06:2, AVBR:27, PDEL:1, PVNL:5, PVM:1, BDUR:3, AVG:3, AVDL:8,
@@ -3490,53 +3007,56 @@ class HermaphroditeRandomNet(nn.Module):
         #     AS02:1, AVJL:8, DA05:1, PVWL:1, ALML:11
         PVCL = self.node(
             242,
-            w[1949] * AVAR
-            + w[1950] * PQR
-            + w[1951] * PVDR
-            + w[1952] * DB02
-            + w[1953] * AS01
-            + w[1954] * PHBL
-            + w[1955] * RIS
-            + w[1956] * VB06
-            + w[1957] * AVBR
-            + w[1958] * PDEL
-            + w[1959] * PVNL
-            + w[1960] * PVM
-            + w[1961] * BDUR
-            + w[1962] * AVG
-            + w[1963] * AVDL
-            + w[1964] * SMBVR
-            + w[1965] * VB08
-            + w[1966] * SDQL
-            + w[1967] * AQR
-            + w[1968] * PVDL
-            + w[1969] * PHBR
-            + w[1970] * SIBDL
-            + w[1971] * DVA
-            + w[1972] * PHCL
-            + w[1973] * PVR
-            + w[1974] * AVDR
-            + w[1975] * FLPR
-            + w[1976] * RIFR
-            + w[1977] * DB07
-            + w[1978] * DA08
-            + w[1979] * ASHR
-            + w[1980] * AVEL
-            + w[1981] * PVPR
-            + w[1982] * VB07
-            + w[1983] * VC02
-            + w[1984] * DB04
-            + w[1985] * SIBVL
-            + w[1986] * VB04
-            + w[1987] * AVM
-            + w[1988] * PVPL
-            + w[1989] * AVER
-            + w[1990] * DB03
-            + w[1991] * AS02
-            + w[1992] * AVJL
-            + w[1993] * DA05
-            + w[1994] * PVWL
-            + w[1995] * ALML,
+            self.mix(
+                w[1949:1996],
+                AVAR,
+                PQR,
+                PVDR,
+                DB02,
+                AS01,
+                PHBL,
+                RIS,
+                VB06,
+                AVBR,
+                PDEL,
+                PVNL,
+                PVM,
+                BDUR,
+                AVG,
+                AVDL,
+                SMBVR,
+                VB08,
+                SDQL,
+                AQR,
+                PVDL,
+                PHBR,
+                SIBDL,
+                DVA,
+                PHCL,
+                PVR,
+                AVDR,
+                FLPR,
+                RIFR,
+                DB07,
+                DA08,
+                ASHR,
+                AVEL,
+                PVPR,
+                VB07,
+                VC02,
+                DB04,
+                SIBVL,
+                VB04,
+                AVM,
+                PVPL,
+                AVER,
+                DB03,
+                AS02,
+                AVJL,
+                DA05,
+                PVWL,
+                ALML,
+            ),
         )
         del AS01
         # RMEV (motor, GABA) <- RIBR:2, IL2DR:5, RIH:12, IL2DL:1, RIS:4, RMDDR:1,
@@ -3544,52 +3064,58 @@ class HermaphroditeRandomNet(nn.Module):
         #     IL2R:2, RMEL:1, SMBVL:20, IL2VR:15, IL2VL:2, SMDDR:1
         RMEV = self.node(
             243,
-            w[1996] * RIBR
-            + w[1997] * IL2DR
-            + w[1998] * RIH
-            + w[1999] * IL2DL
-            + w[2000] * RIS
-            + w[2001] * RMDDR
-            + w[2002] * RMDDL
-            + w[2003] * SMBVR
-            + w[2004] * SAAVR
-            + w[2005] * SMDVL
-            + w[2006] * IL2L
-            + w[2007] * URAVL
-            + w[2008] * RMED
-            + w[2009] * URAVR
-            + w[2010] * IL2R
-            + w[2011] * RMEL
-            + w[2012] * SMBVL
-            + w[2013] * IL2VR
-            + w[2014] * IL2VL
-            + w[2015] * SMDDR,
+            self.mix(
+                w[1996:2016],
+                RIBR,
+                IL2DR,
+                RIH,
+                IL2DL,
+                RIS,
+                RMDDR,
+                RMDDL,
+                SMBVR,
+                SAAVR,
+                SMDVL,
+                IL2L,
+                URAVL,
+                RMED,
+                URAVR,
+                IL2R,
+                RMEL,
+                SMBVL,
+                IL2VR,
+                IL2VL,
+                SMDDR,
+            ),
         )
         # RMHL (motor, ACh+Betaine) <- AVAR:1, IL2DL:1, CEPDL:1, RMDR:1, RICR:1,
         #     CEPVL:10, RMDDL:3, IL1R:5, ALNL:1, RMFL:2, CEPDR:7, RMDL:3, SDQR:15,
         #     IL1VL:1, SAAVL:1, ADEL:1, OLQDL:1, URXR:1, RICL:1, RIGR:17
         RMHL = self.node(
             244,
-            w[2016] * AVAR
-            + w[2017] * IL2DL
-            + w[2018] * CEPDL
-            + w[2019] * RMDR
-            + w[2020] * RICR
-            + w[2021] * CEPVL
-            + w[2022] * RMDDL
-            + w[2023] * IL1R
-            + w[2024] * ALNL
-            + w[2025] * RMFL
-            + w[2026] * CEPDR
-            + w[2027] * RMDL
-            + w[2028] * SDQR
-            + w[2029] * IL1VL
-            + w[2030] * SAAVL
-            + w[2031] * ADEL
-            + w[2032] * OLQDL
-            + w[2033] * URXR
-            + w[2034] * RICL
-            + w[2035] * RIGR,
+            self.mix(
+                w[2016:2036],
+                AVAR,
+                IL2DL,
+                CEPDL,
+                RMDR,
+                RICR,
+                CEPVL,
+                RMDDL,
+                IL1R,
+                ALNL,
+                RMFL,
+                CEPDR,
+                RMDL,
+                SDQR,
+                IL1VL,
+                SAAVL,
+                ADEL,
+                OLQDL,
+                URXR,
+                RICL,
+                RIGR,
+            ),
         )
         del OLQDL
         # DD06 (motor, GABA) <- PVQL:1, PDA:3, VA11:19, VD12:2, AS11:2, PDB:2, VB10:19,
@@ -3597,23 +3123,26 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVQR:2
         DD06 = self.node(
             245,
-            w[2036] * PVQL
-            + w[2037] * PDA
-            + w[2038] * VA11
-            + w[2039] * VD12
-            + w[2040] * AS11
-            + w[2041] * PDB
-            + w[2042] * VB10
-            + w[2043] * DA09
-            + w[2044] * VD13
-            + w[2045] * VB08
-            + w[2046] * VA10
-            + w[2047] * VB09
-            + w[2048] * VC06
-            + w[2049] * DVB
-            + w[2050] * DB07
-            + w[2051] * DB04
-            + w[2052] * PVQR,
+            self.mix(
+                w[2036:2053],
+                PVQL,
+                PDA,
+                VA11,
+                VD12,
+                AS11,
+                PDB,
+                VB10,
+                DA09,
+                VD13,
+                VB08,
+                VA10,
+                VB09,
+                VC06,
+                DVB,
+                DB07,
+                DB04,
+                PVQR,
+            ),
         )
         del PDB
         # ADLR (sensory, Glu) <- AIAR:32, AVAR:8, AVBR:7, RICR:5, AIBR:28, AVDL:26,
@@ -3622,31 +3151,34 @@ class HermaphroditeRandomNet(nn.Module):
         #     RICL:3, PVCL:5
         ADLR = self.node(
             246,
-            w[2053] * AIAR
-            + w[2054] * AVAR
-            + w[2055] * AVBR
-            + w[2056] * RICR
-            + w[2057] * AIBR
-            + w[2058] * AVDL
-            + w[2059] * SMBVR
-            + w[2060] * ASIR
-            + w[2061] * ASKR
-            + w[2062] * ADAR
-            + w[2063] * OLQVR
-            + w[2064] * OLLR
-            + w[2065] * URBR
-            + w[2066] * AVDR
-            + w[2067] * HSNL
-            + w[2068] * RIFR
-            + w[2069] * ASER
-            + w[2070] * ASHR
-            + w[2071] * AWCR
-            + w[2072] * SIBVL
-            + w[2073] * URXR
-            + w[2074] * IL2VR
-            + w[2075] * AVJL
-            + w[2076] * RICL
-            + w[2077] * PVCL,
+            self.mix(
+                w[2053:2078],
+                AIAR,
+                AVAR,
+                AVBR,
+                RICR,
+                AIBR,
+                AVDL,
+                SMBVR,
+                ASIR,
+                ASKR,
+                ADAR,
+                OLQVR,
+                OLLR,
+                URBR,
+                AVDR,
+                HSNL,
+                RIFR,
+                ASER,
+                ASHR,
+                AWCR,
+                SIBVL,
+                URXR,
+                IL2VR,
+                AVJL,
+                RICL,
+                PVCL,
+            ),
         )
         del AIAR
         # RMGL (interneuron) <- PVQL:1, SMDDL:1, CEPDL:7, AVBR:3, RMDDR:1, RMDR:17,
@@ -3656,41 +3188,44 @@ class HermaphroditeRandomNet(nn.Module):
         #     SMDDR:2, AIML:6, RMHL:1
         RMGL = self.node(
             247,
-            w[2078] * PVQL
-            + w[2079] * SMDDL
-            + w[2080] * CEPDL
-            + w[2081] * AVBR
-            + w[2082] * RMDDR
-            + w[2083] * RMDR
-            + w[2084] * RIR
-            + w[2085] * RICR
-            + w[2086] * CEPVL
-            + w[2087] * ADAL
-            + w[2088] * AIBR
-            + w[2089] * RIFL
-            + w[2090] * SIBDR
-            + w[2091] * RMDVL
-            + w[2092] * ALNL
-            + w[2093] * IL1L
-            + w[2094] * AVKR
-            + w[2095] * URXL
-            + w[2096] * AIAL
-            + w[2097] * RMDL
-            + w[2098] * SIADR
-            + w[2099] * BDUL
-            + w[2100] * AVEL
-            + w[2101] * RIGL
-            + w[2102] * SIAVL
-            + w[2103] * SMBVL
-            + w[2104] * SIBVR
-            + w[2105] * ADEL
-            + w[2106] * ADLL
-            + w[2107] * SIBVL
-            + w[2108] * PVPL
-            + w[2109] * ALML
-            + w[2110] * SMDDR
-            + w[2111] * AIML
-            + w[2112] * RMHL,
+            self.mix(
+                w[2078:2113],
+                PVQL,
+                SMDDL,
+                CEPDL,
+                AVBR,
+                RMDDR,
+                RMDR,
+                RIR,
+                RICR,
+                CEPVL,
+                ADAL,
+                AIBR,
+                RIFL,
+                SIBDR,
+                RMDVL,
+                ALNL,
+                IL1L,
+                AVKR,
+                URXL,
+                AIAL,
+                RMDL,
+                SIADR,
+                BDUL,
+                AVEL,
+                RIGL,
+                SIAVL,
+                SMBVL,
+                SIBVR,
+                ADEL,
+                ADLL,
+                SIBVL,
+                PVPL,
+                ALML,
+                SMDDR,
+                AIML,
+                RMHL,
+            ),
         )
         del SIBDR, ALNL, SIBVL
         # PVT (interneuron) <- VC03:5, VC05:1, RIH:2, RIS:1, AVKL:7, VB10:1, PVNL:6,
@@ -3699,32 +3234,35 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMEV:4
         PVT = self.node(
             248,
-            w[2113] * VC03
-            + w[2114] * VC05
-            + w[2115] * RIH
-            + w[2116] * RIS
-            + w[2117] * AVKL
-            + w[2118] * VB10
-            + w[2119] * PVNL
-            + w[2120] * AVG
-            + w[2121] * AIBR
-            + w[2122] * VC01
-            + w[2123] * PVNR
-            + w[2124] * RMFL
-            + w[2125] * AVKR
-            + w[2126] * PVWR
-            + w[2127] * URAVR
-            + w[2128] * AVEL
-            + w[2129] * VD08
-            + w[2130] * RIGL
-            + w[2131] * VC02
-            + w[2132] * HSNR
-            + w[2133] * RMFR
-            + w[2134] * DVC
-            + w[2135] * PVWL
-            + w[2136] * PVQR
-            + w[2137] * RIGR
-            + w[2138] * RMEV,
+            self.mix(
+                w[2113:2139],
+                VC03,
+                VC05,
+                RIH,
+                RIS,
+                AVKL,
+                VB10,
+                PVNL,
+                AVG,
+                AIBR,
+                VC01,
+                PVNR,
+                RMFL,
+                AVKR,
+                PVWR,
+                URAVR,
+                AVEL,
+                VD08,
+                RIGL,
+                VC02,
+                HSNR,
+                RMFR,
+                DVC,
+                PVWL,
+                PVQR,
+                RIGR,
+                RMEV,
+            ),
         )
         del RMEV
         # VA12 (motor, ACh+Betaine) <- PVDR:3, VA11:4, PHBL:5, AS08:2, VD12:20, AS11:6,
@@ -3732,28 +3270,31 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVWR:1, PHCR:9, AS10:6, DB07:10, DA08:9, PVCL:3, DD06:2
         VA12 = self.node(
             249,
-            w[2139] * PVDR
-            + w[2140] * VA11
-            + w[2141] * PHBL
-            + w[2142] * AS08
-            + w[2143] * VD12
-            + w[2144] * AS11
-            + w[2145] * PVNL
-            + w[2146] * DA09
-            + w[2147] * VD13
-            + w[2148] * AVDL
-            + w[2149] * AS09
-            + w[2150] * PHBR
-            + w[2151] * LUAL
-            + w[2152] * DVA
-            + w[2153] * PHCL
-            + w[2154] * PVWR
-            + w[2155] * PHCR
-            + w[2156] * AS10
-            + w[2157] * DB07
-            + w[2158] * DA08
-            + w[2159] * PVCL
-            + w[2160] * DD06,
+            self.mix(
+                w[2139:2161],
+                PVDR,
+                VA11,
+                PHBL,
+                AS08,
+                VD12,
+                AS11,
+                PVNL,
+                DA09,
+                VD13,
+                AVDL,
+                AS09,
+                PHBR,
+                LUAL,
+                DVA,
+                PHCL,
+                PVWR,
+                PHCR,
+                AS10,
+                DB07,
+                DA08,
+                PVCL,
+                DD06,
+            ),
         )
         del AS09
         # CEPVR (sensory, DA) <- RIH:6, RIS:4, RMDDR:4, RICR:12, BDUR:1, SMBVR:10,
@@ -3762,37 +3303,40 @@ class HermaphroditeRandomNet(nn.Module):
         #     URYVR:3, RIAL:1, IL2VR:3, SIAVR:7, RICL:13, ASIL:1, SMDDR:2, ADLR:4
         CEPVR = self.node(
             250,
-            w[2161] * RIH
-            + w[2162] * RIS
-            + w[2163] * RMDDR
-            + w[2164] * RICR
-            + w[2165] * BDUR
-            + w[2166] * SMBVR
-            + w[2167] * ASIR
-            + w[2168] * ASKR
-            + w[2169] * SMDVL
-            + w[2170] * OLQVR
-            + w[2171] * RIVL
-            + w[2172] * OLLR
-            + w[2173] * AIMR
-            + w[2174] * ASGR
-            + w[2175] * IL1VR
-            + w[2176] * URBR
-            + w[2177] * CEPDR
-            + w[2178] * PVR
-            + w[2179] * URAVR
-            + w[2180] * BAGL
-            + w[2181] * RIFR
-            + w[2182] * AVEL
-            + w[2183] * RIAR
-            + w[2184] * URYVR
-            + w[2185] * RIAL
-            + w[2186] * IL2VR
-            + w[2187] * SIAVR
-            + w[2188] * RICL
-            + w[2189] * ASIL
-            + w[2190] * SMDDR
-            + w[2191] * ADLR,
+            self.mix(
+                w[2161:2192],
+                RIH,
+                RIS,
+                RMDDR,
+                RICR,
+                BDUR,
+                SMBVR,
+                ASIR,
+                ASKR,
+                SMDVL,
+                OLQVR,
+                RIVL,
+                OLLR,
+                AIMR,
+                ASGR,
+                IL1VR,
+                URBR,
+                CEPDR,
+                PVR,
+                URAVR,
+                BAGL,
+                RIFR,
+                AVEL,
+                RIAR,
+                URYVR,
+                RIAL,
+                IL2VR,
+                SIAVR,
+                RICL,
+                ASIL,
+                SMDDR,
+                ADLR,
+            ),
         )
         del RMDDR, ASGR
         # SAADR (interneuron, ACh) <- SABD:6, AVAR:26, AVKL:3, SMBDR:2, AIBR:3,
@@ -3800,24 +3344,27 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIAR:1, ADEL:1, RIMR:23, RMFR:1, RMGL:1
         SAADR = self.node(
             251,
-            w[2192] * SABD
-            + w[2193] * AVAR
-            + w[2194] * AVKL
-            + w[2195] * SMBDR
-            + w[2196] * AIBR
-            + w[2197] * SMBVR
-            + w[2198] * SDQL
-            + w[2199] * SMDVL
-            + w[2200] * DVA
-            + w[2201] * RMFL
-            + w[2202] * RIVL
-            + w[2203] * RIML
-            + w[2204] * PLNR
-            + w[2205] * RIAR
-            + w[2206] * ADEL
-            + w[2207] * RIMR
-            + w[2208] * RMFR
-            + w[2209] * RMGL,
+            self.mix(
+                w[2192:2210],
+                SABD,
+                AVAR,
+                AVKL,
+                SMBDR,
+                AIBR,
+                SMBVR,
+                SDQL,
+                SMDVL,
+                DVA,
+                RMFL,
+                RIVL,
+                RIML,
+                PLNR,
+                RIAR,
+                ADEL,
+                RIMR,
+                RMFR,
+                RMGL,
+            ),
         )
         del SMBVR, SMDVL, RIVL, PLNR
         # AVJR (interneuron, GABA) <- AVAR:5, PQR:1, AVBR:2, PVNL:8, ADAL:11, AVG:3,
@@ -3826,53 +3373,59 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVJL:2, ALML:3, PVQR:1, PVCL:7, ADLR:3
         AVJR = self.node(
             252,
-            w[2210] * AVAR
-            + w[2211] * PQR
-            + w[2212] * AVBR
-            + w[2213] * PVNL
-            + w[2214] * ADAL
-            + w[2215] * AVG
-            + w[2216] * AVDL
-            + w[2217] * RIFL
-            + w[2218] * AVHL
-            + w[2219] * LUAL
-            + w[2220] * LUAR
-            + w[2221] * PVNR
-            + w[2222] * AIMR
-            + w[2223] * URXL
-            + w[2224] * PVR
-            + w[2225] * AVDR
-            + w[2226] * FLPR
-            + w[2227] * RIFR
-            + w[2228] * BDUL
-            + w[2229] * URYVL
-            + w[2230] * SMBVL
-            + w[2231] * ADLL
-            + w[2232] * AVM
-            + w[2233] * AVER
-            + w[2234] * AVJL
-            + w[2235] * ALML
-            + w[2236] * PVQR
-            + w[2237] * PVCL
-            + w[2238] * ADLR,
+            self.mix(
+                w[2210:2239],
+                AVAR,
+                PQR,
+                AVBR,
+                PVNL,
+                ADAL,
+                AVG,
+                AVDL,
+                RIFL,
+                AVHL,
+                LUAL,
+                LUAR,
+                PVNR,
+                AIMR,
+                URXL,
+                PVR,
+                AVDR,
+                FLPR,
+                RIFR,
+                BDUL,
+                URYVL,
+                SMBVL,
+                ADLL,
+                AVM,
+                AVER,
+                AVJL,
+                ALML,
+                PVQR,
+                PVCL,
+                ADLR,
+            ),
         )
         # VD11 (motor, GABA) <- PDA:10, AVAR:2, VA11:7, VB10:8, DA09:11, VA10:3, VB09:6,
         #     VC06:10, AS10:10, DB07:5, DA08:5, DD06:2, PVT:1
         VD11 = self.node(
             253,
-            w[2239] * PDA
-            + w[2240] * AVAR
-            + w[2241] * VA11
-            + w[2242] * VB10
-            + w[2243] * DA09
-            + w[2244] * VA10
-            + w[2245] * VB09
-            + w[2246] * VC06
-            + w[2247] * AS10
-            + w[2248] * DB07
-            + w[2249] * DA08
-            + w[2250] * DD06
-            + w[2251] * PVT,
+            self.mix(
+                w[2239:2252],
+                PDA,
+                AVAR,
+                VA11,
+                VB10,
+                DA09,
+                VA10,
+                VB09,
+                VC06,
+                AS10,
+                DB07,
+                DA08,
+                DD06,
+                PVT,
+            ),
         )
         del PDA, VB09, VB10
         # OLLL (sensory, Glu) <- URBL:1, SMDDL:8, CEPDL:13, URYDL:5, CEPVL:18, RMDDL:22,
@@ -3880,25 +3433,28 @@ class HermaphroditeRandomNet(nn.Module):
         #     ADEL:11, AVER:54, SMDDR:9, RIBL:24, SAADR:3
         OLLL = self.node(
             254,
-            w[2252] * URBL
-            + w[2253] * SMDDL
-            + w[2254] * CEPDL
-            + w[2255] * URYDL
-            + w[2256] * CEPVL
-            + w[2257] * RMDDL
-            + w[2258] * RMDVL
-            + w[2259] * RIPL
-            + w[2260] * IL1L
-            + w[2261] * RMDL
-            + w[2262] * RMEL
-            + w[2263] * SMDVR
-            + w[2264] * URYVL
-            + w[2265] * IL1VL
-            + w[2266] * ADEL
-            + w[2267] * AVER
-            + w[2268] * SMDDR
-            + w[2269] * RIBL
-            + w[2270] * SAADR,
+            self.mix(
+                w[2252:2271],
+                URBL,
+                SMDDL,
+                CEPDL,
+                URYDL,
+                CEPVL,
+                RMDDL,
+                RMDVL,
+                RIPL,
+                IL1L,
+                RMDL,
+                RMEL,
+                SMDVR,
+                URYVL,
+                IL1VL,
+                ADEL,
+                AVER,
+                SMDDR,
+                RIBL,
+                SAADR,
+            ),
         )
         del URYDL, RMDVL
         # AVHR (interneuron) <- PVQL:1, SMBDL:3, AVBR:1, RIR:8, VC04:1, AVG:1, AVFL:3,
@@ -3906,30 +3462,33 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIGL:1, SMBVL:2, PVPL:12, HSNR:2, AWBL:3, AIML:1, ADLR:3, AVJR:5
         AVHR = self.node(
             255,
-            w[2271] * PVQL
-            + w[2272] * SMBDL
-            + w[2273] * AVBR
-            + w[2274] * RIR
-            + w[2275] * VC04
-            + w[2276] * AVG
-            + w[2277] * AVFL
-            + w[2278] * ASKR
-            + w[2279] * AQR
-            + w[2280] * RIFL
-            + w[2281] * AVHL
-            + w[2282] * DVA
-            + w[2283] * PHCL
-            + w[2284] * AIMR
-            + w[2285] * PHCR
-            + w[2286] * AVDR
-            + w[2287] * RIGL
-            + w[2288] * SMBVL
-            + w[2289] * PVPL
-            + w[2290] * HSNR
-            + w[2291] * AWBL
-            + w[2292] * AIML
-            + w[2293] * ADLR
-            + w[2294] * AVJR,
+            self.mix(
+                w[2271:2295],
+                PVQL,
+                SMBDL,
+                AVBR,
+                RIR,
+                VC04,
+                AVG,
+                AVFL,
+                ASKR,
+                AQR,
+                RIFL,
+                AVHL,
+                DVA,
+                PHCL,
+                AIMR,
+                PHCR,
+                AVDR,
+                RIGL,
+                SMBVL,
+                PVPL,
+                HSNR,
+                AWBL,
+                AIML,
+                ADLR,
+                AVJR,
+            ),
         )
         del ASKR, VC04
         # RIPR (interneuron, ACh) <- URADR:16, IL2DR:43, IL1DR:28, RIH:8, ADFR:1,
@@ -3938,29 +3497,32 @@ class HermaphroditeRandomNet(nn.Module):
         #     ADLR:2, CEPVR:3
         RIPR = self.node(
             256,
-            w[2295] * URADR
-            + w[2296] * IL2DR
-            + w[2297] * IL1DR
-            + w[2298] * RIH
-            + w[2299] * ADFR
-            + w[2300] * AVBR
-            + w[2301] * SDQL
-            + w[2302] * IL1R
-            + w[2303] * ADAR
-            + w[2304] * OLQVR
-            + w[2305] * IL1VR
-            + w[2306] * URBR
-            + w[2307] * PVR
-            + w[2308] * URAVR
-            + w[2309] * BAGL
-            + w[2310] * RIFR
-            + w[2311] * BAGR
-            + w[2312] * RMEL
-            + w[2313] * OLQDR
-            + w[2314] * URXR
-            + w[2315] * IL2VR
-            + w[2316] * ADLR
-            + w[2317] * CEPVR,
+            self.mix(
+                w[2295:2318],
+                URADR,
+                IL2DR,
+                IL1DR,
+                RIH,
+                ADFR,
+                AVBR,
+                SDQL,
+                IL1R,
+                ADAR,
+                OLQVR,
+                IL1VR,
+                URBR,
+                PVR,
+                URAVR,
+                BAGL,
+                RIFR,
+                BAGR,
+                RMEL,
+                OLQDR,
+                URXR,
+                IL2VR,
+                ADLR,
+                CEPVR,
+            ),
         )
         del ADFR, IL1DR, IL1VR, RMEL
         # RMHR (motor, ACh+Betaine) <- URBL:5, SMDDL:3, CEPDL:8, RMDR:1, CEPVL:6,
@@ -3968,24 +3530,27 @@ class HermaphroditeRandomNet(nn.Module):
         #     OLQDR:3, RMHL:3, RMGL:12, CEPVR:15
         RMHR = self.node(
             257,
-            w[2318] * URBL
-            + w[2319] * SMDDL
-            + w[2320] * CEPDL
-            + w[2321] * RMDR
-            + w[2322] * CEPVL
-            + w[2323] * AIBR
-            + w[2324] * OLQVR
-            + w[2325] * AVKR
-            + w[2326] * CEPDR
-            + w[2327] * RMDL
-            + w[2328] * SDQR
-            + w[2329] * RIVR
-            + w[2330] * RIGL
-            + w[2331] * ADEL
-            + w[2332] * OLQDR
-            + w[2333] * RMHL
-            + w[2334] * RMGL
-            + w[2335] * CEPVR,
+            self.mix(
+                w[2318:2336],
+                URBL,
+                SMDDL,
+                CEPDL,
+                RMDR,
+                CEPVL,
+                AIBR,
+                OLQVR,
+                AVKR,
+                CEPDR,
+                RMDL,
+                SDQR,
+                RIVR,
+                RIGL,
+                ADEL,
+                OLQDR,
+                RMHL,
+                RMGL,
+                CEPVR,
+            ),
         )
         del CEPDL
         # VB01 (motor, ACh+Betaine) <- SABD:1, VA03:2, VA01:7, AVKL:3, RICR:7, ADAL:5,
@@ -3993,49 +3558,55 @@ class HermaphroditeRandomNet(nn.Module):
         #     FLPR:1, SMDVR:1, RIML:18, SMBVL:3, ADEL:2, VB02:1, RIMR:2, VA02:3, SAADR:5
         VB01 = self.node(
             258,
-            w[2336] * SABD
-            + w[2337] * VA03
-            + w[2338] * VA01
-            + w[2339] * AVKL
-            + w[2340] * RICR
-            + w[2341] * ADAL
-            + w[2342] * AVFL
-            + w[2343] * AIBR
-            + w[2344] * VD02
-            + w[2345] * DVA
-            + w[2346] * RMFL
-            + w[2347] * DD01
-            + w[2348] * VA04
-            + w[2349] * VD01
-            + w[2350] * VD05
-            + w[2351] * FLPR
-            + w[2352] * SMDVR
-            + w[2353] * RIML
-            + w[2354] * SMBVL
-            + w[2355] * ADEL
-            + w[2356] * VB02
-            + w[2357] * RIMR
-            + w[2358] * VA02
-            + w[2359] * SAADR,
+            self.mix(
+                w[2336:2360],
+                SABD,
+                VA03,
+                VA01,
+                AVKL,
+                RICR,
+                ADAL,
+                AVFL,
+                AIBR,
+                VD02,
+                DVA,
+                RMFL,
+                DD01,
+                VA04,
+                VD01,
+                VD05,
+                FLPR,
+                SMDVR,
+                RIML,
+                SMBVL,
+                ADEL,
+                VB02,
+                RIMR,
+                VA02,
+                SAADR,
+            ),
         )
         del VD02, RMFL, VD01
         # PHAR (sensory, Glu) <- PVQL:4, PHBL:3, AVG:9, PHBR:8, DVA:6, PHCL:1, PHCR:2,
         #     AVDR:2, DA08:2, PVPL:3, PVQR:1, PVT:2, AVHR:1
         PHAR = self.node(
             259,
-            w[2360] * PVQL
-            + w[2361] * PHBL
-            + w[2362] * AVG
-            + w[2363] * PHBR
-            + w[2364] * DVA
-            + w[2365] * PHCL
-            + w[2366] * PHCR
-            + w[2367] * AVDR
-            + w[2368] * DA08
-            + w[2369] * PVPL
-            + w[2370] * PVQR
-            + w[2371] * PVT
-            + w[2372] * AVHR,
+            self.mix(
+                w[2360:2373],
+                PVQL,
+                PHBL,
+                AVG,
+                PHBR,
+                DVA,
+                PHCL,
+                PHCR,
+                AVDR,
+                DA08,
+                PVPL,
+                PVQR,
+                PVT,
+                AVHR,
+            ),
         )
         # AVBL (interneuron, ACh) <- URBL:1, RIBR:2, VC03:4, AVAR:17, FLPL:22, VA11:1,
         #     URYDR:1, AVKL:2, AVBR:8, ADAL:5, AVG:5, AVFL:4, SDQL:2, AQR:7, ADAR:8,
@@ -4045,56 +3616,59 @@ class HermaphroditeRandomNet(nn.Module):
         #     VA02:3, AVJL:5, DA05:1, AS04:1, DVC:1, PVCL:7, ADLR:3, AVJR:11, AVHR:3
         AVBL = self.node(
             260,
-            w[2373] * URBL
-            + w[2374] * RIBR
-            + w[2375] * VC03
-            + w[2376] * AVAR
-            + w[2377] * FLPL
-            + w[2378] * VA11
-            + w[2379] * URYDR
-            + w[2380] * AVKL
-            + w[2381] * AVBR
-            + w[2382] * ADAL
-            + w[2383] * AVG
-            + w[2384] * AVFL
-            + w[2385] * SDQL
-            + w[2386] * AQR
-            + w[2387] * ADAR
-            + w[2388] * RIFL
-            + w[2389] * AVHL
-            + w[2390] * VA10
-            + w[2391] * SAAVR
-            + w[2392] * DVA
-            + w[2393] * PVNR
-            + w[2394] * URXL
-            + w[2395] * PVR
-            + w[2396] * AVDR
-            + w[2397] * SDQR
-            + w[2398] * FLPR
-            + w[2399] * RIFR
-            + w[2400] * RMGR
-            + w[2401] * AS10
-            + w[2402] * RIML
-            + w[2403] * AVEL
-            + w[2404] * PVPR
-            + w[2405] * URYVR
-            + w[2406] * ADLL
-            + w[2407] * VB02
-            + w[2408] * AVM
-            + w[2409] * PVPL
-            + w[2410] * AWBL
-            + w[2411] * AVER
-            + w[2412] * URXR
-            + w[2413] * RIMR
-            + w[2414] * VA02
-            + w[2415] * AVJL
-            + w[2416] * DA05
-            + w[2417] * AS04
-            + w[2418] * DVC
-            + w[2419] * PVCL
-            + w[2420] * ADLR
-            + w[2421] * AVJR
-            + w[2422] * AVHR,
+            self.mix(
+                w[2373:2423],
+                URBL,
+                RIBR,
+                VC03,
+                AVAR,
+                FLPL,
+                VA11,
+                URYDR,
+                AVKL,
+                AVBR,
+                ADAL,
+                AVG,
+                AVFL,
+                SDQL,
+                AQR,
+                ADAR,
+                RIFL,
+                AVHL,
+                VA10,
+                SAAVR,
+                DVA,
+                PVNR,
+                URXL,
+                PVR,
+                AVDR,
+                SDQR,
+                FLPR,
+                RIFR,
+                RMGR,
+                AS10,
+                RIML,
+                AVEL,
+                PVPR,
+                URYVR,
+                ADLL,
+                VB02,
+                AVM,
+                PVPL,
+                AWBL,
+                AVER,
+                URXR,
+                RIMR,
+                VA02,
+                AVJL,
+                DA05,
+                AS04,
+                DVC,
+                PVCL,
+                ADLR,
+                AVJR,
+                AVHR,
+            ),
         )
         del URBL, URYDR, ADLR
         # RMER (motor, GABA) <- URADR:1, IL2DR:11, RIH:6, IL2DL:8, IL2L:10, OLQVR:2,
@@ -4102,38 +3676,44 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMHR:7
         RMER = self.node(
             261,
-            w[2423] * URADR
-            + w[2424] * IL2DR
-            + w[2425] * RIH
-            + w[2426] * IL2DL
-            + w[2427] * IL2L
-            + w[2428] * OLQVR
-            + w[2429] * OLLR
-            + w[2430] * IL1L
-            + w[2431] * URAVL
-            + w[2432] * URAVR
-            + w[2433] * ADEL
-            + w[2434] * OLQDR
-            + w[2435] * IL2VR
-            + w[2436] * IL2VL
-            + w[2437] * RMHR,
+            self.mix(
+                w[2423:2438],
+                URADR,
+                IL2DR,
+                RIH,
+                IL2DL,
+                IL2L,
+                OLQVR,
+                OLLR,
+                IL1L,
+                URAVL,
+                URAVR,
+                ADEL,
+                OLQDR,
+                IL2VR,
+                IL2VL,
+                RMHR,
+            ),
         )
         del URADR, IL2DR, IL2DL, OLQVR, IL1L, URAVR, URAVL, OLQDR, RMHR
         # PHAL (sensory, Glu) <- PVQL:3, PHBL:7, AVG:14, AVFL:4, PHBR:10, AVHL:4, DVA:2,
         #     AVDR:2, DA08:3, AVHR:1, PHAR:24
         PHAL = self.node(
             262,
-            w[2438] * PVQL
-            + w[2439] * PHBL
-            + w[2440] * AVG
-            + w[2441] * AVFL
-            + w[2442] * PHBR
-            + w[2443] * AVHL
-            + w[2444] * DVA
-            + w[2445] * AVDR
-            + w[2446] * DA08
-            + w[2447] * AVHR
-            + w[2448] * PHAR,
+            self.mix(
+                w[2438:2449],
+                PVQL,
+                PHBL,
+                AVG,
+                AVFL,
+                PHBR,
+                AVHL,
+                DVA,
+                AVDR,
+                DA08,
+                AVHR,
+                PHAR,
+            ),
         )
         del PHAR
         # PVCR (interneuron, ACh) <- AVAR:25, PQR:1, FLPL:8, PVDR:30, DB02:4, VB06:4,
@@ -4144,102 +3724,104 @@ class HermaphroditeRandomNet(nn.Module):
         #     ALML:4, PVCL:15, VA12:4, AVJR:7, AVBL:23
         PVCR = self.node(
             263,
-            w[2449] * AVAR
-            + w[2450] * PQR
-            + w[2451] * FLPL
-            + w[2452] * PVDR
-            + w[2453] * DB02
-            + w[2454] * VB06
-            + w[2455] * AVBR
-            + w[2456] * PDEL
-            + w[2457] * PVM
-            + w[2458] * AVG
-            + w[2459] * VD13
-            + w[2460] * AVDL
-            + w[2461] * VB08
-            + w[2462] * AQR
-            + w[2463] * PVDL
-            + w[2464] * PHBR
-            + w[2465] * AVHL
-            + w[2466] * LUAR
-            + w[2467] * DVA
-            + w[2468] * PVNR
-            + w[2469] * DA04
-            + w[2470] * PVWR
-            + w[2471] * DA02
-            + w[2472] * PHCR
-            + w[2473] * PVR
-            + w[2474] * AVDR
-            + w[2475] * RIFR
-            + w[2476] * DB07
-            + w[2477] * AVEL
-            + w[2478] * PVPR
-            + w[2479] * VB07
-            + w[2480] * SIBVR
-            + w[2481] * DB04
-            + w[2482] * VB04
-            + w[2483] * AVM
-            + w[2484] * PVPL
-            + w[2485] * VB03
-            + w[2486] * AVER
-            + w[2487] * DB03
-            + w[2488] * AVJL
-            + w[2489] * DA05
-            + w[2490] * PVWL
-            + w[2491] * ALML
-            + w[2492] * PVCL
-            + w[2493] * VA12
-            + w[2494] * AVJR
-            + w[2495] * AVBL,
+            self.mix(
+                w[2449:2496],
+                AVAR,
+                PQR,
+                FLPL,
+                PVDR,
+                DB02,
+                VB06,
+                AVBR,
+                PDEL,
+                PVM,
+                AVG,
+                VD13,
+                AVDL,
+                VB08,
+                AQR,
+                PVDL,
+                PHBR,
+                AVHL,
+                LUAR,
+                DVA,
+                PVNR,
+                DA04,
+                PVWR,
+                DA02,
+                PHCR,
+                PVR,
+                AVDR,
+                RIFR,
+                DB07,
+                AVEL,
+                PVPR,
+                VB07,
+                SIBVR,
+                DB04,
+                VB04,
+                AVM,
+                PVPL,
+                VB03,
+                AVER,
+                DB03,
+                AVJL,
+                DA05,
+                PVWL,
+                ALML,
+                PVCL,
+                VA12,
+                AVJR,
+                AVBL,
+            ),
         )
         del VB06, DB02, RIFR, DB04, VB04, VB03, PHCR, ALML
         # AS05 (motor, ACh) <- AVAR:1, AVBR:2, PVDL:1, DA04:1, VA08:3, VD05:12, HSNR:2,
         #     DB03:1, DD03:1, AVBL:2
         AS05 = self.node(
             264,
-            w[2496] * AVAR
-            + w[2497] * AVBR
-            + w[2498] * PVDL
-            + w[2499] * DA04
-            + w[2500] * VA08
-            + w[2501] * VD05
-            + w[2502] * HSNR
-            + w[2503] * DB03
-            + w[2504] * DD03
-            + w[2505] * AVBL,
+            self.mix(
+                w[2496:2506], AVAR, AVBR, PVDL, DA04, VA08, VD05, HSNR, DB03, DD03, AVBL
+            ),
         )
         del DB03
         # ALMR (sensory, Glu) <- SMDDL:1, BDUR:18, RMDDL:1, URBR:1, CEPDR:1, PVR:2,
         #     RMGR:1, URXR:1, CEPVR:3, PVCR:10
         ALMR = self.node(
             265,
-            w[2506] * SMDDL
-            + w[2507] * BDUR
-            + w[2508] * RMDDL
-            + w[2509] * URBR
-            + w[2510] * CEPDR
-            + w[2511] * PVR
-            + w[2512] * RMGR
-            + w[2513] * URXR
-            + w[2514] * CEPVR
-            + w[2515] * PVCR,
+            self.mix(
+                w[2506:2516],
+                SMDDL,
+                BDUR,
+                RMDDL,
+                URBR,
+                CEPDR,
+                PVR,
+                RMGR,
+                URXR,
+                CEPVR,
+                PVCR,
+            ),
         )
         # PDER (sensory, Glu+DA) <- PLMR:10, AVAR:3, PLML:19, AVKL:17, PDEL:4, PVM:8,
         #     AVFL:1, DVA:1, PVR:1, VB02:1, PVCL:1, PVCR:1
         PDER = self.node(
             266,
-            w[2516] * PLMR
-            + w[2517] * AVAR
-            + w[2518] * PLML
-            + w[2519] * AVKL
-            + w[2520] * PDEL
-            + w[2521] * PVM
-            + w[2522] * AVFL
-            + w[2523] * DVA
-            + w[2524] * PVR
-            + w[2525] * VB02
-            + w[2526] * PVCL
-            + w[2527] * PVCR,
+            self.mix(
+                w[2516:2528],
+                PLMR,
+                AVAR,
+                PLML,
+                AVKL,
+                PDEL,
+                PVM,
+                AVFL,
+                DVA,
+                PVR,
+                VB02,
+                PVCL,
+                PVCR,
+            ),
         )
         del PDEL, PVM, PVR, VB02
         # AVL (interneuron, GABA) <- SABD:9, VC03:1, RIS:10, VD12:3, PVNL:1, AVFL:5,
@@ -4248,35 +3830,38 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVQR:2, DD06:1, PVT:3, AVBL:1, PVCR:1
         AVL = self.node(
             267,
-            w[2528] * SABD
-            + w[2529] * VC03
-            + w[2530] * RIS
-            + w[2531] * VD12
-            + w[2532] * PVNL
-            + w[2533] * AVFL
-            + w[2534] * VC01
-            + w[2535] * PVNR
-            + w[2536] * DD01
-            + w[2537] * AVKR
-            + w[2538] * PVWR
-            + w[2539] * VC06
-            + w[2540] * DVB
-            + w[2541] * AVEL
-            + w[2542] * IL1VL
-            + w[2543] * PVPR
-            + w[2544] * VC02
-            + w[2545] * ADEL
-            + w[2546] * URYVR
-            + w[2547] * HSNR
-            + w[2548] * RIMR
-            + w[2549] * SABVR
-            + w[2550] * DVC
-            + w[2551] * PVWL
-            + w[2552] * PVQR
-            + w[2553] * DD06
-            + w[2554] * PVT
-            + w[2555] * AVBL
-            + w[2556] * PVCR,
+            self.mix(
+                w[2528:2557],
+                SABD,
+                VC03,
+                RIS,
+                VD12,
+                PVNL,
+                AVFL,
+                VC01,
+                PVNR,
+                DD01,
+                AVKR,
+                PVWR,
+                VC06,
+                DVB,
+                AVEL,
+                IL1VL,
+                PVPR,
+                VC02,
+                ADEL,
+                URYVR,
+                HSNR,
+                RIMR,
+                SABVR,
+                DVC,
+                PVWL,
+                PVQR,
+                DD06,
+                PVT,
+                AVBL,
+                PVCR,
+            ),
         )
         del RIS, VC01, DVB, VC02, VC06, SABVR
         # RID (interneuron) <- FLPL:1, AS11:1, AINR:2, VD13:2, DD01:3, DA02:1, VD05:1,
@@ -4284,31 +3869,34 @@ class HermaphroditeRandomNet(nn.Module):
         #     AINL:2, DD03:2, DA06:2, AIML:2, PVCL:12, RMHL:1, RMGL:2, AVJR:2, PVCR:19
         RID = self.node(
             268,
-            w[2557] * FLPL
-            + w[2558] * AS11
-            + w[2559] * AINR
-            + w[2560] * VD13
-            + w[2561] * DD01
-            + w[2562] * DA02
-            + w[2563] * VD05
-            + w[2564] * URXL
-            + w[2565] * RMED
-            + w[2566] * BAGL
-            + w[2567] * URYVL
-            + w[2568] * SIBVR
-            + w[2569] * DD02
-            + w[2570] * AVM
-            + w[2571] * AS02
-            + w[2572] * DB01
-            + w[2573] * AINL
-            + w[2574] * DD03
-            + w[2575] * DA06
-            + w[2576] * AIML
-            + w[2577] * PVCL
-            + w[2578] * RMHL
-            + w[2579] * RMGL
-            + w[2580] * AVJR
-            + w[2581] * PVCR,
+            self.mix(
+                w[2557:2582],
+                FLPL,
+                AS11,
+                AINR,
+                VD13,
+                DD01,
+                DA02,
+                VD05,
+                URXL,
+                RMED,
+                BAGL,
+                URYVL,
+                SIBVR,
+                DD02,
+                AVM,
+                AS02,
+                DB01,
+                AINL,
+                DD03,
+                DA06,
+                AIML,
+                PVCL,
+                RMHL,
+                RMGL,
+                AVJR,
+                PVCR,
+            ),
         )
         del DD01, RMED, DD02, DB01, AINL, DD03
         # AVAL (interneuron, ACh) <- PLMR:3, DA03:12, AVAR:19, PQR:23, PLML:4, FLPL:33,
@@ -4323,90 +3911,93 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVCL:26, RMGL:3, VA12:8, SAADR:1, AVJR:4, AVHR:1, AVBL:11, PVCR:26, AS05:6
         AVAL = self.node(
             269,
-            w[2582] * PLMR
-            + w[2583] * DA03
-            + w[2584] * AVAR
-            + w[2585] * PQR
-            + w[2586] * PLML
-            + w[2587] * FLPL
-            + w[2588] * PVDR
-            + w[2589] * VA03
-            + w[2590] * VA11
-            + w[2591] * PHBL
-            + w[2592] * AS07
-            + w[2593] * AS08
-            + w[2594] * VA01
-            + w[2595] * AVBR
-            + w[2596] * AS11
-            + w[2597] * VD06
-            + w[2598] * PVNL
-            + w[2599] * RICR
-            + w[2600] * DA09
-            + w[2601] * ADAL
-            + w[2602] * BDUR
-            + w[2603] * AVG
-            + w[2604] * SMBDR
-            + w[2605] * AVDL
-            + w[2606] * SDQL
-            + w[2607] * AQR
-            + w[2608] * PVDL
-            + w[2609] * PHBR
-            + w[2610] * LUAL
-            + w[2611] * LUAR
-            + w[2612] * DA01
-            + w[2613] * VA10
-            + w[2614] * DVA
-            + w[2615] * PVNR
-            + w[2616] * DA04
-            + w[2617] * VA04
-            + w[2618] * PHCL
-            + w[2619] * DA02
-            + w[2620] * VA08
-            + w[2621] * URXL
-            + w[2622] * AVDR
-            + w[2623] * SIADR
-            + w[2624] * SDQR
-            + w[2625] * FLPR
-            + w[2626] * RMGR
-            + w[2627] * AS10
-            + w[2628] * BAGR
-            + w[2629] * DB07
-            + w[2630] * AUAL
-            + w[2631] * DA08
-            + w[2632] * RIML
-            + w[2633] * AVEL
-            + w[2634] * ALNR
-            + w[2635] * PVPR
-            + w[2636] * SAAVL
-            + w[2637] * VA07
-            + w[2638] * ADEL
-            + w[2639] * URYVR
-            + w[2640] * ADLL
-            + w[2641] * PVPL
-            + w[2642] * RIAL
-            + w[2643] * AVER
-            + w[2644] * VA05
-            + w[2645] * AWCL
-            + w[2646] * RIMR
-            + w[2647] * AS02
-            + w[2648] * VA02
-            + w[2649] * IL2VR
-            + w[2650] * DA05
-            + w[2651] * AS04
-            + w[2652] * RICL
-            + w[2653] * DVC
-            + w[2654] * DA06
-            + w[2655] * VA06
-            + w[2656] * RIBL
-            + w[2657] * PVCL
-            + w[2658] * RMGL
-            + w[2659] * VA12
-            + w[2660] * SAADR
-            + w[2661] * AVJR
-            + w[2662] * AVHR
-            + w[2663] * AVBL
-            + w[2664] * PVCR
-            + w[2665] * AS05,
+            self.mix(
+                w[2582:2666],
+                PLMR,
+                DA03,
+                AVAR,
+                PQR,
+                PLML,
+                FLPL,
+                PVDR,
+                VA03,
+                VA11,
+                PHBL,
+                AS07,
+                AS08,
+                VA01,
+                AVBR,
+                AS11,
+                VD06,
+                PVNL,
+                RICR,
+                DA09,
+                ADAL,
+                BDUR,
+                AVG,
+                SMBDR,
+                AVDL,
+                SDQL,
+                AQR,
+                PVDL,
+                PHBR,
+                LUAL,
+                LUAR,
+                DA01,
+                VA10,
+                DVA,
+                PVNR,
+                DA04,
+                VA04,
+                PHCL,
+                DA02,
+                VA08,
+                URXL,
+                AVDR,
+                SIADR,
+                SDQR,
+                FLPR,
+                RMGR,
+                AS10,
+                BAGR,
+                DB07,
+                AUAL,
+                DA08,
+                RIML,
+                AVEL,
+                ALNR,
+                PVPR,
+                SAAVL,
+                VA07,
+                ADEL,
+                URYVR,
+                ADLL,
+                PVPL,
+                RIAL,
+                AVER,
+                VA05,
+                AWCL,
+                RIMR,
+                AS02,
+                VA02,
+                IL2VR,
+                DA05,
+                AS04,
+                RICL,
+                DVC,
+                DA06,
+                VA06,
+                RIBL,
+                PVCL,
+                RMGL,
+                VA12,
+                SAADR,
+                AVJR,
+                AVHR,
+                AVBL,
+                PVCR,
+                AS05,
+            ),
         )
         del (
             PLMR,
@@ -4452,15 +4043,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     DD06:19, VA12:9, PVCR:4
         VB11 = self.node(
             270,
-            w[2666] * VD12
-            + w[2667] * VD13
-            + w[2668] * DVA
-            + w[2669] * PVWR
-            + w[2670] * PVWL
-            + w[2671] * PVCL
-            + w[2672] * DD06
-            + w[2673] * VA12
-            + w[2674] * PVCR,
+            self.mix(w[2666:2675], VD12, VD13, DVA, PVWR, PVWL, PVCL, DD06, VA12, PVCR),
         )
         del VD12, VD13, DVA, PVWR, PVWL, VA12
         # ADER (sensory, DA) <- AVAR:4, FLPL:4, RMDR:6, BDUR:4, ASIR:1, IL1R:1, ADAR:1,
@@ -4469,33 +4052,36 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVJR:1, AVAL:9
         ADER = self.node(
             271,
-            w[2675] * AVAR
-            + w[2676] * FLPL
-            + w[2677] * RMDR
-            + w[2678] * BDUR
-            + w[2679] * ASIR
-            + w[2680] * IL1R
-            + w[2681] * ADAR
-            + w[2682] * OLLR
-            + w[2683] * URBR
-            + w[2684] * CEPDR
-            + w[2685] * AVDR
-            + w[2686] * RMDL
-            + w[2687] * FLPR
-            + w[2688] * RMGR
-            + w[2689] * IL2R
-            + w[2690] * SMDVR
-            + w[2691] * ALNR
-            + w[2692] * RIGL
-            + w[2693] * RIAR
-            + w[2694] * ADEL
-            + w[2695] * AVM
-            + w[2696] * AVER
-            + w[2697] * URXR
-            + w[2698] * RIGR
-            + w[2699] * CEPVR
-            + w[2700] * AVJR
-            + w[2701] * AVAL,
+            self.mix(
+                w[2675:2702],
+                AVAR,
+                FLPL,
+                RMDR,
+                BDUR,
+                ASIR,
+                IL1R,
+                ADAR,
+                OLLR,
+                URBR,
+                CEPDR,
+                AVDR,
+                RMDL,
+                FLPR,
+                RMGR,
+                IL2R,
+                SMDVR,
+                ALNR,
+                RIGL,
+                RIAR,
+                ADEL,
+                AVM,
+                AVER,
+                URXR,
+                RIGR,
+                CEPVR,
+                AVJR,
+                AVAL,
+            ),
         )
         del RMDR, BDUR, ASIR, IL1R, CEPDR, IL2R, FLPR, RIAR, AVM, ADEL, CEPVR
         # OLQVL (sensory, Glu) <- RIH:13, CEPVL:19, SIBDL:13, IL2L:20, RIPL:1, RMDVR:16,
@@ -4503,24 +4089,27 @@ class HermaphroditeRandomNet(nn.Module):
         #     IL2VL:6, RMHL:2, AVAL:1
         OLQVL = self.node(
             272,
-            w[2702] * RIH
-            + w[2703] * CEPVL
-            + w[2704] * SIBDL
-            + w[2705] * IL2L
-            + w[2706] * RIPL
-            + w[2707] * RMDVR
-            + w[2708] * URXL
-            + w[2709] * AVDR
-            + w[2710] * BAGR
-            + w[2711] * URYVL
-            + w[2712] * IL1VL
-            + w[2713] * RIGL
-            + w[2714] * SIAVL
-            + w[2715] * ADLL
-            + w[2716] * RICL
-            + w[2717] * IL2VL
-            + w[2718] * RMHL
-            + w[2719] * AVAL,
+            self.mix(
+                w[2702:2720],
+                RIH,
+                CEPVL,
+                SIBDL,
+                IL2L,
+                RIPL,
+                RMDVR,
+                URXL,
+                AVDR,
+                BAGR,
+                URYVL,
+                IL1VL,
+                RIGL,
+                SIAVL,
+                ADLL,
+                RICL,
+                IL2VL,
+                RMHL,
+                AVAL,
+            ),
         )
         del RIH, CEPVL, IL2L, BAGR, URYVL, SIAVL, RICL, IL1VL, IL2VL, RMHL
         # AVFR (interneuron, GABA) <- PVQL:2, VC05:1, AVBR:6, AVG:1, AVFL:19, RMDDL:1,
@@ -4529,31 +4118,34 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVAL:1
         AVFR = self.node(
             273,
-            w[2720] * PVQL
-            + w[2721] * VC05
-            + w[2722] * AVBR
-            + w[2723] * AVG
-            + w[2724] * AVFL
-            + w[2725] * RMDDL
-            + w[2726] * PVDL
-            + w[2727] * AVHL
-            + w[2728] * AIMR
-            + w[2729] * AIAL
-            + w[2730] * HSNL
-            + w[2731] * ASHR
-            + w[2732] * PVPR
-            + w[2733] * HSNR
-            + w[2734] * VA02
-            + w[2735] * AVJL
-            + w[2736] * PVQR
-            + w[2737] * AIML
-            + w[2738] * RMGL
-            + w[2739] * AVJR
-            + w[2740] * VD11
-            + w[2741] * AVHR
-            + w[2742] * AVBL
-            + w[2743] * PVCR
-            + w[2744] * AVAL,
+            self.mix(
+                w[2720:2745],
+                PVQL,
+                VC05,
+                AVBR,
+                AVG,
+                AVFL,
+                RMDDL,
+                PVDL,
+                AVHL,
+                AIMR,
+                AIAL,
+                HSNL,
+                ASHR,
+                PVPR,
+                HSNR,
+                VA02,
+                AVJL,
+                PVQR,
+                AIML,
+                RMGL,
+                AVJR,
+                VD11,
+                AVHR,
+                AVBL,
+                PVCR,
+                AVAL,
+            ),
         )
         del VC05, PVQL, AVG, RMDDL, AVHL, AIMR, PVDL, PVPR, AVJL, PVQR, AIML, VA02
         # AIBL (interneuron, Glu+Betaine) <- RIBR:19, AIZL:10, FLPL:4, ASEL:16, AINR:2,
@@ -4564,48 +4156,51 @@ class HermaphroditeRandomNet(nn.Module):
         #     SAADR:11, AVBL:21, AVAL:5
         AIBL = self.node(
             274,
-            w[2745] * RIBR
-            + w[2746] * AIZL
-            + w[2747] * FLPL
-            + w[2748] * ASEL
-            + w[2749] * AINR
-            + w[2750] * RICR
-            + w[2751] * ADAL
-            + w[2752] * ADAR
-            + w[2753] * RIFL
-            + w[2754] * SAAVR
-            + w[2755] * ADFL
-            + w[2756] * AFDL
-            + w[2757] * AIAL
-            + w[2758] * ASGL
-            + w[2759] * SIADR
-            + w[2760] * BAGL
-            + w[2761] * SDQR
-            + w[2762] * ASKL
-            + w[2763] * ASER
-            + w[2764] * SMDVR
-            + w[2765] * ASHR
-            + w[2766] * AIYL
-            + w[2767] * RIML
-            + w[2768] * AVEL
-            + w[2769] * AWCR
-            + w[2770] * SAAVL
-            + w[2771] * SIBVR
-            + w[2772] * ADLL
-            + w[2773] * HSNR
-            + w[2774] * AIZR
-            + w[2775] * AWCL
-            + w[2776] * RIMR
-            + w[2777] * RMFR
-            + w[2778] * SIAVR
-            + w[2779] * DVC
-            + w[2780] * ASIL
-            + w[2781] * RIGR
-            + w[2782] * SMDDR
-            + w[2783] * PVT
-            + w[2784] * SAADR
-            + w[2785] * AVBL
-            + w[2786] * AVAL,
+            self.mix(
+                w[2745:2787],
+                RIBR,
+                AIZL,
+                FLPL,
+                ASEL,
+                AINR,
+                RICR,
+                ADAL,
+                ADAR,
+                RIFL,
+                SAAVR,
+                ADFL,
+                AFDL,
+                AIAL,
+                ASGL,
+                SIADR,
+                BAGL,
+                SDQR,
+                ASKL,
+                ASER,
+                SMDVR,
+                ASHR,
+                AIYL,
+                RIML,
+                AVEL,
+                AWCR,
+                SAAVL,
+                SIBVR,
+                ADLL,
+                HSNR,
+                AIZR,
+                AWCL,
+                RIMR,
+                RMFR,
+                SIAVR,
+                DVC,
+                ASIL,
+                RIGR,
+                SMDDR,
+                PVT,
+                SAADR,
+                AVBL,
+                AVAL,
+            ),
         )
         del (
             RIBR,
@@ -4639,54 +4234,52 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVJR:3, AVL:9, AVAL:2
         SABVL = self.node(
             275,
-            w[2787] * VC03
-            + w[2788] * AVDL
-            + w[2789] * AVDR
-            + w[2790] * AVEL
-            + w[2791] * AVER
-            + w[2792] * RIGR
-            + w[2793] * AVJR
-            + w[2794] * AVL
-            + w[2795] * AVAL,
+            self.mix(w[2787:2796], VC03, AVDL, AVDR, AVEL, AVER, RIGR, AVJR, AVL, AVAL),
         )
         del VC03, AVEL, AVER, RIGR, AVJR, AVL
         # DA07 (motor, ACh) <- VD09:10, AVAR:6, VD07:10, AVBR:1, DB06:1, DA08:1,
         #     VD08:12, DD04:3, DA06:1, AVBL:1, PVCR:1, AVAL:4
         DA07 = self.node(
             276,
-            w[2796] * VD09
-            + w[2797] * AVAR
-            + w[2798] * VD07
-            + w[2799] * AVBR
-            + w[2800] * DB06
-            + w[2801] * DA08
-            + w[2802] * VD08
-            + w[2803] * DD04
-            + w[2804] * DA06
-            + w[2805] * AVBL
-            + w[2806] * PVCR
-            + w[2807] * AVAL,
+            self.mix(
+                w[2796:2808],
+                VD09,
+                AVAR,
+                VD07,
+                AVBR,
+                DB06,
+                DA08,
+                VD08,
+                DD04,
+                DA06,
+                AVBL,
+                PVCR,
+                AVAL,
+            ),
         )
         del AVBR, DB06
         # VA09 (motor, ACh) <- VD09:5, AVAR:7, PLML:6, PVDR:2, AS07:3, VD10:3, VB08:1,
         #     VD08:1, VB07:2, AS06:5, DD04:6, DD05:6, DD06:6, VD11:3, AVAL:7
         VA09 = self.node(
             277,
-            w[2808] * VD09
-            + w[2809] * AVAR
-            + w[2810] * PLML
-            + w[2811] * PVDR
-            + w[2812] * AS07
-            + w[2813] * VD10
-            + w[2814] * VB08
-            + w[2815] * VD08
-            + w[2816] * VB07
-            + w[2817] * AS06
-            + w[2818] * DD04
-            + w[2819] * DD05
-            + w[2820] * DD06
-            + w[2821] * VD11
-            + w[2822] * AVAL,
+            self.mix(
+                w[2808:2823],
+                VD09,
+                AVAR,
+                PLML,
+                PVDR,
+                AS07,
+                VD10,
+                VB08,
+                VD08,
+                VB07,
+                AS06,
+                DD04,
+                DD05,
+                DD06,
+                VD11,
+                AVAL,
+            ),
         )
         del PVDR, PLML, VD09, VD10, VB08, VD08, VB07, AS06, DD06, VD11, DD04, DD05
         # ASHL (sensory, Glu) <- AIZL:3, AVAR:1, RIR:5, ADAL:2, AVFL:2, AVDL:7, RIPL:4,
@@ -4694,30 +4287,33 @@ class HermaphroditeRandomNet(nn.Module):
         #     HSNR:4, AWBL:2, RIAL:9, RMGL:1, AVHR:2, AVBL:14, AVAL:15, AIBL:14
         ASHL = self.node(
             278,
-            w[2823] * AIZL
-            + w[2824] * AVAR
-            + w[2825] * RIR
-            + w[2826] * ADAL
-            + w[2827] * AVFL
-            + w[2828] * AVDL
-            + w[2829] * RIPL
-            + w[2830] * ADFL
-            + w[2831] * URXL
-            + w[2832] * AIAL
-            + w[2833] * AVDR
-            + w[2834] * HSNL
-            + w[2835] * AWAL
-            + w[2836] * ASKL
-            + w[2837] * RIML
-            + w[2838] * ADLL
-            + w[2839] * HSNR
-            + w[2840] * AWBL
-            + w[2841] * RIAL
-            + w[2842] * RMGL
-            + w[2843] * AVHR
-            + w[2844] * AVBL
-            + w[2845] * AVAL
-            + w[2846] * AIBL,
+            self.mix(
+                w[2823:2847],
+                AIZL,
+                AVAR,
+                RIR,
+                ADAL,
+                AVFL,
+                AVDL,
+                RIPL,
+                ADFL,
+                URXL,
+                AIAL,
+                AVDR,
+                HSNL,
+                AWAL,
+                ASKL,
+                RIML,
+                ADLL,
+                HSNR,
+                AWBL,
+                RIAL,
+                RMGL,
+                AVHR,
+                AVBL,
+                AVAL,
+                AIBL,
+            ),
         )
         del (
             AIZL,
@@ -4743,27 +4339,30 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIAL:1, RIMR:16, RMFR:1, RMGL:1, VB01:18, AVAL:17, AIBL:7
         SAADL = self.node(
             279,
-            w[2847] * SABD
-            + w[2848] * AVKL
-            + w[2849] * AIBR
-            + w[2850] * RMDVR
-            + w[2851] * OLLR
-            + w[2852] * AVKR
-            + w[2853] * RMGR
-            + w[2854] * BDUL
-            + w[2855] * RIVR
-            + w[2856] * PLNL
-            + w[2857] * RIML
-            + w[2858] * RIGL
-            + w[2859] * SMBVL
-            + w[2860] * SIBVR
-            + w[2861] * RIAL
-            + w[2862] * RIMR
-            + w[2863] * RMFR
-            + w[2864] * RMGL
-            + w[2865] * VB01
-            + w[2866] * AVAL
-            + w[2867] * AIBL,
+            self.mix(
+                w[2847:2868],
+                SABD,
+                AVKL,
+                AIBR,
+                RMDVR,
+                OLLR,
+                AVKR,
+                RMGR,
+                BDUL,
+                RIVR,
+                PLNL,
+                RIML,
+                RIGL,
+                SMBVL,
+                SIBVR,
+                RIAL,
+                RIMR,
+                RMFR,
+                RMGL,
+                VB01,
+                AVAL,
+                AIBL,
+            ),
         )
         del (
             AVKL,
@@ -4786,21 +4385,24 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMDL:4, SDQR:6, RMGR:1, ALNR:4, RIAL:3, URXR:2, RMGL:2, ALMR:1, AVFR:1
         SIADL = self.node(
             280,
-            w[2868] * SMBDL
-            + w[2869] * SMDDL
-            + w[2870] * AIBR
-            + w[2871] * SIBDL
-            + w[2872] * AVKR
-            + w[2873] * URBR
-            + w[2874] * RMDL
-            + w[2875] * SDQR
-            + w[2876] * RMGR
-            + w[2877] * ALNR
-            + w[2878] * RIAL
-            + w[2879] * URXR
-            + w[2880] * RMGL
-            + w[2881] * ALMR
-            + w[2882] * AVFR,
+            self.mix(
+                w[2868:2883],
+                SMBDL,
+                SMDDL,
+                AIBR,
+                SIBDL,
+                AVKR,
+                URBR,
+                RMDL,
+                SDQR,
+                RMGR,
+                ALNR,
+                RIAL,
+                URXR,
+                RMGL,
+                ALMR,
+                AVFR,
+            ),
         )
         del (
             SMBDL,
@@ -4823,20 +4425,23 @@ class HermaphroditeRandomNet(nn.Module):
         #     DA08:1, HSNR:1, DA06:4, PVCL:2, PVCR:3, AVAL:2, DA07:12
         DB05 = self.node(
             281,
-            w[2883] * AVAR
-            + w[2884] * VD07
-            + w[2885] * AS07
-            + w[2886] * AS08
-            + w[2887] * VD06
-            + w[2888] * VD04
-            + w[2889] * VD05
-            + w[2890] * DA08
-            + w[2891] * HSNR
-            + w[2892] * DA06
-            + w[2893] * PVCL
-            + w[2894] * PVCR
-            + w[2895] * AVAL
-            + w[2896] * DA07,
+            self.mix(
+                w[2883:2897],
+                AVAR,
+                VD07,
+                AS07,
+                AS08,
+                VD06,
+                VD04,
+                VD05,
+                DA08,
+                HSNR,
+                DA06,
+                PVCL,
+                PVCR,
+                AVAL,
+                DA07,
+            ),
         )
         del (
             AVAR,

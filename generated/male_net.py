@@ -699,6 +699,11 @@ class MaleNet(nn.Module):
     def edge_weights(self) -> torch.Tensor:
         return torch.sigmoid(self.edge_weight)
 
+    @staticmethod
+    def mix(w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of a node's inputs: w[0] * inputs[0] + w[1] * inputs[1] + ..."""
+        return (w @ torch.stack(inputs).flatten(1)).view_as(inputs[0])
+
     def node(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """ReLU -> depthwise 3x3 conv -> BatchNorm of node i."""
         x = F.conv2d(F.relu(x), self.node_conv[i], padding=1, groups=self.channels)
@@ -880,48 +885,36 @@ class MaleNet(nn.Module):
         IL1VR = self.node(80, source)
         del source
         # AIMR (interneuron, Glu+5-HT) <- ASGR:1, ASKR:1
-        AIMR = self.node(81, w[0] * ASGR + w[1] * ASKR)
+        AIMR = self.node(81, self.mix(w[0:2], ASGR, ASKR))
         # RIH (interneuron, ACh+5-HT) <- ADEL:2, IL2DR:4, IL2L:31, IL2R:31, IL2VR:6,
         #     CEPVL:1, OLQDR:1
         RIH = self.node(
-            82,
-            w[2] * ADEL
-            + w[3] * IL2DR
-            + w[4] * IL2L
-            + w[5] * IL2R
-            + w[6] * IL2VR
-            + w[7] * CEPVL
-            + w[8] * OLQDR,
+            82, self.mix(w[2:9], ADEL, IL2DR, IL2L, IL2R, IL2VR, CEPVL, OLQDR)
         )
         # URBL (interneuron, ACh) <- IL2L:19
         URBL = self.node(83, w[9] * IL2L)
         # URBR (interneuron, ACh) <- IL2R:10
         URBR = self.node(84, w[10] * IL2R)
         # PVQL (interneuron) <- ASJL:26, ASHL:5, ADLL:1, ADEL:1, PHBR:1
-        PVQL = self.node(
-            85, w[11] * ASJL + w[12] * ASHL + w[13] * ADLL + w[14] * ADEL + w[15] * PHBR
-        )
+        PVQL = self.node(85, self.mix(w[11:16], ASJL, ASHL, ADLL, ADEL, PHBR))
         # BDUL (interneuron) <- ALML:14
         BDUL = self.node(86, w[16] * ALML)
         # BDUR (interneuron) <- ALMR:14, AVM:2
-        BDUR = self.node(87, w[17] * ALMR + w[18] * AVM)
+        BDUR = self.node(87, self.mix(w[17:19], ALMR, AVM))
         # AVHL (interneuron) <- ADLL:1, DVA:2
-        AVHL = self.node(88, w[19] * ADLL + w[20] * DVA)
+        AVHL = self.node(88, self.mix(w[19:21], ADLL, DVA))
         # LUAL (interneuron, Glu) <- PHAL:17
         LUAL = self.node(89, w[21] * PHAL)
         # RMGL (interneuron) <- URXL:1, ALNL:6, PLNL:5, ADEL:1, CEPDL:1
-        RMGL = self.node(
-            90,
-            w[22] * URXL + w[23] * ALNL + w[24] * PLNL + w[25] * ADEL + w[26] * CEPDL,
-        )
+        RMGL = self.node(90, self.mix(w[22:27], URXL, ALNL, PLNL, ADEL, CEPDL))
         del URXL
         # URADL (motor, ACh) <- ASJL:2, IL2DL:12
-        URADL = self.node(91, w[27] * ASJL + w[28] * IL2DL)
+        URADL = self.node(91, self.mix(w[27:29], ASJL, IL2DL))
         del ASJL
         # URADR (motor, ACh) <- IL2DR:8, CEPDR:5
-        URADR = self.node(92, w[29] * IL2DR + w[30] * CEPDR)
+        URADR = self.node(92, self.mix(w[29:31], IL2DR, CEPDR))
         # URAVL (motor, ACh) <- IL2VL:14, CEPVL:24
-        URAVL = self.node(93, w[31] * IL2VL + w[32] * CEPVL)
+        URAVL = self.node(93, self.mix(w[31:33], IL2VL, CEPVL))
         # RIVL (motor, ACh) <- ADER:2
         RIVL = self.node(94, w[33] * ADER)
         # VB05 (motor, ACh+Betaine) <- PVDR:1
@@ -929,684 +922,448 @@ class MaleNet(nn.Module):
         # R2AL (sex-specific, ACh+GABA) <- PHCL:1
         R2AL = self.node(96, w[35] * PHCL)
         # R4BR (sex-specific, ACh+5-HT+PEOH) <- PHCL:5, PHCR:2
-        R4BR = self.node(97, w[36] * PHCL + w[37] * PHCR)
+        R4BR = self.node(97, self.mix(w[36:38], PHCL, PHCR))
         # AIML (interneuron, Glu+5-HT) <- ASIL:3, ASGL:5, PVQL:9
-        AIML = self.node(98, w[38] * ASIL + w[39] * ASGL + w[40] * PVQL)
+        AIML = self.node(98, self.mix(w[38:41], ASIL, ASGL, PVQL))
         # AIYL (interneuron, ACh) <- AWAL:13, AWBL:13, ASEL:11, AFDL:59, AWCL:5, RIH:4
-        AIYL = self.node(
-            99,
-            w[41] * AWAL
-            + w[42] * AWBL
-            + w[43] * ASEL
-            + w[44] * AFDL
-            + w[45] * AWCL
-            + w[46] * RIH,
-        )
+        AIYL = self.node(99, self.mix(w[41:47], AWAL, AWBL, ASEL, AFDL, AWCL, RIH))
         del AFDL
         # AIYR (interneuron, ACh) <- AWAR:3, ASER:23, AFDR:30, AWCR:45, BAGL:1, RIH:2
-        AIYR = self.node(
-            100,
-            w[47] * AWAR
-            + w[48] * ASER
-            + w[49] * AFDR
-            + w[50] * AWCR
-            + w[51] * BAGL
-            + w[52] * RIH,
-        )
+        AIYR = self.node(100, self.mix(w[47:53], AWAR, ASER, AFDR, AWCR, BAGL, RIH))
         # AVFR (interneuron, GABA) <- ADLR:2, PQR:2, AVHL:3, LUAL:2
-        AVFR = self.node(101, w[53] * ADLR + w[54] * PQR + w[55] * AVHL + w[56] * LUAL)
+        AVFR = self.node(101, self.mix(w[53:57], ADLR, PQR, AVHL, LUAL))
         # RICR (interneuron, Glu+Oct) <- IL2DL:4, IL2L:3, IL2R:3, CEPDL:11, CEPDR:14,
         #     CEPVL:27, CEPVR:24, OLQDL:13, OLQDR:3, OLQVR:16, RMGL:1
         RICR = self.node(
             102,
-            w[57] * IL2DL
-            + w[58] * IL2L
-            + w[59] * IL2R
-            + w[60] * CEPDL
-            + w[61] * CEPDR
-            + w[62] * CEPVL
-            + w[63] * CEPVR
-            + w[64] * OLQDL
-            + w[65] * OLQDR
-            + w[66] * OLQVR
-            + w[67] * RMGL,
+            self.mix(
+                w[57:68],
+                IL2DL,
+                IL2L,
+                IL2R,
+                CEPDL,
+                CEPDR,
+                CEPVL,
+                CEPVR,
+                OLQDL,
+                OLQDR,
+                OLQVR,
+                RMGL,
+            ),
         )
         # URAVR (motor, ACh) <- IL2VR:13, CEPVR:16, RIH:1
-        URAVR = self.node(103, w[68] * IL2VR + w[69] * CEPVR + w[70] * RIH)
+        URAVR = self.node(103, self.mix(w[68:71], IL2VR, CEPVR, RIH))
         # RMEL (motor, GABA) <- IL2DR:3, IL2R:1, IL2VL:15, IL2VR:11, URAVL:1
-        RMEL = self.node(
-            104,
-            w[71] * IL2DR
-            + w[72] * IL2R
-            + w[73] * IL2VL
-            + w[74] * IL2VR
-            + w[75] * URAVL,
-        )
+        RMEL = self.node(104, self.mix(w[71:76], IL2DR, IL2R, IL2VL, IL2VR, URAVL))
         # R2BR (sex-specific, Glu+PEOH) <- PHCR:16, R4BR:20
-        R2BR = self.node(105, w[76] * PHCR + w[77] * R4BR)
+        R2BR = self.node(105, self.mix(w[76:78], PHCR, R4BR))
         # AUAL (interneuron, Glu+Betaine) <- AWAL:2, ADFL:3, AIYL:4
-        AUAL = self.node(106, w[78] * AWAL + w[79] * ADFL + w[80] * AIYL)
+        AUAL = self.node(106, self.mix(w[78:81], AWAL, ADFL, AIYL))
         # ADAL (interneuron, Glu) <- ADFL:2, RICR:3
-        ADAL = self.node(107, w[81] * ADFL + w[82] * RICR)
+        ADAL = self.node(107, self.mix(w[81:83], ADFL, RICR))
         # RIVR (motor, ACh) <- SDQR:10, FLPR:3, ADEL:1, ADER:1, CEPVL:4, RMGL:1,
         #     RIVL:14, RICR:2
         RIVR = self.node(
-            108,
-            w[83] * SDQR
-            + w[84] * FLPR
-            + w[85] * ADEL
-            + w[86] * ADER
-            + w[87] * CEPVL
-            + w[88] * RMGL
-            + w[89] * RIVL
-            + w[90] * RICR,
+            108, self.mix(w[83:91], SDQR, FLPR, ADEL, ADER, CEPVL, RMGL, RIVL, RICR)
         )
         # CEMVL (sex-specific, ACh+5-HTP) <- IL2VL:1, AIYL:2
-        CEMVL = self.node(109, w[91] * IL2VL + w[92] * AIYL)
+        CEMVL = self.node(109, self.mix(w[91:93], IL2VL, AIYL))
         # HOB (sex-specific, ACh) <- PHBL:8, PHCL:5, PHCR:11, R2BR:12
-        HOB = self.node(110, w[93] * PHBL + w[94] * PHCL + w[95] * PHCR + w[96] * R2BR)
+        HOB = self.node(110, self.mix(w[93:97], PHBL, PHCL, PHCR, R2BR))
         # RIS (interneuron, GABA+Betaine) <- FLPL:6, RIH:1, RIVR:3
-        RIS = self.node(111, w[97] * FLPL + w[98] * RIH + w[99] * RIVR)
+        RIS = self.node(111, self.mix(w[97:100], FLPL, RIH, RIVR))
         # RIGL (interneuron, Glu) <- ADFL:9, ADEL:14, ADER:5, IL1VL:3, ADAL:19
-        RIGL = self.node(
-            112,
-            w[100] * ADFL
-            + w[101] * ADEL
-            + w[102] * ADER
-            + w[103] * IL1VL
-            + w[104] * ADAL,
-        )
+        RIGL = self.node(112, self.mix(w[100:105], ADFL, ADEL, ADER, IL1VL, ADAL))
         # AVJL (interneuron, GABA) <- ADLL:10, AVM:6, RMGL:3, ADAL:3
-        AVJL = self.node(
-            113, w[105] * ADLL + w[106] * AVM + w[107] * RMGL + w[108] * ADAL
-        )
+        AVJL = self.node(113, self.mix(w[105:109], ADLL, AVM, RMGL, ADAL))
         # RIPL (interneuron, ACh) <- IL2DL:9, IL2VL:36, CEPVL:11, IL1DL:12, IL1VL:47,
         #     URADL:16, URAVL:34, ADAL:4
         RIPL = self.node(
             114,
-            w[109] * IL2DL
-            + w[110] * IL2VL
-            + w[111] * CEPVL
-            + w[112] * IL1DL
-            + w[113] * IL1VL
-            + w[114] * URADL
-            + w[115] * URAVL
-            + w[116] * ADAL,
+            self.mix(w[109:117], IL2DL, IL2VL, CEPVL, IL1DL, IL1VL, URADL, URAVL, ADAL),
         )
         del IL2DL, URADL
         # R2BL (sex-specific, Glu+PEOH) <- PHCL:36, R4BR:18, HOB:12
-        R2BL = self.node(115, w[117] * PHCL + w[118] * R4BR + w[119] * HOB)
+        R2BL = self.node(115, self.mix(w[117:120], PHCL, R4BR, HOB))
         # AINR (interneuron, ACh) <- ASKL:6, AUAL:7, ADAL:2, RIGL:4
-        AINR = self.node(
-            116, w[120] * ASKL + w[121] * AUAL + w[122] * ADAL + w[123] * RIGL
-        )
+        AINR = self.node(116, self.mix(w[120:124], ASKL, AUAL, ADAL, RIGL))
         # RMHR (motor, ACh+Betaine) <- CEPDL:8, CEPVL:4, CEPVR:5, IL1L:6, RIGL:32
-        RMHR = self.node(
-            117,
-            w[124] * CEPDL
-            + w[125] * CEPVL
-            + w[126] * CEPVR
-            + w[127] * IL1L
-            + w[128] * RIGL,
-        )
+        RMHR = self.node(117, self.mix(w[124:129], CEPDL, CEPVL, CEPVR, IL1L, RIGL))
         # R7BL (sex-specific, ACh+5-HT+PEOH) <- PQR:3, AVFR:7, R2BR:1, R2BL:38
-        R7BL = self.node(
-            118, w[129] * PQR + w[130] * AVFR + w[131] * R2BR + w[132] * R2BL
-        )
+        R7BL = self.node(118, self.mix(w[129:133], PQR, AVFR, R2BR, R2BL))
         # R7BR (sex-specific, ACh+5-HT+PEOH) <- PQR:2, R4BR:1, AVFR:5, R2BR:19, R7BL:40
-        R7BR = self.node(
-            119,
-            w[133] * PQR
-            + w[134] * R4BR
-            + w[135] * AVFR
-            + w[136] * R2BR
-            + w[137] * R7BL,
-        )
+        R7BR = self.node(119, self.mix(w[133:138], PQR, R4BR, AVFR, R2BR, R7BL))
         # AVFL (interneuron, GABA) <- ASHL:5, ADLL:1, PVDL:1, PHAR:5, PVQL:9, AVFR:4,
         #     CEMVL:5, R7BL:11, R7BR:14
         AVFL = self.node(
             120,
-            w[138] * ASHL
-            + w[139] * ADLL
-            + w[140] * PVDL
-            + w[141] * PHAR
-            + w[142] * PVQL
-            + w[143] * AVFR
-            + w[144] * CEMVL
-            + w[145] * R7BL
-            + w[146] * R7BR,
+            self.mix(w[138:147], ASHL, ADLL, PVDL, PHAR, PVQL, AVFR, CEMVL, R7BL, R7BR),
         )
         # R1BR (sex-specific, ACh+5-HT+PEOH) <- PDER:2, PHAR:2, AVFR:15, R7BL:13,
         #     R7BR:21, AVFL:80
-        R1BR = self.node(
-            121,
-            w[147] * PDER
-            + w[148] * PHAR
-            + w[149] * AVFR
-            + w[150] * R7BL
-            + w[151] * R7BR
-            + w[152] * AVFL,
-        )
+        R1BR = self.node(121, self.mix(w[147:153], PDER, PHAR, AVFR, R7BL, R7BR, AVFL))
         # VA12 (motor, ACh+Betaine) <- PQR:1, PVDR:3, AVFR:4, AVFL:11, R1BR:6
-        VA12 = self.node(
-            122,
-            w[153] * PQR
-            + w[154] * PVDR
-            + w[155] * AVFR
-            + w[156] * AVFL
-            + w[157] * R1BR,
-        )
+        VA12 = self.node(122, self.mix(w[153:158], PQR, PVDR, AVFR, AVFL, R1BR))
         # R6BR (sex-specific, Glu) <- PHAR:6, LUAL:8, AVFL:13, R1BR:72
-        R6BR = self.node(
-            123, w[158] * PHAR + w[159] * LUAL + w[160] * AVFL + w[161] * R1BR
-        )
+        R6BR = self.node(123, self.mix(w[158:162], PHAR, LUAL, AVFL, R1BR))
         # DVE (sex-specific) <- PHBL:3, PHBR:11, HOB:37, R1BR:1
-        DVE = self.node(
-            124, w[162] * PHBL + w[163] * PHBR + w[164] * HOB + w[165] * R1BR
-        )
+        DVE = self.node(124, self.mix(w[162:166], PHBL, PHBR, HOB, R1BR))
         # R3BR (sex-specific, 5-HT+PEOH) <- PHAL:41, PHAR:3, PHBL:24, PHBR:4, AVFR:2,
         #     HOB:7, AVFL:5, R1BR:5, R6BR:2
         R3BR = self.node(
             125,
-            w[166] * PHAL
-            + w[167] * PHAR
-            + w[168] * PHBL
-            + w[169] * PHBR
-            + w[170] * AVFR
-            + w[171] * HOB
-            + w[172] * AVFL
-            + w[173] * R1BR
-            + w[174] * R6BR,
+            self.mix(w[166:175], PHAL, PHAR, PHBL, PHBR, AVFR, HOB, AVFL, R1BR, R6BR),
         )
         # R9BL (sex-specific, ACh+GABA+5-HT+5-HTP) <- PHAR:60, PHBR:13, LUAL:6, R4BR:3,
         #     R1BR:6, R6BR:72
-        R9BL = self.node(
-            126,
-            w[175] * PHAR
-            + w[176] * PHBR
-            + w[177] * LUAL
-            + w[178] * R4BR
-            + w[179] * R1BR
-            + w[180] * R6BR,
-        )
+        R9BL = self.node(126, self.mix(w[175:181], PHAR, PHBR, LUAL, R4BR, R1BR, R6BR))
         # PVR (interneuron, Glu) <- SDQR:17, FLPL:2, PVDR:4, PDEL:3, PDER:3, CEPVR:5,
         #     R9BL:8
         PVR = self.node(
-            127,
-            w[181] * SDQR
-            + w[182] * FLPL
-            + w[183] * PVDR
-            + w[184] * PDEL
-            + w[185] * PDER
-            + w[186] * CEPVR
-            + w[187] * R9BL,
+            127, self.mix(w[181:188], SDQR, FLPL, PVDR, PDEL, PDER, CEPVR, R9BL)
         )
         # R9AL (sex-specific, Glu+DA) <- PHAL:9, PHBL:3, LUAL:2, HOB:13, R2BL:5, R7BR:6,
         #     R3BR:16, R9BL:30
         R9AL = self.node(
-            128,
-            w[188] * PHAL
-            + w[189] * PHBL
-            + w[190] * LUAL
-            + w[191] * HOB
-            + w[192] * R2BL
-            + w[193] * R7BR
-            + w[194] * R3BR
-            + w[195] * R9BL,
+            128, self.mix(w[188:196], PHAL, PHBL, LUAL, HOB, R2BL, R7BR, R3BR, R9BL)
         )
         # PVCL (interneuron, ACh) <- SDQR:2, AQR:5, ALML:23, AVM:2, FLPL:6, DVA:1,
         #     PVDL:13, PVDR:29, PDEL:2, PDER:2, PHAL:21, LUAL:2, VB05:1, AVFR:24,
         #     AVJL:5, VA12:11, R9BL:8, PVR:2, R9AL:3
         PVCL = self.node(
             129,
-            w[196] * SDQR
-            + w[197] * AQR
-            + w[198] * ALML
-            + w[199] * AVM
-            + w[200] * FLPL
-            + w[201] * DVA
-            + w[202] * PVDL
-            + w[203] * PVDR
-            + w[204] * PDEL
-            + w[205] * PDER
-            + w[206] * PHAL
-            + w[207] * LUAL
-            + w[208] * VB05
-            + w[209] * AVFR
-            + w[210] * AVJL
-            + w[211] * VA12
-            + w[212] * R9BL
-            + w[213] * PVR
-            + w[214] * R9AL,
+            self.mix(
+                w[196:215],
+                SDQR,
+                AQR,
+                ALML,
+                AVM,
+                FLPL,
+                DVA,
+                PVDL,
+                PVDR,
+                PDEL,
+                PDER,
+                PHAL,
+                LUAL,
+                VB05,
+                AVFR,
+                AVJL,
+                VA12,
+                R9BL,
+                PVR,
+                R9AL,
+            ),
         )
         # DX3 (sex-specific, ACh) <- PHBL:4, HOB:24, DVE:16, R3BR:13, R9AL:10
-        DX3 = self.node(
-            130,
-            w[215] * PHBL + w[216] * HOB + w[217] * DVE + w[218] * R3BR + w[219] * R9AL,
-        )
+        DX3 = self.node(130, self.mix(w[215:220], PHBL, HOB, DVE, R3BR, R9AL))
         # DX1 (sex-specific, ACh) <- PHAL:3, PHBL:13, HOB:19, R9AL:4, DX3:11
-        DX1 = self.node(
-            131,
-            w[220] * PHAL + w[221] * PHBL + w[222] * HOB + w[223] * R9AL + w[224] * DX3,
-        )
+        DX1 = self.node(131, self.mix(w[220:225], PHAL, PHBL, HOB, R9AL, DX3))
         # PCAL (sex-specific, Glu) <- PHAR:2, PHCL:5, R2BR:2, HOB:52, DVE:2, R3BR:2,
         #     R9AL:21, DX3:23, DX1:23
         PCAL = self.node(
-            132,
-            w[225] * PHAR
-            + w[226] * PHCL
-            + w[227] * R2BR
-            + w[228] * HOB
-            + w[229] * DVE
-            + w[230] * R3BR
-            + w[231] * R9AL
-            + w[232] * DX3
-            + w[233] * DX1,
+            132, self.mix(w[225:234], PHAR, PHCL, R2BR, HOB, DVE, R3BR, R9AL, DX3, DX1)
         )
         # HOA (sex-specific, Glu+Tyr) <- PHBL:4, PHBR:7, PHCL:37, PHCR:25, R2AL:5,
         #     R2BR:5, HOB:94, R9AL:1, DX3:1, DX1:14, PCAL:16
         HOA = self.node(
             133,
-            w[234] * PHBL
-            + w[235] * PHBR
-            + w[236] * PHCL
-            + w[237] * PHCR
-            + w[238] * R2AL
-            + w[239] * R2BR
-            + w[240] * HOB
-            + w[241] * R9AL
-            + w[242] * DX3
-            + w[243] * DX1
-            + w[244] * PCAL,
+            self.mix(
+                w[234:245],
+                PHBL,
+                PHBR,
+                PHCL,
+                PHCR,
+                R2AL,
+                R2BR,
+                HOB,
+                R9AL,
+                DX3,
+                DX1,
+                PCAL,
+            ),
         )
         del DX1
         # PCAR (sex-specific, Glu) <- PHAR:2, PHBR:11, R2BR:12, HOB:51, AVFL:2, R1BR:12,
         #     HOA:10
         PCAR = self.node(
-            134,
-            w[245] * PHAR
-            + w[246] * PHBR
-            + w[247] * R2BR
-            + w[248] * HOB
-            + w[249] * AVFL
-            + w[250] * R1BR
-            + w[251] * HOA,
+            134, self.mix(w[245:252], PHAR, PHBR, R2BR, HOB, AVFL, R1BR, HOA)
         )
         # AVG (interneuron, ACh) <- PVDL:8, PHAR:4, PHBL:8, PHBR:7, PHCL:47, PHCR:30,
         #     R2AL:7, AVJL:2, R7BR:6, R1BR:14, DVE:4, R3BR:3, R9BL:1, PCAL:22, HOA:90,
         #     PCAR:8
         AVG = self.node(
             135,
-            w[252] * PVDL
-            + w[253] * PHAR
-            + w[254] * PHBL
-            + w[255] * PHBR
-            + w[256] * PHCL
-            + w[257] * PHCR
-            + w[258] * R2AL
-            + w[259] * AVJL
-            + w[260] * R7BR
-            + w[261] * R1BR
-            + w[262] * DVE
-            + w[263] * R3BR
-            + w[264] * R9BL
-            + w[265] * PCAL
-            + w[266] * HOA
-            + w[267] * PCAR,
+            self.mix(
+                w[252:268],
+                PVDL,
+                PHAR,
+                PHBL,
+                PHBR,
+                PHCL,
+                PHCR,
+                R2AL,
+                AVJL,
+                R7BR,
+                R1BR,
+                DVE,
+                R3BR,
+                R9BL,
+                PCAL,
+                HOA,
+                PCAR,
+            ),
         )
         # DVF (sex-specific) <- PHBL:1, HOB:25, R2BL:2, DVE:5, R9AL:7, AVG:4
-        DVF = self.node(
-            136,
-            w[268] * PHBL
-            + w[269] * HOB
-            + w[270] * R2BL
-            + w[271] * DVE
-            + w[272] * R9AL
-            + w[273] * AVG,
-        )
+        DVF = self.node(136, self.mix(w[268:274], PHBL, HOB, R2BL, DVE, R9AL, AVG))
         # CP06 (sex-specific, Glu+5-HT) <- PHCL:1, HOB:6, DVE:7, PCAR:1, AVG:3, DVF:11
-        CP06 = self.node(
-            137,
-            w[274] * PHCL
-            + w[275] * HOB
-            + w[276] * DVE
-            + w[277] * PCAR
-            + w[278] * AVG
-            + w[279] * DVF,
-        )
+        CP06 = self.node(137, self.mix(w[274:280], PHCL, HOB, DVE, PCAR, AVG, DVF))
         # PCBL (sex-specific, ACh) <- PHCL:41, HOB:4, R2BL:4, R3BR:3, PCAL:43, DVF:6,
         #     CP06:7
         PCBL = self.node(
-            138,
-            w[280] * PHCL
-            + w[281] * HOB
-            + w[282] * R2BL
-            + w[283] * R3BR
-            + w[284] * PCAL
-            + w[285] * DVF
-            + w[286] * CP06,
+            138, self.mix(w[280:287], PHCL, HOB, R2BL, R3BR, PCAL, DVF, CP06)
         )
         # PCBR (sex-specific, ACh) <- PHCL:3, PHCR:54, R2BR:33, HOB:7, R7BR:8, HOA:8,
         #     PCAR:67, PCBL:2
         PCBR = self.node(
-            139,
-            w[287] * PHCL
-            + w[288] * PHCR
-            + w[289] * R2BR
-            + w[290] * HOB
-            + w[291] * R7BR
-            + w[292] * HOA
-            + w[293] * PCAR
-            + w[294] * PCBL,
+            139, self.mix(w[287:295], PHCL, PHCR, R2BR, HOB, R7BR, HOA, PCAR, PCBL)
         )
         # R9AR (sex-specific, Glu+DA) <- PHBR:6, PHCL:1, HOB:3, AVFL:1, R1BR:7, R3BR:2,
         #     R9BL:1, PCAR:14, PCBR:2
         R9AR = self.node(
             140,
-            w[295] * PHBR
-            + w[296] * PHCL
-            + w[297] * HOB
-            + w[298] * AVFL
-            + w[299] * R1BR
-            + w[300] * R3BR
-            + w[301] * R9BL
-            + w[302] * PCAR
-            + w[303] * PCBR,
+            self.mix(w[295:304], PHBR, PHCL, HOB, AVFL, R1BR, R3BR, R9BL, PCAR, PCBR),
         )
         # CA06 (sex-specific, ACh) <- PHCL:2, HOB:20, DVE:3, PCAL:1, PCAR:10, CP06:5,
         #     PCBL:19, PCBR:18
         CA06 = self.node(
-            141,
-            w[304] * PHCL
-            + w[305] * HOB
-            + w[306] * DVE
-            + w[307] * PCAL
-            + w[308] * PCAR
-            + w[309] * CP06
-            + w[310] * PCBL
-            + w[311] * PCBR,
+            141, self.mix(w[304:312], PHCL, HOB, DVE, PCAL, PCAR, CP06, PCBL, PCBR)
         )
         # R8BL (sex-specific, ACh+Oct) <- PHCR:2, R4BR:12, R2BL:6, R9BL:21, R9AL:9,
         #     R9AR:1
-        R8BL = self.node(
-            142,
-            w[312] * PHCR
-            + w[313] * R4BR
-            + w[314] * R2BL
-            + w[315] * R9BL
-            + w[316] * R9AL
-            + w[317] * R9AR,
-        )
+        R8BL = self.node(142, self.mix(w[312:318], PHCR, R4BR, R2BL, R9BL, R9AL, R9AR))
         # CA05 (sex-specific, ACh) <- PHCR:10, PVQL:1, R2BR:2, HOB:30, R7BL:15, PCAR:2,
         #     DVF:1, PCBR:18, R9AR:1, CA06:3
         CA05 = self.node(
             143,
-            w[318] * PHCR
-            + w[319] * PVQL
-            + w[320] * R2BR
-            + w[321] * HOB
-            + w[322] * R7BL
-            + w[323] * PCAR
-            + w[324] * DVF
-            + w[325] * PCBR
-            + w[326] * R9AR
-            + w[327] * CA06,
+            self.mix(
+                w[318:328], PHCR, PVQL, R2BR, HOB, R7BL, PCAR, DVF, PCBR, R9AR, CA06
+            ),
         )
         # R4BL (sex-specific, ACh+5-HT+PEOH) <- PHCR:1, R4BR:2, R2BR:7, R2BL:17,
         #     R7BL:12, R9AL:2, R8BL:11
         R4BL = self.node(
-            144,
-            w[328] * PHCR
-            + w[329] * R4BR
-            + w[330] * R2BR
-            + w[331] * R2BL
-            + w[332] * R7BL
-            + w[333] * R9AL
-            + w[334] * R8BL,
+            144, self.mix(w[328:335], PHCR, R4BR, R2BR, R2BL, R7BL, R9AL, R8BL)
         )
         # SPVR (sex-specific, ACh) <- PQR:2, DVE:12, DVF:1, CA05:5
-        SPVR = self.node(
-            145, w[335] * PQR + w[336] * DVE + w[337] * DVF + w[338] * CA05
-        )
+        SPVR = self.node(145, self.mix(w[335:339], PQR, DVE, DVF, CA05))
         # R8BR (sex-specific, ACh+Oct) <- PHCL:1, R4BR:16, R2BR:17, R2BL:3, PCAR:1,
         #     R9AR:4, R8BL:1, R4BL:7
         R8BR = self.node(
-            146,
-            w[339] * PHCL
-            + w[340] * R4BR
-            + w[341] * R2BR
-            + w[342] * R2BL
-            + w[343] * PCAR
-            + w[344] * R9AR
-            + w[345] * R8BL
-            + w[346] * R4BL,
+            146, self.mix(w[339:347], PHCL, R4BR, R2BR, R2BL, PCAR, R9AR, R8BL, R4BL)
         )
         # PVNL (interneuron, ACh+Glu+Betaine) <- PQR:4, PHCL:1, LUAL:7, AVFR:2, R2BL:8,
         #     R7BL:5, AVFL:8, R1BR:9, R3BR:38, R9BL:6, R9AL:2, AVG:7, R9AR:1, R8BL:14,
         #     R4BL:3, SPVR:5, R8BR:2
         PVNL = self.node(
             147,
-            w[347] * PQR
-            + w[348] * PHCL
-            + w[349] * LUAL
-            + w[350] * AVFR
-            + w[351] * R2BL
-            + w[352] * R7BL
-            + w[353] * AVFL
-            + w[354] * R1BR
-            + w[355] * R3BR
-            + w[356] * R9BL
-            + w[357] * R9AL
-            + w[358] * AVG
-            + w[359] * R9AR
-            + w[360] * R8BL
-            + w[361] * R4BL
-            + w[362] * SPVR
-            + w[363] * R8BR,
+            self.mix(
+                w[347:364],
+                PQR,
+                PHCL,
+                LUAL,
+                AVFR,
+                R2BL,
+                R7BL,
+                AVFL,
+                R1BR,
+                R3BR,
+                R9BL,
+                R9AL,
+                AVG,
+                R9AR,
+                R8BL,
+                R4BL,
+                SPVR,
+                R8BR,
+            ),
         )
         # R8AL (sex-specific, ACh+Tyr) <- PHAL:3, PHAR:7, PHBL:2, PHCL:11, PHCR:1,
         #     R2BR:6, HOB:16, R2BL:29, R9AL:6, PCAL:55, HOA:40, PCAR:21, AVG:1, PCBL:4,
         #     R8BL:5, R4BL:6, SPVR:5, R8BR:2
         R8AL = self.node(
             148,
-            w[364] * PHAL
-            + w[365] * PHAR
-            + w[366] * PHBL
-            + w[367] * PHCL
-            + w[368] * PHCR
-            + w[369] * R2BR
-            + w[370] * HOB
-            + w[371] * R2BL
-            + w[372] * R9AL
-            + w[373] * PCAL
-            + w[374] * HOA
-            + w[375] * PCAR
-            + w[376] * AVG
-            + w[377] * PCBL
-            + w[378] * R8BL
-            + w[379] * R4BL
-            + w[380] * SPVR
-            + w[381] * R8BR,
+            self.mix(
+                w[364:382],
+                PHAL,
+                PHAR,
+                PHBL,
+                PHCL,
+                PHCR,
+                R2BR,
+                HOB,
+                R2BL,
+                R9AL,
+                PCAL,
+                HOA,
+                PCAR,
+                AVG,
+                PCBL,
+                R8BL,
+                R4BL,
+                SPVR,
+                R8BR,
+            ),
         )
         # PHDR (sex-specific, ACh+Betaine) <- R4BR:1, R2BL:12, R3BR:1, R9AR:6, R8BL:3,
         #     R8BR:7, PVNL:14
         PHDR = self.node(
-            149,
-            w[382] * R4BR
-            + w[383] * R2BL
-            + w[384] * R3BR
-            + w[385] * R9AR
-            + w[386] * R8BL
-            + w[387] * R8BR
-            + w[388] * PVNL,
+            149, self.mix(w[382:389], R4BR, R2BL, R3BR, R9AR, R8BL, R8BR, PVNL)
         )
         # PGA (sex-specific, ACh+5-HT) <- PHCL:1, R2BR:2, R7BL:2, R7BR:5, R3BR:4,
         #     PVNL:10, R8AL:3
         PGA = self.node(
-            150,
-            w[389] * PHCL
-            + w[390] * R2BR
-            + w[391] * R7BL
-            + w[392] * R7BR
-            + w[393] * R3BR
-            + w[394] * PVNL
-            + w[395] * R8AL,
+            150, self.mix(w[389:396], PHCL, R2BR, R7BL, R7BR, R3BR, PVNL, R8AL)
         )
         # CP07 (sex-specific, ACh) <- PHAL:5, PHAR:21, PHBR:6, R2AL:14, R7BL:1, DVE:3,
         #     R3BR:13, PCAL:32, PCAR:35, DVF:3, PCBL:8, R9AR:25, PGA:4
         CP07 = self.node(
             151,
-            w[396] * PHAL
-            + w[397] * PHAR
-            + w[398] * PHBR
-            + w[399] * R2AL
-            + w[400] * R7BL
-            + w[401] * DVE
-            + w[402] * R3BR
-            + w[403] * PCAL
-            + w[404] * PCAR
-            + w[405] * DVF
-            + w[406] * PCBL
-            + w[407] * R9AR
-            + w[408] * PGA,
+            self.mix(
+                w[396:409],
+                PHAL,
+                PHAR,
+                PHBR,
+                R2AL,
+                R7BL,
+                DVE,
+                R3BR,
+                PCAL,
+                PCAR,
+                DVF,
+                PCBL,
+                R9AR,
+                PGA,
+            ),
         )
         # DVC (interneuron, Glu) <- FLPL:6, ADAL:2, RIGL:8, DVE:1, DVF:3, CA05:4,
         #     SPVR:2, CP07:3
         DVC = self.node(
-            152,
-            w[409] * FLPL
-            + w[410] * ADAL
-            + w[411] * RIGL
-            + w[412] * DVE
-            + w[413] * DVF
-            + w[414] * CA05
-            + w[415] * SPVR
-            + w[416] * CP07,
+            152, self.mix(w[409:417], FLPL, ADAL, RIGL, DVE, DVF, CA05, SPVR, CP07)
         )
         # R3BL (sex-specific, 5-HT+PEOH) <- PQR:3, PHAL:21, PHAR:1, LUAL:2, AVFR:8,
         #     HOB:14, R7BL:1, R7BR:3, R6BR:22, R3BR:2, PCAL:3, HOA:20, R9AR:1, CP07:10
         R3BL = self.node(
             153,
-            w[417] * PQR
-            + w[418] * PHAL
-            + w[419] * PHAR
-            + w[420] * LUAL
-            + w[421] * AVFR
-            + w[422] * HOB
-            + w[423] * R7BL
-            + w[424] * R7BR
-            + w[425] * R6BR
-            + w[426] * R3BR
-            + w[427] * PCAL
-            + w[428] * HOA
-            + w[429] * R9AR
-            + w[430] * CP07,
+            self.mix(
+                w[417:431],
+                PQR,
+                PHAL,
+                PHAR,
+                LUAL,
+                AVFR,
+                HOB,
+                R7BL,
+                R7BR,
+                R6BR,
+                R3BR,
+                PCAL,
+                HOA,
+                R9AR,
+                CP07,
+            ),
         )
         # R6AR (sex-specific, ACh+GABA) <- PHCR:1, R4BR:34, R2BR:10, R7BL:5, R7BR:4,
         #     R1BR:3, PGA:3, CP07:18
         R6AR = self.node(
-            154,
-            w[431] * PHCR
-            + w[432] * R4BR
-            + w[433] * R2BR
-            + w[434] * R7BL
-            + w[435] * R7BR
-            + w[436] * R1BR
-            + w[437] * PGA
-            + w[438] * CP07,
+            154, self.mix(w[431:439], PHCR, R4BR, R2BR, R7BL, R7BR, R1BR, PGA, CP07)
         )
         # R8AR (sex-specific, ACh+Tyr) <- PHAL:13, PHAR:6, PHCL:1, PHCR:12, R2BR:19,
         #     HOB:6, R2BL:2, AVFL:3, PCAL:49, HOA:45, PCAR:71, PCBR:6, R9AR:24, R8BR:8,
         #     CP07:5
         R8AR = self.node(
             155,
-            w[439] * PHAL
-            + w[440] * PHAR
-            + w[441] * PHCL
-            + w[442] * PHCR
-            + w[443] * R2BR
-            + w[444] * HOB
-            + w[445] * R2BL
-            + w[446] * AVFL
-            + w[447] * PCAL
-            + w[448] * HOA
-            + w[449] * PCAR
-            + w[450] * PCBR
-            + w[451] * R9AR
-            + w[452] * R8BR
-            + w[453] * CP07,
+            self.mix(
+                w[439:454],
+                PHAL,
+                PHAR,
+                PHCL,
+                PHCR,
+                R2BR,
+                HOB,
+                R2BL,
+                AVFL,
+                PCAL,
+                HOA,
+                PCAR,
+                PCBR,
+                R9AR,
+                R8BR,
+                CP07,
+            ),
         )
         # PVNR (interneuron, ACh+Glu+Betaine) <- PQR:2, PHCL:4, PHCR:4, R4BR:4, AVFR:4,
         #     R7BR:10, R1BR:13, HOA:1, R8BR:6, CP07:3, R3BL:6, R8AR:10
         PVNR = self.node(
             156,
-            w[454] * PQR
-            + w[455] * PHCL
-            + w[456] * PHCR
-            + w[457] * R4BR
-            + w[458] * AVFR
-            + w[459] * R7BR
-            + w[460] * R1BR
-            + w[461] * HOA
-            + w[462] * R8BR
-            + w[463] * CP07
-            + w[464] * R3BL
-            + w[465] * R8AR,
+            self.mix(
+                w[454:466],
+                PQR,
+                PHCL,
+                PHCR,
+                R4BR,
+                AVFR,
+                R7BR,
+                R1BR,
+                HOA,
+                R8BR,
+                CP07,
+                R3BL,
+                R8AR,
+            ),
         )
         # SPDL (sex-specific) <- PHCL:5, HOB:2, R2BL:3, AVG:4, CA05:1, SPVR:58, PVNL:1,
         #     DVC:3
         SPDL = self.node(
-            157,
-            w[466] * PHCL
-            + w[467] * HOB
-            + w[468] * R2BL
-            + w[469] * AVG
-            + w[470] * CA05
-            + w[471] * SPVR
-            + w[472] * PVNL
-            + w[473] * DVC,
+            157, self.mix(w[466:474], PHCL, HOB, R2BL, AVG, CA05, SPVR, PVNL, DVC)
         )
         # DX2 (sex-specific, ACh) <- HOB:22, R9BL:1, R3BL:28
-        DX2 = self.node(158, w[474] * HOB + w[475] * R9BL + w[476] * R3BL)
+        DX2 = self.node(158, self.mix(w[474:477], HOB, R9BL, R3BL))
         # PDB (motor, ACh) <- PHBR:10, PHCR:1, R4BR:4, R2BR:9, HOB:27, R7BL:19, R7BR:13,
         #     R1BR:2, DVE:1, R9BL:14, R9AL:6, DX3:2, PCAL:3, HOA:13, PCAR:1, R8BL:13,
         #     R4BL:6, PVNL:6, PGA:4, CP07:41, R3BL:8, R6AR:6, PVNR:6
         PDB = self.node(
             159,
-            w[477] * PHBR
-            + w[478] * PHCR
-            + w[479] * R4BR
-            + w[480] * R2BR
-            + w[481] * HOB
-            + w[482] * R7BL
-            + w[483] * R7BR
-            + w[484] * R1BR
-            + w[485] * DVE
-            + w[486] * R9BL
-            + w[487] * R9AL
-            + w[488] * DX3
-            + w[489] * PCAL
-            + w[490] * HOA
-            + w[491] * PCAR
-            + w[492] * R8BL
-            + w[493] * R4BL
-            + w[494] * PVNL
-            + w[495] * PGA
-            + w[496] * CP07
-            + w[497] * R3BL
-            + w[498] * R6AR
-            + w[499] * PVNR,
+            self.mix(
+                w[477:500],
+                PHBR,
+                PHCR,
+                R4BR,
+                R2BR,
+                HOB,
+                R7BL,
+                R7BR,
+                R1BR,
+                DVE,
+                R9BL,
+                R9AL,
+                DX3,
+                PCAL,
+                HOA,
+                PCAR,
+                R8BL,
+                R4BL,
+                PVNL,
+                PGA,
+                CP07,
+                R3BL,
+                R6AR,
+                PVNR,
+            ),
         )
         # SPDR (sex-specific) <- PHCR:3, R2BR:5, HOB:1, CA05:1, SPVR:55, DVC:2, SPDL:33
         SPDR = self.node(
-            160,
-            w[500] * PHCR
-            + w[501] * R2BR
-            + w[502] * HOB
-            + w[503] * CA05
-            + w[504] * SPVR
-            + w[505] * DVC
-            + w[506] * SPDL,
+            160, self.mix(w[500:507], PHCR, R2BR, HOB, CA05, SPVR, DVC, SPDL)
         )
         # PVX (sex-specific, ACh) <- PHAL:43, PHAR:23, PHBL:23, PHBR:7, PHCL:35,
         #     PHCR:38, R2AL:1, AVFR:1, AVJL:4, R2BL:8, R7BL:6, R1BR:2, R3BR:39, R9AL:13,
@@ -1614,71 +1371,67 @@ class MaleNet(nn.Module):
         #     R8AL:21, PGA:2, CP07:53, R6AR:17, R8AR:12, PVNR:1
         PVX = self.node(
             161,
-            w[507] * PHAL
-            + w[508] * PHAR
-            + w[509] * PHBL
-            + w[510] * PHBR
-            + w[511] * PHCL
-            + w[512] * PHCR
-            + w[513] * R2AL
-            + w[514] * AVFR
-            + w[515] * AVJL
-            + w[516] * R2BL
-            + w[517] * R7BL
-            + w[518] * R1BR
-            + w[519] * R3BR
-            + w[520] * R9AL
-            + w[521] * PCAL
-            + w[522] * PCAR
-            + w[523] * AVG
-            + w[524] * PCBL
-            + w[525] * PCBR
-            + w[526] * R9AR
-            + w[527] * CA05
-            + w[528] * PVNL
-            + w[529] * R8AL
-            + w[530] * PGA
-            + w[531] * CP07
-            + w[532] * R6AR
-            + w[533] * R8AR
-            + w[534] * PVNR,
+            self.mix(
+                w[507:535],
+                PHAL,
+                PHAR,
+                PHBL,
+                PHBR,
+                PHCL,
+                PHCR,
+                R2AL,
+                AVFR,
+                AVJL,
+                R2BL,
+                R7BL,
+                R1BR,
+                R3BR,
+                R9AL,
+                PCAL,
+                PCAR,
+                AVG,
+                PCBL,
+                PCBR,
+                R9AR,
+                CA05,
+                PVNL,
+                R8AL,
+                PGA,
+                CP07,
+                R6AR,
+                R8AR,
+                PVNR,
+            ),
         )
         # PVPL (interneuron, ACh) <- ADLL:1, PQR:2, PVDL:1, PHCL:4, AVFR:2, DVF:3,
         #     SPVR:2, PVNL:1, DVC:4, PVNR:1, SPDL:4, SPDR:1
         PVPL = self.node(
             162,
-            w[535] * ADLL
-            + w[536] * PQR
-            + w[537] * PVDL
-            + w[538] * PHCL
-            + w[539] * AVFR
-            + w[540] * DVF
-            + w[541] * SPVR
-            + w[542] * PVNL
-            + w[543] * DVC
-            + w[544] * PVNR
-            + w[545] * SPDL
-            + w[546] * SPDR,
+            self.mix(
+                w[535:547],
+                ADLL,
+                PQR,
+                PVDL,
+                PHCL,
+                AVFR,
+                DVF,
+                SPVR,
+                PVNL,
+                DVC,
+                PVNR,
+                SPDL,
+                SPDR,
+            ),
         )
         # PVWL (interneuron) <- PQR:3, LUAL:4, AVFR:4, R1BR:6, PDB:1
-        PVWL = self.node(
-            163,
-            w[547] * PQR + w[548] * LUAL + w[549] * AVFR + w[550] * R1BR + w[551] * PDB,
-        )
+        PVWL = self.node(163, self.mix(w[547:552], PQR, LUAL, AVFR, R1BR, PDB))
         # PHDL (sex-specific, ACh+Betaine) <- HOB:2, R2BL:6, R3BR:6, R9AL:3, PCAL:1,
         #     R9AR:3, R8BL:18, R8BR:2, PHDR:13, PDB:2
         PHDL = self.node(
             164,
-            w[552] * HOB
-            + w[553] * R2BL
-            + w[554] * R3BR
-            + w[555] * R9AL
-            + w[556] * PCAL
-            + w[557] * R9AR
-            + w[558] * R8BL
-            + w[559] * R8BR
-            + w[560] * PHDR
-            + w[561] * PDB,
+            self.mix(
+                w[552:562], HOB, R2BL, R3BR, R9AL, PCAL, R9AR, R8BL, R8BR, PHDR, PDB
+            ),
         )
         # EF2 (sex-specific, GABA) <- PQR:2, PHAR:37, PHBR:24, R4BR:15, AVFR:5, HOB:31,
         #     R7BL:3, R7BR:19, AVFL:9, R1BR:21, R6BR:39, DVE:24, R3BR:22, R9BL:91,
@@ -1686,63 +1439,49 @@ class MaleNet(nn.Module):
         #     CP07:9, R3BL:23, R6AR:4, PVNR:26, PDB:4
         EF2 = self.node(
             165,
-            w[562] * PQR
-            + w[563] * PHAR
-            + w[564] * PHBR
-            + w[565] * R4BR
-            + w[566] * AVFR
-            + w[567] * HOB
-            + w[568] * R7BL
-            + w[569] * R7BR
-            + w[570] * AVFL
-            + w[571] * R1BR
-            + w[572] * R6BR
-            + w[573] * DVE
-            + w[574] * R3BR
-            + w[575] * R9BL
-            + w[576] * AVG
-            + w[577] * CP06
-            + w[578] * PCBR
-            + w[579] * R9AR
-            + w[580] * CA05
-            + w[581] * R4BL
-            + w[582] * PVNL
-            + w[583] * R8AL
-            + w[584] * PGA
-            + w[585] * CP07
-            + w[586] * R3BL
-            + w[587] * R6AR
-            + w[588] * PVNR
-            + w[589] * PDB,
+            self.mix(
+                w[562:590],
+                PQR,
+                PHAR,
+                PHBR,
+                R4BR,
+                AVFR,
+                HOB,
+                R7BL,
+                R7BR,
+                AVFL,
+                R1BR,
+                R6BR,
+                DVE,
+                R3BR,
+                R9BL,
+                AVG,
+                CP06,
+                PCBR,
+                R9AR,
+                CA05,
+                R4BL,
+                PVNL,
+                R8AL,
+                PGA,
+                CP07,
+                R3BL,
+                R6AR,
+                PVNR,
+                PDB,
+            ),
         )
         # CA07 (sex-specific, ACh+Glu) <- PHBR:4, HOA:1, PDB:6
-        CA07 = self.node(166, w[590] * PHBR + w[591] * HOA + w[592] * PDB)
+        CA07 = self.node(166, self.mix(w[590:593], PHBR, HOA, PDB))
         # PVQR (interneuron) <- ASJR:20, PHAR:1, PHBL:1, PHBR:4, R2AL:1, AVG:5, DVF:3,
         #     PDB:2, EF2:20
         PVQR = self.node(
-            167,
-            w[593] * ASJR
-            + w[594] * PHAR
-            + w[595] * PHBL
-            + w[596] * PHBR
-            + w[597] * R2AL
-            + w[598] * AVG
-            + w[599] * DVF
-            + w[600] * PDB
-            + w[601] * EF2,
+            167, self.mix(w[593:602], ASJR, PHAR, PHBL, PHBR, R2AL, AVG, DVF, PDB, EF2)
         )
         # AVHR (interneuron) <- PHBL:8, PHBR:1, PHCR:2, AVJL:4, R3BR:7, AVG:4, PDB:1,
         #     CA07:3
         AVHR = self.node(
-            168,
-            w[602] * PHBL
-            + w[603] * PHBR
-            + w[604] * PHCR
-            + w[605] * AVJL
-            + w[606] * R3BR
-            + w[607] * AVG
-            + w[608] * PDB
-            + w[609] * CA07,
+            168, self.mix(w[602:610], PHBL, PHBR, PHCR, AVJL, R3BR, AVG, PDB, CA07)
         )
         # AVJR (interneuron, GABA) <- CA07:1
         AVJR = self.node(169, w[610] * CA07)
@@ -1751,34 +1490,30 @@ class MaleNet(nn.Module):
         #     PVNL:1, PVX:4, PVPL:5
         AVDR = self.node(
             170,
-            w[611] * ASHL
-            + w[612] * ADLL
-            + w[613] * AQR
-            + w[614] * PQR
-            + w[615] * AVM
-            + w[616] * PLML
-            + w[617] * PLMR
-            + w[618] * DVA
-            + w[619] * PVDL
-            + w[620] * AVHL
-            + w[621] * LUAL
-            + w[622] * CEMVL
-            + w[623] * AVFL
-            + w[624] * R1BR
-            + w[625] * PVCL
-            + w[626] * PVNL
-            + w[627] * PVX
-            + w[628] * PVPL,
+            self.mix(
+                w[611:629],
+                ASHL,
+                ADLL,
+                AQR,
+                PQR,
+                AVM,
+                PLML,
+                PLMR,
+                DVA,
+                PVDL,
+                AVHL,
+                LUAL,
+                CEMVL,
+                AVFL,
+                R1BR,
+                PVCL,
+                PVNL,
+                PVX,
+                PVPL,
+            ),
         )
         # RID (interneuron) <- URYVL:1, AIML:3, CEMVL:2, PVCL:5, AVDR:1
-        RID = self.node(
-            171,
-            w[629] * URYVL
-            + w[630] * AIML
-            + w[631] * CEMVL
-            + w[632] * PVCL
-            + w[633] * AVDR,
-        )
+        RID = self.node(171, self.mix(w[629:634], URYVL, AIML, CEMVL, PVCL, AVDR))
         del URYVL
         # DB01 (motor, ACh) <- AVDR:1
         DB01 = self.node(172, w[634] * AVDR)
@@ -1788,32 +1523,35 @@ class MaleNet(nn.Module):
         #     EF2:2, PVQR:14
         EF1 = self.node(
             173,
-            w[635] * PHAR
-            + w[636] * PHBR
-            + w[637] * R4BR
-            + w[638] * AVFR
-            + w[639] * R2BR
-            + w[640] * HOB
-            + w[641] * R2BL
-            + w[642] * R7BR
-            + w[643] * AVFL
-            + w[644] * R6BR
-            + w[645] * DVE
-            + w[646] * R9BL
-            + w[647] * R9AL
-            + w[648] * AVG
-            + w[649] * DVF
-            + w[650] * R8BL
-            + w[651] * R4BL
-            + w[652] * SPVR
-            + w[653] * R8BR
-            + w[654] * PVNL
-            + w[655] * PGA
-            + w[656] * CP07
-            + w[657] * R3BL
-            + w[658] * PVNR
-            + w[659] * EF2
-            + w[660] * PVQR,
+            self.mix(
+                w[635:661],
+                PHAR,
+                PHBR,
+                R4BR,
+                AVFR,
+                R2BR,
+                HOB,
+                R2BL,
+                R7BR,
+                AVFL,
+                R6BR,
+                DVE,
+                R9BL,
+                R9AL,
+                AVG,
+                DVF,
+                R8BL,
+                R4BL,
+                SPVR,
+                R8BR,
+                PVNL,
+                PGA,
+                CP07,
+                R3BL,
+                PVNR,
+                EF2,
+                PVQR,
+            ),
         )
         # CA09 (sex-specific, ACh) <- AVHR:1
         CA09 = self.node(174, w[661] * AVHR)
@@ -1823,235 +1561,162 @@ class MaleNet(nn.Module):
         #     CP07:2, R3BL:65, PVNR:12, PDB:17, EF2:14, PVQR:5, EF1:3
         EF3 = self.node(
             175,
-            w[662] * PQR
-            + w[663] * AVM
-            + w[664] * PHAL
-            + w[665] * PHBL
-            + w[666] * R4BR
-            + w[667] * AVFR
-            + w[668] * R2BR
-            + w[669] * HOB
-            + w[670] * R2BL
-            + w[671] * R7BL
-            + w[672] * R7BR
-            + w[673] * R1BR
-            + w[674] * R6BR
-            + w[675] * DVE
-            + w[676] * R3BR
-            + w[677] * R9BL
-            + w[678] * R9AL
-            + w[679] * DX3
-            + w[680] * CP06
-            + w[681] * R8BL
-            + w[682] * R4BL
-            + w[683] * R8BR
-            + w[684] * PVNL
-            + w[685] * R8AL
-            + w[686] * CP07
-            + w[687] * R3BL
-            + w[688] * PVNR
-            + w[689] * PDB
-            + w[690] * EF2
-            + w[691] * PVQR
-            + w[692] * EF1,
+            self.mix(
+                w[662:693],
+                PQR,
+                AVM,
+                PHAL,
+                PHBL,
+                R4BR,
+                AVFR,
+                R2BR,
+                HOB,
+                R2BL,
+                R7BL,
+                R7BR,
+                R1BR,
+                R6BR,
+                DVE,
+                R3BR,
+                R9BL,
+                R9AL,
+                DX3,
+                CP06,
+                R8BL,
+                R4BL,
+                R8BR,
+                PVNL,
+                R8AL,
+                CP07,
+                R3BL,
+                PVNR,
+                PDB,
+                EF2,
+                PVQR,
+                EF1,
+            ),
         )
         del R6BR
         # CA08 (sex-specific, ACh) <- CA07:1, CA09:2
-        CA08 = self.node(176, w[693] * CA07 + w[694] * CA09)
+        CA08 = self.node(176, self.mix(w[693:695], CA07, CA09))
         del CA09
         # MCMR (sex-specific) <- AVM:1, CEPVR:1, BDUR:8, AVFR:32, EF2:14, PVQR:4, EF3:25
         MCMR = self.node(
-            177,
-            w[695] * AVM
-            + w[696] * CEPVR
-            + w[697] * BDUR
-            + w[698] * AVFR
-            + w[699] * EF2
-            + w[700] * PVQR
-            + w[701] * EF3,
+            177, self.mix(w[695:702], AVM, CEPVR, BDUR, AVFR, EF2, PVQR, EF3)
         )
         # CEMVR (sex-specific, ACh+5-HTP) <- CEPVR:1, RIH:2, DVC:2, EF2:1, EF3:3, MCMR:6
-        CEMVR = self.node(
-            178,
-            w[702] * CEPVR
-            + w[703] * RIH
-            + w[704] * DVC
-            + w[705] * EF2
-            + w[706] * EF3
-            + w[707] * MCMR,
-        )
+        CEMVR = self.node(178, self.mix(w[702:708], CEPVR, RIH, DVC, EF2, EF3, MCMR))
         # RIGR (interneuron, Glu) <- BAGL:15, URXR:17, FLPL:3, ADEL:5, ADER:5, OLLR:2,
         #     DVC:10, CEMVR:18
         RIGR = self.node(
-            179,
-            w[708] * BAGL
-            + w[709] * URXR
-            + w[710] * FLPL
-            + w[711] * ADEL
-            + w[712] * ADER
-            + w[713] * OLLR
-            + w[714] * DVC
-            + w[715] * CEMVR,
+            179, self.mix(w[708:716], BAGL, URXR, FLPL, ADEL, ADER, OLLR, DVC, CEMVR)
         )
         # RICL (interneuron, Glu+Oct) <- ASGL:4, URXR:1, IL2DR:3, IL2R:3, CEPDR:20,
         #     CEPVL:20, CEPVR:22, OLQDR:22, OLQVL:19, AVHL:1, AIML:3, CEMVR:2
         RICL = self.node(
             180,
-            w[716] * ASGL
-            + w[717] * URXR
-            + w[718] * IL2DR
-            + w[719] * IL2R
-            + w[720] * CEPDR
-            + w[721] * CEPVL
-            + w[722] * CEPVR
-            + w[723] * OLQDR
-            + w[724] * OLQVL
-            + w[725] * AVHL
-            + w[726] * AIML
-            + w[727] * CEMVR,
+            self.mix(
+                w[716:728],
+                ASGL,
+                URXR,
+                IL2DR,
+                IL2R,
+                CEPDR,
+                CEPVL,
+                CEPVR,
+                OLQDR,
+                OLQVL,
+                AVHL,
+                AIML,
+                CEMVR,
+            ),
         )
         # RIR (interneuron, ACh+Betaine) <- DVA:33, AIYL:1, RIGL:12, AVHR:1, RIGR:16
-        RIR = self.node(
-            181,
-            w[728] * DVA
-            + w[729] * AIYL
-            + w[730] * RIGL
-            + w[731] * AVHR
-            + w[732] * RIGR,
-        )
+        RIR = self.node(181, self.mix(w[728:733], DVA, AIYL, RIGL, AVHR, RIGR))
         # RMHL (motor, ACh+Betaine) <- CEPDL:13, CEPDR:6, CEPVL:1, CEPVR:9, OLQVL:1,
         #     IL1R:5, RMGL:1, RMEL:3, CEMVR:1, RIGR:19, RICL:1
         RMHL = self.node(
             182,
-            w[733] * CEPDL
-            + w[734] * CEPDR
-            + w[735] * CEPVL
-            + w[736] * CEPVR
-            + w[737] * OLQVL
-            + w[738] * IL1R
-            + w[739] * RMGL
-            + w[740] * RMEL
-            + w[741] * CEMVR
-            + w[742] * RIGR
-            + w[743] * RICL,
+            self.mix(
+                w[733:744],
+                CEPDL,
+                CEPDR,
+                CEPVL,
+                CEPVR,
+                OLQVL,
+                IL1R,
+                RMGL,
+                RMEL,
+                CEMVR,
+                RIGR,
+                RICL,
+            ),
         )
         del RMEL
         # AUAR (interneuron, Glu+Betaine) <- ADFR:10, AFDR:2, URXR:6, DVA:2, RIH:2,
         #     AVHR:1, RIR:3
         AUAR = self.node(
-            183,
-            w[744] * ADFR
-            + w[745] * AFDR
-            + w[746] * URXR
-            + w[747] * DVA
-            + w[748] * RIH
-            + w[749] * AVHR
-            + w[750] * RIR,
+            183, self.mix(w[744:751], ADFR, AFDR, URXR, DVA, RIH, AVHR, RIR)
         )
         del AFDR
         # AIZL (interneuron, Glu) <- AWAL:50, ASGL:3, AWBL:1, ADFL:37, RIH:16, AIYL:157,
         #     RIR:10
         AIZL = self.node(
-            184,
-            w[751] * AWAL
-            + w[752] * ASGL
-            + w[753] * AWBL
-            + w[754] * ADFL
-            + w[755] * RIH
-            + w[756] * AIYL
-            + w[757] * RIR,
+            184, self.mix(w[751:758], AWAL, ASGL, AWBL, ADFL, RIH, AIYL, RIR)
         )
         # AIZR (interneuron, Glu) <- AWAR:88, AWBR:13, ASER:8, ADFR:24, DVA:6, RIH:17,
         #     AIYL:2, AIYR:152, RIR:6
         AIZR = self.node(
-            185,
-            w[758] * AWAR
-            + w[759] * AWBR
-            + w[760] * ASER
-            + w[761] * ADFR
-            + w[762] * DVA
-            + w[763] * RIH
-            + w[764] * AIYL
-            + w[765] * AIYR
-            + w[766] * RIR,
+            185, self.mix(w[758:767], AWAR, AWBR, ASER, ADFR, DVA, RIH, AIYL, AIYR, RIR)
         )
         del AWAR
         # AVKL (interneuron) <- PVM:15, ADEL:10, PDEL:13, PDER:23, RIS:9, RIGL:8,
         #     DVC:15, CEMVR:2, RIGR:14, RMHL:3
         AVKL = self.node(
             186,
-            w[767] * PVM
-            + w[768] * ADEL
-            + w[769] * PDEL
-            + w[770] * PDER
-            + w[771] * RIS
-            + w[772] * RIGL
-            + w[773] * DVC
-            + w[774] * CEMVR
-            + w[775] * RIGR
-            + w[776] * RMHL,
+            self.mix(
+                w[767:777], PVM, ADEL, PDEL, PDER, RIS, RIGL, DVC, CEMVR, RIGR, RMHL
+            ),
         )
         del PVM
         # AIAL (interneuron, ACh) <- ASIL:1, ASGL:70, AWCL:13, ASKL:8, ASHL:23, PVQL:9,
         #     AIML:2, CEMVL:2, AINR:8, AIZL:10
         AIAL = self.node(
             187,
-            w[777] * ASIL
-            + w[778] * ASGL
-            + w[779] * AWCL
-            + w[780] * ASKL
-            + w[781] * ASHL
-            + w[782] * PVQL
-            + w[783] * AIML
-            + w[784] * CEMVL
-            + w[785] * AINR
-            + w[786] * AIZL,
+            self.mix(
+                w[777:787], ASIL, ASGL, AWCL, ASKL, ASHL, PVQL, AIML, CEMVL, AINR, AIZL
+            ),
         )
         del ASGL
         # AIAR (interneuron, ACh) <- ASIR:3, ASGR:57, ASER:2, ASKR:38, ASHR:48, ADLR:24,
         #     AIMR:41, AIYR:10, PVQR:17, AVHR:2, AIZR:8
         AIAR = self.node(
             188,
-            w[787] * ASIR
-            + w[788] * ASGR
-            + w[789] * ASER
-            + w[790] * ASKR
-            + w[791] * ASHR
-            + w[792] * ADLR
-            + w[793] * AIMR
-            + w[794] * AIYR
-            + w[795] * PVQR
-            + w[796] * AVHR
-            + w[797] * AIZR,
+            self.mix(
+                w[787:798],
+                ASIR,
+                ASGR,
+                ASER,
+                ASKR,
+                ASHR,
+                ADLR,
+                AIMR,
+                AIYR,
+                PVQR,
+                AVHR,
+                AIZR,
+            ),
         )
         del ASIR
         # SMBDR (motor, ACh) <- ADFR:3, ALNL:4, SDQL:11, DVA:5, CEPDL:5, OLQDL:4,
         #     RICR:10, AIZR:25
         SMBDR = self.node(
-            189,
-            w[798] * ADFR
-            + w[799] * ALNL
-            + w[800] * SDQL
-            + w[801] * DVA
-            + w[802] * CEPDL
-            + w[803] * OLQDL
-            + w[804] * RICR
-            + w[805] * AIZR,
+            189, self.mix(w[798:806], ADFR, ALNL, SDQL, DVA, CEPDL, OLQDL, RICR, AIZR)
         )
         # RIFL (interneuron, ACh) <- ASHL:1, AVFR:1, ADAL:1, AVFL:4, PVPL:1, AIAL:27
-        RIFL = self.node(
-            190,
-            w[806] * ASHL
-            + w[807] * AVFR
-            + w[808] * ADAL
-            + w[809] * AVFL
-            + w[810] * PVPL
-            + w[811] * AIAL,
-        )
+        RIFL = self.node(190, self.mix(w[806:812], ASHL, AVFR, ADAL, AVFL, PVPL, AIAL))
         # SMBDL (motor, ACh) <- ALNR:1, AIZL:36, AIZR:3, SMBDR:3
-        SMBDL = self.node(
-            191, w[812] * ALNR + w[813] * AIZL + w[814] * AIZR + w[815] * SMBDR
-        )
+        SMBDL = self.node(191, self.mix(w[812:816], ALNR, AIZL, AIZR, SMBDR))
         # CEMDL (sex-specific, ACh+5-HTP) <- SMBDR:5
         CEMDL = self.node(192, w[816] * SMBDR)
         # AIBL (interneuron, Glu+Betaine) <- ASIL:11, ASEL:5, AWCL:3, ASKL:3, ASHL:20,
@@ -2059,22 +1724,25 @@ class MaleNet(nn.Module):
         #     AIZR:72, AIAL:45, RIFL:3
         AIBL = self.node(
             193,
-            w[817] * ASIL
-            + w[818] * ASEL
-            + w[819] * AWCL
-            + w[820] * ASKL
-            + w[821] * ASHL
-            + w[822] * ADLL
-            + w[823] * FLPL
-            + w[824] * FLPR
-            + w[825] * AIML
-            + w[826] * RICR
-            + w[827] * ADAL
-            + w[828] * AINR
-            + w[829] * DVC
-            + w[830] * AIZR
-            + w[831] * AIAL
-            + w[832] * RIFL,
+            self.mix(
+                w[817:833],
+                ASIL,
+                ASEL,
+                AWCL,
+                ASKL,
+                ASHL,
+                ADLL,
+                FLPL,
+                FLPR,
+                AIML,
+                RICR,
+                ADAL,
+                AINR,
+                DVC,
+                AIZR,
+                AIAL,
+                RIFL,
+            ),
         )
         del ASIL, AWCL, ASKL, AIML, AIAL
         # AIBR (interneuron, Glu+Betaine) <- ASGR:9, ASER:13, AWCR:13, ASHR:2, ADLR:53,
@@ -2082,249 +1750,199 @@ class MaleNet(nn.Module):
         #     SMBDL:2
         AIBR = self.node(
             194,
-            w[833] * ASGR
-            + w[834] * ASER
-            + w[835] * AWCR
-            + w[836] * ASHR
-            + w[837] * ADLR
-            + w[838] * BAGL
-            + w[839] * FLPR
-            + w[840] * IL1VL
-            + w[841] * AIMR
-            + w[842] * RIVR
-            + w[843] * DVC
-            + w[844] * RICL
-            + w[845] * AIZL
-            + w[846] * AIAR
-            + w[847] * SMBDL,
+            self.mix(
+                w[833:848],
+                ASGR,
+                ASER,
+                AWCR,
+                ASHR,
+                ADLR,
+                BAGL,
+                FLPR,
+                IL1VL,
+                AIMR,
+                RIVR,
+                DVC,
+                RICL,
+                AIZL,
+                AIAR,
+                SMBDL,
+            ),
         )
         del ASGR, ASER, AWCR, AIMR, AIAR
         # SAAVR (interneuron, ACh) <- ALNL:24, ALNR:8, DVA:1, RICR:9, RICL:3, SMBDL:17
-        SAAVR = self.node(
-            195,
-            w[848] * ALNL
-            + w[849] * ALNR
-            + w[850] * DVA
-            + w[851] * RICR
-            + w[852] * RICL
-            + w[853] * SMBDL,
-        )
+        SAAVR = self.node(195, self.mix(w[848:854], ALNL, ALNR, DVA, RICR, RICL, SMBDL))
         # RIML (interneuron, Glu+Tyr+Betaine) <- FLPR:4, RICR:4, ADAL:11, RIVR:10,
         #     RIS:27, RIGL:9, AVFL:10, RICL:2, AIZL:14, AVKL:2, RIFL:41, SMBDL:2,
         #     AIBL:1, AIBR:36, SAAVR:29
         RIML = self.node(
             196,
-            w[854] * FLPR
-            + w[855] * RICR
-            + w[856] * ADAL
-            + w[857] * RIVR
-            + w[858] * RIS
-            + w[859] * RIGL
-            + w[860] * AVFL
-            + w[861] * RICL
-            + w[862] * AIZL
-            + w[863] * AVKL
-            + w[864] * RIFL
-            + w[865] * SMBDL
-            + w[866] * AIBL
-            + w[867] * AIBR
-            + w[868] * SAAVR,
+            self.mix(
+                w[854:869],
+                FLPR,
+                RICR,
+                ADAL,
+                RIVR,
+                RIS,
+                RIGL,
+                AVFL,
+                RICL,
+                AIZL,
+                AVKL,
+                RIFL,
+                SMBDL,
+                AIBL,
+                AIBR,
+                SAAVR,
+            ),
         )
         # SAAVL (interneuron, ACh) <- ALNL:12, PLNL:1, DVA:3, AVKL:3, SMBDR:14, RIML:24
-        SAAVL = self.node(
-            197,
-            w[869] * ALNL
-            + w[870] * PLNL
-            + w[871] * DVA
-            + w[872] * AVKL
-            + w[873] * SMBDR
-            + w[874] * RIML,
-        )
+        SAAVL = self.node(197, self.mix(w[869:875], ALNL, PLNL, DVA, AVKL, SMBDR, RIML))
         # RIMR (interneuron, Glu+Tyr+Betaine) <- ALNL:4, AVM:3, DVA:4, RIS:16, RIGL:1,
         #     AIZR:24, AIBL:42, AIBR:2, SAAVR:5, SAAVL:50
         RIMR = self.node(
             198,
-            w[875] * ALNL
-            + w[876] * AVM
-            + w[877] * DVA
-            + w[878] * RIS
-            + w[879] * RIGL
-            + w[880] * AIZR
-            + w[881] * AIBL
-            + w[882] * AIBR
-            + w[883] * SAAVR
-            + w[884] * SAAVL,
+            self.mix(
+                w[875:885], ALNL, AVM, DVA, RIS, RIGL, AIZR, AIBL, AIBR, SAAVR, SAAVL
+            ),
         )
         # RIFR (interneuron, ACh) <- ASJR:2, ASKR:1, AVM:1, AVFR:30, EF2:14, EF1:3,
         #     EF3:18, MCMR:25, RIMR:8
         RIFR = self.node(
-            199,
-            w[885] * ASJR
-            + w[886] * ASKR
-            + w[887] * AVM
-            + w[888] * AVFR
-            + w[889] * EF2
-            + w[890] * EF1
-            + w[891] * EF3
-            + w[892] * MCMR
-            + w[893] * RIMR,
+            199, self.mix(w[885:894], ASJR, ASKR, AVM, AVFR, EF2, EF1, EF3, MCMR, RIMR)
         )
         del ASKR
         # AVDL (interneuron, ACh) <- ASHR:24, ADLR:40, AQR:2, PQR:13, ALMR:9, PLMR:8,
         #     FLPL:11, PVDL:1, PVDR:1, AVFR:8, PVNL:5, PVX:4, CEMVR:34, AVKL:1, RIMR:1
         AVDL = self.node(
             200,
-            w[894] * ASHR
-            + w[895] * ADLR
-            + w[896] * AQR
-            + w[897] * PQR
-            + w[898] * ALMR
-            + w[899] * PLMR
-            + w[900] * FLPL
-            + w[901] * PVDL
-            + w[902] * PVDR
-            + w[903] * AVFR
-            + w[904] * PVNL
-            + w[905] * PVX
-            + w[906] * CEMVR
-            + w[907] * AVKL
-            + w[908] * RIMR,
+            self.mix(
+                w[894:909],
+                ASHR,
+                ADLR,
+                AQR,
+                PQR,
+                ALMR,
+                PLMR,
+                FLPL,
+                PVDL,
+                PVDR,
+                AVFR,
+                PVNL,
+                PVX,
+                CEMVR,
+                AVKL,
+                RIMR,
+            ),
         )
         # RMFR (interneuron, ACh) <- BAGL:5, AIBL:5, RIML:1, SAAVL:11, RIMR:11
-        RMFR = self.node(
-            201,
-            w[909] * BAGL
-            + w[910] * AIBL
-            + w[911] * RIML
-            + w[912] * SAAVL
-            + w[913] * RIMR,
-        )
+        RMFR = self.node(201, self.mix(w[909:914], BAGL, AIBL, RIML, SAAVL, RIMR))
         # SMDVL (motor, ACh+GABA+Betaine) <- CEPVR:2, OLLR:24, IL1VR:2, RIH:8, DVC:1,
         #     CEMVR:2, RIML:12, RIMR:2
         SMDVL = self.node(
-            202,
-            w[914] * CEPVR
-            + w[915] * OLLR
-            + w[916] * IL1VR
-            + w[917] * RIH
-            + w[918] * DVC
-            + w[919] * CEMVR
-            + w[920] * RIML
-            + w[921] * RIMR,
+            202, self.mix(w[914:922], CEPVR, OLLR, IL1VR, RIH, DVC, CEMVR, RIML, RIMR)
         )
         # SMDVR (motor, ACh+GABA+Betaine) <- ALNR:6, PLNL:3, OLLL:24, RICR:2, RIVR:6,
         #     RICL:3, SAAVR:1, RIMR:11, SMDVL:2
         SMDVR = self.node(
             203,
-            w[922] * ALNR
-            + w[923] * PLNL
-            + w[924] * OLLL
-            + w[925] * RICR
-            + w[926] * RIVR
-            + w[927] * RICL
-            + w[928] * SAAVR
-            + w[929] * RIMR
-            + w[930] * SMDVL,
+            self.mix(
+                w[922:931], ALNR, PLNL, OLLL, RICR, RIVR, RICL, SAAVR, RIMR, SMDVL
+            ),
         )
         # RIAR (interneuron, Glu) <- AWBR:26, ADFR:33, BAGL:39, URXR:8, AQR:6, DVA:4,
         #     OLQDR:1, RIH:62, RIVL:5, AIYL:2, AIYR:121, RIVR:2, CEMVR:10, RIR:9,
         #     AUAR:42, AIZL:5, AIZR:42, RIMR:1, SMDVL:54, SMDVR:39
         RIAR = self.node(
             204,
-            w[931] * AWBR
-            + w[932] * ADFR
-            + w[933] * BAGL
-            + w[934] * URXR
-            + w[935] * AQR
-            + w[936] * DVA
-            + w[937] * OLQDR
-            + w[938] * RIH
-            + w[939] * RIVL
-            + w[940] * AIYL
-            + w[941] * AIYR
-            + w[942] * RIVR
-            + w[943] * CEMVR
-            + w[944] * RIR
-            + w[945] * AUAR
-            + w[946] * AIZL
-            + w[947] * AIZR
-            + w[948] * RIMR
-            + w[949] * SMDVL
-            + w[950] * SMDVR,
+            self.mix(
+                w[931:951],
+                AWBR,
+                ADFR,
+                BAGL,
+                URXR,
+                AQR,
+                DVA,
+                OLQDR,
+                RIH,
+                RIVL,
+                AIYL,
+                AIYR,
+                RIVR,
+                CEMVR,
+                RIR,
+                AUAR,
+                AIZL,
+                AIZR,
+                RIMR,
+                SMDVL,
+                SMDVR,
+            ),
         )
         # RMED (motor, GABA) <- IL2DR:3, IL2VL:6, IL2VR:12, RIS:1, SMBDL:61, SMDVL:1,
         #     SMDVR:15
         RMED = self.node(
-            205,
-            w[951] * IL2DR
-            + w[952] * IL2VL
-            + w[953] * IL2VR
-            + w[954] * RIS
-            + w[955] * SMBDL
-            + w[956] * SMDVL
-            + w[957] * SMDVR,
+            205, self.mix(w[951:958], IL2DR, IL2VL, IL2VR, RIS, SMBDL, SMDVL, SMDVR)
         )
         # RIAL (interneuron, Glu) <- AWBL:13, ADFL:47, ASHL:8, AQR:5, DVA:1, IL2VL:5,
         #     IL1VL:3, RIH:8, RIVL:6, AIYL:171, RICR:1, AUAL:45, ADAL:13, RIVR:11,
         #     CEMVL:5, RIGL:3, AINR:24, RIR:10, AIZL:44, SMDVL:32, SMDVR:40, RIAR:47
         RIAL = self.node(
             206,
-            w[958] * AWBL
-            + w[959] * ADFL
-            + w[960] * ASHL
-            + w[961] * AQR
-            + w[962] * DVA
-            + w[963] * IL2VL
-            + w[964] * IL1VL
-            + w[965] * RIH
-            + w[966] * RIVL
-            + w[967] * AIYL
-            + w[968] * RICR
-            + w[969] * AUAL
-            + w[970] * ADAL
-            + w[971] * RIVR
-            + w[972] * CEMVL
-            + w[973] * RIGL
-            + w[974] * AINR
-            + w[975] * RIR
-            + w[976] * AIZL
-            + w[977] * SMDVL
-            + w[978] * SMDVR
-            + w[979] * RIAR,
+            self.mix(
+                w[958:980],
+                AWBL,
+                ADFL,
+                ASHL,
+                AQR,
+                DVA,
+                IL2VL,
+                IL1VL,
+                RIH,
+                RIVL,
+                AIYL,
+                RICR,
+                AUAL,
+                ADAL,
+                RIVR,
+                CEMVL,
+                RIGL,
+                AINR,
+                RIR,
+                AIZL,
+                SMDVL,
+                SMDVR,
+                RIAR,
+            ),
         )
         # SIADL (motor, ACh) <- SDQR:2, SMBDL:19, RIAR:4
-        SIADL = self.node(207, w[980] * SDQR + w[981] * SMBDL + w[982] * RIAR)
+        SIADL = self.node(207, self.mix(w[980:983], SDQR, SMBDL, RIAR))
         # RMGR (interneuron) <- ASJR:3, URXR:1, ALNR:2, PLNR:5, URBR:1, BDUR:2, RMHL:4,
         #     RIAL:4
         RMGR = self.node(
-            208,
-            w[983] * ASJR
-            + w[984] * URXR
-            + w[985] * ALNR
-            + w[986] * PLNR
-            + w[987] * URBR
-            + w[988] * BDUR
-            + w[989] * RMHL
-            + w[990] * RIAL,
+            208, self.mix(w[983:991], ASJR, URXR, ALNR, PLNR, URBR, BDUR, RMHL, RIAL)
         )
         del BDUR, URBR
         # RMDVL (motor, ACh) <- OLLL:4, OLQVR:23, IL1DL:25, IL1L:13, IL1R:2, RMGL:32,
         #     RIVL:4, RIS:1, RMHL:2, SMDVL:29, RIAR:113, RMED:3, RIAL:71
         RMDVL = self.node(
             209,
-            w[991] * OLLL
-            + w[992] * OLQVR
-            + w[993] * IL1DL
-            + w[994] * IL1L
-            + w[995] * IL1R
-            + w[996] * RMGL
-            + w[997] * RIVL
-            + w[998] * RIS
-            + w[999] * RMHL
-            + w[1000] * SMDVL
-            + w[1001] * RIAR
-            + w[1002] * RMED
-            + w[1003] * RIAL,
+            self.mix(
+                w[991:1004],
+                OLLL,
+                OLQVR,
+                IL1DL,
+                IL1L,
+                IL1R,
+                RMGL,
+                RIVL,
+                RIS,
+                RMHL,
+                SMDVL,
+                RIAR,
+                RMED,
+                RIAL,
+            ),
         )
         del IL1DL
         # RIBR (interneuron, GABA) <- AWBR:6, BAGL:20, AVM:5, IL2R:15, CEPDR:2, CEPVR:2,
@@ -2333,30 +1951,33 @@ class MaleNet(nn.Module):
         #     RIAL:22, RMGR:24
         RIBR = self.node(
             210,
-            w[1004] * AWBR
-            + w[1005] * BAGL
-            + w[1006] * AVM
-            + w[1007] * IL2R
-            + w[1008] * CEPDR
-            + w[1009] * CEPVR
-            + w[1010] * OLLR
-            + w[1011] * IL1R
-            + w[1012] * RIH
-            + w[1013] * AIYR
-            + w[1014] * RIS
-            + w[1015] * DVC
-            + w[1016] * EF3
-            + w[1017] * CEMVR
-            + w[1018] * RIGR
-            + w[1019] * RMHL
-            + w[1020] * AUAR
-            + w[1021] * AIBL
-            + w[1022] * RIML
-            + w[1023] * RIMR
-            + w[1024] * SMDVL
-            + w[1025] * RIAR
-            + w[1026] * RIAL
-            + w[1027] * RMGR,
+            self.mix(
+                w[1004:1028],
+                AWBR,
+                BAGL,
+                AVM,
+                IL2R,
+                CEPDR,
+                CEPVR,
+                OLLR,
+                IL1R,
+                RIH,
+                AIYR,
+                RIS,
+                DVC,
+                EF3,
+                CEMVR,
+                RIGR,
+                RMHL,
+                AUAR,
+                AIBL,
+                RIML,
+                RIMR,
+                SMDVL,
+                RIAR,
+                RIAL,
+                RMGR,
+            ),
         )
         del BAGL, AWBR, AUAR
         # RIPR (interneuron, ACh) <- ADFR:1, IL2DR:11, IL2VR:40, CEPDR:5, CEPVR:3,
@@ -2364,131 +1985,116 @@ class MaleNet(nn.Module):
         #     CEMVR:1, RMDVL:1
         RIPR = self.node(
             211,
-            w[1028] * ADFR
-            + w[1029] * IL2DR
-            + w[1030] * IL2VR
-            + w[1031] * CEPDR
-            + w[1032] * CEPVR
-            + w[1033] * OLQDR
-            + w[1034] * IL1DR
-            + w[1035] * IL1VR
-            + w[1036] * RIH
-            + w[1037] * URADR
-            + w[1038] * URAVR
-            + w[1039] * PVR
-            + w[1040] * MCMR
-            + w[1041] * CEMVR
-            + w[1042] * RMDVL,
+            self.mix(
+                w[1028:1043],
+                ADFR,
+                IL2DR,
+                IL2VR,
+                CEPDR,
+                CEPVR,
+                OLQDR,
+                IL1DR,
+                IL1VR,
+                RIH,
+                URADR,
+                URAVR,
+                PVR,
+                MCMR,
+                CEMVR,
+                RMDVL,
+            ),
         )
         # SIBVR (motor, ACh) <- OLQDR:14, AIBL:6, RMFR:6, SMDVR:30, RMGR:2
-        SIBVR = self.node(
-            212,
-            w[1043] * OLQDR
-            + w[1044] * AIBL
-            + w[1045] * RMFR
-            + w[1046] * SMDVR
-            + w[1047] * RMGR,
-        )
+        SIBVR = self.node(212, self.mix(w[1043:1048], OLQDR, AIBL, RMFR, SMDVR, RMGR))
         del RMFR
         # RMDDR (motor, ACh) <- CEPVR:16, OLLR:17, OLQDL:6, IL1R:28, IL1VR:47, URBL:1,
         #     RIVL:3, MCMR:2, SMBDR:11, SMDVL:48, RIAR:107, RIAL:51, RMDVL:71, RIBR:5
         RMDDR = self.node(
             213,
-            w[1048] * CEPVR
-            + w[1049] * OLLR
-            + w[1050] * OLQDL
-            + w[1051] * IL1R
-            + w[1052] * IL1VR
-            + w[1053] * URBL
-            + w[1054] * RIVL
-            + w[1055] * MCMR
-            + w[1056] * SMBDR
-            + w[1057] * SMDVL
-            + w[1058] * RIAR
-            + w[1059] * RIAL
-            + w[1060] * RMDVL
-            + w[1061] * RIBR,
+            self.mix(
+                w[1048:1062],
+                CEPVR,
+                OLLR,
+                OLQDL,
+                IL1R,
+                IL1VR,
+                URBL,
+                RIVL,
+                MCMR,
+                SMBDR,
+                SMDVL,
+                RIAR,
+                RIAL,
+                RMDVL,
+                RIBR,
+            ),
         )
         del RMDVL
         # RMDR (motor, ACh) <- IL2L:10, IL2R:1, OLLL:23, OLLR:5, IL1L:3, RMGL:30, RIS:5,
         #     RMHR:2, RMHL:5, RIML:11, RIMR:6, RIAR:33, RIAL:27, RMGR:4, RIBR:5
         RMDR = self.node(
             214,
-            w[1062] * IL2L
-            + w[1063] * IL2R
-            + w[1064] * OLLL
-            + w[1065] * OLLR
-            + w[1066] * IL1L
-            + w[1067] * RMGL
-            + w[1068] * RIS
-            + w[1069] * RMHR
-            + w[1070] * RMHL
-            + w[1071] * RIML
-            + w[1072] * RIMR
-            + w[1073] * RIAR
-            + w[1074] * RIAL
-            + w[1075] * RMGR
-            + w[1076] * RIBR,
+            self.mix(
+                w[1062:1077],
+                IL2L,
+                IL2R,
+                OLLL,
+                OLLR,
+                IL1L,
+                RMGL,
+                RIS,
+                RMHR,
+                RMHL,
+                RIML,
+                RIMR,
+                RIAR,
+                RIAL,
+                RMGR,
+                RIBR,
+            ),
         )
         del RMHL
         # SIAVL (motor, ACh) <- PLNL:1, CEPVL:9, AVHL:1, RIVR:13, PVCL:2, SMBDL:3,
         #     SMDVR:30, RIAR:23, SIBVR:5
         SIAVL = self.node(
             215,
-            w[1077] * PLNL
-            + w[1078] * CEPVL
-            + w[1079] * AVHL
-            + w[1080] * RIVR
-            + w[1081] * PVCL
-            + w[1082] * SMBDL
-            + w[1083] * SMDVR
-            + w[1084] * RIAR
-            + w[1085] * SIBVR,
+            self.mix(
+                w[1077:1086], PLNL, CEPVL, AVHL, RIVR, PVCL, SMBDL, SMDVR, RIAR, SIBVR
+            ),
         )
         # RMER (motor, GABA) <- IL2DR:4, IL2L:8, IL2VL:6, IL2VR:15, OLLR:1, OLQVR:5,
         #     IL1VR:1, URBL:1, URADR:10, URAVR:12, RMDR:2
         RMER = self.node(
             216,
-            w[1086] * IL2DR
-            + w[1087] * IL2L
-            + w[1088] * IL2VL
-            + w[1089] * IL2VR
-            + w[1090] * OLLR
-            + w[1091] * OLQVR
-            + w[1092] * IL1VR
-            + w[1093] * URBL
-            + w[1094] * URADR
-            + w[1095] * URAVR
-            + w[1096] * RMDR,
+            self.mix(
+                w[1086:1097],
+                IL2DR,
+                IL2L,
+                IL2VL,
+                IL2VR,
+                OLLR,
+                OLQVR,
+                IL1VR,
+                URBL,
+                URADR,
+                URAVR,
+                RMDR,
+            ),
         )
         del IL2VR, IL1VR, URADR, URAVR
         # RMEV (motor, GABA) <- IL2DR:1, IL2VL:5, RIH:14, URAVL:1, RIS:14, SMDVL:2,
         #     RMDDR:1
         RMEV = self.node(
-            217,
-            w[1097] * IL2DR
-            + w[1098] * IL2VL
-            + w[1099] * RIH
-            + w[1100] * URAVL
-            + w[1101] * RIS
-            + w[1102] * SMDVL
-            + w[1103] * RMDDR,
+            217, self.mix(w[1097:1104], IL2DR, IL2VL, RIH, URAVL, RIS, SMDVL, RMDDR)
         )
         del IL2DR, IL2VL, URAVL, RMDDR
         # RMDL (motor, ACh) <- OLLL:1, IL1L:15, URBL:18, RMGL:2, RIS:1, RMHR:12,
         #     RIMR:17, RIAR:13, RIAL:12, RMDR:16
         RMDL = self.node(
             218,
-            w[1104] * OLLL
-            + w[1105] * IL1L
-            + w[1106] * URBL
-            + w[1107] * RMGL
-            + w[1108] * RIS
-            + w[1109] * RMHR
-            + w[1110] * RIMR
-            + w[1111] * RIAR
-            + w[1112] * RIAL
-            + w[1113] * RMDR,
+            self.mix(
+                w[1104:1114], OLLL, IL1L, URBL, RMGL, RIS, RMHR, RIMR, RIAR, RIAL, RMDR
+            ),
         )
         del URBL, RMHR
         # SMBVL (motor, ACh) <- AWBL:3, ADFL:8, ASHL:4, ADLL:1, PLNL:25, AVM:3, DVA:1,
@@ -2496,55 +2102,55 @@ class MaleNet(nn.Module):
         #     SIAVL:2
         SMBVL = self.node(
             219,
-            w[1114] * AWBL
-            + w[1115] * ADFL
-            + w[1116] * ASHL
-            + w[1117] * ADLL
-            + w[1118] * PLNL
-            + w[1119] * AVM
-            + w[1120] * DVA
-            + w[1121] * IL2L
-            + w[1122] * AVHL
-            + w[1123] * RMGL
-            + w[1124] * AVJL
-            + w[1125] * AIZL
-            + w[1126] * AIZR
-            + w[1127] * RIFL
-            + w[1128] * SMBDL
-            + w[1129] * RMDR
-            + w[1130] * SIAVL,
+            self.mix(
+                w[1114:1131],
+                AWBL,
+                ADFL,
+                ASHL,
+                ADLL,
+                PLNL,
+                AVM,
+                DVA,
+                IL2L,
+                AVHL,
+                RMGL,
+                AVJL,
+                AIZL,
+                AIZR,
+                RIFL,
+                SMBDL,
+                RMDR,
+                SIAVL,
+            ),
         )
         del IL2L, ADLL, SIAVL
         # SIADR (motor, ACh) <- ALNL:3, SDQL:2, CEPDL:9, RMGL:3, RICR:3, SMBDR:20,
         #     RIAR:4, RIAL:3, RMDR:5
         SIADR = self.node(
             220,
-            w[1131] * ALNL
-            + w[1132] * SDQL
-            + w[1133] * CEPDL
-            + w[1134] * RMGL
-            + w[1135] * RICR
-            + w[1136] * SMBDR
-            + w[1137] * RIAR
-            + w[1138] * RIAL
-            + w[1139] * RMDR,
+            self.mix(
+                w[1131:1140], ALNL, SDQL, CEPDL, RMGL, RICR, SMBDR, RIAR, RIAL, RMDR
+            ),
         )
         # RMDVR (motor, ACh) <- PLNL:1, OLLR:6, OLQDR:6, OLQVL:27, IL1DR:19, IL1R:33,
         #     RIVR:9, RIAR:81, RIAL:79, RMGR:23, RIBR:4, SMBVL:19
         RMDVR = self.node(
             221,
-            w[1140] * PLNL
-            + w[1141] * OLLR
-            + w[1142] * OLQDR
-            + w[1143] * OLQVL
-            + w[1144] * IL1DR
-            + w[1145] * IL1R
-            + w[1146] * RIVR
-            + w[1147] * RIAR
-            + w[1148] * RIAL
-            + w[1149] * RMGR
-            + w[1150] * RIBR
-            + w[1151] * SMBVL,
+            self.mix(
+                w[1140:1152],
+                PLNL,
+                OLLR,
+                OLQDR,
+                OLQVL,
+                IL1DR,
+                IL1R,
+                RIVR,
+                RIAR,
+                RIAL,
+                RMGR,
+                RIBR,
+                SMBVL,
+            ),
         )
         del IL1DR
         # SMDDR (motor, ACh+GABA+Betaine) <- ALNL:6, PLNR:1, FLPL:3, CEPVR:8, OLLL:11,
@@ -2552,52 +2158,42 @@ class MaleNet(nn.Module):
         #     SAAVL:18, RIMR:29, SMDVL:22, RIAR:57, RMED:16, RIAL:28, RMDR:5, SIADR:17
         SMDDR = self.node(
             222,
-            w[1152] * ALNL
-            + w[1153] * PLNR
-            + w[1154] * FLPL
-            + w[1155] * CEPVR
-            + w[1156] * OLLL
-            + w[1157] * RMGL
-            + w[1158] * RIVL
-            + w[1159] * RICR
-            + w[1160] * RIS
-            + w[1161] * RICL
-            + w[1162] * AVKL
-            + w[1163] * SMBDR
-            + w[1164] * AIBL
-            + w[1165] * RIML
-            + w[1166] * SAAVL
-            + w[1167] * RIMR
-            + w[1168] * SMDVL
-            + w[1169] * RIAR
-            + w[1170] * RMED
-            + w[1171] * RIAL
-            + w[1172] * RMDR
-            + w[1173] * SIADR,
+            self.mix(
+                w[1152:1174],
+                ALNL,
+                PLNR,
+                FLPL,
+                CEPVR,
+                OLLL,
+                RMGL,
+                RIVL,
+                RICR,
+                RIS,
+                RICL,
+                AVKL,
+                SMBDR,
+                AIBL,
+                RIML,
+                SAAVL,
+                RIMR,
+                SMDVL,
+                RIAR,
+                RMED,
+                RIAL,
+                RMDR,
+                SIADR,
+            ),
         )
         # SIBVL (motor, ACh) <- OLQDL:6, RMGL:1, RIFL:3, SMDVL:30, SMBVL:3
-        SIBVL = self.node(
-            223,
-            w[1174] * OLQDL
-            + w[1175] * RMGL
-            + w[1176] * RIFL
-            + w[1177] * SMDVL
-            + w[1178] * SMBVL,
-        )
+        SIBVL = self.node(223, self.mix(w[1174:1179], OLQDL, RMGL, RIFL, SMDVL, SMBVL))
         del OLQDL
         # MCML (sex-specific) <- AVFR:1, CEMVL:5, AVJL:2, AVFL:32, RID:1, RICL:1,
         #     RIFL:3, RIML:3, SMBVL:3
         MCML = self.node(
             224,
-            w[1179] * AVFR
-            + w[1180] * CEMVL
-            + w[1181] * AVJL
-            + w[1182] * AVFL
-            + w[1183] * RID
-            + w[1184] * RICL
-            + w[1185] * RIFL
-            + w[1186] * RIML
-            + w[1187] * SMBVL,
+            self.mix(
+                w[1179:1188], AVFR, CEMVL, AVJL, AVFL, RID, RICL, RIFL, RIML, SMBVL
+            ),
         )
         del RID
         # RIBL (interneuron, GABA) <- AWAL:3, AWBL:9, ASEL:1, ADFL:1, OLLL:9, AIYL:142,
@@ -2605,66 +2201,73 @@ class MaleNet(nn.Module):
         #     RMED:3, RIAL:8, RMEV:3, SMDDR:22
         RIBL = self.node(
             225,
-            w[1188] * AWAL
-            + w[1189] * AWBL
-            + w[1190] * ASEL
-            + w[1191] * ADFL
-            + w[1192] * OLLL
-            + w[1193] * AIYL
-            + w[1194] * AUAL
-            + w[1195] * ADAL
-            + w[1196] * CEMVL
-            + w[1197] * RIS
-            + w[1198] * RIGL
-            + w[1199] * DVC
-            + w[1200] * RIML
-            + w[1201] * RIMR
-            + w[1202] * RIAR
-            + w[1203] * RMED
-            + w[1204] * RIAL
-            + w[1205] * RMEV
-            + w[1206] * SMDDR,
+            self.mix(
+                w[1188:1207],
+                AWAL,
+                AWBL,
+                ASEL,
+                ADFL,
+                OLLL,
+                AIYL,
+                AUAL,
+                ADAL,
+                CEMVL,
+                RIS,
+                RIGL,
+                DVC,
+                RIML,
+                RIMR,
+                RIAR,
+                RMED,
+                RIAL,
+                RMEV,
+                SMDDR,
+            ),
         )
         del AWAL, AWBL, ASEL, ADFL, AIYL, RMEV
         # RMDDL (motor, ACh) <- OLLL:22, OLQDR:20, IL1L:12, IL1R:1, IL1VL:81, RIVR:3,
         #     SMDVR:1, RIAR:39, RIAL:71, RMGR:3, RMDR:5, RMDVR:73
         RMDDL = self.node(
             226,
-            w[1207] * OLLL
-            + w[1208] * OLQDR
-            + w[1209] * IL1L
-            + w[1210] * IL1R
-            + w[1211] * IL1VL
-            + w[1212] * RIVR
-            + w[1213] * SMDVR
-            + w[1214] * RIAR
-            + w[1215] * RIAL
-            + w[1216] * RMGR
-            + w[1217] * RMDR
-            + w[1218] * RMDVR,
+            self.mix(
+                w[1207:1219],
+                OLLL,
+                OLQDR,
+                IL1L,
+                IL1R,
+                IL1VL,
+                RIVR,
+                SMDVR,
+                RIAR,
+                RIAL,
+                RMGR,
+                RMDR,
+                RMDVR,
+            ),
         )
         del OLQDR, IL1VL, IL1L, IL1R, RMDR, RMDVR
         # SIBDR (motor, ACh) <- OLQVR:23, AIYR:15, SIADR:4, SMDDR:14
-        SIBDR = self.node(
-            227, w[1219] * OLQVR + w[1220] * AIYR + w[1221] * SIADR + w[1222] * SMDDR
-        )
+        SIBDR = self.node(227, self.mix(w[1219:1223], OLQVR, AIYR, SIADR, SMDDR))
         del AIYR, SIADR
         # AVER (interneuron, ACh) <- URXR:19, DVA:17, CEPVR:8, OLLL:26, RIS:14, RIGL:8,
         #     PVPL:4, AVDR:3, AIZL:15, AIBR:4, SIBVR:2, RIBL:5
         AVER = self.node(
             228,
-            w[1223] * URXR
-            + w[1224] * DVA
-            + w[1225] * CEPVR
-            + w[1226] * OLLL
-            + w[1227] * RIS
-            + w[1228] * RIGL
-            + w[1229] * PVPL
-            + w[1230] * AVDR
-            + w[1231] * AIZL
-            + w[1232] * AIBR
-            + w[1233] * SIBVR
-            + w[1234] * RIBL,
+            self.mix(
+                w[1223:1235],
+                URXR,
+                DVA,
+                CEPVR,
+                OLLL,
+                RIS,
+                RIGL,
+                PVPL,
+                AVDR,
+                AIZL,
+                AIBR,
+                SIBVR,
+                RIBL,
+            ),
         )
         del SIBVR
         # SMDDL (motor, ACh+GABA+Betaine) <- ALNR:3, CEPDL:1, OLLL:5, RICR:16, RICL:15,
@@ -2672,42 +2275,38 @@ class MaleNet(nn.Module):
         #     RMED:3, RIAL:18, SIADL:17, RMGR:3, SMDDR:4, RIBL:2
         SMDDL = self.node(
             229,
-            w[1235] * ALNR
-            + w[1236] * CEPDL
-            + w[1237] * OLLL
-            + w[1238] * RICR
-            + w[1239] * RICL
-            + w[1240] * AVKL
-            + w[1241] * SMBDL
-            + w[1242] * AIBR
-            + w[1243] * SAAVR
-            + w[1244] * RIML
-            + w[1245] * RIMR
-            + w[1246] * SMDVR
-            + w[1247] * RIAR
-            + w[1248] * RMED
-            + w[1249] * RIAL
-            + w[1250] * SIADL
-            + w[1251] * RMGR
-            + w[1252] * SMDDR
-            + w[1253] * RIBL,
+            self.mix(
+                w[1235:1254],
+                ALNR,
+                CEPDL,
+                OLLL,
+                RICR,
+                RICL,
+                AVKL,
+                SMBDL,
+                AIBR,
+                SAAVR,
+                RIML,
+                RIMR,
+                SMDVR,
+                RIAR,
+                RMED,
+                RIAL,
+                SIADL,
+                RMGR,
+                SMDDR,
+                RIBL,
+            ),
         )
         del SMBDL, OLLL, SMDVR, RMED, SMDDR, RIBL
         # SIBDL (motor, ACh) <- OLQVL:26, SIADL:4, SMDDL:14
-        SIBDL = self.node(230, w[1254] * OLQVL + w[1255] * SIADL + w[1256] * SMDDL)
+        SIBDL = self.node(230, self.mix(w[1254:1257], OLQVL, SIADL, SMDDL))
         del OLQVL, SIADL
         # RMFL (interneuron, ACh) <- RICR:6, ADAL:3, RIVR:3, RIGL:3, AIBR:2, SAAVR:6,
         #     RIML:1, SIBDL:1
         RMFL = self.node(
             231,
-            w[1257] * RICR
-            + w[1258] * ADAL
-            + w[1259] * RIVR
-            + w[1260] * RIGL
-            + w[1261] * AIBR
-            + w[1262] * SAAVR
-            + w[1263] * RIML
-            + w[1264] * SIBDL,
+            self.mix(w[1257:1265], RICR, ADAL, RIVR, RIGL, AIBR, SAAVR, RIML, SIBDL),
         )
         # AVAR (interneuron, ACh) <- URXR:1, ALNL:2, AQR:3, PQR:55, PLMR:5, FLPL:6,
         #     FLPR:14, DVA:3, PVDL:29, PVDR:30, ADEL:5, CEPDL:1, CEPVL:1, LUAL:27,
@@ -2715,84 +2314,93 @@ class MaleNet(nn.Module):
         #     PVPL:11, AVDR:14, RICL:22, SAAVR:70, AVDL:14, AVER:33, SIBDL:1
         AVAR = self.node(
             232,
-            w[1265] * URXR
-            + w[1266] * ALNL
-            + w[1267] * AQR
-            + w[1268] * PQR
-            + w[1269] * PLMR
-            + w[1270] * FLPL
-            + w[1271] * FLPR
-            + w[1272] * DVA
-            + w[1273] * PVDL
-            + w[1274] * PVDR
-            + w[1275] * ADEL
-            + w[1276] * CEPDL
-            + w[1277] * CEPVL
-            + w[1278] * LUAL
-            + w[1279] * AVFR
-            + w[1280] * RICR
-            + w[1281] * RIGL
-            + w[1282] * AVFL
-            + w[1283] * R1BR
-            + w[1284] * VA12
-            + w[1285] * PVNL
-            + w[1286] * DVC
-            + w[1287] * PVX
-            + w[1288] * PVPL
-            + w[1289] * AVDR
-            + w[1290] * RICL
-            + w[1291] * SAAVR
-            + w[1292] * AVDL
-            + w[1293] * AVER
-            + w[1294] * SIBDL,
+            self.mix(
+                w[1265:1295],
+                URXR,
+                ALNL,
+                AQR,
+                PQR,
+                PLMR,
+                FLPL,
+                FLPR,
+                DVA,
+                PVDL,
+                PVDR,
+                ADEL,
+                CEPDL,
+                CEPVL,
+                LUAL,
+                AVFR,
+                RICR,
+                RIGL,
+                AVFL,
+                R1BR,
+                VA12,
+                PVNL,
+                DVC,
+                PVX,
+                PVPL,
+                AVDR,
+                RICL,
+                SAAVR,
+                AVDL,
+                AVER,
+                SIBDL,
+            ),
         )
         del ADEL, CEPVL, ALNL, URXR, SIBDL
         # PVCR (interneuron, ACh) <- AQR:5, ALMR:8, AVM:8, PVDL:36, PVDR:29, PHAR:15,
         #     AVFL:13, R1BR:20, VA12:13, PVCL:3, EF2:1, RIMR:2, AVAR:20
         PVCR = self.node(
             233,
-            w[1295] * AQR
-            + w[1296] * ALMR
-            + w[1297] * AVM
-            + w[1298] * PVDL
-            + w[1299] * PVDR
-            + w[1300] * PHAR
-            + w[1301] * AVFL
-            + w[1302] * R1BR
-            + w[1303] * VA12
-            + w[1304] * PVCL
-            + w[1305] * EF2
-            + w[1306] * RIMR
-            + w[1307] * AVAR,
+            self.mix(
+                w[1295:1308],
+                AQR,
+                ALMR,
+                AVM,
+                PVDL,
+                PVDR,
+                PHAR,
+                AVFL,
+                R1BR,
+                VA12,
+                PVCL,
+                EF2,
+                RIMR,
+                AVAR,
+            ),
         )
         # AVEL (interneuron, ACh) <- FLPL:17, DVA:42, CEPDL:9, CEPDR:3, CEPVR:19,
         #     OLLR:44, RIH:1, RMGL:2, AUAL:5, RIS:29, AINR:1, CEMVR:1, RIGR:9, RIR:2,
         #     AIZR:51, AVKL:1, AIBL:5, RIMR:8, RIFR:3, SMDVL:25, RIBR:5, SMDDL:1, PVCR:8
         AVEL = self.node(
             234,
-            w[1308] * FLPL
-            + w[1309] * DVA
-            + w[1310] * CEPDL
-            + w[1311] * CEPDR
-            + w[1312] * CEPVR
-            + w[1313] * OLLR
-            + w[1314] * RIH
-            + w[1315] * RMGL
-            + w[1316] * AUAL
-            + w[1317] * RIS
-            + w[1318] * AINR
-            + w[1319] * CEMVR
-            + w[1320] * RIGR
-            + w[1321] * RIR
-            + w[1322] * AIZR
-            + w[1323] * AVKL
-            + w[1324] * AIBL
-            + w[1325] * RIMR
-            + w[1326] * RIFR
-            + w[1327] * SMDVL
-            + w[1328] * RIBR
-            + w[1329] * SMDDL
-            + w[1330] * PVCR,
+            self.mix(
+                w[1308:1331],
+                FLPL,
+                DVA,
+                CEPDL,
+                CEPDR,
+                CEPVR,
+                OLLR,
+                RIH,
+                RMGL,
+                AUAL,
+                RIS,
+                AINR,
+                CEMVR,
+                RIGR,
+                RIR,
+                AIZR,
+                AVKL,
+                AIBL,
+                RIMR,
+                RIFR,
+                SMDVL,
+                RIBR,
+                SMDDL,
+                PVCR,
+            ),
         )
         del CEPDL, RIH, OLLR, RIR, AINR, RIBR, SMDDL
         # AVBL (interneuron, ACh) <- ASJR:2, ASHL:4, SDQR:36, AQR:5, ALMR:8, AVM:3,
@@ -2801,98 +2409,92 @@ class MaleNet(nn.Module):
         #     AIBL:24, RIML:23, RIMR:11, RIFR:2, PVCR:19
         AVBL = self.node(
             235,
-            w[1331] * ASJR
-            + w[1332] * ASHL
-            + w[1333] * SDQR
-            + w[1334] * AQR
-            + w[1335] * ALMR
-            + w[1336] * AVM
-            + w[1337] * FLPL
-            + w[1338] * PHCL
-            + w[1339] * PVQL
-            + w[1340] * RMGL
-            + w[1341] * R2AL
-            + w[1342] * ADAL
-            + w[1343] * CEMVL
-            + w[1344] * AVJL
-            + w[1345] * AVFL
-            + w[1346] * PVCL
-            + w[1347] * AVG
-            + w[1348] * PVNL
-            + w[1349] * PVX
-            + w[1350] * PVPL
-            + w[1351] * MCMR
-            + w[1352] * CEMVR
-            + w[1353] * RIFL
-            + w[1354] * AIBL
-            + w[1355] * RIML
-            + w[1356] * RIMR
-            + w[1357] * RIFR
-            + w[1358] * PVCR,
+            self.mix(
+                w[1331:1359],
+                ASJR,
+                ASHL,
+                SDQR,
+                AQR,
+                ALMR,
+                AVM,
+                FLPL,
+                PHCL,
+                PVQL,
+                RMGL,
+                R2AL,
+                ADAL,
+                CEMVL,
+                AVJL,
+                AVFL,
+                PVCL,
+                AVG,
+                PVNL,
+                PVX,
+                PVPL,
+                MCMR,
+                CEMVR,
+                RIFL,
+                AIBL,
+                RIML,
+                RIMR,
+                RIFR,
+                PVCR,
+            ),
         )
         del ASHL, ALMR, PVQL, RMGL, CEMVL, ASJR
         # SIAVR (motor, ACh) <- ALNR:1, PLNL:10, CEPDR:8, CEPVR:11, RIVL:20, SMBDR:1,
         #     SMDVL:30, RIAL:37, SIBVL:5, PVCR:8
         SIAVR = self.node(
             236,
-            w[1359] * ALNR
-            + w[1360] * PLNL
-            + w[1361] * CEPDR
-            + w[1362] * CEPVR
-            + w[1363] * RIVL
-            + w[1364] * SMBDR
-            + w[1365] * SMDVL
-            + w[1366] * RIAL
-            + w[1367] * SIBVL
-            + w[1368] * PVCR,
+            self.mix(
+                w[1359:1369],
+                ALNR,
+                PLNL,
+                CEPDR,
+                CEPVR,
+                RIVL,
+                SMBDR,
+                SMDVL,
+                RIAL,
+                SIBVL,
+                PVCR,
+            ),
         )
         del CEPDR, CEPVR, ALNR, SMDVL, RIAL, SIBVL
         # DB02 (motor, ACh) <- PVCL:4, AVAR:2, PVCR:4
-        DB02 = self.node(237, w[1369] * PVCL + w[1370] * AVAR + w[1371] * PVCR)
+        DB02 = self.node(237, self.mix(w[1369:1372], PVCL, AVAR, PVCR))
         # SABD (motor, ACh) <- DVA:2, AVHL:1, AVJL:1, PVR:2, AVDR:1, AVDL:5, AVER:1,
         #     AVEL:18
         SABD = self.node(
-            238,
-            w[1372] * DVA
-            + w[1373] * AVHL
-            + w[1374] * AVJL
-            + w[1375] * PVR
-            + w[1376] * AVDR
-            + w[1377] * AVDL
-            + w[1378] * AVER
-            + w[1379] * AVEL,
+            238, self.mix(w[1372:1380], DVA, AVHL, AVJL, PVR, AVDR, AVDL, AVER, AVEL)
         )
         del AVHL
         # SMBVR (motor, ACh) <- ADFR:1, ADLR:9, PLNR:10, DVA:5, IL2R:3, OLQVR:1, RIS:1,
         #     AVHR:10, EF3:1, AIZL:2, AIZR:25, SMBDR:3, RMGR:3, SIAVR:2
         SMBVR = self.node(
             239,
-            w[1380] * ADFR
-            + w[1381] * ADLR
-            + w[1382] * PLNR
-            + w[1383] * DVA
-            + w[1384] * IL2R
-            + w[1385] * OLQVR
-            + w[1386] * RIS
-            + w[1387] * AVHR
-            + w[1388] * EF3
-            + w[1389] * AIZL
-            + w[1390] * AIZR
-            + w[1391] * SMBDR
-            + w[1392] * RMGR
-            + w[1393] * SIAVR,
+            self.mix(
+                w[1380:1394],
+                ADFR,
+                ADLR,
+                PLNR,
+                DVA,
+                IL2R,
+                OLQVR,
+                RIS,
+                AVHR,
+                EF3,
+                AIZL,
+                AIZR,
+                SMBDR,
+                RMGR,
+                SIAVR,
+            ),
         )
         del IL2R, ADLR, OLQVR, ADFR, SMBDR
         # DB03 (motor, ACh) <- DVA:1, PVCL:2, AVKL:2, AVER:1, AVAR:2, PVCR:6, AVEL:1
         DB03 = self.node(
-            240,
-            w[1394] * DVA
-            + w[1395] * PVCL
-            + w[1396] * AVKL
-            + w[1397] * AVER
-            + w[1398] * AVAR
-            + w[1399] * PVCR
-            + w[1400] * AVEL,
+            240, self.mix(w[1394:1401], DVA, PVCL, AVKL, AVER, AVAR, PVCR, AVEL)
         )
         # PVY (sex-specific, ACh) <- PQR:2, PHAR:3, PHBL:9, PHBR:4, PHCL:40, PHCR:55,
         #     R4BR:7, AVFR:17, R2BR:41, HOB:7, R2BL:27, R7BL:5, R7BR:5, AVFL:18,
@@ -2900,68 +2502,77 @@ class MaleNet(nn.Module):
         #     R8BL:2, R4BL:14, PVNL:23, R8AL:1, PVNR:6, PDB:2, PVX:5, AVBL:3
         PVY = self.node(
             241,
-            w[1401] * PQR
-            + w[1402] * PHAR
-            + w[1403] * PHBL
-            + w[1404] * PHBR
-            + w[1405] * PHCL
-            + w[1406] * PHCR
-            + w[1407] * R4BR
-            + w[1408] * AVFR
-            + w[1409] * R2BR
-            + w[1410] * HOB
-            + w[1411] * R2BL
-            + w[1412] * R7BL
-            + w[1413] * R7BR
-            + w[1414] * AVFL
-            + w[1415] * R1BR
-            + w[1416] * R3BR
-            + w[1417] * R9AL
-            + w[1418] * HOA
-            + w[1419] * PCAR
-            + w[1420] * PCBL
-            + w[1421] * PCBR
-            + w[1422] * R9AR
-            + w[1423] * R8BL
-            + w[1424] * R4BL
-            + w[1425] * PVNL
-            + w[1426] * R8AL
-            + w[1427] * PVNR
-            + w[1428] * PDB
-            + w[1429] * PVX
-            + w[1430] * AVBL,
+            self.mix(
+                w[1401:1431],
+                PQR,
+                PHAR,
+                PHBL,
+                PHBR,
+                PHCL,
+                PHCR,
+                R4BR,
+                AVFR,
+                R2BR,
+                HOB,
+                R2BL,
+                R7BL,
+                R7BR,
+                AVFL,
+                R1BR,
+                R3BR,
+                R9AL,
+                HOA,
+                PCAR,
+                PCBL,
+                PCBR,
+                R9AR,
+                R8BL,
+                R4BL,
+                PVNL,
+                R8AL,
+                PVNR,
+                PDB,
+                PVX,
+                AVBL,
+            ),
         )
         del PHBR, PHBL
         # SAADL (interneuron, ACh) <- PLNL:40, BDUL:3, ADAL:1, RIVR:31, AVKL:1, AIBL:6,
         #     AIBR:5, RMGR:3, SMBVL:44, SABD:4
         SAADL = self.node(
             242,
-            w[1431] * PLNL
-            + w[1432] * BDUL
-            + w[1433] * ADAL
-            + w[1434] * RIVR
-            + w[1435] * AVKL
-            + w[1436] * AIBL
-            + w[1437] * AIBR
-            + w[1438] * RMGR
-            + w[1439] * SMBVL
-            + w[1440] * SABD,
+            self.mix(
+                w[1431:1441],
+                PLNL,
+                BDUL,
+                ADAL,
+                RIVR,
+                AVKL,
+                AIBL,
+                AIBR,
+                RMGR,
+                SMBVL,
+                SABD,
+            ),
         )
         del PLNL, RIVR, RMGR, SMBVL, BDUL
         # SAADR (interneuron, ACh) <- PLNR:22, SDQL:2, DVA:5, RIVL:34, CEMVR:1, AVKL:3,
         #     AIBL:14, RIAR:2, SABD:4, SMBVR:37
         SAADR = self.node(
             243,
-            w[1441] * PLNR
-            + w[1442] * SDQL
-            + w[1443] * DVA
-            + w[1444] * RIVL
-            + w[1445] * CEMVR
-            + w[1446] * AVKL
-            + w[1447] * AIBL
-            + w[1448] * RIAR
-            + w[1449] * SABD
-            + w[1450] * SMBVR,
+            self.mix(
+                w[1441:1451],
+                PLNR,
+                SDQL,
+                DVA,
+                RIVL,
+                CEMVR,
+                AVKL,
+                AIBL,
+                RIAR,
+                SABD,
+                SMBVR,
+            ),
         )
         del RIVL, SDQL, RIAR, PLNR, SABD, SMBVR
         # AVBR (interneuron, ACh) <- ASHR:1, SDQR:20, AQR:9, ALML:1, AVM:25, R2AL:2,
@@ -2970,35 +2581,38 @@ class MaleNet(nn.Module):
         #     RIML:23, RIMR:8, RIFR:28, PVCR:4, AVBL:1, PVY:3
         AVBR = self.node(
             244,
-            w[1451] * ASHR
-            + w[1452] * SDQR
-            + w[1453] * AQR
-            + w[1454] * ALML
-            + w[1455] * AVM
-            + w[1456] * R2AL
-            + w[1457] * AVFR
-            + w[1458] * AVJL
-            + w[1459] * AVFL
-            + w[1460] * PVR
-            + w[1461] * PVCL
-            + w[1462] * AVG
-            + w[1463] * PVNL
-            + w[1464] * PVNR
-            + w[1465] * PVX
-            + w[1466] * PVPL
-            + w[1467] * AVDR
-            + w[1468] * EF1
-            + w[1469] * EF3
-            + w[1470] * MCMR
-            + w[1471] * CEMVR
-            + w[1472] * RIFL
-            + w[1473] * AIBR
-            + w[1474] * RIML
-            + w[1475] * RIMR
-            + w[1476] * RIFR
-            + w[1477] * PVCR
-            + w[1478] * AVBL
-            + w[1479] * PVY,
+            self.mix(
+                w[1451:1480],
+                ASHR,
+                SDQR,
+                AQR,
+                ALML,
+                AVM,
+                R2AL,
+                AVFR,
+                AVJL,
+                AVFL,
+                PVR,
+                PVCL,
+                AVG,
+                PVNL,
+                PVNR,
+                PVX,
+                PVPL,
+                AVDR,
+                EF1,
+                EF3,
+                MCMR,
+                CEMVR,
+                RIFL,
+                AIBR,
+                RIML,
+                RIMR,
+                RIFR,
+                PVCR,
+                AVBL,
+                PVY,
+            ),
         )
         del ALML, AVM, SDQR, AQR, MCMR, ASHR, RIFL, RIML, RIFR
         # AVAL (interneuron, ACh) <- PQR:51, PLML:4, PLMR:3, FLPL:32, FLPR:14, PVDL:13,
@@ -3008,449 +2622,337 @@ class MaleNet(nn.Module):
         #     AVEL:17, AVBL:10, PVY:30, AVBR:9
         AVAL = self.node(
             245,
-            w[1480] * PQR
-            + w[1481] * PLML
-            + w[1482] * PLMR
-            + w[1483] * FLPL
-            + w[1484] * FLPR
-            + w[1485] * PVDL
-            + w[1486] * PVDR
-            + w[1487] * ADER
-            + w[1488] * PHAL
-            + w[1489] * PHAR
-            + w[1490] * VB05
-            + w[1491] * RICR
-            + w[1492] * AUAL
-            + w[1493] * R1BR
-            + w[1494] * VA12
-            + w[1495] * R3BR
-            + w[1496] * PVCL
-            + w[1497] * PCAR
-            + w[1498] * PVNL
-            + w[1499] * DVC
-            + w[1500] * PVX
-            + w[1501] * AVDR
-            + w[1502] * CEMVR
-            + w[1503] * RICL
-            + w[1504] * AVKL
-            + w[1505] * SAAVL
-            + w[1506] * RIMR
-            + w[1507] * AVDL
-            + w[1508] * AVER
-            + w[1509] * AVAR
-            + w[1510] * PVCR
-            + w[1511] * AVEL
-            + w[1512] * AVBL
-            + w[1513] * PVY
-            + w[1514] * AVBR,
+            self.mix(
+                w[1480:1515],
+                PQR,
+                PLML,
+                PLMR,
+                FLPL,
+                FLPR,
+                PVDL,
+                PVDR,
+                ADER,
+                PHAL,
+                PHAR,
+                VB05,
+                RICR,
+                AUAL,
+                R1BR,
+                VA12,
+                R3BR,
+                PVCL,
+                PCAR,
+                PVNL,
+                DVC,
+                PVX,
+                AVDR,
+                CEMVR,
+                RICL,
+                AVKL,
+                SAAVL,
+                RIMR,
+                AVDL,
+                AVER,
+                AVAR,
+                PVCR,
+                AVEL,
+                AVBL,
+                PVY,
+                AVBR,
+            ),
         )
         del ADER, RICR, FLPR, FLPL, AUAL, RICL, RIMR
         # R2AR (sex-specific, ACh+GABA) <- PHCL:1, R2AL:81, R1BR:20, AVG:3, R8BR:1,
         #     CP07:5, AVBR:1
         R2AR = self.node(
-            246,
-            w[1515] * PHCL
-            + w[1516] * R2AL
-            + w[1517] * R1BR
-            + w[1518] * AVG
-            + w[1519] * R8BR
-            + w[1520] * CP07
-            + w[1521] * AVBR,
+            246, self.mix(w[1515:1522], PHCL, R2AL, R1BR, AVG, R8BR, CP07, AVBR)
         )
         # DA01 (motor, ACh) <- AVDR:5, DB01:16, AVDL:4, AVER:11, AVAR:2, AVEL:11, AVAL:6
         DA01 = self.node(
-            247,
-            w[1522] * AVDR
-            + w[1523] * DB01
-            + w[1524] * AVDL
-            + w[1525] * AVER
-            + w[1526] * AVAR
-            + w[1527] * AVEL
-            + w[1528] * AVAL,
+            247, self.mix(w[1522:1529], AVDR, DB01, AVDL, AVER, AVAR, AVEL, AVAL)
         )
         # DA06 (motor, ACh) <- PQR:6, PVR:2, PVCL:2, PVX:1, AVDR:2, AVAR:17, AVAL:22
         DA06 = self.node(
-            248,
-            w[1529] * PQR
-            + w[1530] * PVR
-            + w[1531] * PVCL
-            + w[1532] * PVX
-            + w[1533] * AVDR
-            + w[1534] * AVAR
-            + w[1535] * AVAL,
+            248, self.mix(w[1529:1536], PQR, PVR, PVCL, PVX, AVDR, AVAR, AVAL)
         )
         # DB06 (motor, ACh) <- PQR:18, DVA:5, PDER:1, VA12:1, PVR:11, PVCL:7, PVX:14,
         #     AVDR:2, AVDL:2, AVAR:10, PVCR:7, AVAL:3
         DB06 = self.node(
             249,
-            w[1536] * PQR
-            + w[1537] * DVA
-            + w[1538] * PDER
-            + w[1539] * VA12
-            + w[1540] * PVR
-            + w[1541] * PVCL
-            + w[1542] * PVX
-            + w[1543] * AVDR
-            + w[1544] * AVDL
-            + w[1545] * AVAR
-            + w[1546] * PVCR
-            + w[1547] * AVAL,
+            self.mix(
+                w[1536:1548],
+                PQR,
+                DVA,
+                PDER,
+                VA12,
+                PVR,
+                PVCL,
+                PVX,
+                AVDR,
+                AVDL,
+                AVAR,
+                PVCR,
+                AVAL,
+            ),
         )
         # VA02 (motor, ACh) <- AVDR:1, AVER:4, AVAR:5, AVBL:3, AVAL:8
-        VA02 = self.node(
-            250,
-            w[1548] * AVDR
-            + w[1549] * AVER
-            + w[1550] * AVAR
-            + w[1551] * AVBL
-            + w[1552] * AVAL,
-        )
+        VA02 = self.node(250, self.mix(w[1548:1553], AVDR, AVER, AVAR, AVBL, AVAL))
         # VA05 (motor, ACh) <- AVDR:3, AVDL:1, AVAR:2, AVAL:7
-        VA05 = self.node(
-            251, w[1553] * AVDR + w[1554] * AVDL + w[1555] * AVAR + w[1556] * AVAL
-        )
+        VA05 = self.node(251, self.mix(w[1553:1557], AVDR, AVDL, AVAR, AVAL))
         # VA10 (motor, ACh) <- PDEL:1, VA12:2, AVDR:1, AVDL:1, AVAR:23, AVBR:1, AVAL:22
         VA10 = self.node(
-            252,
-            w[1557] * PDEL
-            + w[1558] * VA12
-            + w[1559] * AVDR
-            + w[1560] * AVDL
-            + w[1561] * AVAR
-            + w[1562] * AVBR
-            + w[1563] * AVAL,
+            252, self.mix(w[1557:1564], PDEL, VA12, AVDR, AVDL, AVAR, AVBR, AVAL)
         )
         # CP09 (sex-specific, GABA) <- R2AL:10, R7BL:11, R1BR:1, R3BR:3, R9BL:2, R9AL:1,
         #     DVF:4, R9AR:9, PVNL:1, R8AL:1, PGA:3, CP07:3, R6AR:10, PDB:9, PHDL:2,
         #     R2AR:1
         CP09 = self.node(
             253,
-            w[1564] * R2AL
-            + w[1565] * R7BL
-            + w[1566] * R1BR
-            + w[1567] * R3BR
-            + w[1568] * R9BL
-            + w[1569] * R9AL
-            + w[1570] * DVF
-            + w[1571] * R9AR
-            + w[1572] * PVNL
-            + w[1573] * R8AL
-            + w[1574] * PGA
-            + w[1575] * CP07
-            + w[1576] * R6AR
-            + w[1577] * PDB
-            + w[1578] * PHDL
-            + w[1579] * R2AR,
+            self.mix(
+                w[1564:1580],
+                R2AL,
+                R7BL,
+                R1BR,
+                R3BR,
+                R9BL,
+                R9AL,
+                DVF,
+                R9AR,
+                PVNL,
+                R8AL,
+                PGA,
+                CP07,
+                R6AR,
+                PDB,
+                PHDL,
+                R2AR,
+            ),
         )
         # DA08 (motor, ACh) <- PQR:4, PHAL:8, AVFR:1, VA12:20, PVR:5, PVCL:1, CP07:7,
         #     AVDR:1, AVDL:1, AVAR:15, PVCR:5, AVAL:5, DB06:4
         DA08 = self.node(
             254,
-            w[1580] * PQR
-            + w[1581] * PHAL
-            + w[1582] * AVFR
-            + w[1583] * VA12
-            + w[1584] * PVR
-            + w[1585] * PVCL
-            + w[1586] * CP07
-            + w[1587] * AVDR
-            + w[1588] * AVDL
-            + w[1589] * AVAR
-            + w[1590] * PVCR
-            + w[1591] * AVAL
-            + w[1592] * DB06,
+            self.mix(
+                w[1580:1593],
+                PQR,
+                PHAL,
+                AVFR,
+                VA12,
+                PVR,
+                PVCL,
+                CP07,
+                AVDR,
+                AVDL,
+                AVAR,
+                PVCR,
+                AVAL,
+                DB06,
+            ),
         )
         del PHAL
         # AS09 (motor, ACh) <- AVDR:1, AVAR:10, AVBL:1, AVAL:11, DB06:1
-        AS09 = self.node(
-            255,
-            w[1593] * AVDR
-            + w[1594] * AVAR
-            + w[1595] * AVBL
-            + w[1596] * AVAL
-            + w[1597] * DB06,
-        )
+        AS09 = self.node(255, self.mix(w[1593:1598], AVDR, AVAR, AVBL, AVAL, DB06))
         # VA01 (motor, ACh) <- AVER:5, AVEL:12, AVAL:2, VA02:2
-        VA01 = self.node(
-            256, w[1598] * AVER + w[1599] * AVEL + w[1600] * AVAL + w[1601] * VA02
-        )
+        VA01 = self.node(256, self.mix(w[1598:1602], AVER, AVEL, AVAL, VA02))
         # VA03 (motor, ACh) <- AVDR:2, AVDL:3, AVER:1, AVAR:6, AVEL:1, AVBR:3, AVAL:6,
         #     VA02:2
         VA03 = self.node(
-            257,
-            w[1602] * AVDR
-            + w[1603] * AVDL
-            + w[1604] * AVER
-            + w[1605] * AVAR
-            + w[1606] * AVEL
-            + w[1607] * AVBR
-            + w[1608] * AVAL
-            + w[1609] * VA02,
+            257, self.mix(w[1602:1610], AVDR, AVDL, AVER, AVAR, AVEL, AVBR, AVAL, VA02)
         )
         # VA06 (motor, ACh) <- VB05:2, AVAR:9, AVAL:8, VA05:2
-        VA06 = self.node(
-            258, w[1610] * VB05 + w[1611] * AVAR + w[1612] * AVAL + w[1613] * VA05
-        )
+        VA06 = self.node(258, self.mix(w[1610:1614], VB05, AVAR, AVAL, VA05))
         # VA09 (motor, ACh) <- PLML:6, PVDR:2, AVKL:1, AVAR:27, AVAL:16, VA10:2
         VA09 = self.node(
-            259,
-            w[1614] * PLML
-            + w[1615] * PVDR
-            + w[1616] * AVKL
-            + w[1617] * AVAR
-            + w[1618] * AVAL
-            + w[1619] * VA10,
+            259, self.mix(w[1614:1620], PLML, PVDR, AVKL, AVAR, AVAL, VA10)
         )
         # R9BR (sex-specific, ACh+GABA+5-HT+5-HTP) <- R2BL:2, R7BL:2, R7BR:8, R1BR:2,
         #     R9BL:35, PGA:5, R3BL:10, PDB:3, CP09:16
         R9BR = self.node(
             260,
-            w[1620] * R2BL
-            + w[1621] * R7BL
-            + w[1622] * R7BR
-            + w[1623] * R1BR
-            + w[1624] * R9BL
-            + w[1625] * PGA
-            + w[1626] * R3BL
-            + w[1627] * PDB
-            + w[1628] * CP09,
+            self.mix(w[1620:1629], R2BL, R7BL, R7BR, R1BR, R9BL, PGA, R3BL, PDB, CP09),
         )
         # PVZ (sex-specific, ACh) <- PVDL:9, PHAR:27, PHCR:62, R2BR:28, HOB:57, VA12:3,
         #     R3BR:2, HOA:82, AVG:4, DVF:1, CP06:2, PCBL:6, PCBR:10, CA06:1, CA05:6,
         #     SPVR:9, R8BR:1, CP07:3, DVC:3, PVNR:2, SPDL:21, SPDR:3, VA10:3
         PVZ = self.node(
             261,
-            w[1629] * PVDL
-            + w[1630] * PHAR
-            + w[1631] * PHCR
-            + w[1632] * R2BR
-            + w[1633] * HOB
-            + w[1634] * VA12
-            + w[1635] * R3BR
-            + w[1636] * HOA
-            + w[1637] * AVG
-            + w[1638] * DVF
-            + w[1639] * CP06
-            + w[1640] * PCBL
-            + w[1641] * PCBR
-            + w[1642] * CA06
-            + w[1643] * CA05
-            + w[1644] * SPVR
-            + w[1645] * R8BR
-            + w[1646] * CP07
-            + w[1647] * DVC
-            + w[1648] * PVNR
-            + w[1649] * SPDL
-            + w[1650] * SPDR
-            + w[1651] * VA10,
+            self.mix(
+                w[1629:1652],
+                PVDL,
+                PHAR,
+                PHCR,
+                R2BR,
+                HOB,
+                VA12,
+                R3BR,
+                HOA,
+                AVG,
+                DVF,
+                CP06,
+                PCBL,
+                PCBR,
+                CA06,
+                CA05,
+                SPVR,
+                R8BR,
+                CP07,
+                DVC,
+                PVNR,
+                SPDL,
+                SPDR,
+                VA10,
+            ),
         )
         # LUAR (interneuron, Glu) <- LUAL:3, R1BR:5, AVAR:8, R9BR:18
-        LUAR = self.node(
-            262, w[1652] * LUAL + w[1653] * R1BR + w[1654] * AVAR + w[1655] * R9BR
-        )
+        LUAR = self.node(262, self.mix(w[1652:1656], LUAL, R1BR, AVAR, R9BR))
         # DA02 (motor, ACh) <- AVDR:5, DB01:2, AVDL:2, AVER:7, AVAR:9, AVEL:5, DB02:3,
         #     AVAL:10, VA01:1
         DA02 = self.node(
             263,
-            w[1656] * AVDR
-            + w[1657] * DB01
-            + w[1658] * AVDL
-            + w[1659] * AVER
-            + w[1660] * AVAR
-            + w[1661] * AVEL
-            + w[1662] * DB02
-            + w[1663] * AVAL
-            + w[1664] * VA01,
+            self.mix(
+                w[1656:1665], AVDR, DB01, AVDL, AVER, AVAR, AVEL, DB02, AVAL, VA01
+            ),
         )
         # DB04 (motor, ACh) <- DVA:1, PVR:2, PVCL:3, PVCR:2, VA09:2
-        DB04 = self.node(
-            264,
-            w[1665] * DVA
-            + w[1666] * PVR
-            + w[1667] * PVCL
-            + w[1668] * PVCR
-            + w[1669] * VA09,
-        )
+        DB04 = self.node(264, self.mix(w[1665:1670], DVA, PVR, PVCL, PVCR, VA09))
         del DVA
         # DB07 (motor, ACh) <- PHCR:1, VA12:44, R3BR:12, R9BL:18, PVCL:2, PDB:2, PVX:16,
         #     PVCR:3, PVY:20, DA08:1
         DB07 = self.node(
             265,
-            w[1670] * PHCR
-            + w[1671] * VA12
-            + w[1672] * R3BR
-            + w[1673] * R9BL
-            + w[1674] * PVCL
-            + w[1675] * PDB
-            + w[1676] * PVX
-            + w[1677] * PVCR
-            + w[1678] * PVY
-            + w[1679] * DA08,
+            self.mix(
+                w[1670:1680], PHCR, VA12, R3BR, R9BL, PVCL, PDB, PVX, PVCR, PVY, DA08
+            ),
         )
         # VA04 (motor, ACh) <- AVER:2, AVAR:6, AVBR:2, AVAL:7, VA03:2
-        VA04 = self.node(
-            266,
-            w[1680] * AVER
-            + w[1681] * AVAR
-            + w[1682] * AVBR
-            + w[1683] * AVAL
-            + w[1684] * VA03,
-        )
+        VA04 = self.node(266, self.mix(w[1680:1685], AVER, AVAR, AVBR, AVAL, VA03))
         # VB02 (motor, ACh+Betaine) <- VA02:1, VA03:1
-        VB02 = self.node(267, w[1685] * VA02 + w[1686] * VA03)
+        VB02 = self.node(267, self.mix(w[1685:1687], VA02, VA03))
         # R6BL (sex-specific, Glu) <- R2BL:2, R7BL:8, R7BR:6, AVFL:4, R1BR:10, R4BL:1,
         #     PVNL:3, R3BL:29, R9BR:5
         R6BL = self.node(
             268,
-            w[1687] * R2BL
-            + w[1688] * R7BL
-            + w[1689] * R7BR
-            + w[1690] * AVFL
-            + w[1691] * R1BR
-            + w[1692] * R4BL
-            + w[1693] * PVNL
-            + w[1694] * R3BL
-            + w[1695] * R9BR,
+            self.mix(
+                w[1687:1696], R2BL, R7BL, R7BR, AVFL, R1BR, R4BL, PVNL, R3BL, R9BR
+            ),
         )
         # R7AR (sex-specific, DA+Tyr) <- R4BR:1, R2BR:20, R7BL:2, R7BR:3, R4BL:1, PGA:2,
         #     CP07:5, R6AR:44, CP09:52, R9BR:8
         R7AR = self.node(
             269,
-            w[1696] * R4BR
-            + w[1697] * R2BR
-            + w[1698] * R7BL
-            + w[1699] * R7BR
-            + w[1700] * R4BL
-            + w[1701] * PGA
-            + w[1702] * CP07
-            + w[1703] * R6AR
-            + w[1704] * CP09
-            + w[1705] * R9BR,
+            self.mix(
+                w[1696:1706], R4BR, R2BR, R7BL, R7BR, R4BL, PGA, CP07, R6AR, CP09, R9BR
+            ),
         )
         # CP01 (sex-specific, ACh+5-HT) <- PHCL:10, HOB:57, R2BL:5, PCAL:2, HOA:5,
         #     CP06:8, CA06:4, PGA:1, SPDL:7, PVZ:1
         CP01 = self.node(
             270,
-            w[1706] * PHCL
-            + w[1707] * HOB
-            + w[1708] * R2BL
-            + w[1709] * PCAL
-            + w[1710] * HOA
-            + w[1711] * CP06
-            + w[1712] * CA06
-            + w[1713] * PGA
-            + w[1714] * SPDL
-            + w[1715] * PVZ,
+            self.mix(
+                w[1706:1716], PHCL, HOB, R2BL, PCAL, HOA, CP06, CA06, PGA, SPDL, PVZ
+            ),
         )
         del PGA
         # DA05 (motor, ACh) <- AVDR:1, AVDL:3, AVAR:5, DB03:1, AVAL:7, DB04:3
         DA05 = self.node(
-            271,
-            w[1716] * AVDR
-            + w[1717] * AVDL
-            + w[1718] * AVAR
-            + w[1719] * DB03
-            + w[1720] * AVAL
-            + w[1721] * DB04,
+            271, self.mix(w[1716:1722], AVDR, AVDL, AVAR, DB03, AVAL, DB04)
         )
         # DA09 (motor, ACh+Betaine) <- PHAR:1, AVFL:4, R1BR:30, VA12:17, R3BR:2, AVG:12,
         #     PDB:2, AVAR:20, AVAL:12, DB06:1, DB07:3
         DA09 = self.node(
             272,
-            w[1722] * PHAR
-            + w[1723] * AVFL
-            + w[1724] * R1BR
-            + w[1725] * VA12
-            + w[1726] * R3BR
-            + w[1727] * AVG
-            + w[1728] * PDB
-            + w[1729] * AVAR
-            + w[1730] * AVAL
-            + w[1731] * DB06
-            + w[1732] * DB07,
+            self.mix(
+                w[1722:1733],
+                PHAR,
+                AVFL,
+                R1BR,
+                VA12,
+                R3BR,
+                AVG,
+                PDB,
+                AVAR,
+                AVAL,
+                DB06,
+                DB07,
+            ),
         )
         # AS06 (motor, ACh) <- AVAR:2, DB04:2
-        AS06 = self.node(273, w[1733] * AVAR + w[1734] * DB04)
+        AS06 = self.node(273, self.mix(w[1733:1735], AVAR, DB04))
         # AS10 (motor, ACh) <- AVDR:2, AVAR:4, AVBL:2, AVBR:1, AVAL:6, DB07:2
         AS10 = self.node(
-            274,
-            w[1735] * AVDR
-            + w[1736] * AVAR
-            + w[1737] * AVBL
-            + w[1738] * AVBR
-            + w[1739] * AVAL
-            + w[1740] * DB07,
+            274, self.mix(w[1735:1741], AVDR, AVAR, AVBL, AVBR, AVAL, DB07)
         )
         # R1BL (sex-specific, ACh+5-HT+PEOH) <- R2BL:2, R6BL:13
-        R1BL = self.node(275, w[1741] * R2BL + w[1742] * R6BL)
+        R1BL = self.node(275, self.mix(w[1741:1743], R2BL, R6BL))
         # R5BR (sex-specific, ACh) <- LUAL:1, AVFR:34, R7BL:8, R7BR:10, AVFL:15,
         #     R1BR:24, R3BR:7, R8BL:1, PVNL:2, R6AR:3, PDB:5, EF2:5, R9BR:12, R6BL:1,
         #     R7AR:5
         R5BR = self.node(
             276,
-            w[1743] * LUAL
-            + w[1744] * AVFR
-            + w[1745] * R7BL
-            + w[1746] * R7BR
-            + w[1747] * AVFL
-            + w[1748] * R1BR
-            + w[1749] * R3BR
-            + w[1750] * R8BL
-            + w[1751] * PVNL
-            + w[1752] * R6AR
-            + w[1753] * PDB
-            + w[1754] * EF2
-            + w[1755] * R9BR
-            + w[1756] * R6BL
-            + w[1757] * R7AR,
+            self.mix(
+                w[1743:1758],
+                LUAL,
+                AVFR,
+                R7BL,
+                R7BR,
+                AVFL,
+                R1BR,
+                R3BR,
+                R8BL,
+                PVNL,
+                R6AR,
+                PDB,
+                EF2,
+                R9BR,
+                R6BL,
+                R7AR,
+            ),
         )
         del R8BL
         # CP02 (sex-specific, ACh+5-HT) <- PHCL:20, HOB:31, R2BL:3, PCAL:4, HOA:38,
         #     PCBL:4, R9AR:5, CA06:2, R4BL:4, R8AL:1, SPDL:12, SPDR:7, CP01:13
         CP02 = self.node(
             277,
-            w[1758] * PHCL
-            + w[1759] * HOB
-            + w[1760] * R2BL
-            + w[1761] * PCAL
-            + w[1762] * HOA
-            + w[1763] * PCBL
-            + w[1764] * R9AR
-            + w[1765] * CA06
-            + w[1766] * R4BL
-            + w[1767] * R8AL
-            + w[1768] * SPDL
-            + w[1769] * SPDR
-            + w[1770] * CP01,
+            self.mix(
+                w[1758:1771],
+                PHCL,
+                HOB,
+                R2BL,
+                PCAL,
+                HOA,
+                PCBL,
+                R9AR,
+                CA06,
+                R4BL,
+                R8AL,
+                SPDL,
+                SPDR,
+                CP01,
+            ),
         )
         del R8AL
         # VB06 (motor, ACh+Betaine) <- PVDR:4, AVKL:2, AVAR:17, AVAL:11, PVZ:2, DA09:1
-        VB06 = self.node(
-            278,
-            w[1771] * PVDR
-            + w[1772] * AVKL
-            + w[1773] * AVAR
-            + w[1774] * AVAL
-            + w[1775] * PVZ
-            + w[1776] * DA09,
-        )
+        VB06 = self.node(278, self.mix(w[1771:1777], PVDR, AVKL, AVAR, AVAL, PVZ, DA09))
         del PVDR
         # R1AL (sex-specific, ACh) <- PLML:4, PHCL:6, R2AL:2, R2BL:2, R7BL:2, AVFL:1,
         #     R4BL:3, R3BL:10, AVDR:1, AVAR:1, AVAL:5, DA09:1
         R1AL = self.node(
             279,
-            w[1777] * PLML
-            + w[1778] * PHCL
-            + w[1779] * R2AL
-            + w[1780] * R2BL
-            + w[1781] * R7BL
-            + w[1782] * AVFL
-            + w[1783] * R4BL
-            + w[1784] * R3BL
-            + w[1785] * AVDR
-            + w[1786] * AVAR
-            + w[1787] * AVAL
-            + w[1788] * DA09,
+            self.mix(
+                w[1777:1789],
+                PLML,
+                PHCL,
+                R2AL,
+                R2BL,
+                R7BL,
+                AVFL,
+                R4BL,
+                R3BL,
+                AVDR,
+                AVAR,
+                AVAL,
+                DA09,
+            ),
         )
         del PLML
         # CP03 (sex-specific, ACh+5-HT) <- PHCL:27, R4BR:5, HOB:6, R2BL:23, PCAL:11,
@@ -3458,43 +2960,36 @@ class MaleNet(nn.Module):
         #     CP02:14
         CP03 = self.node(
             280,
-            w[1789] * PHCL
-            + w[1790] * R4BR
-            + w[1791] * HOB
-            + w[1792] * R2BL
-            + w[1793] * PCAL
-            + w[1794] * CP06
-            + w[1795] * PCBL
-            + w[1796] * CA06
-            + w[1797] * CA05
-            + w[1798] * R4BL
-            + w[1799] * SPDL
-            + w[1800] * SPDR
-            + w[1801] * PVZ
-            + w[1802] * CP01
-            + w[1803] * CP02,
+            self.mix(
+                w[1789:1804],
+                PHCL,
+                R4BR,
+                HOB,
+                R2BL,
+                PCAL,
+                CP06,
+                PCBL,
+                CA06,
+                CA05,
+                R4BL,
+                SPDL,
+                SPDR,
+                PVZ,
+                CP01,
+                CP02,
+            ),
         )
         del CP01
         # VA07 (motor, ACh) <- AVAR:7, AVAL:7, VB06:3
-        VA07 = self.node(281, w[1804] * AVAR + w[1805] * AVAL + w[1806] * VB06)
+        VA07 = self.node(281, self.mix(w[1804:1807], AVAR, AVAL, VB06))
         # VA08 (motor, ACh) <- AVAR:7, AVAL:7, VB06:2
-        VA08 = self.node(282, w[1807] * AVAR + w[1808] * AVAL + w[1809] * VB06)
+        VA08 = self.node(282, self.mix(w[1807:1810], AVAR, AVAL, VB06))
         # VB07 (motor, ACh+Betaine) <- VA10:4, VA09:1, PVZ:1, VB06:1
-        VB07 = self.node(
-            283, w[1810] * VA10 + w[1811] * VA09 + w[1812] * PVZ + w[1813] * VB06
-        )
+        VB07 = self.node(283, self.mix(w[1810:1814], VA10, VA09, PVZ, VB06))
         # VB09 (motor, ACh+Betaine) <- PQR:3, PDEL:1, VA12:19, AVKL:1, PVCR:1, VA10:1,
         #     VA09:1, VB06:1
         VB09 = self.node(
-            284,
-            w[1814] * PQR
-            + w[1815] * PDEL
-            + w[1816] * VA12
-            + w[1817] * AVKL
-            + w[1818] * PVCR
-            + w[1819] * VA10
-            + w[1820] * VA09
-            + w[1821] * VB06,
+            284, self.mix(w[1814:1822], PQR, PDEL, VA12, AVKL, PVCR, VA10, VA09, VB06)
         )
         del PDEL
         # CP04 (sex-specific, ACh+5-HT) <- PHCR:30, R2BR:26, HOB:15, AVJL:1, DVE:5,
@@ -3502,364 +2997,198 @@ class MaleNet(nn.Module):
         #     SPVR:2, R8AR:2, SPDR:1, EF2:1, VA10:2, PVZ:6, CP02:9, CP03:8
         CP04 = self.node(
             285,
-            w[1822] * PHCR
-            + w[1823] * R2BR
-            + w[1824] * HOB
-            + w[1825] * AVJL
-            + w[1826] * DVE
-            + w[1827] * R3BR
-            + w[1828] * PCAL
-            + w[1829] * HOA
-            + w[1830] * DVF
-            + w[1831] * CP06
-            + w[1832] * PCBL
-            + w[1833] * PCBR
-            + w[1834] * CA06
-            + w[1835] * CA05
-            + w[1836] * SPVR
-            + w[1837] * R8AR
-            + w[1838] * SPDR
-            + w[1839] * EF2
-            + w[1840] * VA10
-            + w[1841] * PVZ
-            + w[1842] * CP02
-            + w[1843] * CP03,
+            self.mix(
+                w[1822:1844],
+                PHCR,
+                R2BR,
+                HOB,
+                AVJL,
+                DVE,
+                R3BR,
+                PCAL,
+                HOA,
+                DVF,
+                CP06,
+                PCBL,
+                PCBR,
+                CA06,
+                CA05,
+                SPVR,
+                R8AR,
+                SPDR,
+                EF2,
+                VA10,
+                PVZ,
+                CP02,
+                CP03,
+            ),
         )
         del CP02, CP03
         # AS01 (motor, ACh) <- PVCL:1, AVER:6, AVAR:2, AVEL:3, AVBR:2, DA01:13, VA06:13,
         #     VA07:1
         AS01 = self.node(
-            286,
-            w[1844] * PVCL
-            + w[1845] * AVER
-            + w[1846] * AVAR
-            + w[1847] * AVEL
-            + w[1848] * AVBR
-            + w[1849] * DA01
-            + w[1850] * VA06
-            + w[1851] * VA07,
+            286, self.mix(w[1844:1852], PVCL, AVER, AVAR, AVEL, AVBR, DA01, VA06, VA07)
         )
         # AS02 (motor, ACh) <- PVCL:1, DB01:4, AVER:4, AVAR:3, AVAL:2, VA06:1, DA02:1,
         #     VA07:10, VA08:1
         AS02 = self.node(
             287,
-            w[1852] * PVCL
-            + w[1853] * DB01
-            + w[1854] * AVER
-            + w[1855] * AVAR
-            + w[1856] * AVAL
-            + w[1857] * VA06
-            + w[1858] * DA02
-            + w[1859] * VA07
-            + w[1860] * VA08,
+            self.mix(
+                w[1852:1861], PVCL, DB01, AVER, AVAR, AVAL, VA06, DA02, VA07, VA08
+            ),
         )
         # AS03 (motor, ACh) <- AVER:1, DB02:3, AVBR:3, VA07:3, VA08:4
-        AS03 = self.node(
-            288,
-            w[1861] * AVER
-            + w[1862] * DB02
-            + w[1863] * AVBR
-            + w[1864] * VA07
-            + w[1865] * VA08,
-        )
+        AS03 = self.node(288, self.mix(w[1861:1866], AVER, DB02, AVBR, VA07, VA08))
         # AS05 (motor, ACh) <- AVAR:1, AVBL:2, DB03:1, AVAL:6, VA08:3
-        AS05 = self.node(
-            289,
-            w[1866] * AVAR
-            + w[1867] * AVBL
-            + w[1868] * DB03
-            + w[1869] * AVAL
-            + w[1870] * VA08,
-        )
+        AS05 = self.node(289, self.mix(w[1866:1871], AVAR, AVBL, DB03, AVAL, VA08))
         # DD03 (motor, GABA) <- VB05:34, DA06:7, PVZ:1, VB07:5
-        DD03 = self.node(
-            290, w[1871] * VB05 + w[1872] * DA06 + w[1873] * PVZ + w[1874] * VB07
-        )
+        DD03 = self.node(290, self.mix(w[1871:1875], VB05, DA06, PVZ, VB07))
         # VD10 (motor, GABA) <- PVDL:3, VA12:20, SPVR:4, DA08:7, VA09:3, PVZ:11, VB09:12
         VD10 = self.node(
-            291,
-            w[1875] * PVDL
-            + w[1876] * VA12
-            + w[1877] * SPVR
-            + w[1878] * DA08
-            + w[1879] * VA09
-            + w[1880] * PVZ
-            + w[1881] * VB09,
+            291, self.mix(w[1875:1882], PVDL, VA12, SPVR, DA08, VA09, PVZ, VB09)
         )
         # PCCR (sex-specific, ACh) <- HOB:2, DVE:16, CP06:5, PCBL:6, PCBR:8, CA06:1,
         #     CA05:2, PHDR:4, CP04:6
         PCCR = self.node(
             292,
-            w[1882] * HOB
-            + w[1883] * DVE
-            + w[1884] * CP06
-            + w[1885] * PCBL
-            + w[1886] * PCBR
-            + w[1887] * CA06
-            + w[1888] * CA05
-            + w[1889] * PHDR
-            + w[1890] * CP04,
+            self.mix(w[1882:1891], HOB, DVE, CP06, PCBL, PCBR, CA06, CA05, PHDR, CP04),
         )
         # DA03 (motor, ACh) <- AVDR:3, AVDL:9, AVER:3, AVAR:8, AVEL:6, DB02:12, AVBR:3,
         #     AVAL:12, DA02:1, AS03:1
         DA03 = self.node(
             293,
-            w[1891] * AVDR
-            + w[1892] * AVDL
-            + w[1893] * AVER
-            + w[1894] * AVAR
-            + w[1895] * AVEL
-            + w[1896] * DB02
-            + w[1897] * AVBR
-            + w[1898] * AVAL
-            + w[1899] * DA02
-            + w[1900] * AS03,
+            self.mix(
+                w[1891:1901], AVDR, AVDL, AVER, AVAR, AVEL, DB02, AVBR, AVAL, DA02, AS03
+            ),
         )
         # DB05 (motor, ACh) <- AVKL:1, VA10:1, VB07:2, DD03:1
-        DB05 = self.node(
-            294, w[1901] * AVKL + w[1902] * VA10 + w[1903] * VB07 + w[1904] * DD03
-        )
+        DB05 = self.node(294, self.mix(w[1901:1905], AVKL, VA10, VB07, DD03))
         del DD03
         # DD05 (motor, GABA) <- PQR:4, PVDL:3, VA12:22, CA05:2, SPVR:6, AVAL:1, VA10:23,
         #     DA08:4, PVZ:22, VB09:21, CP04:15, VD10:6
         DD05 = self.node(
             295,
-            w[1905] * PQR
-            + w[1906] * PVDL
-            + w[1907] * VA12
-            + w[1908] * CA05
-            + w[1909] * SPVR
-            + w[1910] * AVAL
-            + w[1911] * VA10
-            + w[1912] * DA08
-            + w[1913] * PVZ
-            + w[1914] * VB09
-            + w[1915] * CP04
-            + w[1916] * VD10,
+            self.mix(
+                w[1905:1917],
+                PQR,
+                PVDL,
+                VA12,
+                CA05,
+                SPVR,
+                AVAL,
+                VA10,
+                DA08,
+                PVZ,
+                VB09,
+                CP04,
+                VD10,
+            ),
         )
         del PVDL
         # VA11 (motor, ACh) <- PQR:1, VA12:1, AVAR:19, AVAL:28, PVZ:2, VB09:2, VD10:2
         VA11 = self.node(
-            296,
-            w[1917] * PQR
-            + w[1918] * VA12
-            + w[1919] * AVAR
-            + w[1920] * AVAL
-            + w[1921] * PVZ
-            + w[1922] * VB09
-            + w[1923] * VD10,
+            296, self.mix(w[1917:1924], PQR, VA12, AVAR, AVAL, PVZ, VB09, VD10)
         )
         del VD10
         # VD01 (motor, GABA) <- VA02:1, VA01:3, AS01:20
-        VD01 = self.node(297, w[1924] * VA02 + w[1925] * VA01 + w[1926] * AS01)
+        VD01 = self.node(297, self.mix(w[1924:1927], VA02, VA01, AS01))
         # CP05 (sex-specific, Glu+5-HT) <- HOB:12, DVE:22, PCAL:2, DVF:16, CP06:21,
         #     PCBL:15, CA06:1, AVBR:1, PVZ:1, PCCR:1
         CP05 = self.node(
             298,
-            w[1927] * HOB
-            + w[1928] * DVE
-            + w[1929] * PCAL
-            + w[1930] * DVF
-            + w[1931] * CP06
-            + w[1932] * PCBL
-            + w[1933] * CA06
-            + w[1934] * AVBR
-            + w[1935] * PVZ
-            + w[1936] * PCCR,
+            self.mix(
+                w[1927:1937], HOB, DVE, PCAL, DVF, CP06, PCBL, CA06, AVBR, PVZ, PCCR
+            ),
         )
         # DVB (interneuron, GABA+Betaine) <- DVE:1, DVF:3, CP06:2, CP05:6
-        DVB = self.node(
-            299, w[1937] * DVE + w[1938] * DVF + w[1939] * CP06 + w[1940] * CP05
-        )
+        DVB = self.node(299, self.mix(w[1937:1941], DVE, DVF, CP06, CP05))
         # DA04 (motor, ACh) <- PVX:2, AVDR:2, AVDL:3, AVAR:9, DB02:1, DB03:4, AVAL:12,
         #     DA05:1, DA03:2
         DA04 = self.node(
             300,
-            w[1941] * PVX
-            + w[1942] * AVDR
-            + w[1943] * AVDL
-            + w[1944] * AVAR
-            + w[1945] * DB02
-            + w[1946] * DB03
-            + w[1947] * AVAL
-            + w[1948] * DA05
-            + w[1949] * DA03,
+            self.mix(w[1941:1950], PVX, AVDR, AVDL, AVAR, DB02, DB03, AVAL, DA05, DA03),
         )
         # DA07 (motor, ACh) <- PVCL:1, AVDR:1, AVDL:4, AVAR:20, AVAL:14, DA08:1, DB05:12
         DA07 = self.node(
-            301,
-            w[1950] * PVCL
-            + w[1951] * AVDR
-            + w[1952] * AVDL
-            + w[1953] * AVAR
-            + w[1954] * AVAL
-            + w[1955] * DA08
-            + w[1956] * DB05,
+            301, self.mix(w[1950:1957], PVCL, AVDR, AVDL, AVAR, AVAL, DA08, DB05)
         )
         # AS04 (motor, ACh) <- AVDL:2, AVAR:2, AVBL:1, DB02:2, DB03:2, AVBR:1, AVAL:2,
         #     VA08:11, DA03:2
         AS04 = self.node(
             302,
-            w[1957] * AVDL
-            + w[1958] * AVAR
-            + w[1959] * AVBL
-            + w[1960] * DB02
-            + w[1961] * DB03
-            + w[1962] * AVBR
-            + w[1963] * AVAL
-            + w[1964] * VA08
-            + w[1965] * DA03,
+            self.mix(
+                w[1957:1966], AVDL, AVAR, AVBL, DB02, DB03, AVBR, AVAL, VA08, DA03
+            ),
         )
         del AVBL
         # AS07 (motor, ACh) <- AVDL:1, AVAR:6, AVBR:1, AVAL:6, DB05:3
-        AS07 = self.node(
-            303,
-            w[1966] * AVDL
-            + w[1967] * AVAR
-            + w[1968] * AVBR
-            + w[1969] * AVAL
-            + w[1970] * DB05,
-        )
+        AS07 = self.node(303, self.mix(w[1966:1971], AVDL, AVAR, AVBR, AVAL, DB05))
         # AS08 (motor, ACh) <- PVX:1, AVAR:10, AVAL:6, DB06:2, DB05:2
-        AS08 = self.node(
-            304,
-            w[1971] * PVX
-            + w[1972] * AVAR
-            + w[1973] * AVAL
-            + w[1974] * DB06
-            + w[1975] * DB05,
-        )
+        AS08 = self.node(304, self.mix(w[1971:1976], PVX, AVAR, AVAL, DB06, DB05))
         # VD06 (motor, GABA) <- VB05:10, DB03:4, DA06:13, VA06:6, DB04:14, DA05:22,
         #     AS06:20, VB06:1, VA07:2, DB05:13
         VD06 = self.node(
             305,
-            w[1976] * VB05
-            + w[1977] * DB03
-            + w[1978] * DA06
-            + w[1979] * VA06
-            + w[1980] * DB04
-            + w[1981] * DA05
-            + w[1982] * AS06
-            + w[1983] * VB06
-            + w[1984] * VA07
-            + w[1985] * DB05,
+            self.mix(
+                w[1976:1986], VB05, DB03, DA06, VA06, DB04, DA05, AS06, VB06, VA07, DB05
+            ),
         )
         del VB05, DB04, AS06
         # VD12 (motor, GABA) <- PDER:2, VA12:2, DVF:2, PVNR:1, SPDL:3, DA08:5, PVZ:10,
         #     DA09:1, VA11:6
         VD12 = self.node(
             306,
-            w[1986] * PDER
-            + w[1987] * VA12
-            + w[1988] * DVF
-            + w[1989] * PVNR
-            + w[1990] * SPDL
-            + w[1991] * DA08
-            + w[1992] * PVZ
-            + w[1993] * DA09
-            + w[1994] * VA11,
+            self.mix(w[1986:1995], PDER, VA12, DVF, PVNR, SPDL, DA08, PVZ, DA09, VA11),
         )
         # PCCL (sex-specific, ACh) <- DX3:1, DVF:5, CP06:5, PCBL:13, CA05:5, PCCR:2,
         #     CP05:4
         PCCL = self.node(
-            307,
-            w[1995] * DX3
-            + w[1996] * DVF
-            + w[1997] * CP06
-            + w[1998] * PCBL
-            + w[1999] * CA05
-            + w[2000] * PCCR
-            + w[2001] * CP05,
+            307, self.mix(w[1995:2002], DX3, DVF, CP06, PCBL, CA05, PCCR, CP05)
         )
         # CA03 (sex-specific, ACh+Glu) <- CA05:1, CP05:1
-        CA03 = self.node(308, w[2002] * CA05 + w[2003] * CP05)
+        CA03 = self.node(308, self.mix(w[2002:2004], CA05, CP05))
         # DD02 (motor, GABA) <- DB02:16, DB03:3, VA05:6, VA03:10, VA04:17, DA03:3,
         #     DA04:4, AS04:4
         DD02 = self.node(
-            309,
-            w[2004] * DB02
-            + w[2005] * DB03
-            + w[2006] * VA05
-            + w[2007] * VA03
-            + w[2008] * VA04
-            + w[2009] * DA03
-            + w[2010] * DA04
-            + w[2011] * AS04,
+            309, self.mix(w[2004:2012], DB02, DB03, VA05, VA03, VA04, DA03, DA04, AS04)
         )
         # VB10 (motor, ACh+Betaine) <- PQR:2, PDER:1, VA12:9, PVCL:3, AVKL:2, PVCR:2,
         #     PVY:1, VB09:7, VA11:15, VD12:2
         VB10 = self.node(
             310,
-            w[2012] * PQR
-            + w[2013] * PDER
-            + w[2014] * VA12
-            + w[2015] * PVCL
-            + w[2016] * AVKL
-            + w[2017] * PVCR
-            + w[2018] * PVY
-            + w[2019] * VB09
-            + w[2020] * VA11
-            + w[2021] * VD12,
+            self.mix(
+                w[2012:2022], PQR, PDER, VA12, PVCL, AVKL, PVCR, PVY, VB09, VA11, VD12
+            ),
         )
         del PQR
         # VD05 (motor, GABA) <- DB03:24, DA06:3, VA05:9, VA06:3, DA05:1, AS05:12,
         #     DB05:3, DA04:21
         VD05 = self.node(
-            311,
-            w[2022] * DB03
-            + w[2023] * DA06
-            + w[2024] * VA05
-            + w[2025] * VA06
-            + w[2026] * DA05
-            + w[2027] * AS05
-            + w[2028] * DB05
-            + w[2029] * DA04,
+            311, self.mix(w[2022:2030], DB03, DA06, VA05, VA06, DA05, AS05, DB05, DA04)
         )
         del DA05, AS05
         # VD07 (motor, GABA) <- DA06:13, DB06:10, VB06:22, VA07:13, VA08:2, DB05:13,
         #     DA07:10, AS07:20
         VD07 = self.node(
-            312,
-            w[2030] * DA06
-            + w[2031] * DB06
-            + w[2032] * VB06
-            + w[2033] * VA07
-            + w[2034] * VA08
-            + w[2035] * DB05
-            + w[2036] * DA07
-            + w[2037] * AS07,
+            312, self.mix(w[2030:2038], DA06, DB06, VB06, VA07, VA08, DB05, DA07, AS07)
         )
         del VA07, AS07
         # VD08 (motor, GABA) <- DVC:1, DB06:12, VA10:8, DA08:5, PVZ:2, DB07:5, VA08:3,
         #     VB07:8, DA07:12, AS08:20
         VD08 = self.node(
             313,
-            w[2038] * DVC
-            + w[2039] * DB06
-            + w[2040] * VA10
-            + w[2041] * DA08
-            + w[2042] * PVZ
-            + w[2043] * DB07
-            + w[2044] * VA08
-            + w[2045] * VB07
-            + w[2046] * DA07
-            + w[2047] * AS08,
+            self.mix(
+                w[2038:2048], DVC, DB06, VA10, DA08, PVZ, DB07, VA08, VB07, DA07, AS08
+            ),
         )
         del DB06, VA08, AS08
         # SPCL (sex-specific, ACh) <- HOB:5, R2BL:10, DX3:1, DVF:28, PCBL:18, CA06:2,
         #     CA05:2, CP05:3, DVB:7, PCCL:25
         SPCL = self.node(
             314,
-            w[2048] * HOB
-            + w[2049] * R2BL
-            + w[2050] * DX3
-            + w[2051] * DVF
-            + w[2052] * PCBL
-            + w[2053] * CA06
-            + w[2054] * CA05
-            + w[2055] * CP05
-            + w[2056] * DVB
-            + w[2057] * PCCL,
+            self.mix(
+                w[2048:2058], HOB, R2BL, DX3, DVF, PCBL, CA06, CA05, CP05, DVB, PCCL
+            ),
         )
         del DX3, PCBL
         # CA02 (sex-specific, ACh+Glu) <- CA03:2
@@ -3869,89 +3198,72 @@ class MaleNet(nn.Module):
         #     CP09:78, R9BR:1, R7AR:6, VD12:1
         CP08 = self.node(
             316,
-            w[2059] * R2AL
-            + w[2060] * R2BL
-            + w[2061] * R7BL
-            + w[2062] * DVE
-            + w[2063] * R3BR
-            + w[2064] * R9AL
-            + w[2065] * PCAL
-            + w[2066] * PCAR
-            + w[2067] * DVF
-            + w[2068] * R9AR
-            + w[2069] * R8BR
-            + w[2070] * PVNL
-            + w[2071] * R6AR
-            + w[2072] * PHDL
-            + w[2073] * R2AR
-            + w[2074] * CP09
-            + w[2075] * R9BR
-            + w[2076] * R7AR
-            + w[2077] * VD12,
+            self.mix(
+                w[2059:2078],
+                R2AL,
+                R2BL,
+                R7BL,
+                DVE,
+                R3BR,
+                R9AL,
+                PCAL,
+                PCAR,
+                DVF,
+                R9AR,
+                R8BR,
+                PVNL,
+                R6AR,
+                PHDL,
+                R2AR,
+                CP09,
+                R9BR,
+                R7AR,
+                VD12,
+            ),
         )
         # DD04 (motor, GABA) <- AVJL:1, DVF:4, VA10:12, PVZ:1, VB06:32, VB07:11, CP04:2,
         #     CP05:1, DA07:3, CA03:2, VD08:1
         DD04 = self.node(
             317,
-            w[2078] * AVJL
-            + w[2079] * DVF
-            + w[2080] * VA10
-            + w[2081] * PVZ
-            + w[2082] * VB06
-            + w[2083] * VB07
-            + w[2084] * CP04
-            + w[2085] * CP05
-            + w[2086] * DA07
-            + w[2087] * CA03
-            + w[2088] * VD08,
+            self.mix(
+                w[2078:2089],
+                AVJL,
+                DVF,
+                VA10,
+                PVZ,
+                VB06,
+                VB07,
+                CP04,
+                CP05,
+                DA07,
+                CA03,
+                VD08,
+            ),
         )
         del AVJL, VD08
         # VB01 (motor, ACh+Betaine) <- VA02:1, VD01:5, VD05:1
-        VB01 = self.node(318, w[2089] * VA02 + w[2090] * VD01 + w[2091] * VD05)
+        VB01 = self.node(318, self.mix(w[2089:2092], VA02, VD01, VD05))
         # VB04 (motor, ACh+Betaine) <- VA05:1, VA06:1, VA04:1, VD05:2
-        VB04 = self.node(
-            319, w[2092] * VA05 + w[2093] * VA06 + w[2094] * VA04 + w[2095] * VD05
-        )
+        VB04 = self.node(319, self.mix(w[2092:2096], VA05, VA06, VA04, VD05))
         del VA05, VA06, VD05
         # VB08 (motor, ACh+Betaine) <- VA12:3, PVCR:1, VA10:20, VA09:1, VB07:3, VB09:1,
         #     VB10:2
         VB08 = self.node(
-            320,
-            w[2096] * VA12
-            + w[2097] * PVCR
-            + w[2098] * VA10
-            + w[2099] * VA09
-            + w[2100] * VB07
-            + w[2101] * VB09
-            + w[2102] * VB10,
+            320, self.mix(w[2096:2103], VA12, PVCR, VA10, VA09, VB07, VB09, VB10)
         )
         # VB11 (motor, ACh+Betaine) <- PDER:1, VA12:17, PVCL:3, PVCR:4, PVY:10, AVBR:1,
         #     AVAL:1, VB10:1
         VB11 = self.node(
-            321,
-            w[2103] * PDER
-            + w[2104] * VA12
-            + w[2105] * PVCL
-            + w[2106] * PVCR
-            + w[2107] * PVY
-            + w[2108] * AVBR
-            + w[2109] * AVAL
-            + w[2110] * VB10,
+            321, self.mix(w[2103:2111], PDER, VA12, PVCL, PVCR, PVY, AVBR, AVAL, VB10)
         )
         del PDER, PVCL, PVCR, AVBR
         # VD04 (motor, GABA) <- DB02:15, DB03:9, DA06:3, VA04:8, DA03:13, DB05:3,
         #     DA04:11, AS04:21, DD02:1
         VD04 = self.node(
             322,
-            w[2111] * DB02
-            + w[2112] * DB03
-            + w[2113] * DA06
-            + w[2114] * VA04
-            + w[2115] * DA03
-            + w[2116] * DB05
-            + w[2117] * DA04
-            + w[2118] * AS04
-            + w[2119] * DD02,
+            self.mix(
+                w[2111:2120], DB02, DB03, DA06, VA04, DA03, DB05, DA04, AS04, DD02
+            ),
         )
         del DB03, DA06, DB05, DA04, AS04
         # DD06 (motor, GABA) <- PHCR:3, R2AL:28, R1BR:3, VA12:8, DVF:1, CA06:1, SPVR:25,
@@ -3959,59 +3271,48 @@ class MaleNet(nn.Module):
         #     PVZ:12, DA09:4, VB09:17, CP04:3, VA11:24, VD12:8, VB10:23, VB11:2
         DD06 = self.node(
             323,
-            w[2120] * PHCR
-            + w[2121] * R2AL
-            + w[2122] * R1BR
-            + w[2123] * VA12
-            + w[2124] * DVF
-            + w[2125] * CA06
-            + w[2126] * SPVR
-            + w[2127] * R8BR
-            + w[2128] * SPDL
-            + w[2129] * PDB
-            + w[2130] * SPDR
-            + w[2131] * PVX
-            + w[2132] * EF1
-            + w[2133] * PVY
-            + w[2134] * R2AR
-            + w[2135] * DA08
-            + w[2136] * PVZ
-            + w[2137] * DA09
-            + w[2138] * VB09
-            + w[2139] * CP04
-            + w[2140] * VA11
-            + w[2141] * VD12
-            + w[2142] * VB10
-            + w[2143] * VB11,
+            self.mix(
+                w[2120:2144],
+                PHCR,
+                R2AL,
+                R1BR,
+                VA12,
+                DVF,
+                CA06,
+                SPVR,
+                R8BR,
+                SPDL,
+                PDB,
+                SPDR,
+                PVX,
+                EF1,
+                PVY,
+                R2AR,
+                DA08,
+                PVZ,
+                DA09,
+                VB09,
+                CP04,
+                VA11,
+                VD12,
+                VB10,
+                VB11,
+            ),
         )
         del EF1, PVY
         # VB03 (motor, ACh+Betaine) <- VA03:3, VA04:8, VD04:2
-        VB03 = self.node(324, w[2144] * VA03 + w[2145] * VA04 + w[2146] * VD04)
+        VB03 = self.node(324, self.mix(w[2144:2147], VA03, VA04, VD04))
         del VA04, VD04
         # PDA (motor, ACh+Betaine) <- PHAR:1, PHCL:4, PHCR:5, PVQR:1, DA09:3, DD06:3
-        PDA = self.node(
-            325,
-            w[2147] * PHAR
-            + w[2148] * PHCL
-            + w[2149] * PHCR
-            + w[2150] * PVQR
-            + w[2151] * DA09
-            + w[2152] * DD06,
-        )
+        PDA = self.node(325, self.mix(w[2147:2153], PHAR, PHCL, PHCR, PVQR, DA09, DD06))
         del PHAR, DD06
         # VD03 (motor, GABA) <- DB01:2, DB02:33, VA03:11, DA02:11, VB02:4, AS03:23,
         #     DA03:43, DD02:1, VB03:4
         VD03 = self.node(
             326,
-            w[2153] * DB01
-            + w[2154] * DB02
-            + w[2155] * VA03
-            + w[2156] * DA02
-            + w[2157] * VB02
-            + w[2158] * AS03
-            + w[2159] * DA03
-            + w[2160] * DD02
-            + w[2161] * VB03,
+            self.mix(
+                w[2153:2162], DB01, DB02, VA03, DA02, VB02, AS03, DA03, DD02, VB03
+            ),
         )
         del AS03, DA03, DD02, VB03
         # AS11 (motor, ACh) <- PLMR:1, PHCL:7, PHCR:6, LUAL:2, R4BR:21, AVFR:7, R7BR:4,
@@ -4019,236 +3320,206 @@ class MaleNet(nn.Module):
         #     DB07:2, DA09:1, R1AL:2, VD12:2, PDA:7
         AS11 = self.node(
             327,
-            w[2162] * PLMR
-            + w[2163] * PHCL
-            + w[2164] * PHCR
-            + w[2165] * LUAL
-            + w[2166] * R4BR
-            + w[2167] * AVFR
-            + w[2168] * R7BR
-            + w[2169] * PVNL
-            + w[2170] * CP07
-            + w[2171] * R6AR
-            + w[2172] * PDB
-            + w[2173] * PVX
-            + w[2174] * AVDR
-            + w[2175] * AVAR
-            + w[2176] * AVAL
-            + w[2177] * DA08
-            + w[2178] * DB07
-            + w[2179] * DA09
-            + w[2180] * R1AL
-            + w[2181] * VD12
-            + w[2182] * PDA,
+            self.mix(
+                w[2162:2183],
+                PLMR,
+                PHCL,
+                PHCR,
+                LUAL,
+                R4BR,
+                AVFR,
+                R7BR,
+                PVNL,
+                CP07,
+                R6AR,
+                PDB,
+                PVX,
+                AVDR,
+                AVAR,
+                AVAL,
+                DA08,
+                DB07,
+                DA09,
+                R1AL,
+                VD12,
+                PDA,
+            ),
         )
         del PHCL, PHCR, LUAL, PLMR, DB07
         # DD01 (motor, GABA) <- DB01:31, DB02:3, DA01:12, VA02:20, VA01:12, VA03:18,
         #     DA02:7, VB02:30, AS01:2, AS02:3, VD01:2, VB01:1, VD03:6
         DD01 = self.node(
             328,
-            w[2183] * DB01
-            + w[2184] * DB02
-            + w[2185] * DA01
-            + w[2186] * VA02
-            + w[2187] * VA01
-            + w[2188] * VA03
-            + w[2189] * DA02
-            + w[2190] * VB02
-            + w[2191] * AS01
-            + w[2192] * AS02
-            + w[2193] * VD01
-            + w[2194] * VB01
-            + w[2195] * VD03,
+            self.mix(
+                w[2183:2196],
+                DB01,
+                DB02,
+                DA01,
+                VA02,
+                VA01,
+                VA03,
+                DA02,
+                VB02,
+                AS01,
+                AS02,
+                VD01,
+                VB01,
+                VD03,
+            ),
         )
         del DB02, VA01, AS01, VD01, VD03
         # VD02 (motor, GABA) <- DB01:24, DA01:4, VA02:27, VA03:3, DA02:17, VB02:14,
         #     AS02:21, VB01:2, DD01:1
         VD02 = self.node(
             329,
-            w[2196] * DB01
-            + w[2197] * DA01
-            + w[2198] * VA02
-            + w[2199] * VA03
-            + w[2200] * DA02
-            + w[2201] * VB02
-            + w[2202] * AS02
-            + w[2203] * VB01
-            + w[2204] * DD01,
+            self.mix(
+                w[2196:2205], DB01, DA01, VA02, VA03, DA02, VB02, AS02, VB01, DD01
+            ),
         )
         del DB01, VA02, VA03, DA01, DA02, VB02, AS02, VB01, DD01
         # R3AL (sex-specific, ACh) <- AVFR:1, R2BL:17, R7BL:1, VA12:1, R4BL:17, PVNL:2,
         #     R3BL:9, PVX:1, AVAR:1, AVAL:7, R6BL:3, DA09:1, R1BL:5, R1AL:52, AS11:1
         R3AL = self.node(
             330,
-            w[2205] * AVFR
-            + w[2206] * R2BL
-            + w[2207] * R7BL
-            + w[2208] * VA12
-            + w[2209] * R4BL
-            + w[2210] * PVNL
-            + w[2211] * R3BL
-            + w[2212] * PVX
-            + w[2213] * AVAR
-            + w[2214] * AVAL
-            + w[2215] * R6BL
-            + w[2216] * DA09
-            + w[2217] * R1BL
-            + w[2218] * R1AL
-            + w[2219] * AS11,
+            self.mix(
+                w[2205:2220],
+                AVFR,
+                R2BL,
+                R7BL,
+                VA12,
+                R4BL,
+                PVNL,
+                R3BL,
+                PVX,
+                AVAR,
+                AVAL,
+                R6BL,
+                DA09,
+                R1BL,
+                R1AL,
+                AS11,
+            ),
         )
         del PVX
         # R3AR (sex-specific, ACh) <- R4BR:21, R2BR:12, R7BR:3, R3BR:12, AVKL:2, AVAR:2,
         #     AVAL:1, R5BR:4, R1AL:31, VD12:1, R3AL:42
         R3AR = self.node(
             331,
-            w[2220] * R4BR
-            + w[2221] * R2BR
-            + w[2222] * R7BR
-            + w[2223] * R3BR
-            + w[2224] * AVKL
-            + w[2225] * AVAR
-            + w[2226] * AVAL
-            + w[2227] * R5BR
-            + w[2228] * R1AL
-            + w[2229] * VD12
-            + w[2230] * R3AL,
+            self.mix(
+                w[2220:2231],
+                R4BR,
+                R2BR,
+                R7BR,
+                R3BR,
+                AVKL,
+                AVAR,
+                AVAL,
+                R5BR,
+                R1AL,
+                VD12,
+                R3AL,
+            ),
         )
         del VD12, R1AL
         # R5AL (sex-specific, Glu+DA) <- R3BL:3, R6BL:2, R1BL:1, R3AL:6, R3AR:1
-        R5AL = self.node(
-            332,
-            w[2231] * R3BL
-            + w[2232] * R6BL
-            + w[2233] * R1BL
-            + w[2234] * R3AL
-            + w[2235] * R3AR,
-        )
+        R5AL = self.node(332, self.mix(w[2231:2236], R3BL, R6BL, R1BL, R3AL, R3AR))
         del R6BL
         # R4AR (sex-specific, ACh) <- R4BR:1, R2BR:6, R1BR:3, PVR:4, R2AR:15, R7AR:2,
         #     R5BR:3, R3AL:2, R5AL:18
         R4AR = self.node(
             333,
-            w[2236] * R4BR
-            + w[2237] * R2BR
-            + w[2238] * R1BR
-            + w[2239] * PVR
-            + w[2240] * R2AR
-            + w[2241] * R7AR
-            + w[2242] * R5BR
-            + w[2243] * R3AL
-            + w[2244] * R5AL,
+            self.mix(w[2236:2245], R4BR, R2BR, R1BR, PVR, R2AR, R7AR, R5BR, R3AL, R5AL),
         )
         del PVR
         # R1AR (sex-specific, ACh) <- R1BR:2, R3BR:2, R2AR:9, R4AR:19
-        R1AR = self.node(
-            334, w[2245] * R1BR + w[2246] * R3BR + w[2247] * R2AR + w[2248] * R4AR
-        )
+        R1AR = self.node(334, self.mix(w[2245:2249], R1BR, R3BR, R2AR, R4AR))
         del R2AR
         # R4AL (sex-specific, ACh) <- R2AL:23, R2BL:18, R7BL:7, R4BL:6, R3BL:4, R3AL:4,
         #     R3AR:7, R5AL:17, R4AR:91
         R4AL = self.node(
             335,
-            w[2249] * R2AL
-            + w[2250] * R2BL
-            + w[2251] * R7BL
-            + w[2252] * R4BL
-            + w[2253] * R3BL
-            + w[2254] * R3AL
-            + w[2255] * R3AR
-            + w[2256] * R5AL
-            + w[2257] * R4AR,
+            self.mix(
+                w[2249:2258], R2AL, R2BL, R7BL, R4BL, R3BL, R3AL, R3AR, R5AL, R4AR
+            ),
         )
         del R3AL
         # R5AR (sex-specific, Glu+DA) <- R3BR:1, R6AR:20, R5BR:3, R3AR:7, R5AL:3,
         #     R4AR:13, R4AL:15
         R5AR = self.node(
-            336,
-            w[2258] * R3BR
-            + w[2259] * R6AR
-            + w[2260] * R5BR
-            + w[2261] * R3AR
-            + w[2262] * R5AL
-            + w[2263] * R4AR
-            + w[2264] * R4AL,
+            336, self.mix(w[2258:2265], R3BR, R6AR, R5BR, R3AR, R5AL, R4AR, R4AL)
         )
         # R6AL (sex-specific, ACh+GABA) <- R2BL:30, R7BL:14, R3BL:1, PDB:2, CP09:32,
         #     R7AR:18, CP08:7, R5AL:5, R4AL:27
         R6AL = self.node(
             337,
-            w[2265] * R2BL
-            + w[2266] * R7BL
-            + w[2267] * R3BL
-            + w[2268] * PDB
-            + w[2269] * CP09
-            + w[2270] * R7AR
-            + w[2271] * CP08
-            + w[2272] * R5AL
-            + w[2273] * R4AL,
+            self.mix(w[2265:2274], R2BL, R7BL, R3BL, PDB, CP09, R7AR, CP08, R5AL, R4AL),
         )
         # R5BL (sex-specific, ACh) <- R7BL:7, R4BL:2, R3BL:2, R5AL:6, R6AL:3
-        R5BL = self.node(
-            338,
-            w[2274] * R7BL
-            + w[2275] * R4BL
-            + w[2276] * R3BL
-            + w[2277] * R5AL
-            + w[2278] * R6AL,
-        )
+        R5BL = self.node(338, self.mix(w[2274:2279], R7BL, R4BL, R3BL, R5AL, R6AL))
         del R4BL
         # R7AL (sex-specific, DA+Tyr) <- R2BR:15, R2BL:2, R7BL:17, R7BR:5, PCAL:1,
         #     R6AR:4, CP09:2, R7AR:11, CP08:8, R5AL:1, R4AL:2, R6AL:28, R5BL:13
         R7AL = self.node(
             339,
-            w[2279] * R2BR
-            + w[2280] * R2BL
-            + w[2281] * R7BL
-            + w[2282] * R7BR
-            + w[2283] * PCAL
-            + w[2284] * R6AR
-            + w[2285] * CP09
-            + w[2286] * R7AR
-            + w[2287] * CP08
-            + w[2288] * R5AL
-            + w[2289] * R4AL
-            + w[2290] * R6AL
-            + w[2291] * R5BL,
+            self.mix(
+                w[2279:2292],
+                R2BR,
+                R2BL,
+                R7BL,
+                R7BR,
+                PCAL,
+                R6AR,
+                CP09,
+                R7AR,
+                CP08,
+                R5AL,
+                R4AL,
+                R6AL,
+                R5BL,
+            ),
         )
         # CA04 (sex-specific, ACh+Glu) <- R2BR:39, R7BR:3, R9AR:9, R8BR:1, PVNL:10,
         #     CA07:1, CP09:2, R9BR:4, R7AR:11, R4AR:21, R5BL:1, R7AL:4
         CA04 = self.node(
             340,
-            w[2292] * R2BR
-            + w[2293] * R7BR
-            + w[2294] * R9AR
-            + w[2295] * R8BR
-            + w[2296] * PVNL
-            + w[2297] * CA07
-            + w[2298] * CP09
-            + w[2299] * R9BR
-            + w[2300] * R7AR
-            + w[2301] * R4AR
-            + w[2302] * R5BL
-            + w[2303] * R7AL,
+            self.mix(
+                w[2292:2304],
+                R2BR,
+                R7BR,
+                R9AR,
+                R8BR,
+                PVNL,
+                CA07,
+                CP09,
+                R9BR,
+                R7AR,
+                R4AR,
+                R5BL,
+                R7AL,
+            ),
         )
         del R8BR, CA07
         # SPCR (sex-specific, ACh) <- R2BR:5, HOB:44, DVE:17, CP06:4, PCBR:5, CA06:1,
         #     CA05:4, SPVR:10, CP04:1, PCCR:14, CP05:12, DVB:2, PCCL:14, CA04:2
         SPCR = self.node(
             341,
-            w[2304] * R2BR
-            + w[2305] * HOB
-            + w[2306] * DVE
-            + w[2307] * CP06
-            + w[2308] * PCBR
-            + w[2309] * CA06
-            + w[2310] * CA05
-            + w[2311] * SPVR
-            + w[2312] * CP04
-            + w[2313] * PCCR
-            + w[2314] * CP05
-            + w[2315] * DVB
-            + w[2316] * PCCL
-            + w[2317] * CA04,
+            self.mix(
+                w[2304:2318],
+                R2BR,
+                HOB,
+                DVE,
+                CP06,
+                PCBR,
+                CA06,
+                CA05,
+                SPVR,
+                CP04,
+                PCCR,
+                CP05,
+                DVB,
+                PCCL,
+                CA04,
+            ),
         )
         del R2BR, CA06, CP04, PCCL
         # PVV (sex-specific, ACh+Glu+Betaine) <- AVFR:18, HOB:29, R7BL:48, R7BR:86,
@@ -4259,51 +3530,54 @@ class MaleNet(nn.Module):
         #     R4AR:3, R4AL:4, R5AR:4, R6AL:17, R7AL:16, CA04:13
         PVV = self.node(
             342,
-            w[2318] * AVFR
-            + w[2319] * HOB
-            + w[2320] * R7BL
-            + w[2321] * R7BR
-            + w[2322] * AVFL
-            + w[2323] * R1BR
-            + w[2324] * VA12
-            + w[2325] * R3BR
-            + w[2326] * R9BL
-            + w[2327] * R9AL
-            + w[2328] * PCAL
-            + w[2329] * HOA
-            + w[2330] * PCAR
-            + w[2331] * DVF
-            + w[2332] * PCBR
-            + w[2333] * R9AR
-            + w[2334] * SPVR
-            + w[2335] * PVNL
-            + w[2336] * PHDR
-            + w[2337] * CP07
-            + w[2338] * R3BL
-            + w[2339] * R6AR
-            + w[2340] * R8AR
-            + w[2341] * PVNR
-            + w[2342] * DX2
-            + w[2343] * PHDL
-            + w[2344] * EF2
-            + w[2345] * AVAL
-            + w[2346] * CP09
-            + w[2347] * R9BR
-            + w[2348] * PVZ
-            + w[2349] * R7AR
-            + w[2350] * R1BL
-            + w[2351] * R5BR
-            + w[2352] * VA11
-            + w[2353] * VB10
-            + w[2354] * CP08
-            + w[2355] * VB11
-            + w[2356] * R5AL
-            + w[2357] * R4AR
-            + w[2358] * R4AL
-            + w[2359] * R5AR
-            + w[2360] * R6AL
-            + w[2361] * R7AL
-            + w[2362] * CA04,
+            self.mix(
+                w[2318:2363],
+                AVFR,
+                HOB,
+                R7BL,
+                R7BR,
+                AVFL,
+                R1BR,
+                VA12,
+                R3BR,
+                R9BL,
+                R9AL,
+                PCAL,
+                HOA,
+                PCAR,
+                DVF,
+                PCBR,
+                R9AR,
+                SPVR,
+                PVNL,
+                PHDR,
+                CP07,
+                R3BL,
+                R6AR,
+                R8AR,
+                PVNR,
+                DX2,
+                PHDL,
+                EF2,
+                AVAL,
+                CP09,
+                R9BR,
+                PVZ,
+                R7AR,
+                R1BL,
+                R5BR,
+                VA11,
+                VB10,
+                CP08,
+                VB11,
+                R5AL,
+                R4AR,
+                R4AL,
+                R5AR,
+                R6AL,
+                R7AL,
+                CA04,
+            ),
         )
         del (
             R9BL,
@@ -4327,30 +3601,26 @@ class MaleNet(nn.Module):
             DX2,
         )
         # PVWR (interneuron) <- R7BR:7, R1BR:6, VA12:1, SPVR:1, PVV:2
-        PVWR = self.node(
-            343,
-            w[2363] * R7BR
-            + w[2364] * R1BR
-            + w[2365] * VA12
-            + w[2366] * SPVR
-            + w[2367] * PVV,
-        )
+        PVWR = self.node(343, self.mix(w[2363:2368], R7BR, R1BR, VA12, SPVR, PVV))
         # SPVL (sex-specific, ACh) <- R4BR:2, HOB:3, DVE:2, DVF:1, CP06:14, SPVR:11,
         #     PVNL:1, SPDL:2, SPDR:3, PCCR:3, CP05:10, PVV:3
         SPVL = self.node(
             344,
-            w[2368] * R4BR
-            + w[2369] * HOB
-            + w[2370] * DVE
-            + w[2371] * DVF
-            + w[2372] * CP06
-            + w[2373] * SPVR
-            + w[2374] * PVNL
-            + w[2375] * SPDL
-            + w[2376] * SPDR
-            + w[2377] * PCCR
-            + w[2378] * CP05
-            + w[2379] * PVV,
+            self.mix(
+                w[2368:2380],
+                R4BR,
+                HOB,
+                DVE,
+                DVF,
+                CP06,
+                SPVR,
+                PVNL,
+                SPDL,
+                SPDR,
+                PCCR,
+                CP05,
+                PVV,
+            ),
         )
         del R4BR, HOB, SPDL, SPDR, PCCR
         # PDC (sex-specific, ACh+Betaine) <- R7BL:34, R7BR:90, R1BR:10, HOA:1, R6AR:1,
@@ -4358,155 +3628,156 @@ class MaleNet(nn.Module):
         #     R5AR:6, R6AL:3, R7AL:9, PVV:1
         PDC = self.node(
             345,
-            w[2380] * R7BL
-            + w[2381] * R7BR
-            + w[2382] * R1BR
-            + w[2383] * HOA
-            + w[2384] * R6AR
-            + w[2385] * PVNR
-            + w[2386] * CP09
-            + w[2387] * R7AR
-            + w[2388] * R5BR
-            + w[2389] * PDA
-            + w[2390] * AS11
-            + w[2391] * R3AR
-            + w[2392] * R5AL
-            + w[2393] * R4AR
-            + w[2394] * R5AR
-            + w[2395] * R6AL
-            + w[2396] * R7AL
-            + w[2397] * PVV,
+            self.mix(
+                w[2380:2398],
+                R7BL,
+                R7BR,
+                R1BR,
+                HOA,
+                R6AR,
+                PVNR,
+                CP09,
+                R7AR,
+                R5BR,
+                PDA,
+                AS11,
+                R3AR,
+                R5AL,
+                R4AR,
+                R5AR,
+                R6AL,
+                R7AL,
+                PVV,
+            ),
         )
         del R7BL, R7BR, HOA, R6AR, CP09, R7AR, R5BR, R3AR, R5AL, R4AR, R6AL, R7AL, R5AR
         # AVL (interneuron, GABA) <- AVFR:1, ADAL:2, RIS:2, DVE:6, AVG:4, DVF:1, CP06:3,
         #     PVNL:2, DVC:3, PVNR:9, AVJR:1, CP05:2, DVB:4, CA03:3, SPVL:3
         AVL = self.node(
             346,
-            w[2398] * AVFR
-            + w[2399] * ADAL
-            + w[2400] * RIS
-            + w[2401] * DVE
-            + w[2402] * AVG
-            + w[2403] * DVF
-            + w[2404] * CP06
-            + w[2405] * PVNL
-            + w[2406] * DVC
-            + w[2407] * PVNR
-            + w[2408] * AVJR
-            + w[2409] * CP05
-            + w[2410] * DVB
-            + w[2411] * CA03
-            + w[2412] * SPVL,
+            self.mix(
+                w[2398:2413],
+                AVFR,
+                ADAL,
+                RIS,
+                DVE,
+                AVG,
+                DVF,
+                CP06,
+                PVNL,
+                DVC,
+                PVNR,
+                AVJR,
+                CP05,
+                DVB,
+                CA03,
+                SPVL,
+            ),
         )
         del ADAL, DVE, CP06, CP05, CA03
         # VD09 (motor, GABA) <- VA12:2, DVC:2, CA08:1, VA10:22, DA08:5, AS09:20, VA09:2,
         #     PVZ:4, VB07:4, DA07:10, VB08:19, SPVL:1
         VD09 = self.node(
             347,
-            w[2413] * VA12
-            + w[2414] * DVC
-            + w[2415] * CA08
-            + w[2416] * VA10
-            + w[2417] * DA08
-            + w[2418] * AS09
-            + w[2419] * VA09
-            + w[2420] * PVZ
-            + w[2421] * VB07
-            + w[2422] * DA07
-            + w[2423] * VB08
-            + w[2424] * SPVL,
+            self.mix(
+                w[2413:2425],
+                VA12,
+                DVC,
+                CA08,
+                VA10,
+                DA08,
+                AS09,
+                VA09,
+                PVZ,
+                VB07,
+                DA07,
+                VB08,
+                SPVL,
+            ),
         )
         del VA10, VB07, DA07, AS09, VB08
         # VD11 (motor, GABA) <- R2AL:2, VA12:3, DVF:3, SPVR:10, DA08:5, VA09:3, PVZ:21,
         #     AS10:10, VB06:1, VB09:5, VA11:17, VB10:8, PVV:3, SPVL:8
         VD11 = self.node(
             348,
-            w[2425] * R2AL
-            + w[2426] * VA12
-            + w[2427] * DVF
-            + w[2428] * SPVR
-            + w[2429] * DA08
-            + w[2430] * VA09
-            + w[2431] * PVZ
-            + w[2432] * AS10
-            + w[2433] * VB06
-            + w[2434] * VB09
-            + w[2435] * VA11
-            + w[2436] * VB10
-            + w[2437] * PVV
-            + w[2438] * SPVL,
+            self.mix(
+                w[2425:2439],
+                R2AL,
+                VA12,
+                DVF,
+                SPVR,
+                DA08,
+                VA09,
+                PVZ,
+                AS10,
+                VB06,
+                VB09,
+                VA11,
+                VB10,
+                PVV,
+                SPVL,
+            ),
         )
         del R2AL, DVF, SPVR, VA09, VB06, VB09, VA11, VB10, SPVL, AS10
         # VD13 (motor, GABA) <- AVFR:5, VA12:7, AVG:11, PVNL:2, PDB:39, PVQR:1, DA08:5,
         #     PVZ:7, DA09:1, VB11:4, PDA:10, AS11:12, PVV:26, PDC:12
         VD13 = self.node(
             349,
-            w[2439] * AVFR
-            + w[2440] * VA12
-            + w[2441] * AVG
-            + w[2442] * PVNL
-            + w[2443] * PDB
-            + w[2444] * PVQR
-            + w[2445] * DA08
-            + w[2446] * PVZ
-            + w[2447] * DA09
-            + w[2448] * VB11
-            + w[2449] * PDA
-            + w[2450] * AS11
-            + w[2451] * PVV
-            + w[2452] * PDC,
+            self.mix(
+                w[2439:2453],
+                AVFR,
+                VA12,
+                AVG,
+                PVNL,
+                PDB,
+                PVQR,
+                DA08,
+                PVZ,
+                DA09,
+                VB11,
+                PDA,
+                AS11,
+                PVV,
+                PDC,
+            ),
         )
         del AVFR, VA12, AVG, PVNL, PDB, PVQR, DA08, PVZ, DA09, VB11, PDA, AS11, PVV, PDC
         # PVT (interneuron) <- CEMVR:5, RIGR:2, DVB:1, AVL:2
-        PVT = self.node(
-            350, w[2453] * CEMVR + w[2454] * RIGR + w[2455] * DVB + w[2456] * AVL
-        )
+        PVT = self.node(350, self.mix(w[2453:2457], CEMVR, RIGR, DVB, AVL))
         del CEMVR, DVB
         # SABVL (motor, ACh) <- AVJR:3, AVDR:5, SAAVR:2, AVDL:2, AVER:12, AVEL:16,
         #     AVAL:2, AVL:9
         SABVL = self.node(
-            351,
-            w[2457] * AVJR
-            + w[2458] * AVDR
-            + w[2459] * SAAVR
-            + w[2460] * AVDL
-            + w[2461] * AVER
-            + w[2462] * AVEL
-            + w[2463] * AVAL
-            + w[2464] * AVL,
+            351, self.mix(w[2457:2465], AVJR, AVDR, SAAVR, AVDL, AVER, AVEL, AVAL, AVL)
         )
         del SAAVR, AVAL, AVJR
         # SABVR (motor, ACh) <- AVDR:1, SAAVL:2, AVDL:5, AVER:11, AVAR:2, AVEL:12, AVL:6
         SABVR = self.node(
-            352,
-            w[2465] * AVDR
-            + w[2466] * SAAVL
-            + w[2467] * AVDL
-            + w[2468] * AVER
-            + w[2469] * AVAR
-            + w[2470] * AVEL
-            + w[2471] * AVL,
+            352, self.mix(w[2465:2472], AVDR, SAAVL, AVDL, AVER, AVAR, AVEL, AVL)
         )
         del AVDR, SAAVL, AVDL, AVER, AVAR, AVEL, AVL
         # AVKR (interneuron) <- RIS:33, RIGL:20, R2BL:2, CA05:1, DVC:15, PVPL:8, CA08:1,
         #     AIZL:1, AIZR:2, AVKL:1, AIBL:5, AIBR:4, SIAVR:1, R5BL:1, PVT:2
         AVKR = self.node(
             353,
-            w[2472] * RIS
-            + w[2473] * RIGL
-            + w[2474] * R2BL
-            + w[2475] * CA05
-            + w[2476] * DVC
-            + w[2477] * PVPL
-            + w[2478] * CA08
-            + w[2479] * AIZL
-            + w[2480] * AIZR
-            + w[2481] * AVKL
-            + w[2482] * AIBL
-            + w[2483] * AIBR
-            + w[2484] * SIAVR
-            + w[2485] * R5BL
-            + w[2486] * PVT,
+            self.mix(
+                w[2472:2487],
+                RIS,
+                RIGL,
+                R2BL,
+                CA05,
+                DVC,
+                PVPL,
+                CA08,
+                AIZL,
+                AIZR,
+                AVKL,
+                AIBL,
+                AIBR,
+                SIAVR,
+                R5BL,
+                PVT,
+            ),
         )
         del (
             RIGL,
@@ -4528,14 +3799,7 @@ class MaleNet(nn.Module):
         # PVPR (interneuron, ACh) <- AVFL:10, R1BR:6, PVNR:2, AVHR:1, EF3:11, RIGR:5,
         #     AVKR:3
         PVPR = self.node(
-            354,
-            w[2487] * AVFL
-            + w[2488] * R1BR
-            + w[2489] * PVNR
-            + w[2490] * AVHR
-            + w[2491] * EF3
-            + w[2492] * RIGR
-            + w[2493] * AVKR,
+            354, self.mix(w[2487:2494], AVFL, R1BR, PVNR, AVHR, EF3, RIGR, AVKR)
         )
         del AVFL, R1BR, PVNR, AVHR, EF3, RIGR, AVKR
         # sink <- mean of the 32 output nodes

@@ -25,13 +25,15 @@ class InterpretedNet(nn.Module):
     ):
         """`graph`: a generated module (its metadata tables describe the network).
 
-        aggregate="stack" weighs a node's stacked inputs at once, as RandWire code does;
-        "sum" adds them one by one in predecessor order, the order the generated code uses,
-        so that float32 results agree to rounding.
+        aggregate="stack" weighs a node's stacked inputs by broadcasting and sums them, as
+        RandWire code does; "matmul" does the arithmetic the generated code does (one
+        matrix-vector product per node), so that float32 results agree to rounding.
         """
         super().__init__()
-        if aggregate not in ("stack", "sum"):
-            raise ValueError(f"aggregate must be 'stack' or 'sum', not {aggregate!r}")
+        if aggregate not in ("stack", "matmul"):
+            raise ValueError(
+                f"aggregate must be 'stack' or 'matmul', not {aggregate!r}"
+            )
         self.aggregate = aggregate
         self.nodes = list(graph.NODES)
         self.inputs = set(graph.INPUT_NODES)
@@ -105,11 +107,14 @@ class InterpretedNet(nn.Module):
             edge_ids = torch.tensor([e for e, _ in self.in_edges[i]], device=w.device)
             stacked = torch.stack([values[pre] for _, pre in self.in_edges[i]])
             return (w[edge_ids].view(-1, 1, 1, 1, 1) * stacked).sum(0)
-        total = None
-        for e, pre in self.in_edges[i]:
-            term = w[e] * values[pre]
-            total = term if total is None else total + term
-        return total
+        edges = self.in_edges[i]
+        if len(edges) == 1:
+            e, pre = edges[0]
+            return w[e] * values[pre]
+        # The generated code's arithmetic; its edges of a node are contiguous.
+        first, last = edges[0][0], edges[-1][0]
+        stacked = torch.stack([values[pre] for _, pre in edges]).flatten(1)
+        return (w[first : last + 1] @ stacked).view_as(values[edges[0][1]])
 
     def node(self, i: int, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(F.relu(x), self.node_conv[i], padding=1, groups=self.channels)

@@ -142,7 +142,7 @@ def test_flat_and_levels_match_the_interpreter(compile_to, spec, kind, seed, tra
         )
         for layout in ("flat", "levels")
     }
-    reference = InterpretedNet(modules["flat"], aggregate="sum")
+    reference = InterpretedNet(modules["flat"], aggregate="matmul")
     state = {name: value.clone() for name, value in reference.state_dict().items()}
     # Non-trivial running statistics and edge weights, so eval mode tests something.
     state["node_bn_mean"].normal_(0, 0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 from pathlib import Path
 
 import h5py
@@ -349,9 +350,10 @@ def test_every_truncation_and_some_corruptions_give_dagc_error(tmp_path: Path) -
     for _ in range(40):
         copy = bytearray(data)
         for _ in range(rng.randint(1, 3)):
-            copy[
+            position = (
                 rng.randrange(len(copy)) if rng.random() < 0.7 else rng.randrange(300)
-            ] ^= 0xFF
+            )
+            copy[position] ^= 0xFF
         damaged.append(bytes(copy))
     path = tmp_path / "damaged.mat"
     for content in damaged:
@@ -360,3 +362,54 @@ def test_every_truncation_and_some_corruptions_give_dagc_error(tmp_path: Path) -
             load_matlab(path)
         except DagcError as error:
             assert "damaged.mat" in str(error)
+
+
+# Uncompressed MAT v5 (scipy.io.savemat's default) goes straight to matio's Cython reader,
+# which trusts stored types and sizes. Fuzzing found damage that crashed the Python process
+# (bus error / segfault; the unknown-type case below does) or made it loop for 20 s over a
+# billion cells (the dimensions case). These tests pin the checks that make them DagcErrors.
+
+
+def small_v5_file(path: Path) -> bytes:
+    matrix = scipy.sparse.csc_matrix(np.array([[0, 2, 0], [0, 0, 1], [4, 0, 0]]))
+    scipy.io.savemat(path, {"A": matrix, "Names": cell_array(["AVAL", "AVAR", "ASHL"])})
+    assert load_matlab(path).edges  # the undamaged file loads
+    return path.read_bytes()
+
+
+def damage(path: Path, data: bytes, pattern: bytes, replacement: bytes) -> None:
+    at = data.index(pattern, 128)
+    path.write_bytes(data[:at] + replacement + data[at + len(replacement) :])
+
+
+def test_v5_element_of_unknown_type(tmp_path: Path) -> None:
+    path = tmp_path / "broken.mat"
+    data = small_v5_file(path)
+    ir_tag = struct.pack("<II", 5, 3 * 4)  # int32 row indices of the 3 non-zeros
+    damage(path, data, ir_tag, struct.pack("<I", 0x3A05))
+    assert "unknown type" in str(assert_dagc_error(path))
+
+
+def test_v5_element_longer_than_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.mat"
+    data = small_v5_file(path)
+    ir_tag = struct.pack("<II", 5, 3 * 4)
+    damage(path, data, ir_tag, struct.pack("<II", 5, 0x3A0000))
+    assert "past its end" in str(assert_dagc_error(path))
+
+
+def test_v5_cell_with_absurd_dimensions(tmp_path: Path) -> None:
+    path = tmp_path / "broken.mat"
+    data = small_v5_file(path)
+    names_dims = struct.pack("<IIii", 5, 8, 1, 3)  # the 1x3 cell of names
+    damage(path, data, names_dims, struct.pack("<IIii", 5, 8, 1, 1 << 30))
+    assert "claims" in str(assert_dagc_error(path))
+
+
+def test_v5_sparse_index_out_of_range(tmp_path: Path) -> None:
+    path = tmp_path / "broken.mat"
+    data = small_v5_file(path)
+    ir_tag = struct.pack("<II", 5, 3 * 4)
+    at = data.index(ir_tag, 128) + len(ir_tag)
+    path.write_bytes(data[:at] + struct.pack("<i", 999) + data[at + 4 :])
+    assert "corrupt sparse matrix 'A'" in str(assert_dagc_error(path))

@@ -15,6 +15,8 @@ mix neurons with muscles and end organs (NOTES.md); the groups only type cells t
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -114,15 +116,15 @@ def _read_variables(path: Path) -> dict[str, object]:
         raise DagcError("file not found", path)
     if not path.is_file():
         raise DagcError("not a file", path)
+    # Decoders raise zlib.error, OSError, TypeError, MatReadError, ...: all mean "unreadable".
     try:
         import matio
 
+        _check_v5_structure(path.read_bytes())
         # spmatrix=False: matio would otherwise turn each sparse matrix into COO at once, and
         # scipy's C++ conversion of corrupt index arrays crashes the process (segfault).
         variables = matio.load_from_mat(path, spmatrix=False)
-    except (
-        Exception
-    ) as exc:  # matio raises zlib.error, OSError, TypeError, MatReadError, ...
+    except Exception as exc:
         raise DagcError(_unreadable_message(path, exc), path) from None
     if not isinstance(variables, dict):
         raise DagcError("not a readable MAT-file (no variables decoded)", path)
@@ -132,6 +134,100 @@ def _read_variables(path: Path) -> dict[str, object]:
     for name, value in variables.items():
         _check_sparse(value, name, path)
     return variables
+
+
+# MAT v5 data types (8, 10 and 11 are reserved); the reader indexes tables with them unchecked.
+_MI_TYPES = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18}
+_MI_MATRIX = 14  # data types whose payload is itself a sequence of data elements
+_MI_COMPRESSED = 15
+_MX_CLASSES = range(1, 18)  # mxCELL_CLASS (1) .. mxOPAQUE_CLASS (17)
+# MAT v5 array classes whose element count is bounded by their byte count: cell (each element
+# is a tagged matrix), char and the numeric classes (at least one byte per element).
+_BOUNDED_CLASSES = {1, 4, *range(6, 16)}
+
+
+def _check_v5_structure(data: bytes) -> None:
+    """Check the MAT v5 element tree before matio decodes it; ValueError if it is corrupt.
+
+    The Cython v5 reader (matio's, like scipy's) trusts the stored sizes: a corrupt byte count
+    makes it read past its buffer and crash the whole process (bus error / segfault), and a
+    corrupt dimension makes it allocate and loop for a huge array. Compressed elements are
+    inflated in full here, so zlib's checksum also rejects any corruption inside them.
+    Other versions (v4, v7.3/HDF5) are left to their own readers.
+    """
+    if len(data) < 128 or data[126:128] not in (b"IM", b"MI"):
+        return
+    order = "<" if data[126:128] == b"IM" else ">"
+    if struct.unpack_from(order + "H", data, 124)[0] != 0x0100:
+        return  # not v5 (0x0200 is v7.3)
+    _check_elements(data, 128, len(data), order, inflated=False)
+
+
+def _check_elements(
+    data: bytes, start: int, end: int, order: str, inflated: bool
+) -> None:
+    position = start
+    while position < end:
+        kind, size, body, position = _element_at(data, position, end, order)
+        if kind == _MI_MATRIX:
+            _check_matrix(data, body, body + size, order, inflated)
+        elif kind == _MI_COMPRESSED and not inflated:
+            payload = zlib.decompress(data[body : body + size])
+            _check_elements(payload, 0, len(payload), order, inflated=True)
+
+
+def _element_at(
+    data: bytes, position: int, end: int, order: str
+) -> tuple[int, int, int, int]:
+    """(type, byte count, data offset, next element's offset) of the element at `position`."""
+    if end - position < 8:
+        raise ValueError(f"data element at byte {position} is cut short")
+    first, second = struct.unpack_from(order + "II", data, position)
+    kind = first & 0xFFFF
+    if kind not in _MI_TYPES:
+        raise ValueError(f"data element at byte {position} has unknown type {kind}")
+    if (
+        first >> 16
+    ):  # small element: 2-byte count, 2-byte type, data in the tag's last 4 bytes
+        if first >> 16 > 4:
+            raise ValueError(
+                f"small data element at byte {position} claims {first >> 16} bytes"
+            )
+        return kind, first >> 16, position + 4, position + 8
+    body = position + 8
+    if second > end - body:
+        raise ValueError(
+            f"data element at byte {position} runs {second} bytes past its end"
+        )
+    # Elements are padded to 8 bytes, except compressed ones.
+    padding = 0 if first == _MI_COMPRESSED else -second % 8
+    return first, second, body, min(body + second + padding, end)
+
+
+def _check_matrix(
+    data: bytes, start: int, end: int, order: str, inflated: bool
+) -> None:
+    """Sub-elements fit, and a cell/char/numeric array has no more elements than bytes."""
+    _check_elements(data, start, end, order, inflated)
+    if start == end:
+        return  # MATLAB writes an empty cell slot as an empty matrix element
+    _, flags_size, flags_at, dims_position = _element_at(data, start, end, order)
+    if flags_size < 4:
+        raise ValueError(f"array at byte {start} has malformed flags")
+    matrix_class = struct.unpack_from(order + "I", data, flags_at)[0] & 0xFF
+    if matrix_class not in _MX_CLASSES:
+        raise ValueError(f"array at byte {start} has unknown class {matrix_class}")
+    if matrix_class not in _BOUNDED_CLASSES:
+        return  # struct, object, sparse, opaque...: their sizes are not bounded this way
+    _, dims_size, dims_at, _ = _element_at(data, dims_position, end, order)
+    dims = struct.unpack_from(f"{order}{dims_size // 4}i", data, dims_at)
+    count = int(
+        np.prod(dims, dtype=np.float64)
+    )  # float: a corrupt product must not wrap
+    if min(dims, default=0) < 0 or count > end - start:
+        raise ValueError(
+            f"array at byte {start} claims {count} elements in {end - start} bytes"
+        )
 
 
 def _check_sparse(value: object, variable: str, path: Path) -> None:

@@ -1,0 +1,81 @@
+"""`dagc eval`: test accuracy of a saved model (a run folder or a weights file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from dagc.compiler.errors import DagcError
+from dagc.runtime.checkpoint import latest_checkpoint, load_weights
+from dagc.runtime.data import dataset_info, load_split
+from dagc.runtime.loading import build_model, load_generated
+from dagc.runtime.train import check_model_fits, evaluate
+
+
+def locate(target: Path, model: Path | None) -> tuple[Path, Path]:
+    """(weights file, model file) for a run folder or a .safetensors file."""
+    if not target.exists():
+        raise DagcError("not found", target)
+    if target.is_dir():
+        found = latest_checkpoint(target)
+        if found is None:
+            raise DagcError(
+                "no checkpoint in this folder (is it a dagc run folder?)", target
+            )
+        weights, run_dir = found[0], target
+    elif target.suffix == ".safetensors":
+        weights, run_dir = target, target.parent
+    else:
+        raise DagcError("expected a run folder or a .safetensors weights file", target)
+    model = model or run_dir / "model.py"
+    if not model.exists():
+        raise DagcError("no model.py beside the weights: pass --model MODEL.py", target)
+    return weights, model
+
+
+def evaluate_saved(
+    target: Path,
+    dataset: str,
+    data_dir=None,
+    device: str = "auto",
+    model: Path | None = None,
+) -> dict:
+    weights, model_path = locate(target, model)
+    module = load_generated(model_path)
+    info = dataset_info(dataset)
+    check_model_fits(module, info, model_path)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = build_model(module).to(device)
+    try:
+        net.load_state_dict(load_weights(weights, device))
+    except RuntimeError as exc:
+        raise DagcError(
+            f"weights do not fit {model_path.name}: {str(exc).splitlines()[0]}", weights
+        ) from None
+    images, labels = load_split(dataset, False, data_dir)
+    accuracy, per_class, _, _ = evaluate(
+        net, images.to(device), labels.to(device), info.num_classes, None
+    )
+    return {
+        "weights": str(weights),
+        "model": model_path.name,
+        "dataset": dataset,
+        "test_accuracy": accuracy,
+        "per_class_accuracy": dict(zip(info.class_names, per_class)),
+    }
+
+
+def format_result(result: dict) -> str:
+    lines = [
+        f"{result['dataset']} test accuracy: {100 * result['test_accuracy']:.2f} %"
+    ]
+    for name, value in result["per_class_accuracy"].items():
+        lines.append(f"  {name:<12} {100 * value:6.2f} %")
+    return "\n".join(lines)
+
+
+def as_json(result: dict) -> str:
+    return json.dumps(result, indent=2)
