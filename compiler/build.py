@@ -11,7 +11,7 @@ from dagc.compiler.errors import DagcError
 from dagc.compiler.graph import PrepareOptions
 from dagc.compiler.pipeline import FrontEnd, run_front_end
 from dagc.compiler.render import CompileOptions, render_module
-from dagc.compiler.signs import edge_signs
+from dagc.compiler.signs import DEFAULT_SIGNS, edge_signs, read_sign_table
 
 
 def regenerate_command(
@@ -32,8 +32,10 @@ def regenerate_command(
         "--input-size", str(options.input_size),
         "--edge-weights", options.edge_weights,
         "--layout", options.layout,
-        "-o", "FILE.py",
     ]  # fmt: skip
+    if options.transmitter_signs:
+        words += ["--transmitter-signs", Path(options.transmitter_signs).name]
+    words += ["-o", "FILE.py"]
     return shlex.join(words)
 
 
@@ -55,5 +57,10 @@ def compile_network(
         "sha256": front.connectome.sha256,
     }
     if options.edge_weights == "dale":
-        header["edge_signs"] = edge_signs(front.plan)
+        signs = DEFAULT_SIGNS
+        if options.transmitter_signs:
+            signs = read_sign_table(Path(options.transmitter_signs))
+        header["edge_signs"] = edge_signs(front.plan, signs)
+    elif options.transmitter_signs:
+        raise DagcError("--transmitter-signs only applies with --edge-weights dale")
     return front, render_module(front.plan, options, header)

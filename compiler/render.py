@@ -32,6 +32,9 @@ class CompileOptions:
     input_size: int = 28
     edge_weights: str = "sigmoid"
     layout: str = "flat"
+    transmitter_signs: str = (
+        ""  # CSV overriding the Dale's-law signs ("" = GABA inhibitory)
+    )
 
 
 @dataclass

@@ -164,6 +164,12 @@ def inspect(connectome, prepare, dag_options, channels, as_json):
     show_default=True,
     help="flat: one statement per neuron; levels: each topological level at once.",
 )
+@click.option(
+    "--transmitter-signs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --edge-weights dale: CSV of transmitter,sign (+1/-1) overriding the default "
+    "(GABA -1, all else +1).",
+)
 def compile_command(
     connectome,
     output,
@@ -175,6 +181,7 @@ def compile_command(
     input_size,
     edge_weights,
     layout,
+    transmitter_signs,
 ):
     """Compile a connectome into one flat PyTorch module file."""
     from dagc.compiler.build import compile_network
@@ -182,8 +189,9 @@ def compile_command(
 
     check_writable_dir(output)  # fail before the work, not after it
     options = CompileOptions(
-        channels, in_channels, num_classes, input_size, edge_weights, layout
-    )
+        channels, in_channels, num_classes, input_size, edge_weights, layout,
+        str(transmitter_signs) if transmitter_signs else "",
+    )  # fmt: skip
     front, source = compile_network(connectome, prepare, dag_options, options)
     warn_pruned(front.plan.pruned)
     write_atomic(output, source)
@@ -331,6 +339,30 @@ def eval_command(target, dataset, data_dir, model, device, as_json):
 
     result = evaluate.evaluate_saved(target, dataset, data_dir, device, model)
     click.echo(evaluate.as_json(result) if as_json else evaluate.format_result(result))
+
+
+@cli.command()
+@click.argument("connectome")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Figure file: .svg, .png or .pdf.",
+)
+@front_end_options
+def draw(connectome, output, prepare, dag_options):
+    """Draw CONNECTOME's network: neurons by topological level, coloured by type (Fig. 2)."""
+    from dagc.compiler.draw import draw_plan
+    from dagc.compiler.output import check_writable_dir
+    from dagc.compiler.pipeline import run_front_end
+
+    check_writable_dir(output)
+    front = run_front_end(connectome, prepare, dag_options)
+    warn_pruned(front.plan.pruned)
+    title = f"{front.plan.name} ({front.plan.dag_kind} DAG)"
+    draw_plan(front.plan, output, title)
+    click.echo(f"wrote {output}", err=True)
 
 
 def warn_pruned(pruned) -> None:

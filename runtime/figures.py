@@ -7,8 +7,7 @@ format follows the path's suffix (PNG when it has none that matplotlib knows).
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dagc.compiler.errors import DagcError  # noqa: E402
+from dagc.compiler.output import write_atomic  # noqa: E402
 
 DPI = 150
 WRONG_COLOR = "#c62828"
@@ -39,29 +39,16 @@ def _save(fig, path: str | Path) -> Path:
     fmt = path.suffix.lstrip(".").lower()
     if fmt not in fig.canvas.get_supported_filetypes():
         fmt = "png"
-    tmp_name = None
+    buffer = io.BytesIO()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-        )
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=fmt, dpi=DPI)
-        # mkstemp makes the file private (0600); give it the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as exc:
-        raise DagcError(f"cannot write figure: {exc.strerror or exc}", path) from exc
+        fig.savefig(buffer, format=fmt, dpi=DPI)
     finally:
         plt.close(fig)
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise DagcError(f"cannot write figure: {exc.strerror or exc}", path) from None
     return path
 
 

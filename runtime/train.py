@@ -219,7 +219,11 @@ class Trainer:
         )
         self.metrics: list[dict] = []
         self.start_iteration = 0
-        self.elapsed = 0.0  # training wall time of earlier sessions of this run
+        self.elapsed = 0.0  # training wall time (steps only) of this run so far
+        self.wall_before = (
+            0.0  # whole wall time of earlier sessions (evaluations included)
+        )
+        self.session_start = time.perf_counter()
         self.last_eval = (
             None  # (accuracy, per-class, predictions, confusion) of the newest eval
         )
@@ -277,6 +281,7 @@ class Trainer:
         self.metrics = state["metrics"]
         self.start_iteration = state["iteration"]
         self.elapsed = state.get("elapsed", 0.0)
+        self.wall_before = state.get("wall", 0.0)
         if (
             self.dist.main
         ):  # lines logged after the checkpoint are replayed, so drop them
@@ -300,6 +305,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "metrics": self.metrics,
                 "elapsed": self.elapsed,
+                "wall": self.wall_before + time.perf_counter() - self.session_start,
                 "config": asdict(self.config),
             }
             save_checkpoint(self.run_dir, iteration, self.model, state)
@@ -434,6 +440,7 @@ class Trainer:
             "parameters": self.parameters,
             "channels": self.module.CHANNELS,
             "train_wall_time_s": self.elapsed,
+            "wall_time_s": self.wall_before + time.perf_counter() - self.session_start,
             "median_images_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
             "device": device_name(self.device),
             "processes": self.dist.world,
@@ -447,7 +454,7 @@ class Trainer:
         write_atomic(
             self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n"
         )
-        points = [(row["iteration"], row["test_accuracy"]) for row in evaluated]
+        points = [(row["iteration"], 100 * row["test_accuracy"]) for row in evaluated]
         title = f"{connectome or summary['model']} on {self.config.dataset}"
         figures.plot_accuracy(
             points, self.run_dir / "accuracy.png", title,

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Time torch.compile (default mode, Inductor) on a generated module: the first training step
+(forward + backward, where compilation happens) against an eager step, on the CPU.
+
+    python scripts/measure_compile.py generated/hermaphrodite_net.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from dagc.runtime.loading import build_model, load_generated
+
+
+def step(model, x, y):
+    loss = F.nll_loss(model(x), y)
+    loss.backward()
+    return loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    module = load_generated(args.model)
+    torch.manual_seed(0)
+    model = build_model(module)
+    x = torch.randn(args.batch_size, *module.INPUT_SHAPE)
+    y = torch.randint(0, module.NUM_CLASSES, (args.batch_size,))
+    step(model, x, y)  # warm up the eager kernels
+    start = time.perf_counter()
+    step(model, x, y)
+    eager = time.perf_counter() - start
+    compiled = torch.compile(model)
+    start = time.perf_counter()
+    step(compiled, x, y)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    step(compiled, x, y)
+    steady = time.perf_counter() - start
+    result = {
+        "model": args.model,
+        "layout": module.LAYOUT,
+        "nodes": len(module.NODES),
+        "edges": len(module.EDGES),
+        "channels": module.CHANNELS,
+        "batch_size": args.batch_size,
+        "eager_step_s": eager,
+        "compiled_first_step_s": first,
+        "compile_time_s": first - steady,
+        "compiled_step_s": steady,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
