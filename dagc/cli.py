@@ -1,4 +1,4 @@
-"""The `dagc` command line: inspect, compile, train, eval.
+"""The `dagc` command line: inspect, compile, draw, train, eval, reproduce.
 
 User mistakes end as one line on stderr and exit code 2, never a traceback.
 """
@@ -53,7 +53,7 @@ def front_end_options(command):
     @click.option(
         "--keep-unfed",
         is_flag=True,
-        help="Keep non-sensory neurons that receive no synapse (dropped by default; NOTES step 4).",
+        help="Keep non-sensory neurons that receive no synapse (dropped by default, see docs/recipe.md).",
     )
     @functools.wraps(command)
     def wrapper(*args, dag_kind, seed, all_cells, keep_isolated, keep_unfed, **kwargs):
@@ -363,6 +363,63 @@ def draw(connectome, output, prepare, dag_options):
     title = f"{front.plan.name} ({front.plan.dag_kind} DAG)"
     draw_plan(front.plan, output, title)
     click.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("docs/reproduction"),
+    show_default=True,
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Reduced run for a CPU (4 channels, 120 iterations, 1 seed): minutes.",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training seeds per network [default: 3, --quick: 1].",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--data-dir", envvar="DAGC_DATA_DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--channels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override the channels per node [default: 78, --quick: 4].",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override the iterations [default: 15000, --quick: 120].",
+)
+@click.option("--eval-every", type=click.IntRange(min=1), default=None)
+def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_every):
+    """Train the paper's networks and baselines and write REPORT.md with Table 1 and Fig. 3.
+
+    Finished runs are skipped and interrupted ones resumed, so it can run piecewise.
+    """
+    from dagc.runtime.reproduce import Settings, reproduce as run_reproduction
+
+    overrides = dict(seeds=seeds, channels=channels, iterations=iterations,
+                     eval_every=eval_every, device=device,
+                     data_dir=str(data_dir) if data_dir else None)  # fmt: skip
+    if quick:
+        settings = Settings.quick_settings(**overrides)
+    else:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if not out.parent.is_dir():
+        raise DagcError("parent folder does not exist", out.parent)
+    run_reproduction(out, settings, log=lambda line: click.echo(line, err=True))
 
 
 def warn_pruned(pruned) -> None:

@@ -62,20 +62,39 @@ def plot_accuracy(
 
     `paper_accuracy` (percent), when given, is drawn as a dashed horizontal line.
     """
-    points = sorted((int(i), float(a)) for i, a in points)
+    paper = {"paper": paper_accuracy} if paper_accuracy is not None else {}
+    return plot_accuracy_series({"dagc": points}, path, title, paper)
+
+
+SERIES_COLOURS = ("#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f")
+
+
+def plot_accuracy_series(
+    series: dict[str, list[tuple[int, float]]],
+    path: str | Path,
+    title: str,
+    paper: dict[str, float] | None = None,
+) -> Path:
+    """Several accuracy curves (percent) on one axes; `paper` values as dashed lines."""
+    paper = paper or {}
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-    if points:
+    values: list[float] = []
+    for number, (label, points) in enumerate(series.items()):
+        points = sorted((int(i), float(a)) for i, a in points)
+        if not points:
+            continue
         xs, ys = zip(*points)
+        values += ys
         ax.plot(
             xs,
             ys,
             marker="o" if len(points) <= 40 else None,
             markersize=4,
             linewidth=1.6,
-            color="#1565c0",
-            label=f"dagc (final {ys[-1]:.2f}%)",
+            color=SERIES_COLOURS[number % len(SERIES_COLOURS)],
+            label=f"{label} (final {ys[-1]:.2f}%)",
         )
-    else:
+    if not values:
         ax.text(
             0.5,
             0.5,
@@ -85,17 +104,19 @@ def plot_accuracy(
             va="center",
             color="0.4",
         )
-    if paper_accuracy is not None:
+    for number, (label, accuracy) in enumerate(paper.items()):
         ax.axhline(
-            float(paper_accuracy),
-            color="0.3",
+            float(accuracy),
+            color=(
+                SERIES_COLOURS[number % len(SERIES_COLOURS)]
+                if len(paper) > 1
+                else "0.3"
+            ),
             linestyle="--",
             linewidth=1.2,
-            label=f"paper: {float(paper_accuracy):.2f}%",
+            label=f"{label}: {float(accuracy):.2f}%",
         )
-    values = [a for _, a in points]
-    if paper_accuracy is not None:
-        values.append(float(paper_accuracy))
+        values.append(float(accuracy))
     if values:
         low, high = min(values), max(values)
         margin = max(1.0, 0.05 * (high - low))
@@ -106,7 +127,7 @@ def plot_accuracy(
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if points or paper_accuracy is not None:
+    if values:
         ax.legend(loc="lower right")
     return _save(fig, path)
 
