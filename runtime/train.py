@@ -357,7 +357,17 @@ class Trainer:
         last_accuracy = self.metrics[-1]["test_accuracy"] if self.metrics else None
         self.model.train()
         for iteration in range(self.start_iteration, config.iterations):
-            loss_sum += self.train_step(iteration)  # no host sync per step
+            try:
+                loss_sum += self.train_step(iteration)  # no host sync per step
+            except RuntimeError as exc:
+                if "overflow" not in str(exc):
+                    raise
+                bar.close()
+                raise DagcError(
+                    f"training diverged at iteration {iteration + 1}: an update overflowed "
+                    "float32; the last good checkpoint is kept (try a lower --lr)",
+                    self.run_dir,
+                ) from None
             since_log += 1
             done = iteration + 1
             at_eval = done % config.eval_every == 0 or done == config.iterations
