@@ -128,7 +128,7 @@ def plot_accuracy_series(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if values:
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     return _save(fig, path)
 
 
