@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from dagc.compiler.errors import DagcError
 from dagc.runtime.checkpoint import latest_checkpoint, load_weights
 from dagc.runtime.data import dataset_info, load_split
 from dagc.runtime.loading import build_model, load_generated
-from dagc.runtime.train import check_model_fits, evaluate
+from dagc.runtime.train import check_model_fits, device_kind, evaluate
 
 
 def locate(target: Path, model: Path | None) -> tuple[Path, Path]:
@@ -46,8 +44,7 @@ def evaluate_saved(
     module = load_generated(model_path)
     info = dataset_info(dataset)
     check_model_fits(module, info, model_path)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_kind(device)
     net = build_model(module).to(device)
     try:
         net.load_state_dict(load_weights(weights, device))

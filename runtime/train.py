@@ -86,10 +86,15 @@ def setup_distributed(device_kind: str) -> Distributed:
     return Distributed(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def pick_device(requested: str, dist: Distributed) -> torch.device:
+def device_kind(requested: str) -> str:
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; explicit choices stay."""
     if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def pick_device(kind: str, dist: Distributed) -> torch.device:
+    if kind == "cuda":
         if not torch.cuda.is_available():
             raise DagcError(
                 "--device cuda: no CUDA device is available (try --device cpu)"
@@ -193,16 +198,10 @@ def amp_settings(config: TrainConfig, device: torch.device):
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
-        requested = config.device
-        kind = (
-            "cuda"
-            if requested == "cuda"
-            or (requested == "auto" and torch.cuda.is_available())
-            else "cpu"
-        )
+        kind = device_kind(config.device)
         self.dist = setup_distributed(kind)
         check_config(config, self.dist)
-        self.device = pick_device(requested, self.dist)
+        self.device = pick_device(kind, self.dist)
         self.module = load_generated(config.model)
         self.info = dataset_info(config.dataset)
         check_model_fits(self.module, self.info, config.model)

@@ -72,7 +72,7 @@ def test_generated_file_is_black_formatted_and_named_after_neurons():
     assert "sha256 " in text and "/work" not in text and "/tmp" not in text
 
 
-def test_byte_identical_recompile(compile_to, tmp_path):
+def test_byte_identical_recompile(tmp_path):
     from dagc.cli import main
 
     outputs = []
