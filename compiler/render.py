@@ -56,19 +56,15 @@ def class_name(plan: NetworkPlan) -> str:
 
 
 def weighted_sum(plan: NetworkPlan, node_index: int, names: list[str]) -> str:
-    """The expression for a node's input: its predecessors weighted by their edges.
-
-    Two or more inputs go through `self.mix` (one stack and one matrix-vector product),
-    which moves fewer bytes than a chain of scalar multiplies and adds.
+    """The expression for a node's input after its ReLU: its predecessors weighted by their
+    edges (`weighted_relu`, one in-place sum per node), or the source, already ReLU'd.
     """
     node = plan.nodes[node_index]
     if not node.preds:
         return "source"
     start, stop = node.edge_slice
-    if len(node.preds) == 1:
-        return f"w[{start}] * {names[node.preds[0]]}"
     inputs = ", ".join(names[pre] for pre in node.preds)
-    return f"self.mix(w[{start}:{stop}], {inputs})"
+    return f"weighted_relu(w[{start}:{stop}], {inputs})"
 
 
 def describe(plan: NetworkPlan, node_index: int) -> str:

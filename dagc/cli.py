@@ -1,4 +1,4 @@
-"""The `dagc` command line: inspect, compile, draw, train, eval, reproduce.
+"""The `dagc` command line: inspect, compile, draw, train, bench, eval, reproduce.
 
 User mistakes end as one line on stderr and exit code 2, never a traceback.
 """
@@ -254,8 +254,14 @@ def compile_command(
 @click.option(
     "--compile/--no-compile",
     "use_compile",
+    default=False,
+    help="torch.compile the model (Inductor; minutes of warm-up) [default: off].",
+)
+@click.option(
+    "--cuda-graphs/--no-cuda-graphs",
     default=None,
-    help="torch.compile the model [default: on for CUDA, off for CPU].",
+    help="Replay the whole training step as one CUDA graph [default: on for one CUDA "
+    "process without --compile].",
 )
 @click.option(
     "--amp",
@@ -287,6 +293,7 @@ def train(
     seed,
     device,
     use_compile,
+    cuda_graphs,
     amp,
     out,
     resume,
@@ -304,7 +311,7 @@ def train(
         model=str(model), dataset=dataset, data_dir=str(data_dir) if data_dir else None,
         iterations=iterations, batch_size=batch_size, lr=lr, lr_step=lr_step,
         lr_gamma=lr_gamma, eval_every=eval_every, log_every=log_every, seed=seed,
-        device=device, compile=use_compile, amp=amp, out=str(out) if out else None,
+        device=device, compile=use_compile, cuda_graphs=cuda_graphs, amp=amp, out=str(out) if out else None,
         resume=resume, quiet=quiet,
     )  # fmt: skip
     summary = run_training(config)
@@ -314,6 +321,79 @@ def train(
             f"(best {100 * summary['best_test_accuracy']:.2f} % at iteration "
             f"{summary['best_iteration']}), {summary['train_wall_time_s']:.0f} s, "
             f"{summary['median_images_per_s']:.0f} images/s on {summary['device']}"
+        )
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option(
+    "--steps",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Timed training steps per mode (and inference batches); the median counts.",
+)
+@click.option(
+    "--warmup",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Untimed steps first (compile, CUDA-graph warm-up, allocator).",
+)
+@click.option(
+    "--modes",
+    default="",
+    help="Comma-separated modes, or 'all' [default: every mode that suits the device; "
+    "torch.compile on the CPU only on request]. The interpreter always runs.",
+)
+@click.option("--channels", type=int, help="Channels per node [default: the model's].")
+@click.option(
+    "--mode-timeout",
+    type=float,
+    default=1800,
+    show_default=True,
+    help="Seconds before a mode is stopped and reported as timed out.",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every figure, the machine and the versions here.",
+)
+def bench(
+    model, device, batch_size, steps, warmup, modes, channels, mode_timeout, json_out
+):
+    """Time every execution mode of MODEL.py (training and inference) against the
+    reference interpreter, each in its own process, and print the table."""
+    from dagc.compiler.output import check_writable_dir
+    from dagc.runtime.bench import BenchConfig, format_table
+    from dagc.runtime.bench import bench as run_bench
+
+    if json_out is not None:
+        check_writable_dir(json_out)
+    if channels is not None and channels < 1:
+        raise DagcError("--channels must be at least 1")
+    names = tuple(name.strip() for name in modes.split(",") if name.strip())
+    config = BenchConfig(
+        model=str(model), device=device, batch_size=batch_size, steps=steps,
+        warmup=warmup, modes=names, channels=channels, mode_timeout=mode_timeout,
+        json_out=str(json_out) if json_out else None,
+    )  # fmt: skip
+    report = run_bench(config, echo=lambda line: click.echo(line, err=True))
+    click.echo(format_table(report))
+    if "best_train_mode" in report:
+        click.echo(
+            f"best training mode: {report['best_train_mode']}, "
+            f"{report['best_train_vs_interpreter']:.2f}x the interpreter "
+            f"({report['device']}, {report['network']['channels']} channels, "
+            f"batch {report['batch_size']})"
         )
 
 

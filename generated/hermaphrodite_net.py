@@ -580,6 +580,39 @@ CHANNELS = 78
 MODEL_CLASS = "HermaphroditeNet"
 
 
+class WeightedSumReLU(torch.autograd.Function):
+    """relu(w[0] * x[0] + w[1] * x[1] + ...): a node's input, summed in place in one buffer.
+
+    Why not torch.stack + matmul: the stack copies all k inputs and autograd keeps the copy
+    for backward (2,260 activations per step, ~14 GB at 78 channels and batch 100), and the
+    allocations alone cost more than the arithmetic. This keeps only the inputs, which are
+    alive anyway, and moves each input once forward and twice backward.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        out = torch.mul(inputs[0], w[0])
+        for j in range(1, len(inputs)):
+            out.addcmul_(inputs[j], w[j])
+        out.relu_()
+        ctx.save_for_backward(w, out, *inputs)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, out, *inputs = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)  # ReLU's own backward
+        grad_w = None
+        if ctx.needs_input_grad[0]:
+            flat = grad.reshape(-1)
+            dots = [torch.dot(flat, x.reshape(-1)) for x in inputs]
+            grad_w = torch.stack(dots).to(w.dtype)
+        return grad_w, *(grad * w[j] for j in range(len(inputs)))
+
+
+weighted_relu = WeightedSumReLU.apply
+
+
 class HermaphroditeNet(nn.Module):
     def __init__(
         self,
@@ -614,14 +647,9 @@ class HermaphroditeNet(nn.Module):
     def edge_weights(self) -> torch.Tensor:
         return torch.sigmoid(self.edge_weight)
 
-    @staticmethod
-    def mix(w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of a node's inputs: w[0] * inputs[0] + w[1] * inputs[1] + ..."""
-        return (w @ torch.stack(inputs).flatten(1)).view_as(inputs[0])
-
     def node(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """ReLU -> depthwise 3x3 conv -> BatchNorm of node i."""
-        x = F.conv2d(F.relu(x), self.node_conv[i], padding=1, groups=self.channels)
+        """Depthwise 3x3 conv -> BatchNorm of node i (its ReLU is in weighted_relu)."""
+        x = F.conv2d(x, self.node_conv[i], padding=1, groups=self.channels)
         return F.batch_norm(
             x,
             self.node_bn_mean[i],
@@ -635,7 +663,8 @@ class HermaphroditeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.edge_weights()
-        source = self.stem_bn(self.stem_conv(x))
+        # Every input node applies its ReLU to the same tensor: do it once.
+        source = F.relu(self.stem_bn(self.stem_conv(x)))
         # ASIL (sensory, Betaine) <- source
         ASIL = self.node(0, source)
         # ASIR (sensory, Betaine) <- source
@@ -804,74 +833,78 @@ class HermaphroditeNet(nn.Module):
         IL1VR = self.node(82, source)
         del source
         # AINR (interneuron, ACh) <- ASGL:2, AFDL:3
-        AINR = self.node(83, self.mix(w[0:2], ASGL, AFDL))
+        AINR = self.node(83, weighted_relu(w[0:2], ASGL, AFDL))
         # AIML (interneuron, Glu+5-HT) <- ASKL:5, URXL:2, ALML:1
-        AIML = self.node(84, self.mix(w[2:5], ASKL, URXL, ALML))
+        AIML = self.node(84, weighted_relu(w[2:5], ASKL, URXL, ALML))
         # AIMR (interneuron, Glu+5-HT) <- AWBR:1, ASKR:5, URXR:3
-        AIMR = self.node(85, self.mix(w[5:8], AWBR, ASKR, URXR))
+        AIMR = self.node(85, weighted_relu(w[5:8], AWBR, ASKR, URXR))
         # URBL (interneuron, ACh) <- ADEL:2, CEPDL:11, IL1L:1
-        URBL = self.node(86, self.mix(w[8:11], ADEL, CEPDL, IL1L))
+        URBL = self.node(86, weighted_relu(w[8:11], ADEL, CEPDL, IL1L))
         # LUAR (interneuron, Glu) <- PQR:3, PHCR:6
-        LUAR = self.node(87, self.mix(w[11:13], PQR, PHCR))
+        LUAR = self.node(87, weighted_relu(w[11:13], PQR, PHCR))
         # URAVR (motor, ACh) <- BAGL:1, IL2R:1, IL2VR:16, CEPVR:3, IL1VR:4
-        URAVR = self.node(88, self.mix(w[13:18], BAGL, IL2R, IL2VR, CEPVR, IL1VR))
+        URAVR = self.node(88, weighted_relu(w[13:18], BAGL, IL2R, IL2VR, CEPVR, IL1VR))
         # VB11 (motor, ACh+Betaine) <- DVA:2
-        VB11 = self.node(89, w[18] * DVA)
+        VB11 = self.node(89, weighted_relu(w[18:19], DVA))
         # ALA (interneuron, GABA) <- ASJL:3, ASKR:1, ADLL:5, AIMR:2
-        ALA = self.node(90, self.mix(w[19:23], ASJL, ASKR, ADLL, AIMR))
+        ALA = self.node(90, weighted_relu(w[19:23], ASJL, ASKR, ADLL, AIMR))
         # PVQL (interneuron) <- ASJL:34, PHAL:3, PHAR:4, AIML:1
-        PVQL = self.node(91, self.mix(w[23:27], ASJL, PHAL, PHAR, AIML))
+        PVQL = self.node(91, weighted_relu(w[23:27], ASJL, PHAL, PHAR, AIML))
         # BDUR (interneuron) <- ALMR:14, AVM:5, CEPDR:5, AIMR:2
-        BDUR = self.node(92, self.mix(w[27:31], ALMR, AVM, CEPDR, AIMR))
+        BDUR = self.node(92, weighted_relu(w[27:31], ALMR, AVM, CEPDR, AIMR))
         # PDB (motor, ACh) <- LUAR:2
-        PDB = self.node(93, w[31] * LUAR)
+        PDB = self.node(93, weighted_relu(w[31:32], LUAR))
         # PVNL (interneuron, ACh+Glu+Betaine) <- PQR:2, AVM:4, PHBL:1, LUAR:1, BDUR:11
-        PVNL = self.node(94, self.mix(w[32:37], PQR, AVM, PHBL, LUAR, BDUR))
+        PVNL = self.node(94, weighted_relu(w[32:37], PQR, AVM, PHBL, LUAR, BDUR))
         # URADR (motor, ACh) <- IL2DR:5, IL2R:2, CEPDR:3, IL1DR:8, BDUR:3
-        URADR = self.node(95, self.mix(w[37:42], IL2DR, IL2R, CEPDR, IL1DR, BDUR))
+        URADR = self.node(95, weighted_relu(w[37:42], IL2DR, IL2R, CEPDR, IL1DR, BDUR))
         # CANL (other, Betaine) <- ALA:30
-        CANL = self.node(96, w[42] * ALA)
+        CANL = self.node(96, weighted_relu(w[42:43], ALA))
         # CANR (other, Betaine) <- ALA:30
-        CANR = self.node(97, w[43] * ALA)
+        CANR = self.node(97, weighted_relu(w[43:44], ALA))
         # BDUL (interneuron) <- ALML:15, AVM:3, ADEL:1, PVNL:5
-        BDUL = self.node(98, self.mix(w[44:48], ALML, AVM, ADEL, PVNL))
+        BDUL = self.node(98, weighted_relu(w[44:48], ALML, AVM, ADEL, PVNL))
         # LUAL (interneuron, Glu) <- PHCL:2, PVNL:3
-        LUAL = self.node(99, self.mix(w[48:50], PHCL, PVNL))
+        LUAL = self.node(99, weighted_relu(w[48:50], PHCL, PVNL))
         # HSNL (sex-specific, ACh+5-HT) <- ASJL:1, AWBL:1, AWBR:2, ASKR:1, ASHL:2,
         #     ASHR:4, AIMR:3, PVQL:3, BDUL:3
         HSNL = self.node(
             100,
-            self.mix(w[50:59], ASJL, AWBL, AWBR, ASKR, ASHL, ASHR, AIMR, PVQL, BDUL),
+            weighted_relu(
+                w[50:59], ASJL, AWBL, AWBR, ASKR, ASHL, ASHR, AIMR, PVQL, BDUL
+            ),
         )
         # HSNR (sex-specific, ACh+5-HT) <- ASJL:1, ASJR:1, AWBR:2, ASHR:5, URXL:1,
         #     AIMR:3, PVQL:6, BDUR:8, HSNL:5
         HSNR = self.node(
             101,
-            self.mix(w[59:68], ASJL, ASJR, AWBR, ASHR, URXL, AIMR, PVQL, BDUR, HSNL),
+            weighted_relu(
+                w[59:68], ASJL, ASJR, AWBR, ASHR, URXL, AIMR, PVQL, BDUR, HSNL
+            ),
         )
         del ASJL
         # AVHR (interneuron) <- AWBL:2, ASHL:2, PHAL:1, PHAR:1, PHCL:1, PHCR:2, AIML:1,
         #     AIMR:2, PVQL:1, HSNR:2
         AVHR = self.node(
             102,
-            self.mix(
+            weighted_relu(
                 w[68:78], AWBL, ASHL, PHAL, PHAR, PHCL, PHCR, AIML, AIMR, PVQL, HSNR
             ),
         )
         # VC05 (sex-specific, ACh+5-HT) <- HSNL:9, HSNR:2
-        VC05 = self.node(103, self.mix(w[78:80], HSNL, HSNR))
+        VC05 = self.node(103, weighted_relu(w[78:80], HSNL, HSNR))
         # AVFL (interneuron, GABA) <- ASHL:2, PVDL:1, PHAL:4, AIML:5, AIMR:3, HSNL:11,
         #     HSNR:4, AVHR:2
         AVFL = self.node(
-            104, self.mix(w[80:88], ASHL, PVDL, PHAL, AIML, AIMR, HSNL, HSNR, AVHR)
+            104, weighted_relu(w[80:88], ASHL, PVDL, PHAL, AIML, AIMR, HSNL, HSNR, AVHR)
         )
         # VC04 (sex-specific, ACh+5-HT) <- HSNR:1, VC05:4
-        VC04 = self.node(105, self.mix(w[88:90], HSNR, VC05))
+        VC04 = self.node(105, weighted_relu(w[88:90], HSNR, VC05))
         # AVHL (interneuron) <- ADFR:1, ASHR:1, PQR:1, AVM:3, ADEL:2, PHAL:4, AIML:2,
         #     BDUR:2, BDUL:2, HSNR:2, AVHR:1, AVFL:4
         AVHL = self.node(
             106,
-            self.mix(
+            weighted_relu(
                 w[90:102],
                 ADFR,
                 ASHR,
@@ -890,26 +923,32 @@ class HermaphroditeNet(nn.Module):
         # AVG (interneuron, ACh) <- PQR:1, PVDL:8, PHAL:11, PHAR:9, PHBL:1, PVNL:2,
         #     AVHR:1, AVFL:5
         AVG = self.node(
-            107, self.mix(w[102:110], PQR, PVDL, PHAL, PHAR, PHBL, PVNL, AVHR, AVFL)
+            107,
+            weighted_relu(w[102:110], PQR, PVDL, PHAL, PHAR, PHBL, PVNL, AVHR, AVFL),
         )
         # PVQR (interneuron) <- ASJR:19, PHAR:1, PHCL:2, PHCR:4, HSNR:1, AVFL:1, AVHL:3,
         #     AVG:2
         PVQR = self.node(
-            108, self.mix(w[110:118], ASJR, PHAR, PHCL, PHCR, HSNR, AVFL, AVHL, AVG)
+            108,
+            weighted_relu(w[110:118], ASJR, PHAR, PHCL, PHCR, HSNR, AVFL, AVHL, AVG),
         )
         del ASJR
         # PVT (interneuron) <- PHAR:2, URAVR:3, PVNL:6, HSNR:1, AVG:2, PVQR:1
-        PVT = self.node(109, self.mix(w[118:124], PHAR, URAVR, PVNL, HSNR, AVG, PVQR))
+        PVT = self.node(
+            109, weighted_relu(w[118:124], PHAR, URAVR, PVNL, HSNR, AVG, PVQR)
+        )
         # RIS (interneuron, GABA+Betaine) <- SDQL:8, FLPL:1, CEPDL:3, URYVL:1, OLLR:2,
         #     PVT:1
-        RIS = self.node(110, self.mix(w[124:130], SDQL, FLPL, CEPDL, URYVL, OLLR, PVT))
+        RIS = self.node(
+            110, weighted_relu(w[124:130], SDQL, FLPL, CEPDL, URYVL, OLLR, PVT)
+        )
         # DVC (interneuron, Glu) <- IL2VL:1, AVG:2, PVQR:1, PVT:3
-        DVC = self.node(111, self.mix(w[130:134], IL2VL, AVG, PVQR, PVT))
+        DVC = self.node(111, weighted_relu(w[130:134], IL2VL, AVG, PVQR, PVT))
         # RIGL (interneuron, Glu) <- AWBL:2, ADFL:4, ADLL:1, BAGL:3, BAGR:10, URXL:6,
         #     AQR:1, ADEL:18, ADER:12, AVHR:1, PVT:1, DVC:16
         RIGL = self.node(
             112,
-            self.mix(
+            weighted_relu(
                 w[134:146],
                 AWBL,
                 ADFL,
@@ -930,7 +969,7 @@ class HermaphroditeNet(nn.Module):
         #     URAVR:1, PVT:2, RIGL:2
         RIH = self.node(
             113,
-            self.mix(
+            weighted_relu(
                 w[146:162],
                 ADFR,
                 ADEL,
@@ -954,7 +993,7 @@ class HermaphroditeNet(nn.Module):
         #     CEPVR:15, OLQDR:3, OLQVR:1, URBL:5, RIGL:23
         RMHR = self.node(
             114,
-            self.mix(
+            weighted_relu(
                 w[162:172],
                 SDQR,
                 ADEL,
@@ -972,18 +1011,18 @@ class HermaphroditeNet(nn.Module):
         #     ADFR:2, AFDR:29, AWCR:22, RIH:4
         AIYR = self.node(
             115,
-            self.mix(
+            weighted_relu(
                 w[172:182], ASIL, AWAR, ASGR, AWBR, ASEL, ASER, ADFR, AFDR, AWCR, RIH
             ),
         )
         del AFDR
         # AINL (interneuron, ACh) <- BAGL:1, CEPDL:2, AINR:1, AIYR:1
-        AINL = self.node(116, self.mix(w[182:186], BAGL, CEPDL, AINR, AIYR))
+        AINL = self.node(116, weighted_relu(w[182:186], BAGL, CEPDL, AINR, AIYR))
         # AIYL (interneuron, ACh) <- ASIL:3, AWAL:3, AWBL:1, ASEL:32, ASER:9, AFDL:25,
         #     AWCL:22, AWCR:12, BAGR:3, RIH:3, AIYR:7
         AIYL = self.node(
             117,
-            self.mix(
+            weighted_relu(
                 w[186:197],
                 ASIL,
                 AWAL,
@@ -1003,7 +1042,7 @@ class HermaphroditeNet(nn.Module):
         #     RIGL:8, AIYL:1
         RIR = self.node(
             118,
-            self.mix(
+            weighted_relu(
                 w[197:213],
                 AWAR,
                 AWBR,
@@ -1026,16 +1065,18 @@ class HermaphroditeNet(nn.Module):
         # AUAR (interneuron, Glu+Betaine) <- AWAR:1, ADFR:9, BAGL:2, URXR:21, DVA:8,
         #     AINR:2, RIH:2, AINL:2
         AUAR = self.node(
-            119, self.mix(w[213:221], AWAR, ADFR, BAGL, URXR, DVA, AINR, RIH, AINL)
+            119, weighted_relu(w[213:221], AWAR, ADFR, BAGL, URXR, DVA, AINR, RIH, AINL)
         )
         # AUAL (interneuron, Glu+Betaine) <- ADFL:12, URXL:14, DVA:4, IL2DL:2, AINR:1,
         #     RIR:7
-        AUAL = self.node(120, self.mix(w[221:227], ADFL, URXL, DVA, IL2DL, AINR, RIR))
+        AUAL = self.node(
+            120, weighted_relu(w[221:227], ADFL, URXL, DVA, IL2DL, AINR, RIR)
+        )
         # AIZR (interneuron, Glu) <- AWAR:25, AWBR:8, ADFR:37, BAGL:2, DVA:3, HSNL:3,
         #     HSNR:1, RIGL:2, RIH:19, AIYR:70, RIR:15, AUAR:2
         AIZR = self.node(
             121,
-            self.mix(
+            weighted_relu(
                 w[227:239],
                 AWAR,
                 AWBR,
@@ -1055,7 +1096,7 @@ class HermaphroditeNet(nn.Module):
         #     ASKR:35, ASHR:28, ADLR:22, AIMR:10, PVQR:12, AINL:1, AIZR:5
         AIAR = self.node(
             122,
-            self.mix(
+            weighted_relu(
                 w[239:252],
                 ASIR,
                 AWAR,
@@ -1076,7 +1117,7 @@ class HermaphroditeNet(nn.Module):
         #     AIMR:3, HSNR:6, AVFL:1, AVHL:1, PVQR:4, AIAR:10
         RIFR = self.node(
             123,
-            self.mix(
+            weighted_relu(
                 w[252:264],
                 AWAR,
                 AWBR,
@@ -1097,7 +1138,7 @@ class HermaphroditeNet(nn.Module):
         #     AIYL:67, RIR:12, AUAL:2, RIFR:1
         AIZL = self.node(
             124,
-            self.mix(
+            weighted_relu(
                 w[264:283],
                 ASIL,
                 AWAL,
@@ -1124,7 +1165,7 @@ class HermaphroditeNet(nn.Module):
         #     HSNR:1, AVHL:2, RIR:1, RIFR:6
         PVPR = self.node(
             125,
-            self.mix(
+            weighted_relu(
                 w[283:293], ADFR, ASHR, AQR, PQR, DVA, PVNL, HSNR, AVHL, RIR, RIFR
             ),
         )
@@ -1133,7 +1174,7 @@ class HermaphroditeNet(nn.Module):
         #     URBL:1, AIZL:11
         RICR = self.node(
             126,
-            self.mix(
+            weighted_relu(
                 w[293:308],
                 ADLR,
                 URXR,
@@ -1156,7 +1197,7 @@ class HermaphroditeNet(nn.Module):
         #     IL1L:1, AIML:3, PVQL:1, BDUL:3, RIGL:6, RMHR:8, RIR:1, RICR:1
         RMGL = self.node(
             127,
-            self.mix(
+            weighted_relu(
                 w[308:322],
                 URXL,
                 ALNL,
@@ -1175,12 +1216,12 @@ class HermaphroditeNet(nn.Module):
             ),
         )
         # VB01 (motor, ACh+Betaine) <- FLPR:1, DVA:1, ADEL:2, AVFL:2, RICR:7
-        VB01 = self.node(128, self.mix(w[322:327], FLPR, DVA, ADEL, AVFL, RICR))
+        VB01 = self.node(128, weighted_relu(w[322:327], FLPR, DVA, ADEL, AVFL, RICR))
         # ADAL (interneuron, Glu) <- AWAL:2, ADFL:2, ASHL:2, ADLL:1, URXL:6, FLPR:1,
         #     ADEL:1, URYVL:1, URBL:3, BDUL:2, RMGL:4, VB01:5
         ADAL = self.node(
             129,
-            self.mix(
+            weighted_relu(
                 w[327:339],
                 AWAL,
                 ADFL,
@@ -1202,7 +1243,7 @@ class HermaphroditeNet(nn.Module):
         #     AIML:11, PVQL:10, HSNL:8, HSNR:3, PVQR:1, AIZL:12, ADAL:2
         AIAL = self.node(
             130,
-            self.mix(
+            weighted_relu(
                 w[339:360],
                 ASIL,
                 ASIR,
@@ -1232,7 +1273,7 @@ class HermaphroditeNet(nn.Module):
         #     RICR:3, ADAL:3
         RICL = self.node(
             131,
-            self.mix(
+            weighted_relu(
                 w[360:375],
                 ADLR,
                 URXL,
@@ -1254,7 +1295,8 @@ class HermaphroditeNet(nn.Module):
         # URBR (interneuron, ACh) <- ADLR:6, URXR:8, ALMR:1, ADER:1, IL2R:3, CEPDR:14,
         #     RICR:2, RICL:2
         URBR = self.node(
-            132, self.mix(w[375:383], ADLR, URXR, ALMR, ADER, IL2R, CEPDR, RICR, RICL)
+            132,
+            weighted_relu(w[375:383], ADLR, URXR, ALMR, ADER, IL2R, CEPDR, RICR, RICL),
         )
         # AIBL (interneuron, Glu+Betaine) <- ASIL:3, ASGL:17, ASEL:16, ASER:4, ADFL:2,
         #     AFDL:1, AWCL:12, AWCR:3, ASKL:9, ASHL:13, ADLL:26, BAGL:2, SDQR:8, FLPL:3,
@@ -1262,7 +1304,7 @@ class HermaphroditeNet(nn.Module):
         #     AIAL:35
         AIBL = self.node(
             133,
-            self.mix(
+            weighted_relu(
                 w[383:407],
                 ASIL,
                 ASGL,
@@ -1295,7 +1337,7 @@ class HermaphroditeNet(nn.Module):
         #     RIFR:1, RMGL:1, AIAL:10, AIBL:1
         RIFL = self.node(
             134,
-            self.mix(
+            weighted_relu(
                 w[407:417], ALML, ADEL, AIML, BDUL, HSNL, AVFL, RIFR, RMGL, AIAL, AIBL
             ),
         )
@@ -1304,7 +1346,7 @@ class HermaphroditeNet(nn.Module):
         #     OLLR:21, RIS:18, DVC:6, RIH:15, AIYR:60, AINL:3, AUAR:31, AIBL:16
         RIBR = self.node(
             135,
-            self.mix(
+            weighted_relu(
                 w[417:430],
                 BAGL,
                 BAGR,
@@ -1325,13 +1367,15 @@ class HermaphroditeNet(nn.Module):
         #     RICL:5, URBR:4
         SMBDL = self.node(
             136,
-            self.mix(w[430:439], AWBL, ADFL, ALNR, DVA, CEPDR, AVHR, AIZL, RICL, URBR),
+            weighted_relu(
+                w[430:439], AWBL, ADFL, ALNR, DVA, CEPDR, AVHR, AIZL, RICL, URBR
+            ),
         )
         # RIGR (interneuron, Glu) <- AWAR:6, ADFL:1, ADFR:24, BAGL:7, URXR:7, ADEL:15,
         #     ADER:11, PVT:6, DVC:13, RIR:4, PVPR:2, AIBL:5, RIBR:5
         RIGR = self.node(
             137,
-            self.mix(
+            weighted_relu(
                 w[439:452],
                 AWAR,
                 ADFL,
@@ -1354,7 +1398,7 @@ class HermaphroditeNet(nn.Module):
         #     RIR:4, AUAR:22, AIZR:25, RIFR:1, PVPR:2, RIBR:8, RIGR:3
         RIAR = self.node(
             138,
-            self.mix(
+            weighted_relu(
                 w[452:474],
                 AWBR,
                 ASEL,
@@ -1384,7 +1428,7 @@ class HermaphroditeNet(nn.Module):
         #     CEPVR:2, AVHL:4, AIZR:10, URBR:1, RIAR:2
         SMBVR = self.node(
             139,
-            self.mix(
+            weighted_relu(
                 w[474:485],
                 ADFR,
                 ASHR,
@@ -1403,7 +1447,7 @@ class HermaphroditeNet(nn.Module):
         #     HSNR:1, PVQR:1, RIR:1, URBR:8, SMBVR:3
         RMGR = self.node(
             140,
-            self.mix(
+            weighted_relu(
                 w[485:497],
                 ASHR,
                 URXR,
@@ -1423,7 +1467,7 @@ class HermaphroditeNet(nn.Module):
         #     URYVR:1, URAVR:1, RIR:1, AIAR:4, RICR:2, RICL:7, URBR:5, RMGR:2
         ADAR = self.node(
             141,
-            self.mix(
+            weighted_relu(
                 w[497:511],
                 ADFR,
                 ASHR,
@@ -1445,7 +1489,7 @@ class HermaphroditeNet(nn.Module):
         #     CEPVL:3, IL1DR:5, URBL:1, LUAR:2, SMBVR:2, ADAR:6
         PVR = self.node(
             142,
-            self.mix(
+            weighted_relu(
                 w[511:523],
                 SDQL,
                 AVM,
@@ -1467,7 +1511,7 @@ class HermaphroditeNet(nn.Module):
         #     VB01:2, ADAL:2, ADAR:3
         AIBR = self.node(
             143,
-            self.mix(
+            weighted_relu(
                 w[523:549],
                 ASIR,
                 ASGR,
@@ -1501,31 +1545,35 @@ class HermaphroditeNet(nn.Module):
         # RMFL (interneuron, ACh) <- ASIL:1, SDQL:3, PVT:3, DVC:14, AINL:1, RICR:1,
         #     VB01:10, AIBR:1
         RMFL = self.node(
-            144, self.mix(w[549:557], ASIL, SDQL, PVT, DVC, AINL, RICR, VB01, AIBR)
+            144, weighted_relu(w[549:557], ASIL, SDQL, PVT, DVC, AINL, RICR, VB01, AIBR)
         )
         # URADL (motor, ACh) <- IL2DL:8, CEPDL:8, IL1DL:10, BDUL:3, PVR:3
-        URADL = self.node(145, self.mix(w[557:562], IL2DL, CEPDL, IL1DL, BDUL, PVR))
+        URADL = self.node(
+            145, weighted_relu(w[557:562], IL2DL, CEPDL, IL1DL, BDUL, PVR)
+        )
         # SAAVR (interneuron, ACh) <- ALNR:6, DVA:1, AIBL:1, SMBDL:9, RMGR:1, AIBR:1,
         #     RMFL:1
         SAAVR = self.node(
-            146, self.mix(w[562:569], ALNR, DVA, AIBL, SMBDL, RMGR, AIBR, RMFL)
+            146, weighted_relu(w[562:569], ALNR, DVA, AIBL, SMBDL, RMGR, AIBR, RMFL)
         )
         # AVKL (interneuron) <- AVM:1, PVM:15, PDEL:5, PDER:16, PVT:7, RIS:6, DVC:2,
         #     RIGR:21, PVR:1, RMFL:9
         AVKL = self.node(
             147,
-            self.mix(w[569:579], AVM, PVM, PDEL, PDER, PVT, RIS, DVC, RIGR, PVR, RMFL),
+            weighted_relu(
+                w[569:579], AVM, PVM, PDEL, PDER, PVT, RIS, DVC, RIGR, PVR, RMFL
+            ),
         )
         del PDEL
         # RIVL (motor, ACh) <- ADFL:1, AWCR:3, ADEL:2, CEPVR:2, RICR:1, RIAR:3, AVKL:5
         RIVL = self.node(
-            148, self.mix(w[579:586], ADFL, AWCR, ADEL, CEPVR, RICR, RIAR, AVKL)
+            148, weighted_relu(w[579:586], ADFL, AWCR, ADEL, CEPVR, RICR, RIAR, AVKL)
         )
         # SAADR (interneuron, ACh) <- PLNR:8, SDQL:2, DVA:5, ADEL:1, VB01:5, AIBL:10,
         #     RIAR:1, SMBVR:12, AIBR:2, AVKL:3, RIVL:11
         SAADR = self.node(
             149,
-            self.mix(
+            weighted_relu(
                 w[586:597],
                 PLNR,
                 SDQL,
@@ -1545,7 +1593,7 @@ class HermaphroditeNet(nn.Module):
         #     SAAVR:12, AVKL:3, SAADR:14
         RIML = self.node(
             150,
-            self.mix(
+            weighted_relu(
                 w[597:613],
                 ASHL,
                 ALNR,
@@ -1570,7 +1618,7 @@ class HermaphroditeNet(nn.Module):
         #     AINL:2, AIYL:42, AUAL:35, AIBR:11, RIML:9
         RIBL = self.node(
             151,
-            self.mix(
+            weighted_relu(
                 w[613:632],
                 ASIL,
                 ADFL,
@@ -1598,7 +1646,7 @@ class HermaphroditeNet(nn.Module):
         #     ADAR:1, AIBR:7, RMFL:1, RIVL:2, SAADR:5, RIML:11
         SMDVL = self.node(
             152,
-            self.mix(
+            weighted_relu(
                 w[632:652],
                 ADFL,
                 AWCL,
@@ -1628,7 +1676,7 @@ class HermaphroditeNet(nn.Module):
         #     AIBR:2, RIVL:5, RIML:3, RIBL:6, SMDVL:19
         RIAL = self.node(
             153,
-            self.mix(
+            weighted_relu(
                 w[652:680],
                 ASIL,
                 AWBL,
@@ -1665,7 +1713,9 @@ class HermaphroditeNet(nn.Module):
         #     RIVL:1, RIAL:12
         RIVR = self.node(
             154,
-            self.mix(w[680:689], BAGL, ADEL, DVC, AIYR, RICL, RIAR, ADAR, RIVL, RIAL),
+            weighted_relu(
+                w[680:689], BAGL, ADEL, DVC, AIYR, RICL, RIAR, ADAR, RIVL, RIAL
+            ),
         )
         del AIYR
         # SMBDR (motor, ACh) <- ADFR:2, ALNL:7, SDQL:11, ALML:2, DVA:6, ADEL:1, CEPDL:5,
@@ -1673,7 +1723,7 @@ class HermaphroditeNet(nn.Module):
         #     SAADR:2, RIAL:7
         SMBDR = self.node(
             155,
-            self.mix(
+            weighted_relu(
                 w[689:706],
                 ADFR,
                 ALNL,
@@ -1699,20 +1749,24 @@ class HermaphroditeNet(nn.Module):
         #     RMGR:1, AIBR:1, RIAL:3
         SIADL = self.node(
             156,
-            self.mix(w[706:715], URXR, SDQR, ALMR, RMGL, URBR, SMBDL, RMGR, AIBR, RIAL),
+            weighted_relu(
+                w[706:715], URXR, SDQR, ALMR, RMGL, URBR, SMBDL, RMGR, AIBR, RIAL
+            ),
         )
         # SAAVL (interneuron, ACh) <- ASIL:2, ALNL:8, PLNR:1, DVA:3, AINL:3, RICL:2,
         #     AIBL:3, RIML:10, SMBDR:8
         SAAVL = self.node(
             157,
-            self.mix(w[715:724], ASIL, ALNL, PLNR, DVA, AINL, RICL, AIBL, RIML, SMBDR),
+            weighted_relu(
+                w[715:724], ASIL, ALNL, PLNR, DVA, AINL, RICL, AIBL, RIML, SMBDR
+            ),
         )
         del ASIL
         # SMBVL (motor, ACh) <- AWBL:3, ADFL:9, ADLL:5, PLNL:10, DVA:5, ADEL:2, CEPVL:1,
         #     AIML:4, AVHR:1, AVFL:1, AIZL:21, RMGL:2, VB01:3, SMBDL:2, RIVR:1
         SMBVL = self.node(
             158,
-            self.mix(
+            weighted_relu(
                 w[724:739],
                 AWBL,
                 ADFL,
@@ -1736,7 +1790,7 @@ class HermaphroditeNet(nn.Module):
         #     AIZR:1, RMGL:2, AIBL:2, RIAR:4, SMDVL:1, SMBDR:20
         SIADR = self.node(
             159,
-            self.mix(
+            weighted_relu(
                 w[739:751],
                 ALNL,
                 SDQL,
@@ -1756,7 +1810,7 @@ class HermaphroditeNet(nn.Module):
         #     RIGL:2, RIR:2, RMGL:1, ADAL:1, RIFL:8, SMBVL:1
         PVPL = self.node(
             160,
-            self.mix(
+            weighted_relu(
                 w[751:763],
                 AQR,
                 PVDL,
@@ -1776,7 +1830,7 @@ class HermaphroditeNet(nn.Module):
         #     AIBR:2, AVKL:1, RIML:1, RIAL:1, RIVR:12, SMBVL:16
         SAADL = self.node(
             161,
-            self.mix(
+            weighted_relu(
                 w[763:775],
                 PLNL,
                 BDUL,
@@ -1797,7 +1851,7 @@ class HermaphroditeNet(nn.Module):
         #     AVG:3, RIFR:2, ADAL:11, RIFL:8, PVR:5, SMBVL:1
         AVJR = self.node(
             162,
-            self.mix(
+            weighted_relu(
                 w[775:796],
                 ADLL,
                 ADLR,
@@ -1826,7 +1880,7 @@ class HermaphroditeNet(nn.Module):
         #     AVFL:12, AVHL:5, PVQR:1, RMGL:1, SIADL:1, AVJR:1
         AVFR = self.node(
             163,
-            self.mix(
+            weighted_relu(
                 w[796:808],
                 AIML,
                 AIMR,
@@ -1848,7 +1902,7 @@ class HermaphroditeNet(nn.Module):
         #     SAAVR:7, AVKL:2, SAADR:23, RIML:2, RIAL:2, SAAVL:33, SAADL:16
         RIMR = self.node(
             164,
-            self.mix(
+            weighted_relu(
                 w[808:828],
                 DVA,
                 HSNR,
@@ -1877,7 +1931,7 @@ class HermaphroditeNet(nn.Module):
         #     SAAVR:17, RIML:11, RIAL:22, RIVR:6, SIADL:17, RIMR:9
         SMDDL = self.node(
             165,
-            self.mix(
+            weighted_relu(
                 w[828:848],
                 ALMR,
                 URYDL,
@@ -1906,7 +1960,7 @@ class HermaphroditeNet(nn.Module):
         #     RMFL:13, RIML:21, RIBL:1, RIAL:17, RIVR:4, RIMR:12, SMDDL:1
         RMDR = self.node(
             166,
-            self.mix(
+            weighted_relu(
                 w[848:871],
                 URXR,
                 ADER,
@@ -1938,7 +1992,7 @@ class HermaphroditeNet(nn.Module):
         #     RIVL:4, RIML:9, RIAL:26, SIADL:4, RIMR:15, SMDDL:3, RMDR:11
         RMDL = self.node(
             167,
-            self.mix(
+            weighted_relu(
                 w[871:893],
                 ADEL,
                 ADER,
@@ -1968,7 +2022,7 @@ class HermaphroditeNet(nn.Module):
         #     SAAVL:11, SAADL:1, RIMR:7, RMDL:1
         RMFR = self.node(
             168,
-            self.mix(
+            weighted_relu(
                 w[893:903], PVT, DVC, RICL, AIBL, SAADR, RIML, SAAVL, SAADL, RIMR, RMDL
             ),
         )
@@ -1977,7 +2031,7 @@ class HermaphroditeNet(nn.Module):
         #     RIVL:5, RIAL:48, RMDR:9, RMDL:2
         RMDVL = self.node(
             169,
-            self.mix(
+            weighted_relu(
                 w[903:921],
                 PLNR,
                 CEPDL,
@@ -2004,7 +2058,7 @@ class HermaphroditeNet(nn.Module):
         #     RIGR:17, RMFL:2, RMDL:3
         RMHL = self.node(
             170,
-            self.mix(
+            weighted_relu(
                 w[921:937],
                 ALNL,
                 SDQR,
@@ -2029,7 +2083,7 @@ class HermaphroditeNet(nn.Module):
         #     RMGL:1, RIAR:53, SMDVL:3, RIAL:35, RMDL:7, RMDVL:41
         RMDDR = self.node(
             171,
-            self.mix(
+            weighted_relu(
                 w[937:957],
                 ALNL,
                 ALML,
@@ -2059,7 +2113,7 @@ class HermaphroditeNet(nn.Module):
         #     RIVR:1, SMBVL:1, SAADL:1, RMDL:3, RMDVL:1, RMDDR:3
         RMDVR = self.node(
             172,
-            self.mix(
+            weighted_relu(
                 w[957:977],
                 CEPDR,
                 CEPVL,
@@ -2086,7 +2140,10 @@ class HermaphroditeNet(nn.Module):
         # URAVL (motor, ACh) <- IL2L:2, IL2VL:7, CEPVL:6, IL1L:4, IL1VL:4, DVC:1,
         #     ADAL:1, RMDVR:8
         URAVL = self.node(
-            173, self.mix(w[977:985], IL2L, IL2VL, CEPVL, IL1L, IL1VL, DVC, ADAL, RMDVR)
+            173,
+            weighted_relu(
+                w[977:985], IL2L, IL2VL, CEPVL, IL1L, IL1VL, DVC, ADAL, RMDVR
+            ),
         )
         # AVER (interneuron, ACh) <- ASHR:7, BAGL:7, URXR:2, FLPR:7, DVA:17, ADER:4,
         #     IL2R:2, CEPDL:13, CEPVL:5, URYDL:9, URYDR:2, URYVL:23, OLLL:53, IL1L:5,
@@ -2095,7 +2152,7 @@ class HermaphroditeNet(nn.Module):
         #     URAVL:1
         AVER = self.node(
             174,
-            self.mix(
+            weighted_relu(
                 w[985:1018],
                 ASHR,
                 BAGL,
@@ -2137,7 +2194,7 @@ class HermaphroditeNet(nn.Module):
         #     SAAVR:12, URAVL:15
         RIPL = self.node(
             175,
-            self.mix(
+            weighted_relu(
                 w[1018:1033],
                 ASHL,
                 ADLL,
@@ -2160,7 +2217,7 @@ class HermaphroditeNet(nn.Module):
         #     OLQDL:2, IL1DL:1, IL1R:5, URAVR:1, URADL:8, URAVL:8
         RMEL = self.node(
             176,
-            self.mix(
+            weighted_relu(
                 w[1033:1045],
                 IL2DL,
                 IL2DR,
@@ -2181,7 +2238,7 @@ class HermaphroditeNet(nn.Module):
         #     OLLR:3, OLQDR:1, OLQVR:2, IL1L:4, URAVR:4, URADR:1, RIH:6, RMHR:4, URAVL:3
         RMER = self.node(
             177,
-            self.mix(
+            weighted_relu(
                 w[1045:1060],
                 ADEL,
                 IL2DL,
@@ -2207,7 +2264,7 @@ class HermaphroditeNet(nn.Module):
         #     RIGR:1, RMGR:2, ADAR:2, AVJR:1, AVER:4
         AVDL = self.node(
             178,
-            self.mix(
+            weighted_relu(
                 w[1060:1089],
                 ASHL,
                 ASHR,
@@ -2245,7 +2302,7 @@ class HermaphroditeNet(nn.Module):
         #     RIH:7, RIFR:2, ADAR:9, PVR:19, RMEL:1
         RIPR = self.node(
             179,
-            self.mix(
+            weighted_relu(
                 w[1089:1106],
                 ADLR,
                 BAGL,
@@ -2272,7 +2329,7 @@ class HermaphroditeNet(nn.Module):
         #     RMGR:4, ADAR:13, PVR:11, AVJR:1, RIMR:4, AVDL:1
         AVJL = self.node(
             180,
-            self.mix(
+            weighted_relu(
                 w[1106:1127],
                 ADLL,
                 ADLR,
@@ -2301,7 +2358,8 @@ class HermaphroditeNet(nn.Module):
         # PVNR (interneuron, ACh+Glu+Betaine) <- AVM:3, AIMR:1, BDUR:5, PVNL:9, BDUL:4,
         #     HSNR:2, AVG:4, AVJL:4
         PVNR = self.node(
-            181, self.mix(w[1127:1135], AVM, AIMR, BDUR, PVNL, BDUL, HSNR, AVG, AVJL)
+            181,
+            weighted_relu(w[1127:1135], AVM, AIMR, BDUR, PVNL, BDUL, HSNR, AVG, AVJL),
         )
         del BDUL
         # AVDR (interneuron, ACh) <- ASHL:20, ASHR:2, ADLL:15, ADLR:3, URXL:1, AQR:2,
@@ -2311,7 +2369,7 @@ class HermaphroditeNet(nn.Module):
         #     RIBL:4, PVPL:3, AVJR:7, AVER:4, AVDL:5, PVNR:2
         AVDR = self.node(
             182,
-            self.mix(
+            weighted_relu(
                 w[1135:1174],
                 ASHL,
                 ASHR,
@@ -2358,17 +2416,17 @@ class HermaphroditeNet(nn.Module):
         #     PVT:3, RIS:9, PVPR:4, PVNR:3
         AVL = self.node(
             183,
-            self.mix(
+            weighted_relu(
                 w[1174:1184], ADEL, URYVR, IL1VL, PVNL, AVFL, PVQR, PVT, RIS, PVPR, PVNR
             ),
         )
         # DVB (interneuron, GABA+Betaine) <- AVFL:1, AVL:1
-        DVB = self.node(184, self.mix(w[1184:1186], AVFL, AVL))
+        DVB = self.node(184, weighted_relu(w[1184:1186], AVFL, AVL))
         # AVKR (interneuron) <- PVT:8, RIS:13, RIGL:17, AIZL:4, RICR:1, RIGR:5, RMFL:14,
         #     RIML:1, RMDR:1, RMDL:1, RMFR:9, AVL:2
         AVKR = self.node(
             185,
-            self.mix(
+            weighted_relu(
                 w[1186:1198],
                 PVT,
                 RIS,
@@ -2386,7 +2444,9 @@ class HermaphroditeNet(nn.Module):
         )
         del RIGR, RMFL, RMFR
         # PVWL (interneuron) <- LUAR:3, VB11:1, PVNL:4, LUAL:1, PVNR:9, AVL:1
-        PVWL = self.node(186, self.mix(w[1198:1204], LUAR, VB11, PVNL, LUAL, PVNR, AVL))
+        PVWL = self.node(
+            186, weighted_relu(w[1198:1204], LUAR, VB11, PVNL, LUAL, PVNR, AVL)
+        )
         # AVEL (interneuron, ACh) <- BAGL:2, BAGR:8, URXL:9, SDQL:1, ALML:3, FLPR:21,
         #     DVA:19, ADEL:3, IL2L:2, CEPDR:9, CEPVR:13, URYDL:1, URYDR:5, URYVR:26,
         #     OLLR:39, IL1R:2, ALA:8, HSNR:1, AVG:2, RIS:17, RIGL:7, RIR:4, AUAL:9,
@@ -2394,7 +2454,7 @@ class HermaphroditeNet(nn.Module):
         #     RIBL:9, SMDDL:1, AVER:3, AVDL:5, AVJL:1, PVNR:5, AVL:3
         AVEL = self.node(
             187,
-            self.mix(
+            weighted_relu(
                 w[1204:1243],
                 BAGL,
                 BAGR,
@@ -2439,7 +2499,7 @@ class HermaphroditeNet(nn.Module):
         )
         del ALA, RIGL, RIR
         # VC06 (sex-specific, ACh) <- AVL:1
-        VC06 = self.node(188, w[1243] * AVL)
+        VC06 = self.node(188, weighted_relu(w[1243:1244], AVL))
         # AVAL (interneuron, ACh) <- AWCL:1, ASHL:15, ADLL:9, BAGR:4, URXL:1, ALNR:6,
         #     SDQL:6, SDQR:8, AQR:4, PQR:23, PLML:4, PLMR:3, FLPL:33, FLPR:23, DVA:6,
         #     PVDL:13, PVDR:9, ADEL:7, ADER:9, PHBL:48, PHBR:35, PHCL:5, IL2VR:1,
@@ -2449,7 +2509,7 @@ class HermaphroditeNet(nn.Module):
         #     SAADL:17, AVJR:4, RIMR:9, AVER:14, AVDL:37, PVNR:5, AVDR:41, AVEL:17
         AVAL = self.node(
             189,
-            self.mix(
+            weighted_relu(
                 w[1244:1300],
                 AWCL,
                 ASHL,
@@ -2514,7 +2574,7 @@ class HermaphroditeNet(nn.Module):
         #     SAADL:2, AVER:1, AVDL:5, AVJL:1, AVDR:1, AVL:9, AVEL:18
         SABD = self.node(
             190,
-            self.mix(
+            weighted_relu(
                 w[1300:1314],
                 DVA,
                 HSNR,
@@ -2533,7 +2593,7 @@ class HermaphroditeNet(nn.Module):
             ),
         )
         # PDA (motor, ACh+Betaine) <- DVB:2
-        PDA = self.node(191, w[1314] * DVB)
+        PDA = self.node(191, weighted_relu(w[1314:1315], DVB))
         # AVAR (interneuron, ACh) <- ASHL:1, ASHR:10, ADLL:5, ADLR:8, BAGL:3, URXR:2,
         #     SDQL:8, AQR:6, PQR:26, PLML:5, PLMR:5, FLPL:48, FLPR:10, DVA:2, PVDL:29,
         #     PVDR:30, ADEL:9, ADER:4, PHBL:33, PHBR:38, AIMR:1, LUAR:31, LUAL:23,
@@ -2542,7 +2602,7 @@ class HermaphroditeNet(nn.Module):
         #     RMHL:1, RMDVR:1, AVER:33, AVDL:37, AVJL:1, AVDR:52, AVEL:3, AVAL:12
         AVAR = self.node(
             192,
-            self.mix(
+            weighted_relu(
                 w[1315:1363],
                 ASHL,
                 ASHR,
@@ -2599,7 +2659,7 @@ class HermaphroditeNet(nn.Module):
         #     VB11:5, PVNL:1, AVDL:1, AVAL:5
         VA12 = self.node(
             193,
-            self.mix(
+            weighted_relu(
                 w[1363:1373], DVA, PVDR, PHBL, PHBR, PHCL, PHCR, VB11, PVNL, AVDL, AVAL
             ),
         )
@@ -2609,7 +2669,7 @@ class HermaphroditeNet(nn.Module):
         #     AVDL:1, AVJL:5, AVEL:1, AVAL:21, AVAR:20, VA12:3
         PVCL = self.node(
             194,
-            self.mix(
+            weighted_relu(
                 w[1373:1403],
                 ASHR,
                 ADLR,
@@ -2645,14 +2705,14 @@ class HermaphroditeNet(nn.Module):
         )
         # SABVR (motor, ACh) <- HSNR:1, AVER:11, AVDL:5, AVDR:1, AVL:6, AVEL:12, AVAR:2
         SABVR = self.node(
-            195, self.mix(w[1403:1410], HSNR, AVER, AVDL, AVDR, AVL, AVEL, AVAR)
+            195, weighted_relu(w[1403:1410], HSNR, AVER, AVDL, AVDR, AVL, AVEL, AVAR)
         )
         # SMDVR (motor, ACh+GABA+Betaine) <- ADER:1, CEPVL:1, URYDR:3, URYVL:13,
         #     OLLL:10, OLLR:4, RIS:1, RICR:3, ADAL:3, RICL:1, AIBL:4, RIBR:2, RIAR:26,
         #     RIBL:6, SMDVL:2, RIAL:32, RIVR:3, RIMR:3, SMDDL:17, AVAR:1
         SMDVR = self.node(
             196,
-            self.mix(
+            weighted_relu(
                 w[1410:1430],
                 ADER,
                 CEPVL,
@@ -2679,12 +2739,12 @@ class HermaphroditeNet(nn.Module):
         del ADER
         # DA01 (motor, ACh) <- AVM:2, AVER:11, AVDL:4, AVDR:5, AVEL:11, AVAL:6, AVAR:2
         DA01 = self.node(
-            197, self.mix(w[1430:1437], AVM, AVER, AVDL, AVDR, AVEL, AVAL, AVAR)
+            197, weighted_relu(w[1430:1437], AVM, AVER, AVDL, AVDR, AVEL, AVAL, AVAR)
         )
         # VA06 (motor, ACh) <- DVA:1, HSNR:2, AVG:1, AVAL:8, AVAR:9
-        VA06 = self.node(198, self.mix(w[1437:1442], DVA, HSNR, AVG, AVAL, AVAR))
+        VA06 = self.node(198, weighted_relu(w[1437:1442], DVA, HSNR, AVG, AVAL, AVAR))
         # VA09 (motor, ACh) <- PLML:6, PVDR:2, AVAL:7, AVAR:7
-        VA09 = self.node(199, self.mix(w[1442:1446], PLML, PVDR, AVAL, AVAR))
+        VA09 = self.node(199, weighted_relu(w[1442:1446], PLML, PVDR, AVAL, AVAR))
         del PLML
         # PVCR (interneuron, ACh) <- AQR:4, PQR:1, ALML:4, ALMR:10, AVM:17, PVM:2,
         #     FLPL:6, DVA:1, PVDL:36, PVDR:29, PDER:1, PHBR:21, PHCR:25, LUAR:9, VB11:1,
@@ -2692,7 +2752,7 @@ class HermaphroditeNet(nn.Module):
         #     AVAL:16, AVAR:20, VA12:4, PVCL:10
         PVCR = self.node(
             200,
-            self.mix(
+            weighted_relu(
                 w[1446:1474],
                 AQR,
                 PQR,
@@ -2731,7 +2791,7 @@ class HermaphroditeNet(nn.Module):
         #     URAVL:7, SMDVR:3
         RMDDL = self.node(
             201,
-            self.mix(
+            weighted_relu(
                 w[1474:1498],
                 URXR,
                 ALMR,
@@ -2762,14 +2822,14 @@ class HermaphroditeNet(nn.Module):
         del IL1L, ALMR, IL1DR, IL1R, IL1VL, RMDDR
         # SIBDL (motor, ACh) <- OLQVL:13, RMGR:2, AIBR:1, SIADL:4, SMDDL:14, PVCL:2
         SIBDL = self.node(
-            202, self.mix(w[1498:1504], OLQVL, RMGR, AIBR, SIADL, SMDDL, PVCL)
+            202, weighted_relu(w[1498:1504], OLQVL, RMGR, AIBR, SIADL, SMDDL, PVCL)
         )
         del SIADL
         # SIBVL (motor, ACh) <- ADLR:2, SDQL:1, AVM:4, URYVL:1, URYVR:5, OLQDL:10,
         #     RMGL:4, SMDVL:30, PVCL:7
         SIBVL = self.node(
             203,
-            self.mix(
+            weighted_relu(
                 w[1504:1513], ADLR, SDQL, AVM, URYVL, URYVR, OLQDL, RMGL, SMDVL, PVCL
             ),
         )
@@ -2777,7 +2837,7 @@ class HermaphroditeNet(nn.Module):
         #     AVDR:1, AVAL:5, AVAR:20, VA12:9, PVCL:2
         DA08 = self.node(
             204,
-            self.mix(
+            weighted_relu(
                 w[1513:1525],
                 PQR,
                 PHAL,
@@ -2795,10 +2855,10 @@ class HermaphroditeNet(nn.Module):
         )
         del PHAL, PHAR
         # VB05 (motor, ACh+Betaine) <- PVDR:2, VA06:7
-        VB05 = self.node(205, self.mix(w[1525:1527], PVDR, VA06))
+        VB05 = self.node(205, weighted_relu(w[1525:1527], PVDR, VA06))
         # PVWR (interneuron) <- LUAR:2, VB11:1, PVNL:1, PVNR:2, PVWL:1, PVCR:1
         PVWR = self.node(
-            206, self.mix(w[1527:1533], LUAR, VB11, PVNL, PVNR, PVWL, PVCR)
+            206, weighted_relu(w[1527:1533], LUAR, VB11, PVNL, PVNR, PVWL, PVCR)
         )
         del LUAR
         # AVBL (interneuron, ACh) <- AWBL:2, ASHL:14, ADLL:12, ADLR:3, URXL:4, URXR:2,
@@ -2808,7 +2868,7 @@ class HermaphroditeNet(nn.Module):
         #     PVPL:13, AVJR:10, RIMR:9, AVJL:5, AVDR:1, AVAL:2, AVAR:3, PVCL:7, PVCR:21
         AVBL = self.node(
             207,
-            self.mix(
+            weighted_relu(
                 w[1533:1575],
                 AWBL,
                 ASHL,
@@ -2860,7 +2920,7 @@ class HermaphroditeNet(nn.Module):
         #     RMEL:1, RMDDL:2
         RMEV = self.node(
             208,
-            self.mix(
+            weighted_relu(
                 w[1575:1591],
                 IL2DL,
                 IL2DR,
@@ -2885,7 +2945,7 @@ class HermaphroditeNet(nn.Module):
         #     SAADL:1, RMDL:3, RMDVR:1, SMDVR:30, PVCR:10
         SIBVR = self.node(
             209,
-            self.mix(
+            weighted_relu(
                 w[1591:1602],
                 CEPDR,
                 URYVL,
@@ -2905,7 +2965,7 @@ class HermaphroditeNet(nn.Module):
         #     RMGR:2, AVKL:2, RIVL:5, SMDVL:30, RIAL:2, SMBDR:1, RMDVL:2, SIBVL:5
         SIAVR = self.node(
             210,
-            self.mix(
+            weighted_relu(
                 w[1602:1616],
                 URXR,
                 PLNR,
@@ -2925,31 +2985,35 @@ class HermaphroditeNet(nn.Module):
         )
         del PLNR, SMBVR, SIBVL
         # DB02 (motor, ACh) <- DVA:2, PVR:2, AVAR:2, PVCL:4, PVCR:4
-        DB02 = self.node(211, self.mix(w[1616:1621], DVA, PVR, AVAR, PVCL, PVCR))
+        DB02 = self.node(211, weighted_relu(w[1616:1621], DVA, PVR, AVAR, PVCL, PVCR))
         # DB03 (motor, ACh) <- DVA:3, PVR:3, AVER:1, PVNR:1, AVEL:1, AVAR:2, PVCL:2,
         #     PVCR:6
         DB03 = self.node(
-            212, self.mix(w[1621:1629], DVA, PVR, AVER, PVNR, AVEL, AVAR, PVCL, PVCR)
+            212,
+            weighted_relu(w[1621:1629], DVA, PVR, AVER, PVNR, AVEL, AVAR, PVCL, PVCR),
         )
         # DB04 (motor, ACh) <- DVA:1, PVR:1, AVDR:1, AVEL:1, PVCL:6, PVCR:6
-        DB04 = self.node(213, self.mix(w[1629:1635], DVA, PVR, AVDR, AVEL, PVCL, PVCR))
+        DB04 = self.node(
+            213, weighted_relu(w[1629:1635], DVA, PVR, AVDR, AVEL, PVCL, PVCR)
+        )
         # DB05 (motor, ACh) <- HSNR:1, AVAL:2, AVAR:2, PVCL:2, PVCR:3
-        DB05 = self.node(214, self.mix(w[1635:1640], HSNR, AVAL, AVAR, PVCL, PVCR))
+        DB05 = self.node(214, weighted_relu(w[1635:1640], HSNR, AVAL, AVAR, PVCL, PVCR))
         # DB07 (motor, ACh) <- PQR:2, DVA:1, PVR:2, AVAL:2, VA12:10, PVCL:5, PVCR:1,
         #     DA08:1
         DB07 = self.node(
-            215, self.mix(w[1640:1648], PQR, DVA, PVR, AVAL, VA12, PVCL, PVCR, DA08)
+            215,
+            weighted_relu(w[1640:1648], PQR, DVA, PVR, AVAL, VA12, PVCL, PVCR, DA08),
         )
         # VB03 (motor, ACh+Betaine) <- AVM:1, PVR:2, PVCR:1
-        VB03 = self.node(216, self.mix(w[1648:1651], AVM, PVR, PVCR))
+        VB03 = self.node(216, weighted_relu(w[1648:1651], AVM, PVR, PVCR))
         # VB06 (motor, ACh+Betaine) <- PVDR:4, PVCL:2, PVCR:4
-        VB06 = self.node(217, self.mix(w[1651:1654], PVDR, PVCL, PVCR))
+        VB06 = self.node(217, weighted_relu(w[1651:1654], PVDR, PVCL, PVCR))
         del PVDR
         # RID (interneuron) <- BAGL:3, URXL:1, AVM:2, URYVL:4, AINR:2, AIML:2, AINL:2,
         #     RMGL:2, AVJR:2, RMHL:1, PVCL:12, PVCR:19, SIBVR:1
         RID = self.node(
             218,
-            self.mix(
+            weighted_relu(
                 w[1654:1667],
                 BAGL,
                 URXL,
@@ -2975,7 +3039,7 @@ class HermaphroditeNet(nn.Module):
         #     PVCL:27, PVCR:14, AVBL:6
         AVBR = self.node(
             219,
-            self.mix(
+            weighted_relu(
                 w[1667:1710],
                 AWBR,
                 ASHR,
@@ -3048,7 +3112,7 @@ class HermaphroditeNet(nn.Module):
         #     RIAR:7, RIVR:5, SMBVL:1, RMDR:1, RMDVR:2, SMDVR:30, SIBVR:5
         SIAVL = self.node(
             220,
-            self.mix(
+            weighted_relu(
                 w[1710:1723],
                 PLNL,
                 CEPVL,
@@ -3069,28 +3133,31 @@ class HermaphroditeNet(nn.Module):
         # DA09 (motor, ACh+Betaine) <- PHCL:1, PHCR:23, PVR:2, AVDR:1, AVAL:3, AVAR:3,
         #     VA12:17, DB07:3
         DA09 = self.node(
-            221, self.mix(w[1723:1731], PHCL, PHCR, PVR, AVDR, AVAL, AVAR, VA12, DB07)
+            221,
+            weighted_relu(w[1723:1731], PHCL, PHCR, PVR, AVDR, AVAL, AVAR, VA12, DB07),
         )
         del PHCR, PHCL
         # VA05 (motor, ACh) <- AVDL:1, PVNR:1, AVDR:3, AVAL:7, AVAR:2, VA06:2, VB03:1
         VA05 = self.node(
-            222, self.mix(w[1731:1738], AVDL, PVNR, AVDR, AVAL, AVAR, VA06, VB03)
+            222, weighted_relu(w[1731:1738], AVDL, PVNR, AVDR, AVAL, AVAR, VA06, VB03)
         )
         # VA08 (motor, ACh) <- DVA:1, AVAL:7, AVAR:7, VB06:2
-        VA08 = self.node(223, self.mix(w[1738:1742], DVA, AVAL, AVAR, VB06))
+        VA08 = self.node(223, weighted_relu(w[1738:1742], DVA, AVAL, AVAR, VB06))
         # VB02 (motor, ACh+Betaine) <- PDER:1, AVFL:2, AIZL:1, VB01:1, AVBL:3
-        VB02 = self.node(224, self.mix(w[1742:1747], PDER, AVFL, AIZL, VB01, AVBL))
+        VB02 = self.node(224, weighted_relu(w[1742:1747], PDER, AVFL, AIZL, VB01, AVBL))
         del AIZL, PDER
         # VB07 (motor, ACh+Betaine) <- DVA:1, PVR:1, PVCL:1, VA09:1, PVCR:1, VB06:1
-        VB07 = self.node(225, self.mix(w[1747:1753], DVA, PVR, PVCL, VA09, PVCR, VB06))
+        VB07 = self.node(
+            225, weighted_relu(w[1747:1753], DVA, PVR, PVCL, VA09, PVCR, VB06)
+        )
         # VC03 (sex-specific, ACh) <- HSNR:1, VC04:1, AVBL:3
-        VC03 = self.node(226, self.mix(w[1753:1756], HSNR, VC04, AVBL))
+        VC03 = self.node(226, weighted_relu(w[1753:1756], HSNR, VC04, AVBL))
         del VC04
         # RMED (motor, GABA) <- IL2DL:2, IL2DR:3, IL2VR:2, URYDR:7, OLLR:1, OLQDL:1,
         #     RIBR:1, SMBDL:4, SMBDR:25, SMDVR:9, RMEV:1, RID:5
         RMED = self.node(
             227,
-            self.mix(
+            weighted_relu(
                 w[1756:1768],
                 IL2DL,
                 IL2DR,
@@ -3110,49 +3177,53 @@ class HermaphroditeNet(nn.Module):
         # SABVL (motor, ACh) <- AVJR:3, AVER:12, AVDL:2, AVDR:5, AVL:9, AVEL:16, AVAL:2,
         #     VC03:1
         SABVL = self.node(
-            228, self.mix(w[1768:1776], AVJR, AVER, AVDL, AVDR, AVL, AVEL, AVAL, VC03)
+            228,
+            weighted_relu(w[1768:1776], AVJR, AVER, AVDL, AVDR, AVL, AVEL, AVAL, VC03),
         )
         del AVJR
         # DA07 (motor, ACh) <- AVAL:4, AVAR:6, PVCR:1, DA08:1, AVBL:1, DB05:12, AVBR:1
         DA07 = self.node(
-            229, self.mix(w[1776:1783], AVAL, AVAR, PVCR, DA08, AVBL, DB05, AVBR)
+            229, weighted_relu(w[1776:1783], AVAL, AVAR, PVCR, DA08, AVBL, DB05, AVBR)
         )
         # AS04 (motor, ACh) <- AVDL:2, AVAL:2, AVAR:2, AVBL:1, DB02:2, DB03:2, AVBR:1,
         #     VA08:11
         AS04 = self.node(
-            230, self.mix(w[1783:1791], AVDL, AVAL, AVAR, AVBL, DB02, DB03, AVBR, VA08)
+            230,
+            weighted_relu(w[1783:1791], AVDL, AVAL, AVAR, AVBL, DB02, DB03, AVBR, VA08),
         )
         # AS05 (motor, ACh) <- HSNR:2, AVAL:6, AVAR:1, AVBL:2, DB03:1, AVBR:2, VA08:3
         AS05 = self.node(
-            231, self.mix(w[1791:1798], HSNR, AVAL, AVAR, AVBL, DB03, AVBR, VA08)
+            231, weighted_relu(w[1791:1798], HSNR, AVAL, AVAR, AVBL, DB03, AVBR, VA08)
         )
         # AS11 (motor, ACh) <- PQR:2, PHBL:1, AVDL:4, AVDR:3, AVAL:8, AVAR:10, VA12:6,
         #     DB07:2, RID:1, DA09:1
         AS11 = self.node(
             232,
-            self.mix(
+            weighted_relu(
                 w[1798:1808], PQR, PHBL, AVDL, AVDR, AVAL, AVAR, VA12, DB07, RID, DA09
             ),
         )
         del PQR, PHBL
         # DD05 (motor, GABA) <- PVDL:3, VA09:6, DA08:4, DB03:14, DB04:9, VA08:9, VB07:29
         DD05 = self.node(
-            233, self.mix(w[1808:1815], PVDL, VA09, DA08, DB03, DB04, VA08, VB07)
+            233, weighted_relu(w[1808:1815], PVDL, VA09, DA08, DB03, DB04, VA08, VB07)
         )
         # VA02 (motor, ACh) <- AVM:1, DVA:2, VB01:2, AVER:4, AVDR:1, AVAL:8, AVAR:5,
         #     AVBL:3, VB02:5
         VA02 = self.node(
             234,
-            self.mix(w[1815:1824], AVM, DVA, VB01, AVER, AVDR, AVAL, AVAR, AVBL, VB02),
+            weighted_relu(
+                w[1815:1824], AVM, DVA, VB01, AVER, AVDR, AVAL, AVAR, AVBL, VB02
+            ),
         )
         del AVM
         # VA07 (motor, ACh) <- AVAL:7, AVAR:7, VB06:3, AVBR:1
-        VA07 = self.node(235, self.mix(w[1824:1828], AVAL, AVAR, VB06, AVBR))
+        VA07 = self.node(235, weighted_relu(w[1824:1828], AVAL, AVAR, VB06, AVBR))
         # VD10 (motor, GABA) <- PVDL:3, VA09:3, DA08:7, DB07:7, DA09:5
-        VD10 = self.node(236, self.mix(w[1828:1833], PVDL, VA09, DA08, DB07, DA09))
+        VD10 = self.node(236, weighted_relu(w[1828:1833], PVDL, VA09, DA08, DB07, DA09))
         del PVDL
         # VC01 (sex-specific, ACh) <- AVFL:1, AVG:2, AVL:2, VC03:5
-        VC01 = self.node(237, self.mix(w[1833:1837], AVFL, AVG, AVL, VC03))
+        VC01 = self.node(237, weighted_relu(w[1833:1837], AVFL, AVG, AVL, VC03))
         del AVG
         # SMDDR (motor, ACh+GABA+Betaine) <- ALNR:1, CEPVR:2, URYDL:3, OLLL:9, OLLR:1,
         #     RIS:6, AIZR:4, RICR:9, RMGL:2, RICL:8, AIBL:16, RIAR:26, RIVL:8, RIML:14,
@@ -3160,7 +3231,7 @@ class HermaphroditeNet(nn.Module):
         #     RMDL:1, RMEV:1, RMED:4
         SMDDR = self.node(
             238,
-            self.mix(
+            weighted_relu(
                 w[1837:1862],
                 ALNR,
                 CEPVR,
@@ -3216,40 +3287,40 @@ class HermaphroditeNet(nn.Module):
         )
         # DA06 (motor, ACh) <- HSNR:1, AVDR:1, AVAL:1, AVAR:4, DB05:3, RID:2, DA07:1
         DA06 = self.node(
-            239, self.mix(w[1862:1869], HSNR, AVDR, AVAL, AVAR, DB05, RID, DA07)
+            239, weighted_relu(w[1862:1869], HSNR, AVDR, AVAL, AVAR, DB05, RID, DA07)
         )
         # DB06 (motor, ACh) <- DA07:1
-        DB06 = self.node(240, w[1869] * DA07)
+        DB06 = self.node(240, weighted_relu(w[1869:1870], DA07))
         # AS03 (motor, ACh) <- AVER:1, AVEL:2, DB02:3, AVBR:3, VA08:4, VA07:3
         AS03 = self.node(
-            241, self.mix(w[1870:1876], AVER, AVEL, DB02, AVBR, VA08, VA07)
+            241, weighted_relu(w[1870:1876], AVER, AVEL, DB02, AVBR, VA08, VA07)
         )
         # VA01 (motor, ACh) <- FLPL:5, VB01:7, AVER:5, AVDL:2, AVEL:12, AVAL:2, VA02:2
         VA01 = self.node(
-            242, self.mix(w[1876:1883], FLPL, VB01, AVER, AVDL, AVEL, AVAL, VA02)
+            242, weighted_relu(w[1876:1883], FLPL, VB01, AVER, AVDL, AVEL, AVAL, VA02)
         )
         # VA03 (motor, ACh) <- VB01:2, AVER:1, AVDL:3, AVDR:2, AVEL:1, AVAL:6, AVAR:6,
         #     VB02:11, VA02:2
         VA03 = self.node(
             243,
-            self.mix(
+            weighted_relu(
                 w[1883:1892], VB01, AVER, AVDL, AVDR, AVEL, AVAL, AVAR, VB02, VA02
             ),
         )
         # VA10 (motor, ACh) <- AVDL:2, AVAL:9, AVAR:4, AVBL:1, VB07:1, VD10:2
         VA10 = self.node(
-            244, self.mix(w[1892:1898], AVDL, AVAL, AVAR, AVBL, VB07, VD10)
+            244, weighted_relu(w[1892:1898], AVDL, AVAL, AVAR, AVBL, VB07, VD10)
         )
         # VC02 (sex-specific, ACh) <- HSNR:6, PVQR:1, PVNR:1, AVL:2, VB02:1, VC03:2,
         #     VC01:4
         VC02 = self.node(
-            245, self.mix(w[1898:1905], HSNR, PVQR, PVNR, AVL, VB02, VC03, VC01)
+            245, weighted_relu(w[1898:1905], HSNR, PVQR, PVNR, AVL, VB02, VC03, VC01)
         )
         # SIBDR (motor, ACh) <- ADEL:2, CEPDL:2, URYVR:4, OLQVR:18, RMGL:1, URBR:2,
         #     AIBR:1, AVKL:2, SIADR:4, RMDVL:1, SMDDR:14
         SIBDR = self.node(
             246,
-            self.mix(
+            weighted_relu(
                 w[1905:1916],
                 ADEL,
                 CEPDL,
@@ -3269,7 +3340,7 @@ class HermaphroditeNet(nn.Module):
         #     PVCR:1, DB02:3, RID:1, VA01:1
         DA02 = self.node(
             247,
-            self.mix(
+            weighted_relu(
                 w[1916:1927],
                 DVA,
                 AVER,
@@ -3286,12 +3357,12 @@ class HermaphroditeNet(nn.Module):
         )
         del DVA
         # AS06 (motor, ACh) <- AVAR:2, VA09:5, DB04:2, VA10:3
-        AS06 = self.node(248, self.mix(w[1927:1931], AVAR, VA09, DB04, VA10))
+        AS06 = self.node(248, weighted_relu(w[1927:1931], AVAR, VA09, DB04, VA10))
         # AS10 (motor, ACh) <- AVFL:1, AVDL:1, AVDR:2, AVAL:5, VA12:6, AVBL:2, DB07:2,
         #     AVBR:1, VA10:1
         AS10 = self.node(
             249,
-            self.mix(
+            weighted_relu(
                 w[1931:1940], AVFL, AVDL, AVDR, AVAL, VA12, AVBL, DB07, AVBR, VA10
             ),
         )
@@ -3299,18 +3370,19 @@ class HermaphroditeNet(nn.Module):
         # VA04 (motor, ACh) <- VB01:2, AVER:2, AVEL:1, AVAL:7, AVAR:6, VB03:10, AVBR:2,
         #     VA03:2
         VA04 = self.node(
-            250, self.mix(w[1940:1948], VB01, AVER, AVEL, AVAL, AVAR, VB03, AVBR, VA03)
+            250,
+            weighted_relu(w[1940:1948], VB01, AVER, AVEL, AVAL, AVAR, VB03, AVBR, VA03),
         )
         # VB08 (motor, ACh+Betaine) <- PVCL:1, VA09:1, PVCR:2, VA10:1
-        VB08 = self.node(251, self.mix(w[1948:1952], PVCL, VA09, PVCR, VA10))
+        VB08 = self.node(251, weighted_relu(w[1948:1952], PVCL, VA09, PVCR, VA10))
         # VB09 (motor, ACh+Betaine) <- VD10:1, VA10:1
-        VB09 = self.node(252, self.mix(w[1952:1954], VD10, VA10))
+        VB09 = self.node(252, weighted_relu(w[1952:1954], VD10, VA10))
         del VD10
         # DA03 (motor, ACh) <- AVER:3, AVDL:9, AVDR:3, AVEL:6, AVAL:12, AVAR:8, DB02:12,
         #     AVBR:3, AS04:2, AS03:1, DA02:1
         DA03 = self.node(
             253,
-            self.mix(
+            weighted_relu(
                 w[1954:1965],
                 AVER,
                 AVDL,
@@ -3329,7 +3401,7 @@ class HermaphroditeNet(nn.Module):
         #     PVCR:2, AVBL:1, DB03:1, DB04:3, DA06:1, AS06:1
         DA05 = self.node(
             254,
-            self.mix(
+            weighted_relu(
                 w[1965:1978],
                 HSNR,
                 PVR,
@@ -3348,12 +3420,12 @@ class HermaphroditeNet(nn.Module):
         )
         del HSNR, PVR
         # DB01 (motor, ACh) <- AVDR:1, DA01:1, RID:1, DA02:1
-        DB01 = self.node(255, self.mix(w[1978:1982], AVDR, DA01, RID, DA02))
+        DB01 = self.node(255, weighted_relu(w[1978:1982], AVDR, DA01, RID, DA02))
         # DD01 (motor, GABA) <- FLPL:6, PVNL:5, AVHL:1, PVQR:1, VB01:1, AVL:4, DA01:12,
         #     DB02:3, RID:3, VB02:30, VA02:20, VA01:12, DA02:7
         DD01 = self.node(
             256,
-            self.mix(
+            weighted_relu(
                 w[1982:1995],
                 FLPL,
                 PVNL,
@@ -3375,20 +3447,20 @@ class HermaphroditeNet(nn.Module):
         #     VB08:2, VB09:2
         VA11 = self.node(
             257,
-            self.mix(
+            weighted_relu(
                 w[1995:2004], PVNR, AVDR, AVAL, AVAR, VA12, AVBL, DA09, VB08, VB09
             ),
         )
         del AVBL
         # VB04 (motor, ACh+Betaine) <- PVCL:3, VA06:1, PVCR:1, VA05:1, VC03:1, VA04:1
         VB04 = self.node(
-            258, self.mix(w[2004:2010], PVCL, VA06, PVCR, VA05, VC03, VA04)
+            258, weighted_relu(w[2004:2010], PVCL, VA06, PVCR, VA05, VC03, VA04)
         )
         # DA04 (motor, ACh) <- AVDL:3, AVDR:2, AVEL:1, AVAL:12, AVAR:9, PVCR:1, DB02:1,
         #     DB03:4, AS05:1, DA03:2, DA05:1
         DA04 = self.node(
             259,
-            self.mix(
+            weighted_relu(
                 w[2010:2021],
                 AVDL,
                 AVDR,
@@ -3408,24 +3480,24 @@ class HermaphroditeNet(nn.Module):
         #     DA02:1, DB01:4
         AS02 = self.node(
             260,
-            self.mix(
+            weighted_relu(
                 w[2021:2030], AVER, AVAL, AVAR, PVCL, VA06, VA08, VA07, DA02, DB01
             ),
         )
         # AS07 (motor, ACh) <- AVAL:6, AVAR:6, VA09:3, DB05:3, VA10:6, VA11:2
         AS07 = self.node(
-            261, self.mix(w[2030:2036], AVAL, AVAR, VA09, DB05, VA10, VA11)
+            261, weighted_relu(w[2030:2036], AVAL, AVAR, VA09, DB05, VA10, VA11)
         )
         # AS08 (motor, ACh) <- AVAL:6, AVAR:10, VA12:2, DB05:2, VA11:10
-        AS08 = self.node(262, self.mix(w[2036:2041], AVAL, AVAR, VA12, DB05, VA11))
+        AS08 = self.node(262, weighted_relu(w[2036:2041], AVAL, AVAR, VA12, DB05, VA11))
         del AVAL
         # AS09 (motor, ACh) <- AVAR:10, VA12:8, VA11:1
-        AS09 = self.node(263, self.mix(w[2041:2044], AVAR, VA12, VA11))
+        AS09 = self.node(263, weighted_relu(w[2041:2044], AVAR, VA12, VA11))
         # VD06 (motor, GABA) <- PVNR:1, VA06:6, VB05:10, DB03:4, DB04:14, DB05:13,
         #     VB06:1, VC03:5, VA07:2, VC01:1, DA06:13, VC02:2, AS06:20, DA05:22
         VD06 = self.node(
             264,
-            self.mix(
+            weighted_relu(
                 w[2044:2058],
                 PVNR,
                 VA06,
@@ -3447,7 +3519,7 @@ class HermaphroditeNet(nn.Module):
         #     VA10:3, AS10:10, VB09:6, VA11:5
         VD11 = self.node(
             265,
-            self.mix(
+            weighted_relu(
                 w[2058:2068], AVFR, VC06, VA09, DA08, DB07, DA09, VA10, AS10, VB09, VA11
             ),
         )
@@ -3456,7 +3528,7 @@ class HermaphroditeNet(nn.Module):
         #     VA12:7, DA08:5, DB07:5, DA09:11, AS11:20, VA10:3, VA11:3
         VD12 = self.node(
             266,
-            self.mix(
+            weighted_relu(
                 w[2068:2082],
                 VB11,
                 PDB,
@@ -3480,7 +3552,7 @@ class HermaphroditeNet(nn.Module):
         #     DA04:4
         DD02 = self.node(
             267,
-            self.mix(
+            weighted_relu(
                 w[2082:2099],
                 PVPR,
                 PVNR,
@@ -3507,7 +3579,7 @@ class HermaphroditeNet(nn.Module):
         #     VA11:19, VD11:2, VD12:2
         DD06 = self.node(
             268,
-            self.mix(
+            weighted_relu(
                 w[2099:2118],
                 VB11,
                 PVQL,
@@ -3532,13 +3604,13 @@ class HermaphroditeNet(nn.Module):
         )
         del PVQL, AVL, VA10, VB09, VC06, VD12
         # VB10 (motor, ACh+Betaine) <- VA11:6, VD11:1
-        VB10 = self.node(269, self.mix(w[2118:2120], VA11, VD11))
+        VB10 = self.node(269, weighted_relu(w[2118:2120], VA11, VD11))
         del VA11, VD11
         # VD02 (motor, GABA) <- VB01:2, AVEL:1, DA01:4, VB02:14, VC03:1, VA02:27,
         #     VC01:1, VA03:3, VC02:3, DA02:17, DB01:24, DD01:1, AS02:21
         VD02 = self.node(
             270,
-            self.mix(
+            weighted_relu(
                 w[2120:2133],
                 VB01,
                 AVEL,
@@ -3560,7 +3632,7 @@ class HermaphroditeNet(nn.Module):
         #     VC01:4, DA06:3, VC02:4, DA05:1, VB04:3, DA04:21
         VD05 = self.node(
             271,
-            self.mix(
+            weighted_relu(
                 w[2133:2146],
                 VA06,
                 DB03,
@@ -3581,21 +3653,21 @@ class HermaphroditeNet(nn.Module):
         #     VA07:13, DA06:13, AS07:20
         VD07 = self.node(
             272,
-            self.mix(
+            weighted_relu(
                 w[2146:2155], PVNR, DB05, VB06, VA08, VC03, DA07, VA07, DA06, AS07
             ),
         )
         del AS07
         # VD08 (motor, GABA) <- DA08:5, DB07:5, VA08:3, VB07:5, DA07:12, AS08:20
         VD08 = self.node(
-            273, self.mix(w[2155:2161], DA08, DB07, VA08, VB07, DA07, AS08)
+            273, weighted_relu(w[2155:2161], DA08, DB07, VA08, VB07, DA07, AS08)
         )
         del AS08
         # VD09 (motor, GABA) <- DVC:2, VA09:2, DA08:5, DB07:5, DA09:5, VA08:3, VB07:6,
         #     DA07:10, VB08:5, AS09:20
         VD09 = self.node(
             274,
-            self.mix(
+            weighted_relu(
                 w[2161:2171], DVC, VA09, DA08, DB07, DA09, VA08, VB07, DA07, VB08, AS09
             ),
         )
@@ -3604,7 +3676,7 @@ class HermaphroditeNet(nn.Module):
         #     VA07:1, DB01:28, VD02:1
         AS01 = self.node(
             275,
-            self.mix(
+            weighted_relu(
                 w[2171:2181], AVER, AVEL, AVAR, PVCL, DA01, VA06, AVBR, VA07, DB01, VD02
             ),
         )
@@ -3614,7 +3686,7 @@ class HermaphroditeNet(nn.Module):
         #     VD06:6, VD05:1
         DD03 = self.node(
             276,
-            self.mix(
+            weighted_relu(
                 w[2181:2198],
                 VA06,
                 VB05,
@@ -3640,7 +3712,7 @@ class HermaphroditeNet(nn.Module):
         #     VC03:16, DA07:3, VA07:17, VD07:1, VD08:5
         DD04 = self.node(
             277,
-            self.mix(
+            weighted_relu(
                 w[2198:2209],
                 VA09,
                 DA08,
@@ -3660,7 +3732,7 @@ class HermaphroditeNet(nn.Module):
         #     VC01:2, AS03:23, VA03:11, DA02:11, DA03:43, DB01:2, DD02:1
         VD03 = self.node(
             278,
-            self.mix(
+            weighted_relu(
                 w[2209:2223],
                 PVNR,
                 AVEL,
@@ -3683,7 +3755,7 @@ class HermaphroditeNet(nn.Module):
         #     AS04:21, VC01:4, DA06:3, VC02:6, VA04:8, DA03:13, VB04:1, DA04:11, DD02:1
         VD04 = self.node(
             279,
-            self.mix(
+            weighted_relu(
                 w[2223:2238],
                 PVNR,
                 DB02,
@@ -3707,7 +3779,7 @@ class HermaphroditeNet(nn.Module):
         #     RID:2, DA09:4, AS11:3, DD06:3
         VD13 = self.node(
             280,
-            self.mix(
+            weighted_relu(
                 w[2238:2249],
                 VB11,
                 PDB,
@@ -3727,7 +3799,7 @@ class HermaphroditeNet(nn.Module):
         #     VA01:3, VC02:2, DB01:18, AS01:20
         VD01 = self.node(
             281,
-            self.mix(
+            weighted_relu(
                 w[2249:2260],
                 AVHL,
                 PVQR,

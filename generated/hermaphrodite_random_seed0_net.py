@@ -685,6 +685,39 @@ CHANNELS = 78
 MODEL_CLASS = "HermaphroditeRandomNet"
 
 
+class WeightedSumReLU(torch.autograd.Function):
+    """relu(w[0] * x[0] + w[1] * x[1] + ...): a node's input, summed in place in one buffer.
+
+    Why not torch.stack + matmul: the stack copies all k inputs and autograd keeps the copy
+    for backward (2,260 activations per step, ~14 GB at 78 channels and batch 100), and the
+    allocations alone cost more than the arithmetic. This keeps only the inputs, which are
+    alive anyway, and moves each input once forward and twice backward.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        out = torch.mul(inputs[0], w[0])
+        for j in range(1, len(inputs)):
+            out.addcmul_(inputs[j], w[j])
+        out.relu_()
+        ctx.save_for_backward(w, out, *inputs)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, out, *inputs = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)  # ReLU's own backward
+        grad_w = None
+        if ctx.needs_input_grad[0]:
+            flat = grad.reshape(-1)
+            dots = [torch.dot(flat, x.reshape(-1)) for x in inputs]
+            grad_w = torch.stack(dots).to(w.dtype)
+        return grad_w, *(grad * w[j] for j in range(len(inputs)))
+
+
+weighted_relu = WeightedSumReLU.apply
+
+
 class HermaphroditeRandomNet(nn.Module):
     def __init__(
         self,
@@ -719,14 +752,9 @@ class HermaphroditeRandomNet(nn.Module):
     def edge_weights(self) -> torch.Tensor:
         return torch.sigmoid(self.edge_weight)
 
-    @staticmethod
-    def mix(w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of a node's inputs: w[0] * inputs[0] + w[1] * inputs[1] + ..."""
-        return (w @ torch.stack(inputs).flatten(1)).view_as(inputs[0])
-
     def node(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """ReLU -> depthwise 3x3 conv -> BatchNorm of node i."""
-        x = F.conv2d(F.relu(x), self.node_conv[i], padding=1, groups=self.channels)
+        """Depthwise 3x3 conv -> BatchNorm of node i (its ReLU is in weighted_relu)."""
+        x = F.conv2d(x, self.node_conv[i], padding=1, groups=self.channels)
         return F.batch_norm(
             x,
             self.node_bn_mean[i],
@@ -740,7 +768,8 @@ class HermaphroditeRandomNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.edge_weights()
-        source = self.stem_bn(self.stem_conv(x))
+        # Every input node applies its ReLU to the same tensor: do it once.
+        source = F.relu(self.stem_bn(self.stem_conv(x)))
         # PLMR (sensory, Glu) <- source
         PLMR = self.node(0, source)
         # URBL (interneuron, ACh) <- source
@@ -769,125 +798,131 @@ class HermaphroditeRandomNet(nn.Module):
         VC05 = self.node(12, source)
         del source
         # IL2DR (sensory, ACh) <- URADR:5
-        IL2DR = self.node(13, w[0] * URADR)
+        IL2DR = self.node(13, weighted_relu(w[0:1], URADR))
         # AIZL (interneuron, Glu) <- SMBDL:25
-        AIZL = self.node(14, w[1] * SMBDL)
+        AIZL = self.node(14, weighted_relu(w[1:2], SMBDL))
         # AVAR (interneuron, ACh) <- PLMR:5, RIBR:6, DA03:8
-        AVAR = self.node(15, self.mix(w[2:5], PLMR, RIBR, DA03))
+        AVAR = self.node(15, weighted_relu(w[2:5], PLMR, RIBR, DA03))
         # SMDDL (motor, ACh+GABA+Betaine) <- RIBR:2, SMBDL:10
-        SMDDL = self.node(16, self.mix(w[5:7], RIBR, SMBDL))
+        SMDDL = self.node(16, weighted_relu(w[5:7], RIBR, SMBDL))
         # VD07 (motor, GABA) <- VC03:8
-        VD07 = self.node(17, w[7] * VC03)
+        VD07 = self.node(17, weighted_relu(w[7:8], VC03))
         # PQR (sensory, Glu) <- AVAR:26
-        PQR = self.node(18, w[8] * AVAR)
+        PQR = self.node(18, weighted_relu(w[8:9], AVAR))
         # PLML (sensory, Glu) <- AVAR:5
-        PLML = self.node(19, w[9] * AVAR)
+        PLML = self.node(19, weighted_relu(w[9:10], AVAR))
         # FLPL (sensory, Glu) <- AVAR:48
-        FLPL = self.node(20, w[10] * AVAR)
+        FLPL = self.node(20, weighted_relu(w[10:11], AVAR))
         # PVDR (sensory, Glu) <- AVAR:30
-        PVDR = self.node(21, w[11] * AVAR)
+        PVDR = self.node(21, weighted_relu(w[11:12], AVAR))
         # IL1DR (sensory, Glu) <- URADR:11, IL2DR:33
-        IL1DR = self.node(22, self.mix(w[12:14], URADR, IL2DR))
+        IL1DR = self.node(22, weighted_relu(w[12:14], URADR, IL2DR))
         # RIH (interneuron, ACh+5-HT) <- RIBR:17, SMBDL:2, AIZL:12
-        RIH = self.node(23, self.mix(w[14:17], RIBR, SMBDL, AIZL))
+        RIH = self.node(23, weighted_relu(w[14:17], RIBR, SMBDL, AIZL))
         # DB02 (motor, ACh) <- DA03:12, AVAR:2
-        DB02 = self.node(24, self.mix(w[17:19], DA03, AVAR))
+        DB02 = self.node(24, weighted_relu(w[17:19], DA03, AVAR))
         # AS01 (motor, ACh) <- AVAR:2
-        AS01 = self.node(25, w[19] * AVAR)
+        AS01 = self.node(25, weighted_relu(w[19:20], AVAR))
         # VA03 (motor, ACh) <- AVAR:6
-        VA03 = self.node(26, w[20] * AVAR)
+        VA03 = self.node(26, weighted_relu(w[20:21], AVAR))
         # VA11 (motor, ACh) <- AVAR:13
-        VA11 = self.node(27, w[21] * AVAR)
+        VA11 = self.node(27, weighted_relu(w[21:22], AVAR))
         # ADFR (sensory, ACh+5-HT) <- RIH:5
-        ADFR = self.node(28, w[22] * RIH)
+        ADFR = self.node(28, weighted_relu(w[22:23], RIH))
         # PHBL (sensory, Glu) <- AVAR:33, PQR:2
-        PHBL = self.node(29, self.mix(w[23:25], AVAR, PQR))
+        PHBL = self.node(29, weighted_relu(w[23:25], AVAR, PQR))
         # IL2DL (sensory, ACh) <- RIH:2
-        IL2DL = self.node(30, w[25] * RIH)
+        IL2DL = self.node(30, weighted_relu(w[25:26], RIH))
         # RIS (interneuron, GABA+Betaine) <- RIBR:19, SMDDL:3, FLPL:1
-        RIS = self.node(31, self.mix(w[26:29], RIBR, SMDDL, FLPL))
+        RIS = self.node(31, weighted_relu(w[26:29], RIBR, SMDDL, FLPL))
         # AS07 (motor, ACh) <- AVAR:6, VD07:20, VA11:2
-        AS07 = self.node(32, self.mix(w[29:32], AVAR, VD07, VA11))
+        AS07 = self.node(32, weighted_relu(w[29:32], AVAR, VD07, VA11))
         # AS08 (motor, ACh) <- AVAR:10, VA11:10
-        AS08 = self.node(33, self.mix(w[32:34], AVAR, VA11))
+        AS08 = self.node(33, weighted_relu(w[32:34], AVAR, VA11))
         # VA01 (motor, ACh) <- FLPL:5
-        VA01 = self.node(34, w[34] * FLPL)
+        VA01 = self.node(34, weighted_relu(w[34:35], FLPL))
         # VB06 (motor, ACh+Betaine) <- VD07:24, PVDR:4
-        VB06 = self.node(35, self.mix(w[35:37], VD07, PVDR))
+        VB06 = self.node(35, weighted_relu(w[35:37], VD07, PVDR))
         # VD12 (motor, GABA) <- PDA:12, VA11:6
-        VD12 = self.node(36, self.mix(w[37:39], PDA, VA11))
+        VD12 = self.node(36, weighted_relu(w[37:39], PDA, VA11))
         # ASEL (sensory, Glu) <- AIZL:5, ADFR:1
-        ASEL = self.node(37, self.mix(w[39:41], AIZL, ADFR))
+        ASEL = self.node(37, weighted_relu(w[39:41], AIZL, ADFR))
         # CEPDL (sensory, DA) <- URBL:13, RIH:7, IL2DL:1, RIS:7
-        CEPDL = self.node(38, self.mix(w[41:45], URBL, RIH, IL2DL, RIS))
+        CEPDL = self.node(38, weighted_relu(w[41:45], URBL, RIH, IL2DL, RIS))
         # URYDR (sensory, Glu) <- RIBR:1, URADR:1, SMDDL:11, IL1DR:7, RIS:1
-        URYDR = self.node(39, self.mix(w[45:50], RIBR, URADR, SMDDL, IL1DR, RIS))
+        URYDR = self.node(39, weighted_relu(w[45:50], RIBR, URADR, SMDDL, IL1DR, RIS))
         # AVKL (interneuron) <- RIS:6
-        AVKL = self.node(40, w[50] * RIS)
+        AVKL = self.node(40, weighted_relu(w[50:51], RIS))
         # AVBR (interneuron, ACh) <- DA03:3, AVAR:18, FLPL:22, AS01:2, IL2DL:2
-        AVBR = self.node(41, self.mix(w[51:56], DA03, AVAR, FLPL, AS01, IL2DL))
+        AVBR = self.node(41, weighted_relu(w[51:56], DA03, AVAR, FLPL, AS01, IL2DL))
         # RMDDR (motor, ACh) <- URBL:2, RIS:1
-        RMDDR = self.node(42, self.mix(w[56:58], URBL, RIS))
+        RMDDR = self.node(42, weighted_relu(w[56:58], URBL, RIS))
         # RMDR (motor, ACh) <- SMDDL:1, RIS:17
-        RMDR = self.node(43, self.mix(w[58:60], SMDDL, RIS))
+        RMDR = self.node(43, weighted_relu(w[58:60], SMDDL, RIS))
         # AS11 (motor, ACh) <- AVAR:10, PQR:2, PHBL:1, VD12:20
-        AS11 = self.node(44, self.mix(w[60:64], AVAR, PQR, PHBL, VD12))
+        AS11 = self.node(44, weighted_relu(w[60:64], AVAR, PQR, PHBL, VD12))
         # PDB (motor, ACh) <- VD12:10
-        PDB = self.node(45, w[64] * VD12)
+        PDB = self.node(45, weighted_relu(w[64:65], VD12))
         # VB10 (motor, ACh+Betaine) <- VA11:9, VD12:6
-        VB10 = self.node(46, self.mix(w[65:67], VA11, VD12))
+        VB10 = self.node(46, weighted_relu(w[65:67], VA11, VD12))
         # VD06 (motor, GABA) <- VC03:5, VB06:1
-        VD06 = self.node(47, self.mix(w[67:69], VC03, VB06))
+        VD06 = self.node(47, weighted_relu(w[67:69], VC03, VB06))
         # PDEL (sensory, Glu+DA) <- PLMR:18, AVAR:3, PLML:16, AVKL:7
-        PDEL = self.node(48, self.mix(w[69:73], PLMR, AVAR, PLML, AVKL))
+        PDEL = self.node(48, weighted_relu(w[69:73], PLMR, AVAR, PLML, AVKL))
         # URYDL (sensory, Glu) <- URBL:1, AIZL:4, SMDDL:3, CEPDL:7, RMDDR:15
-        URYDL = self.node(49, self.mix(w[73:78], URBL, AIZL, SMDDL, CEPDL, RMDDR))
+        URYDL = self.node(49, weighted_relu(w[73:78], URBL, AIZL, SMDDL, CEPDL, RMDDR))
         # AINR (interneuron, ACh) <- ASEL:1, CEPDL:2
-        AINR = self.node(50, self.mix(w[78:80], ASEL, CEPDL))
+        AINR = self.node(50, weighted_relu(w[78:80], ASEL, CEPDL))
         # RIR (interneuron, ACh+Betaine) <- AIZL:12, ADFR:11, ASEL:1
-        RIR = self.node(51, self.mix(w[80:83], AIZL, ADFR, ASEL))
+        RIR = self.node(51, weighted_relu(w[80:83], AIZL, ADFR, ASEL))
         # PVNL (interneuron, ACh+Glu+Betaine) <- PQR:7, PHBL:1, VD12:1, AVBR:2
-        PVNL = self.node(52, self.mix(w[83:87], PQR, PHBL, VD12, AVBR))
+        PVNL = self.node(52, weighted_relu(w[83:87], PQR, PHBL, VD12, AVBR))
         # RICR (interneuron, Glu+Oct) <- URBL:1, IL2DR:2, AIZL:17, AVAR:13, SMDDL:9,
         #     CEPDL:9
-        RICR = self.node(53, self.mix(w[87:93], URBL, IL2DR, AIZL, AVAR, SMDDL, CEPDL))
+        RICR = self.node(
+            53, weighted_relu(w[87:93], URBL, IL2DR, AIZL, AVAR, SMDDL, CEPDL)
+        )
         # DA09 (motor, ACh+Betaine) <- PDA:1, VD09:5, AVAR:3, VA11:1, VD12:11, AS11:1
-        DA09 = self.node(54, self.mix(w[93:99], PDA, VD09, AVAR, VA11, VD12, AS11))
+        DA09 = self.node(54, weighted_relu(w[93:99], PDA, VD09, AVAR, VA11, VD12, AS11))
         # VB05 (motor, ACh+Betaine) <- PVDR:2, VD06:11
-        VB05 = self.node(55, self.mix(w[99:101], PVDR, VD06))
+        VB05 = self.node(55, weighted_relu(w[99:101], PVDR, VD06))
         # VC04 (sex-specific, ACh+5-HT) <- VC03:1, VC05:6, AVBR:1
-        VC04 = self.node(56, self.mix(w[101:104], VC03, VC05, AVBR))
+        VC04 = self.node(56, weighted_relu(w[101:104], VC03, VC05, AVBR))
         # PVM (sensory) <- AVKL:15, PDEL:13
-        PVM = self.node(57, self.mix(w[104:106], AVKL, PDEL))
+        PVM = self.node(57, weighted_relu(w[104:106], AVKL, PDEL))
         # CEPVL (sensory, DA) <- RIH:3, RIS:7, RICR:17
-        CEPVL = self.node(58, self.mix(w[106:109], RIH, RIS, RICR))
+        CEPVL = self.node(58, weighted_relu(w[106:109], RIH, RIS, RICR))
         # ADAL (interneuron, Glu) <- URBL:3, AVAR:7, AVBR:21, RICR:1
-        ADAL = self.node(59, self.mix(w[109:113], URBL, AVAR, AVBR, RICR))
+        ADAL = self.node(59, weighted_relu(w[109:113], URBL, AVAR, AVBR, RICR))
         # BDUR (interneuron) <- URADR:3, AVBR:1, PVNL:13
-        BDUR = self.node(60, self.mix(w[113:116], URADR, AVBR, PVNL))
+        BDUR = self.node(60, weighted_relu(w[113:116], URADR, AVBR, PVNL))
         # AVG (interneuron, ACh) <- AVAR:3, PQR:1, PHBL:1, AVBR:3, PVNL:4
-        AVG = self.node(61, self.mix(w[116:121], AVAR, PQR, PHBL, AVBR, PVNL))
+        AVG = self.node(61, weighted_relu(w[116:121], AVAR, PQR, PHBL, AVBR, PVNL))
         # SMBDR (motor, ACh) <- URBL:3, SMBDL:3, ADFR:2, CEPDL:5, RICR:3
-        SMBDR = self.node(62, self.mix(w[121:126], URBL, SMBDL, ADFR, CEPDL, RICR))
+        SMBDR = self.node(62, weighted_relu(w[121:126], URBL, SMBDL, ADFR, CEPDL, RICR))
         # DB06 (motor, ACh) <- VD09:10, VD07:10, AS08:2, DA09:1
-        DB06 = self.node(63, self.mix(w[126:130], VD09, VD07, AS08, DA09))
+        DB06 = self.node(63, weighted_relu(w[126:130], VD09, VD07, AS08, DA09))
         # VD10 (motor, GABA) <- DA09:5
-        VD10 = self.node(64, w[130] * DA09)
+        VD10 = self.node(64, weighted_relu(w[130:131], DA09))
         # VD13 (motor, GABA) <- PDA:3, AVAR:2, VD12:1, AS11:3, PDB:2, DA09:4
-        VD13 = self.node(65, self.mix(w[131:137], PDA, AVAR, VD12, AS11, PDB, DA09))
+        VD13 = self.node(
+            65, weighted_relu(w[131:137], PDA, AVAR, VD12, AS11, PDB, DA09)
+        )
         # AVFL (interneuron, GABA) <- PVQL:1, VC05:2, AVBR:1, PVNL:1, AVG:8
-        AVFL = self.node(66, self.mix(w[137:142], PVQL, VC05, AVBR, PVNL, AVG))
+        AVFL = self.node(66, weighted_relu(w[137:142], PVQL, VC05, AVBR, PVNL, AVG))
         # AIBR (interneuron, Glu+Betaine) <- AIAR:34, AIZL:53, AVAR:2, SMDDL:17, FLPL:3,
         #     ASEL:13, AVBR:14, RICR:3, ADAL:2
         AIBR = self.node(
             67,
-            self.mix(w[142:151], AIAR, AIZL, AVAR, SMDDL, FLPL, ASEL, AVBR, RICR, ADAL),
+            weighted_relu(
+                w[142:151], AIAR, AIZL, AVAR, SMDDL, FLPL, ASEL, AVBR, RICR, ADAL
+            ),
         )
         # AVDL (interneuron, ACh) <- PLMR:8, SABD:5, DA03:9, AVAR:40, PQR:15, FLPL:30,
         #     PVDR:1, VA03:3, PHBL:6, VA01:2, AVBR:4, AS11:4, PVNL:7, ADAL:1, AVG:1
         AVDL = self.node(
             68,
-            self.mix(
+            weighted_relu(
                 w[151:166],
                 PLMR,
                 SABD,
@@ -909,49 +944,53 @@ class HermaphroditeRandomNet(nn.Module):
         # RMDDL (motor, ACh) <- IL1DR:13, RIS:1, CEPDL:2, URYDR:9, RMDDR:1, RMDR:6,
         #     CEPVL:9
         RMDDL = self.node(
-            69, self.mix(w[166:173], IL1DR, RIS, CEPDL, URYDR, RMDDR, RMDR, CEPVL)
+            69, weighted_relu(w[166:173], IL1DR, RIS, CEPDL, URYDR, RMDDR, RMDR, CEPVL)
         )
         # SMBVR (motor, ACh) <- ADFR:19, RMDR:3, SMBDR:2
-        SMBVR = self.node(70, self.mix(w[173:176], ADFR, RMDR, SMBDR))
+        SMBVR = self.node(70, weighted_relu(w[173:176], ADFR, RMDR, SMBDR))
         # AS09 (motor, ACh) <- VD09:20, AVAR:10, VA11:1, DB06:1
-        AS09 = self.node(71, self.mix(w[176:180], VD09, AVAR, VA11, DB06))
+        AS09 = self.node(71, weighted_relu(w[176:180], VD09, AVAR, VA11, DB06))
         # VB08 (motor, ACh+Betaine) <- VD09:7, VA11:2, VD10:6
-        VB08 = self.node(72, self.mix(w[180:183], VD09, VA11, VD10))
+        VB08 = self.node(72, weighted_relu(w[180:183], VD09, VA11, VD10))
         # ASIR (sensory, Betaine) <- AIAR:6, ASEL:2, AIBR:3
-        ASIR = self.node(73, self.mix(w[183:186], AIAR, ASEL, AIBR))
+        ASIR = self.node(73, weighted_relu(w[183:186], AIAR, ASEL, AIBR))
         # ASKR (sensory, Glu) <- AIAR:36, AIBR:2
-        ASKR = self.node(74, self.mix(w[186:188], AIAR, AIBR))
+        ASKR = self.node(74, weighted_relu(w[186:188], AIAR, AIBR))
         # SDQL (sensory, ACh) <- AVAR:8, FLPL:2, RIS:8, AVBR:2, RICR:3, BDUR:2,
         #     SMBDR:29, AIBR:2, AVDL:3
         SDQL = self.node(
             75,
-            self.mix(w[188:197], AVAR, FLPL, RIS, AVBR, RICR, BDUR, SMBDR, AIBR, AVDL),
+            weighted_relu(
+                w[188:197], AVAR, FLPL, RIS, AVBR, RICR, BDUR, SMBDR, AIBR, AVDL
+            ),
         )
         # AQR (sensory, Glu) <- AVAR:6, AVBR:12, RIR:3, AIBR:1, AVDL:3
-        AQR = self.node(76, self.mix(w[197:202], AVAR, AVBR, RIR, AIBR, AVDL))
+        AQR = self.node(76, weighted_relu(w[197:202], AVAR, AVBR, RIR, AIBR, AVDL))
         # PVDL (sensory, Glu) <- AVAR:29, PVDR:12, PVNL:3, AVG:8, VD10:3, AVFL:1, AVDL:1
         PVDL = self.node(
-            77, self.mix(w[202:209], AVAR, PVDR, PVNL, AVG, VD10, AVFL, AVDL)
+            77, weighted_relu(w[202:209], AVAR, PVDR, PVNL, AVG, VD10, AVFL, AVDL)
         )
         # PHBR (sensory, Glu) <- AVAR:38, PHBL:7, AVDL:7
-        PHBR = self.node(78, self.mix(w[209:212], AVAR, PHBL, AVDL))
+        PHBR = self.node(78, weighted_relu(w[209:212], AVAR, PHBL, AVDL))
         # IL1R (sensory, Glu) <- IL1DR:2, RMDDR:12, RMDR:4, RMDDL:17
-        IL1R = self.node(79, self.mix(w[212:216], IL1DR, RMDDR, RMDR, RMDDL))
+        IL1R = self.node(79, weighted_relu(w[212:216], IL1DR, RMDDR, RMDR, RMDDL))
         # AIYR (interneuron, ACh) <- RIBR:60, RIH:4, ADFR:3, ASEL:23, AIBR:1
-        AIYR = self.node(80, self.mix(w[216:221], RIBR, RIH, ADFR, ASEL, AIBR))
+        AIYR = self.node(80, weighted_relu(w[216:221], RIBR, RIH, ADFR, ASEL, AIBR))
         # ADAR (interneuron, Glu) <- AIAR:4, AVAR:8, ADFR:4, URYDR:2, AVBR:15, RIR:1,
         #     RICR:2, AIBR:3, AVDL:2
         ADAR = self.node(
             81,
-            self.mix(w[221:230], AIAR, AVAR, ADFR, URYDR, AVBR, RIR, RICR, AIBR, AVDL),
+            weighted_relu(
+                w[221:230], AIAR, AVAR, ADFR, URYDR, AVBR, RIR, RICR, AIBR, AVDL
+            ),
         )
         # RIFL (interneuron, ACh) <- AVBR:1, AVFL:1
-        RIFL = self.node(82, self.mix(w[230:232], AVBR, AVFL))
+        RIFL = self.node(82, weighted_relu(w[230:232], AVBR, AVFL))
         # AVHL (interneuron) <- SABD:1, AVAR:1, PQR:1, ADFR:6, AVBR:1, RIR:2, BDUR:3,
         #     SMBDR:4, AVFL:5, AVDL:1, SMBVR:6
         AVHL = self.node(
             83,
-            self.mix(
+            weighted_relu(
                 w[232:243],
                 SABD,
                 AVAR,
@@ -967,53 +1006,58 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # LUAL (interneuron, Glu) <- AVAR:27, PHBL:2, PVNL:4, AVDL:29
-        LUAL = self.node(84, self.mix(w[243:247], AVAR, PHBL, PVNL, AVDL))
+        LUAL = self.node(84, weighted_relu(w[243:247], AVAR, PHBL, PVNL, AVDL))
         # LUAR (interneuron, Glu) <- AVAR:47, PQR:10, PDB:2, PVNL:1, AVDL:5
-        LUAR = self.node(85, self.mix(w[247:252], AVAR, PQR, PDB, PVNL, AVDL))
+        LUAR = self.node(85, weighted_relu(w[247:252], AVAR, PQR, PDB, PVNL, AVDL))
         # SIBDL (motor, ACh) <- SMDDL:14, AIBR:1
-        SIBDL = self.node(86, self.mix(w[252:254], SMDDL, AIBR))
+        SIBDL = self.node(86, weighted_relu(w[252:254], SMDDL, AIBR))
         # SIBDR (motor, ACh) <- CEPDL:2, AVKL:2, AIBR:1
-        SIBDR = self.node(87, self.mix(w[254:257], CEPDL, AVKL, AIBR))
+        SIBDR = self.node(87, weighted_relu(w[254:257], CEPDL, AVKL, AIBR))
         # DA01 (motor, ACh) <- AVAR:2, AS01:21, AVDL:4
-        DA01 = self.node(88, self.mix(w[257:260], AVAR, AS01, AVDL))
+        DA01 = self.node(88, weighted_relu(w[257:260], AVAR, AS01, AVDL))
         # VA10 (motor, ACh) <- AVAR:4, AS07:6, VD12:3, VD10:4, AVDL:2, VB08:1
-        VA10 = self.node(89, self.mix(w[260:266], AVAR, AS07, VD12, VD10, AVDL, VB08))
+        VA10 = self.node(
+            89, weighted_relu(w[260:266], AVAR, AS07, VD12, VD10, AVDL, VB08)
+        )
         # VC01 (sex-specific, ACh) <- VC03:7, VD06:1, AVG:2, AVFL:2
-        VC01 = self.node(90, self.mix(w[266:270], VC03, VD06, AVG, AVFL))
+        VC01 = self.node(90, weighted_relu(w[266:270], VC03, VD06, AVG, AVFL))
         # AUAR (interneuron, Glu+Betaine) <- RIBR:33, AVAR:3, RIH:2, ADFR:9, AINR:3,
         #     AIYR:1
-        AUAR = self.node(91, self.mix(w[270:276], RIBR, AVAR, RIH, ADFR, AINR, AIYR))
+        AUAR = self.node(
+            91, weighted_relu(w[270:276], RIBR, AVAR, RIH, ADFR, AINR, AIYR)
+        )
         # SAAVR (interneuron, ACh) <- SMBDL:10, AVAR:45, SMDDL:18, AIBR:2, ASIR:1
-        SAAVR = self.node(92, self.mix(w[276:281], SMBDL, AVAR, SMDDL, AIBR, ASIR))
+        SAAVR = self.node(92, weighted_relu(w[276:281], SMBDL, AVAR, SMDDL, AIBR, ASIR))
         # RMDVL (motor, ACh) <- CEPDL:15, RMDDR:67, RMDR:11, URYDL:18, RMDDL:1, IL1R:10,
         #     SIBDR:1
         RMDVL = self.node(
-            93, self.mix(w[281:288], CEPDL, RMDDR, RMDR, URYDL, RMDDL, IL1R, SIBDR)
+            93, weighted_relu(w[281:288], CEPDL, RMDDR, RMDR, URYDL, RMDDL, IL1R, SIBDR)
         )
         # SMDVL (motor, ACh+GABA+Betaine) <- RIBR:3, AIZL:3, SMDDL:2, RIS:1, RMDDR:3,
         #     RICR:6, AIBR:7, ADAR:1
         SMDVL = self.node(
-            94, self.mix(w[288:296], RIBR, AIZL, SMDDL, RIS, RMDDR, RICR, AIBR, ADAR)
+            94,
+            weighted_relu(w[288:296], RIBR, AIZL, SMDDL, RIS, RMDDR, RICR, AIBR, ADAR),
         )
         # VB09 (motor, ACh+Betaine) <- VA11:2, VD10:6, VA10:1
-        VB09 = self.node(95, self.mix(w[296:299], VA11, VD10, VA10))
+        VB09 = self.node(95, weighted_relu(w[296:299], VA11, VD10, VA10))
         # VD02 (motor, GABA) <- VC03:1, AS01:1, VA03:3, DA01:4, VC01:1
-        VD02 = self.node(96, self.mix(w[299:304], VC03, AS01, VA03, DA01, VC01))
+        VD02 = self.node(96, weighted_relu(w[299:304], VC03, AS01, VA03, DA01, VC01))
         # VD04 (motor, GABA) <- DA03:13, VC03:3, DB02:15, VC01:4
-        VD04 = self.node(97, self.mix(w[304:308], DA03, VC03, DB02, VC01))
+        VD04 = self.node(97, weighted_relu(w[304:308], DA03, VC03, DB02, VC01))
         # AWAR (sensory, ACh) <- AIAR:7, ADFR:10, RIR:2, ASIR:1, ASKR:2, AIYR:9, AUAR:1
         AWAR = self.node(
-            98, self.mix(w[308:315], AIAR, ADFR, RIR, ASIR, ASKR, AIYR, AUAR)
+            98, weighted_relu(w[308:315], AIAR, ADFR, RIR, ASIR, ASKR, AIYR, AUAR)
         )
         # ALNL (sensory, ACh) <- RMDDR:1, SMBDR:12, SMDVL:3
-        ALNL = self.node(99, self.mix(w[315:318], RMDDR, SMBDR, SMDVL))
+        ALNL = self.node(99, weighted_relu(w[315:318], RMDDR, SMBDR, SMDVL))
         # DVA (sensory, ACh+Glu) <- PLMR:19, SABD:2, SMBDL:6, AIZL:6, AVAR:2, PLML:9,
         #     FLPL:1, PVDR:5, DB02:2, VB06:1, AVKL:1, AVBR:1, PDEL:9, URYDL:3, RIR:13,
         #     DA09:1, PVM:3, SMBDR:6, AIBR:1, SMBVR:6, SDQL:1, AQR:12, AUAR:8, SAAVR:1,
         #     SMDVL:1
         DVA = self.node(
             100,
-            self.mix(
+            weighted_relu(
                 w[318:343],
                 PLMR,
                 SABD,
@@ -1043,15 +1087,15 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # IL2L (sensory, ACh) <- RIH:27, RMDR:3, SMDVL:1
-        IL2L = self.node(101, self.mix(w[343:346], RIH, RMDR, SMDVL))
+        IL2L = self.node(101, weighted_relu(w[343:346], RIH, RMDR, SMDVL))
         # OLQVR (sensory, Glu) <- RIH:25, ADFR:1, RICR:3, SIBDR:18, RMDVL:21
-        OLQVR = self.node(102, self.mix(w[346:351], RIH, ADFR, RICR, SIBDR, RMDVL))
+        OLQVR = self.node(102, weighted_relu(w[346:351], RIH, ADFR, RICR, SIBDR, RMDVL))
         # PVNR (interneuron, ACh+Glu+Betaine) <- URBL:2, PDA:1, VC03:1, VD07:1, PQR:4,
         #     PVDR:5, VA11:2, VB06:1, VD12:1, CEPDL:2, AVBR:1, VD06:2, PVNL:9, BDUR:5,
         #     AVG:4, VD13:1, AVDL:1, VD04:6
         PVNR = self.node(
             103,
-            self.mix(
+            weighted_relu(
                 w[351:369],
                 URBL,
                 PDA,
@@ -1077,18 +1121,20 @@ class HermaphroditeRandomNet(nn.Module):
         #     SDQL:3, SAAVR:1, SMDVL:1
         RMFL = self.node(
             104,
-            self.mix(w[369:378], RIBR, RIS, AVKL, RMDR, RICR, AIBR, SDQL, SAAVR, SMDVL),
+            weighted_relu(
+                w[369:378], RIBR, RIS, AVKL, RMDR, RICR, AIBR, SDQL, SAAVR, SMDVL
+            ),
         )
         # RIPL (interneuron, ACh) <- IL2DR:1, RIH:20, IL2DL:28, CEPDL:8, CEPVL:4,
         #     ADAL:4, SAAVR:12
         RIPL = self.node(
-            105, self.mix(w[378:385], IL2DR, RIH, IL2DL, CEPDL, CEPVL, ADAL, SAAVR)
+            105, weighted_relu(w[378:385], IL2DR, RIH, IL2DL, CEPDL, CEPVL, ADAL, SAAVR)
         )
         # RMDVR (motor, ACh) <- RIBR:1, AVAR:1, IL1DR:33, URYDR:12, RMDDR:3, CEPVL:8,
         #     SMBDR:1, RMDDL:65, IL1R:17, RMDVL:1
         RMDVR = self.node(
             106,
-            self.mix(
+            weighted_relu(
                 w[385:395],
                 RIBR,
                 AVAR,
@@ -1103,14 +1149,16 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # RIVL (motor, ACh) <- AVKL:5, RICR:1, SMBDR:1, RMDVL:5, SMDVL:8
-        RIVL = self.node(107, self.mix(w[395:400], AVKL, RICR, SMBDR, RMDVL, SMDVL))
+        RIVL = self.node(
+            107, weighted_relu(w[395:400], AVKL, RICR, SMBDR, RMDVL, SMDVL)
+        )
         # DA04 (motor, ACh) <- DA03:2, AVAR:9, DB02:3, AVDL:3, VD04:11
-        DA04 = self.node(108, self.mix(w[400:405], DA03, AVAR, DB02, AVDL, VD04))
+        DA04 = self.node(108, weighted_relu(w[400:405], DA03, AVAR, DB02, AVDL, VD04))
         # DD01 (motor, GABA) <- VC03:1, FLPL:6, DB02:3, AS01:2, VA03:18, VA01:12,
         #     PVNL:5, AVHL:1, DA01:12, VC01:6, VD02:2
         DD01 = self.node(
             109,
-            self.mix(
+            weighted_relu(
                 w[405:416],
                 VC03,
                 FLPL,
@@ -1126,19 +1174,20 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # VA04 (motor, ACh) <- AVAR:7, VA03:2, AVBR:2, AVDL:1, VD04:9
-        VA04 = self.node(110, self.mix(w[416:421], AVAR, VA03, AVBR, AVDL, VD04))
+        VA04 = self.node(110, weighted_relu(w[416:421], AVAR, VA03, AVBR, AVDL, VD04))
         # ADFL (sensory, ACh+5-HT) <- SMBDL:1, AIZL:40, RIR:5, ADAL:2, AIBR:1, SMDVL:1,
         #     RIPL:3, RIVL:1
         ADFL = self.node(
-            111, self.mix(w[421:429], SMBDL, AIZL, RIR, ADAL, AIBR, SMDVL, RIPL, RIVL)
+            111,
+            weighted_relu(w[421:429], SMBDL, AIZL, RIR, ADAL, AIBR, SMDVL, RIPL, RIVL),
         )
         # PHCL (sensory, Glu+Betaine) <- DA09:1, PHBR:1, LUAL:2, DVA:12
-        PHCL = self.node(112, self.mix(w[429:433], DA09, PHBR, LUAL, DVA))
+        PHCL = self.node(112, weighted_relu(w[429:433], DA09, PHBR, LUAL, DVA))
         # OLLR (sensory, Glu) <- RIBR:22, SMDDL:3, IL1DR:2, RIS:7, ASEL:1, RMDDR:26,
         #     RMDR:4, IL1R:1, SMDVL:11, RMDVR:6
         OLLR = self.node(
             113,
-            self.mix(
+            weighted_relu(
                 w[433:443],
                 RIBR,
                 SMDDL,
@@ -1154,50 +1203,55 @@ class HermaphroditeRandomNet(nn.Module):
         )
         # IL1L (sensory, Glu) <- URBL:11, RMDR:11, RMDDL:20, RMDVL:22, IL2L:7, RMDVR:6
         IL1L = self.node(
-            114, self.mix(w[443:449], URBL, RMDR, RMDDL, RMDVL, IL2L, RMDVR)
+            114, weighted_relu(w[443:449], URBL, RMDR, RMDDL, RMDVL, IL2L, RMDVR)
         )
         # AIMR (interneuron, Glu+5-HT) <- AIAR:10, AVAR:1, ADFR:2, RMDR:1, RIR:1,
         #     BDUR:2, AVFL:3, ASKR:9, PVNR:1
         AIMR = self.node(
             115,
-            self.mix(w[449:458], AIAR, AVAR, ADFR, RMDR, RIR, BDUR, AVFL, ASKR, PVNR),
+            weighted_relu(
+                w[449:458], AIAR, AVAR, ADFR, RMDR, RIR, BDUR, AVFL, ASKR, PVNR
+            ),
         )
         # AVKR (interneuron) <- PVQL:1, SMBDL:3, AIZL:4, RIS:13, AVKL:3, RMDR:3, RICR:1,
         #     PVM:2, RMFL:16
         AVKR = self.node(
             116,
-            self.mix(w[458:467], PVQL, SMBDL, AIZL, RIS, AVKL, RMDR, RICR, PVM, RMFL),
+            weighted_relu(
+                w[458:467], PVQL, SMBDL, AIZL, RIS, AVKL, RMDR, RICR, PVM, RMFL
+            ),
         )
         # PVWR (interneuron) <- AVAR:1, PVNL:1, LUAR:3, PVNR:2
-        PVWR = self.node(117, self.mix(w[467:471], AVAR, PVNL, LUAR, PVNR))
+        PVWR = self.node(117, weighted_relu(w[467:471], AVAR, PVNL, LUAR, PVNR))
         # DA02 (motor, ACh) <- DA03:1, AVAR:9, DB02:3, VA01:1, AVDL:2, VD02:17, DVA:1,
         #     DD01:10
         DA02 = self.node(
-            118, self.mix(w[471:479], DA03, AVAR, DB02, VA01, AVDL, VD02, DVA, DD01)
+            118,
+            weighted_relu(w[471:479], DA03, AVAR, DB02, VA01, AVDL, VD02, DVA, DD01),
         )
         # VA08 (motor, ACh) <- VD09:3, AVAR:7, VD07:2, VB06:3, DVA:1
-        VA08 = self.node(119, self.mix(w[479:484], VD09, AVAR, VD07, VB06, DVA))
+        VA08 = self.node(119, weighted_relu(w[479:484], VD09, AVAR, VD07, VB06, DVA))
         # VD01 (motor, GABA) <- VC03:2, AS01:20, VA01:11, AVHL:1, DA01:13, VC01:5,
         #     DD01:2
         VD01 = self.node(
-            120, self.mix(w[484:491], VC03, AS01, VA01, AVHL, DA01, VC01, DD01)
+            120, weighted_relu(w[484:491], VC03, AS01, VA01, AVHL, DA01, VC01, DD01)
         )
         # VD05 (motor, GABA) <- VC03:3, AVAR:1, VC01:4, DA04:21
-        VD05 = self.node(121, self.mix(w[491:495], VC03, AVAR, VC01, DA04))
+        VD05 = self.node(121, weighted_relu(w[491:495], VC03, AVAR, VC01, DA04))
         # VC06 (sex-specific, ACh) <- VD12:8, AVG:2, PVNR:4
-        VC06 = self.node(122, self.mix(w[495:498], VD12, AVG, PVNR))
+        VC06 = self.node(122, weighted_relu(w[495:498], VD12, AVG, PVNR))
         # ASGR (sensory, Glu+Betaine) <- AIAR:56, AIBR:20, ASIR:3, ASKR:1, AIYR:3,
         #     AWAR:1, AIMR:6
         ASGR = self.node(
-            123, self.mix(w[498:505], AIAR, AIBR, ASIR, ASKR, AIYR, AWAR, AIMR)
+            123, weighted_relu(w[498:505], AIAR, AIBR, ASIR, ASKR, AIYR, AWAR, AIMR)
         )
         # AFDL (sensory, ACh+Glu) <- AIZL:1, ASEL:1, CEPDL:2, AINR:12, ADFL:1
-        AFDL = self.node(124, self.mix(w[505:510], AIZL, ASEL, CEPDL, AINR, ADFL))
+        AFDL = self.node(124, weighted_relu(w[505:510], AIZL, ASEL, CEPDL, AINR, ADFL))
         # URXL (sensory, ACh+5-HT+Betaine) <- URBL:26, AIZL:1, CEPDL:1, AINR:2, RIR:10,
         #     CEPVL:2, ADAL:8, AQR:5, DVA:1, IL2L:4, PVNR:2, ADFL:2
         URXL = self.node(
             125,
-            self.mix(
+            weighted_relu(
                 w[510:522],
                 URBL,
                 AIZL,
@@ -1214,14 +1268,16 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # PHCR (sensory, Glu+Betaine) <- DA09:23, PHBR:3, LUAR:6, DVA:22, PHCL:6
-        PHCR = self.node(126, self.mix(w[522:527], DA09, PHBR, LUAR, DVA, PHCL))
+        PHCR = self.node(126, weighted_relu(w[522:527], DA09, PHBR, LUAR, DVA, PHCL))
         # IL1VR (sensory, Glu) <- RMDDR:40, IL1R:4, RMDVL:5, OLQVR:7, OLLR:3
-        IL1VR = self.node(127, self.mix(w[527:532], RMDDR, IL1R, RMDVL, OLQVR, OLLR))
+        IL1VR = self.node(
+            127, weighted_relu(w[527:532], RMDDR, IL1R, RMDVL, OLQVR, OLLR)
+        )
         # URBR (interneuron, ACh) <- SMBDL:4, IL1DR:2, AVBR:1, RMDR:1, RICR:3, AVDL:1,
         #     SMBVR:1, IL1R:5, ADAR:5, SIBDR:2, OLLR:1
         URBR = self.node(
             128,
-            self.mix(
+            weighted_relu(
                 w[532:543],
                 SMBDL,
                 IL1DR,
@@ -1240,31 +1296,33 @@ class HermaphroditeRandomNet(nn.Module):
         #     ASIR:1, ASKR:1, RIFL:10, ADFL:4
         AIAL = self.node(
             129,
-            self.mix(
+            weighted_relu(
                 w[543:553], PVQL, AIZL, ASEL, AINR, RIR, ADAL, ASIR, ASKR, RIFL, ADFL
             ),
         )
         # DVB (interneuron, GABA+Betaine) <- PDA:2, VD13:1, AVFL:1, PHCL:2
-        DVB = self.node(130, self.mix(w[553:557], PDA, VD13, AVFL, PHCL))
+        DVB = self.node(130, weighted_relu(w[553:557], PDA, VD13, AVFL, PHCL))
         # URAVL (motor, ACh) <- CEPVL:7, ADAL:1, RMDDL:7, IL2L:2, RIPL:15, RMDVR:9,
         #     IL1L:7
         URAVL = self.node(
-            131, self.mix(w[557:564], CEPVL, ADAL, RMDDL, IL2L, RIPL, RMDVR, IL1L)
+            131, weighted_relu(w[557:564], CEPVL, ADAL, RMDDL, IL2L, RIPL, RMDVR, IL1L)
         )
         # RMED (motor, GABA) <- RIBR:2, SMBDL:4, IL2DR:3, SMDDL:1, IL2DL:2, URYDR:7,
         #     SMBDR:25, OLLR:1
         RMED = self.node(
             132,
-            self.mix(w[564:572], RIBR, SMBDL, IL2DR, SMDDL, IL2DL, URYDR, SMBDR, OLLR),
+            weighted_relu(
+                w[564:572], RIBR, SMBDL, IL2DR, SMDDL, IL2DL, URYDR, SMBDR, OLLR
+            ),
         )
         # ASGL (sensory, Glu+Betaine) <- AINR:3, AIAL:47
-        ASGL = self.node(133, self.mix(w[572:574], AINR, AIAL))
+        ASGL = self.node(133, weighted_relu(w[572:574], AINR, AIAL))
         # CEPDR (sensory, DA) <- RIBR:3, URADR:3, SMBDL:1, IL2DR:2, IL1DR:15, RIH:4,
         #     RIS:1, CEPDL:1, URYDR:6, RMDR:1, RICR:20, BDUR:5, IL1R:1, RMDVR:5,
         #     OLLR:17, URBR:15
         CEPDR = self.node(
             134,
-            self.mix(
+            weighted_relu(
                 w[574:590],
                 RIBR,
                 URADR,
@@ -1289,7 +1347,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     LUAR:2, SMDVL:1, DVA:4, PVNR:1, RIPL:16, IL1VR:9
         PVR = self.node(
             135,
-            self.mix(
+            weighted_relu(
                 w[590:611],
                 URBL,
                 SABD,
@@ -1320,7 +1378,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVNR:2, DA04:2, AIMR:2, PVWR:2, DA02:5, URXL:1
         AVDR = self.node(
             136,
-            self.mix(
+            weighted_relu(
                 w[611:641],
                 PLMR,
                 SABD,
@@ -1356,14 +1414,14 @@ class HermaphroditeRandomNet(nn.Module):
         )
         # URAVR (motor, ACh) <- RIH:2, RMDDR:1, IL1R:2, ADAR:1, RMDVL:1, IL1VR:13
         URAVR = self.node(
-            137, self.mix(w[641:647], RIH, RMDDR, IL1R, ADAR, RMDVL, IL1VR)
+            137, weighted_relu(w[641:647], RIH, RMDDR, IL1R, ADAR, RMDVL, IL1VR)
         )
         # RMDL (motor, ACh) <- RIBR:1, SMDDL:3, RIS:11, AVKL:1, RMDDR:7, RMDR:19,
         #     SMBVR:4, IL1R:12, RMDVL:2, RMDVR:3, RIVL:5, OLLR:12, IL1L:1, AVKR:2,
         #     URBR:1
         RMDL = self.node(
             138,
-            self.mix(
+            weighted_relu(
                 w[647:662],
                 RIBR,
                 SMDDL,
@@ -1386,39 +1444,51 @@ class HermaphroditeRandomNet(nn.Module):
         #     ALNL:1, IL1VR:1
         SIADR = self.node(
             139,
-            self.mix(w[662:670], URBL, CEPDL, SMBDR, SDQL, SIBDR, SMDVL, ALNL, IL1VR),
+            weighted_relu(
+                w[662:670], URBL, CEPDL, SMBDR, SDQL, SIBDR, SMDVL, ALNL, IL1VR
+            ),
         )
         # HSNL (sex-specific, ACh+5-HT) <- PVQL:4, VC05:10, AIZL:6, RIR:4, AVFL:13,
         #     ASKR:3, RIFL:9, AWAR:3, AIMR:5, AIAL:8
         HSNL = self.node(
             140,
-            self.mix(
+            weighted_relu(
                 w[670:680], PVQL, VC05, AIZL, RIR, AVFL, ASKR, RIFL, AWAR, AIMR, AIAL
             ),
         )
         # ASJL (sensory, ACh) <- PVQL:37, ASEL:1, CEPDL:1, ASKR:1, AIAL:4, HSNL:1
-        ASJL = self.node(141, self.mix(w[680:686], PVQL, ASEL, CEPDL, ASKR, AIAL, HSNL))
+        ASJL = self.node(
+            141, weighted_relu(w[680:686], PVQL, ASEL, CEPDL, ASKR, AIAL, HSNL)
+        )
         # AWAL (sensory, ACh) <- PVQL:1, AIZL:23, ASEL:7, ADAL:2, AFDL:7, ASGL:1
-        AWAL = self.node(142, self.mix(w[686:692], PVQL, AIZL, ASEL, ADAL, AFDL, ASGL))
+        AWAL = self.node(
+            142, weighted_relu(w[686:692], PVQL, AIZL, ASEL, ADAL, AFDL, ASGL)
+        )
         # BAGL (sensory, Glu) <- RIBR:27, AVAR:3, RIH:2, ADFR:7, AQR:8, AUAR:3, RMFL:1,
         #     RIPL:7, URAVR:1
         BAGL = self.node(
             143,
-            self.mix(w[692:701], RIBR, AVAR, RIH, ADFR, AQR, AUAR, RMFL, RIPL, URAVR),
+            weighted_relu(
+                w[692:701], RIBR, AVAR, RIH, ADFR, AQR, AUAR, RMFL, RIPL, URAVR
+            ),
         )
         # SDQR (sensory, ACh) <- SMBDL:18, AVBR:19, RICR:3, SDQL:4, DVA:10, PVR:5
-        SDQR = self.node(144, self.mix(w[701:707], SMBDL, AVBR, RICR, SDQL, DVA, PVR))
+        SDQR = self.node(
+            144, weighted_relu(w[701:707], SMBDL, AVBR, RICR, SDQL, DVA, PVR)
+        )
         # FLPR (sensory, Glu) <- AVAR:10, FLPL:16, AVBR:11, ADAL:1, AVDL:25, ADAR:1,
         #     DA01:2, DVA:6, AVDR:8
         FLPR = self.node(
             145,
-            self.mix(w[707:716], AVAR, FLPL, AVBR, ADAL, AVDL, ADAR, DA01, DVA, AVDR),
+            weighted_relu(
+                w[707:716], AVAR, FLPL, AVBR, ADAL, AVDL, ADAR, DA01, DVA, AVDR
+            ),
         )
         # RIFR (interneuron, ACh) <- AIAR:10, AIZL:1, AVBR:35, AVFL:2, ASKR:1, ADAR:1,
         #     RIFL:1, AVHL:1, AWAR:5, AIMR:3, CEPDR:2, HSNL:2
         RIFR = self.node(
             146,
-            self.mix(
+            weighted_relu(
                 w[716:728],
                 AIAR,
                 AIZL,
@@ -1439,7 +1509,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     HSNL:1
         RMGR = self.node(
             147,
-            self.mix(
+            weighted_relu(
                 w[728:744],
                 AVBR,
                 RMDR,
@@ -1460,40 +1530,48 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # URADL (motor, ACh) <- RIH:3, IL2DL:8, CEPDL:8, RIPL:12, PVR:3
-        URADL = self.node(148, self.mix(w[744:749], RIH, IL2DL, CEPDL, RIPL, PVR))
+        URADL = self.node(148, weighted_relu(w[744:749], RIH, IL2DL, CEPDL, RIPL, PVR))
         # AS10 (motor, ACh) <- AVBR:1, VD10:10, AVFL:1, AVDL:1, VA10:1, AVDR:2
-        AS10 = self.node(149, self.mix(w[749:755], AVBR, VD10, AVFL, AVDL, VA10, AVDR))
+        AS10 = self.node(
+            149, weighted_relu(w[749:755], AVBR, VD10, AVFL, AVDL, VA10, AVDR)
+        )
         # ASKL (sensory, Glu) <- PVQL:12, AIAL:38, ASGL:2, HSNL:3, ASJL:13
-        ASKL = self.node(150, self.mix(w[755:760], PVQL, AIAL, ASGL, HSNL, ASJL))
+        ASKL = self.node(150, weighted_relu(w[755:760], PVQL, AIAL, ASGL, HSNL, ASJL))
         # BAGR (sensory, Glu) <- RIBR:1, RIH:5, AINR:9, RIR:1, AQR:8, AIYR:1, SMDVL:1,
         #     URXL:2, BAGL:4
         BAGR = self.node(
             151,
-            self.mix(w[760:769], RIBR, RIH, AINR, RIR, AQR, AIYR, SMDVL, URXL, BAGL),
+            weighted_relu(
+                w[760:769], RIBR, RIH, AINR, RIR, AQR, AIYR, SMDVL, URXL, BAGL
+            ),
         )
         # IL2R (sensory, ACh) <- URADR:2, RIH:22, ASEL:1, IL1R:2, OLQVR:26, OLLR:6,
         #     URBR:6, URAVR:1, RMDL:3, RMGR:3
         IL2R = self.node(
             152,
-            self.mix(
+            weighted_relu(
                 w[769:779], URADR, RIH, ASEL, IL1R, OLQVR, OLLR, URBR, URAVR, RMDL, RMGR
             ),
         )
         # BDUL (interneuron) <- PVNL:7, ADAL:2, RIFL:2, AVHL:2, PVNR:5, AVKR:3, HSNL:3,
         #     URADL:3
         BDUL = self.node(
-            153, self.mix(w[779:787], PVNL, ADAL, RIFL, AVHL, PVNR, AVKR, HSNL, URADL)
+            153,
+            weighted_relu(w[779:787], PVNL, ADAL, RIFL, AVHL, PVNR, AVKR, HSNL, URADL),
         )
         # RIVR (motor, ACh) <- SMDDL:7, RMDR:4, RMDDL:1, AIYR:1, ADAR:5, RMDVR:1,
         #     RIVL:9, BAGL:2
         RIVR = self.node(
-            154, self.mix(w[787:795], SMDDL, RMDR, RMDDL, AIYR, ADAR, RMDVR, RIVL, BAGL)
+            154,
+            weighted_relu(
+                w[787:795], SMDDL, RMDR, RMDDL, AIYR, ADAR, RMDVR, RIVL, BAGL
+            ),
         )
         # DB07 (motor, ACh) <- VD09:5, PQR:2, VD12:5, AS11:3, DA09:5, VD10:7, VD13:1,
         #     DVA:1, PVR:2, AS10:2
         DB07 = self.node(
             155,
-            self.mix(
+            weighted_relu(
                 w[795:805], VD09, PQR, VD12, AS11, DA09, VD10, VD13, DVA, PVR, AS10
             ),
         )
@@ -1501,7 +1579,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     ASKR:1, AIYR:42, AWAR:6, ASGR:3, AFDL:3, AIAL:18, ASKL:5
         ASER = self.node(
             156,
-            self.mix(
+            weighted_relu(
                 w[805:818],
                 AIAR,
                 AIZL,
@@ -1522,7 +1600,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     DVA:6, ADFL:13, URXL:15, AVDR:2, BAGR:3
         AUAL = self.node(
             157,
-            self.mix(
+            weighted_relu(
                 w[818:828], AIZL, IL2DL, AINR, RIR, AIBR, DVA, ADFL, URXL, AVDR, BAGR
             ),
         )
@@ -1530,14 +1608,16 @@ class HermaphroditeRandomNet(nn.Module):
         #     URADL:8, IL2R:5
         RMEL = self.node(
             158,
-            self.mix(w[828:836], IL2DR, IL2DL, IL1R, OLLR, URAVL, URAVR, URADL, IL2R),
+            weighted_relu(
+                w[828:836], IL2DR, IL2DL, IL1R, OLLR, URAVL, URAVR, URADL, IL2R
+            ),
         )
         # SMDVR (motor, ACh+GABA+Betaine) <- RIBR:2, AVAR:2, SMDDL:31, RIS:1, URYDR:3,
         #     RICR:3, CEPVL:2, ADAL:3, AIBR:1, RMDDL:3, SMDVL:3, OLLR:4, AVKR:1, RMED:9,
         #     RIVR:4
         SMDVR = self.node(
             159,
-            self.mix(
+            weighted_relu(
                 w[836:851],
                 RIBR,
                 AVAR,
@@ -1560,7 +1640,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVG:1, DB06:4, VD10:7, VD13:5, AVDL:2, DVB:10, AVDR:1, DB07:1
         DA08 = self.node(
             160,
-            self.mix(
+            weighted_relu(
                 w[851:866],
                 PVQL,
                 VD09,
@@ -1584,7 +1664,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMGR:7, ASER:2
         ASHR = self.node(
             161,
-            self.mix(
+            weighted_relu(
                 w[866:883],
                 AIAR,
                 AVAR,
@@ -1606,12 +1686,12 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # PLNL (sensory, ACh) <- SMDVL:6, SMDVR:6
-        PLNL = self.node(162, self.mix(w[883:885], SMDVL, SMDVR))
+        PLNL = self.node(162, weighted_relu(w[883:885], SMDVL, SMDVR))
         # URYVL (sensory, Glu) <- RIH:2, RIS:1, AVBR:1, CEPVL:8, ADAL:1, RMDDL:23,
         #     RMDVR:17, URXL:2, AVDR:2, SMDVR:13
         URYVL = self.node(
             163,
-            self.mix(
+            weighted_relu(
                 w[885:895], RIH, RIS, AVBR, CEPVL, ADAL, RMDDL, RMDVR, URXL, AVDR, SMDVR
             ),
         )
@@ -1619,7 +1699,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMDVL:3, RIPL:11, URXL:2, URADL:14, RMEL:1
         IL1DL = self.node(
             164,
-            self.mix(
+            weighted_relu(
                 w[895:905],
                 IL2DL,
                 CEPDL,
@@ -1638,7 +1718,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AWAL:17, BAGR:3, ASER:10, AUAL:1
         AIYL = self.node(
             165,
-            self.mix(
+            weighted_relu(
                 w[905:915], AIZL, RIH, ASEL, RIR, AIYR, AFDL, AWAL, BAGR, ASER, AUAL
             ),
         )
@@ -1647,7 +1727,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     SMDVL:11, RMFL:2, AVKR:6, RMDL:12, HSNL:4, SMDVR:1
         RIML = self.node(
             166,
-            self.mix(
+            weighted_relu(
                 w[915:933],
                 AIZL,
                 AVAR,
@@ -1676,7 +1756,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     FLPR:21, BAGR:8, AUAL:9
         AVEL = self.node(
             167,
-            self.mix(
+            weighted_relu(
                 w[933:969],
                 RIBR,
                 SABD,
@@ -1717,12 +1797,12 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # VD08 (motor, GABA) <- AS08:20, DB06:12, VA08:5, DB07:5, DA08:5
-        VD08 = self.node(168, self.mix(w[969:974], AS08, DB06, VA08, DB07, DA08))
+        VD08 = self.node(168, weighted_relu(w[969:974], AS08, DB06, VA08, DB07, DA08))
         # AWCR (sensory, Glu) <- AIAR:14, AIZL:2, ADFR:2, ASEL:19, AIBR:19, ASIR:7,
         #     AIYR:22, IL2L:2, RIVL:3, ADFL:2, ASGR:3, AIAL:7, ASER:6, ASHR:1, AIYL:15
         AWCR = self.node(
             169,
-            self.mix(
+            weighted_relu(
                 w[974:989],
                 AIAR,
                 AIZL,
@@ -1742,18 +1822,22 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # ALNR (sensory, ACh) <- SMBDL:5, SAAVR:7, SMDVL:8, RMGR:4, RIML:5
-        ALNR = self.node(170, self.mix(w[989:994], SMBDL, SAAVR, SMDVL, RMGR, RIML))
+        ALNR = self.node(
+            170, weighted_relu(w[989:994], SMBDL, SAAVR, SMDVL, RMGR, RIML)
+        )
         # IL1VL (sensory, Glu) <- CEPVL:9, RMDDL:30, RIPL:13, RMDVR:3, IL1L:3, URAVL:10,
         #     PVR:9, URYVL:5
         IL1VL = self.node(
             171,
-            self.mix(w[994:1002], CEPVL, RMDDL, RIPL, RMDVR, IL1L, URAVL, PVR, URYVL),
+            weighted_relu(
+                w[994:1002], CEPVL, RMDDL, RIPL, RMDVR, IL1L, URAVL, PVR, URYVL
+            ),
         )
         # PVPR (interneuron, ACh) <- VC03:2, AVAR:5, PQR:1, ADFR:3, AVBR:11, RIR:1,
         #     PVNL:1, AVG:1, AQR:6, AVHL:5, VC01:1, DVA:3, RIFR:6, ASHR:3
         PVPR = self.node(
             172,
-            self.mix(
+            weighted_relu(
                 w[1002:1016],
                 VC03,
                 AVAR,
@@ -1775,7 +1859,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     ALNL:6, DVA:1, ADFL:5, AVKR:18, URXL:12, BAGL:3, BAGR:13, AVEL:7
         RIGL = self.node(
             173,
-            self.mix(
+            weighted_relu(
                 w[1016:1030],
                 AIZL,
                 AVAR,
@@ -1796,27 +1880,27 @@ class HermaphroditeRandomNet(nn.Module):
         # SAAVL (interneuron, ACh) <- SABD:1, SMBDR:10, SMDVL:1, ALNL:8, DVA:3, OLLR:1,
         #     RIML:15
         SAAVL = self.node(
-            174, self.mix(w[1030:1037], SABD, SMBDR, SMDVL, ALNL, DVA, OLLR, RIML)
+            174, weighted_relu(w[1030:1037], SABD, SMBDR, SMDVL, ALNL, DVA, OLLR, RIML)
         )
         # SIAVL (motor, ACh) <- URBL:2, SMBDL:3, RMDR:1, CEPVL:6, IL2L:1, RMDVR:2,
         #     RIVR:5, SMDVR:40, PLNL:20
         SIAVL = self.node(
             175,
-            self.mix(
+            weighted_relu(
                 w[1037:1046], URBL, SMBDL, RMDR, CEPVL, IL2L, RMDVR, RIVR, SMDVR, PLNL
             ),
         )
         # AS03 (motor, ACh) <- DA03:1, DB02:3, AVBR:3, DD01:2, VA08:4, AVEL:2
         AS03 = self.node(
-            176, self.mix(w[1046:1052], DA03, DB02, AVBR, DD01, VA08, AVEL)
+            176, weighted_relu(w[1046:1052], DA03, DB02, AVBR, DD01, VA08, AVEL)
         )
         # VB07 (motor, ACh+Betaine) <- VD09:6, VD07:1, VB06:1, VA10:1, DVA:1, PVR:1,
         #     VD08:7
         VB07 = self.node(
-            177, self.mix(w[1052:1059], VD09, VD07, VB06, VA10, DVA, PVR, VD08)
+            177, weighted_relu(w[1052:1059], VD09, VD07, VB06, VA10, DVA, PVR, VD08)
         )
         # PLNR (sensory, ACh) <- SMBVR:15, RMDVL:1, SMDVL:2, SAAVL:1
-        PLNR = self.node(178, self.mix(w[1059:1063], SMBVR, RMDVL, SMDVL, SAAVL))
+        PLNR = self.node(178, weighted_relu(w[1059:1063], SMBVR, RMDVL, SMDVL, SAAVL))
         # RIAR (interneuron, Glu) <- RIBR:9, AVAR:2, SMDDL:46, RIH:36, ADFR:63, ASEL:2,
         #     RMDDR:53, RMDR:56, RIR:4, CEPVL:1, SMBDR:2, RMDDL:48, SMBVR:3, AQR:4,
         #     IL1R:2, AIYR:50, AUAR:24, SAAVR:1, RMDVL:57, SMDVL:74, DVA:4, RMDVR:48,
@@ -1824,7 +1908,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVPR:2, SIAVL:7
         RIAR = self.node(
             179,
-            self.mix(
+            weighted_relu(
                 w[1063:1095],
                 RIBR,
                 AVAR,
@@ -1864,7 +1948,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMDVR:1, ADFL:9, RIVR:1, PLNL:15, SIAVL:3
         SMBVL = self.node(
             180,
-            self.mix(
+            weighted_relu(
                 w[1095:1106],
                 SMBDL,
                 AIZL,
@@ -1883,17 +1967,19 @@ class HermaphroditeRandomNet(nn.Module):
         #     URYVL:4, SIAVL:7
         SIBVR = self.node(
             181,
-            self.mix(w[1106:1114], RMDVR, URBR, CEPDR, AVDR, RMDL, SMDVR, URYVL, SIAVL),
+            weighted_relu(
+                w[1106:1114], RMDVR, URBR, CEPDR, AVDR, RMDL, SMDVR, URYVL, SIAVL
+            ),
         )
         # VA07 (motor, ACh) <- AVAR:7, VD07:15, AS01:1, VB06:4, AVBR:1, VD06:2, AS03:3
         VA07 = self.node(
-            182, self.mix(w[1114:1121], AVAR, VD07, AS01, VB06, AVBR, VD06, AS03)
+            182, weighted_relu(w[1114:1121], AVAR, VD07, AS01, VB06, AVBR, VD06, AS03)
         )
         # VC02 (sex-specific, ACh) <- VC03:6, VD06:2, VC01:7, VD02:3, VD04:6, PVNR:1,
         #     DD01:6, VD01:2, VD05:4, PVPR:1
         VC02 = self.node(
             183,
-            self.mix(
+            weighted_relu(
                 w[1121:1131], VC03, VD06, VC01, VD02, VD04, PVNR, DD01, VD01, VD05, PVPR
             ),
         )
@@ -1902,7 +1988,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMDL:11, SIADR:2, BDUL:7, RIVR:2, AVEL:3, RIGL:18, SIAVL:1, SMBVL:2
         ADEL = self.node(
             184,
-            self.mix(
+            weighted_relu(
                 w[1131:1154],
                 URBL,
                 AVAR,
@@ -1934,7 +2020,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIAR:2
         URYVR = self.node(
             185,
-            self.mix(
+            weighted_relu(
                 w[1154:1169],
                 RIBR,
                 RIH,
@@ -1957,7 +2043,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIPL:2, OLLR:1, AIMR:1, URBR:2, CEPDR:20, IL2R:10, SIBVR:6
         OLQDR = self.node(
             186,
-            self.mix(
+            weighted_relu(
                 w[1169:1182],
                 IL2DR,
                 IL1DR,
@@ -1978,17 +2064,19 @@ class HermaphroditeRandomNet(nn.Module):
         #     ASJL:3, AVEL:8, RIAR:2
         ALA = self.node(
             187,
-            self.mix(
+            weighted_relu(
                 w[1182:1191], PVDR, RMDR, ASKR, PVDL, AIMR, AVDR, ASJL, AVEL, RIAR
             ),
         )
         # DB04 (motor, ACh) <- VD06:14, DVA:1, PVR:1, AVDR:1, AVEL:1, VC02:1
-        DB04 = self.node(188, self.mix(w[1191:1197], VD06, DVA, PVR, AVDR, AVEL, VC02))
+        DB04 = self.node(
+            188, weighted_relu(w[1191:1197], VD06, DVA, PVR, AVDR, AVEL, VC02)
+        )
         # DD02 (motor, GABA) <- DA03:5, VC03:3, DB02:16, VA03:10, VC01:8, VD04:1,
         #     PVNR:1, DA04:4, VA04:17, PVPR:1, VC02:4
         DD02 = self.node(
             189,
-            self.mix(
+            weighted_relu(
                 w[1197:1208],
                 DA03,
                 VC03,
@@ -2007,7 +2095,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     OLQVR:1, AIMR:1, ASGR:1, HSNL:5, RIFR:3, ASER:1, ASHR:2, RIAR:3, URYVR:1
         AWBR = self.node(
             190,
-            self.mix(
+            weighted_relu(
                 w[1208:1223],
                 ADFR,
                 AVBR,
@@ -2031,7 +2119,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     SMBVL:5, ALA:5
         ADLL = self.node(
             191,
-            self.mix(
+            weighted_relu(
                 w[1223:1240],
                 AVAR,
                 ASEL,
@@ -2054,15 +2142,15 @@ class HermaphroditeRandomNet(nn.Module):
         )
         # SIBVL (motor, ACh) <- SMBDR:1, SDQL:1, SMDVL:30, URYVL:1, ALNR:1, URYVR:5
         SIBVL = self.node(
-            192, self.mix(w[1240:1246], SMBDR, SDQL, SMDVL, URYVL, ALNR, URYVR)
+            192, weighted_relu(w[1240:1246], SMBDR, SDQL, SMDVL, URYVL, ALNR, URYVR)
         )
         # AS06 (motor, ACh) <- AVAR:2, VD06:20, VA10:3, DB04:3
-        AS06 = self.node(193, self.mix(w[1246:1250], AVAR, VD06, VA10, DB04))
+        AS06 = self.node(193, weighted_relu(w[1246:1250], AVAR, VD06, VA10, DB04))
         # DD04 (motor, GABA) <- VC03:16, VD07:1, VB06:32, VA08:9, DA08:4, VD08:5,
         #     VB07:11, VA07:17, DB04:2
         DD04 = self.node(
             194,
-            self.mix(
+            weighted_relu(
                 w[1250:1259], VC03, VD07, VB06, VA08, DA08, VD08, VB07, VA07, DB04
             ),
         )
@@ -2070,24 +2158,24 @@ class HermaphroditeRandomNet(nn.Module):
         #     DD01:30, AVEL:1, VC02:1, DD02:1
         VB02 = self.node(
             195,
-            self.mix(
+            weighted_relu(
                 w[1259:1268], VC03, AIZL, VA03, AVFL, VD02, DD01, AVEL, VC02, DD02
             ),
         )
         # VB04 (motor, ACh+Betaine) <- VC03:1, VB05:1, AVG:1, VD04:1, VA04:2, VD05:5,
         #     DD02:7
         VB04 = self.node(
-            196, self.mix(w[1268:1275], VC03, VB05, AVG, VD04, VA04, VD05, DD02)
+            196, weighted_relu(w[1268:1275], VC03, VB05, AVG, VD04, VA04, VD05, DD02)
         )
         # CANL (other, Betaine) <- ALA:30
-        CANL = self.node(197, w[1275] * ALA)
+        CANL = self.node(197, weighted_relu(w[1275:1276], ALA))
         # CANR (other, Betaine) <- ALA:30
-        CANR = self.node(198, w[1276] * ALA)
+        CANR = self.node(198, weighted_relu(w[1276:1277], ALA))
         # AVM (sensory, Glu) <- AVKL:3, AVBR:9, PVNL:4, PVM:2, BDUR:5, AVDL:1, AVHL:3,
         #     DA01:2, PVNR:3, PVR:6, AVDR:1, BDUL:3, SIBVL:4
         AVM = self.node(
             199,
-            self.mix(
+            weighted_relu(
                 w[1277:1290],
                 AVKL,
                 AVBR,
@@ -2108,7 +2196,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMDDL:1, IL2L:20, RMED:1, RMEL:2, SIBVL:10
         OLQDL = self.node(
             200,
-            self.mix(
+            weighted_relu(
                 w[1290:1301],
                 RIH,
                 IL2DL,
@@ -2127,7 +2215,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVDL:2, RIFL:8, AVHL:1, AVKR:1, DVB:10, AVDR:3, RIGL:5, SMBVL:1, SIBVL:1
         PVPL = self.node(
             201,
-            self.mix(
+            weighted_relu(
                 w[1301:1316],
                 PVQL,
                 AVAR,
@@ -2152,7 +2240,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVEL:1, PVPR:3, VC02:6, AWBR:2
         HSNR = self.node(
             202,
-            self.mix(
+            weighted_relu(
                 w[1316:1343],
                 PVQL,
                 SABD,
@@ -2187,7 +2275,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AIAL:4, HSNL:6, AWAL:11, ASHR:1, AIYL:1, RIGL:2, SMBVL:3, ADLL:3, HSNR:2
         AWBL = self.node(
             203,
-            self.mix(
+            weighted_relu(
                 w[1343:1358],
                 SMBDL,
                 AIZL,
@@ -2211,7 +2299,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     BAGL:2, ASER:2, AVEL:28, AWCR:2, RIGL:2, RIAR:25, AWBR:8, HSNR:1
         AIZR = self.node(
             204,
-            self.mix(
+            weighted_relu(
                 w[1358:1380],
                 AIAR,
                 RIBR,
@@ -2238,7 +2326,9 @@ class HermaphroditeRandomNet(nn.Module):
             ),
         )
         # VB03 (motor, ACh+Betaine) <- VA03:3, VD04:8, VA04:18, PVR:2, DD02:36, AVM:1
-        VB03 = self.node(205, self.mix(w[1380:1386], VA03, VD04, VA04, PVR, DD02, AVM))
+        VB03 = self.node(
+            205, weighted_relu(w[1380:1386], VA03, VD04, VA04, PVR, DD02, AVM)
+        )
         # RIAL (interneuron, Glu) <- AIZL:30, SMDDL:31, RIH:34, CEPDL:1, RMDDR:35,
         #     RMDR:31, RIR:14, CEPVL:1, SMBDR:7, AIBR:2, RMDDL:49, AQR:12, RMDVL:48,
         #     SMDVL:33, ALNL:1, DVA:3, RMDVR:48, RIVL:13, ADFL:46, URXL:17, RMDL:46,
@@ -2246,7 +2336,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIAR:61, ADEL:2, ADLL:1, AWBL:10
         RIAL = self.node(
             206,
-            self.mix(
+            weighted_relu(
                 w[1386:1419],
                 AIZL,
                 SMDDL,
@@ -2291,7 +2381,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     ALA:4, HSNR:1, AIZR:2
         AVER = self.node(
             207,
-            self.mix(
+            weighted_relu(
                 w[1419:1462],
                 RIBR,
                 SABD,
@@ -2341,14 +2431,15 @@ class HermaphroditeRandomNet(nn.Module):
         # VA05 (motor, ACh) <- AVAR:2, AVDL:1, PVNR:1, VD05:11, AVDR:3, DD02:6, VB04:2,
         #     VB03:1
         VA05 = self.node(
-            208, self.mix(w[1462:1470], AVAR, AVDL, PVNR, VD05, AVDR, DD02, VB04, VB03)
+            208,
+            weighted_relu(w[1462:1470], AVAR, AVDL, PVNR, VD05, AVDR, DD02, VB04, VB03),
         )
         # AWCL (sensory, Glu) <- AIAR:10, AIZL:1, ASEL:16, URYDR:1, AINR:2, AIBR:2,
         #     ASIR:2, SMDVL:1, ASGR:1, AFDL:2, AIAL:3, ASER:2, AIYL:27, AWCR:28, ADLL:2,
         #     AWBL:1, RIAL:6
         AWCL = self.node(
             209,
-            self.mix(
+            weighted_relu(
                 w[1470:1487],
                 AIAR,
                 AIZL,
@@ -2375,7 +2466,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVPR:1, RIAR:20, AWBR:2, AVER:3
         URXR = self.node(
             210,
-            self.mix(
+            weighted_relu(
                 w[1487:1513],
                 AVAR,
                 ADFR,
@@ -2412,7 +2503,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     SAAVL:44, HSNR:1, AIZR:34, RIAL:2, AVER:1
         RIMR = self.node(
             211,
-            self.mix(
+            weighted_relu(
                 w[1513:1538],
                 RIBR,
                 SMDDL,
@@ -2443,13 +2534,13 @@ class HermaphroditeRandomNet(nn.Module):
         )
         # SABVR (motor, ACh) <- AVAR:2, AVDL:5, AVDR:1, AVEL:12, HSNR:1, AVER:11
         SABVR = self.node(
-            212, self.mix(w[1538:1544], AVAR, AVDL, AVDR, AVEL, HSNR, AVER)
+            212, weighted_relu(w[1538:1544], AVAR, AVDL, AVDR, AVEL, HSNR, AVER)
         )
         # DB03 (motor, ACh) <- DA03:2, AVAR:2, VD06:4, VD04:9, DVA:3, PVNR:1, DA04:4,
         #     VD05:24, PVR:3, AVEL:1, DD02:3, AVER:1
         DB03 = self.node(
             213,
-            self.mix(
+            weighted_relu(
                 w[1544:1556],
                 DA03,
                 AVAR,
@@ -2467,13 +2558,13 @@ class HermaphroditeRandomNet(nn.Module):
         )
         # AS02 (motor, ACh) <- AVAR:3, VD02:21, DD01:3, DA02:1, VA08:1, VA07:10, AVER:4
         AS02 = self.node(
-            214, self.mix(w[1556:1563], AVAR, VD02, DD01, DA02, VA08, VA07, AVER)
+            214, weighted_relu(w[1556:1563], AVAR, VD02, DD01, DA02, VA08, VA07, AVER)
         )
         # VA02 (motor, ACh) <- AVAR:5, VA03:2, VA01:2, VD02:39, DVA:2, DD01:20, VD01:1,
         #     AVDR:1, VB02:6, AVM:1, AVER:4
         VA02 = self.node(
             215,
-            self.mix(
+            weighted_relu(
                 w[1563:1574],
                 AVAR,
                 VA03,
@@ -2492,7 +2583,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     SIADR:1, RMEL:8, RIAR:2, URXR:1
         IL2VR = self.node(
             216,
-            self.mix(
+            weighted_relu(
                 w[1574:1584],
                 RIH,
                 RMDVL,
@@ -2512,7 +2603,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     HSNR:3, RIMR:4
         AVJL = self.node(
             217,
-            self.mix(
+            weighted_relu(
                 w[1584:1610],
                 SABD,
                 VC03,
@@ -2545,13 +2636,14 @@ class HermaphroditeRandomNet(nn.Module):
         # RMFR (interneuron, ACh) <- RIH:1, AVKL:7, RMDR:1, AVKR:9, RMDL:7, RIML:2,
         #     SAAVL:11, RIMR:7
         RMFR = self.node(
-            218, self.mix(w[1610:1618], RIH, AVKL, RMDR, AVKR, RMDL, RIML, SAAVL, RIMR)
+            218,
+            weighted_relu(w[1610:1618], RIH, AVKL, RMDR, AVKR, RMDL, RIML, SAAVL, RIMR),
         )
         # SIAVR (motor, ACh) <- AVKL:2, SMBDR:1, SMBVR:1, RMDVL:2, SMDVL:30, RIVL:5,
         #     URBR:3, RMDL:1, RMGR:2, PLNR:20, SIBVL:7, RIAL:2, URXR:4
         SIAVR = self.node(
             219,
-            self.mix(
+            weighted_relu(
                 w[1618:1631],
                 AVKL,
                 SMBDR,
@@ -2572,7 +2664,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     DB04:4, AS06:1, HSNR:2, DB03:1
         DA05 = self.node(
             220,
-            self.mix(
+            weighted_relu(
                 w[1631:1642],
                 AVAR,
                 VD06,
@@ -2591,7 +2683,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVDR:1, FLPR:1, AS02:5
         DB01 = self.node(
             221,
-            self.mix(
+            weighted_relu(
                 w[1642:1651], AS01, DA01, VD02, DD01, DA02, VD01, AVDR, FLPR, AS02
             ),
         )
@@ -2599,7 +2691,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     VA08:11, DD02:4, DB03:2
         AS04 = self.node(
             222,
-            self.mix(
+            weighted_relu(
                 w[1651:1661], DA03, AVAR, DB02, AVBR, AVDL, VD04, DD01, VA08, DD02, DB03
             ),
         )
@@ -2607,7 +2699,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     VB07:29, DB04:9, DB03:14
         DD05 = self.node(
             223,
-            self.mix(
+            weighted_relu(
                 w[1661:1670], VB08, PVDL, VA10, VB09, VA08, DA08, VB07, DB04, DB03
             ),
         )
@@ -2615,7 +2707,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AUAR:3, RMDVL:3, RMFL:1, ASGR:1, BAGL:6, SAAVL:3, AVJL:1
         AINL = self.node(
             224,
-            self.mix(
+            weighted_relu(
                 w[1670:1683],
                 AIAR,
                 RIBR,
@@ -2639,7 +2731,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIMR:8, RMFR:2
         RICL = self.node(
             225,
-            self.mix(
+            weighted_relu(
                 w[1683:1706],
                 URBL,
                 SMBDL,
@@ -2671,7 +2763,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVPR:3, RIGL:16, VC02:3, RMFR:11
         DVC = self.node(
             226,
-            self.mix(
+            weighted_relu(
                 w[1706:1725],
                 RIBR,
                 VD09,
@@ -2697,13 +2789,14 @@ class HermaphroditeRandomNet(nn.Module):
         # PVWL (interneuron) <- VD12:1, PVNL:4, VD13:1, LUAL:1, LUAR:3, PVNR:9, PVWR:1,
         #     AVJL:1
         PVWL = self.node(
-            227, self.mix(w[1725:1733], VD12, PVNL, VD13, LUAL, LUAR, PVNR, PVWR, AVJL)
+            227,
+            weighted_relu(w[1725:1733], VD12, PVNL, VD13, LUAL, LUAR, PVNR, PVWR, AVJL),
         )
         # DD03 (motor, GABA) <- VC03:5, VD06:6, VB05:34, VC01:8, VD05:1, VA07:3, VC02:8,
         #     DB04:9, AS06:4, VB04:13, VA05:17, DB03:14, DA05:13
         DD03 = self.node(
             228,
-            self.mix(
+            weighted_relu(
                 w[1733:1746],
                 VC03,
                 VD06,
@@ -2724,7 +2817,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVNR:3, DD01:6, DA02:11, AVEL:1, AS03:23, DD02:1, VB02:6, VB03:5, DB01:2
         VD03 = self.node(
             229,
-            self.mix(
+            weighted_relu(
                 w[1746:1761],
                 DA03,
                 VC03,
@@ -2749,7 +2842,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AINL:11
         ASIL = self.node(
             230,
-            self.mix(
+            weighted_relu(
                 w[1761:1777],
                 AIZL,
                 AIYR,
@@ -2773,7 +2866,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIFL:7, PVNR:2, AVDR:3, SIADR:1, SDQR:1, BDUL:16, AVEL:4, ADEL:1, RICL:2
         ALML = self.node(
             231,
-            self.mix(
+            weighted_relu(
                 w[1777:1792],
                 CEPDL,
                 RMDDR,
@@ -2796,7 +2889,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     IL1VL:27, RIAL:4, DVC:1
         IL2VL = self.node(
             232,
-            self.mix(
+            weighted_relu(
                 w[1792:1801], RIH, IL2L, RIPL, URAVL, BAGR, RMEL, IL1VL, RIAL, DVC
             ),
         )
@@ -2805,7 +2898,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMGR:1, ASER:2, PVPR:1, VC02:2, HSNR:1, DVC:1
         PVQR = self.node(
             233,
-            self.mix(
+            weighted_relu(
                 w[1801:1823],
                 AIAR,
                 VC03,
@@ -2836,7 +2929,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     ADEL:15, URYVR:2, AIZR:5, AVER:4, URXR:10, DVC:15
         RIGR = self.node(
             234,
-            self.mix(
+            weighted_relu(
                 w[1823:1844],
                 RIBR,
                 ADFR,
@@ -2867,7 +2960,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AIZR:6, RIAL:38, AVER:1, RIMR:17, RICL:8
         SMDDR = self.node(
             235,
-            self.mix(
+            weighted_relu(
                 w[1844:1870],
                 SMDDL,
                 RIS,
@@ -2901,7 +2994,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     DA05:1, DD03:7
         DA06 = self.node(
             236,
-            self.mix(
+            weighted_relu(
                 w[1870:1879], AVAR, VD07, VD06, VD04, VD05, AVDR, HSNR, DA05, DD03
             ),
         )
@@ -2909,7 +3002,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     VB04:1, HSNR:2, VA05:4, AS02:1, DD03:21
         VA06 = self.node(
             237,
-            self.mix(
+            weighted_relu(
                 w[1879:1891],
                 AVAR,
                 AS01,
@@ -2927,13 +3020,15 @@ class HermaphroditeRandomNet(nn.Module):
         )
         del VB05
         # ASJR (sensory, ACh) <- ASKR:12, AIMR:4, HSNL:2, ALA:4, HSNR:1, PVQR:19
-        ASJR = self.node(238, self.mix(w[1891:1897], ASKR, AIMR, HSNL, ALA, HSNR, PVQR))
+        ASJR = self.node(
+            238, weighted_relu(w[1891:1897], ASKR, AIMR, HSNL, ALA, HSNR, PVQR)
+        )
         del ALA
         # AFDR (sensory, ACh+Glu) <- ADFR:1, ASEL:4, AINR:3, RIR:1, AIYR:30, AWAR:23,
         #     AFDL:1, ASER:7, AINL:10, RIGR:1
         AFDR = self.node(
             239,
-            self.mix(
+            weighted_relu(
                 w[1897:1907], ADFR, ASEL, AINR, RIR, AIYR, AWAR, AFDL, ASER, AINL, RIGR
             ),
         )
@@ -2942,7 +3037,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVHL:2, URXL:3, AIAL:17, ASGL:8, ASJL:2, ASKL:12, SMBVL:5, AVJL:1, ALML:2
         AIML = self.node(
             240,
-            self.mix(
+            weighted_relu(
                 w[1907:1921],
                 PVQL,
                 CEPDL,
@@ -2967,7 +3062,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIAL:8, AVER:14, AINL:2, DVC:3, ASIL:1, SMDDR:1
         RIBL = self.node(
             241,
-            self.mix(
+            weighted_relu(
                 w[1921:1949],
                 RIH,
                 IL2DL,
@@ -3007,7 +3102,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AS02:1, AVJL:8, DA05:1, PVWL:1, ALML:11
         PVCL = self.node(
             242,
-            self.mix(
+            weighted_relu(
                 w[1949:1996],
                 AVAR,
                 PQR,
@@ -3064,7 +3159,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     IL2R:2, RMEL:1, SMBVL:20, IL2VR:15, IL2VL:2, SMDDR:1
         RMEV = self.node(
             243,
-            self.mix(
+            weighted_relu(
                 w[1996:2016],
                 RIBR,
                 IL2DR,
@@ -3093,7 +3188,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     IL1VL:1, SAAVL:1, ADEL:1, OLQDL:1, URXR:1, RICL:1, RIGR:17
         RMHL = self.node(
             244,
-            self.mix(
+            weighted_relu(
                 w[2016:2036],
                 AVAR,
                 IL2DL,
@@ -3123,7 +3218,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVQR:2
         DD06 = self.node(
             245,
-            self.mix(
+            weighted_relu(
                 w[2036:2053],
                 PVQL,
                 PDA,
@@ -3151,7 +3246,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RICL:3, PVCL:5
         ADLR = self.node(
             246,
-            self.mix(
+            weighted_relu(
                 w[2053:2078],
                 AIAR,
                 AVAR,
@@ -3188,7 +3283,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     SMDDR:2, AIML:6, RMHL:1
         RMGL = self.node(
             247,
-            self.mix(
+            weighted_relu(
                 w[2078:2113],
                 PVQL,
                 SMDDL,
@@ -3234,7 +3329,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMEV:4
         PVT = self.node(
             248,
-            self.mix(
+            weighted_relu(
                 w[2113:2139],
                 VC03,
                 VC05,
@@ -3270,7 +3365,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVWR:1, PHCR:9, AS10:6, DB07:10, DA08:9, PVCL:3, DD06:2
         VA12 = self.node(
             249,
-            self.mix(
+            weighted_relu(
                 w[2139:2161],
                 PVDR,
                 VA11,
@@ -3303,7 +3398,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     URYVR:3, RIAL:1, IL2VR:3, SIAVR:7, RICL:13, ASIL:1, SMDDR:2, ADLR:4
         CEPVR = self.node(
             250,
-            self.mix(
+            weighted_relu(
                 w[2161:2192],
                 RIH,
                 RIS,
@@ -3344,7 +3439,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIAR:1, ADEL:1, RIMR:23, RMFR:1, RMGL:1
         SAADR = self.node(
             251,
-            self.mix(
+            weighted_relu(
                 w[2192:2210],
                 SABD,
                 AVAR,
@@ -3373,7 +3468,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVJL:2, ALML:3, PVQR:1, PVCL:7, ADLR:3
         AVJR = self.node(
             252,
-            self.mix(
+            weighted_relu(
                 w[2210:2239],
                 AVAR,
                 PQR,
@@ -3410,7 +3505,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     VC06:10, AS10:10, DB07:5, DA08:5, DD06:2, PVT:1
         VD11 = self.node(
             253,
-            self.mix(
+            weighted_relu(
                 w[2239:2252],
                 PDA,
                 AVAR,
@@ -3433,7 +3528,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     ADEL:11, AVER:54, SMDDR:9, RIBL:24, SAADR:3
         OLLL = self.node(
             254,
-            self.mix(
+            weighted_relu(
                 w[2252:2271],
                 URBL,
                 SMDDL,
@@ -3462,7 +3557,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIGL:1, SMBVL:2, PVPL:12, HSNR:2, AWBL:3, AIML:1, ADLR:3, AVJR:5
         AVHR = self.node(
             255,
-            self.mix(
+            weighted_relu(
                 w[2271:2295],
                 PVQL,
                 SMBDL,
@@ -3497,7 +3592,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     ADLR:2, CEPVR:3
         RIPR = self.node(
             256,
-            self.mix(
+            weighted_relu(
                 w[2295:2318],
                 URADR,
                 IL2DR,
@@ -3530,7 +3625,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     OLQDR:3, RMHL:3, RMGL:12, CEPVR:15
         RMHR = self.node(
             257,
-            self.mix(
+            weighted_relu(
                 w[2318:2336],
                 URBL,
                 SMDDL,
@@ -3558,7 +3653,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     FLPR:1, SMDVR:1, RIML:18, SMBVL:3, ADEL:2, VB02:1, RIMR:2, VA02:3, SAADR:5
         VB01 = self.node(
             258,
-            self.mix(
+            weighted_relu(
                 w[2336:2360],
                 SABD,
                 VA03,
@@ -3591,7 +3686,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVDR:2, DA08:2, PVPL:3, PVQR:1, PVT:2, AVHR:1
         PHAR = self.node(
             259,
-            self.mix(
+            weighted_relu(
                 w[2360:2373],
                 PVQL,
                 PHBL,
@@ -3616,7 +3711,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     VA02:3, AVJL:5, DA05:1, AS04:1, DVC:1, PVCL:7, ADLR:3, AVJR:11, AVHR:3
         AVBL = self.node(
             260,
-            self.mix(
+            weighted_relu(
                 w[2373:2423],
                 URBL,
                 RIBR,
@@ -3676,7 +3771,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMHR:7
         RMER = self.node(
             261,
-            self.mix(
+            weighted_relu(
                 w[2423:2438],
                 URADR,
                 IL2DR,
@@ -3700,7 +3795,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVDR:2, DA08:3, AVHR:1, PHAR:24
         PHAL = self.node(
             262,
-            self.mix(
+            weighted_relu(
                 w[2438:2449],
                 PVQL,
                 PHBL,
@@ -3724,7 +3819,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     ALML:4, PVCL:15, VA12:4, AVJR:7, AVBL:23
         PVCR = self.node(
             263,
-            self.mix(
+            weighted_relu(
                 w[2449:2496],
                 AVAR,
                 PQR,
@@ -3780,7 +3875,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     DB03:1, DD03:1, AVBL:2
         AS05 = self.node(
             264,
-            self.mix(
+            weighted_relu(
                 w[2496:2506], AVAR, AVBR, PVDL, DA04, VA08, VD05, HSNR, DB03, DD03, AVBL
             ),
         )
@@ -3789,7 +3884,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMGR:1, URXR:1, CEPVR:3, PVCR:10
         ALMR = self.node(
             265,
-            self.mix(
+            weighted_relu(
                 w[2506:2516],
                 SMDDL,
                 BDUR,
@@ -3807,7 +3902,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVFL:1, DVA:1, PVR:1, VB02:1, PVCL:1, PVCR:1
         PDER = self.node(
             266,
-            self.mix(
+            weighted_relu(
                 w[2516:2528],
                 PLMR,
                 AVAR,
@@ -3830,7 +3925,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVQR:2, DD06:1, PVT:3, AVBL:1, PVCR:1
         AVL = self.node(
             267,
-            self.mix(
+            weighted_relu(
                 w[2528:2557],
                 SABD,
                 VC03,
@@ -3869,7 +3964,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AINL:2, DD03:2, DA06:2, AIML:2, PVCL:12, RMHL:1, RMGL:2, AVJR:2, PVCR:19
         RID = self.node(
             268,
-            self.mix(
+            weighted_relu(
                 w[2557:2582],
                 FLPL,
                 AS11,
@@ -3911,7 +4006,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     PVCL:26, RMGL:3, VA12:8, SAADR:1, AVJR:4, AVHR:1, AVBL:11, PVCR:26, AS05:6
         AVAL = self.node(
             269,
-            self.mix(
+            weighted_relu(
                 w[2582:2666],
                 PLMR,
                 DA03,
@@ -4043,7 +4138,9 @@ class HermaphroditeRandomNet(nn.Module):
         #     DD06:19, VA12:9, PVCR:4
         VB11 = self.node(
             270,
-            self.mix(w[2666:2675], VD12, VD13, DVA, PVWR, PVWL, PVCL, DD06, VA12, PVCR),
+            weighted_relu(
+                w[2666:2675], VD12, VD13, DVA, PVWR, PVWL, PVCL, DD06, VA12, PVCR
+            ),
         )
         del VD12, VD13, DVA, PVWR, PVWL, VA12
         # ADER (sensory, DA) <- AVAR:4, FLPL:4, RMDR:6, BDUR:4, ASIR:1, IL1R:1, ADAR:1,
@@ -4052,7 +4149,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVJR:1, AVAL:9
         ADER = self.node(
             271,
-            self.mix(
+            weighted_relu(
                 w[2675:2702],
                 AVAR,
                 FLPL,
@@ -4089,7 +4186,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     IL2VL:6, RMHL:2, AVAL:1
         OLQVL = self.node(
             272,
-            self.mix(
+            weighted_relu(
                 w[2702:2720],
                 RIH,
                 CEPVL,
@@ -4118,7 +4215,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVAL:1
         AVFR = self.node(
             273,
-            self.mix(
+            weighted_relu(
                 w[2720:2745],
                 PVQL,
                 VC05,
@@ -4156,7 +4253,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     SAADR:11, AVBL:21, AVAL:5
         AIBL = self.node(
             274,
-            self.mix(
+            weighted_relu(
                 w[2745:2787],
                 RIBR,
                 AIZL,
@@ -4234,14 +4331,16 @@ class HermaphroditeRandomNet(nn.Module):
         #     AVJR:3, AVL:9, AVAL:2
         SABVL = self.node(
             275,
-            self.mix(w[2787:2796], VC03, AVDL, AVDR, AVEL, AVER, RIGR, AVJR, AVL, AVAL),
+            weighted_relu(
+                w[2787:2796], VC03, AVDL, AVDR, AVEL, AVER, RIGR, AVJR, AVL, AVAL
+            ),
         )
         del VC03, AVEL, AVER, RIGR, AVJR, AVL
         # DA07 (motor, ACh) <- VD09:10, AVAR:6, VD07:10, AVBR:1, DB06:1, DA08:1,
         #     VD08:12, DD04:3, DA06:1, AVBL:1, PVCR:1, AVAL:4
         DA07 = self.node(
             276,
-            self.mix(
+            weighted_relu(
                 w[2796:2808],
                 VD09,
                 AVAR,
@@ -4262,7 +4361,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     VD08:1, VB07:2, AS06:5, DD04:6, DD05:6, DD06:6, VD11:3, AVAL:7
         VA09 = self.node(
             277,
-            self.mix(
+            weighted_relu(
                 w[2808:2823],
                 VD09,
                 AVAR,
@@ -4287,7 +4386,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     HSNR:4, AWBL:2, RIAL:9, RMGL:1, AVHR:2, AVBL:14, AVAL:15, AIBL:14
         ASHL = self.node(
             278,
-            self.mix(
+            weighted_relu(
                 w[2823:2847],
                 AIZL,
                 AVAR,
@@ -4339,7 +4438,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RIAL:1, RIMR:16, RMFR:1, RMGL:1, VB01:18, AVAL:17, AIBL:7
         SAADL = self.node(
             279,
-            self.mix(
+            weighted_relu(
                 w[2847:2868],
                 SABD,
                 AVKL,
@@ -4385,7 +4484,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     RMDL:4, SDQR:6, RMGR:1, ALNR:4, RIAL:3, URXR:2, RMGL:2, ALMR:1, AVFR:1
         SIADL = self.node(
             280,
-            self.mix(
+            weighted_relu(
                 w[2868:2883],
                 SMBDL,
                 SMDDL,
@@ -4425,7 +4524,7 @@ class HermaphroditeRandomNet(nn.Module):
         #     DA08:1, HSNR:1, DA06:4, PVCL:2, PVCR:3, AVAL:2, DA07:12
         DB05 = self.node(
             281,
-            self.mix(
+            weighted_relu(
                 w[2883:2897],
                 AVAR,
                 VD07,

@@ -665,6 +665,39 @@ CHANNELS = 78
 MODEL_CLASS = "MaleNet"
 
 
+class WeightedSumReLU(torch.autograd.Function):
+    """relu(w[0] * x[0] + w[1] * x[1] + ...): a node's input, summed in place in one buffer.
+
+    Why not torch.stack + matmul: the stack copies all k inputs and autograd keeps the copy
+    for backward (2,260 activations per step, ~14 GB at 78 channels and batch 100), and the
+    allocations alone cost more than the arithmetic. This keeps only the inputs, which are
+    alive anyway, and moves each input once forward and twice backward.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        out = torch.mul(inputs[0], w[0])
+        for j in range(1, len(inputs)):
+            out.addcmul_(inputs[j], w[j])
+        out.relu_()
+        ctx.save_for_backward(w, out, *inputs)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, out, *inputs = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)  # ReLU's own backward
+        grad_w = None
+        if ctx.needs_input_grad[0]:
+            flat = grad.reshape(-1)
+            dots = [torch.dot(flat, x.reshape(-1)) for x in inputs]
+            grad_w = torch.stack(dots).to(w.dtype)
+        return grad_w, *(grad * w[j] for j in range(len(inputs)))
+
+
+weighted_relu = WeightedSumReLU.apply
+
+
 class MaleNet(nn.Module):
     def __init__(
         self,
@@ -699,14 +732,9 @@ class MaleNet(nn.Module):
     def edge_weights(self) -> torch.Tensor:
         return torch.sigmoid(self.edge_weight)
 
-    @staticmethod
-    def mix(w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of a node's inputs: w[0] * inputs[0] + w[1] * inputs[1] + ..."""
-        return (w @ torch.stack(inputs).flatten(1)).view_as(inputs[0])
-
     def node(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """ReLU -> depthwise 3x3 conv -> BatchNorm of node i."""
-        x = F.conv2d(F.relu(x), self.node_conv[i], padding=1, groups=self.channels)
+        """Depthwise 3x3 conv -> BatchNorm of node i (its ReLU is in weighted_relu)."""
+        x = F.conv2d(x, self.node_conv[i], padding=1, groups=self.channels)
         return F.batch_norm(
             x,
             self.node_bn_mean[i],
@@ -720,7 +748,8 @@ class MaleNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.edge_weights()
-        source = self.stem_bn(self.stem_conv(x))
+        # Every input node applies its ReLU to the same tensor: do it once.
+        source = F.relu(self.stem_bn(self.stem_conv(x)))
         # ASIL (sensory, Betaine) <- source
         ASIL = self.node(0, source)
         # ASIR (sensory, Betaine) <- source
@@ -885,58 +914,60 @@ class MaleNet(nn.Module):
         IL1VR = self.node(80, source)
         del source
         # AIMR (interneuron, Glu+5-HT) <- ASGR:1, ASKR:1
-        AIMR = self.node(81, self.mix(w[0:2], ASGR, ASKR))
+        AIMR = self.node(81, weighted_relu(w[0:2], ASGR, ASKR))
         # RIH (interneuron, ACh+5-HT) <- ADEL:2, IL2DR:4, IL2L:31, IL2R:31, IL2VR:6,
         #     CEPVL:1, OLQDR:1
         RIH = self.node(
-            82, self.mix(w[2:9], ADEL, IL2DR, IL2L, IL2R, IL2VR, CEPVL, OLQDR)
+            82, weighted_relu(w[2:9], ADEL, IL2DR, IL2L, IL2R, IL2VR, CEPVL, OLQDR)
         )
         # URBL (interneuron, ACh) <- IL2L:19
-        URBL = self.node(83, w[9] * IL2L)
+        URBL = self.node(83, weighted_relu(w[9:10], IL2L))
         # URBR (interneuron, ACh) <- IL2R:10
-        URBR = self.node(84, w[10] * IL2R)
+        URBR = self.node(84, weighted_relu(w[10:11], IL2R))
         # PVQL (interneuron) <- ASJL:26, ASHL:5, ADLL:1, ADEL:1, PHBR:1
-        PVQL = self.node(85, self.mix(w[11:16], ASJL, ASHL, ADLL, ADEL, PHBR))
+        PVQL = self.node(85, weighted_relu(w[11:16], ASJL, ASHL, ADLL, ADEL, PHBR))
         # BDUL (interneuron) <- ALML:14
-        BDUL = self.node(86, w[16] * ALML)
+        BDUL = self.node(86, weighted_relu(w[16:17], ALML))
         # BDUR (interneuron) <- ALMR:14, AVM:2
-        BDUR = self.node(87, self.mix(w[17:19], ALMR, AVM))
+        BDUR = self.node(87, weighted_relu(w[17:19], ALMR, AVM))
         # AVHL (interneuron) <- ADLL:1, DVA:2
-        AVHL = self.node(88, self.mix(w[19:21], ADLL, DVA))
+        AVHL = self.node(88, weighted_relu(w[19:21], ADLL, DVA))
         # LUAL (interneuron, Glu) <- PHAL:17
-        LUAL = self.node(89, w[21] * PHAL)
+        LUAL = self.node(89, weighted_relu(w[21:22], PHAL))
         # RMGL (interneuron) <- URXL:1, ALNL:6, PLNL:5, ADEL:1, CEPDL:1
-        RMGL = self.node(90, self.mix(w[22:27], URXL, ALNL, PLNL, ADEL, CEPDL))
+        RMGL = self.node(90, weighted_relu(w[22:27], URXL, ALNL, PLNL, ADEL, CEPDL))
         del URXL
         # URADL (motor, ACh) <- ASJL:2, IL2DL:12
-        URADL = self.node(91, self.mix(w[27:29], ASJL, IL2DL))
+        URADL = self.node(91, weighted_relu(w[27:29], ASJL, IL2DL))
         del ASJL
         # URADR (motor, ACh) <- IL2DR:8, CEPDR:5
-        URADR = self.node(92, self.mix(w[29:31], IL2DR, CEPDR))
+        URADR = self.node(92, weighted_relu(w[29:31], IL2DR, CEPDR))
         # URAVL (motor, ACh) <- IL2VL:14, CEPVL:24
-        URAVL = self.node(93, self.mix(w[31:33], IL2VL, CEPVL))
+        URAVL = self.node(93, weighted_relu(w[31:33], IL2VL, CEPVL))
         # RIVL (motor, ACh) <- ADER:2
-        RIVL = self.node(94, w[33] * ADER)
+        RIVL = self.node(94, weighted_relu(w[33:34], ADER))
         # VB05 (motor, ACh+Betaine) <- PVDR:1
-        VB05 = self.node(95, w[34] * PVDR)
+        VB05 = self.node(95, weighted_relu(w[34:35], PVDR))
         # R2AL (sex-specific, ACh+GABA) <- PHCL:1
-        R2AL = self.node(96, w[35] * PHCL)
+        R2AL = self.node(96, weighted_relu(w[35:36], PHCL))
         # R4BR (sex-specific, ACh+5-HT+PEOH) <- PHCL:5, PHCR:2
-        R4BR = self.node(97, self.mix(w[36:38], PHCL, PHCR))
+        R4BR = self.node(97, weighted_relu(w[36:38], PHCL, PHCR))
         # AIML (interneuron, Glu+5-HT) <- ASIL:3, ASGL:5, PVQL:9
-        AIML = self.node(98, self.mix(w[38:41], ASIL, ASGL, PVQL))
+        AIML = self.node(98, weighted_relu(w[38:41], ASIL, ASGL, PVQL))
         # AIYL (interneuron, ACh) <- AWAL:13, AWBL:13, ASEL:11, AFDL:59, AWCL:5, RIH:4
-        AIYL = self.node(99, self.mix(w[41:47], AWAL, AWBL, ASEL, AFDL, AWCL, RIH))
+        AIYL = self.node(99, weighted_relu(w[41:47], AWAL, AWBL, ASEL, AFDL, AWCL, RIH))
         del AFDL
         # AIYR (interneuron, ACh) <- AWAR:3, ASER:23, AFDR:30, AWCR:45, BAGL:1, RIH:2
-        AIYR = self.node(100, self.mix(w[47:53], AWAR, ASER, AFDR, AWCR, BAGL, RIH))
+        AIYR = self.node(
+            100, weighted_relu(w[47:53], AWAR, ASER, AFDR, AWCR, BAGL, RIH)
+        )
         # AVFR (interneuron, GABA) <- ADLR:2, PQR:2, AVHL:3, LUAL:2
-        AVFR = self.node(101, self.mix(w[53:57], ADLR, PQR, AVHL, LUAL))
+        AVFR = self.node(101, weighted_relu(w[53:57], ADLR, PQR, AVHL, LUAL))
         # RICR (interneuron, Glu+Oct) <- IL2DL:4, IL2L:3, IL2R:3, CEPDL:11, CEPDR:14,
         #     CEPVL:27, CEPVR:24, OLQDL:13, OLQDR:3, OLQVR:16, RMGL:1
         RICR = self.node(
             102,
-            self.mix(
+            weighted_relu(
                 w[57:68],
                 IL2DL,
                 IL2L,
@@ -952,87 +983,101 @@ class MaleNet(nn.Module):
             ),
         )
         # URAVR (motor, ACh) <- IL2VR:13, CEPVR:16, RIH:1
-        URAVR = self.node(103, self.mix(w[68:71], IL2VR, CEPVR, RIH))
+        URAVR = self.node(103, weighted_relu(w[68:71], IL2VR, CEPVR, RIH))
         # RMEL (motor, GABA) <- IL2DR:3, IL2R:1, IL2VL:15, IL2VR:11, URAVL:1
-        RMEL = self.node(104, self.mix(w[71:76], IL2DR, IL2R, IL2VL, IL2VR, URAVL))
+        RMEL = self.node(104, weighted_relu(w[71:76], IL2DR, IL2R, IL2VL, IL2VR, URAVL))
         # R2BR (sex-specific, Glu+PEOH) <- PHCR:16, R4BR:20
-        R2BR = self.node(105, self.mix(w[76:78], PHCR, R4BR))
+        R2BR = self.node(105, weighted_relu(w[76:78], PHCR, R4BR))
         # AUAL (interneuron, Glu+Betaine) <- AWAL:2, ADFL:3, AIYL:4
-        AUAL = self.node(106, self.mix(w[78:81], AWAL, ADFL, AIYL))
+        AUAL = self.node(106, weighted_relu(w[78:81], AWAL, ADFL, AIYL))
         # ADAL (interneuron, Glu) <- ADFL:2, RICR:3
-        ADAL = self.node(107, self.mix(w[81:83], ADFL, RICR))
+        ADAL = self.node(107, weighted_relu(w[81:83], ADFL, RICR))
         # RIVR (motor, ACh) <- SDQR:10, FLPR:3, ADEL:1, ADER:1, CEPVL:4, RMGL:1,
         #     RIVL:14, RICR:2
         RIVR = self.node(
-            108, self.mix(w[83:91], SDQR, FLPR, ADEL, ADER, CEPVL, RMGL, RIVL, RICR)
+            108,
+            weighted_relu(w[83:91], SDQR, FLPR, ADEL, ADER, CEPVL, RMGL, RIVL, RICR),
         )
         # CEMVL (sex-specific, ACh+5-HTP) <- IL2VL:1, AIYL:2
-        CEMVL = self.node(109, self.mix(w[91:93], IL2VL, AIYL))
+        CEMVL = self.node(109, weighted_relu(w[91:93], IL2VL, AIYL))
         # HOB (sex-specific, ACh) <- PHBL:8, PHCL:5, PHCR:11, R2BR:12
-        HOB = self.node(110, self.mix(w[93:97], PHBL, PHCL, PHCR, R2BR))
+        HOB = self.node(110, weighted_relu(w[93:97], PHBL, PHCL, PHCR, R2BR))
         # RIS (interneuron, GABA+Betaine) <- FLPL:6, RIH:1, RIVR:3
-        RIS = self.node(111, self.mix(w[97:100], FLPL, RIH, RIVR))
+        RIS = self.node(111, weighted_relu(w[97:100], FLPL, RIH, RIVR))
         # RIGL (interneuron, Glu) <- ADFL:9, ADEL:14, ADER:5, IL1VL:3, ADAL:19
-        RIGL = self.node(112, self.mix(w[100:105], ADFL, ADEL, ADER, IL1VL, ADAL))
+        RIGL = self.node(112, weighted_relu(w[100:105], ADFL, ADEL, ADER, IL1VL, ADAL))
         # AVJL (interneuron, GABA) <- ADLL:10, AVM:6, RMGL:3, ADAL:3
-        AVJL = self.node(113, self.mix(w[105:109], ADLL, AVM, RMGL, ADAL))
+        AVJL = self.node(113, weighted_relu(w[105:109], ADLL, AVM, RMGL, ADAL))
         # RIPL (interneuron, ACh) <- IL2DL:9, IL2VL:36, CEPVL:11, IL1DL:12, IL1VL:47,
         #     URADL:16, URAVL:34, ADAL:4
         RIPL = self.node(
             114,
-            self.mix(w[109:117], IL2DL, IL2VL, CEPVL, IL1DL, IL1VL, URADL, URAVL, ADAL),
+            weighted_relu(
+                w[109:117], IL2DL, IL2VL, CEPVL, IL1DL, IL1VL, URADL, URAVL, ADAL
+            ),
         )
         del IL2DL, URADL
         # R2BL (sex-specific, Glu+PEOH) <- PHCL:36, R4BR:18, HOB:12
-        R2BL = self.node(115, self.mix(w[117:120], PHCL, R4BR, HOB))
+        R2BL = self.node(115, weighted_relu(w[117:120], PHCL, R4BR, HOB))
         # AINR (interneuron, ACh) <- ASKL:6, AUAL:7, ADAL:2, RIGL:4
-        AINR = self.node(116, self.mix(w[120:124], ASKL, AUAL, ADAL, RIGL))
+        AINR = self.node(116, weighted_relu(w[120:124], ASKL, AUAL, ADAL, RIGL))
         # RMHR (motor, ACh+Betaine) <- CEPDL:8, CEPVL:4, CEPVR:5, IL1L:6, RIGL:32
-        RMHR = self.node(117, self.mix(w[124:129], CEPDL, CEPVL, CEPVR, IL1L, RIGL))
+        RMHR = self.node(
+            117, weighted_relu(w[124:129], CEPDL, CEPVL, CEPVR, IL1L, RIGL)
+        )
         # R7BL (sex-specific, ACh+5-HT+PEOH) <- PQR:3, AVFR:7, R2BR:1, R2BL:38
-        R7BL = self.node(118, self.mix(w[129:133], PQR, AVFR, R2BR, R2BL))
+        R7BL = self.node(118, weighted_relu(w[129:133], PQR, AVFR, R2BR, R2BL))
         # R7BR (sex-specific, ACh+5-HT+PEOH) <- PQR:2, R4BR:1, AVFR:5, R2BR:19, R7BL:40
-        R7BR = self.node(119, self.mix(w[133:138], PQR, R4BR, AVFR, R2BR, R7BL))
+        R7BR = self.node(119, weighted_relu(w[133:138], PQR, R4BR, AVFR, R2BR, R7BL))
         # AVFL (interneuron, GABA) <- ASHL:5, ADLL:1, PVDL:1, PHAR:5, PVQL:9, AVFR:4,
         #     CEMVL:5, R7BL:11, R7BR:14
         AVFL = self.node(
             120,
-            self.mix(w[138:147], ASHL, ADLL, PVDL, PHAR, PVQL, AVFR, CEMVL, R7BL, R7BR),
+            weighted_relu(
+                w[138:147], ASHL, ADLL, PVDL, PHAR, PVQL, AVFR, CEMVL, R7BL, R7BR
+            ),
         )
         # R1BR (sex-specific, ACh+5-HT+PEOH) <- PDER:2, PHAR:2, AVFR:15, R7BL:13,
         #     R7BR:21, AVFL:80
-        R1BR = self.node(121, self.mix(w[147:153], PDER, PHAR, AVFR, R7BL, R7BR, AVFL))
+        R1BR = self.node(
+            121, weighted_relu(w[147:153], PDER, PHAR, AVFR, R7BL, R7BR, AVFL)
+        )
         # VA12 (motor, ACh+Betaine) <- PQR:1, PVDR:3, AVFR:4, AVFL:11, R1BR:6
-        VA12 = self.node(122, self.mix(w[153:158], PQR, PVDR, AVFR, AVFL, R1BR))
+        VA12 = self.node(122, weighted_relu(w[153:158], PQR, PVDR, AVFR, AVFL, R1BR))
         # R6BR (sex-specific, Glu) <- PHAR:6, LUAL:8, AVFL:13, R1BR:72
-        R6BR = self.node(123, self.mix(w[158:162], PHAR, LUAL, AVFL, R1BR))
+        R6BR = self.node(123, weighted_relu(w[158:162], PHAR, LUAL, AVFL, R1BR))
         # DVE (sex-specific) <- PHBL:3, PHBR:11, HOB:37, R1BR:1
-        DVE = self.node(124, self.mix(w[162:166], PHBL, PHBR, HOB, R1BR))
+        DVE = self.node(124, weighted_relu(w[162:166], PHBL, PHBR, HOB, R1BR))
         # R3BR (sex-specific, 5-HT+PEOH) <- PHAL:41, PHAR:3, PHBL:24, PHBR:4, AVFR:2,
         #     HOB:7, AVFL:5, R1BR:5, R6BR:2
         R3BR = self.node(
             125,
-            self.mix(w[166:175], PHAL, PHAR, PHBL, PHBR, AVFR, HOB, AVFL, R1BR, R6BR),
+            weighted_relu(
+                w[166:175], PHAL, PHAR, PHBL, PHBR, AVFR, HOB, AVFL, R1BR, R6BR
+            ),
         )
         # R9BL (sex-specific, ACh+GABA+5-HT+5-HTP) <- PHAR:60, PHBR:13, LUAL:6, R4BR:3,
         #     R1BR:6, R6BR:72
-        R9BL = self.node(126, self.mix(w[175:181], PHAR, PHBR, LUAL, R4BR, R1BR, R6BR))
+        R9BL = self.node(
+            126, weighted_relu(w[175:181], PHAR, PHBR, LUAL, R4BR, R1BR, R6BR)
+        )
         # PVR (interneuron, Glu) <- SDQR:17, FLPL:2, PVDR:4, PDEL:3, PDER:3, CEPVR:5,
         #     R9BL:8
         PVR = self.node(
-            127, self.mix(w[181:188], SDQR, FLPL, PVDR, PDEL, PDER, CEPVR, R9BL)
+            127, weighted_relu(w[181:188], SDQR, FLPL, PVDR, PDEL, PDER, CEPVR, R9BL)
         )
         # R9AL (sex-specific, Glu+DA) <- PHAL:9, PHBL:3, LUAL:2, HOB:13, R2BL:5, R7BR:6,
         #     R3BR:16, R9BL:30
         R9AL = self.node(
-            128, self.mix(w[188:196], PHAL, PHBL, LUAL, HOB, R2BL, R7BR, R3BR, R9BL)
+            128,
+            weighted_relu(w[188:196], PHAL, PHBL, LUAL, HOB, R2BL, R7BR, R3BR, R9BL),
         )
         # PVCL (interneuron, ACh) <- SDQR:2, AQR:5, ALML:23, AVM:2, FLPL:6, DVA:1,
         #     PVDL:13, PVDR:29, PDEL:2, PDER:2, PHAL:21, LUAL:2, VB05:1, AVFR:24,
         #     AVJL:5, VA12:11, R9BL:8, PVR:2, R9AL:3
         PVCL = self.node(
             129,
-            self.mix(
+            weighted_relu(
                 w[196:215],
                 SDQR,
                 AQR,
@@ -1056,19 +1101,20 @@ class MaleNet(nn.Module):
             ),
         )
         # DX3 (sex-specific, ACh) <- PHBL:4, HOB:24, DVE:16, R3BR:13, R9AL:10
-        DX3 = self.node(130, self.mix(w[215:220], PHBL, HOB, DVE, R3BR, R9AL))
+        DX3 = self.node(130, weighted_relu(w[215:220], PHBL, HOB, DVE, R3BR, R9AL))
         # DX1 (sex-specific, ACh) <- PHAL:3, PHBL:13, HOB:19, R9AL:4, DX3:11
-        DX1 = self.node(131, self.mix(w[220:225], PHAL, PHBL, HOB, R9AL, DX3))
+        DX1 = self.node(131, weighted_relu(w[220:225], PHAL, PHBL, HOB, R9AL, DX3))
         # PCAL (sex-specific, Glu) <- PHAR:2, PHCL:5, R2BR:2, HOB:52, DVE:2, R3BR:2,
         #     R9AL:21, DX3:23, DX1:23
         PCAL = self.node(
-            132, self.mix(w[225:234], PHAR, PHCL, R2BR, HOB, DVE, R3BR, R9AL, DX3, DX1)
+            132,
+            weighted_relu(w[225:234], PHAR, PHCL, R2BR, HOB, DVE, R3BR, R9AL, DX3, DX1),
         )
         # HOA (sex-specific, Glu+Tyr) <- PHBL:4, PHBR:7, PHCL:37, PHCR:25, R2AL:5,
         #     R2BR:5, HOB:94, R9AL:1, DX3:1, DX1:14, PCAL:16
         HOA = self.node(
             133,
-            self.mix(
+            weighted_relu(
                 w[234:245],
                 PHBL,
                 PHBR,
@@ -1087,14 +1133,14 @@ class MaleNet(nn.Module):
         # PCAR (sex-specific, Glu) <- PHAR:2, PHBR:11, R2BR:12, HOB:51, AVFL:2, R1BR:12,
         #     HOA:10
         PCAR = self.node(
-            134, self.mix(w[245:252], PHAR, PHBR, R2BR, HOB, AVFL, R1BR, HOA)
+            134, weighted_relu(w[245:252], PHAR, PHBR, R2BR, HOB, AVFL, R1BR, HOA)
         )
         # AVG (interneuron, ACh) <- PVDL:8, PHAR:4, PHBL:8, PHBR:7, PHCL:47, PHCR:30,
         #     R2AL:7, AVJL:2, R7BR:6, R1BR:14, DVE:4, R3BR:3, R9BL:1, PCAL:22, HOA:90,
         #     PCAR:8
         AVG = self.node(
             135,
-            self.mix(
+            weighted_relu(
                 w[252:268],
                 PVDL,
                 PHAR,
@@ -1115,59 +1161,64 @@ class MaleNet(nn.Module):
             ),
         )
         # DVF (sex-specific) <- PHBL:1, HOB:25, R2BL:2, DVE:5, R9AL:7, AVG:4
-        DVF = self.node(136, self.mix(w[268:274], PHBL, HOB, R2BL, DVE, R9AL, AVG))
+        DVF = self.node(136, weighted_relu(w[268:274], PHBL, HOB, R2BL, DVE, R9AL, AVG))
         # CP06 (sex-specific, Glu+5-HT) <- PHCL:1, HOB:6, DVE:7, PCAR:1, AVG:3, DVF:11
-        CP06 = self.node(137, self.mix(w[274:280], PHCL, HOB, DVE, PCAR, AVG, DVF))
+        CP06 = self.node(137, weighted_relu(w[274:280], PHCL, HOB, DVE, PCAR, AVG, DVF))
         # PCBL (sex-specific, ACh) <- PHCL:41, HOB:4, R2BL:4, R3BR:3, PCAL:43, DVF:6,
         #     CP06:7
         PCBL = self.node(
-            138, self.mix(w[280:287], PHCL, HOB, R2BL, R3BR, PCAL, DVF, CP06)
+            138, weighted_relu(w[280:287], PHCL, HOB, R2BL, R3BR, PCAL, DVF, CP06)
         )
         # PCBR (sex-specific, ACh) <- PHCL:3, PHCR:54, R2BR:33, HOB:7, R7BR:8, HOA:8,
         #     PCAR:67, PCBL:2
         PCBR = self.node(
-            139, self.mix(w[287:295], PHCL, PHCR, R2BR, HOB, R7BR, HOA, PCAR, PCBL)
+            139, weighted_relu(w[287:295], PHCL, PHCR, R2BR, HOB, R7BR, HOA, PCAR, PCBL)
         )
         # R9AR (sex-specific, Glu+DA) <- PHBR:6, PHCL:1, HOB:3, AVFL:1, R1BR:7, R3BR:2,
         #     R9BL:1, PCAR:14, PCBR:2
         R9AR = self.node(
             140,
-            self.mix(w[295:304], PHBR, PHCL, HOB, AVFL, R1BR, R3BR, R9BL, PCAR, PCBR),
+            weighted_relu(
+                w[295:304], PHBR, PHCL, HOB, AVFL, R1BR, R3BR, R9BL, PCAR, PCBR
+            ),
         )
         # CA06 (sex-specific, ACh) <- PHCL:2, HOB:20, DVE:3, PCAL:1, PCAR:10, CP06:5,
         #     PCBL:19, PCBR:18
         CA06 = self.node(
-            141, self.mix(w[304:312], PHCL, HOB, DVE, PCAL, PCAR, CP06, PCBL, PCBR)
+            141, weighted_relu(w[304:312], PHCL, HOB, DVE, PCAL, PCAR, CP06, PCBL, PCBR)
         )
         # R8BL (sex-specific, ACh+Oct) <- PHCR:2, R4BR:12, R2BL:6, R9BL:21, R9AL:9,
         #     R9AR:1
-        R8BL = self.node(142, self.mix(w[312:318], PHCR, R4BR, R2BL, R9BL, R9AL, R9AR))
+        R8BL = self.node(
+            142, weighted_relu(w[312:318], PHCR, R4BR, R2BL, R9BL, R9AL, R9AR)
+        )
         # CA05 (sex-specific, ACh) <- PHCR:10, PVQL:1, R2BR:2, HOB:30, R7BL:15, PCAR:2,
         #     DVF:1, PCBR:18, R9AR:1, CA06:3
         CA05 = self.node(
             143,
-            self.mix(
+            weighted_relu(
                 w[318:328], PHCR, PVQL, R2BR, HOB, R7BL, PCAR, DVF, PCBR, R9AR, CA06
             ),
         )
         # R4BL (sex-specific, ACh+5-HT+PEOH) <- PHCR:1, R4BR:2, R2BR:7, R2BL:17,
         #     R7BL:12, R9AL:2, R8BL:11
         R4BL = self.node(
-            144, self.mix(w[328:335], PHCR, R4BR, R2BR, R2BL, R7BL, R9AL, R8BL)
+            144, weighted_relu(w[328:335], PHCR, R4BR, R2BR, R2BL, R7BL, R9AL, R8BL)
         )
         # SPVR (sex-specific, ACh) <- PQR:2, DVE:12, DVF:1, CA05:5
-        SPVR = self.node(145, self.mix(w[335:339], PQR, DVE, DVF, CA05))
+        SPVR = self.node(145, weighted_relu(w[335:339], PQR, DVE, DVF, CA05))
         # R8BR (sex-specific, ACh+Oct) <- PHCL:1, R4BR:16, R2BR:17, R2BL:3, PCAR:1,
         #     R9AR:4, R8BL:1, R4BL:7
         R8BR = self.node(
-            146, self.mix(w[339:347], PHCL, R4BR, R2BR, R2BL, PCAR, R9AR, R8BL, R4BL)
+            146,
+            weighted_relu(w[339:347], PHCL, R4BR, R2BR, R2BL, PCAR, R9AR, R8BL, R4BL),
         )
         # PVNL (interneuron, ACh+Glu+Betaine) <- PQR:4, PHCL:1, LUAL:7, AVFR:2, R2BL:8,
         #     R7BL:5, AVFL:8, R1BR:9, R3BR:38, R9BL:6, R9AL:2, AVG:7, R9AR:1, R8BL:14,
         #     R4BL:3, SPVR:5, R8BR:2
         PVNL = self.node(
             147,
-            self.mix(
+            weighted_relu(
                 w[347:364],
                 PQR,
                 PHCL,
@@ -1193,7 +1244,7 @@ class MaleNet(nn.Module):
         #     R8BL:5, R4BL:6, SPVR:5, R8BR:2
         R8AL = self.node(
             148,
-            self.mix(
+            weighted_relu(
                 w[364:382],
                 PHAL,
                 PHAR,
@@ -1218,18 +1269,18 @@ class MaleNet(nn.Module):
         # PHDR (sex-specific, ACh+Betaine) <- R4BR:1, R2BL:12, R3BR:1, R9AR:6, R8BL:3,
         #     R8BR:7, PVNL:14
         PHDR = self.node(
-            149, self.mix(w[382:389], R4BR, R2BL, R3BR, R9AR, R8BL, R8BR, PVNL)
+            149, weighted_relu(w[382:389], R4BR, R2BL, R3BR, R9AR, R8BL, R8BR, PVNL)
         )
         # PGA (sex-specific, ACh+5-HT) <- PHCL:1, R2BR:2, R7BL:2, R7BR:5, R3BR:4,
         #     PVNL:10, R8AL:3
         PGA = self.node(
-            150, self.mix(w[389:396], PHCL, R2BR, R7BL, R7BR, R3BR, PVNL, R8AL)
+            150, weighted_relu(w[389:396], PHCL, R2BR, R7BL, R7BR, R3BR, PVNL, R8AL)
         )
         # CP07 (sex-specific, ACh) <- PHAL:5, PHAR:21, PHBR:6, R2AL:14, R7BL:1, DVE:3,
         #     R3BR:13, PCAL:32, PCAR:35, DVF:3, PCBL:8, R9AR:25, PGA:4
         CP07 = self.node(
             151,
-            self.mix(
+            weighted_relu(
                 w[396:409],
                 PHAL,
                 PHAR,
@@ -1249,13 +1300,13 @@ class MaleNet(nn.Module):
         # DVC (interneuron, Glu) <- FLPL:6, ADAL:2, RIGL:8, DVE:1, DVF:3, CA05:4,
         #     SPVR:2, CP07:3
         DVC = self.node(
-            152, self.mix(w[409:417], FLPL, ADAL, RIGL, DVE, DVF, CA05, SPVR, CP07)
+            152, weighted_relu(w[409:417], FLPL, ADAL, RIGL, DVE, DVF, CA05, SPVR, CP07)
         )
         # R3BL (sex-specific, 5-HT+PEOH) <- PQR:3, PHAL:21, PHAR:1, LUAL:2, AVFR:8,
         #     HOB:14, R7BL:1, R7BR:3, R6BR:22, R3BR:2, PCAL:3, HOA:20, R9AR:1, CP07:10
         R3BL = self.node(
             153,
-            self.mix(
+            weighted_relu(
                 w[417:431],
                 PQR,
                 PHAL,
@@ -1276,14 +1327,15 @@ class MaleNet(nn.Module):
         # R6AR (sex-specific, ACh+GABA) <- PHCR:1, R4BR:34, R2BR:10, R7BL:5, R7BR:4,
         #     R1BR:3, PGA:3, CP07:18
         R6AR = self.node(
-            154, self.mix(w[431:439], PHCR, R4BR, R2BR, R7BL, R7BR, R1BR, PGA, CP07)
+            154,
+            weighted_relu(w[431:439], PHCR, R4BR, R2BR, R7BL, R7BR, R1BR, PGA, CP07),
         )
         # R8AR (sex-specific, ACh+Tyr) <- PHAL:13, PHAR:6, PHCL:1, PHCR:12, R2BR:19,
         #     HOB:6, R2BL:2, AVFL:3, PCAL:49, HOA:45, PCAR:71, PCBR:6, R9AR:24, R8BR:8,
         #     CP07:5
         R8AR = self.node(
             155,
-            self.mix(
+            weighted_relu(
                 w[439:454],
                 PHAL,
                 PHAR,
@@ -1306,7 +1358,7 @@ class MaleNet(nn.Module):
         #     R7BR:10, R1BR:13, HOA:1, R8BR:6, CP07:3, R3BL:6, R8AR:10
         PVNR = self.node(
             156,
-            self.mix(
+            weighted_relu(
                 w[454:466],
                 PQR,
                 PHCL,
@@ -1325,16 +1377,16 @@ class MaleNet(nn.Module):
         # SPDL (sex-specific) <- PHCL:5, HOB:2, R2BL:3, AVG:4, CA05:1, SPVR:58, PVNL:1,
         #     DVC:3
         SPDL = self.node(
-            157, self.mix(w[466:474], PHCL, HOB, R2BL, AVG, CA05, SPVR, PVNL, DVC)
+            157, weighted_relu(w[466:474], PHCL, HOB, R2BL, AVG, CA05, SPVR, PVNL, DVC)
         )
         # DX2 (sex-specific, ACh) <- HOB:22, R9BL:1, R3BL:28
-        DX2 = self.node(158, self.mix(w[474:477], HOB, R9BL, R3BL))
+        DX2 = self.node(158, weighted_relu(w[474:477], HOB, R9BL, R3BL))
         # PDB (motor, ACh) <- PHBR:10, PHCR:1, R4BR:4, R2BR:9, HOB:27, R7BL:19, R7BR:13,
         #     R1BR:2, DVE:1, R9BL:14, R9AL:6, DX3:2, PCAL:3, HOA:13, PCAR:1, R8BL:13,
         #     R4BL:6, PVNL:6, PGA:4, CP07:41, R3BL:8, R6AR:6, PVNR:6
         PDB = self.node(
             159,
-            self.mix(
+            weighted_relu(
                 w[477:500],
                 PHBR,
                 PHCR,
@@ -1363,7 +1415,7 @@ class MaleNet(nn.Module):
         )
         # SPDR (sex-specific) <- PHCR:3, R2BR:5, HOB:1, CA05:1, SPVR:55, DVC:2, SPDL:33
         SPDR = self.node(
-            160, self.mix(w[500:507], PHCR, R2BR, HOB, CA05, SPVR, DVC, SPDL)
+            160, weighted_relu(w[500:507], PHCR, R2BR, HOB, CA05, SPVR, DVC, SPDL)
         )
         # PVX (sex-specific, ACh) <- PHAL:43, PHAR:23, PHBL:23, PHBR:7, PHCL:35,
         #     PHCR:38, R2AL:1, AVFR:1, AVJL:4, R2BL:8, R7BL:6, R1BR:2, R3BR:39, R9AL:13,
@@ -1371,7 +1423,7 @@ class MaleNet(nn.Module):
         #     R8AL:21, PGA:2, CP07:53, R6AR:17, R8AR:12, PVNR:1
         PVX = self.node(
             161,
-            self.mix(
+            weighted_relu(
                 w[507:535],
                 PHAL,
                 PHAR,
@@ -1407,7 +1459,7 @@ class MaleNet(nn.Module):
         #     SPVR:2, PVNL:1, DVC:4, PVNR:1, SPDL:4, SPDR:1
         PVPL = self.node(
             162,
-            self.mix(
+            weighted_relu(
                 w[535:547],
                 ADLL,
                 PQR,
@@ -1424,12 +1476,12 @@ class MaleNet(nn.Module):
             ),
         )
         # PVWL (interneuron) <- PQR:3, LUAL:4, AVFR:4, R1BR:6, PDB:1
-        PVWL = self.node(163, self.mix(w[547:552], PQR, LUAL, AVFR, R1BR, PDB))
+        PVWL = self.node(163, weighted_relu(w[547:552], PQR, LUAL, AVFR, R1BR, PDB))
         # PHDL (sex-specific, ACh+Betaine) <- HOB:2, R2BL:6, R3BR:6, R9AL:3, PCAL:1,
         #     R9AR:3, R8BL:18, R8BR:2, PHDR:13, PDB:2
         PHDL = self.node(
             164,
-            self.mix(
+            weighted_relu(
                 w[552:562], HOB, R2BL, R3BR, R9AL, PCAL, R9AR, R8BL, R8BR, PHDR, PDB
             ),
         )
@@ -1439,7 +1491,7 @@ class MaleNet(nn.Module):
         #     CP07:9, R3BL:23, R6AR:4, PVNR:26, PDB:4
         EF2 = self.node(
             165,
-            self.mix(
+            weighted_relu(
                 w[562:590],
                 PQR,
                 PHAR,
@@ -1472,25 +1524,26 @@ class MaleNet(nn.Module):
             ),
         )
         # CA07 (sex-specific, ACh+Glu) <- PHBR:4, HOA:1, PDB:6
-        CA07 = self.node(166, self.mix(w[590:593], PHBR, HOA, PDB))
+        CA07 = self.node(166, weighted_relu(w[590:593], PHBR, HOA, PDB))
         # PVQR (interneuron) <- ASJR:20, PHAR:1, PHBL:1, PHBR:4, R2AL:1, AVG:5, DVF:3,
         #     PDB:2, EF2:20
         PVQR = self.node(
-            167, self.mix(w[593:602], ASJR, PHAR, PHBL, PHBR, R2AL, AVG, DVF, PDB, EF2)
+            167,
+            weighted_relu(w[593:602], ASJR, PHAR, PHBL, PHBR, R2AL, AVG, DVF, PDB, EF2),
         )
         # AVHR (interneuron) <- PHBL:8, PHBR:1, PHCR:2, AVJL:4, R3BR:7, AVG:4, PDB:1,
         #     CA07:3
         AVHR = self.node(
-            168, self.mix(w[602:610], PHBL, PHBR, PHCR, AVJL, R3BR, AVG, PDB, CA07)
+            168, weighted_relu(w[602:610], PHBL, PHBR, PHCR, AVJL, R3BR, AVG, PDB, CA07)
         )
         # AVJR (interneuron, GABA) <- CA07:1
-        AVJR = self.node(169, w[610] * CA07)
+        AVJR = self.node(169, weighted_relu(w[610:611], CA07))
         # AVDR (interneuron, ACh) <- ASHL:14, ADLL:13, AQR:3, PQR:9, AVM:2, PLML:5,
         #     PLMR:5, DVA:1, PVDL:1, AVHL:2, LUAL:16, CEMVL:2, AVFL:4, R1BR:1, PVCL:12,
         #     PVNL:1, PVX:4, PVPL:5
         AVDR = self.node(
             170,
-            self.mix(
+            weighted_relu(
                 w[611:629],
                 ASHL,
                 ADLL,
@@ -1513,17 +1566,17 @@ class MaleNet(nn.Module):
             ),
         )
         # RID (interneuron) <- URYVL:1, AIML:3, CEMVL:2, PVCL:5, AVDR:1
-        RID = self.node(171, self.mix(w[629:634], URYVL, AIML, CEMVL, PVCL, AVDR))
+        RID = self.node(171, weighted_relu(w[629:634], URYVL, AIML, CEMVL, PVCL, AVDR))
         del URYVL
         # DB01 (motor, ACh) <- AVDR:1
-        DB01 = self.node(172, w[634] * AVDR)
+        DB01 = self.node(172, weighted_relu(w[634:635], AVDR))
         # EF1 (sex-specific, GABA) <- PHAR:44, PHBR:9, R4BR:20, AVFR:6, R2BR:9, HOB:48,
         #     R2BL:10, R7BR:2, AVFL:3, R6BR:24, DVE:21, R9BL:45, R9AL:1, AVG:5, DVF:3,
         #     R8BL:9, R4BL:18, SPVR:10, R8BR:46, PVNL:4, PGA:9, CP07:1, R3BL:60, PVNR:9,
         #     EF2:2, PVQR:14
         EF1 = self.node(
             173,
-            self.mix(
+            weighted_relu(
                 w[635:661],
                 PHAR,
                 PHBR,
@@ -1554,14 +1607,14 @@ class MaleNet(nn.Module):
             ),
         )
         # CA09 (sex-specific, ACh) <- AVHR:1
-        CA09 = self.node(174, w[661] * AVHR)
+        CA09 = self.node(174, weighted_relu(w[661:662], AVHR))
         # EF3 (sex-specific, GABA) <- PQR:18, AVM:5, PHAL:44, PHBL:24, R4BR:11, AVFR:4,
         #     R2BR:3, HOB:9, R2BL:33, R7BL:3, R7BR:4, R1BR:29, R6BR:10, DVE:2, R3BR:98,
         #     R9BL:1, R9AL:19, DX3:4, CP06:2, R8BL:19, R4BL:5, R8BR:2, PVNL:22, R8AL:1,
         #     CP07:2, R3BL:65, PVNR:12, PDB:17, EF2:14, PVQR:5, EF1:3
         EF3 = self.node(
             175,
-            self.mix(
+            weighted_relu(
                 w[662:693],
                 PQR,
                 AVM,
@@ -1598,24 +1651,27 @@ class MaleNet(nn.Module):
         )
         del R6BR
         # CA08 (sex-specific, ACh) <- CA07:1, CA09:2
-        CA08 = self.node(176, self.mix(w[693:695], CA07, CA09))
+        CA08 = self.node(176, weighted_relu(w[693:695], CA07, CA09))
         del CA09
         # MCMR (sex-specific) <- AVM:1, CEPVR:1, BDUR:8, AVFR:32, EF2:14, PVQR:4, EF3:25
         MCMR = self.node(
-            177, self.mix(w[695:702], AVM, CEPVR, BDUR, AVFR, EF2, PVQR, EF3)
+            177, weighted_relu(w[695:702], AVM, CEPVR, BDUR, AVFR, EF2, PVQR, EF3)
         )
         # CEMVR (sex-specific, ACh+5-HTP) <- CEPVR:1, RIH:2, DVC:2, EF2:1, EF3:3, MCMR:6
-        CEMVR = self.node(178, self.mix(w[702:708], CEPVR, RIH, DVC, EF2, EF3, MCMR))
+        CEMVR = self.node(
+            178, weighted_relu(w[702:708], CEPVR, RIH, DVC, EF2, EF3, MCMR)
+        )
         # RIGR (interneuron, Glu) <- BAGL:15, URXR:17, FLPL:3, ADEL:5, ADER:5, OLLR:2,
         #     DVC:10, CEMVR:18
         RIGR = self.node(
-            179, self.mix(w[708:716], BAGL, URXR, FLPL, ADEL, ADER, OLLR, DVC, CEMVR)
+            179,
+            weighted_relu(w[708:716], BAGL, URXR, FLPL, ADEL, ADER, OLLR, DVC, CEMVR),
         )
         # RICL (interneuron, Glu+Oct) <- ASGL:4, URXR:1, IL2DR:3, IL2R:3, CEPDR:20,
         #     CEPVL:20, CEPVR:22, OLQDR:22, OLQVL:19, AVHL:1, AIML:3, CEMVR:2
         RICL = self.node(
             180,
-            self.mix(
+            weighted_relu(
                 w[716:728],
                 ASGL,
                 URXR,
@@ -1632,12 +1688,12 @@ class MaleNet(nn.Module):
             ),
         )
         # RIR (interneuron, ACh+Betaine) <- DVA:33, AIYL:1, RIGL:12, AVHR:1, RIGR:16
-        RIR = self.node(181, self.mix(w[728:733], DVA, AIYL, RIGL, AVHR, RIGR))
+        RIR = self.node(181, weighted_relu(w[728:733], DVA, AIYL, RIGL, AVHR, RIGR))
         # RMHL (motor, ACh+Betaine) <- CEPDL:13, CEPDR:6, CEPVL:1, CEPVR:9, OLQVL:1,
         #     IL1R:5, RMGL:1, RMEL:3, CEMVR:1, RIGR:19, RICL:1
         RMHL = self.node(
             182,
-            self.mix(
+            weighted_relu(
                 w[733:744],
                 CEPDL,
                 CEPDR,
@@ -1656,25 +1712,28 @@ class MaleNet(nn.Module):
         # AUAR (interneuron, Glu+Betaine) <- ADFR:10, AFDR:2, URXR:6, DVA:2, RIH:2,
         #     AVHR:1, RIR:3
         AUAR = self.node(
-            183, self.mix(w[744:751], ADFR, AFDR, URXR, DVA, RIH, AVHR, RIR)
+            183, weighted_relu(w[744:751], ADFR, AFDR, URXR, DVA, RIH, AVHR, RIR)
         )
         del AFDR
         # AIZL (interneuron, Glu) <- AWAL:50, ASGL:3, AWBL:1, ADFL:37, RIH:16, AIYL:157,
         #     RIR:10
         AIZL = self.node(
-            184, self.mix(w[751:758], AWAL, ASGL, AWBL, ADFL, RIH, AIYL, RIR)
+            184, weighted_relu(w[751:758], AWAL, ASGL, AWBL, ADFL, RIH, AIYL, RIR)
         )
         # AIZR (interneuron, Glu) <- AWAR:88, AWBR:13, ASER:8, ADFR:24, DVA:6, RIH:17,
         #     AIYL:2, AIYR:152, RIR:6
         AIZR = self.node(
-            185, self.mix(w[758:767], AWAR, AWBR, ASER, ADFR, DVA, RIH, AIYL, AIYR, RIR)
+            185,
+            weighted_relu(
+                w[758:767], AWAR, AWBR, ASER, ADFR, DVA, RIH, AIYL, AIYR, RIR
+            ),
         )
         del AWAR
         # AVKL (interneuron) <- PVM:15, ADEL:10, PDEL:13, PDER:23, RIS:9, RIGL:8,
         #     DVC:15, CEMVR:2, RIGR:14, RMHL:3
         AVKL = self.node(
             186,
-            self.mix(
+            weighted_relu(
                 w[767:777], PVM, ADEL, PDEL, PDER, RIS, RIGL, DVC, CEMVR, RIGR, RMHL
             ),
         )
@@ -1683,7 +1742,7 @@ class MaleNet(nn.Module):
         #     AIML:2, CEMVL:2, AINR:8, AIZL:10
         AIAL = self.node(
             187,
-            self.mix(
+            weighted_relu(
                 w[777:787], ASIL, ASGL, AWCL, ASKL, ASHL, PVQL, AIML, CEMVL, AINR, AIZL
             ),
         )
@@ -1692,7 +1751,7 @@ class MaleNet(nn.Module):
         #     AIMR:41, AIYR:10, PVQR:17, AVHR:2, AIZR:8
         AIAR = self.node(
             188,
-            self.mix(
+            weighted_relu(
                 w[787:798],
                 ASIR,
                 ASGR,
@@ -1711,20 +1770,23 @@ class MaleNet(nn.Module):
         # SMBDR (motor, ACh) <- ADFR:3, ALNL:4, SDQL:11, DVA:5, CEPDL:5, OLQDL:4,
         #     RICR:10, AIZR:25
         SMBDR = self.node(
-            189, self.mix(w[798:806], ADFR, ALNL, SDQL, DVA, CEPDL, OLQDL, RICR, AIZR)
+            189,
+            weighted_relu(w[798:806], ADFR, ALNL, SDQL, DVA, CEPDL, OLQDL, RICR, AIZR),
         )
         # RIFL (interneuron, ACh) <- ASHL:1, AVFR:1, ADAL:1, AVFL:4, PVPL:1, AIAL:27
-        RIFL = self.node(190, self.mix(w[806:812], ASHL, AVFR, ADAL, AVFL, PVPL, AIAL))
+        RIFL = self.node(
+            190, weighted_relu(w[806:812], ASHL, AVFR, ADAL, AVFL, PVPL, AIAL)
+        )
         # SMBDL (motor, ACh) <- ALNR:1, AIZL:36, AIZR:3, SMBDR:3
-        SMBDL = self.node(191, self.mix(w[812:816], ALNR, AIZL, AIZR, SMBDR))
+        SMBDL = self.node(191, weighted_relu(w[812:816], ALNR, AIZL, AIZR, SMBDR))
         # CEMDL (sex-specific, ACh+5-HTP) <- SMBDR:5
-        CEMDL = self.node(192, w[816] * SMBDR)
+        CEMDL = self.node(192, weighted_relu(w[816:817], SMBDR))
         # AIBL (interneuron, Glu+Betaine) <- ASIL:11, ASEL:5, AWCL:3, ASKL:3, ASHL:20,
         #     ADLL:16, FLPL:24, FLPR:3, AIML:30, RICR:15, ADAL:8, AINR:9, DVC:3,
         #     AIZR:72, AIAL:45, RIFL:3
         AIBL = self.node(
             193,
-            self.mix(
+            weighted_relu(
                 w[817:833],
                 ASIL,
                 ASEL,
@@ -1750,7 +1812,7 @@ class MaleNet(nn.Module):
         #     SMBDL:2
         AIBR = self.node(
             194,
-            self.mix(
+            weighted_relu(
                 w[833:848],
                 ASGR,
                 ASER,
@@ -1771,13 +1833,15 @@ class MaleNet(nn.Module):
         )
         del ASGR, ASER, AWCR, AIMR, AIAR
         # SAAVR (interneuron, ACh) <- ALNL:24, ALNR:8, DVA:1, RICR:9, RICL:3, SMBDL:17
-        SAAVR = self.node(195, self.mix(w[848:854], ALNL, ALNR, DVA, RICR, RICL, SMBDL))
+        SAAVR = self.node(
+            195, weighted_relu(w[848:854], ALNL, ALNR, DVA, RICR, RICL, SMBDL)
+        )
         # RIML (interneuron, Glu+Tyr+Betaine) <- FLPR:4, RICR:4, ADAL:11, RIVR:10,
         #     RIS:27, RIGL:9, AVFL:10, RICL:2, AIZL:14, AVKL:2, RIFL:41, SMBDL:2,
         #     AIBL:1, AIBR:36, SAAVR:29
         RIML = self.node(
             196,
-            self.mix(
+            weighted_relu(
                 w[854:869],
                 FLPR,
                 RICR,
@@ -1797,26 +1861,29 @@ class MaleNet(nn.Module):
             ),
         )
         # SAAVL (interneuron, ACh) <- ALNL:12, PLNL:1, DVA:3, AVKL:3, SMBDR:14, RIML:24
-        SAAVL = self.node(197, self.mix(w[869:875], ALNL, PLNL, DVA, AVKL, SMBDR, RIML))
+        SAAVL = self.node(
+            197, weighted_relu(w[869:875], ALNL, PLNL, DVA, AVKL, SMBDR, RIML)
+        )
         # RIMR (interneuron, Glu+Tyr+Betaine) <- ALNL:4, AVM:3, DVA:4, RIS:16, RIGL:1,
         #     AIZR:24, AIBL:42, AIBR:2, SAAVR:5, SAAVL:50
         RIMR = self.node(
             198,
-            self.mix(
+            weighted_relu(
                 w[875:885], ALNL, AVM, DVA, RIS, RIGL, AIZR, AIBL, AIBR, SAAVR, SAAVL
             ),
         )
         # RIFR (interneuron, ACh) <- ASJR:2, ASKR:1, AVM:1, AVFR:30, EF2:14, EF1:3,
         #     EF3:18, MCMR:25, RIMR:8
         RIFR = self.node(
-            199, self.mix(w[885:894], ASJR, ASKR, AVM, AVFR, EF2, EF1, EF3, MCMR, RIMR)
+            199,
+            weighted_relu(w[885:894], ASJR, ASKR, AVM, AVFR, EF2, EF1, EF3, MCMR, RIMR),
         )
         del ASKR
         # AVDL (interneuron, ACh) <- ASHR:24, ADLR:40, AQR:2, PQR:13, ALMR:9, PLMR:8,
         #     FLPL:11, PVDL:1, PVDR:1, AVFR:8, PVNL:5, PVX:4, CEMVR:34, AVKL:1, RIMR:1
         AVDL = self.node(
             200,
-            self.mix(
+            weighted_relu(
                 w[894:909],
                 ASHR,
                 ADLR,
@@ -1836,17 +1903,18 @@ class MaleNet(nn.Module):
             ),
         )
         # RMFR (interneuron, ACh) <- BAGL:5, AIBL:5, RIML:1, SAAVL:11, RIMR:11
-        RMFR = self.node(201, self.mix(w[909:914], BAGL, AIBL, RIML, SAAVL, RIMR))
+        RMFR = self.node(201, weighted_relu(w[909:914], BAGL, AIBL, RIML, SAAVL, RIMR))
         # SMDVL (motor, ACh+GABA+Betaine) <- CEPVR:2, OLLR:24, IL1VR:2, RIH:8, DVC:1,
         #     CEMVR:2, RIML:12, RIMR:2
         SMDVL = self.node(
-            202, self.mix(w[914:922], CEPVR, OLLR, IL1VR, RIH, DVC, CEMVR, RIML, RIMR)
+            202,
+            weighted_relu(w[914:922], CEPVR, OLLR, IL1VR, RIH, DVC, CEMVR, RIML, RIMR),
         )
         # SMDVR (motor, ACh+GABA+Betaine) <- ALNR:6, PLNL:3, OLLL:24, RICR:2, RIVR:6,
         #     RICL:3, SAAVR:1, RIMR:11, SMDVL:2
         SMDVR = self.node(
             203,
-            self.mix(
+            weighted_relu(
                 w[922:931], ALNR, PLNL, OLLL, RICR, RIVR, RICL, SAAVR, RIMR, SMDVL
             ),
         )
@@ -1855,7 +1923,7 @@ class MaleNet(nn.Module):
         #     AUAR:42, AIZL:5, AIZR:42, RIMR:1, SMDVL:54, SMDVR:39
         RIAR = self.node(
             204,
-            self.mix(
+            weighted_relu(
                 w[931:951],
                 AWBR,
                 ADFR,
@@ -1882,14 +1950,15 @@ class MaleNet(nn.Module):
         # RMED (motor, GABA) <- IL2DR:3, IL2VL:6, IL2VR:12, RIS:1, SMBDL:61, SMDVL:1,
         #     SMDVR:15
         RMED = self.node(
-            205, self.mix(w[951:958], IL2DR, IL2VL, IL2VR, RIS, SMBDL, SMDVL, SMDVR)
+            205,
+            weighted_relu(w[951:958], IL2DR, IL2VL, IL2VR, RIS, SMBDL, SMDVL, SMDVR),
         )
         # RIAL (interneuron, Glu) <- AWBL:13, ADFL:47, ASHL:8, AQR:5, DVA:1, IL2VL:5,
         #     IL1VL:3, RIH:8, RIVL:6, AIYL:171, RICR:1, AUAL:45, ADAL:13, RIVR:11,
         #     CEMVL:5, RIGL:3, AINR:24, RIR:10, AIZL:44, SMDVL:32, SMDVR:40, RIAR:47
         RIAL = self.node(
             206,
-            self.mix(
+            weighted_relu(
                 w[958:980],
                 AWBL,
                 ADFL,
@@ -1916,18 +1985,19 @@ class MaleNet(nn.Module):
             ),
         )
         # SIADL (motor, ACh) <- SDQR:2, SMBDL:19, RIAR:4
-        SIADL = self.node(207, self.mix(w[980:983], SDQR, SMBDL, RIAR))
+        SIADL = self.node(207, weighted_relu(w[980:983], SDQR, SMBDL, RIAR))
         # RMGR (interneuron) <- ASJR:3, URXR:1, ALNR:2, PLNR:5, URBR:1, BDUR:2, RMHL:4,
         #     RIAL:4
         RMGR = self.node(
-            208, self.mix(w[983:991], ASJR, URXR, ALNR, PLNR, URBR, BDUR, RMHL, RIAL)
+            208,
+            weighted_relu(w[983:991], ASJR, URXR, ALNR, PLNR, URBR, BDUR, RMHL, RIAL),
         )
         del BDUR, URBR
         # RMDVL (motor, ACh) <- OLLL:4, OLQVR:23, IL1DL:25, IL1L:13, IL1R:2, RMGL:32,
         #     RIVL:4, RIS:1, RMHL:2, SMDVL:29, RIAR:113, RMED:3, RIAL:71
         RMDVL = self.node(
             209,
-            self.mix(
+            weighted_relu(
                 w[991:1004],
                 OLLL,
                 OLQVR,
@@ -1951,7 +2021,7 @@ class MaleNet(nn.Module):
         #     RIAL:22, RMGR:24
         RIBR = self.node(
             210,
-            self.mix(
+            weighted_relu(
                 w[1004:1028],
                 AWBR,
                 BAGL,
@@ -1985,7 +2055,7 @@ class MaleNet(nn.Module):
         #     CEMVR:1, RMDVL:1
         RIPR = self.node(
             211,
-            self.mix(
+            weighted_relu(
                 w[1028:1043],
                 ADFR,
                 IL2DR,
@@ -2005,13 +2075,15 @@ class MaleNet(nn.Module):
             ),
         )
         # SIBVR (motor, ACh) <- OLQDR:14, AIBL:6, RMFR:6, SMDVR:30, RMGR:2
-        SIBVR = self.node(212, self.mix(w[1043:1048], OLQDR, AIBL, RMFR, SMDVR, RMGR))
+        SIBVR = self.node(
+            212, weighted_relu(w[1043:1048], OLQDR, AIBL, RMFR, SMDVR, RMGR)
+        )
         del RMFR
         # RMDDR (motor, ACh) <- CEPVR:16, OLLR:17, OLQDL:6, IL1R:28, IL1VR:47, URBL:1,
         #     RIVL:3, MCMR:2, SMBDR:11, SMDVL:48, RIAR:107, RIAL:51, RMDVL:71, RIBR:5
         RMDDR = self.node(
             213,
-            self.mix(
+            weighted_relu(
                 w[1048:1062],
                 CEPVR,
                 OLLR,
@@ -2034,7 +2106,7 @@ class MaleNet(nn.Module):
         #     RMHR:2, RMHL:5, RIML:11, RIMR:6, RIAR:33, RIAL:27, RMGR:4, RIBR:5
         RMDR = self.node(
             214,
-            self.mix(
+            weighted_relu(
                 w[1062:1077],
                 IL2L,
                 IL2R,
@@ -2058,7 +2130,7 @@ class MaleNet(nn.Module):
         #     SMDVR:30, RIAR:23, SIBVR:5
         SIAVL = self.node(
             215,
-            self.mix(
+            weighted_relu(
                 w[1077:1086], PLNL, CEPVL, AVHL, RIVR, PVCL, SMBDL, SMDVR, RIAR, SIBVR
             ),
         )
@@ -2066,7 +2138,7 @@ class MaleNet(nn.Module):
         #     IL1VR:1, URBL:1, URADR:10, URAVR:12, RMDR:2
         RMER = self.node(
             216,
-            self.mix(
+            weighted_relu(
                 w[1086:1097],
                 IL2DR,
                 IL2L,
@@ -2085,14 +2157,15 @@ class MaleNet(nn.Module):
         # RMEV (motor, GABA) <- IL2DR:1, IL2VL:5, RIH:14, URAVL:1, RIS:14, SMDVL:2,
         #     RMDDR:1
         RMEV = self.node(
-            217, self.mix(w[1097:1104], IL2DR, IL2VL, RIH, URAVL, RIS, SMDVL, RMDDR)
+            217,
+            weighted_relu(w[1097:1104], IL2DR, IL2VL, RIH, URAVL, RIS, SMDVL, RMDDR),
         )
         del IL2DR, IL2VL, URAVL, RMDDR
         # RMDL (motor, ACh) <- OLLL:1, IL1L:15, URBL:18, RMGL:2, RIS:1, RMHR:12,
         #     RIMR:17, RIAR:13, RIAL:12, RMDR:16
         RMDL = self.node(
             218,
-            self.mix(
+            weighted_relu(
                 w[1104:1114], OLLL, IL1L, URBL, RMGL, RIS, RMHR, RIMR, RIAR, RIAL, RMDR
             ),
         )
@@ -2102,7 +2175,7 @@ class MaleNet(nn.Module):
         #     SIAVL:2
         SMBVL = self.node(
             219,
-            self.mix(
+            weighted_relu(
                 w[1114:1131],
                 AWBL,
                 ADFL,
@@ -2128,7 +2201,7 @@ class MaleNet(nn.Module):
         #     RIAR:4, RIAL:3, RMDR:5
         SIADR = self.node(
             220,
-            self.mix(
+            weighted_relu(
                 w[1131:1140], ALNL, SDQL, CEPDL, RMGL, RICR, SMBDR, RIAR, RIAL, RMDR
             ),
         )
@@ -2136,7 +2209,7 @@ class MaleNet(nn.Module):
         #     RIVR:9, RIAR:81, RIAL:79, RMGR:23, RIBR:4, SMBVL:19
         RMDVR = self.node(
             221,
-            self.mix(
+            weighted_relu(
                 w[1140:1152],
                 PLNL,
                 OLLR,
@@ -2158,7 +2231,7 @@ class MaleNet(nn.Module):
         #     SAAVL:18, RIMR:29, SMDVL:22, RIAR:57, RMED:16, RIAL:28, RMDR:5, SIADR:17
         SMDDR = self.node(
             222,
-            self.mix(
+            weighted_relu(
                 w[1152:1174],
                 ALNL,
                 PLNR,
@@ -2185,13 +2258,15 @@ class MaleNet(nn.Module):
             ),
         )
         # SIBVL (motor, ACh) <- OLQDL:6, RMGL:1, RIFL:3, SMDVL:30, SMBVL:3
-        SIBVL = self.node(223, self.mix(w[1174:1179], OLQDL, RMGL, RIFL, SMDVL, SMBVL))
+        SIBVL = self.node(
+            223, weighted_relu(w[1174:1179], OLQDL, RMGL, RIFL, SMDVL, SMBVL)
+        )
         del OLQDL
         # MCML (sex-specific) <- AVFR:1, CEMVL:5, AVJL:2, AVFL:32, RID:1, RICL:1,
         #     RIFL:3, RIML:3, SMBVL:3
         MCML = self.node(
             224,
-            self.mix(
+            weighted_relu(
                 w[1179:1188], AVFR, CEMVL, AVJL, AVFL, RID, RICL, RIFL, RIML, SMBVL
             ),
         )
@@ -2201,7 +2276,7 @@ class MaleNet(nn.Module):
         #     RMED:3, RIAL:8, RMEV:3, SMDDR:22
         RIBL = self.node(
             225,
-            self.mix(
+            weighted_relu(
                 w[1188:1207],
                 AWAL,
                 AWBL,
@@ -2229,7 +2304,7 @@ class MaleNet(nn.Module):
         #     SMDVR:1, RIAR:39, RIAL:71, RMGR:3, RMDR:5, RMDVR:73
         RMDDL = self.node(
             226,
-            self.mix(
+            weighted_relu(
                 w[1207:1219],
                 OLLL,
                 OLQDR,
@@ -2247,13 +2322,13 @@ class MaleNet(nn.Module):
         )
         del OLQDR, IL1VL, IL1L, IL1R, RMDR, RMDVR
         # SIBDR (motor, ACh) <- OLQVR:23, AIYR:15, SIADR:4, SMDDR:14
-        SIBDR = self.node(227, self.mix(w[1219:1223], OLQVR, AIYR, SIADR, SMDDR))
+        SIBDR = self.node(227, weighted_relu(w[1219:1223], OLQVR, AIYR, SIADR, SMDDR))
         del AIYR, SIADR
         # AVER (interneuron, ACh) <- URXR:19, DVA:17, CEPVR:8, OLLL:26, RIS:14, RIGL:8,
         #     PVPL:4, AVDR:3, AIZL:15, AIBR:4, SIBVR:2, RIBL:5
         AVER = self.node(
             228,
-            self.mix(
+            weighted_relu(
                 w[1223:1235],
                 URXR,
                 DVA,
@@ -2275,7 +2350,7 @@ class MaleNet(nn.Module):
         #     RMED:3, RIAL:18, SIADL:17, RMGR:3, SMDDR:4, RIBL:2
         SMDDL = self.node(
             229,
-            self.mix(
+            weighted_relu(
                 w[1235:1254],
                 ALNR,
                 CEPDL,
@@ -2300,13 +2375,15 @@ class MaleNet(nn.Module):
         )
         del SMBDL, OLLL, SMDVR, RMED, SMDDR, RIBL
         # SIBDL (motor, ACh) <- OLQVL:26, SIADL:4, SMDDL:14
-        SIBDL = self.node(230, self.mix(w[1254:1257], OLQVL, SIADL, SMDDL))
+        SIBDL = self.node(230, weighted_relu(w[1254:1257], OLQVL, SIADL, SMDDL))
         del OLQVL, SIADL
         # RMFL (interneuron, ACh) <- RICR:6, ADAL:3, RIVR:3, RIGL:3, AIBR:2, SAAVR:6,
         #     RIML:1, SIBDL:1
         RMFL = self.node(
             231,
-            self.mix(w[1257:1265], RICR, ADAL, RIVR, RIGL, AIBR, SAAVR, RIML, SIBDL),
+            weighted_relu(
+                w[1257:1265], RICR, ADAL, RIVR, RIGL, AIBR, SAAVR, RIML, SIBDL
+            ),
         )
         # AVAR (interneuron, ACh) <- URXR:1, ALNL:2, AQR:3, PQR:55, PLMR:5, FLPL:6,
         #     FLPR:14, DVA:3, PVDL:29, PVDR:30, ADEL:5, CEPDL:1, CEPVL:1, LUAL:27,
@@ -2314,7 +2391,7 @@ class MaleNet(nn.Module):
         #     PVPL:11, AVDR:14, RICL:22, SAAVR:70, AVDL:14, AVER:33, SIBDL:1
         AVAR = self.node(
             232,
-            self.mix(
+            weighted_relu(
                 w[1265:1295],
                 URXR,
                 ALNL,
@@ -2353,7 +2430,7 @@ class MaleNet(nn.Module):
         #     AVFL:13, R1BR:20, VA12:13, PVCL:3, EF2:1, RIMR:2, AVAR:20
         PVCR = self.node(
             233,
-            self.mix(
+            weighted_relu(
                 w[1295:1308],
                 AQR,
                 ALMR,
@@ -2375,7 +2452,7 @@ class MaleNet(nn.Module):
         #     AIZR:51, AVKL:1, AIBL:5, RIMR:8, RIFR:3, SMDVL:25, RIBR:5, SMDDL:1, PVCR:8
         AVEL = self.node(
             234,
-            self.mix(
+            weighted_relu(
                 w[1308:1331],
                 FLPL,
                 DVA,
@@ -2409,7 +2486,7 @@ class MaleNet(nn.Module):
         #     AIBL:24, RIML:23, RIMR:11, RIFR:2, PVCR:19
         AVBL = self.node(
             235,
-            self.mix(
+            weighted_relu(
                 w[1331:1359],
                 ASJR,
                 ASHL,
@@ -2446,7 +2523,7 @@ class MaleNet(nn.Module):
         #     SMDVL:30, RIAL:37, SIBVL:5, PVCR:8
         SIAVR = self.node(
             236,
-            self.mix(
+            weighted_relu(
                 w[1359:1369],
                 ALNR,
                 PLNL,
@@ -2462,18 +2539,19 @@ class MaleNet(nn.Module):
         )
         del CEPDR, CEPVR, ALNR, SMDVL, RIAL, SIBVL
         # DB02 (motor, ACh) <- PVCL:4, AVAR:2, PVCR:4
-        DB02 = self.node(237, self.mix(w[1369:1372], PVCL, AVAR, PVCR))
+        DB02 = self.node(237, weighted_relu(w[1369:1372], PVCL, AVAR, PVCR))
         # SABD (motor, ACh) <- DVA:2, AVHL:1, AVJL:1, PVR:2, AVDR:1, AVDL:5, AVER:1,
         #     AVEL:18
         SABD = self.node(
-            238, self.mix(w[1372:1380], DVA, AVHL, AVJL, PVR, AVDR, AVDL, AVER, AVEL)
+            238,
+            weighted_relu(w[1372:1380], DVA, AVHL, AVJL, PVR, AVDR, AVDL, AVER, AVEL),
         )
         del AVHL
         # SMBVR (motor, ACh) <- ADFR:1, ADLR:9, PLNR:10, DVA:5, IL2R:3, OLQVR:1, RIS:1,
         #     AVHR:10, EF3:1, AIZL:2, AIZR:25, SMBDR:3, RMGR:3, SIAVR:2
         SMBVR = self.node(
             239,
-            self.mix(
+            weighted_relu(
                 w[1380:1394],
                 ADFR,
                 ADLR,
@@ -2494,7 +2572,7 @@ class MaleNet(nn.Module):
         del IL2R, ADLR, OLQVR, ADFR, SMBDR
         # DB03 (motor, ACh) <- DVA:1, PVCL:2, AVKL:2, AVER:1, AVAR:2, PVCR:6, AVEL:1
         DB03 = self.node(
-            240, self.mix(w[1394:1401], DVA, PVCL, AVKL, AVER, AVAR, PVCR, AVEL)
+            240, weighted_relu(w[1394:1401], DVA, PVCL, AVKL, AVER, AVAR, PVCR, AVEL)
         )
         # PVY (sex-specific, ACh) <- PQR:2, PHAR:3, PHBL:9, PHBR:4, PHCL:40, PHCR:55,
         #     R4BR:7, AVFR:17, R2BR:41, HOB:7, R2BL:27, R7BL:5, R7BR:5, AVFL:18,
@@ -2502,7 +2580,7 @@ class MaleNet(nn.Module):
         #     R8BL:2, R4BL:14, PVNL:23, R8AL:1, PVNR:6, PDB:2, PVX:5, AVBL:3
         PVY = self.node(
             241,
-            self.mix(
+            weighted_relu(
                 w[1401:1431],
                 PQR,
                 PHAR,
@@ -2541,7 +2619,7 @@ class MaleNet(nn.Module):
         #     AIBR:5, RMGR:3, SMBVL:44, SABD:4
         SAADL = self.node(
             242,
-            self.mix(
+            weighted_relu(
                 w[1431:1441],
                 PLNL,
                 BDUL,
@@ -2560,7 +2638,7 @@ class MaleNet(nn.Module):
         #     AIBL:14, RIAR:2, SABD:4, SMBVR:37
         SAADR = self.node(
             243,
-            self.mix(
+            weighted_relu(
                 w[1441:1451],
                 PLNR,
                 SDQL,
@@ -2581,7 +2659,7 @@ class MaleNet(nn.Module):
         #     RIML:23, RIMR:8, RIFR:28, PVCR:4, AVBL:1, PVY:3
         AVBR = self.node(
             244,
-            self.mix(
+            weighted_relu(
                 w[1451:1480],
                 ASHR,
                 SDQR,
@@ -2622,7 +2700,7 @@ class MaleNet(nn.Module):
         #     AVEL:17, AVBL:10, PVY:30, AVBR:9
         AVAL = self.node(
             245,
-            self.mix(
+            weighted_relu(
                 w[1480:1515],
                 PQR,
                 PLML,
@@ -2665,21 +2743,21 @@ class MaleNet(nn.Module):
         # R2AR (sex-specific, ACh+GABA) <- PHCL:1, R2AL:81, R1BR:20, AVG:3, R8BR:1,
         #     CP07:5, AVBR:1
         R2AR = self.node(
-            246, self.mix(w[1515:1522], PHCL, R2AL, R1BR, AVG, R8BR, CP07, AVBR)
+            246, weighted_relu(w[1515:1522], PHCL, R2AL, R1BR, AVG, R8BR, CP07, AVBR)
         )
         # DA01 (motor, ACh) <- AVDR:5, DB01:16, AVDL:4, AVER:11, AVAR:2, AVEL:11, AVAL:6
         DA01 = self.node(
-            247, self.mix(w[1522:1529], AVDR, DB01, AVDL, AVER, AVAR, AVEL, AVAL)
+            247, weighted_relu(w[1522:1529], AVDR, DB01, AVDL, AVER, AVAR, AVEL, AVAL)
         )
         # DA06 (motor, ACh) <- PQR:6, PVR:2, PVCL:2, PVX:1, AVDR:2, AVAR:17, AVAL:22
         DA06 = self.node(
-            248, self.mix(w[1529:1536], PQR, PVR, PVCL, PVX, AVDR, AVAR, AVAL)
+            248, weighted_relu(w[1529:1536], PQR, PVR, PVCL, PVX, AVDR, AVAR, AVAL)
         )
         # DB06 (motor, ACh) <- PQR:18, DVA:5, PDER:1, VA12:1, PVR:11, PVCL:7, PVX:14,
         #     AVDR:2, AVDL:2, AVAR:10, PVCR:7, AVAL:3
         DB06 = self.node(
             249,
-            self.mix(
+            weighted_relu(
                 w[1536:1548],
                 PQR,
                 DVA,
@@ -2696,19 +2774,19 @@ class MaleNet(nn.Module):
             ),
         )
         # VA02 (motor, ACh) <- AVDR:1, AVER:4, AVAR:5, AVBL:3, AVAL:8
-        VA02 = self.node(250, self.mix(w[1548:1553], AVDR, AVER, AVAR, AVBL, AVAL))
+        VA02 = self.node(250, weighted_relu(w[1548:1553], AVDR, AVER, AVAR, AVBL, AVAL))
         # VA05 (motor, ACh) <- AVDR:3, AVDL:1, AVAR:2, AVAL:7
-        VA05 = self.node(251, self.mix(w[1553:1557], AVDR, AVDL, AVAR, AVAL))
+        VA05 = self.node(251, weighted_relu(w[1553:1557], AVDR, AVDL, AVAR, AVAL))
         # VA10 (motor, ACh) <- PDEL:1, VA12:2, AVDR:1, AVDL:1, AVAR:23, AVBR:1, AVAL:22
         VA10 = self.node(
-            252, self.mix(w[1557:1564], PDEL, VA12, AVDR, AVDL, AVAR, AVBR, AVAL)
+            252, weighted_relu(w[1557:1564], PDEL, VA12, AVDR, AVDL, AVAR, AVBR, AVAL)
         )
         # CP09 (sex-specific, GABA) <- R2AL:10, R7BL:11, R1BR:1, R3BR:3, R9BL:2, R9AL:1,
         #     DVF:4, R9AR:9, PVNL:1, R8AL:1, PGA:3, CP07:3, R6AR:10, PDB:9, PHDL:2,
         #     R2AR:1
         CP09 = self.node(
             253,
-            self.mix(
+            weighted_relu(
                 w[1564:1580],
                 R2AL,
                 R7BL,
@@ -2732,7 +2810,7 @@ class MaleNet(nn.Module):
         #     AVDR:1, AVDL:1, AVAR:15, PVCR:5, AVAL:5, DB06:4
         DA08 = self.node(
             254,
-            self.mix(
+            weighted_relu(
                 w[1580:1593],
                 PQR,
                 PHAL,
@@ -2751,32 +2829,35 @@ class MaleNet(nn.Module):
         )
         del PHAL
         # AS09 (motor, ACh) <- AVDR:1, AVAR:10, AVBL:1, AVAL:11, DB06:1
-        AS09 = self.node(255, self.mix(w[1593:1598], AVDR, AVAR, AVBL, AVAL, DB06))
+        AS09 = self.node(255, weighted_relu(w[1593:1598], AVDR, AVAR, AVBL, AVAL, DB06))
         # VA01 (motor, ACh) <- AVER:5, AVEL:12, AVAL:2, VA02:2
-        VA01 = self.node(256, self.mix(w[1598:1602], AVER, AVEL, AVAL, VA02))
+        VA01 = self.node(256, weighted_relu(w[1598:1602], AVER, AVEL, AVAL, VA02))
         # VA03 (motor, ACh) <- AVDR:2, AVDL:3, AVER:1, AVAR:6, AVEL:1, AVBR:3, AVAL:6,
         #     VA02:2
         VA03 = self.node(
-            257, self.mix(w[1602:1610], AVDR, AVDL, AVER, AVAR, AVEL, AVBR, AVAL, VA02)
+            257,
+            weighted_relu(w[1602:1610], AVDR, AVDL, AVER, AVAR, AVEL, AVBR, AVAL, VA02),
         )
         # VA06 (motor, ACh) <- VB05:2, AVAR:9, AVAL:8, VA05:2
-        VA06 = self.node(258, self.mix(w[1610:1614], VB05, AVAR, AVAL, VA05))
+        VA06 = self.node(258, weighted_relu(w[1610:1614], VB05, AVAR, AVAL, VA05))
         # VA09 (motor, ACh) <- PLML:6, PVDR:2, AVKL:1, AVAR:27, AVAL:16, VA10:2
         VA09 = self.node(
-            259, self.mix(w[1614:1620], PLML, PVDR, AVKL, AVAR, AVAL, VA10)
+            259, weighted_relu(w[1614:1620], PLML, PVDR, AVKL, AVAR, AVAL, VA10)
         )
         # R9BR (sex-specific, ACh+GABA+5-HT+5-HTP) <- R2BL:2, R7BL:2, R7BR:8, R1BR:2,
         #     R9BL:35, PGA:5, R3BL:10, PDB:3, CP09:16
         R9BR = self.node(
             260,
-            self.mix(w[1620:1629], R2BL, R7BL, R7BR, R1BR, R9BL, PGA, R3BL, PDB, CP09),
+            weighted_relu(
+                w[1620:1629], R2BL, R7BL, R7BR, R1BR, R9BL, PGA, R3BL, PDB, CP09
+            ),
         )
         # PVZ (sex-specific, ACh) <- PVDL:9, PHAR:27, PHCR:62, R2BR:28, HOB:57, VA12:3,
         #     R3BR:2, HOA:82, AVG:4, DVF:1, CP06:2, PCBL:6, PCBR:10, CA06:1, CA05:6,
         #     SPVR:9, R8BR:1, CP07:3, DVC:3, PVNR:2, SPDL:21, SPDR:3, VA10:3
         PVZ = self.node(
             261,
-            self.mix(
+            weighted_relu(
                 w[1629:1652],
                 PVDL,
                 PHAR,
@@ -2804,35 +2885,35 @@ class MaleNet(nn.Module):
             ),
         )
         # LUAR (interneuron, Glu) <- LUAL:3, R1BR:5, AVAR:8, R9BR:18
-        LUAR = self.node(262, self.mix(w[1652:1656], LUAL, R1BR, AVAR, R9BR))
+        LUAR = self.node(262, weighted_relu(w[1652:1656], LUAL, R1BR, AVAR, R9BR))
         # DA02 (motor, ACh) <- AVDR:5, DB01:2, AVDL:2, AVER:7, AVAR:9, AVEL:5, DB02:3,
         #     AVAL:10, VA01:1
         DA02 = self.node(
             263,
-            self.mix(
+            weighted_relu(
                 w[1656:1665], AVDR, DB01, AVDL, AVER, AVAR, AVEL, DB02, AVAL, VA01
             ),
         )
         # DB04 (motor, ACh) <- DVA:1, PVR:2, PVCL:3, PVCR:2, VA09:2
-        DB04 = self.node(264, self.mix(w[1665:1670], DVA, PVR, PVCL, PVCR, VA09))
+        DB04 = self.node(264, weighted_relu(w[1665:1670], DVA, PVR, PVCL, PVCR, VA09))
         del DVA
         # DB07 (motor, ACh) <- PHCR:1, VA12:44, R3BR:12, R9BL:18, PVCL:2, PDB:2, PVX:16,
         #     PVCR:3, PVY:20, DA08:1
         DB07 = self.node(
             265,
-            self.mix(
+            weighted_relu(
                 w[1670:1680], PHCR, VA12, R3BR, R9BL, PVCL, PDB, PVX, PVCR, PVY, DA08
             ),
         )
         # VA04 (motor, ACh) <- AVER:2, AVAR:6, AVBR:2, AVAL:7, VA03:2
-        VA04 = self.node(266, self.mix(w[1680:1685], AVER, AVAR, AVBR, AVAL, VA03))
+        VA04 = self.node(266, weighted_relu(w[1680:1685], AVER, AVAR, AVBR, AVAL, VA03))
         # VB02 (motor, ACh+Betaine) <- VA02:1, VA03:1
-        VB02 = self.node(267, self.mix(w[1685:1687], VA02, VA03))
+        VB02 = self.node(267, weighted_relu(w[1685:1687], VA02, VA03))
         # R6BL (sex-specific, Glu) <- R2BL:2, R7BL:8, R7BR:6, AVFL:4, R1BR:10, R4BL:1,
         #     PVNL:3, R3BL:29, R9BR:5
         R6BL = self.node(
             268,
-            self.mix(
+            weighted_relu(
                 w[1687:1696], R2BL, R7BL, R7BR, AVFL, R1BR, R4BL, PVNL, R3BL, R9BR
             ),
         )
@@ -2840,7 +2921,7 @@ class MaleNet(nn.Module):
         #     CP07:5, R6AR:44, CP09:52, R9BR:8
         R7AR = self.node(
             269,
-            self.mix(
+            weighted_relu(
                 w[1696:1706], R4BR, R2BR, R7BL, R7BR, R4BL, PGA, CP07, R6AR, CP09, R9BR
             ),
         )
@@ -2848,20 +2929,20 @@ class MaleNet(nn.Module):
         #     CP06:8, CA06:4, PGA:1, SPDL:7, PVZ:1
         CP01 = self.node(
             270,
-            self.mix(
+            weighted_relu(
                 w[1706:1716], PHCL, HOB, R2BL, PCAL, HOA, CP06, CA06, PGA, SPDL, PVZ
             ),
         )
         del PGA
         # DA05 (motor, ACh) <- AVDR:1, AVDL:3, AVAR:5, DB03:1, AVAL:7, DB04:3
         DA05 = self.node(
-            271, self.mix(w[1716:1722], AVDR, AVDL, AVAR, DB03, AVAL, DB04)
+            271, weighted_relu(w[1716:1722], AVDR, AVDL, AVAR, DB03, AVAL, DB04)
         )
         # DA09 (motor, ACh+Betaine) <- PHAR:1, AVFL:4, R1BR:30, VA12:17, R3BR:2, AVG:12,
         #     PDB:2, AVAR:20, AVAL:12, DB06:1, DB07:3
         DA09 = self.node(
             272,
-            self.mix(
+            weighted_relu(
                 w[1722:1733],
                 PHAR,
                 AVFL,
@@ -2877,19 +2958,19 @@ class MaleNet(nn.Module):
             ),
         )
         # AS06 (motor, ACh) <- AVAR:2, DB04:2
-        AS06 = self.node(273, self.mix(w[1733:1735], AVAR, DB04))
+        AS06 = self.node(273, weighted_relu(w[1733:1735], AVAR, DB04))
         # AS10 (motor, ACh) <- AVDR:2, AVAR:4, AVBL:2, AVBR:1, AVAL:6, DB07:2
         AS10 = self.node(
-            274, self.mix(w[1735:1741], AVDR, AVAR, AVBL, AVBR, AVAL, DB07)
+            274, weighted_relu(w[1735:1741], AVDR, AVAR, AVBL, AVBR, AVAL, DB07)
         )
         # R1BL (sex-specific, ACh+5-HT+PEOH) <- R2BL:2, R6BL:13
-        R1BL = self.node(275, self.mix(w[1741:1743], R2BL, R6BL))
+        R1BL = self.node(275, weighted_relu(w[1741:1743], R2BL, R6BL))
         # R5BR (sex-specific, ACh) <- LUAL:1, AVFR:34, R7BL:8, R7BR:10, AVFL:15,
         #     R1BR:24, R3BR:7, R8BL:1, PVNL:2, R6AR:3, PDB:5, EF2:5, R9BR:12, R6BL:1,
         #     R7AR:5
         R5BR = self.node(
             276,
-            self.mix(
+            weighted_relu(
                 w[1743:1758],
                 LUAL,
                 AVFR,
@@ -2913,7 +2994,7 @@ class MaleNet(nn.Module):
         #     PCBL:4, R9AR:5, CA06:2, R4BL:4, R8AL:1, SPDL:12, SPDR:7, CP01:13
         CP02 = self.node(
             277,
-            self.mix(
+            weighted_relu(
                 w[1758:1771],
                 PHCL,
                 HOB,
@@ -2932,13 +3013,15 @@ class MaleNet(nn.Module):
         )
         del R8AL
         # VB06 (motor, ACh+Betaine) <- PVDR:4, AVKL:2, AVAR:17, AVAL:11, PVZ:2, DA09:1
-        VB06 = self.node(278, self.mix(w[1771:1777], PVDR, AVKL, AVAR, AVAL, PVZ, DA09))
+        VB06 = self.node(
+            278, weighted_relu(w[1771:1777], PVDR, AVKL, AVAR, AVAL, PVZ, DA09)
+        )
         del PVDR
         # R1AL (sex-specific, ACh) <- PLML:4, PHCL:6, R2AL:2, R2BL:2, R7BL:2, AVFL:1,
         #     R4BL:3, R3BL:10, AVDR:1, AVAR:1, AVAL:5, DA09:1
         R1AL = self.node(
             279,
-            self.mix(
+            weighted_relu(
                 w[1777:1789],
                 PLML,
                 PHCL,
@@ -2960,7 +3043,7 @@ class MaleNet(nn.Module):
         #     CP02:14
         CP03 = self.node(
             280,
-            self.mix(
+            weighted_relu(
                 w[1789:1804],
                 PHCL,
                 R4BR,
@@ -2981,15 +3064,16 @@ class MaleNet(nn.Module):
         )
         del CP01
         # VA07 (motor, ACh) <- AVAR:7, AVAL:7, VB06:3
-        VA07 = self.node(281, self.mix(w[1804:1807], AVAR, AVAL, VB06))
+        VA07 = self.node(281, weighted_relu(w[1804:1807], AVAR, AVAL, VB06))
         # VA08 (motor, ACh) <- AVAR:7, AVAL:7, VB06:2
-        VA08 = self.node(282, self.mix(w[1807:1810], AVAR, AVAL, VB06))
+        VA08 = self.node(282, weighted_relu(w[1807:1810], AVAR, AVAL, VB06))
         # VB07 (motor, ACh+Betaine) <- VA10:4, VA09:1, PVZ:1, VB06:1
-        VB07 = self.node(283, self.mix(w[1810:1814], VA10, VA09, PVZ, VB06))
+        VB07 = self.node(283, weighted_relu(w[1810:1814], VA10, VA09, PVZ, VB06))
         # VB09 (motor, ACh+Betaine) <- PQR:3, PDEL:1, VA12:19, AVKL:1, PVCR:1, VA10:1,
         #     VA09:1, VB06:1
         VB09 = self.node(
-            284, self.mix(w[1814:1822], PQR, PDEL, VA12, AVKL, PVCR, VA10, VA09, VB06)
+            284,
+            weighted_relu(w[1814:1822], PQR, PDEL, VA12, AVKL, PVCR, VA10, VA09, VB06),
         )
         del PDEL
         # CP04 (sex-specific, ACh+5-HT) <- PHCR:30, R2BR:26, HOB:15, AVJL:1, DVE:5,
@@ -2997,7 +3081,7 @@ class MaleNet(nn.Module):
         #     SPVR:2, R8AR:2, SPDR:1, EF2:1, VA10:2, PVZ:6, CP02:9, CP03:8
         CP04 = self.node(
             285,
-            self.mix(
+            weighted_relu(
                 w[1822:1844],
                 PHCR,
                 R2BR,
@@ -3027,48 +3111,51 @@ class MaleNet(nn.Module):
         # AS01 (motor, ACh) <- PVCL:1, AVER:6, AVAR:2, AVEL:3, AVBR:2, DA01:13, VA06:13,
         #     VA07:1
         AS01 = self.node(
-            286, self.mix(w[1844:1852], PVCL, AVER, AVAR, AVEL, AVBR, DA01, VA06, VA07)
+            286,
+            weighted_relu(w[1844:1852], PVCL, AVER, AVAR, AVEL, AVBR, DA01, VA06, VA07),
         )
         # AS02 (motor, ACh) <- PVCL:1, DB01:4, AVER:4, AVAR:3, AVAL:2, VA06:1, DA02:1,
         #     VA07:10, VA08:1
         AS02 = self.node(
             287,
-            self.mix(
+            weighted_relu(
                 w[1852:1861], PVCL, DB01, AVER, AVAR, AVAL, VA06, DA02, VA07, VA08
             ),
         )
         # AS03 (motor, ACh) <- AVER:1, DB02:3, AVBR:3, VA07:3, VA08:4
-        AS03 = self.node(288, self.mix(w[1861:1866], AVER, DB02, AVBR, VA07, VA08))
+        AS03 = self.node(288, weighted_relu(w[1861:1866], AVER, DB02, AVBR, VA07, VA08))
         # AS05 (motor, ACh) <- AVAR:1, AVBL:2, DB03:1, AVAL:6, VA08:3
-        AS05 = self.node(289, self.mix(w[1866:1871], AVAR, AVBL, DB03, AVAL, VA08))
+        AS05 = self.node(289, weighted_relu(w[1866:1871], AVAR, AVBL, DB03, AVAL, VA08))
         # DD03 (motor, GABA) <- VB05:34, DA06:7, PVZ:1, VB07:5
-        DD03 = self.node(290, self.mix(w[1871:1875], VB05, DA06, PVZ, VB07))
+        DD03 = self.node(290, weighted_relu(w[1871:1875], VB05, DA06, PVZ, VB07))
         # VD10 (motor, GABA) <- PVDL:3, VA12:20, SPVR:4, DA08:7, VA09:3, PVZ:11, VB09:12
         VD10 = self.node(
-            291, self.mix(w[1875:1882], PVDL, VA12, SPVR, DA08, VA09, PVZ, VB09)
+            291, weighted_relu(w[1875:1882], PVDL, VA12, SPVR, DA08, VA09, PVZ, VB09)
         )
         # PCCR (sex-specific, ACh) <- HOB:2, DVE:16, CP06:5, PCBL:6, PCBR:8, CA06:1,
         #     CA05:2, PHDR:4, CP04:6
         PCCR = self.node(
             292,
-            self.mix(w[1882:1891], HOB, DVE, CP06, PCBL, PCBR, CA06, CA05, PHDR, CP04),
+            weighted_relu(
+                w[1882:1891], HOB, DVE, CP06, PCBL, PCBR, CA06, CA05, PHDR, CP04
+            ),
         )
         # DA03 (motor, ACh) <- AVDR:3, AVDL:9, AVER:3, AVAR:8, AVEL:6, DB02:12, AVBR:3,
         #     AVAL:12, DA02:1, AS03:1
         DA03 = self.node(
             293,
-            self.mix(
+            weighted_relu(
                 w[1891:1901], AVDR, AVDL, AVER, AVAR, AVEL, DB02, AVBR, AVAL, DA02, AS03
             ),
         )
         # DB05 (motor, ACh) <- AVKL:1, VA10:1, VB07:2, DD03:1
-        DB05 = self.node(294, self.mix(w[1901:1905], AVKL, VA10, VB07, DD03))
+        DB05 = self.node(294, weighted_relu(w[1901:1905], AVKL, VA10, VB07, DD03))
         del DD03
         # DD05 (motor, GABA) <- PQR:4, PVDL:3, VA12:22, CA05:2, SPVR:6, AVAL:1, VA10:23,
         #     DA08:4, PVZ:22, VB09:21, CP04:15, VD10:6
         DD05 = self.node(
             295,
-            self.mix(
+            weighted_relu(
                 w[1905:1917],
                 PQR,
                 PVDL,
@@ -3087,49 +3174,51 @@ class MaleNet(nn.Module):
         del PVDL
         # VA11 (motor, ACh) <- PQR:1, VA12:1, AVAR:19, AVAL:28, PVZ:2, VB09:2, VD10:2
         VA11 = self.node(
-            296, self.mix(w[1917:1924], PQR, VA12, AVAR, AVAL, PVZ, VB09, VD10)
+            296, weighted_relu(w[1917:1924], PQR, VA12, AVAR, AVAL, PVZ, VB09, VD10)
         )
         del VD10
         # VD01 (motor, GABA) <- VA02:1, VA01:3, AS01:20
-        VD01 = self.node(297, self.mix(w[1924:1927], VA02, VA01, AS01))
+        VD01 = self.node(297, weighted_relu(w[1924:1927], VA02, VA01, AS01))
         # CP05 (sex-specific, Glu+5-HT) <- HOB:12, DVE:22, PCAL:2, DVF:16, CP06:21,
         #     PCBL:15, CA06:1, AVBR:1, PVZ:1, PCCR:1
         CP05 = self.node(
             298,
-            self.mix(
+            weighted_relu(
                 w[1927:1937], HOB, DVE, PCAL, DVF, CP06, PCBL, CA06, AVBR, PVZ, PCCR
             ),
         )
         # DVB (interneuron, GABA+Betaine) <- DVE:1, DVF:3, CP06:2, CP05:6
-        DVB = self.node(299, self.mix(w[1937:1941], DVE, DVF, CP06, CP05))
+        DVB = self.node(299, weighted_relu(w[1937:1941], DVE, DVF, CP06, CP05))
         # DA04 (motor, ACh) <- PVX:2, AVDR:2, AVDL:3, AVAR:9, DB02:1, DB03:4, AVAL:12,
         #     DA05:1, DA03:2
         DA04 = self.node(
             300,
-            self.mix(w[1941:1950], PVX, AVDR, AVDL, AVAR, DB02, DB03, AVAL, DA05, DA03),
+            weighted_relu(
+                w[1941:1950], PVX, AVDR, AVDL, AVAR, DB02, DB03, AVAL, DA05, DA03
+            ),
         )
         # DA07 (motor, ACh) <- PVCL:1, AVDR:1, AVDL:4, AVAR:20, AVAL:14, DA08:1, DB05:12
         DA07 = self.node(
-            301, self.mix(w[1950:1957], PVCL, AVDR, AVDL, AVAR, AVAL, DA08, DB05)
+            301, weighted_relu(w[1950:1957], PVCL, AVDR, AVDL, AVAR, AVAL, DA08, DB05)
         )
         # AS04 (motor, ACh) <- AVDL:2, AVAR:2, AVBL:1, DB02:2, DB03:2, AVBR:1, AVAL:2,
         #     VA08:11, DA03:2
         AS04 = self.node(
             302,
-            self.mix(
+            weighted_relu(
                 w[1957:1966], AVDL, AVAR, AVBL, DB02, DB03, AVBR, AVAL, VA08, DA03
             ),
         )
         del AVBL
         # AS07 (motor, ACh) <- AVDL:1, AVAR:6, AVBR:1, AVAL:6, DB05:3
-        AS07 = self.node(303, self.mix(w[1966:1971], AVDL, AVAR, AVBR, AVAL, DB05))
+        AS07 = self.node(303, weighted_relu(w[1966:1971], AVDL, AVAR, AVBR, AVAL, DB05))
         # AS08 (motor, ACh) <- PVX:1, AVAR:10, AVAL:6, DB06:2, DB05:2
-        AS08 = self.node(304, self.mix(w[1971:1976], PVX, AVAR, AVAL, DB06, DB05))
+        AS08 = self.node(304, weighted_relu(w[1971:1976], PVX, AVAR, AVAL, DB06, DB05))
         # VD06 (motor, GABA) <- VB05:10, DB03:4, DA06:13, VA06:6, DB04:14, DA05:22,
         #     AS06:20, VB06:1, VA07:2, DB05:13
         VD06 = self.node(
             305,
-            self.mix(
+            weighted_relu(
                 w[1976:1986], VB05, DB03, DA06, VA06, DB04, DA05, AS06, VB06, VA07, DB05
             ),
         )
@@ -3138,25 +3227,28 @@ class MaleNet(nn.Module):
         #     DA09:1, VA11:6
         VD12 = self.node(
             306,
-            self.mix(w[1986:1995], PDER, VA12, DVF, PVNR, SPDL, DA08, PVZ, DA09, VA11),
+            weighted_relu(
+                w[1986:1995], PDER, VA12, DVF, PVNR, SPDL, DA08, PVZ, DA09, VA11
+            ),
         )
         # PCCL (sex-specific, ACh) <- DX3:1, DVF:5, CP06:5, PCBL:13, CA05:5, PCCR:2,
         #     CP05:4
         PCCL = self.node(
-            307, self.mix(w[1995:2002], DX3, DVF, CP06, PCBL, CA05, PCCR, CP05)
+            307, weighted_relu(w[1995:2002], DX3, DVF, CP06, PCBL, CA05, PCCR, CP05)
         )
         # CA03 (sex-specific, ACh+Glu) <- CA05:1, CP05:1
-        CA03 = self.node(308, self.mix(w[2002:2004], CA05, CP05))
+        CA03 = self.node(308, weighted_relu(w[2002:2004], CA05, CP05))
         # DD02 (motor, GABA) <- DB02:16, DB03:3, VA05:6, VA03:10, VA04:17, DA03:3,
         #     DA04:4, AS04:4
         DD02 = self.node(
-            309, self.mix(w[2004:2012], DB02, DB03, VA05, VA03, VA04, DA03, DA04, AS04)
+            309,
+            weighted_relu(w[2004:2012], DB02, DB03, VA05, VA03, VA04, DA03, DA04, AS04),
         )
         # VB10 (motor, ACh+Betaine) <- PQR:2, PDER:1, VA12:9, PVCL:3, AVKL:2, PVCR:2,
         #     PVY:1, VB09:7, VA11:15, VD12:2
         VB10 = self.node(
             310,
-            self.mix(
+            weighted_relu(
                 w[2012:2022], PQR, PDER, VA12, PVCL, AVKL, PVCR, PVY, VB09, VA11, VD12
             ),
         )
@@ -3164,20 +3256,22 @@ class MaleNet(nn.Module):
         # VD05 (motor, GABA) <- DB03:24, DA06:3, VA05:9, VA06:3, DA05:1, AS05:12,
         #     DB05:3, DA04:21
         VD05 = self.node(
-            311, self.mix(w[2022:2030], DB03, DA06, VA05, VA06, DA05, AS05, DB05, DA04)
+            311,
+            weighted_relu(w[2022:2030], DB03, DA06, VA05, VA06, DA05, AS05, DB05, DA04),
         )
         del DA05, AS05
         # VD07 (motor, GABA) <- DA06:13, DB06:10, VB06:22, VA07:13, VA08:2, DB05:13,
         #     DA07:10, AS07:20
         VD07 = self.node(
-            312, self.mix(w[2030:2038], DA06, DB06, VB06, VA07, VA08, DB05, DA07, AS07)
+            312,
+            weighted_relu(w[2030:2038], DA06, DB06, VB06, VA07, VA08, DB05, DA07, AS07),
         )
         del VA07, AS07
         # VD08 (motor, GABA) <- DVC:1, DB06:12, VA10:8, DA08:5, PVZ:2, DB07:5, VA08:3,
         #     VB07:8, DA07:12, AS08:20
         VD08 = self.node(
             313,
-            self.mix(
+            weighted_relu(
                 w[2038:2048], DVC, DB06, VA10, DA08, PVZ, DB07, VA08, VB07, DA07, AS08
             ),
         )
@@ -3186,19 +3280,19 @@ class MaleNet(nn.Module):
         #     CA05:2, CP05:3, DVB:7, PCCL:25
         SPCL = self.node(
             314,
-            self.mix(
+            weighted_relu(
                 w[2048:2058], HOB, R2BL, DX3, DVF, PCBL, CA06, CA05, CP05, DVB, PCCL
             ),
         )
         del DX3, PCBL
         # CA02 (sex-specific, ACh+Glu) <- CA03:2
-        CA02 = self.node(315, w[2058] * CA03)
+        CA02 = self.node(315, weighted_relu(w[2058:2059], CA03))
         # CP08 (sex-specific, ACh) <- R2AL:4, R2BL:3, R7BL:2, DVE:1, R3BR:2, R9AL:8,
         #     PCAL:10, PCAR:43, DVF:2, R9AR:13, R8BR:3, PVNL:4, R6AR:34, PHDL:3, R2AR:2,
         #     CP09:78, R9BR:1, R7AR:6, VD12:1
         CP08 = self.node(
             316,
-            self.mix(
+            weighted_relu(
                 w[2059:2078],
                 R2AL,
                 R2BL,
@@ -3225,7 +3319,7 @@ class MaleNet(nn.Module):
         #     CP05:1, DA07:3, CA03:2, VD08:1
         DD04 = self.node(
             317,
-            self.mix(
+            weighted_relu(
                 w[2078:2089],
                 AVJL,
                 DVF,
@@ -3242,26 +3336,27 @@ class MaleNet(nn.Module):
         )
         del AVJL, VD08
         # VB01 (motor, ACh+Betaine) <- VA02:1, VD01:5, VD05:1
-        VB01 = self.node(318, self.mix(w[2089:2092], VA02, VD01, VD05))
+        VB01 = self.node(318, weighted_relu(w[2089:2092], VA02, VD01, VD05))
         # VB04 (motor, ACh+Betaine) <- VA05:1, VA06:1, VA04:1, VD05:2
-        VB04 = self.node(319, self.mix(w[2092:2096], VA05, VA06, VA04, VD05))
+        VB04 = self.node(319, weighted_relu(w[2092:2096], VA05, VA06, VA04, VD05))
         del VA05, VA06, VD05
         # VB08 (motor, ACh+Betaine) <- VA12:3, PVCR:1, VA10:20, VA09:1, VB07:3, VB09:1,
         #     VB10:2
         VB08 = self.node(
-            320, self.mix(w[2096:2103], VA12, PVCR, VA10, VA09, VB07, VB09, VB10)
+            320, weighted_relu(w[2096:2103], VA12, PVCR, VA10, VA09, VB07, VB09, VB10)
         )
         # VB11 (motor, ACh+Betaine) <- PDER:1, VA12:17, PVCL:3, PVCR:4, PVY:10, AVBR:1,
         #     AVAL:1, VB10:1
         VB11 = self.node(
-            321, self.mix(w[2103:2111], PDER, VA12, PVCL, PVCR, PVY, AVBR, AVAL, VB10)
+            321,
+            weighted_relu(w[2103:2111], PDER, VA12, PVCL, PVCR, PVY, AVBR, AVAL, VB10),
         )
         del PDER, PVCL, PVCR, AVBR
         # VD04 (motor, GABA) <- DB02:15, DB03:9, DA06:3, VA04:8, DA03:13, DB05:3,
         #     DA04:11, AS04:21, DD02:1
         VD04 = self.node(
             322,
-            self.mix(
+            weighted_relu(
                 w[2111:2120], DB02, DB03, DA06, VA04, DA03, DB05, DA04, AS04, DD02
             ),
         )
@@ -3271,7 +3366,7 @@ class MaleNet(nn.Module):
         #     PVZ:12, DA09:4, VB09:17, CP04:3, VA11:24, VD12:8, VB10:23, VB11:2
         DD06 = self.node(
             323,
-            self.mix(
+            weighted_relu(
                 w[2120:2144],
                 PHCR,
                 R2AL,
@@ -3301,16 +3396,18 @@ class MaleNet(nn.Module):
         )
         del EF1, PVY
         # VB03 (motor, ACh+Betaine) <- VA03:3, VA04:8, VD04:2
-        VB03 = self.node(324, self.mix(w[2144:2147], VA03, VA04, VD04))
+        VB03 = self.node(324, weighted_relu(w[2144:2147], VA03, VA04, VD04))
         del VA04, VD04
         # PDA (motor, ACh+Betaine) <- PHAR:1, PHCL:4, PHCR:5, PVQR:1, DA09:3, DD06:3
-        PDA = self.node(325, self.mix(w[2147:2153], PHAR, PHCL, PHCR, PVQR, DA09, DD06))
+        PDA = self.node(
+            325, weighted_relu(w[2147:2153], PHAR, PHCL, PHCR, PVQR, DA09, DD06)
+        )
         del PHAR, DD06
         # VD03 (motor, GABA) <- DB01:2, DB02:33, VA03:11, DA02:11, VB02:4, AS03:23,
         #     DA03:43, DD02:1, VB03:4
         VD03 = self.node(
             326,
-            self.mix(
+            weighted_relu(
                 w[2153:2162], DB01, DB02, VA03, DA02, VB02, AS03, DA03, DD02, VB03
             ),
         )
@@ -3320,7 +3417,7 @@ class MaleNet(nn.Module):
         #     DB07:2, DA09:1, R1AL:2, VD12:2, PDA:7
         AS11 = self.node(
             327,
-            self.mix(
+            weighted_relu(
                 w[2162:2183],
                 PLMR,
                 PHCL,
@@ -3350,7 +3447,7 @@ class MaleNet(nn.Module):
         #     DA02:7, VB02:30, AS01:2, AS02:3, VD01:2, VB01:1, VD03:6
         DD01 = self.node(
             328,
-            self.mix(
+            weighted_relu(
                 w[2183:2196],
                 DB01,
                 DB02,
@@ -3372,7 +3469,7 @@ class MaleNet(nn.Module):
         #     AS02:21, VB01:2, DD01:1
         VD02 = self.node(
             329,
-            self.mix(
+            weighted_relu(
                 w[2196:2205], DB01, DA01, VA02, VA03, DA02, VB02, AS02, VB01, DD01
             ),
         )
@@ -3381,7 +3478,7 @@ class MaleNet(nn.Module):
         #     R3BL:9, PVX:1, AVAR:1, AVAL:7, R6BL:3, DA09:1, R1BL:5, R1AL:52, AS11:1
         R3AL = self.node(
             330,
-            self.mix(
+            weighted_relu(
                 w[2205:2220],
                 AVFR,
                 R2BL,
@@ -3405,7 +3502,7 @@ class MaleNet(nn.Module):
         #     AVAL:1, R5BR:4, R1AL:31, VD12:1, R3AL:42
         R3AR = self.node(
             331,
-            self.mix(
+            weighted_relu(
                 w[2220:2231],
                 R4BR,
                 R2BR,
@@ -3422,23 +3519,25 @@ class MaleNet(nn.Module):
         )
         del VD12, R1AL
         # R5AL (sex-specific, Glu+DA) <- R3BL:3, R6BL:2, R1BL:1, R3AL:6, R3AR:1
-        R5AL = self.node(332, self.mix(w[2231:2236], R3BL, R6BL, R1BL, R3AL, R3AR))
+        R5AL = self.node(332, weighted_relu(w[2231:2236], R3BL, R6BL, R1BL, R3AL, R3AR))
         del R6BL
         # R4AR (sex-specific, ACh) <- R4BR:1, R2BR:6, R1BR:3, PVR:4, R2AR:15, R7AR:2,
         #     R5BR:3, R3AL:2, R5AL:18
         R4AR = self.node(
             333,
-            self.mix(w[2236:2245], R4BR, R2BR, R1BR, PVR, R2AR, R7AR, R5BR, R3AL, R5AL),
+            weighted_relu(
+                w[2236:2245], R4BR, R2BR, R1BR, PVR, R2AR, R7AR, R5BR, R3AL, R5AL
+            ),
         )
         del PVR
         # R1AR (sex-specific, ACh) <- R1BR:2, R3BR:2, R2AR:9, R4AR:19
-        R1AR = self.node(334, self.mix(w[2245:2249], R1BR, R3BR, R2AR, R4AR))
+        R1AR = self.node(334, weighted_relu(w[2245:2249], R1BR, R3BR, R2AR, R4AR))
         del R2AR
         # R4AL (sex-specific, ACh) <- R2AL:23, R2BL:18, R7BL:7, R4BL:6, R3BL:4, R3AL:4,
         #     R3AR:7, R5AL:17, R4AR:91
         R4AL = self.node(
             335,
-            self.mix(
+            weighted_relu(
                 w[2249:2258], R2AL, R2BL, R7BL, R4BL, R3BL, R3AL, R3AR, R5AL, R4AR
             ),
         )
@@ -3446,22 +3545,24 @@ class MaleNet(nn.Module):
         # R5AR (sex-specific, Glu+DA) <- R3BR:1, R6AR:20, R5BR:3, R3AR:7, R5AL:3,
         #     R4AR:13, R4AL:15
         R5AR = self.node(
-            336, self.mix(w[2258:2265], R3BR, R6AR, R5BR, R3AR, R5AL, R4AR, R4AL)
+            336, weighted_relu(w[2258:2265], R3BR, R6AR, R5BR, R3AR, R5AL, R4AR, R4AL)
         )
         # R6AL (sex-specific, ACh+GABA) <- R2BL:30, R7BL:14, R3BL:1, PDB:2, CP09:32,
         #     R7AR:18, CP08:7, R5AL:5, R4AL:27
         R6AL = self.node(
             337,
-            self.mix(w[2265:2274], R2BL, R7BL, R3BL, PDB, CP09, R7AR, CP08, R5AL, R4AL),
+            weighted_relu(
+                w[2265:2274], R2BL, R7BL, R3BL, PDB, CP09, R7AR, CP08, R5AL, R4AL
+            ),
         )
         # R5BL (sex-specific, ACh) <- R7BL:7, R4BL:2, R3BL:2, R5AL:6, R6AL:3
-        R5BL = self.node(338, self.mix(w[2274:2279], R7BL, R4BL, R3BL, R5AL, R6AL))
+        R5BL = self.node(338, weighted_relu(w[2274:2279], R7BL, R4BL, R3BL, R5AL, R6AL))
         del R4BL
         # R7AL (sex-specific, DA+Tyr) <- R2BR:15, R2BL:2, R7BL:17, R7BR:5, PCAL:1,
         #     R6AR:4, CP09:2, R7AR:11, CP08:8, R5AL:1, R4AL:2, R6AL:28, R5BL:13
         R7AL = self.node(
             339,
-            self.mix(
+            weighted_relu(
                 w[2279:2292],
                 R2BR,
                 R2BL,
@@ -3482,7 +3583,7 @@ class MaleNet(nn.Module):
         #     CA07:1, CP09:2, R9BR:4, R7AR:11, R4AR:21, R5BL:1, R7AL:4
         CA04 = self.node(
             340,
-            self.mix(
+            weighted_relu(
                 w[2292:2304],
                 R2BR,
                 R7BR,
@@ -3503,7 +3604,7 @@ class MaleNet(nn.Module):
         #     CA05:4, SPVR:10, CP04:1, PCCR:14, CP05:12, DVB:2, PCCL:14, CA04:2
         SPCR = self.node(
             341,
-            self.mix(
+            weighted_relu(
                 w[2304:2318],
                 R2BR,
                 HOB,
@@ -3530,7 +3631,7 @@ class MaleNet(nn.Module):
         #     R4AR:3, R4AL:4, R5AR:4, R6AL:17, R7AL:16, CA04:13
         PVV = self.node(
             342,
-            self.mix(
+            weighted_relu(
                 w[2318:2363],
                 AVFR,
                 HOB,
@@ -3601,12 +3702,12 @@ class MaleNet(nn.Module):
             DX2,
         )
         # PVWR (interneuron) <- R7BR:7, R1BR:6, VA12:1, SPVR:1, PVV:2
-        PVWR = self.node(343, self.mix(w[2363:2368], R7BR, R1BR, VA12, SPVR, PVV))
+        PVWR = self.node(343, weighted_relu(w[2363:2368], R7BR, R1BR, VA12, SPVR, PVV))
         # SPVL (sex-specific, ACh) <- R4BR:2, HOB:3, DVE:2, DVF:1, CP06:14, SPVR:11,
         #     PVNL:1, SPDL:2, SPDR:3, PCCR:3, CP05:10, PVV:3
         SPVL = self.node(
             344,
-            self.mix(
+            weighted_relu(
                 w[2368:2380],
                 R4BR,
                 HOB,
@@ -3628,7 +3729,7 @@ class MaleNet(nn.Module):
         #     R5AR:6, R6AL:3, R7AL:9, PVV:1
         PDC = self.node(
             345,
-            self.mix(
+            weighted_relu(
                 w[2380:2398],
                 R7BL,
                 R7BR,
@@ -3655,7 +3756,7 @@ class MaleNet(nn.Module):
         #     PVNL:2, DVC:3, PVNR:9, AVJR:1, CP05:2, DVB:4, CA03:3, SPVL:3
         AVL = self.node(
             346,
-            self.mix(
+            weighted_relu(
                 w[2398:2413],
                 AVFR,
                 ADAL,
@@ -3679,7 +3780,7 @@ class MaleNet(nn.Module):
         #     PVZ:4, VB07:4, DA07:10, VB08:19, SPVL:1
         VD09 = self.node(
             347,
-            self.mix(
+            weighted_relu(
                 w[2413:2425],
                 VA12,
                 DVC,
@@ -3700,7 +3801,7 @@ class MaleNet(nn.Module):
         #     AS10:10, VB06:1, VB09:5, VA11:17, VB10:8, PVV:3, SPVL:8
         VD11 = self.node(
             348,
-            self.mix(
+            weighted_relu(
                 w[2425:2439],
                 R2AL,
                 VA12,
@@ -3723,7 +3824,7 @@ class MaleNet(nn.Module):
         #     PVZ:7, DA09:1, VB11:4, PDA:10, AS11:12, PVV:26, PDC:12
         VD13 = self.node(
             349,
-            self.mix(
+            weighted_relu(
                 w[2439:2453],
                 AVFR,
                 VA12,
@@ -3743,24 +3844,25 @@ class MaleNet(nn.Module):
         )
         del AVFR, VA12, AVG, PVNL, PDB, PVQR, DA08, PVZ, DA09, VB11, PDA, AS11, PVV, PDC
         # PVT (interneuron) <- CEMVR:5, RIGR:2, DVB:1, AVL:2
-        PVT = self.node(350, self.mix(w[2453:2457], CEMVR, RIGR, DVB, AVL))
+        PVT = self.node(350, weighted_relu(w[2453:2457], CEMVR, RIGR, DVB, AVL))
         del CEMVR, DVB
         # SABVL (motor, ACh) <- AVJR:3, AVDR:5, SAAVR:2, AVDL:2, AVER:12, AVEL:16,
         #     AVAL:2, AVL:9
         SABVL = self.node(
-            351, self.mix(w[2457:2465], AVJR, AVDR, SAAVR, AVDL, AVER, AVEL, AVAL, AVL)
+            351,
+            weighted_relu(w[2457:2465], AVJR, AVDR, SAAVR, AVDL, AVER, AVEL, AVAL, AVL),
         )
         del SAAVR, AVAL, AVJR
         # SABVR (motor, ACh) <- AVDR:1, SAAVL:2, AVDL:5, AVER:11, AVAR:2, AVEL:12, AVL:6
         SABVR = self.node(
-            352, self.mix(w[2465:2472], AVDR, SAAVL, AVDL, AVER, AVAR, AVEL, AVL)
+            352, weighted_relu(w[2465:2472], AVDR, SAAVL, AVDL, AVER, AVAR, AVEL, AVL)
         )
         del AVDR, SAAVL, AVDL, AVER, AVAR, AVEL, AVL
         # AVKR (interneuron) <- RIS:33, RIGL:20, R2BL:2, CA05:1, DVC:15, PVPL:8, CA08:1,
         #     AIZL:1, AIZR:2, AVKL:1, AIBL:5, AIBR:4, SIAVR:1, R5BL:1, PVT:2
         AVKR = self.node(
             353,
-            self.mix(
+            weighted_relu(
                 w[2472:2487],
                 RIS,
                 RIGL,
@@ -3799,7 +3901,7 @@ class MaleNet(nn.Module):
         # PVPR (interneuron, ACh) <- AVFL:10, R1BR:6, PVNR:2, AVHR:1, EF3:11, RIGR:5,
         #     AVKR:3
         PVPR = self.node(
-            354, self.mix(w[2487:2494], AVFL, R1BR, PVNR, AVHR, EF3, RIGR, AVKR)
+            354, weighted_relu(w[2487:2494], AVFL, R1BR, PVNR, AVHR, EF3, RIGR, AVKR)
         )
         del AVFL, R1BR, PVNR, AVHR, EF3, RIGR, AVKR
         # sink <- mean of the 32 output nodes

@@ -26,14 +26,12 @@ class InterpretedNet(nn.Module):
         """`graph`: a generated module (its metadata tables describe the network).
 
         aggregate="stack" weighs a node's stacked inputs by broadcasting and sums them, as
-        RandWire code does; "matmul" does the arithmetic the generated code does (one
-        matrix-vector product per node), so that float32 results agree to rounding.
+        RandWire code does; "chain" adds the weighted inputs one by one in the generated
+        code's order (w[0] * x[0], then + w[j] * x[j]), so float32 results agree to rounding.
         """
         super().__init__()
-        if aggregate not in ("stack", "matmul"):
-            raise ValueError(
-                f"aggregate must be 'stack' or 'matmul', not {aggregate!r}"
-            )
+        if aggregate not in ("stack", "chain"):
+            raise ValueError(f"aggregate must be 'stack' or 'chain', not {aggregate!r}")
         self.aggregate = aggregate
         self.nodes = list(graph.NODES)
         self.inputs = set(graph.INPUT_NODES)
@@ -107,14 +105,11 @@ class InterpretedNet(nn.Module):
             edge_ids = torch.tensor([e for e, _ in self.in_edges[i]], device=w.device)
             stacked = torch.stack([values[pre] for _, pre in self.in_edges[i]])
             return (w[edge_ids].view(-1, 1, 1, 1, 1) * stacked).sum(0)
-        edges = self.in_edges[i]
-        if len(edges) == 1:
-            e, pre = edges[0]
-            return w[e] * values[pre]
-        # The generated code's arithmetic; its edges of a node are contiguous.
-        first, last = edges[0][0], edges[-1][0]
-        stacked = torch.stack([values[pre] for _, pre in edges]).flatten(1)
-        return (w[first : last + 1] @ stacked).view_as(values[edges[0][1]])
+        (first, pre), *rest = self.in_edges[i]
+        total = w[first] * values[pre]
+        for e, pre in rest:
+            total = torch.addcmul(total, values[pre], w[e])
+        return total
 
     def node(self, i: int, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(F.relu(x), self.node_conv[i], padding=1, groups=self.channels)

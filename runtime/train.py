@@ -55,9 +55,10 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     device: str = "auto"
-    compile: bool | None = (
-        None  # None: on for CUDA, off for CPU (Inductor's CPU build is slow)
+    compile: bool = (
+        False  # Inductor's warm-up is minutes for this graph (docs/performance.md)
     )
+    cuda_graphs: bool | None = None  # None: on for one CUDA process without --compile
     amp: str = "off"
     out: str | None = None
     resume: bool = False
@@ -145,16 +146,22 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0).sub_(0.5)
 
 
-def batch_indices(iteration: int, config: TrainConfig, size: int, dist: Distributed):
-    """This process's slice of the global batch of `iteration`.
-
-    Each epoch's order is a seeded permutation computed from (seed, epoch) alone, so a resumed
-    run sees exactly the batches an uninterrupted one would, with no RNG state to restore.
+def epoch_order(epoch: int, config: TrainConfig, size: int) -> torch.Tensor:
+    """Each epoch's order is a seeded permutation computed from (seed, epoch) alone, so a
+    resumed run sees exactly the batches an uninterrupted one would, with no RNG state.
     """
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator)
+
+
+def batch_indices(
+    iteration: int, config: TrainConfig, size: int, dist: Distributed, order=None
+):
+    """This process's slice of the global batch of `iteration` (`order`: its epoch's)."""
     per_epoch = size // config.batch_size
     epoch, step = divmod(iteration, per_epoch)
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    order = torch.randperm(size, generator=generator)
+    if order is None:
+        order = epoch_order(epoch, config, size)
     start = step * config.batch_size
     share = config.batch_size // dist.world
     start += dist.rank * share
@@ -195,12 +202,17 @@ def amp_settings(config: TrainConfig, device: torch.device):
     return torch.bfloat16, None
 
 
+GRAPH_WARMUP_STEPS = 3  # eager steps before a CUDA-graph capture (they train as usual)
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         kind = device_kind(config.device)
         self.dist = setup_distributed(kind)
         check_config(config, self.dist)
+        if config.cuda_graphs and (kind != "cuda" or self.dist.world > 1):
+            raise DagcError("--cuda-graphs needs one CUDA process (no torchrun)")
         self.device = pick_device(kind, self.dist)
         self.module = load_generated(config.model)
         self.info = dataset_info(config.dataset)
@@ -212,7 +224,24 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = build_model(self.module).to(self.device)
         self.parameters = sum(p.numel() for p in self.model.parameters())
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.use_graphs = config.cuda_graphs
+        if self.use_graphs is None:
+            self.use_graphs = (
+                self.device.type == "cuda"
+                and self.dist.world == 1
+                and not config.compile
+            )
+        # A captured step reads the learning rate from device memory, so it is a tensor there.
+        lr = (
+            torch.tensor(config.lr, device=self.device)
+            if self.use_graphs
+            else config.lr
+        )
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=lr, capturable=self.use_graphs
+        )
+        self.graphed = None
+        self.order = None  # (epoch, that epoch's permutation on the device)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=config.lr_step, gamma=config.lr_gamma
         )
@@ -238,10 +267,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
-        use_compile = self.config.compile
-        if use_compile is None:
-            use_compile = self.device.type == "cuda"
-        return torch.compile(model) if use_compile else model
+        return torch.compile(model) if self.config.compile else model
 
     # --- run directory ------------------------------------------------------------------------
 
@@ -274,6 +300,14 @@ class Trainer:
         self.model.load_state_dict(load_weights(weights, self.device))
         state = load_trainer_state(state_path)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.use_graphs:  # the saved groups may come from an uncaptured run
+            for group in self.optimizer.param_groups:
+                group["capturable"] = True
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+            for param_state in self.optimizer.state.values():
+                param_state["step"] = torch.as_tensor(
+                    param_state["step"], dtype=torch.float32, device=self.device
+                )
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -319,10 +353,19 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------
 
     def train_step(self, iteration: int) -> torch.Tensor:
-        index = batch_indices(iteration, self.config, len(self.train_labels), self.dist)
-        index = index.to(self.device)
+        size = len(self.train_labels)
+        epoch = iteration // (size // self.config.batch_size)
+        if (
+            self.order is None or self.order[0] != epoch
+        ):  # one copy per epoch, not per step
+            self.order = (epoch, epoch_order(epoch, self.config, size).to(self.device))
+        index = batch_indices(iteration, self.config, size, self.dist, self.order[1])
         x = normalise(self.train_images[index])
         y = self.train_labels[index]
+        if self.use_graphs:
+            loss = self._graphed_step(iteration, x, y)
+            self.scheduler.step()
+            return loss
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
         ):
@@ -337,6 +380,29 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
+
+    def _graphed_step(self, iteration: int, x, y) -> torch.Tensor:
+        """Eager warm-up steps on a side stream, then one capture, then replays."""
+        if self.graphed is None:
+            if self.scaler is not None:
+                raise DagcError(
+                    "--amp fp16 cannot be captured; use bf16 or --no-cuda-graphs"
+                )
+            from dagc.runtime.graphs import GraphedStep
+
+            self.graphed = GraphedStep(
+                self.model,
+                self.optimizer,
+                lambda out, target: F.nll_loss(out.float(), target),
+                x,
+                y,
+                self.amp_dtype,
+            )
+            self.warmup_left = GRAPH_WARMUP_STEPS
+        if self.warmup_left:
+            self.warmup_left -= 1
+            return self.graphed.warmup(x, y)
+        return self.graphed(x, y)
 
     def run(self) -> dict:
         from tqdm import tqdm
@@ -386,7 +452,7 @@ class Trainer:
             row = {
                 "iteration": done,
                 "loss": mean_loss,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": float(self.optimizer.param_groups[0]["lr"]),
                 "images_per_s": since_log * config.batch_size / max(seconds, 1e-9),
             }
             if at_eval:
@@ -454,6 +520,8 @@ class Trainer:
             "device": device_name(self.device),
             "processes": self.dist.world,
             "amp": self.config.amp,
+            "compile": self.config.compile,
+            "cuda_graphs": self.use_graphs,
             "torch": torch.__version__,
             "dagc": __version__,
             "seed": self.config.seed,

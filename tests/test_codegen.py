@@ -21,7 +21,11 @@ GENERATED = sorted((ROOT / "generated").glob("*.py"))
 
 def forward_of(path: Path) -> ast.FunctionDef:
     tree = ast.parse(path.read_text())
-    (cls,) = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    (cls,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Net")
+    ]
     return next(
         f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "forward"
     )
@@ -142,7 +146,7 @@ def test_flat_and_levels_match_the_interpreter(compile_to, spec, kind, seed, tra
         )
         for layout in ("flat", "levels")
     }
-    reference = InterpretedNet(modules["flat"], aggregate="matmul")
+    reference = InterpretedNet(modules["flat"], aggregate="chain")
     state = {name: value.clone() for name, value in reference.state_dict().items()}
     # Non-trivial running statistics and edge weights, so eval mode tests something.
     state["node_bn_mean"].normal_(0, 0.1)

@@ -62,7 +62,7 @@ def test_dale_module_matches_the_interpreter(compile_to):
     )
     torch.manual_seed(1)
     model = build_model(module).eval()
-    reference = InterpretedNet(module, aggregate="matmul").eval()
+    reference = InterpretedNet(module, aggregate="chain").eval()
     reference.load_state_dict(model.state_dict())
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(model(x), reference(x), rtol=1e-5, atol=1e-6)
