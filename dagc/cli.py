@@ -350,8 +350,9 @@ def train(
 @click.option(
     "--modes",
     default="",
-    help="Comma-separated modes, or 'all' [default: every mode that suits the device; "
-    "torch.compile on the CPU only on request]. The interpreter always runs.",
+    help="Comma-separated modes, or 'all' [default: the eager layouts, plus the "
+    "CUDA-graph modes on a GPU; torch.compile, CPU bf16 and channels_last on request]. "
+    "The interpreter always runs.",
 )
 @click.option("--channels", type=int, help="Channels per node [default: the model's].")
 @click.option(

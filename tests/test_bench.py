@@ -94,3 +94,12 @@ def test_cuda_graphs_on_the_cpu_is_one_line(tmp_path):
         "--out", tmp_path / "run", "--data-dir", tmp_path,
     )  # fmt: skip
     assert_clean_error(result, "--cuda-graphs")
+
+
+def test_every_default_mode_exists():
+    from dagc.runtime.bench import DEFAULT_MODES, MODES, resolve_modes
+
+    for device, names in DEFAULT_MODES.items():
+        assert set(names) <= set(MODES), device
+        assert resolve_modes((), device)[0].name == "interpreter"
+    assert all(not m.cuda_graph for m in resolve_modes(("all",), "cpu"))
