@@ -379,8 +379,6 @@ def bench(
 
     if json_out is not None:
         check_writable_dir(json_out)
-    if channels is not None and channels < 1:
-        raise DagcError("--channels must be at least 1")
     names = tuple(name.strip() for name in modes.split(",") if name.strip())
     config = BenchConfig(
         model=str(model), device=device, batch_size=batch_size, steps=steps,

@@ -176,7 +176,10 @@ def run_mode(spec: dict) -> dict:
     first_steps, times = [], []
     for _ in range(spec["warmup"]):
         start = time.perf_counter()
-        graphed.warmup(x, y) if mode.cuda_graph else train_step()
+        if mode.cuda_graph:
+            graphed.warmup(x, y)
+        else:
+            train_step()
         _sync(device)
         first_steps.append(time.perf_counter() - start)
     capture_s = None
@@ -301,17 +304,14 @@ def measure_machine(device_kind: str) -> dict:
     }
 
 
-def add_floor(report: dict, module, channels: int) -> None:
-    counts = step_floor_counts(module, channels, report["batch_size"])
-    machine = report["machine_measured"]
+def step_floor(module, channels: int, batch: int, machine: dict) -> dict:
+    """The counts and the best possible step time on a machine `measure_machine` measured."""
+    counts = step_floor_counts(module, channels, batch)
     floor_s = max(
         counts["bytes"] / machine["copy_bandwidth_bytes_per_s"],
         counts["flops"] / machine["fp32_matmul_flops_per_s"],
     )
-    report["floor"] = {**counts, "step_s": floor_s}
-    for result in report["modes"].values():
-        if result.get("ok"):
-            result["step_vs_floor"] = result["step_median_s"] / floor_s
+    return {**counts, "step_s": floor_s}
 
 
 # --- the parent: all modes ----------------------------------------------------------------
@@ -392,6 +392,8 @@ def bench(config: BenchConfig, echo=print) -> dict:
         raise DagcError("--steps and --warmup must be at least 1")
     if config.batch_size < 2:
         raise DagcError("--batch-size must be at least 2 (BatchNorm needs two images)")
+    if config.channels is not None and config.channels < 1:
+        raise DagcError("--channels must be at least 1")
     module = load_generated(config.model)
     modes = resolve_modes(config.modes, kind)
     channels = config.channels or module.CHANNELS
@@ -414,10 +416,14 @@ def bench(config: BenchConfig, echo=print) -> dict:
         "machine_measured": measure_machine(kind),
         "modes": {},
     }
+    report["floor"] = step_floor(
+        module, channels, config.batch_size, report["machine_measured"]
+    )
     with tempfile.TemporaryDirectory(prefix="dagc-bench-") as tmp:
         workdir = Path(tmp)
-        layout_files = {}
-        for layout in {m.layout or module.LAYOUT for m in modes}:
+        # The file itself serves its own layout; the other one is rendered from its tables.
+        layout_files = {module.LAYOUT: Path(config.model).resolve()}
+        for layout in {m.layout for m in modes} - {None, module.LAYOUT}:
             path = workdir / f"{layout}_net.py"
             path.write_text(render_layout(module, layout))
             layout_files[layout] = path
@@ -433,13 +439,15 @@ def bench(config: BenchConfig, echo=print) -> dict:
                 "warmup": config.warmup,
             }
             result = run_child(spec, config.mode_timeout, workdir)
+            if result.get("ok"):
+                result["step_vs_floor"] = (
+                    result["step_median_s"] / report["floor"]["step_s"]
+                )
             report["modes"][mode.name] = {"about": mode.about, **result}
             echo(f"[{mode.name}] " + _one_line(result))
             add_ratios(report)
-            add_floor(report, module, channels)
-            if (
-                config.json_out
-            ):  # after every mode: a stopped bench keeps what it measured
+            # After every mode, so that a stopped bench keeps what it measured.
+            if config.json_out:
                 write_atomic(Path(config.json_out), json.dumps(report, indent=2) + "\n")
     return report
 

@@ -17,8 +17,9 @@ import torch
 class GraphedStep:
     """`step(x, y)` runs `loss_fn(model(x), y)`, backward and `optimizer.step()` by replay.
 
-    `warmup` eager steps on a side stream come first (CUDA graphs require it; they also
-    train, so a caller counts them as iterations). Returns the static loss tensor.
+    Eager steps on a side stream must come first (CUDA graphs require it; they also train,
+    so a caller counts them as iterations): the first `warmup_steps` calls are such steps,
+    or a caller runs `warmup()` itself. Returns the static loss tensor.
     """
 
     def __init__(
@@ -29,8 +30,10 @@ class GraphedStep:
         example_x: torch.Tensor,
         example_y: torch.Tensor,
         autocast_dtype: torch.dtype | None = None,
+        warmup_steps: int = 0,
     ):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.warmup_left = warmup_steps
         self.autocast_dtype = autocast_dtype
         self.static_x = example_x.clone()
         self.static_y = example_y.clone()
@@ -68,6 +71,9 @@ class GraphedStep:
             self.static_loss = self._eager().detach()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.warmup_left:
+            self.warmup_left -= 1
+            return self.warmup(x, y)
         if self.graph is None:
             self.capture()
         self.static_x.copy_(x)

@@ -155,16 +155,11 @@ def epoch_order(epoch: int, config: TrainConfig, size: int) -> torch.Tensor:
 
 
 def batch_indices(
-    iteration: int, config: TrainConfig, size: int, dist: Distributed, order=None
+    step: int, config: TrainConfig, dist: Distributed, order: torch.Tensor
 ):
-    """This process's slice of the global batch of `iteration` (`order`: its epoch's)."""
-    per_epoch = size // config.batch_size
-    epoch, step = divmod(iteration, per_epoch)
-    if order is None:
-        order = epoch_order(epoch, config, size)
-    start = step * config.batch_size
+    """This process's slice of the global batch number `step` of an epoch in `order`."""
     share = config.batch_size // dist.world
-    start += dist.rank * share
+    start = step * config.batch_size + dist.rank * share
     return order[start : start + share]
 
 
@@ -219,11 +214,6 @@ class Trainer:
         check_model_fits(self.module, self.info, config.model)
         self.run_dir = Path(config.out) if config.out else default_run_dir(config)
         self.amp_dtype, self.scaler = amp_settings(config, self.device)
-        self.train_images, self.train_labels = self._on_device(True)
-        self.test_images, self.test_labels = self._on_device(False)
-        torch.manual_seed(config.seed)
-        self.model = build_model(self.module).to(self.device)
-        self.parameters = sum(p.numel() for p in self.model.parameters())
         self.use_graphs = config.cuda_graphs
         if self.use_graphs is None:
             self.use_graphs = (
@@ -231,6 +221,15 @@ class Trainer:
                 and self.dist.world == 1
                 and not config.compile
             )
+        if self.use_graphs and self.scaler is not None:
+            raise DagcError(
+                "--amp fp16 cannot be captured; use bf16 or --no-cuda-graphs"
+            )
+        self.train_images, self.train_labels = self._on_device(True)
+        self.test_images, self.test_labels = self._on_device(False)
+        torch.manual_seed(config.seed)
+        self.model = build_model(self.module).to(self.device)
+        self.parameters = sum(p.numel() for p in self.model.parameters())
         # A captured step reads the learning rate from device memory, so it is a tensor there.
         lr = (
             torch.tensor(config.lr, device=self.device)
@@ -354,16 +353,15 @@ class Trainer:
 
     def train_step(self, iteration: int) -> torch.Tensor:
         size = len(self.train_labels)
-        epoch = iteration // (size // self.config.batch_size)
-        if (
-            self.order is None or self.order[0] != epoch
-        ):  # one copy per epoch, not per step
+        epoch, step = divmod(iteration, size // self.config.batch_size)
+        # The epoch's permutation goes to the device once per epoch, not once per step.
+        if self.order is None or self.order[0] != epoch:
             self.order = (epoch, epoch_order(epoch, self.config, size).to(self.device))
-        index = batch_indices(iteration, self.config, size, self.dist, self.order[1])
+        index = batch_indices(step, self.config, self.dist, self.order[1])
         x = normalise(self.train_images[index])
         y = self.train_labels[index]
         if self.use_graphs:
-            loss = self._graphed_step(iteration, x, y)
+            loss = self._graphed_step(x, y)
             self.scheduler.step()
             return loss
         with torch.autocast(
@@ -381,13 +379,9 @@ class Trainer:
         self.scheduler.step()
         return loss.detach()
 
-    def _graphed_step(self, iteration: int, x, y) -> torch.Tensor:
+    def _graphed_step(self, x, y) -> torch.Tensor:
         """Eager warm-up steps on a side stream, then one capture, then replays."""
         if self.graphed is None:
-            if self.scaler is not None:
-                raise DagcError(
-                    "--amp fp16 cannot be captured; use bf16 or --no-cuda-graphs"
-                )
             from dagc.runtime.graphs import GraphedStep
 
             self.graphed = GraphedStep(
@@ -397,11 +391,8 @@ class Trainer:
                 x,
                 y,
                 self.amp_dtype,
+                warmup_steps=GRAPH_WARMUP_STEPS,
             )
-            self.warmup_left = GRAPH_WARMUP_STEPS
-        if self.warmup_left:
-            self.warmup_left -= 1
-            return self.graphed.warmup(x, y)
         return self.graphed(x, y)
 
     def run(self) -> dict:
