@@ -32,6 +32,7 @@ def regenerate_command(
         "--input-size", str(options.input_size),
         "--edge-weights", options.edge_weights,
         "--layout", options.layout,
+        "--backward", options.backward,
     ]  # fmt: skip
     if options.transmitter_signs:
         words += ["--transmitter-signs", Path(options.transmitter_signs).name]

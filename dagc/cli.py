@@ -16,7 +16,12 @@ from dagc import __version__
 from dagc.compiler.dag import DAG_KINDS, DagOptions
 from dagc.compiler.errors import DagcError
 from dagc.compiler.graph import PrepareOptions
-from dagc.compiler.render import EDGE_WEIGHT_MODES, LAYOUTS, CompileOptions
+from dagc.compiler.render import (
+    BACKWARD_MODES,
+    EDGE_WEIGHT_MODES,
+    LAYOUTS,
+    CompileOptions,
+)
 
 CONNECTOME_HELP = (
     "Bundled name (hermaphrodite, male) or a file: WormWiring .mat, Cook SI 5 .xlsx#SEX, "
@@ -165,6 +170,14 @@ def inspect(connectome, prepare, dag_options, channels, as_json):
     help="flat: one statement per neuron; levels: each topological level at once.",
 )
 @click.option(
+    "--backward",
+    type=click.Choice(BACKWARD_MODES),
+    default=None,
+    help="generated: the whole DAG as one op with a rendered reverse pass (flat layout; "
+    "the faster, docs/performance.md); autograd: per-node ops, autograd's backward. "
+    "[default: generated for flat, autograd for levels]",
+)
+@click.option(
     "--transmitter-signs",
     type=click.Path(dir_okay=False, path_type=Path),
     help="With --edge-weights dale: CSV of transmitter,sign (+1/-1) overriding the default "
@@ -181,6 +194,7 @@ def compile_command(
     input_size,
     edge_weights,
     layout,
+    backward,
     transmitter_signs,
 ):
     """Compile a connectome into one flat PyTorch module file."""
@@ -190,7 +204,7 @@ def compile_command(
     check_writable_dir(output)  # fail before the work, not after it
     options = CompileOptions(
         channels, in_channels, num_classes, input_size, edge_weights, layout,
-        str(transmitter_signs) if transmitter_signs else "",
+        str(transmitter_signs) if transmitter_signs else "", backward or "",
     )  # fmt: skip
     front, source = compile_network(connectome, prepare, dag_options, options)
     warn_pruned(front.plan.pruned)
@@ -198,7 +212,7 @@ def compile_command(
     plan = front.plan
     click.echo(
         f"wrote {output}: {len(plan.nodes)} nodes, {len(plan.edges)} edges, depth {plan.depth}, "
-        f"{options.layout} layout",
+        f"{options.layout} layout, {options.backward} backward",
         err=True,
     )
 

@@ -30,6 +30,7 @@ from dagc.compiler.output import write_atomic
 class Mode:
     name: str
     layout: str | None  # None: the reference interpreter (walks the graph at run time)
+    backward: str = "autograd"  # or "generated": the whole DAG as one op, reverse pass rendered
     compile: str | None = None  # torch.compile mode
     cuda_graph: bool = False  # capture the whole step as one CUDA graph
     amp: str = "off"  # "bf16": autocast
@@ -41,8 +42,28 @@ MODES = {
     mode.name: mode
     for mode in (
         Mode("interpreter", None, about="reference: Kahn walk + stack per node, eager"),
-        Mode("flat", "flat", about="generated, one statement per node, eager"),
-        Mode("levels", "levels", about="generated, one op per level, eager"),
+        Mode("flat", "flat", about="one statement per node, autograd backward, eager"),
+        Mode("levels", "levels", about="one op per level, autograd backward, eager"),
+        Mode(
+            "generated",
+            "flat",
+            backward="generated",
+            about="flat, DAG as one op with the generated reverse pass, eager",
+        ),
+        Mode(
+            "generated+compile",
+            "flat",
+            backward="generated",
+            compile="default",
+            about="torch.compile around the one DAG op",
+        ),
+        Mode(
+            "generated+cudagraph",
+            "flat",
+            backward="generated",
+            cuda_graph=True,
+            about="generated reverse pass, whole step replayed",
+        ),
         Mode("flat+bf16", "flat", amp="bf16", about="bf16 autocast"),
         Mode("flat+channels_last", "flat", channels_last=True),
         Mode("flat+compile", "flat", compile="default", about="torch.compile"),
@@ -59,17 +80,21 @@ MODES = {
     )
 }
 DEFAULT_MODES = {
-    # torch.compile's warm-up for this graph is 8-18 minutes on a 2-core CPU and did not end
-    # within 150 s on an H100; bf16 and channels_last measured slower on the CPU
+    # torch.compile of the per-node modules warms up for 8-18 minutes on a 2-core CPU and
+    # did not end within 150 s on an H100; with the generated backward the DAG is one opaque
+    # op and compiles in seconds. bf16 and channels_last measured slower on the CPU
     # (docs/performance.md): opt in with --modes.
-    "cpu": ("interpreter", "flat", "levels"),
+    "cpu": ("interpreter", "flat", "levels", "generated", "generated+compile"),
     "cuda": (
         "interpreter",
         "flat",
         "levels",
+        "generated",
         "flat+cudagraph",
         "levels+cudagraph",
         "flat+bf16+cudagraph",
+        "generated+cudagraph",
+        "generated+compile",
     ),
 }
 BASELINE = "interpreter"
@@ -248,15 +273,27 @@ def child_main(spec_path: str) -> None:
 
 
 def step_floor_counts(module, channels: int, batch: int) -> dict:
-    """Bytes and FLOPs of one training step with every op ideally fused (float32).
+    """Bytes and FLOPs of one training step at two floors (float32).
 
     Unit: one activation pass, batch x channels x (input/2)^2 floats read or written once.
-    Per node with k inputs, forward: read k inputs and write the sum, ReLU fused into it
-    (k + 1); depthwise conv (read 1, write 1); BatchNorm (statistics read 1, normalise read
-    1 and write 1). Backward: BatchNorm (read grad and input, reduce and write: 5); conv
-    (input grad read 1 write 1, weight grad read 2); ReLU mask (read 2, write 1); per input
-    edge, the weight's gradient reads the input once and the input's gradient is read and
-    written once (3 per edge; the node's own gradient stays in cache). So 18 + 4k per node.
+
+    `activation_passes`, every op ideally fused but each op on its own (the floor before the
+    generated reverse pass): per node with k inputs, forward: read k inputs and write the
+    sum, ReLU fused into it (k + 1); depthwise conv (read 1, write 1); BatchNorm (statistics
+    read 1, normalise read 1 and write 1). Backward: BatchNorm (read grad and input, reduce
+    and write: 5); conv (input grad read 1 write 1, weight grad read 2); ReLU mask (read 2,
+    write 1); per input edge, the weight's gradient reads the input once and the input's
+    gradient is read and written once (3 per edge; the node's own gradient stays in cache).
+    So 18 + 4k per node.
+
+    `fused_passes`, a node's work fused into few kernels and each input read once forward,
+    once by its consumers' gradient gather and once for the edge-weight gradients: 3 per
+    edge; per node, forward: write the sum (1), conv fused with the BatchNorm statistics
+    (read 1, write 1), normalise (read 1, write 1); backward: the gather writes the output
+    gradient while reducing it against the conv output for BatchNorm (write 1, read 1), then
+    one pass for BatchNorm's input gradient, the conv's input and weight gradients and the
+    ReLU mask (read gradient, conv output and conv input, write 1: 4). So 11 + 3k per node.
+
     Stem, sink and the optimizer are under 1 % and left out.
     """
     size = module.INPUT_SHAPE[1]
@@ -264,6 +301,7 @@ def step_floor_counts(module, channels: int, batch: int) -> dict:
     elements = batch * channels * spatial
     nodes, edges = len(module.NODES), len(module.EDGES)
     passes = 18 * nodes + 4 * edges
+    fused = 11 * nodes + 3 * edges
     flops = elements * (
         nodes * (2 * 9 * 3 + 10) + edges * 6
     )  # conv fwd+2 bwd, BN, edges
@@ -271,6 +309,8 @@ def step_floor_counts(module, channels: int, batch: int) -> dict:
         "activation_bytes": 4 * elements,
         "activation_passes": passes,
         "bytes": 4 * elements * passes,
+        "fused_passes": fused,
+        "fused_bytes": 4 * elements * fused,
         "flops": flops,
     }
 
@@ -307,11 +347,13 @@ def measure_machine(device_kind: str) -> dict:
 def step_floor(module, channels: int, batch: int, machine: dict) -> dict:
     """The counts and the best possible step time on a machine `measure_machine` measured."""
     counts = step_floor_counts(module, channels, batch)
-    floor_s = max(
-        counts["bytes"] / machine["copy_bandwidth_bytes_per_s"],
-        counts["flops"] / machine["fp32_matmul_flops_per_s"],
-    )
-    return {**counts, "step_s": floor_s}
+    compute_s = counts["flops"] / machine["fp32_matmul_flops_per_s"]
+    bandwidth = machine["copy_bandwidth_bytes_per_s"]
+    return {
+        **counts,
+        "step_s": max(counts["bytes"] / bandwidth, compute_s),
+        "fused_step_s": max(counts["fused_bytes"] / bandwidth, compute_s),
+    }
 
 
 # --- the parent: all modes ----------------------------------------------------------------
@@ -421,18 +463,22 @@ def bench(config: BenchConfig, echo=print) -> dict:
     )
     with tempfile.TemporaryDirectory(prefix="dagc-bench-") as tmp:
         workdir = Path(tmp)
-        # The file itself serves its own layout; the other one is rendered from its tables.
-        layout_files = {module.LAYOUT: Path(config.model).resolve()}
-        for layout in {m.layout for m in modes} - {None, module.LAYOUT}:
-            path = workdir / f"{layout}_net.py"
-            path.write_text(render_layout(module, layout))
-            layout_files[layout] = path
+        # The file itself serves its own variant; the others are rendered from its tables.
+        own = (module.LAYOUT, getattr(module, "BACKWARD", "autograd"))
+        variant_files = {own: Path(config.model).resolve()}
+        for layout, backward in {(m.layout, m.backward) for m in modes} - {own}:
+            if layout is None:
+                continue
+            path = workdir / f"{layout}_{backward}_net.py"
+            path.write_text(render_layout(module, layout, backward))
+            variant_files[(layout, backward)] = path
         for mode in modes:
             echo(f"[{mode.name}] ...")
+            variant = (mode.layout, mode.backward) if mode.layout else own
             spec = {
                 "mode": asdict(mode),
                 "device": "cuda" if kind == "cuda" else "cpu",
-                "model_path": str(layout_files[mode.layout or module.LAYOUT]),
+                "model_path": str(variant_files[variant]),
                 "channels": channels,
                 "batch_size": config.batch_size,
                 "steps": config.steps,
@@ -440,8 +486,10 @@ def bench(config: BenchConfig, echo=print) -> dict:
             }
             result = run_child(spec, config.mode_timeout, workdir)
             if result.get("ok"):
-                result["step_vs_floor"] = (
-                    result["step_median_s"] / report["floor"]["step_s"]
+                floor = report["floor"]
+                result["step_vs_floor"] = result["step_median_s"] / floor["step_s"]
+                result["step_vs_fused_floor"] = (
+                    result["step_median_s"] / floor["fused_step_s"]
                 )
             report["modes"][mode.name] = {"about": mode.about, **result}
             echo(f"[{mode.name}] " + _one_line(result))
@@ -484,8 +532,8 @@ def add_ratios(report: dict) -> None:
 
 
 def format_table(report: dict) -> str:
-    header = ("mode", "train img/s", "ms/step", "x interp", "x floor", "infer img/s",
-              "x interp", "peak mem", "compile s")  # fmt: skip
+    header = ("mode", "train img/s", "ms/step", "x interp", "x floor", "x fused",
+              "infer img/s", "x interp", "peak mem", "compile s")  # fmt: skip
     rows, failures = [header], []
     for name, r in report["modes"].items():
         if not r.get("ok"):
@@ -498,6 +546,7 @@ def format_table(report: dict) -> str:
                 f"{r['step_median_s'] * 1000:.1f}",
                 f"{r.get('train_vs_interpreter', float('nan')):.2f}",
                 f"{r.get('step_vs_floor', float('nan')):.1f}",
+                f"{r.get('step_vs_fused_floor', float('nan')):.1f}",
                 f"{r['infer_images_per_s']:.0f}",
                 f"{r.get('infer_vs_interpreter', float('nan')):.2f}",
                 f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
@@ -519,6 +568,12 @@ def format_table(report: dict) -> str:
             f"step -> {floor['step_s'] * 1000:.1f} ms at the measured "
             f"{report['machine_measured']['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s"
         )
+        if "fused_bytes" in floor:
+            lines.append(
+                f"fused floor (each input read once per pass): "
+                f"{floor['fused_bytes'] / 1e9:.1f} GB per step -> "
+                f"{floor['fused_step_s'] * 1000:.1f} ms"
+            )
     return "\n".join(lines + failures)
 
 

@@ -47,8 +47,9 @@ def plan_from_module(module: ModuleType) -> NetworkPlan:
     )
 
 
-def render_layout(module: ModuleType, layout: str) -> str:
-    """The module's network as dagc would compile it with --layout LAYOUT."""
+def render_layout(module: ModuleType, layout: str, backward: str = "") -> str:
+    """The module's network as dagc would compile it with --layout LAYOUT --backward
+    BACKWARD ("": that layout's default)."""
     in_channels, input_size, _ = module.INPUT_SHAPE
     options = CompileOptions(
         channels=module.CHANNELS,
@@ -57,6 +58,7 @@ def render_layout(module: ModuleType, layout: str) -> str:
         input_size=input_size,
         edge_weights=module.EDGE_WEIGHTS,
         layout=layout,
+        backward=backward,
     )
     header = {
         "command": f"re-rendered from {Path(module.__file__).name} by dagc bench",

@@ -72,7 +72,7 @@ def test_generated_file_is_black_formatted_and_named_after_neurons():
     )
     assert result.returncode == 0, result.stderr
     text = path.read_text()
-    assert "AVAL = self.node(" in text and "# AVAL (interneuron" in text
+    assert "AVAL = node(189, weighted_relu(" in text and "# AVAL (interneuron" in text
     assert "sha256 " in text and "/work" not in text and "/tmp" not in text
 
 

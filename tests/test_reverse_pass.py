@@ -1,0 +1,418 @@
+"""The generated reverse pass: straight-line, equal to autograd through the reference
+interpreter, one opaque op for torch.compile, and safe for any neuron name."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import keyword
+import random
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dagc.compiler.connectome import Edge
+from dagc.compiler.dag import Dag
+from dagc.compiler.plan import build_plan
+from dagc.compiler.render import CompileOptions, render_module, template_names
+from dagc.runtime.interpreter import InterpretedNet
+from dagc.runtime.loading import build_model, load_generated
+
+
+def functions_of(source: str) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse(source)
+    found = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    for cls in (c for c in tree.body if isinstance(c, ast.ClassDef)):
+        for f in cls.body:
+            if isinstance(f, ast.FunctionDef):
+                found[f"{cls.name}.{f.name}"] = f
+    return found
+
+
+def loops_in(function: ast.FunctionDef) -> list[ast.AST]:
+    return [
+        n
+        for n in ast.walk(function)
+        if isinstance(n, (ast.For, ast.While, ast.comprehension))
+    ]
+
+
+def test_forward_and_reverse_pass_are_straight_line_code(compile_to):
+    source = compile_to("hermaphrodite", channels=2)[1].read_text()
+    functions = functions_of(source)
+    forward, backward = functions["dag_forward"], functions["dag_backward"]
+    model_forward = functions["HermaphroditeNet.forward"]
+    for function in (forward, backward, model_forward):
+        assert loops_in(function) == []
+    # One statement group per neuron, named after it: 282 node calls each way.
+    calls = [
+        n
+        for n in ast.walk(backward)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "node"
+    ]
+    assert len(calls) == 282
+    assert "# AVAL -> AVAR, VA12, PVCL" in source
+    assert "AVAL_grad = node(" in source and "dots(\n        AVAL_grad" in source
+    # Each neuron's output gradient is one gather over its consumers, not k adds.
+    gathers = [
+        n
+        for n in ast.walk(backward)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "gather"
+    ]
+    outputs = 24
+    assert len(gathers) == 282 - outputs
+
+
+def deletions_by_node(function: ast.FunctionDef) -> dict[str, int]:
+    """value -> index of the node whose statement group deletes it (the group of node i
+    starts at the statement that calls `node(i, ...)`)."""
+    current, deleted = None, {}
+    for statement in function.body:
+        for call in ast.walk(statement):
+            if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "node":
+                current = call.args[0].value
+        if isinstance(statement, ast.Delete):
+            for target in statement.targets:
+                for value in getattr(target, "elts", [target]):
+                    assert value.id not in deleted, f"{value.id} deleted twice"
+                    deleted[value.id] = current
+    return deleted
+
+
+def test_lifetimes_come_from_the_plan(compile_to):
+    """Each value is deleted once, in the group of its last reader, computed here from the
+    plan: forward, an activation dies at its highest-indexed consumer (outputs live on to
+    the sink); reverse, a node's gradient dies at its lowest-indexed predecessor (the last
+    to gather it) and an activation at its lowest-indexed consumer (the last to dot it)."""
+    front, path = compile_to("hermaphrodite", channels=2)
+    plan = front.plan
+    functions = functions_of(path.read_text())
+    names = {i: node.name for i, node in enumerate(plan.nodes)}
+    consumers: dict[int, list[int]] = {}
+    for pre, post in plan.edges:
+        consumers.setdefault(pre, []).append(post)
+    forward = {names[i]: max(c) for i, c in consumers.items()}
+    reverse = {names[i]: min(c) for i, c in consumers.items()}
+    reverse.update(
+        {f"{node.name}_grad": min(node.preds) for node in plan.nodes if node.preds}
+    )
+    reverse["sink_grad"] = min(plan.outputs)
+    assert deletions_by_node(functions["dag_forward"]) == forward
+    assert deletions_by_node(functions["dag_backward"]) == reverse
+
+
+def randomise(model: torch.nn.Module, seed: int) -> dict:
+    """Non-trivial running statistics and edge weights, so eval mode tests something."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    state["node_bn_mean"].normal_(0, 0.1, generator=generator)
+    state["node_bn_var"].uniform_(0.5, 1.5, generator=generator)
+    state["node_bn_weight"].uniform_(0.5, 1.5, generator=generator)
+    state["node_bn_bias"].normal_(0, 0.1, generator=generator)
+    state["edge_weight"].normal_(0, 1, generator=generator)
+    return state
+
+
+def run_and_grad(model, x, runner=None):
+    """Output and parameter gradients of `model`, called through `runner` (e.g. its
+    torch.compile wrapper) when given."""
+    for parameter in model.parameters():
+        parameter.grad = None
+    out = (model if runner is None else runner)(x)
+    (out * torch.linspace(-1, 1, out.shape[1], dtype=out.dtype)).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def compare_with_interpreter(module, train: bool, dtype, seed: int = 0) -> None:
+    """Outputs, every gradient and the running statistics against autograd through the
+    reference interpreter. float64: 1e-10 relative; float32: 1e-5 relative, each gradient
+    measured against the largest gradient of its own tensor (stem_bn.weight's is rounding
+    noise around zero: every path from it meets another train-mode BatchNorm)."""
+    torch.manual_seed(seed)
+    reference = InterpretedNet(module, aggregate="chain").to(dtype)
+    state = randomise(reference, seed)
+    reference.load_state_dict(state)
+    model = build_model(module).to(dtype)
+    model.load_state_dict(state)
+    reference.train(train)
+    model.train(train)
+    x = torch.randn(3, *module.INPUT_SHAPE, dtype=dtype)
+    expected, expected_grads = run_and_grad(reference, x)
+    out, grads = run_and_grad(model, x)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+    largest = max(g.abs().max() for g in expected_grads.values())
+
+    def close(a, b, floor):
+        scale = a.abs().max().clamp_min(floor)
+        return ((a - b).abs().max() / scale).item() < tolerance
+
+    assert close(expected, out, 1e-30)
+    for name, grad in expected_grads.items():
+        floor = largest if name == "stem_bn.weight" else 1e-30
+        assert close(grad, grads[name], floor), name
+    for buffer in ("node_bn_mean", "node_bn_var"):
+        assert close(getattr(reference, buffer), getattr(model, buffer), 1e-30)
+    assert close(reference.stem_bn.running_var, model.stem_bn.running_var, 1e-30)
+
+
+NETWORKS = [
+    ("hermaphrodite", "constrained", 0),
+    ("male", "constrained", 0),
+    ("hermaphrodite", "random", 5),
+    ("hermaphrodite", "ws", 1),
+    ("male", "er", 3),
+    ("male", "ba", 2),
+]
+
+
+@pytest.mark.parametrize("spec, kind, seed", NETWORKS)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_generated_backward_equals_the_interpreter_in_float64(
+    compile_to, spec, kind, seed, train
+):
+    module = load_generated(compile_to(spec, kind, seed, channels=2)[1])
+    assert module.BACKWARD == "generated"
+    compare_with_interpreter(module, train, torch.float64, seed)
+
+
+@pytest.mark.parametrize("edge_weights", ["sigmoid", "free", "dale"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_generated_backward_in_float32_and_every_edge_mode(
+    compile_to, edge_weights, train
+):
+    path = compile_to("hermaphrodite", channels=3, edge_weights=edge_weights)[1]
+    compare_with_interpreter(load_generated(path), train, torch.float32)
+
+
+def random_dag(rng: random.Random, size: int, names: list[str]) -> Dag:
+    """A random DAG over `names` in which node 0 feeds many nodes, some nodes feed only
+    the sink, and some source-fed (input) nodes also feed other nodes."""
+    inputs = max(1, size // 4)
+    edges = []
+    for post in range(inputs, size):
+        preds = {rng.randrange(post)} | {0}
+        preds |= {p for p in range(post) if rng.random() < 0.3}
+        edges += [Edge(names[p], names[post], rng.choice([1.0, 2.0, 5.0])) for p in preds]
+    return Dag(
+        name="random-test",
+        kind="random",
+        seed=0,
+        nodes=tuple(names),
+        types={name: "sensory" if i < inputs else "interneuron" for i, name in enumerate(names)},
+        transmitters={name: "GABA" if i % 3 == 0 else "ACh" for i, name in enumerate(names)},
+        edges=tuple(edges),
+        layers=(),
+        inputs=tuple(names[:inputs]),
+    )
+
+
+def compile_dag(dag: Dag, tmp_path, edge_weights="sigmoid", tag="net"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = build_plan(dag)
+    header = {"command": "test", "source": "test", "sha256": "-"}
+    if edge_weights == "dale":
+        header["edge_signs"] = [
+            -1 if plan.nodes[pre].transmitter == "GABA" else 1 for pre, _ in plan.edges
+        ]
+    options = CompileOptions(channels=2, edge_weights=edge_weights)
+    path = tmp_path / f"{tag}.py"
+    path.write_text(render_module(plan, options, header), encoding="utf-8")
+    return plan, load_generated(path)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    seed=st.integers(0, 10_000),
+    size=st.integers(2, 14),
+    edge_weights=st.sampled_from(["sigmoid", "free", "dale"]),
+    train=st.booleans(),
+)
+def test_random_small_dags_match_the_interpreter(
+    tmp_path, seed, size, edge_weights, train
+):
+    rng = random.Random(seed)
+    names = [f"N{i}" for i in range(size)]
+    plan, module = compile_dag(
+        random_dag(rng, size, names), tmp_path, edge_weights, f"net{seed}_{size}"
+    )
+    assert plan.inputs and plan.outputs
+    compare_with_interpreter(module, train, torch.float64, seed)
+
+
+def awkward_names(rng: random.Random, count: int) -> list[str]:
+    """Cell names that are keywords, builtins, the template's own names, names that
+    collide once made legal, and non-ASCII names."""
+    template = sorted(template_names(CompileOptions(), _templates()))
+    pools = [
+        list(keyword.kwlist) + list(keyword.softkwlist),
+        [name for name in dir(builtins) if not name.startswith("__")],
+        template,
+        ["AVA-L", "AVA L", "AVA_L", "AVA.L", "1AVA", "n_1AVA", "x", "w", "self"],
+        ["ÄVAL", "神经元", "AVAL·R", "naïve", "µ1"],
+    ]
+    chosen: list[str] = []
+    while len(chosen) < count:
+        name = rng.choice(rng.choice(pools))
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def _templates() -> str:
+    from importlib.resources import files
+
+    return str(files("dagc.templates"))
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(seed=st.integers(0, 10_000), backward=st.sampled_from(["generated", "autograd"]))
+def test_any_cell_names_give_a_module_that_runs(tmp_path, seed, backward):
+    rng = random.Random(seed)
+    names = awkward_names(rng, 10)
+    dag = random_dag(rng, len(names), names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = build_plan(dag)
+    header = {"command": "test", "source": "test", "sha256": "-"}
+    path = tmp_path / f"names{seed}{backward}.py"
+    options = CompileOptions(channels=2, backward=backward)
+    path.write_text(render_module(plan, options, header), encoding="utf-8")
+    model = build_model(load_generated(path))
+    out = model(torch.randn(2, 1, 28, 28))
+    out.sum().backward()
+    assert out.shape == (2, 10) and model.edge_weight.grad is not None
+
+
+def test_a_cell_named_after_a_template_global_trains(tmp_path):
+    """Found by a user: a cell named weighted_relu shadowed the template's function."""
+    names = ["weighted_relu", "gather", "dots", "node", "source", "AVAL", "F", "torch"]
+    dag = random_dag(random.Random(0), len(names), names)
+    for backward in ("generated", "autograd"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = build_plan(dag)
+        path = tmp_path / f"{backward}.py"
+        options = CompileOptions(channels=2, backward=backward)
+        path.write_text(
+            render_module(plan, options, {"command": "-", "source": "-", "sha256": "-"}),
+            encoding="utf-8",
+        )
+        model = build_model(load_generated(path))
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+        losses = []
+        for _ in range(5):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.nll_loss(model(x), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0]
+
+
+def test_two_networks_and_the_same_network_twice_share_one_process(tmp_path, compile_to):
+    herm = compile_to("hermaphrodite", channels=2)[1]
+    male = compile_to("male", channels=2)[1]
+    copy = tmp_path / "copy_of_hermaphrodite.py"
+    copy.write_text(herm.read_text(), encoding="utf-8")  # another module, same ops
+    modules = [load_generated(path) for path in (herm, male, copy)]
+    assert modules[0].OPS != modules[1].OPS and modules[0].OPS == modules[2].OPS
+    assert modules[0] is not modules[2]
+    for module in modules:
+        model = build_model(module)
+        model(torch.randn(2, 1, 28, 28)).sum().backward()
+        assert model.node_conv.grad.abs().sum() > 0
+
+
+def test_inference_without_grad_saves_nothing_and_matches(compile_to):
+    module = load_generated(compile_to("male", channels=2)[1])
+    torch.manual_seed(0)
+    model = build_model(module).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+    assert torch.equal(out, model(x).detach())
+    source = torch.randn(2, 2, 14, 14)
+    w = torch.rand(len(module.EDGES))
+    args = (source, w, model.node_conv, model.node_bn_weight, model.node_bn_bias)
+    stats = (model.node_bn_mean, model.node_bn_var)
+    with torch.no_grad():
+        results = module.dag_forward(*args, *stats, False, 1e-5, False)
+    assert len(results) == 3  # the sink's input and two empty statistics: nothing saved
+
+
+def test_custom_ops_have_consistent_fake_implementations(compile_to):
+    """torch.library's own checks (schema, fake tensors, autograd registration)."""
+    module = load_generated(compile_to("hermaphrodite", "ws", 0, nodes=12, channels=2)[1])
+    model = build_model(module)
+    source = torch.randn(2, 2, 14, 14)
+    w = torch.rand(len(module.EDGES))
+    for training in (True, False):
+        args = (
+            source,
+            w,
+            model.node_conv.detach(),
+            model.node_bn_weight.detach(),
+            model.node_bn_bias.detach(),
+            model.node_bn_mean,
+            model.node_bn_var,
+            training,
+            1e-5,
+            True,
+        )
+        torch.library.opcheck(
+            module.dag_forward_op, args, test_utils=("test_schema", "test_faketensor")
+        )
+
+
+def test_torch_compile_sees_one_opaque_op_and_matches_eager(compile_to):
+    """fullgraph=True traces the stem, the DAG op and the sink; aot_eager runs the
+    functionalised graph (Inductor itself is exercised by the slow test below)."""
+    module = load_generated(compile_to("hermaphrodite", channels=2)[1])
+    torch.manual_seed(0)
+    model = build_model(module)
+    state = randomise(model, 1)
+    model.load_state_dict(state)
+    x = torch.randn(3, 1, 28, 28)
+    expected, expected_grads = run_and_grad(model, x)
+    model.load_state_dict(state)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out, grads = run_and_grad(model, x, compiled)
+    torch._dynamo.reset()
+    assert torch.allclose(expected, out, rtol=1e-5, atol=1e-6)
+    for name, grad in expected_grads.items():
+        assert torch.allclose(grad, grads[name], rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_inductor_compiles_the_full_network_quickly(compile_to):
+    """Real torch.compile (Inductor, CPU, fullgraph) of all 282 nodes: the DAG is one op."""
+    import time
+
+    module = load_generated(compile_to("hermaphrodite", channels=2)[1])
+    torch.manual_seed(0)
+    model = build_model(module)
+    x = torch.randn(4, 1, 28, 28)
+    # Train mode: the output depends on the weights and the batch, not the running stats.
+    expected, expected_grads = run_and_grad(model, x)
+    compiled = torch.compile(model, fullgraph=True)
+    start = time.perf_counter()
+    out, grads = run_and_grad(model, x, compiled)
+    elapsed = time.perf_counter() - start
+    torch._dynamo.reset()
+    assert torch.allclose(expected, out, rtol=1e-4, atol=1e-5)
+    for name, grad in expected_grads.items():
+        assert torch.allclose(grad, grads[name], rtol=1e-3, atol=1e-5), name
+    assert elapsed < 600, f"compile took {elapsed:.0f} s"
