@@ -122,6 +122,15 @@ if triton is not None:
             address = tl.multiple_of(address, 16)
         return address.to(tl.pointer_type(ety))
 
+    @triton.jit
+    def _round_to_bf16(x):
+        """float32 -> bfloat16 rounding to nearest even, by hand: Triton's interpreter casts
+        float32 to bfloat16 by truncation (3.8), where compiled code rounds to nearest even.
+        """
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
+        return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+
     @triton.jit(do_not_specialize=["k", "w_stride"])
     def _wsum_kernel(
         table,
@@ -132,6 +141,7 @@ if triton is not None:
         k,
         RELU: tl.constexpr,
         ALIGNED: tl.constexpr,
+        ROUND_BY_HAND: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         # out[i] = (relu)(sum_j w[j] * x_j[i]) over one block of i; inputs in table order, four
@@ -160,7 +170,10 @@ if triton is not None:
             acc += tl.load(w + j * w_stride).to(tl.float32) * x
         if RELU:
             acc = tl.maximum(acc, 0.0)
-        tl.store(out + offs, acc.to(ety), mask=mask)
+        if ROUND_BY_HAND:
+            tl.store(out + offs, _round_to_bf16(acc), mask=mask)
+        else:
+            tl.store(out + offs, acc.to(ety), mask=mask)
 
     @triton.jit(do_not_specialize=["k", "n_blocks"])
     def _dots_partial_kernel(
@@ -300,6 +313,7 @@ def _wsum(w: torch.Tensor, inputs: Sequence[torch.Tensor], relu: bool) -> torch.
             len(inputs),
             RELU=relu,
             ALIGNED=aligned,
+            ROUND_BY_HAND=out.dtype == torch.bfloat16 and interpreting(),
             BLOCK=block,
             num_warps=CONFIG["wsum_warps"],
         ),
