@@ -49,6 +49,7 @@ __all__ = [
     "install",
     "uninstall",
     "compile_seconds",
+    "ptx_report",
     "CONFIG",
     "PRIMITIVES",
 ]
@@ -116,11 +117,15 @@ if triton is not None:
 
     @triton.jit
     def _input_pointer(table, j, ety: tl.constexpr, ALIGNED: tl.constexpr):
-        """The j-th table entry as a pointer to `ety`, with a 16-byte alignment hint."""
-        address = tl.load(table + j)
+        """The j-th table entry as a pointer to `ety`, with a 16-byte alignment hint.
+
+        The hint must sit on the pointer: on the int64 before the cast it does not reach
+        Triton's alignment analysis, and the loads stay scalar (checked in sm_90 PTX).
+        """
+        pointer = tl.load(table + j).to(tl.pointer_type(ety))
         if ALIGNED:
-            address = tl.multiple_of(address, 16)
-        return address.to(tl.pointer_type(ety))
+            pointer = tl.multiple_of(pointer, 16)
+        return pointer
 
     @triton.jit
     def _round_to_bf16(x):
@@ -406,6 +411,99 @@ def reference_relu_mask_dots(
     h = torch.where(p > 0, gp, torch.zeros_like(gp))
     hf = h.flatten().float()
     return h, torch.stack([torch.dot(hf, x.flatten().float()) for x in inputs])
+
+
+# --- ahead-of-time compilation check (no GPU needed) -------------------------------------
+
+
+def ptx_report(arch: int = 90, block: int | None = None) -> dict[str, dict]:
+    """Compile every aligned kernel variant for CUDA `arch` without a GPU and count its loads.
+
+    Returns {variant: {"seconds", "vector_loads", "scalar_loads"}}: the PTX's vector
+    `ld.global.v*` loads and its scalar loads narrower than 64 bits (the 64-bit loads are the
+    table entries; the wsum kernel's scalar loads are its weights, one per input). It checks that the alignment hint on table pointers
+    reaches the compiler: without it every table input is read with scalar loads. Uses
+    Triton's `triton.compile(ASTSource(...), target=GPUTarget(...))`; needs Triton's bundled
+    ptxas and must run without TRITON_INTERPRET (the kernels are then compiled functions).
+    """
+    import re
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    _require_triton()
+    if interpreting():
+        raise RuntimeError("ptx_report needs TRITON_INTERPRET unset")
+    target = GPUTarget("cuda", arch, 32)
+    aligned16 = [["tt.divisibility", 16]]
+    report = {}
+
+    def compile_one(name, fn, signature, constexprs, aligned_args, warps):
+        start = time.perf_counter()
+        source = ASTSource(
+            fn=fn,
+            signature=signature,
+            constexprs=constexprs,
+            attrs={(list(signature).index(a),): aligned16 for a in aligned_args},
+        )
+        ptx = triton.compile(source, target=target, options={"num_warps": warps}).asm[
+            "ptx"
+        ]
+        loads = re.findall(r"\bld\.global[\w.:]*", ptx)
+        report[name] = {
+            "seconds": round(time.perf_counter() - start, 3),
+            "vector_loads": sum(".v" in op for op in loads),
+            "scalar_loads": sum(
+                ".v" not in op and not op.endswith("64") for op in loads
+            ),
+        }
+
+    for dtype in ("fp32", "bf16"):
+        compile_one(
+            f"wsum[{dtype}]",
+            _wsum_kernel,
+            {
+                "table": "*i64",
+                "w": "*fp32",
+                "w_stride": "i32",
+                "out": f"*{dtype}",
+                "n": "i32",
+                "k": "i32",
+                "RELU": "constexpr",
+                "ALIGNED": "constexpr",
+                "ROUND_BY_HAND": "constexpr",
+                "BLOCK": "constexpr",
+            },
+            {
+                "RELU": True,
+                "ALIGNED": True,
+                "ROUND_BY_HAND": False,
+                "BLOCK": block or CONFIG["wsum_block"],
+            },
+            ["table", "w", "out", "n"],
+            CONFIG["wsum_warps"],
+        )
+        compile_one(
+            f"relu_mask_dots[{dtype}]",
+            _dots_partial_kernel,
+            {
+                "table": "*i64",
+                "h": f"*{dtype}",
+                "p": f"*{dtype}",
+                "h_out": f"*{dtype}",
+                "partials": "*fp32",
+                "n": "i32",
+                "k": "i32",
+                "n_blocks": "i32",
+                "MASK": "constexpr",
+                "ALIGNED": "constexpr",
+                "BLOCK": "constexpr",
+            },
+            {"MASK": True, "ALIGNED": True, "BLOCK": block or CONFIG["dots_block"]},
+            ["table", "h", "p", "h_out", "partials", "n"],
+            CONFIG["dots_warps"],
+        )
+    return report
 
 
 # --- swapping the kernels into a generated module -------------------------------------------
