@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from typing import Callable, Sequence
 
 import torch
@@ -48,6 +49,7 @@ __all__ = [
     "relu_mask_dots",
     "install",
     "uninstall",
+    "clear_table_cache",
     "compile_seconds",
     "ptx_report",
     "CONFIG",
@@ -266,18 +268,49 @@ def _check_w(w: torch.Tensor, k: int, device: torch.device) -> None:
         raise ValueError("w must be on the inputs' device")
 
 
+# Eager calls reuse tables: a table only holds addresses, so it stays valid for the same
+# tuple of addresses whatever the memory holds, and a training loop gets the same addresses
+# from the caching allocator step after step. Bounded; cleared by clear_table_cache().
+TABLE_CACHE_SIZE = 4096
+_table_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+
+def clear_table_cache() -> None:
+    _table_cache.clear()
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _pointer_table(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """An int64 tensor on the tensors' device holding their addresses, padded to whole fills."""
+    """An int64 tensor on the tensors' device holding their addresses, padded to whole fills.
+
+    During CUDA-graph capture the table is always filled afresh by captured launches (a cached
+    table could be evicted and freed while the graph still reads it, and a table made during
+    capture holds nothing until the graph is replayed), and it is not cached.
+    """
     addresses = [t.data_ptr() for t in tensors]
+    device = tensors[0].device
+    capturing = _capturing(device)
+    key = (device, *addresses)
+    if not capturing:
+        table = _table_cache.get(key)
+        if table is not None:
+            _table_cache.move_to_end(key)
+            return table
     padded = -(-len(addresses) // TABLE_SLOTS) * TABLE_SLOTS
     addresses += [addresses[0]] * (padded - len(addresses))
-    device = tensors[0].device
     table = torch.empty(padded, dtype=torch.int64, device=device)
     for start in range(0, padded, TABLE_SLOTS):
         chunk = addresses[start : start + TABLE_SLOTS]
         _timed_launch(
             "fill_table", device, lambda: _fill_table_kernel[(1,)](table, start, *chunk)
         )
+    if not capturing:
+        _table_cache[key] = table
+        if len(_table_cache) > TABLE_CACHE_SIZE:
+            _table_cache.popitem(last=False)
     return table
 
 
@@ -516,6 +549,10 @@ def _usable(first: torch.Tensor, rest: Sequence[torch.Tensor], force: bool) -> b
     """Whether a call can take the Triton path (else the module's own torch function runs)."""
     if triton is None or first.dtype not in _DTYPES:
         return False
+    if torch.is_grad_enabled() and (
+        first.requires_grad or any(t.requires_grad for t in rest)
+    ):
+        return False  # the kernels record no autograd graph: let torch's ops do it
     device = first.device
     if device.type == "cuda":
         if interpreting():
@@ -534,6 +571,8 @@ def _usable(first: torch.Tensor, rest: Sequence[torch.Tensor], force: bool) -> b
 
 
 def _weights_usable(w: torch.Tensor, k: int, device: torch.device) -> bool:
+    if torch.is_grad_enabled() and w.requires_grad:
+        return False  # an autograd caller needs the gradient of w
     return (
         w.dim() == 1
         and w.shape[0] == k
@@ -576,7 +615,8 @@ def install(module, *, force: bool = False):
 
     CUDA tensors take the Triton kernels; CPU tensors only with `force=True` under
     TRITON_INTERPRET=1 (tests); everything else (no Triton, other dtypes, non-contiguous
-    tensors, mixed devices) falls back to the module's original pure-torch functions, which
+    tensors, mixed devices, tensors that need autograd while grad mode is on: the kernels
+    record no graph) falls back to the module's original pure-torch functions, which
     are kept on the module and restored by `uninstall`. Installing twice wraps the originals,
     not the previous wrappers. Returns the module.
     """

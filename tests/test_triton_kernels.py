@@ -270,8 +270,29 @@ def test_triton_install_dispatch_and_fallback():
     module.gather(w, xs[0].transpose(2, 3), xs[1], xs[2])
     module.dots(xs[0].transpose(2, 3), xs[1].transpose(2, 3))
     assert calls == ["weighted_relu", "gather", "dots"]
+    # tensors that need autograd go to torch while grad mode is on, to Triton under no_grad
+    calls.clear()
+    wg = w.clone().requires_grad_()
+    assert module.gather(wg, *xs).requires_grad
+    with torch.no_grad():
+        module.gather(wg, *xs)
+    assert calls == ["gather"]
     kernels.uninstall(module)
     assert (module.weighted_relu, module.gather, module.dots) == originals
+
+
+def test_triton_pointer_table_cache():
+    kernels.clear_table_cache()
+    xs = make_inputs(20)
+    table = kernels._pointer_table(xs)
+    assert table.dtype == torch.int64 and table.numel() == 32  # two fills of 16 slots
+    assert table[:20].tolist() == [x.data_ptr() for x in xs]
+    assert kernels._pointer_table(xs) is table  # eager calls reuse it
+    assert kernels._pointer_table(xs[::-1])[:20].tolist() == [
+        x.data_ptr() for x in xs[::-1]
+    ]
+    kernels.clear_table_cache()
+    assert kernels._pointer_table(xs) is not table
 
 
 @pytest.mark.skipif(
