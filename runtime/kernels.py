@@ -138,7 +138,7 @@ if triton is not None:
         bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
         return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
 
-    @triton.jit(do_not_specialize=["k", "w_stride"])
+    @triton.jit(do_not_specialize=["w", "w_stride", "k"])
     def _wsum_kernel(
         table,
         w,
@@ -513,7 +513,7 @@ def ptx_report(arch: int = 90, block: int | None = None) -> dict[str, dict]:
                 "ROUND_BY_HAND": False,
                 "BLOCK": block or CONFIG["wsum_block"],
             },
-            ["table", "w", "out", "n"],
+            ["table", "out", "n"],
             CONFIG["wsum_warps"],
         )
         compile_one(
