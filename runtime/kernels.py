@@ -54,6 +54,7 @@ __all__ = [
     "ptx_report",
     "CONFIG",
     "PRIMITIVES",
+    "OPTIONAL_PRIMITIVES",
 ]
 
 PRIMITIVES = ("weighted_relu", "gather", "dots")
@@ -237,8 +238,9 @@ def _require_triton() -> None:
 
 
 def _timed_launch(key: str, device: torch.device, launch: Callable[[], None]) -> None:
-    """Run `launch`; on the first call of `key` in this process record its wall time."""
-    if key in compile_seconds:
+    """Run `launch`; on the first call of `key` in this process record its wall time (not
+    during CUDA-graph capture, where synchronising is illegal)."""
+    if key in compile_seconds or _capturing(device):
         launch()
         return
     if device.type == "cuda":
@@ -536,12 +538,39 @@ def ptx_report(arch: int = 90, block: int | None = None) -> dict[str, dict]:
             ["table", "h", "p", "h_out", "partials", "n"],
             CONFIG["dots_warps"],
         )
+    compile_one(
+        "fill_table",
+        _fill_table_kernel,
+        {
+            "table": "*i64",
+            "start": "i32",
+            **{f"a{i}": "i64" for i in range(TABLE_SLOTS)},
+        },
+        {},
+        ["table"],
+        1,
+    )
+    compile_one(
+        "dots_reduce",
+        _dots_reduce_kernel,
+        {"partials": "*fp32", "out": "*fp32", "n_blocks": "i32", "BLOCK": "constexpr"},
+        {"BLOCK": CONFIG["reduce_block"]},
+        ["partials", "out"],
+        CONFIG["reduce_warps"],
+    )
     return report
 
 
 # --- swapping the kernels into a generated module -------------------------------------------
 
-_FAST = {"weighted_relu": weighted_relu, "gather": gather, "dots": dots}
+_FAST = {
+    "weighted_relu": weighted_relu,
+    "gather": gather,
+    "dots": dots,
+    "relu_mask_dots": relu_mask_dots,
+}
+# Swapped too when a generated module defines it (the contract only requires PRIMITIVES).
+OPTIONAL_PRIMITIVES = ("relu_mask_dots",)
 _ORIGINALS = "_dagc_torch_primitives"
 
 
@@ -591,6 +620,13 @@ def _dispatching(name: str, original: Callable, force: bool) -> Callable:
                 return fast(h, *inputs)
             return original(h, *inputs)
 
+    elif name == "relu_mask_dots":
+
+        def dispatch(gp, p, *inputs):
+            if inputs and _usable(gp, (p, *inputs), force):
+                return fast(gp, p, *inputs)
+            return original(gp, p, *inputs)
+
     else:
 
         def dispatch(w, *inputs):
@@ -611,7 +647,8 @@ def _dispatching(name: str, original: Callable, force: bool) -> Callable:
 
 
 def install(module, *, force: bool = False):
-    """Replace `module`'s weighted_relu/gather/dots with Triton-backed dispatchers.
+    """Replace `module`'s weighted_relu/gather/dots (and relu_mask_dots, if it defines one)
+    with Triton-backed dispatchers.
 
     CUDA tensors take the Triton kernels; CPU tensors only with `force=True` under
     TRITON_INTERPRET=1 (tests); everything else (no Triton, other dtypes, non-contiguous
@@ -627,10 +664,14 @@ def install(module, *, force: bool = False):
         ]
         if missing:
             raise AttributeError(f"{module.__name__} defines no {', '.join(missing)}")
-        originals = {name: getattr(module, name) for name in PRIMITIVES}
+        originals = {
+            name: getattr(module, name)
+            for name in PRIMITIVES + OPTIONAL_PRIMITIVES
+            if callable(getattr(module, name, None))
+        }
         setattr(module, _ORIGINALS, originals)
-    for name in PRIMITIVES:
-        setattr(module, name, _dispatching(name, originals[name], force))
+    for name, original in originals.items():
+        setattr(module, name, _dispatching(name, original, force))
     return module
 
 

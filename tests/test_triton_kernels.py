@@ -245,7 +245,12 @@ def fake_generated_module(calls):
         calls.append("dots")
         return torch_dots(h, *inputs)
 
+    def relu_mask_dots(gp, p, *inputs):
+        calls.append("relu_mask_dots")
+        return kernels.reference_relu_mask_dots(gp, p, *inputs)
+
     module.weighted_relu, module.gather, module.dots = weighted_relu, gather, dots
+    module.relu_mask_dots = relu_mask_dots
     return module
 
 
@@ -264,7 +269,11 @@ def test_triton_install_dispatch_and_fallback():
     torch.testing.assert_close(
         module.dots(xs[0], *xs), torch_dots(xs[0], *xs), rtol=1e-5, atol=1e-4
     )
-    assert calls == []  # all three took the Triton path
+    h, d = module.relu_mask_dots(xs[0], xs[1], *xs)
+    h_ref, d_ref = kernels.reference_relu_mask_dots(xs[0], xs[1], *xs)
+    assert torch.equal(h, h_ref)
+    torch.testing.assert_close(d, d_ref, rtol=1e-5, atol=1e-4)
+    assert calls == []  # all four took the Triton path
     # fallbacks: float64, non-contiguous inputs
     module.weighted_relu(w.double(), *[x.double() for x in xs])
     module.gather(w, xs[0].transpose(2, 3), xs[1], xs[2])
@@ -279,6 +288,8 @@ def test_triton_install_dispatch_and_fallback():
     assert calls == ["gather"]
     kernels.uninstall(module)
     assert (module.weighted_relu, module.gather, module.dots) == originals
+    with pytest.raises(AttributeError, match="defines no gather, dots"):
+        kernels.install(types.SimpleNamespace(__name__="old_net", weighted_relu=len))
 
 
 def test_triton_pointer_table_cache():
@@ -333,6 +344,7 @@ def test_triton_sm90_loads_are_vectorized():
         pytest.skip(f"this Triton cannot compile for sm_90 here: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert {"fill_table", "dots_reduce"} <= report.keys()
     for dtype in ("fp32", "bf16"):
         assert report[f"wsum[{dtype}]"]["scalar_loads"] == 5, report
         assert report[f"wsum[{dtype}]"]["vector_loads"] > 0, report
