@@ -177,7 +177,9 @@ if triton is not None:
             x = tl.load(p + offs, mask=mask, other=0.0).to(tl.float32)
             acc += tl.load(w + j * w_stride).to(tl.float32) * x
         if RELU:
-            acc = tl.maximum(acc, 0.0)
+            acc = tl.maximum(
+                acc, 0.0, propagate_nan=tl.PropagateNan.ALL
+            )  # as torch.relu
         if ROUND_BY_HAND:
             tl.store(out + offs, _round_to_bf16(acc), mask=mask)
         else:

@@ -227,6 +227,18 @@ def test_triton_bf16_accumulates_in_float32():
     assert kernels.dots(h, x, h).tolist() == [511.0, 256.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_relu_keeps_nan_and_inf(dtype):
+    """A diverging run stays visible: NaN and inf pass the ReLU as in torch.relu."""
+    x = make_inputs(1, dtype=dtype)[0]
+    x.view(-1)[:3] = torch.tensor(
+        [float("nan"), float("inf"), -float("inf")], dtype=dtype
+    )
+    w = torch.ones(1, device=DEVICE)
+    out = kernels.weighted_relu(w, x)
+    torch.testing.assert_close(out, torch.relu(x), equal_nan=True, rtol=0, atol=0)
+
+
 # --- install() into a generated-like module ---------------------------------------------
 
 
