@@ -34,6 +34,7 @@ class Mode:
     compile: str | None = None  # torch.compile mode
     cuda_graph: bool = False  # capture the whole step as one CUDA graph
     amp: str = "off"  # "bf16": autocast
+    kernels: str = "torch"  # "triton": dagc.runtime.kernels replaces the per-node sums
     channels_last: bool = False
     about: str = ""
 
@@ -63,6 +64,14 @@ MODES = {
             backward="generated",
             cuda_graph=True,
             about="generated reverse pass, whole step replayed",
+        ),
+        Mode(
+            "generated+triton+cudagraph",
+            "flat",
+            backward="generated",
+            kernels="triton",
+            cuda_graph=True,
+            about="Triton sums, gathers and dots, whole step replayed",
         ),
         Mode("flat+bf16", "flat", amp="bf16", about="bf16 autocast"),
         Mode("flat+channels_last", "flat", channels_last=True),
@@ -94,6 +103,7 @@ DEFAULT_MODES = {
         "levels+cudagraph",
         "flat+bf16+cudagraph",
         "generated+cudagraph",
+        "generated+triton+cudagraph",
         "generated+compile",
     ),
 }
@@ -147,6 +157,12 @@ def run_mode(spec: dict) -> dict:
     mode = Mode(**spec["mode"])
     device = torch.device(spec["device"])
     module = load_generated(spec["model_path"])
+    if mode.kernels == "triton":
+        from dagc.runtime import kernels
+
+        if device.type != "cuda" or not kernels.available():
+            raise RuntimeError("the Triton kernels need CUDA and Triton")
+        kernels.install(module)
     overrides = {"channels": spec["channels"]} if spec["channels"] else {}
     torch.manual_seed(0)
     if mode.layout is None:
@@ -227,6 +243,10 @@ def run_mode(spec: dict) -> dict:
     }
     if capture_s is not None:
         result["capture_s"] = capture_s
+    if mode.kernels == "triton":
+        from dagc.runtime.kernels import compile_seconds
+
+        result["kernel_compile_s"] = dict(compile_seconds)
     if mode.compile:
         result["compile_s"] = max(first_steps[0] - result["step_median_s"], 0.0)
     if device.type == "cuda":
@@ -400,7 +420,7 @@ def resolve_modes(requested: tuple[str, ...], device_kind: str) -> list[Mode]:
         names.insert(0, BASELINE)
     modes = [MODES[name] for name in names]
     if device_kind != "cuda":
-        modes = [m for m in modes if not m.cuda_graph]
+        modes = [m for m in modes if not m.cuda_graph and m.kernels == "torch"]
     return modes
 
 
