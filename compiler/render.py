@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from importlib.resources import files
 from dataclasses import dataclass, field
+from importlib.resources import files
 
 import black
 import jinja2

@@ -487,7 +487,8 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
 
     Finished runs are skipped and interrupted ones resumed, so it can run piecewise.
     """
-    from dagc.runtime.reproduce import Settings, reproduce as run_reproduction
+    from dagc.runtime.reproduce import Settings
+    from dagc.runtime.reproduce import reproduce as run_reproduction
 
     overrides = dict(seeds=seeds, channels=channels, iterations=iterations,
                      eval_every=eval_every, device=device,

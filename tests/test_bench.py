@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from test_bad_input import assert_clean_error, dagc
 
 from dagc.runtime.bench import BenchConfig, bench, format_table, step_floor_counts
 from dagc.runtime.loading import load_generated
 from dagc.runtime.variants import render_layout
-from test_bad_input import assert_clean_error, dagc
 
 ROOT = Path(__file__).resolve().parents[1]
 HERMAPHRODITE = ROOT / "generated" / "hermaphrodite_net.py"
@@ -60,7 +60,7 @@ def test_bench_smoke_run_reports_every_mode_against_the_interpreter(
     report = bench(config, echo=lambda line: None)
     saved = json.loads(out.read_text())
     assert list(saved["modes"]) == ["interpreter", "flat", "levels"]
-    for name, result in saved["modes"].items():
+    for _name, result in saved["modes"].items():
         assert result["ok"], result
         assert result["train_images_per_s"] > 0 and result["infer_images_per_s"] > 0
         assert result["peak_memory_bytes"] > 0

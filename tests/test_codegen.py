@@ -39,9 +39,9 @@ def test_committed_files_are_fresh():
     spec.loader.exec_module(regenerate)
     assert sorted(regenerate.TARGETS) == sorted(p.name for p in GENERATED)
     for path in GENERATED:
-        assert path.read_text() == regenerate.fresh_source(
-            path.name
-        ), f"{path.name} is stale: run python scripts/regenerate.py"
+        assert path.read_text() == regenerate.fresh_source(path.name), (
+            f"{path.name} is stale: run python scripts/regenerate.py"
+        )
 
 
 @pytest.mark.parametrize("path", GENERATED, ids=lambda p: p.name)
@@ -156,7 +156,7 @@ def test_flat_and_levels_match_the_interpreter(compile_to, spec, kind, seed, tra
     x = torch.randn(4, 1, 28, 28)
     reference.train(train)
     expected, expected_grads = run_and_grad(reference, x)
-    for layout, module in modules.items():
+    for _layout, module in modules.items():
         model = build_model(module)
         model.load_state_dict(state)
         model.train(train)

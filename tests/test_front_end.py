@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dagc.cli import main
 from dagc.compiler.bundled import load_bundled
-from dagc.compiler.connectome import Cell, Edge, build_connectome
+from dagc.compiler.connectome import Cell, build_connectome
 from dagc.compiler.dag import DagOptions, build_dag, constrained_dag, random_dag
 from dagc.compiler.graph import PrepareOptions, prepare_graph
 from dagc.compiler.loaders.cook import load_cook_si5
 from dagc.compiler.plan import build_plan
-from dagc.cli import main
 
 PAPER = {
     # sex: (graph nodes, graph edges, DAG nodes, DAG edges, layer sizes)
@@ -53,9 +53,9 @@ def test_bundled_equals_the_spreadsheets(sex, si5):
 
 
 def test_genuine_mat_reproduces_the_male_numbers():
-    from conftest import RAW, require_shared
-
     from dagc.compiler.loaders.matlab import load_matlab
+
+    from conftest import RAW, require_shared
 
     mat = load_matlab(require_shared(RAW / "GMaleChem.mat"))
     graph, _ = check_paper_numbers(mat, "male")

@@ -109,9 +109,9 @@ def test_kill_and_resume_is_exact(tiny_model, uninterrupted, tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (
-        out / "summary.json"
-    ).exists(), "the run finished before it could be killed"
+    assert not (out / "summary.json").exists(), (
+        "the run finished before it could be killed"
+    )
     resumed = dagc(*train_args(tiny_model, out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     expected, actual = final_weights(uninterrupted), final_weights(out)
