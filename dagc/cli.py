@@ -107,7 +107,7 @@ def inspect(connectome, prepare, dag_options, channels, as_json):
     from dagc.compiler.pipeline import front_end_stats, run_front_end
 
     front = run_front_end(connectome, prepare, dag_options)
-    stats = front_end_stats(front, channels=channels)
+    stats = front_end_stats(front, channels=channels).as_dict()
     warn_pruned(front.plan.pruned)
     if as_json:
         click.echo(json.dumps(stats, indent=2))
