@@ -136,6 +136,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, kind, seed", CASES)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_flat_and_levels_match_the_interpreter(compile_to, spec, kind, seed, train):
@@ -217,6 +218,7 @@ def test_imports_with_torch_alone(tmp_path):
     assert result.stdout.strip() == "(2, 10)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["flat", "levels"])
 def test_full_network_traces_without_graph_breaks(layout, compile_to):
     """Dynamo traces the whole 282-node forward and backward as one graph (no Inductor here)."""
