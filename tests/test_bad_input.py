@@ -320,3 +320,28 @@ def test_si5_errors_name_the_sheet_and_row(tmp_path):
     assert str(info.value) == (
         f"{path} (sheet 'male chemical', row 5): edge AVAL -> ASHL has negative weight -1"
     )
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        ("ACh", "neuron 'ADAL' appears twice (first on row 3)"),
+        ("wizardine", "unrecognised neurotransmitter entry 'wizardine'"),
+    ],
+)
+def test_atlas_errors_name_the_row(tmp_path, second, message):
+    import openpyxl
+
+    from dagc.compiler.loaders.neurotransmitters import read_neurotransmitters
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Wang et al. 2024, supplementary table"])
+    sheet.append(["Class", "Neuron", "Neurotransmitter(s)"])
+    sheet.append(["ADA", "ADAL", "Glu"])
+    sheet.append(["ADA", "ADAL" if second == "ACh" else "ADAR", second])
+    path = tmp_path / "supp2.xlsx"
+    book.save(path)
+    with pytest.raises(DagcError) as info:
+        read_neurotransmitters(path, tmp_path / "supp3.xlsx")
+    assert str(info.value) == f"{path} (row 4): {message}"
