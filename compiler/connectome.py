@@ -86,6 +86,8 @@ class Connectome:
     cells: tuple[Cell, ...]
     edges: tuple[Edge, ...]
     meta: dict = field(default_factory=dict, compare=False)
+    # The file that lists the cells, with its directories: for error messages only.
+    path: str = field(default="", compare=False)
 
     def cell_map(self) -> dict[str, Cell]:
         return {cell.name: cell for cell in self.cells}
@@ -98,6 +100,14 @@ def sha256_of(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a loader found one cell or edge: a file and, when it has them, a line or row."""
+
+    path: object
+    line: int | str | None = None
+
+
 def build_connectome(
     name: str,
     source: str,
@@ -105,48 +115,73 @@ def build_connectome(
     cells: list[Cell],
     edges: list[tuple[str, str, object]],
     path: object,
+    *,
+    cell_origins: list[Origin] | None = None,
+    edge_origins: list[Origin] | None = None,
 ) -> Connectome:
     """Validate loader output in one place: unique names, known endpoints, numeric weights >= 0.
 
     Zero-weight entries are dropped (a matrix cell of 0 is no synapse); parallel entries of the
     same (pre, post) pair are an error because their meaning (sum? max?) would be a guess.
+    `path` is the file that lists the cells; `cell_origins` and `edge_origins` (one per cell,
+    per edge) say where each came from, so that an error names the file and line holding the
+    problem; without them, `path`.
     """
-    names = [cell.name for cell in cells]
-    seen: set[str] = set()
-    for cell_name in names:
-        if not cell_name:
-            raise DagcError("a cell has an empty name", path)
-        if cell_name in seen:
-            raise DagcError(f"duplicate node name {cell_name!r}", path)
-        seen.add(cell_name)
+    cell_at = cell_origins or [Origin(path)] * len(cells)
+    edge_at = edge_origins or [Origin(path)] * len(edges)
+    first_seen: dict[str, Origin] = {}
+    for cell, at in zip(cells, cell_at):
+        if not cell.name:
+            raise DagcError("a cell has an empty name", at.path, at.line)
+        if cell.name in first_seen:
+            first = first_seen[cell.name]
+            earlier = (
+                f" (first on line {first.line})" if isinstance(first.line, int) else ""
+            )
+            raise DagcError(
+                f"duplicate node name {cell.name!r}{earlier}", at.path, at.line
+            )
+        first_seen[cell.name] = at
     checked: list[Edge] = []
-    pairs: set[tuple[str, str]] = set()
-    for pre, post, raw_weight in edges:
+    pairs: dict[tuple[str, str], Origin] = {}
+    for (pre, post, raw_weight), at in zip(edges, edge_at):
         for end in (pre, post):
-            if end not in seen:
+            if end not in first_seen:
                 raise DagcError(
-                    f"edge {pre} -> {post} names unknown node {end!r}", path
+                    f"edge {pre} -> {post} names unknown node {end!r}", at.path, at.line
                 )
-        weight = _as_weight(raw_weight, pre, post, path)
+        weight = _as_weight(raw_weight, pre, post, at)
         if weight == 0:
             continue
         if (pre, post) in pairs:
-            raise DagcError(f"duplicate edge {pre} -> {post}", path)
-        pairs.add((pre, post))
+            first = pairs[(pre, post)]
+            earlier = (
+                f" (first on line {first.line})" if isinstance(first.line, int) else ""
+            )
+            raise DagcError(
+                f"duplicate edge {pre} -> {post}{earlier}", at.path, at.line
+            )
+        pairs[(pre, post)] = at
         checked.append(Edge(pre, post, weight))
-    return Connectome(name, source, sha256, tuple(cells), tuple(checked))
+    return Connectome(
+        name, source, sha256, tuple(cells), tuple(checked), path=str(path or "")
+    )
 
 
-def _as_weight(raw: object, pre: str, post: str, path: object) -> float:
+def _as_weight(raw: object, pre: str, post: str, at: Origin) -> float:
     try:
         weight = float(raw)
     except (TypeError, ValueError):
         raise DagcError(
-            f"edge {pre} -> {post} has non-numeric weight {raw!r}", path
+            f"edge {pre} -> {post} has non-numeric weight {raw!r}", at.path, at.line
         ) from None
     if weight != weight or weight in (float("inf"), float("-inf")):
-        raise DagcError(f"edge {pre} -> {post} has non-finite weight {raw!r}", path)
+        raise DagcError(
+            f"edge {pre} -> {post} has non-finite weight {raw!r}", at.path, at.line
+        )
     if weight < 0:
-        raise DagcError(f"edge {pre} -> {post} has negative weight {raw!r}", path)
+        raise DagcError(
+            f"edge {pre} -> {post} has negative weight {raw!r}", at.path, at.line
+        )
     # Whole numbers stay ints so tables and generated files print "12", not "12.0".
     return int(weight) if weight.is_integer() else weight

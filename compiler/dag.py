@@ -68,8 +68,9 @@ def sensory_layers(graph: Graph) -> list[list[str]]:
     layer = [name for name in graph.nodes if graph.types[name] == "sensory"]
     if not layer:
         raise DagcError(
-            f"{graph.source}: no sensory neurons, so there is no input layer for a constrained "
-            "DAG (use --dag random or type some neurons 'sensory')"
+            "no sensory neurons, so there is no input layer for a constrained DAG "
+            "(use --dag random or type some neurons 'sensory')",
+            graph.path or graph.source,
         )
     layered = set(layer)
     layers = []

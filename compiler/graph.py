@@ -35,6 +35,8 @@ class Graph:
     transmitters: dict[str, str]
     edges: tuple[Edge, ...]  # self-loops included: they are real synapses
     dropped: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The file that lists the cells, with its directories: for error messages only.
+    path: str = field(default="", compare=False)
 
     @property
     def self_loops(self) -> int:
@@ -80,4 +82,5 @@ def prepare_graph(
         transmitters={c.name: c.neurotransmitter for c in cells if c.name in node_set},
         edges=edges,
         dropped=dropped,
+        path=connectome.path,
     )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from dagc.compiler.connectome import Connectome
 from dagc.compiler.dag import Dag, DagOptions, build_dag
 from dagc.compiler.graph import Graph, PrepareOptions, prepare_graph
 from dagc.compiler.loaders import load_connectome
-from dagc.compiler.params import parameter_breakdown
+from dagc.compiler.params import ParameterCount, parameter_breakdown
 from dagc.compiler.plan import NetworkPlan, build_plan
 
 
@@ -36,41 +36,97 @@ def run_front_end(
     return FrontEnd(connectome, graph, dag, plan)
 
 
+@dataclass(frozen=True)
+class ConnectomeStats:
+    name: str
+    source: str
+    sha256: str
+    cells: int
+    synapse_edges: int
+
+
+@dataclass(frozen=True)
+class GraphStats:
+    nodes: int
+    edges: int
+    self_loops: int
+    dropped: dict[str, list[str]]  # step -> the neurons it dropped
+
+
+@dataclass(frozen=True)
+class DagStats:
+    kind: str
+    seed: int | None  # None for the deterministic constrained DAG
+    nodes: int
+    edges: int
+    layers: list[int]  # sizes of X(0), X(1), ... (constrained DAG only)
+
+
+@dataclass(frozen=True)
+class NetworkStats:
+    nodes: int
+    edges: int
+    input_nodes: int
+    output_nodes: int
+    depth: int
+    levels: list[int]  # nodes per topological level
+    pruned: list[str]
+    channels: int
+    parameters: ParameterCount
+
+
+@dataclass(frozen=True)
+class FrontEndStats:
+    """What `dagc inspect` reports, stage by stage."""
+
+    connectome: ConnectomeStats
+    graph: GraphStats
+    types: dict[str, int]  # neuron type -> count in the graph
+    dag: DagStats
+    network: NetworkStats
+
+    def as_dict(self) -> dict:
+        """The JSON form `dagc inspect --json` prints."""
+        stats = asdict(self)
+        stats["network"]["parameters"] = self.network.parameters.as_dict()
+        return stats
+
+
 def front_end_stats(
     front: FrontEnd, channels: int = 78, in_channels: int = 1, num_classes: int = 10
-) -> dict:
+) -> FrontEndStats:
     graph, dag, plan = front.graph, front.dag, front.plan
-    return {
-        "connectome": {
-            "name": front.connectome.name,
-            "source": front.connectome.source,
-            "sha256": front.connectome.sha256,
-            "cells": len(front.connectome.cells),
-            "synapse_edges": len(front.connectome.edges),
-        },
-        "graph": {
-            "nodes": len(graph.nodes),
-            "edges": len(graph.edges),
-            "self_loops": graph.self_loops,
-            "dropped": {step: list(names) for step, names in graph.dropped.items()},
-        },
-        "types": graph.type_counts(),
-        "dag": {
-            "kind": dag.kind,
-            "seed": dag.seed,
-            "nodes": len(dag.nodes),
-            "edges": len(dag.edges),
-            "layers": [len(layer) for layer in dag.layers],
-        },
-        "network": {
-            "nodes": len(plan.nodes),
-            "edges": len(plan.edges),
-            "input_nodes": len(plan.inputs),
-            "output_nodes": len(plan.outputs),
-            "depth": plan.depth,
-            "levels": [stop - start for start, stop in plan.levels],
-            "pruned": list(plan.pruned),
-            "channels": channels,
-            "parameters": parameter_breakdown(plan, channels, in_channels, num_classes),
-        },
-    }
+    return FrontEndStats(
+        connectome=ConnectomeStats(
+            name=front.connectome.name,
+            source=front.connectome.source,
+            sha256=front.connectome.sha256,
+            cells=len(front.connectome.cells),
+            synapse_edges=len(front.connectome.edges),
+        ),
+        graph=GraphStats(
+            nodes=len(graph.nodes),
+            edges=len(graph.edges),
+            self_loops=graph.self_loops,
+            dropped={step: list(names) for step, names in graph.dropped.items()},
+        ),
+        types=graph.type_counts(),
+        dag=DagStats(
+            kind=dag.kind,
+            seed=dag.seed,
+            nodes=len(dag.nodes),
+            edges=len(dag.edges),
+            layers=[len(layer) for layer in dag.layers],
+        ),
+        network=NetworkStats(
+            nodes=len(plan.nodes),
+            edges=len(plan.edges),
+            input_nodes=len(plan.inputs),
+            output_nodes=len(plan.outputs),
+            depth=plan.depth,
+            levels=[stop - start for start, stop in plan.levels],
+            pruned=list(plan.pruned),
+            channels=channels,
+            parameters=parameter_breakdown(plan, channels, in_channels, num_classes),
+        ),
+    )

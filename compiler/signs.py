@@ -9,6 +9,7 @@ its transmitters is. Users can override the mapping with a CSV of `transmitter,s
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from dagc.compiler.errors import DagcError
@@ -22,21 +23,26 @@ def read_sign_table(path: Path) -> dict[str, int]:
     signs = dict(DEFAULT_SIGNS)
     if not path.exists():
         raise DagcError("file not found", path)
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if [c.strip().lower() for c in reader.fieldnames or []][:2] != [
-            "transmitter",
-            "sign",
-        ]:
-            raise DagcError("expected the columns transmitter,sign", path)
-        for row in reader:
-            values = [value.strip() for value in row.values()]
-            transmitter, raw_sign = values[0], values[1]
-            if raw_sign not in ("1", "+1", "-1"):
-                raise DagcError(
-                    f"sign of {transmitter!r} must be +1 or -1, not {raw_sign!r}", path
-                )
-            signs[transmitter] = int(raw_sign)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DagcError("not a UTF-8 text file", path) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [column.strip().lower() for column in next(reader, [])]
+    if header[:2] != ["transmitter", "sign"]:
+        raise DagcError("expected the columns transmitter,sign", path, 1)
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue  # a blank line
+        transmitter = row[0].strip()
+        raw_sign = row[1].strip() if len(row) > 1 else ""
+        if raw_sign not in ("1", "+1", "-1"):
+            raise DagcError(
+                f"sign of {transmitter!r} must be +1 or -1, not {raw_sign!r}",
+                path,
+                reader.line_num,
+            )
+        signs[transmitter] = int(raw_sign)
     return signs
 
 

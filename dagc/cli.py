@@ -112,7 +112,7 @@ def inspect(connectome, prepare, dag_options, channels, as_json):
     from dagc.compiler.pipeline import front_end_stats, run_front_end
 
     front = run_front_end(connectome, prepare, dag_options)
-    stats = front_end_stats(front, channels=channels)
+    stats = front_end_stats(front, channels=channels).as_dict()
     warn_pruned(front.plan.pruned)
     if as_json:
         click.echo(json.dumps(stats, indent=2))
@@ -501,7 +501,8 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
 
     Finished runs are skipped and interrupted ones resumed, so it can run piecewise.
     """
-    from dagc.runtime.reproduce import Settings, reproduce as run_reproduction
+    from dagc.runtime.reproduce import Settings
+    from dagc.runtime.reproduce import reproduce as run_reproduction
 
     overrides = dict(seeds=seeds, channels=channels, iterations=iterations,
                      eval_every=eval_every, device=device,

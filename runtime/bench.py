@@ -353,7 +353,7 @@ def measure_machine(device_kind: str) -> dict:
         _sync(device)
         return (time.perf_counter() - start) / repeat
 
-    copy_s = timed(lambda: target.copy_(source), 10 if device_kind == "cuda" else 3)
+    copy_s = timed(lambda: target.copy_(source), 10 if device_kind == "cuda" else 3)  # noqa: F821
     m = 4096 if device_kind == "cuda" else 1024
     a = torch.randn(m, m, device=device)
     matmul_s = timed(lambda: a @ a, 10 if device_kind == "cuda" else 3)

@@ -9,7 +9,7 @@ None before capture, and each step's batch is copied into the static input tenso
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -79,7 +79,7 @@ class Settings:
     quick: bool = False
 
     @classmethod
-    def quick_settings(cls, **overrides) -> "Settings":
+    def quick_settings(cls, **overrides) -> Settings:
         base = dict(seeds=1, channels=4, iterations=120, eval_every=40, quick=True)
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -158,7 +158,7 @@ def write_report(out: Path, settings: Settings, results, session_s: float) -> Pa
     curves = {}
     for dataset in DATASETS:
         series, paper = {}, {}
-        for row, summaries in results:
+        for row, _summaries in results:
             if row.dataset == dataset and row.network in CONSTRAINED.values():
                 run = out / "runs" / f"{row.network.file_name(0)}-{dataset}-s0"
                 rows = [

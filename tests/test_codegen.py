@@ -39,9 +39,9 @@ def test_committed_files_are_fresh():
     spec.loader.exec_module(regenerate)
     assert sorted(regenerate.TARGETS) == sorted(p.name for p in GENERATED)
     for path in GENERATED:
-        assert path.read_text() == regenerate.fresh_source(
-            path.name
-        ), f"{path.name} is stale: run python scripts/regenerate.py"
+        assert path.read_text() == regenerate.fresh_source(path.name), (
+            f"{path.name} is stale: run python scripts/regenerate.py"
+        )
 
 
 @pytest.mark.parametrize("path", GENERATED, ids=lambda p: p.name)
@@ -136,6 +136,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, kind, seed", CASES)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_flat_and_levels_match_the_interpreter(compile_to, spec, kind, seed, train):
@@ -156,7 +157,7 @@ def test_flat_and_levels_match_the_interpreter(compile_to, spec, kind, seed, tra
     x = torch.randn(4, 1, 28, 28)
     reference.train(train)
     expected, expected_grads = run_and_grad(reference, x)
-    for layout, module in modules.items():
+    for _layout, module in modules.items():
         model = build_model(module)
         model.load_state_dict(state)
         model.train(train)
@@ -217,6 +218,7 @@ def test_imports_with_torch_alone(tmp_path):
     assert result.stdout.strip() == "(2, 10)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["flat", "levels"])
 def test_full_network_traces_without_graph_breaks(layout, compile_to):
     """Dynamo traces the whole 282-node forward and backward as one graph (no Inductor here)."""

@@ -31,6 +31,7 @@ def assert_signs(model, expected):
     assert torch.all(weights[expected > 0] > 0)
 
 
+@pytest.mark.slow
 def test_gabaergic_edges_stay_negative_through_training(compile_to):
     module = load_generated(
         compile_to("hermaphrodite", channels=2, edge_weights="dale")[1]

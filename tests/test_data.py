@@ -164,7 +164,7 @@ def test_dataset_info():
     assert (cifar.in_channels, cifar.image_size, cifar.num_classes) == (3, 32, 10)
     for info in DATASETS.values():
         assert len(info.class_names) == info.num_classes
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
         cifar.name = "x"  # frozen
 
 

@@ -9,12 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagc.compiler.bundled import load_bundled
-from dagc.compiler.connectome import Cell, Edge, build_connectome
+from dagc.compiler.connectome import Cell, build_connectome
 from dagc.compiler.dag import DagOptions, build_dag, constrained_dag, random_dag
 from dagc.compiler.graph import PrepareOptions, prepare_graph
 from dagc.compiler.loaders.cook import load_cook_si5
 from dagc.compiler.plan import build_plan
-from dagc.cli import main
+
+from conftest import RAW
 
 PAPER = {
     # sex: (graph nodes, graph edges, DAG nodes, DAG edges, layer sizes)
@@ -52,12 +53,10 @@ def test_bundled_equals_the_spreadsheets(sex, si5):
     ]
 
 
-def test_genuine_mat_reproduces_the_male_numbers():
-    from conftest import RAW, require_shared
-
+def test_genuine_mat_reproduces_the_male_numbers(shared):
     from dagc.compiler.loaders.matlab import load_matlab
 
-    mat = load_matlab(require_shared(RAW / "GMaleChem.mat"))
+    mat = load_matlab(shared(RAW / "GMaleChem.mat"))
     graph, _ = check_paper_numbers(mat, "male")
     bundled = prepare_graph(load_bundled("male"))
     assert set(graph.edges) == set(bundled.edges)
@@ -210,16 +209,10 @@ def test_random_graph_baselines(kind):
 # --- the inspect command ----------------------------------------------------------------------
 
 
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code, capsys.readouterr()
-
-
-def test_inspect_json_hermaphrodite(capsys):
-    code, out = run_cli(capsys, "inspect", "hermaphrodite", "--json")
-    stats = json.loads(out.out)
-    assert code in (0, None)
+def test_inspect_json_hermaphrodite(dagc):
+    result = dagc("inspect", "hermaphrodite", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
     assert stats["graph"]["nodes"] == 282 and stats["graph"]["edges"] == 3567
     assert stats["dag"]["nodes"] == 282 and stats["dag"]["edges"] == 2260
     assert stats["dag"]["layers"] == [83, 137, 59, 3]
@@ -234,29 +227,25 @@ def test_inspect_json_hermaphrodite(capsys):
     assert 200_000 <= stats["network"]["parameters"]["total"] <= 260_000
 
 
-def test_inspect_json_male_lists_pruned(capsys):
-    code, out = run_cli(capsys, "inspect", "male", "--json")
-    stats = json.loads(out.out)
+def test_inspect_json_male_lists_pruned(dagc):
+    result = dagc("inspect", "male", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
     assert (stats["graph"]["nodes"], stats["graph"]["edges"]) == (357, 3889)
     assert (stats["dag"]["nodes"], stats["dag"]["edges"]) == (357, 2494)
     assert stats["dag"]["layers"] == [81, 180, 85, 9]
     assert stats["network"]["pruned"] == ["CANL", "CANR"]
-    assert "CANL" in out.err
+    assert "CANL" in result.stderr
 
 
-def test_inspect_random_seed(capsys):
-    first = run_cli(
-        capsys, "inspect", "hermaphrodite", "--dag", "random", "--seed", "1", "--json"
-    )
-    again = run_cli(
-        capsys, "inspect", "hermaphrodite", "--dag", "random", "--seed", "1", "--json"
-    )
-    other = run_cli(
-        capsys, "inspect", "hermaphrodite", "--dag", "random", "--seed", "2", "--json"
-    )
-    assert first[1].out == again[1].out != other[1].out
+def test_inspect_random_seed(dagc):
+    args = ("inspect", "hermaphrodite", "--dag", "random", "--json", "--seed")
+    first, again, other = dagc(*args, 1), dagc(*args, 1), dagc(*args, 2)
+    assert first.stdout == again.stdout != other.stdout
+    assert json.loads(first.stdout)["dag"]["seed"] == 1
 
 
-def test_inspect_table(capsys):
-    code, out = run_cli(capsys, "inspect", "hermaphrodite")
-    assert "282 / 2260" in out.out and "83 / 137 / 59 / 3" in out.out
+def test_inspect_table(dagc):
+    result = dagc("inspect", "hermaphrodite")
+    assert result.returncode == 0, result.stderr
+    assert "282 / 2260" in result.stdout and "83 / 137 / 59 / 3" in result.stdout

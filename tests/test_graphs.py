@@ -36,6 +36,7 @@ def train(path, graphed: bool, xs, ys, steps: int = 12):
     return losses
 
 
+@pytest.mark.slow
 def test_graphed_steps_follow_the_eager_loss_curve(compile_to):
     _, path = compile_to("hermaphrodite", kind="er", seed=1, nodes=20)
     generator = torch.Generator().manual_seed(0)

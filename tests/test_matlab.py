@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 from pathlib import Path
@@ -18,15 +17,9 @@ from dagc.compiler.connectome import Connectome
 from dagc.compiler.errors import DagcError
 from dagc.compiler.loaders.matlab import connectome_name, load_matlab
 
-SHARED = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / "connectome"
-    / "raw"
-)
-GENUINE = SHARED / "GMaleChem.mat"
-SI5 = SHARED / "SI 5 Connectome adjacency matrices, corrected July 2020.xlsx"
+from conftest import RAW, SI5
+
+GENUINE = RAW / "GMaleChem.mat"
 GENUINE_SHA256 = (
     "91c4352eb65b7ed477aa00c97ca38e54c9c39e25db77c12ca76d82e27f40b629"  # PROVENANCE.md
 )
@@ -39,26 +32,16 @@ GROUP_LISTS = (
 )
 
 
-def require(path: Path) -> Path:
-    """The shared data file, or a skip; on CI a missing file is a failure, not a silent skip."""
-    if not path.exists():
-        message = f"shared data file missing: {path}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+@pytest.fixture(scope="module")
+def genuine(shared) -> Connectome:
+    return load_matlab(shared(GENUINE))
 
 
 @pytest.fixture(scope="module")
-def genuine() -> Connectome:
-    return load_matlab(require(GENUINE))
-
-
-@pytest.fixture(scope="module")
-def genuine_variables() -> dict[str, object]:
+def genuine_variables(shared) -> dict[str, object]:
     import matio
 
-    return matio.load_from_mat(require(GENUINE))
+    return matio.load_from_mat(shared(GENUINE))
 
 
 @pytest.fixture
@@ -104,10 +87,10 @@ def test_genuine_file_loads(genuine: Connectome) -> None:
     assert all(cell.name == cell.name.strip() for cell in genuine.cells)
 
 
-def test_genuine_edges_equal_si5_male_chemical(genuine: Connectome) -> None:
+def test_genuine_edges_equal_si5_male_chemical(genuine: Connectome, shared) -> None:
     from dagc.compiler.loaders.cook import read_si5_chemical
 
-    names, edges = read_si5_chemical(require(SI5), "male")
+    names, edges = read_si5_chemical(shared(SI5), "male")
     assert {cell.name for cell in genuine.cells} == set(names)
     expected = {(pre, post): float(value) for pre, post, value in edges}
     assert len(expected) == len(edges) == 5306
@@ -125,8 +108,10 @@ def test_genuine_cell_types(genuine: Connectome) -> None:
         assert types["CANL"] == types["CANR"] == "other"
 
 
-def test_groups_type_cells_when_the_table_is_missing(without_table: None) -> None:
-    types = {cell.name: cell.type for cell in load_matlab(require(GENUINE)).cells}
+def test_groups_type_cells_when_the_table_is_missing(
+    without_table: None, shared
+) -> None:
+    types = {cell.name: cell.type for cell in load_matlab(shared(GENUINE)).cells}
     assert types["ASHL"] == "sensory"
     assert (
         types["RIPL"] == "interneuron"
@@ -313,9 +298,9 @@ def assert_dagc_error(path: Path) -> DagcError:
     return caught.value
 
 
-def test_truncated_file(tmp_path: Path) -> None:
+def test_truncated_file(tmp_path: Path, shared) -> None:
     path = tmp_path / "GMaleChem_cut.mat"
-    path.write_bytes(require(GENUINE).read_bytes()[:1000])
+    path.write_bytes(shared(GENUINE).read_bytes()[:1000])
     assert "truncated or corrupt" in str(assert_dagc_error(path))
 
 
@@ -342,11 +327,27 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "file not found" in str(assert_dagc_error(tmp_path / "absent.mat"))
 
 
-def test_every_truncation_and_some_corruptions_give_dagc_error(tmp_path: Path) -> None:
-    """Damaged copies either still load or fail with DagcError, never another exception."""
-    data = require(GENUINE).read_bytes()
+def test_every_truncation_and_some_corruptions_give_dagc_error(
+    tmp_path: Path, shared, genuine: Connectome
+) -> None:
+    """Every truncated copy fails with a DagcError naming the file; a corrupted copy either
+    fails the same way or, if the damage missed the data, loads the genuine connectome."""
+    data = shared(GENUINE).read_bytes()
+    path = tmp_path / "damaged.mat"
+
+    def outcome(content: bytes) -> Connectome | DagcError:
+        path.write_bytes(content)
+        try:
+            return load_matlab(path)
+        except DagcError as error:
+            return error
+
+    truncated = [outcome(data[:cut]) for cut in range(0, len(data), 997)]
+    assert len(truncated) == 42
+    for result in truncated:
+        assert isinstance(result, DagcError)
+        assert str(result).startswith(f"{path}: ")
     rng = random.Random(2024)
-    damaged = [data[:cut] for cut in range(0, len(data), 997)]
     for _ in range(40):
         copy = bytearray(data)
         for _ in range(rng.randint(1, 3)):
@@ -354,14 +355,11 @@ def test_every_truncation_and_some_corruptions_give_dagc_error(tmp_path: Path) -
                 rng.randrange(len(copy)) if rng.random() < 0.7 else rng.randrange(300)
             )
             copy[position] ^= 0xFF
-        damaged.append(bytes(copy))
-    path = tmp_path / "damaged.mat"
-    for content in damaged:
-        path.write_bytes(content)
-        try:
-            load_matlab(path)
-        except DagcError as error:
-            assert "damaged.mat" in str(error)
+        result = outcome(bytes(copy))
+        if isinstance(result, DagcError):
+            assert str(result).startswith(f"{path}: ")
+        else:
+            assert (result.cells, result.edges) == (genuine.cells, genuine.edges)
 
 
 # Uncompressed MAT v5 (scipy.io.savemat's default) goes straight to matio's Cython reader,

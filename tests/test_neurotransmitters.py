@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,11 @@ from dagc.compiler.loaders.neurotransmitters import (
     read_neurotransmitters,
 )
 
-SHARED = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / "connectome"
-    / "raw"
-)
-SUPP2 = SHARED / "elife-95402-supp2-v1.xlsx"
-SUPP3 = SHARED / "elife-95402-supp3-v1.xlsx"
-SI5 = SHARED / "SI 5 Connectome adjacency matrices, corrected July 2020.xlsx"
-SI4 = SHARED / "SI 4 Cell lists.xlsx"
+from conftest import RAW, SI5
+
+SUPP2 = RAW / "elife-95402-supp2-v1.xlsx"
+SUPP3 = RAW / "elife-95402-supp3-v1.xlsx"
+SI4 = RAW / "SI 4 Cell lists.xlsx"
 
 # The 15 sex-shared somatic neurons the atlas calls "unknown (orphan ...)" (PVW's serotonin is
 # male-only, so it is dropped from the one shared dict).
@@ -35,27 +28,16 @@ ORPHANS = {
 }  # fmt: skip
 
 
-def require(*paths: Path) -> None:
-    """Skip when the shared data is absent, but fail loudly on CI where it must be present."""
-    missing = [str(path) for path in paths if not path.exists()]
-    if not missing:
-        return
-    message = f"shared connectome data missing: {', '.join(missing)}"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
-def labels() -> dict[str, str]:
-    require(SUPP2, SUPP3)
+def labels(shared) -> dict[str, str]:
+    shared(SUPP2, SUPP3)
     return read_neurotransmitters(SUPP2, SUPP3)
 
 
 @pytest.fixture(scope="module")
-def cook() -> dict[str, list[str]]:
+def cook(shared) -> dict[str, list[str]]:
     """Cook neuron names per sex, grouped by SI 4 type (read once: the sheets are large)."""
-    require(SI5, SI4)
+    shared(SI5, SI4)
     from dagc.compiler.loaders.cook import read_si4_cell_types, read_si5_chemical
 
     types = read_si4_cell_types(SI4)

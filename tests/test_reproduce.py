@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import SHARED, require_shared
 
 DATA = SHARED / "data"
@@ -21,6 +23,7 @@ def dagc(*args):
     )
 
 
+@pytest.mark.slow
 def test_quick_reproduction_writes_the_report_and_skips_finished_runs(tmp_path):
     require_shared(DATA / "fashion-mnist" / "train-images-idx3-ubyte.gz")
     out = tmp_path / "reproduction"

@@ -65,6 +65,7 @@ def uninterrupted(tiny_model, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_run_writes_every_output(uninterrupted):
     from PIL import Image
 
@@ -90,12 +91,14 @@ def test_run_writes_every_output(uninterrupted):
     assert [row["iteration"] for row in evals] == [30, 60, 90, 120]
 
 
+@pytest.mark.slow
 def test_same_seed_same_curve(tiny_model, uninterrupted, tmp_path):
     result = dagc(*train_args(tiny_model, tmp_path / "again"))
     assert result.returncode == 0, result.stderr
     assert comparable(tmp_path / "again") == comparable(uninterrupted)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_exact(tiny_model, uninterrupted, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -109,9 +112,9 @@ def test_kill_and_resume_is_exact(tiny_model, uninterrupted, tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (
-        out / "summary.json"
-    ).exists(), "the run finished before it could be killed"
+    assert not (out / "summary.json").exists(), (
+        "the run finished before it could be killed"
+    )
     resumed = dagc(*train_args(tiny_model, out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     expected, actual = final_weights(uninterrupted), final_weights(out)
@@ -124,6 +127,7 @@ def test_kill_and_resume_is_exact(tiny_model, uninterrupted, tmp_path):
     assert again["final_test_accuracy"] == whole["final_test_accuracy"]
 
 
+@pytest.mark.slow
 def test_eval_matches_the_summary(uninterrupted):
     result = dagc(
         "eval", uninterrupted, "--dataset", "mnist", "--data-dir", DATA, "--json"
@@ -133,6 +137,7 @@ def test_eval_matches_the_summary(uninterrupted):
     assert json.loads(result.stdout)["test_accuracy"] == summary["final_test_accuracy"]
 
 
+@pytest.mark.slow
 def test_a_busy_run_folder_needs_resume(tiny_model, uninterrupted):
     result = dagc(*train_args(tiny_model, uninterrupted))
     assert result.returncode == 2 and "--resume" in result.stderr
@@ -157,6 +162,7 @@ def test_model_and_dataset_must_agree(tiny_model, tmp_path):
     assert "--in-channels 3" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_model, tmp_path):
     out = tmp_path / "diverged"
     result = dagc(*train_args(tiny_model, out, "--lr", "1e20"))
@@ -165,6 +171,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_model, tmp_pat
     assert not (out / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(tiny_model, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}

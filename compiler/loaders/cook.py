@@ -10,7 +10,13 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from dagc.compiler.connectome import Cell, Connectome, build_connectome, sha256_of
+from dagc.compiler.connectome import (
+    Cell,
+    Connectome,
+    Origin,
+    build_connectome,
+    sha256_of,
+)
 from dagc.compiler.errors import DagcError
 
 SEXES = ("hermaphrodite", "male")
@@ -96,15 +102,32 @@ def load_cook_si5(path: Path, sex: str | None) -> Connectome:
     cell_types = (
         read_si4_cell_types(si4_path) if si4_path.exists() else bundled_cell_types()
     )
-    names, edges = read_si5_chemical(path, sex)
+    names, edges, rows = _read_si5(path, sex)
     cells = [Cell(name, cell_types.get(name, "unknown")) for name in names]
-    return build_connectome(sex, path.name, sha256_of(path), cells, edges, path)
+    sheet = f"sheet '{sex} chemical'"
+    return build_connectome(
+        sex,
+        path.name,
+        sha256_of(path),
+        cells,
+        edges,
+        path,
+        edge_origins=[Origin(path, f"{sheet}, row {row}") for row in rows],
+    )
 
 
 def read_si5_chemical(
     path: Path, sex: str
 ) -> tuple[list[str], list[tuple[str, str, object]]]:
     """Every cell named on either axis of the sex's chemical sheet, and its non-empty entries."""
+    names, edges, _ = _read_si5(path, sex)
+    return names, edges
+
+
+def _read_si5(
+    path: Path, sex: str
+) -> tuple[list[str], list[tuple[str, str, object]], list[int]]:
+    """Cells, entries and each entry's spreadsheet row number (from 1, as Excel shows it)."""
     workbook = _open_workbook(path)
     sheet_name = f"{sex} chemical"
     try:
@@ -124,7 +147,8 @@ def read_si5_chemical(
     post_names = [_clean(value) for value in rows[2][3:]]
     names: list[str] = []
     edges: list[tuple[str, str, object]] = []
-    for row in rows[3:]:
+    edge_rows: list[int] = []
+    for number, row in enumerate(rows[3:], start=4):
         pre = _clean(row[2]) if len(row) > 2 else ""
         if not pre:
             continue
@@ -132,5 +156,7 @@ def read_si5_chemical(
         for post, value in zip(post_names, row[3:]):
             if post and value not in (None, "", 0):
                 edges.append((pre, post, value))
+                edge_rows.append(number)
     # Cells that only receive (muscles, end organs) appear on the column axis alone.
-    return list(dict.fromkeys(names + [name for name in post_names if name])), edges
+    names = list(dict.fromkeys(names + [name for name in post_names if name]))
+    return names, edges, edge_rows

@@ -137,8 +137,8 @@ def _transmitters_in(entry: str) -> set[str]:
     return found
 
 
-def _read_rows(path: Path) -> list[tuple[str, list[str]]]:
-    """(Neuron cell, transmitter cells) for every data row of the atlas sheet."""
+def _read_rows(path: Path) -> list[tuple[str, list[str], int]]:
+    """(Neuron cell, transmitter cells, row number from 1) for every data row of the sheet."""
     rows = _sheet_rows(path)
     header_index = _header_row_index(rows, path)
     header = [_text(value) for value in rows[header_index]]
@@ -150,11 +150,11 @@ def _read_rows(path: Path) -> list[tuple[str, list[str]]]:
     last = first + 1
     while last < len(header) and header[last] == "":
         last += 1
-    data: list[tuple[str, list[str]]] = []
-    for row in rows[header_index + 1 :]:
+    data: list[tuple[str, list[str], int]] = []
+    for number, row in enumerate(rows[header_index + 1 :], start=header_index + 2):
         neuron = _text(row[neuron_column]) if neuron_column < len(row) else ""
         if _NEURON_CELL.match(neuron):
-            data.append((neuron, [_text(value) for value in row[first:last]]))
+            data.append((neuron, [_text(value) for value in row[first:last]], number))
     if not data:
         raise DagcError("no neuron rows found under the header", path)
     return data
@@ -195,7 +195,7 @@ def _header_row_index(rows: list[tuple[object, ...]], path: Path) -> int:
 
 
 def _labels_by_cook_name(
-    rows: list[tuple[str, list[str]]], path: Path
+    rows: list[tuple[str, list[str], int]], path: Path
 ) -> dict[str, str]:
     """Labels of single-neuron rows, then of ambiguous pair rows for neurons still unlabelled.
 
@@ -210,14 +210,23 @@ def _labels_by_cook_name(
     """
     labels: dict[str, str] = {}
     pair_labels: dict[str, set[str]] = {}
-    for neuron, entries in rows:
-        label = normalise_label(entries)
+    first_row: dict[str, int] = {}
+    for neuron, entries, number in rows:
+        try:
+            label = normalise_label(entries)
+        except DagcError as exc:
+            raise DagcError(str(exc), path, f"row {number}") from None
         pair = _PAIR_CELL.match(neuron)
         if pair is None:
             name = cook_name(neuron)
             if name in labels:
-                raise DagcError(f"neuron {neuron!r} appears twice", path)
+                raise DagcError(
+                    f"neuron {neuron!r} appears twice (first on row {first_row[name]})",
+                    path,
+                    f"row {number}",
+                )
             labels[name] = label
+            first_row[name] = number
             continue
         for number in (pair.group(2), pair.group(3)):
             name = cook_name(pair.group(1) + number)

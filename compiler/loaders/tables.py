@@ -12,11 +12,13 @@ carry `weight` (1 when absent).
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from dagc.compiler.connectome import (
     Cell,
     Connectome,
+    Origin,
     build_connectome,
     normalize_type,
     sha256_of,
@@ -44,41 +46,52 @@ def csv_pair_paths(path: Path) -> tuple[Path, Path]:
     )
 
 
-def _read_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+def _read_rows(
+    path: Path, required: tuple[str, ...]
+) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) for every data row; the header is line 1."""
     if not path.exists():
         raise DagcError("file not found (the other half of a CSV pair needs it)", path)
+    raw = path.read_bytes()
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = [column.strip().lower() for column in reader.fieldnames or []]
-            missing = [column for column in required if column not in columns]
-            if missing:
-                raise DagcError(f"missing column(s) {', '.join(missing)}", path)
-            reader.fieldnames = columns
-            return [
-                {key: (value or "").strip() for key, value in row.items() if key}
-                for row in reader
-            ]
-    except UnicodeDecodeError:
-        raise DagcError("not a UTF-8 text file", path) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DagcError("not a UTF-8 text file", path, line) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        columns = [column.strip().lower() for column in reader.fieldnames or []]
+        missing = [column for column in required if column not in columns]
+        if missing:
+            raise DagcError(f"missing column(s) {', '.join(missing)}", path, 1)
+        reader.fieldnames = columns
+        rows = []
+        for row in reader:
+            # line_num is the row's last physical line (a quoted field may span several).
+            values = {key: (value or "").strip() for key, value in row.items() if key}
+            rows.append((reader.line_num, values))
+        return rows
     except csv.Error as exc:
-        raise DagcError(f"malformed CSV ({exc})", path) from None
+        raise DagcError(f"malformed CSV ({exc})", path, reader.line_num) from None
 
 
 def load_csv_pair(path: Path, name: str | None = None) -> Connectome:
     nodes_path, edges_path = csv_pair_paths(path)
-    cells = []
-    for row in _read_rows(nodes_path, NODE_COLUMNS):
+    cells, cell_origins = [], []
+    for line, row in _read_rows(nodes_path, NODE_COLUMNS):
         cell_type = normalize_type(row["type"])
         if cell_type is None:
             raise DagcError(
-                f"node {row['name']!r} has unknown type {row['type']!r}", nodes_path
+                f"node {row['name']!r} has unknown type {row['type']!r}",
+                nodes_path,
+                line,
             )
         cells.append(Cell(row["name"], cell_type, row.get("neurotransmitter", "")))
-    edges = [
-        (row["pre"], row["post"], row["weight"])
-        for row in _read_rows(edges_path, EDGE_COLUMNS)
-    ]
+        cell_origins.append(Origin(nodes_path, line))
+    edges, edge_origins = [], []
+    for line, row in _read_rows(edges_path, EDGE_COLUMNS):
+        edges.append((row["pre"], row["post"], row["weight"]))
+        edge_origins.append(Origin(edges_path, line))
     label = (
         name
         or nodes_path.name[: -len("nodes.csv")].rstrip(".")
@@ -90,7 +103,9 @@ def load_csv_pair(path: Path, name: str | None = None) -> Connectome:
         sha256_of(nodes_path, edges_path),
         cells,
         edges,
-        edges_path,
+        nodes_path,
+        cell_origins=cell_origins,
+        edge_origins=edge_origins,
     )
 
 
@@ -118,7 +133,9 @@ def load_graphml(path: Path) -> Connectome:
         cell_type = normalize_type(vertex["type"] or "")
         if cell_type is None:
             raise DagcError(
-                f"node {vertex[name_key]!r} has unknown type {vertex['type']!r}", path
+                f"node {vertex[name_key]!r} has unknown type {vertex['type']!r}",
+                path,
+                f"node {vertex.index}",
             )
         transmitter = (
             vertex["neurotransmitter"] if "neurotransmitter" in attributes else ""
@@ -133,7 +150,17 @@ def load_graphml(path: Path) -> Connectome:
         )
         for edge in graph.es
     ]
-    return build_connectome(path.stem, path.name, sha256_of(path), cells, edges, path)
+    # igraph does not keep XML line numbers; the n-th node or edge (from 0) is the next best.
+    return build_connectome(
+        path.stem,
+        path.name,
+        sha256_of(path),
+        cells,
+        edges,
+        path,
+        cell_origins=[Origin(path, f"node {i}") for i in range(len(cells))],
+        edge_origins=[Origin(path, f"edge {i}") for i in range(len(edges))],
+    )
 
 
 def write_csv_pair(connectome: Connectome, nodes_path: Path, edges_path: Path) -> None:
