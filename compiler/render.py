@@ -102,7 +102,9 @@ def reads_of(plan: NetworkPlan, names: list[str], i: int) -> tuple[str, ...]:
     return tuple(names[p] for p in node.preds) if node.preds else ("source",)
 
 
-def node_step(plan: NetworkPlan, names: list[str], i: int, call: str = "self.node") -> Step:
+def node_step(
+    plan: NetworkPlan, names: list[str], i: int, call: str = "self.node"
+) -> Step:
     return Step(
         describe(plan, i),
         f"{names[i]} = {call}({i}, {weighted_sum(plan, i, names)})",
@@ -249,7 +251,13 @@ def dag_reverse_steps(
     source_started = False
     for i in reversed(range(len(plan.nodes))):
         node = plan.nodes[i]
-        target = f"{grads[i]} =" if node.preds else "source_grad +=" if source_started else "source_grad ="
+        target = (
+            f"{grads[i]} ="
+            if node.preds
+            else "source_grad +="
+            if source_started
+            else "source_grad ="
+        )
         if i in outputs:
             comment, reads = f"{node.name} -> the sink", ("sink_grad",)
             code = f"{target} node({i}, sink_grad)"
@@ -359,7 +367,7 @@ def render_source(plan, options, header, names, template_dir: str, context) -> s
 PROBE_NAMES = ("dagc_probe_input", "dagc_probe_output")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def template_names(options: CompileOptions, template_dir: str) -> frozenset[str]:
     """Every identifier the rendered module defines or reads (module globals, imports,
     builtins it calls, locals of its functions), found by rendering a two-node probe

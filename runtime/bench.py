@@ -30,7 +30,9 @@ from dagc.compiler.output import write_atomic
 class Mode:
     name: str
     layout: str | None  # None: the reference interpreter (walks the graph at run time)
-    backward: str = "autograd"  # or "generated": the whole DAG as one op, reverse pass rendered
+    backward: str = (
+        "autograd"  # or "generated": the whole DAG as one op, reverse pass rendered
+    )
     compile: str | None = None  # torch.compile mode
     cuda_graph: bool = False  # capture the whole step as one CUDA graph
     amp: str = "off"  # "bf16": autocast

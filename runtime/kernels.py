@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -309,7 +309,9 @@ def _pointer_table(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     for start in range(0, padded, TABLE_SLOTS):
         chunk = addresses[start : start + TABLE_SLOTS]
         _timed_launch(
-            "fill_table", device, lambda: _fill_table_kernel[(1,)](table, start, *chunk)
+            "fill_table",
+            device,
+            lambda: _fill_table_kernel[(1,)](table, start, *chunk),  # noqa: B023 (called now)
         )
     if not capturing:
         _table_cache[key] = table

@@ -49,8 +49,9 @@ def timed(fn, device, reps):
     times = []
     for _ in range(reps):
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
-                enable_timing=True
+            start, end = (
+                torch.cuda.Event(enable_timing=True),
+                torch.cuda.Event(enable_timing=True),
             )
             start.record()
             fn()

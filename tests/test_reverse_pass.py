@@ -195,14 +195,21 @@ def random_dag(rng: random.Random, size: int, names: list[str]) -> Dag:
     for post in range(inputs, size):
         preds = {rng.randrange(post)} | {0}
         preds |= {p for p in range(post) if rng.random() < 0.3}
-        edges += [Edge(names[p], names[post], rng.choice([1.0, 2.0, 5.0])) for p in preds]
+        edges += [
+            Edge(names[p], names[post], rng.choice([1.0, 2.0, 5.0])) for p in preds
+        ]
     return Dag(
         name="random-test",
         kind="random",
         seed=0,
         nodes=tuple(names),
-        types={name: "sensory" if i < inputs else "interneuron" for i, name in enumerate(names)},
-        transmitters={name: "GABA" if i % 3 == 0 else "ACh" for i, name in enumerate(names)},
+        types={
+            name: "sensory" if i < inputs else "interneuron"
+            for i, name in enumerate(names)
+        },
+        transmitters={
+            name: "GABA" if i % 3 == 0 else "ACh" for i, name in enumerate(names)
+        },
         edges=tuple(edges),
         layers=(),
         inputs=tuple(names[:inputs]),
@@ -306,7 +313,9 @@ def test_a_cell_named_after_a_template_global_trains(tmp_path):
         path = tmp_path / f"{backward}.py"
         options = CompileOptions(channels=2, backward=backward)
         path.write_text(
-            render_module(plan, options, {"command": "-", "source": "-", "sha256": "-"}),
+            render_module(
+                plan, options, {"command": "-", "source": "-", "sha256": "-"}
+            ),
             encoding="utf-8",
         )
         model = build_model(load_generated(path))
@@ -322,7 +331,9 @@ def test_a_cell_named_after_a_template_global_trains(tmp_path):
         assert losses[-1] < losses[0]
 
 
-def test_two_networks_and_the_same_network_twice_share_one_process(tmp_path, compile_to):
+def test_two_networks_and_the_same_network_twice_share_one_process(
+    tmp_path, compile_to
+):
     herm = compile_to("hermaphrodite", channels=2)[1]
     male = compile_to("male", channels=2)[1]
     copy = tmp_path / "copy_of_hermaphrodite.py"
@@ -355,7 +366,9 @@ def test_inference_without_grad_saves_nothing_and_matches(compile_to):
 
 def test_custom_ops_have_consistent_fake_implementations(compile_to):
     """torch.library's own checks (schema, fake tensors, autograd registration)."""
-    module = load_generated(compile_to("hermaphrodite", "ws", 0, nodes=12, channels=2)[1])
+    module = load_generated(
+        compile_to("hermaphrodite", "ws", 0, nodes=12, channels=2)[1]
+    )
     model = build_model(module)
     source = torch.randn(2, 2, 14, 14)
     w = torch.rand(len(module.EDGES))
