@@ -168,6 +168,7 @@ NETWORKS = [
 ]
 
 
+@pytest.mark.slow  # full-network equivalence: the fast tier has the float32 and random DAGs
 @pytest.mark.parametrize("spec, kind, seed", NETWORKS)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_generated_backward_equals_the_interpreter_in_float64(
