@@ -3,6 +3,9 @@
 (forward + backward, where compilation happens) against an eager step, on the CPU.
 
     python scripts/measure_compile.py generated/hermaphrodite_net.py --json out.json
+    # the alternative to one opaque DAG op: per-node modules (--backward autograd) whose
+    # node body (conv + BatchNorm) is one nested compile region, the sums left to Inductor
+    python scripts/measure_compile.py NET_AUTOGRAD.py --nested-region --channels 8
 """
 
 from __future__ import annotations
@@ -28,11 +31,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--channels", type=int, help="default: the model's")
+    parser.add_argument(
+        "--nested-region",
+        action="store_true",
+        help="compile each node's body once (torch.compiler.nested_compile_region); "
+        "needs a module compiled with --backward autograd",
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
     module = load_generated(args.model)
     torch.manual_seed(0)
-    model = build_model(module)
+    overrides = {"channels": args.channels} if args.channels else {}
+    model = build_model(module, **overrides)
+    if args.nested_region:
+        model_class = type(model)
+        model_class.node = torch.compiler.nested_compile_region(model_class.node)
     x = torch.randn(args.batch_size, *module.INPUT_SHAPE)
     y = torch.randint(0, module.NUM_CLASSES, (args.batch_size,))
     step(model, x, y)  # warm up the eager kernels
@@ -49,9 +63,11 @@ def main() -> None:
     result = {
         "model": args.model,
         "layout": module.LAYOUT,
+        "backward": getattr(module, "BACKWARD", "autograd"),
+        "nested_region": args.nested_region,
         "nodes": len(module.NODES),
         "edges": len(module.EDGES),
-        "channels": module.CHANNELS,
+        "channels": args.channels or module.CHANNELS,
         "batch_size": args.batch_size,
         "eager_step_s": eager,
         "compiled_first_step_s": first,
