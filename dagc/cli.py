@@ -278,6 +278,11 @@ def compile_command(
 @click.option(
     "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."
 )
+@click.option(
+    "--time-limit",
+    metavar="DURATION",
+    help="Pause cleanly after this much wall time: 90, 90s, 9m or 2h (see below).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(
     model,
@@ -297,13 +302,22 @@ def train(
     amp,
     out,
     resume,
+    time_limit,
     quiet,
 ):
     """Train a generated MODEL.py with the paper's protocol (defaults) and save everything.
 
     Writes metrics.jsonl, summary.json, checkpoints and figures (accuracy.png, examples.png,
     confusion.png) into the run folder. Kill it at any time; --resume continues exactly.
+
+    \b
+    Pausing: when --time-limit has passed, or on SIGTERM, SIGUSR1 or SIGINT (Ctrl-C), the
+    run finishes its current step, writes a checkpoint and summary.json with
+    "status": "paused", and exits with code 75 (EX_TEMPFAIL) so that a scheduler can
+    requeue it; the same command with --resume continues exactly. A second Ctrl-C stops
+    at once (the last checkpoint is kept). Exit codes: 0 complete, 2 user error, 75 paused.
     """
+    from dagc.runtime.stopping import PAUSED_EXIT_CODE, parse_duration
     from dagc.runtime.train import TrainConfig
     from dagc.runtime.train import train as run_training
 
@@ -313,9 +327,18 @@ def train(
         lr_gamma=lr_gamma, eval_every=eval_every, log_every=log_every, seed=seed,
         device=device, compile=use_compile, cuda_graphs=cuda_graphs, amp=amp, out=str(out) if out else None,
         resume=resume, quiet=quiet,
+        time_limit=parse_duration(time_limit) if time_limit is not None else None,
     )  # fmt: skip
     summary = run_training(config)
-    if summary:
+    if summary.get("status") == "paused":
+        if "iterations" in summary:  # the main process reports; every process exits 75
+            click.echo(
+                f"paused at iteration {summary['iteration']} of {summary['iterations']} "
+                f"({summary['stopped_by']}); continue with --resume",
+                err=True,
+            )
+        return PAUSED_EXIT_CODE
+    if "final_test_accuracy" in summary:
         click.echo(
             f"final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
             f"(best {100 * summary['best_test_accuracy']:.2f} % at iteration "

@@ -169,6 +169,29 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[key]
 
 
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> (x - 0.5) / 1 with x in [0, 1], the paper's input scaling."""
+    return images.float().div_(255.0).sub_(0.5)
+
+
+def check_model_fits(module, info: DatasetInfo, path) -> None:
+    """A DagcError unless the generated module takes this data set's images and classes."""
+    channels, height, width = module.INPUT_SHAPE
+    if channels != info.in_channels or height != info.image_size:
+        raise DagcError(
+            f"model expects {channels}x{height}x{width} images but {info.name} has "
+            f"{info.in_channels}x{info.image_size}x{info.image_size}; recompile with "
+            f"--in-channels {info.in_channels} --input-size {info.image_size}",
+            path,
+        )
+    if module.NUM_CLASSES != info.num_classes:
+        raise DagcError(
+            f"model has {module.NUM_CLASSES} classes but {info.name} has {info.num_classes}; "
+            f"recompile with --num-classes {info.num_classes}",
+            path,
+        )
+
+
 def resolve_data_dir(data_dir: str | Path | None = None) -> tuple[Path, bool]:
     """The folder to read from, and whether the user chose it (argument or variable)."""
     if data_dir is not None and str(data_dir) != "":
