@@ -281,7 +281,7 @@ def compile_command(
 @click.option(
     "--time-limit",
     metavar="DURATION",
-    help="Pause cleanly after this much wall time: 90, 90s, 9m or 2h (see below).",
+    help="Pause cleanly after this much wall time: 90, 90s, 9m or 2h (see above).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(
