@@ -151,6 +151,8 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
             if at_eval and dist.main:
                 last_eval = evaluate(model, test_x, test_y, info.num_classes, amp_dtype)
                 row["test_accuracy"] = last_eval[0]
+                # A deadline passed during the evaluation pauses here, not one step later.
+                stopping = stopping or (dist.world == 1 and stop.requested())
             progress.metrics.append(row)
             run.append_metric(row)
             loss_sum.zero_()
@@ -164,6 +166,7 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
             save(done)
         if stopping:
             break
+        clock = time.perf_counter()  # evaluations and checkpoints are not training time
     bar.close()
     progress.iteration = done
     progress.wall = wall_before + time.perf_counter() - session_start
