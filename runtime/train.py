@@ -136,15 +136,15 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
             continue
         seconds, clock = time.perf_counter() - clock, time.perf_counter()
         progress.elapsed += seconds
+        if not torch.isfinite(loss_sum).item():  # one host sync per log interval
+            bar.close()
+            raise DagcError(
+                f"training diverged: the loss of iterations {done - since_log + 1}-{done} "
+                "is not finite; the last good checkpoint is kept in the run folder (try a "
+                "lower --lr or --amp off)",
+                run.path,
+            )
         if at_log:
-            if not torch.isfinite(loss_sum).item():  # one host sync per log interval
-                bar.close()
-                raise DagcError(
-                    f"training diverged: the loss of iterations {done - since_log + 1}-{done} "
-                    "is not finite; the last good checkpoint is kept in the run folder (try a "
-                    "lower --lr or --amp off)",
-                    run.path,
-                )
             row = {"iteration": done, "loss": (loss_sum / since_log).item(),
                    "lr": float(optimizer.param_groups[0]["lr"]),
                    "images_per_s": timed * config.batch_size / max(seconds, 1e-9)}  # fmt: skip
