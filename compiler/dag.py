@@ -132,7 +132,9 @@ def orient_by_order(
 
     Self-loops vanish; a reciprocal pair (a->b, b->a) becomes one edge whose weight is the sum.
     """
-    order = list(nodes)
+    order = sorted(
+        nodes
+    )  # by name, so the result does not depend on the file's row order
     random.Random(seed).shuffle(order)
     rank = {name: i for i, name in enumerate(order)}
     merged: dict[tuple[str, str], float] = {}

@@ -3,6 +3,8 @@
 source -> input nodes -> ... DAG ... -> output nodes -> sink. Nodes are numbered in
 topological order, level by level, so that each level is a contiguous block (the `levels`
 layout slices its parameters without copying) and each node's incoming edges are contiguous.
+Within a level nodes are ordered by name (code-point order), never by their position in the
+source file, so one graph always compiles to the same module whatever order its rows came in.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def reachable_from(inputs: tuple[str, ...], edges) -> set[str]:
 
 def build_plan(dag: Dag) -> NetworkPlan:
     reached = reachable_from(dag.inputs, dag.edges)
-    pruned = tuple(name for name in dag.nodes if name not in reached)
+    pruned = tuple(sorted(name for name in dag.nodes if name not in reached))
     if pruned:
         warnings.warn(
             f"{len(pruned)} node(s) cannot be reached from the input and are left out of the "
@@ -76,8 +78,9 @@ def build_plan(dag: Dag) -> NetworkPlan:
     level: dict[str, int] = {}
     for name in _topological(kept, edges):
         level[name] = max((level[e.pre] + 1 for e in in_edges[name]), default=0)
-    position = {name: i for i, name in enumerate(dag.nodes)}
-    order = sorted(kept, key=lambda name: (level[name], position[name]))
+    order = sorted(
+        kept, key=lambda name: (level[name], name)
+    )  # canonical: no file order
     index = {name: i for i, name in enumerate(order)}
 
     plan_nodes, plan_edges = [], []

@@ -292,6 +292,11 @@ def compile_command(
 @click.option(
     "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."
 )
+@click.option(
+    "--time-limit",
+    metavar="DURATION",
+    help="Pause cleanly after this much wall time: 90, 90s, 9m or 2h (see above).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(
     model,
@@ -311,13 +316,22 @@ def train(
     amp,
     out,
     resume,
+    time_limit,
     quiet,
 ):
     """Train a generated MODEL.py with the paper's protocol (defaults) and save everything.
 
     Writes metrics.jsonl, summary.json, checkpoints and figures (accuracy.png, examples.png,
     confusion.png) into the run folder. Kill it at any time; --resume continues exactly.
+
+    \b
+    Pausing: when --time-limit has passed, or on SIGTERM, SIGUSR1 or SIGINT (Ctrl-C), the
+    run finishes its current step, writes a checkpoint and summary.json with
+    "status": "paused", and exits with code 75 (EX_TEMPFAIL) so that a scheduler can
+    requeue it; the same command with --resume continues exactly. A second Ctrl-C stops
+    at once (the last checkpoint is kept). Exit codes: 0 complete, 2 user error, 75 paused.
     """
+    from dagc.runtime.stopping import PAUSED_EXIT_CODE, parse_duration
     from dagc.runtime.train import TrainConfig
     from dagc.runtime.train import train as run_training
 
@@ -327,9 +341,18 @@ def train(
         lr_gamma=lr_gamma, eval_every=eval_every, log_every=log_every, seed=seed,
         device=device, compile=use_compile, cuda_graphs=cuda_graphs, amp=amp, out=str(out) if out else None,
         resume=resume, quiet=quiet,
+        time_limit=parse_duration(time_limit) if time_limit is not None else None,
     )  # fmt: skip
     summary = run_training(config)
-    if summary:
+    if summary.get("status") == "paused":
+        if "iterations" in summary:  # the main process reports; every process exits 75
+            click.echo(
+                f"paused at iteration {summary['iteration']} of {summary['iterations']} "
+                f"({summary['stopped_by']}); continue with --resume",
+                err=True,
+            )
+        return PAUSED_EXIT_CODE
+    if "final_test_accuracy" in summary:
         click.echo(
             f"final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
             f"(best {100 * summary['best_test_accuracy']:.2f} % at iteration "
@@ -496,13 +519,32 @@ def draw(connectome, output, prepare, dag_options):
     help="Override the iterations [default: 15000, --quick: 120].",
 )
 @click.option("--eval-every", type=click.IntRange(min=1), default=None)
-def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_every):
+@click.option(
+    "--time-limit",
+    metavar="DURATION",
+    help="Pause cleanly after this much wall time (90, 90s, 9m, 2h); call again to continue.",
+)
+@click.option(
+    "--status",
+    "show_status",
+    is_flag=True,
+    help="Print each run's state (complete, partial, not started) and exit; trains nothing.",
+)
+def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_every,
+              time_limit, show_status):  # fmt: skip
     """Train the paper's networks and baselines and write REPORT.md with Table 1 and Fig. 3.
 
-    Finished runs are skipped and interrupted ones resumed, so it can run piecewise.
+    \b
+    The runs go in a fixed order; finished runs are skipped and a partial run is resumed
+    before a new one starts, so a campaign can be done in slots of any length: with
+    --time-limit, or on SIGTERM, SIGUSR1 or SIGINT, the current run pauses cleanly, REPORT.md
+    marks each cell complete, partial (iterations reached) or not started, and the command
+    exits with code 75 (EX_TEMPFAIL); call it again with the same options to continue.
+    Exit codes: 0 complete, 2 user error, 75 paused.
     """
-    from dagc.runtime.reproduce import Settings
+    from dagc.runtime.reproduce import Settings, status_table
     from dagc.runtime.reproduce import reproduce as run_reproduction
+    from dagc.runtime.stopping import PAUSED_EXIT_CODE, parse_duration
 
     overrides = dict(seeds=seeds, channels=channels, iterations=iterations,
                      eval_every=eval_every, device=device,
@@ -511,9 +553,16 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
         settings = Settings.quick_settings(**overrides)
     else:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if show_status:
+        click.echo(status_table(out, settings))
+        return 0
+    limit = parse_duration(time_limit) if time_limit is not None else None
     if not out.parent.is_dir():
         raise DagcError("parent folder does not exist", out.parent)
-    run_reproduction(out, settings, log=lambda line: click.echo(line, err=True))
+    complete = run_reproduction(
+        out, settings, log=lambda line: click.echo(line, err=True), time_limit=limit
+    )
+    return 0 if complete else PAUSED_EXIT_CODE
 
 
 def warn_pruned(pruned) -> None:

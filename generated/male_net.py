@@ -24,41 +24,41 @@ from torch import nn
 # fmt: off
 # Node names in topological order; index i is row i of every per-node parameter.
 NODES = (
-    "ASIL", "ASIR", "ASJL", "ASJR", "AWAL", "AWAR", "ASGL", "ASGR", "AWBL", "AWBR",
-    "ASEL", "ASER", "ADFL", "ADFR", "AFDL", "AFDR", "AWCL", "AWCR", "ASKL", "ASKR",
-    "ASHL", "ASHR", "ADLL", "ADLR", "BAGL", "URXL", "URXR", "ALNL", "ALNR", "PLNL",
-    "PLNR", "SDQL", "SDQR", "AQR", "PQR", "ALML", "ALMR", "AVM", "PVM", "PLML", "PLMR",
-    "FLPL", "FLPR", "DVA", "PVDL", "PVDR", "ADEL", "ADER", "PDEL", "PDER", "PHAL",
-    "PHAR", "PHBL", "PHBR", "PHCL", "PHCR", "IL2DL", "IL2DR", "IL2L", "IL2R", "IL2VL",
-    "IL2VR", "CEPDL", "CEPDR", "CEPVL", "CEPVR", "URYDR", "URYVL", "URYVR", "OLLL",
-    "OLLR", "OLQDL", "OLQDR", "OLQVL", "OLQVR", "IL1DL", "IL1DR", "IL1L", "IL1R",
-    "IL1VL", "IL1VR", "AIMR", "RIH", "URBL", "URBR", "PVQL", "BDUL", "BDUR", "AVHL",
-    "LUAL", "RMGL", "URADL", "URADR", "URAVL", "RIVL", "VB05", "R2AL", "R4BR", "AIML",
-    "AIYL", "AIYR", "AVFR", "RICR", "URAVR", "RMEL", "R2BR", "AUAL", "ADAL", "RIVR",
-    "CEMVL", "HOB", "RIS", "RIGL", "AVJL", "RIPL", "R2BL", "AINR", "RMHR", "R7BL",
-    "R7BR", "AVFL", "R1BR", "VA12", "R6BR", "DVE", "R3BR", "R9BL", "PVR", "R9AL",
-    "PVCL", "DX3", "DX1", "PCAL", "HOA", "PCAR", "AVG", "DVF", "CP06", "PCBL", "PCBR",
-    "R9AR", "CA06", "R8BL", "CA05", "R4BL", "SPVR", "R8BR", "PVNL", "R8AL", "PHDR",
-    "PGA", "CP07", "DVC", "R3BL", "R6AR", "R8AR", "PVNR", "SPDL", "DX2", "PDB", "SPDR",
-    "PVX", "PVPL", "PVWL", "PHDL", "EF2", "CA07", "PVQR", "AVHR", "AVJR", "AVDR",
-    "RID", "DB01", "EF1", "CA09", "EF3", "CA08", "MCMR", "CEMVR", "RIGR", "RICL",
-    "RIR", "RMHL", "AUAR", "AIZL", "AIZR", "AVKL", "AIAL", "AIAR", "SMBDR", "RIFL",
-    "SMBDL", "CEMDL", "AIBL", "AIBR", "SAAVR", "RIML", "SAAVL", "RIMR", "RIFR", "AVDL",
-    "RMFR", "SMDVL", "SMDVR", "RIAR", "RMED", "RIAL", "SIADL", "RMGR", "RMDVL", "RIBR",
-    "RIPR", "SIBVR", "RMDDR", "RMDR", "SIAVL", "RMER", "RMEV", "RMDL", "SMBVL",
-    "SIADR", "RMDVR", "SMDDR", "SIBVL", "MCML", "RIBL", "RMDDL", "SIBDR", "AVER",
-    "SMDDL", "SIBDL", "RMFL", "AVAR", "PVCR", "AVEL", "AVBL", "SIAVR", "DB02", "SABD",
-    "SMBVR", "DB03", "PVY", "SAADL", "SAADR", "AVBR", "AVAL", "R2AR", "DA01", "DA06",
-    "DB06", "VA02", "VA05", "VA10", "CP09", "DA08", "AS09", "VA01", "VA03", "VA06",
-    "VA09", "R9BR", "PVZ", "LUAR", "DA02", "DB04", "DB07", "VA04", "VB02", "R6BL",
-    "R7AR", "CP01", "DA05", "DA09", "AS06", "AS10", "R1BL", "R5BR", "CP02", "VB06",
-    "R1AL", "CP03", "VA07", "VA08", "VB07", "VB09", "CP04", "AS01", "AS02", "AS03",
-    "AS05", "DD03", "VD10", "PCCR", "DA03", "DB05", "DD05", "VA11", "VD01", "CP05",
-    "DVB", "DA04", "DA07", "AS04", "AS07", "AS08", "VD06", "VD12", "PCCL", "CA03",
-    "DD02", "VB10", "VD05", "VD07", "VD08", "SPCL", "CA02", "CP08", "DD04", "VB01",
+    "ADEL", "ADER", "ADFL", "ADFR", "ADLL", "ADLR", "AFDL", "AFDR", "ALML", "ALMR",
+    "ALNL", "ALNR", "AQR", "ASEL", "ASER", "ASGL", "ASGR", "ASHL", "ASHR", "ASIL",
+    "ASIR", "ASJL", "ASJR", "ASKL", "ASKR", "AVM", "AWAL", "AWAR", "AWBL", "AWBR",
+    "AWCL", "AWCR", "BAGL", "CEPDL", "CEPDR", "CEPVL", "CEPVR", "DVA", "FLPL", "FLPR",
+    "IL1DL", "IL1DR", "IL1L", "IL1R", "IL1VL", "IL1VR", "IL2DL", "IL2DR", "IL2L",
+    "IL2R", "IL2VL", "IL2VR", "OLLL", "OLLR", "OLQDL", "OLQDR", "OLQVL", "OLQVR",
+    "PDEL", "PDER", "PHAL", "PHAR", "PHBL", "PHBR", "PHCL", "PHCR", "PLML", "PLMR",
+    "PLNL", "PLNR", "PQR", "PVDL", "PVDR", "PVM", "SDQL", "SDQR", "URXL", "URXR",
+    "URYDR", "URYVL", "URYVR", "AIMR", "AVHL", "BDUL", "BDUR", "LUAL", "PVQL", "R2AL",
+    "R4BR", "RIH", "RIVL", "RMGL", "URADL", "URADR", "URAVL", "URBL", "URBR", "VB05",
+    "AIML", "AIYL", "AIYR", "AVFR", "R2BR", "RICR", "RMEL", "URAVR", "ADAL", "AUAL",
+    "CEMVL", "HOB", "RIVR", "AVJL", "R2BL", "RIGL", "RIPL", "RIS", "AINR", "R7BL",
+    "RMHR", "R7BR", "AVFL", "R1BR", "DVE", "R6BR", "VA12", "R3BR", "R9BL", "PVR",
+    "R9AL", "DX3", "PVCL", "DX1", "PCAL", "HOA", "PCAR", "AVG", "DVF", "CP06", "PCBL",
+    "PCBR", "CA06", "R9AR", "CA05", "R8BL", "R4BL", "SPVR", "R8BR", "PVNL", "R8AL",
+    "PGA", "PHDR", "CP07", "DVC", "R3BL", "R6AR", "R8AR", "DX2", "PVNR", "SPDL", "PDB",
+    "PVX", "SPDR", "CA07", "EF2", "PHDL", "PVPL", "PVWL", "AVDR", "AVHR", "AVJR",
+    "PVQR", "CA09", "DB01", "EF1", "RID", "CA08", "EF3", "MCMR", "CEMVR", "RICL",
+    "RIGR", "RIR", "RMHL", "AIZL", "AIZR", "AUAR", "AVKL", "AIAL", "AIAR", "SMBDR",
+    "CEMDL", "RIFL", "SMBDL", "AIBL", "AIBR", "SAAVR", "RIML", "SAAVL", "RIMR", "AVDL",
+    "RIFR", "RMFR", "SMDVL", "SMDVR", "RIAR", "RMED", "RIAL", "SIADL", "RMDVL", "RMGR",
+    "RIBR", "RIPR", "SIBVR", "RMDDR", "RMDR", "SIAVL", "RMDL", "RMER", "RMEV", "SIADR",
+    "SMBVL", "MCML", "RMDVR", "SIBVL", "SMDDR", "RIBL", "RMDDL", "SIBDR", "AVER",
+    "SMDDL", "SIBDL", "AVAR", "RMFL", "PVCR", "AVBL", "AVEL", "DB02", "SIAVR", "DB03",
+    "PVY", "SABD", "SMBVR", "AVBR", "SAADL", "SAADR", "AVAL", "R2AR", "CP09", "DA01",
+    "DA06", "DB06", "VA02", "VA05", "VA10", "AS09", "DA08", "PVZ", "R9BR", "VA01",
+    "VA03", "VA06", "VA09", "CP01", "DA02", "DB04", "DB07", "LUAR", "R6BL", "R7AR",
+    "VA04", "VB02", "AS06", "AS10", "CP02", "DA05", "DA09", "R1BL", "R5BR", "CP03",
+    "R1AL", "VB06", "CP04", "VA07", "VA08", "VB07", "VB09", "AS01", "AS02", "AS03",
+    "AS05", "DD03", "PCCR", "VD10", "CP05", "DA03", "DB05", "DD05", "VA11", "VD01",
+    "AS04", "AS07", "AS08", "CA03", "DA04", "DA07", "DVB", "PCCL", "VD06", "VD12",
+    "CA02", "CP08", "DD02", "SPCL", "VB10", "VD05", "VD07", "VD08", "DD04", "VB01",
     "VB04", "VB08", "VB11", "VD04", "DD06", "VB03", "PDA", "VD03", "AS11", "DD01",
-    "VD02", "R3AL", "R3AR", "R5AL", "R4AR", "R1AR", "R4AL", "R5AR", "R6AL", "R5BL",
-    "R7AL", "CA04", "SPCR", "PVV", "PVWR", "SPVL", "PDC", "AVL", "VD09", "VD11",
+    "R3AL", "VD02", "R3AR", "R5AL", "R4AR", "R1AR", "R4AL", "R5AR", "R6AL", "R5BL",
+    "R7AL", "CA04", "PVV", "SPCR", "PDC", "PVWR", "SPVL", "AVL", "VD09", "VD11",
     "VD13", "PVT", "SABVL", "SABVR", "AVKR", "PVPR",
 )
 NODE_TYPES = (
@@ -74,557 +74,556 @@ NODE_TYPES = (
     "sensory", "sensory", "sensory", "sensory", "sensory", "sensory", "sensory",
     "sensory", "sensory", "sensory", "sensory", "sensory", "sensory", "sensory",
     "sensory", "sensory", "sensory", "sensory", "interneuron", "interneuron",
-    "interneuron", "interneuron", "interneuron", "interneuron", "interneuron",
-    "interneuron", "interneuron", "interneuron", "motor", "motor", "motor", "motor",
-    "motor", "sex-specific", "sex-specific", "interneuron", "interneuron",
-    "interneuron", "interneuron", "interneuron", "motor", "motor", "sex-specific",
-    "interneuron", "interneuron", "motor", "sex-specific", "sex-specific",
     "interneuron", "interneuron", "interneuron", "interneuron", "sex-specific",
-    "interneuron", "motor", "sex-specific", "sex-specific", "interneuron",
-    "sex-specific", "motor", "sex-specific", "sex-specific", "sex-specific",
-    "sex-specific", "interneuron", "sex-specific", "interneuron", "sex-specific",
-    "sex-specific", "sex-specific", "sex-specific", "sex-specific", "interneuron",
-    "sex-specific", "sex-specific", "sex-specific", "sex-specific", "sex-specific",
-    "sex-specific", "sex-specific", "sex-specific", "sex-specific", "sex-specific",
-    "sex-specific", "interneuron", "sex-specific", "sex-specific", "sex-specific",
-    "sex-specific", "interneuron", "sex-specific", "sex-specific", "sex-specific",
-    "interneuron", "sex-specific", "sex-specific", "motor", "sex-specific",
-    "sex-specific", "interneuron", "interneuron", "sex-specific", "sex-specific",
+    "sex-specific", "interneuron", "motor", "interneuron", "motor", "motor", "motor",
+    "interneuron", "interneuron", "motor", "interneuron", "interneuron", "interneuron",
+    "interneuron", "sex-specific", "interneuron", "motor", "motor", "interneuron",
+    "interneuron", "sex-specific", "sex-specific", "motor", "interneuron",
     "sex-specific", "interneuron", "interneuron", "interneuron", "interneuron",
-    "interneuron", "motor", "sex-specific", "sex-specific", "sex-specific",
+    "sex-specific", "motor", "sex-specific", "interneuron", "sex-specific",
+    "sex-specific", "sex-specific", "motor", "sex-specific", "sex-specific",
+    "interneuron", "sex-specific", "sex-specific", "interneuron", "sex-specific",
+    "sex-specific", "sex-specific", "sex-specific", "interneuron", "sex-specific",
+    "sex-specific", "sex-specific", "sex-specific", "sex-specific", "sex-specific",
+    "sex-specific", "sex-specific", "sex-specific", "sex-specific", "sex-specific",
+    "interneuron", "sex-specific", "sex-specific", "sex-specific", "sex-specific",
+    "interneuron", "sex-specific", "sex-specific", "sex-specific", "sex-specific",
+    "interneuron", "sex-specific", "motor", "sex-specific", "sex-specific",
     "sex-specific", "sex-specific", "sex-specific", "interneuron", "interneuron",
-    "interneuron", "motor", "interneuron", "interneuron", "interneuron", "interneuron",
-    "interneuron", "interneuron", "motor", "interneuron", "motor", "sex-specific",
+    "interneuron", "interneuron", "interneuron", "interneuron", "sex-specific",
+    "motor", "sex-specific", "interneuron", "sex-specific", "sex-specific",
+    "sex-specific", "sex-specific", "interneuron", "interneuron", "interneuron",
+    "motor", "interneuron", "interneuron", "interneuron", "interneuron", "interneuron",
+    "interneuron", "motor", "sex-specific", "interneuron", "motor", "interneuron",
     "interneuron", "interneuron", "interneuron", "interneuron", "interneuron",
-    "interneuron", "interneuron", "interneuron", "interneuron", "motor", "motor",
-    "interneuron", "motor", "interneuron", "motor", "interneuron", "motor",
-    "interneuron", "interneuron", "motor", "motor", "motor", "motor", "motor", "motor",
-    "motor", "motor", "motor", "motor", "motor", "motor", "sex-specific",
-    "interneuron", "motor", "motor", "interneuron", "motor", "motor", "interneuron",
-    "interneuron", "interneuron", "interneuron", "interneuron", "motor", "motor",
-    "motor", "motor", "motor", "sex-specific", "interneuron", "interneuron",
-    "interneuron", "interneuron", "sex-specific", "motor", "motor", "motor", "motor",
-    "motor", "motor", "sex-specific", "motor", "motor", "motor", "motor", "motor",
-    "motor", "sex-specific", "sex-specific", "interneuron", "motor", "motor", "motor",
-    "motor", "motor", "sex-specific", "sex-specific", "sex-specific", "motor", "motor",
-    "motor", "motor", "sex-specific", "sex-specific", "sex-specific", "motor",
-    "sex-specific", "sex-specific", "motor", "motor", "motor", "motor", "sex-specific",
-    "motor", "motor", "motor", "motor", "motor", "motor", "sex-specific", "motor",
-    "motor", "motor", "motor", "motor", "sex-specific", "interneuron", "motor",
-    "motor", "motor", "motor", "motor", "motor", "motor", "sex-specific",
-    "sex-specific", "motor", "motor", "motor", "motor", "motor", "sex-specific",
-    "sex-specific", "sex-specific", "motor", "motor", "motor", "motor", "motor",
-    "motor", "motor", "motor", "motor", "motor", "motor", "motor", "motor",
+    "interneuron", "interneuron", "interneuron", "motor", "motor", "interneuron",
+    "motor", "interneuron", "motor", "motor", "interneuron", "interneuron",
+    "interneuron", "motor", "motor", "motor", "motor", "motor", "motor", "motor",
+    "motor", "motor", "sex-specific", "motor", "motor", "motor", "interneuron",
+    "motor", "motor", "interneuron", "motor", "motor", "interneuron", "interneuron",
+    "interneuron", "interneuron", "interneuron", "motor", "motor", "motor",
+    "sex-specific", "motor", "motor", "interneuron", "interneuron", "interneuron",
+    "interneuron", "sex-specific", "sex-specific", "motor", "motor", "motor", "motor",
+    "motor", "motor", "motor", "motor", "sex-specific", "sex-specific", "motor",
+    "motor", "motor", "motor", "sex-specific", "motor", "motor", "motor",
+    "interneuron", "sex-specific", "sex-specific", "motor", "motor", "motor", "motor",
+    "sex-specific", "motor", "motor", "sex-specific", "sex-specific", "sex-specific",
+    "sex-specific", "motor", "sex-specific", "motor", "motor", "motor", "motor",
+    "motor", "motor", "motor", "motor", "motor", "sex-specific", "motor",
+    "sex-specific", "motor", "motor", "motor", "motor", "motor", "motor", "motor",
+    "motor", "sex-specific", "motor", "motor", "interneuron", "sex-specific", "motor",
+    "motor", "sex-specific", "sex-specific", "motor", "sex-specific", "motor", "motor",
+    "motor", "motor", "motor", "motor", "motor", "motor", "motor", "motor", "motor",
+    "motor", "motor", "motor", "motor", "motor", "sex-specific", "motor",
     "sex-specific", "sex-specific", "sex-specific", "sex-specific", "sex-specific",
     "sex-specific", "sex-specific", "sex-specific", "sex-specific", "sex-specific",
     "sex-specific", "sex-specific", "sex-specific", "interneuron", "sex-specific",
-    "sex-specific", "interneuron", "motor", "motor", "motor", "interneuron", "motor",
-    "motor", "interneuron", "interneuron",
+    "interneuron", "motor", "motor", "motor", "interneuron", "motor", "motor",
+    "interneuron", "interneuron",
 )
 NEUROTRANSMITTERS = (
-    "Betaine", "Betaine", "ACh", "ACh", "ACh", "ACh", "Glu+Betaine", "Glu+Betaine",
-    "ACh", "ACh", "Glu", "Glu", "ACh+5-HT", "ACh+5-HT", "ACh+Glu", "ACh+Glu", "Glu",
-    "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "ACh+5-HT+Betaine",
-    "ACh+5-HT+Betaine", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "Glu", "Glu", "Glu",
-    "Glu", "Glu", "", "Glu", "Glu", "Glu", "Glu", "ACh+Glu", "Glu", "Glu", "DA", "DA",
-    "Glu+DA", "Glu+DA", "Glu", "Glu", "Glu", "Glu", "Glu+Betaine", "Glu+Betaine",
-    "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "DA", "DA", "DA", "DA", "Glu", "Glu",
-    "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "Glu",
-    "Glu", "Glu+5-HT", "ACh+5-HT", "ACh", "ACh", "", "", "", "", "Glu", "", "ACh",
-    "ACh", "ACh", "ACh", "ACh+Betaine", "ACh+GABA", "ACh+5-HT+PEOH", "Glu+5-HT", "ACh",
-    "ACh", "GABA", "Glu+Oct", "ACh", "GABA", "Glu+PEOH", "Glu+Betaine", "Glu", "ACh",
-    "ACh+5-HTP", "ACh", "GABA+Betaine", "Glu", "GABA", "ACh", "Glu+PEOH", "ACh",
-    "ACh+Betaine", "ACh+5-HT+PEOH", "ACh+5-HT+PEOH", "GABA", "ACh+5-HT+PEOH",
-    "ACh+Betaine", "Glu", "", "5-HT+PEOH", "ACh+GABA+5-HT+5-HTP", "Glu", "Glu+DA",
-    "ACh", "ACh", "ACh", "Glu", "Glu+Tyr", "Glu", "ACh", "", "Glu+5-HT", "ACh", "ACh",
-    "Glu+DA", "ACh", "ACh+Oct", "ACh", "ACh+5-HT+PEOH", "ACh", "ACh+Oct",
-    "ACh+Glu+Betaine", "ACh+Tyr", "ACh+Betaine", "ACh+5-HT", "ACh", "Glu", "5-HT+PEOH",
-    "ACh+GABA", "ACh+Tyr", "ACh+Glu+Betaine", "", "ACh", "ACh", "", "ACh", "ACh", "",
-    "ACh+Betaine", "GABA", "ACh+Glu", "", "", "GABA", "ACh", "", "ACh", "GABA", "ACh",
-    "GABA", "ACh", "", "ACh+5-HTP", "Glu", "Glu+Oct", "ACh+Betaine", "ACh+Betaine",
-    "Glu+Betaine", "Glu", "Glu", "", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh+5-HTP",
+    "DA", "DA", "ACh+5-HT", "ACh+5-HT", "Glu", "Glu", "ACh+Glu", "ACh+Glu", "Glu",
+    "Glu", "ACh", "ACh", "Glu", "Glu", "Glu", "Glu+Betaine", "Glu+Betaine", "Glu",
+    "Glu", "Betaine", "Betaine", "ACh", "ACh", "Glu", "Glu", "Glu", "ACh", "ACh",
+    "ACh", "ACh", "Glu", "Glu", "Glu", "DA", "DA", "DA", "DA", "ACh+Glu", "Glu", "Glu",
+    "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh",
+    "Glu", "Glu", "Glu", "Glu", "Glu", "Glu", "Glu+DA", "Glu+DA", "Glu", "Glu", "Glu",
+    "Glu", "Glu+Betaine", "Glu+Betaine", "Glu", "Glu", "ACh", "ACh", "Glu", "Glu",
+    "Glu", "", "ACh", "ACh", "ACh+5-HT+Betaine", "ACh+5-HT+Betaine", "Glu", "Glu",
+    "Glu", "Glu+5-HT", "", "", "", "Glu", "", "ACh+GABA", "ACh+5-HT+PEOH", "ACh+5-HT",
+    "ACh", "", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh+Betaine", "Glu+5-HT", "ACh",
+    "ACh", "GABA", "Glu+PEOH", "Glu+Oct", "GABA", "ACh", "Glu", "Glu+Betaine",
+    "ACh+5-HTP", "ACh", "ACh", "GABA", "Glu+PEOH", "Glu", "ACh", "GABA+Betaine", "ACh",
+    "ACh+5-HT+PEOH", "ACh+Betaine", "ACh+5-HT+PEOH", "GABA", "ACh+5-HT+PEOH", "",
+    "Glu", "ACh+Betaine", "5-HT+PEOH", "ACh+GABA+5-HT+5-HTP", "Glu", "Glu+DA", "ACh",
+    "ACh", "ACh", "Glu", "Glu+Tyr", "Glu", "ACh", "", "Glu+5-HT", "ACh", "ACh", "ACh",
+    "Glu+DA", "ACh", "ACh+Oct", "ACh+5-HT+PEOH", "ACh", "ACh+Oct", "ACh+Glu+Betaine",
+    "ACh+Tyr", "ACh+5-HT", "ACh+Betaine", "ACh", "Glu", "5-HT+PEOH", "ACh+GABA",
+    "ACh+Tyr", "ACh", "ACh+Glu+Betaine", "", "ACh", "ACh", "", "ACh+Glu", "GABA",
+    "ACh+Betaine", "ACh", "", "ACh", "", "GABA", "", "ACh", "ACh", "GABA", "", "ACh",
+    "GABA", "", "ACh+5-HTP", "Glu+Oct", "Glu", "ACh+Betaine", "ACh+Betaine", "Glu",
+    "Glu", "Glu+Betaine", "", "ACh", "ACh", "ACh", "ACh+5-HTP", "ACh", "ACh",
     "Glu+Betaine", "Glu+Betaine", "ACh", "Glu+Tyr+Betaine", "ACh", "Glu+Tyr+Betaine",
     "ACh", "ACh", "ACh", "ACh+GABA+Betaine", "ACh+GABA+Betaine", "Glu", "GABA", "Glu",
-    "ACh", "", "ACh", "GABA", "ACh", "ACh", "ACh", "ACh", "ACh", "GABA", "GABA", "ACh",
-    "ACh", "ACh", "ACh", "ACh+GABA+Betaine", "ACh", "", "GABA", "ACh", "ACh", "ACh",
+    "ACh", "ACh", "", "GABA", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "GABA", "GABA",
+    "ACh", "ACh", "", "ACh", "ACh", "ACh+GABA+Betaine", "GABA", "ACh", "ACh", "ACh",
     "ACh+GABA+Betaine", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh",
-    "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh+GABA", "ACh", "ACh", "ACh",
-    "ACh", "ACh", "ACh", "GABA", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh",
-    "ACh+GABA+5-HT+5-HTP", "ACh", "Glu", "ACh", "ACh", "ACh", "ACh", "ACh+Betaine",
-    "Glu", "DA+Tyr", "ACh+5-HT", "ACh", "ACh+Betaine", "ACh", "ACh", "ACh+5-HT+PEOH",
-    "ACh", "ACh+5-HT", "ACh+Betaine", "ACh", "ACh+5-HT", "ACh", "ACh", "ACh+Betaine",
-    "ACh+Betaine", "ACh+5-HT", "ACh", "ACh", "ACh", "ACh", "GABA", "GABA", "ACh",
-    "ACh", "ACh", "GABA", "ACh", "GABA", "Glu+5-HT", "GABA+Betaine", "ACh", "ACh",
-    "ACh", "ACh", "ACh", "GABA", "GABA", "ACh", "ACh+Glu", "GABA", "ACh+Betaine",
-    "GABA", "GABA", "GABA", "ACh", "ACh+Glu", "ACh", "GABA", "ACh+Betaine",
-    "ACh+Betaine", "ACh+Betaine", "ACh+Betaine", "GABA", "GABA", "ACh+Betaine",
-    "ACh+Betaine", "GABA", "ACh", "GABA", "GABA", "ACh", "ACh", "Glu+DA", "ACh", "ACh",
-    "ACh", "Glu+DA", "ACh+GABA", "ACh", "DA+Tyr", "ACh+Glu", "ACh", "ACh+Glu+Betaine",
-    "", "ACh", "ACh+Betaine", "GABA", "GABA", "GABA", "GABA", "", "ACh", "ACh", "",
-    "ACh",
+    "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh+GABA", "GABA", "ACh", "ACh",
+    "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh", "ACh+GABA+5-HT+5-HTP", "ACh",
+    "ACh", "ACh", "ACh", "ACh+5-HT", "ACh", "ACh", "ACh", "Glu", "Glu", "DA+Tyr",
+    "ACh", "ACh+Betaine", "ACh", "ACh", "ACh+5-HT", "ACh", "ACh+Betaine",
+    "ACh+5-HT+PEOH", "ACh", "ACh+5-HT", "ACh", "ACh+Betaine", "ACh+5-HT", "ACh", "ACh",
+    "ACh+Betaine", "ACh+Betaine", "ACh", "ACh", "ACh", "ACh", "GABA", "ACh", "GABA",
+    "Glu+5-HT", "ACh", "ACh", "GABA", "ACh", "GABA", "ACh", "ACh", "ACh", "ACh+Glu",
+    "ACh", "ACh", "GABA+Betaine", "ACh", "GABA", "GABA", "ACh+Glu", "ACh", "GABA",
+    "ACh", "ACh+Betaine", "GABA", "GABA", "GABA", "GABA", "ACh+Betaine", "ACh+Betaine",
+    "ACh+Betaine", "ACh+Betaine", "GABA", "GABA", "ACh+Betaine", "ACh+Betaine", "GABA",
+    "ACh", "GABA", "ACh", "GABA", "ACh", "Glu+DA", "ACh", "ACh", "ACh", "Glu+DA",
+    "ACh+GABA", "ACh", "DA+Tyr", "ACh+Glu", "ACh+Glu+Betaine", "ACh", "ACh+Betaine",
+    "", "ACh", "GABA", "GABA", "GABA", "GABA", "", "ACh", "ACh", "", "ACh",
 )
 # (pre, post) indices into NODES; edge e is learnable weight e.
 EDGES = (
-    (7, 81), (19, 81), (46, 82), (57, 82), (58, 82), (59, 82), (61, 82), (64, 82),
-    (72, 82), (58, 83), (59, 84), (2, 85), (20, 85), (22, 85), (46, 85), (53, 85),
-    (35, 86), (36, 87), (37, 87), (22, 88), (43, 88), (50, 89), (25, 90), (27, 90),
-    (29, 90), (46, 90), (62, 90), (2, 91), (56, 91), (57, 92), (63, 92), (60, 93),
-    (64, 93), (47, 94), (45, 95), (54, 96), (54, 97), (55, 97), (0, 98), (6, 98),
-    (85, 98), (4, 99), (8, 99), (10, 99), (14, 99), (16, 99), (82, 99), (5, 100),
-    (11, 100), (15, 100), (17, 100), (24, 100), (82, 100), (23, 101), (34, 101),
-    (88, 101), (89, 101), (56, 102), (58, 102), (59, 102), (62, 102), (63, 102),
-    (64, 102), (65, 102), (71, 102), (72, 102), (74, 102), (90, 102), (61, 103),
-    (65, 103), (82, 103), (57, 104), (59, 104), (60, 104), (61, 104), (93, 104),
-    (55, 105), (97, 105), (4, 106), (12, 106), (99, 106), (12, 107), (102, 107),
-    (32, 108), (42, 108), (46, 108), (47, 108), (64, 108), (90, 108), (94, 108),
-    (102, 108), (60, 109), (99, 109), (52, 110), (54, 110), (55, 110), (105, 110),
-    (41, 111), (82, 111), (108, 111), (12, 112), (46, 112), (47, 112), (79, 112),
-    (107, 112), (22, 113), (37, 113), (90, 113), (107, 113), (56, 114), (60, 114),
-    (64, 114), (75, 114), (79, 114), (91, 114), (93, 114), (107, 114), (54, 115),
-    (97, 115), (110, 115), (18, 116), (106, 116), (107, 116), (112, 116), (62, 117),
-    (64, 117), (65, 117), (77, 117), (112, 117), (34, 118), (101, 118), (105, 118),
-    (115, 118), (34, 119), (97, 119), (101, 119), (105, 119), (118, 119), (20, 120),
-    (22, 120), (44, 120), (51, 120), (85, 120), (101, 120), (109, 120), (118, 120),
-    (119, 120), (49, 121), (51, 121), (101, 121), (118, 121), (119, 121), (120, 121),
-    (34, 122), (45, 122), (101, 122), (120, 122), (121, 122), (51, 123), (89, 123),
-    (120, 123), (121, 123), (52, 124), (53, 124), (110, 124), (121, 124), (50, 125),
-    (51, 125), (52, 125), (53, 125), (101, 125), (110, 125), (120, 125), (121, 125),
-    (123, 125), (51, 126), (53, 126), (89, 126), (97, 126), (121, 126), (123, 126),
-    (32, 127), (41, 127), (45, 127), (48, 127), (49, 127), (65, 127), (126, 127),
-    (50, 128), (52, 128), (89, 128), (110, 128), (115, 128), (119, 128), (125, 128),
-    (126, 128), (32, 129), (33, 129), (35, 129), (37, 129), (41, 129), (43, 129),
-    (44, 129), (45, 129), (48, 129), (49, 129), (50, 129), (89, 129), (95, 129),
-    (101, 129), (113, 129), (122, 129), (126, 129), (127, 129), (128, 129), (52, 130),
-    (110, 130), (124, 130), (125, 130), (128, 130), (50, 131), (52, 131), (110, 131),
-    (128, 131), (130, 131), (51, 132), (54, 132), (105, 132), (110, 132), (124, 132),
-    (125, 132), (128, 132), (130, 132), (131, 132), (52, 133), (53, 133), (54, 133),
-    (55, 133), (96, 133), (105, 133), (110, 133), (128, 133), (130, 133), (131, 133),
-    (132, 133), (51, 134), (53, 134), (105, 134), (110, 134), (120, 134), (121, 134),
-    (133, 134), (44, 135), (51, 135), (52, 135), (53, 135), (54, 135), (55, 135),
-    (96, 135), (113, 135), (119, 135), (121, 135), (124, 135), (125, 135), (126, 135),
-    (132, 135), (133, 135), (134, 135), (52, 136), (110, 136), (115, 136), (124, 136),
-    (128, 136), (135, 136), (54, 137), (110, 137), (124, 137), (134, 137), (135, 137),
-    (136, 137), (54, 138), (110, 138), (115, 138), (125, 138), (132, 138), (136, 138),
-    (137, 138), (54, 139), (55, 139), (105, 139), (110, 139), (119, 139), (133, 139),
-    (134, 139), (138, 139), (53, 140), (54, 140), (110, 140), (120, 140), (121, 140),
-    (125, 140), (126, 140), (134, 140), (139, 140), (54, 141), (110, 141), (124, 141),
-    (132, 141), (134, 141), (137, 141), (138, 141), (139, 141), (55, 142), (97, 142),
-    (115, 142), (126, 142), (128, 142), (140, 142), (55, 143), (85, 143), (105, 143),
-    (110, 143), (118, 143), (134, 143), (136, 143), (139, 143), (140, 143), (141, 143),
-    (55, 144), (97, 144), (105, 144), (115, 144), (118, 144), (128, 144), (142, 144),
-    (34, 145), (124, 145), (136, 145), (143, 145), (54, 146), (97, 146), (105, 146),
-    (115, 146), (134, 146), (140, 146), (142, 146), (144, 146), (34, 147), (54, 147),
-    (89, 147), (101, 147), (115, 147), (118, 147), (120, 147), (121, 147), (125, 147),
-    (126, 147), (128, 147), (135, 147), (140, 147), (142, 147), (144, 147), (145, 147),
-    (146, 147), (50, 148), (51, 148), (52, 148), (54, 148), (55, 148), (105, 148),
-    (110, 148), (115, 148), (128, 148), (132, 148), (133, 148), (134, 148), (135, 148),
-    (138, 148), (142, 148), (144, 148), (145, 148), (146, 148), (97, 149), (115, 149),
-    (125, 149), (140, 149), (142, 149), (146, 149), (147, 149), (54, 150), (105, 150),
-    (118, 150), (119, 150), (125, 150), (147, 150), (148, 150), (50, 151), (51, 151),
-    (53, 151), (96, 151), (118, 151), (124, 151), (125, 151), (132, 151), (134, 151),
-    (136, 151), (138, 151), (140, 151), (150, 151), (41, 152), (107, 152), (112, 152),
-    (124, 152), (136, 152), (143, 152), (145, 152), (151, 152), (34, 153), (50, 153),
-    (51, 153), (89, 153), (101, 153), (110, 153), (118, 153), (119, 153), (123, 153),
-    (125, 153), (132, 153), (133, 153), (140, 153), (151, 153), (55, 154), (97, 154),
-    (105, 154), (118, 154), (119, 154), (121, 154), (150, 154), (151, 154), (50, 155),
-    (51, 155), (54, 155), (55, 155), (105, 155), (110, 155), (115, 155), (120, 155),
-    (132, 155), (133, 155), (134, 155), (139, 155), (140, 155), (146, 155), (151, 155),
-    (34, 156), (54, 156), (55, 156), (97, 156), (101, 156), (119, 156), (121, 156),
-    (133, 156), (146, 156), (151, 156), (153, 156), (155, 156), (54, 157), (110, 157),
-    (115, 157), (135, 157), (143, 157), (145, 157), (147, 157), (152, 157), (110, 158),
-    (126, 158), (153, 158), (53, 159), (55, 159), (97, 159), (105, 159), (110, 159),
-    (118, 159), (119, 159), (121, 159), (124, 159), (126, 159), (128, 159), (130, 159),
-    (132, 159), (133, 159), (134, 159), (142, 159), (144, 159), (147, 159), (150, 159),
-    (151, 159), (153, 159), (154, 159), (156, 159), (55, 160), (105, 160), (110, 160),
-    (143, 160), (145, 160), (152, 160), (157, 160), (50, 161), (51, 161), (52, 161),
-    (53, 161), (54, 161), (55, 161), (96, 161), (101, 161), (113, 161), (115, 161),
-    (118, 161), (121, 161), (125, 161), (128, 161), (132, 161), (134, 161), (135, 161),
-    (138, 161), (139, 161), (140, 161), (143, 161), (147, 161), (148, 161), (150, 161),
-    (151, 161), (154, 161), (155, 161), (156, 161), (22, 162), (34, 162), (44, 162),
-    (54, 162), (101, 162), (136, 162), (145, 162), (147, 162), (152, 162), (156, 162),
-    (157, 162), (160, 162), (34, 163), (89, 163), (101, 163), (121, 163), (159, 163),
-    (110, 164), (115, 164), (125, 164), (128, 164), (132, 164), (140, 164), (142, 164),
-    (146, 164), (149, 164), (159, 164), (34, 165), (51, 165), (53, 165), (97, 165),
-    (101, 165), (110, 165), (118, 165), (119, 165), (120, 165), (121, 165), (123, 165),
-    (124, 165), (125, 165), (126, 165), (135, 165), (137, 165), (139, 165), (140, 165),
-    (143, 165), (144, 165), (147, 165), (148, 165), (150, 165), (151, 165), (153, 165),
-    (154, 165), (156, 165), (159, 165), (53, 166), (133, 166), (159, 166), (3, 167),
-    (51, 167), (52, 167), (53, 167), (96, 167), (135, 167), (136, 167), (159, 167),
-    (165, 167), (52, 168), (53, 168), (55, 168), (113, 168), (125, 168), (135, 168),
-    (159, 168), (166, 168), (166, 169), (20, 170), (22, 170), (33, 170), (34, 170),
-    (37, 170), (39, 170), (40, 170), (43, 170), (44, 170), (88, 170), (89, 170),
-    (109, 170), (120, 170), (121, 170), (129, 170), (147, 170), (161, 170), (162, 170),
-    (67, 171), (98, 171), (109, 171), (129, 171), (170, 171), (170, 172), (51, 173),
-    (53, 173), (97, 173), (101, 173), (105, 173), (110, 173), (115, 173), (119, 173),
-    (120, 173), (123, 173), (124, 173), (126, 173), (128, 173), (135, 173), (136, 173),
-    (142, 173), (144, 173), (145, 173), (146, 173), (147, 173), (150, 173), (151, 173),
-    (153, 173), (156, 173), (165, 173), (167, 173), (168, 174), (34, 175), (37, 175),
-    (50, 175), (52, 175), (97, 175), (101, 175), (105, 175), (110, 175), (115, 175),
-    (118, 175), (119, 175), (121, 175), (123, 175), (124, 175), (125, 175), (126, 175),
-    (128, 175), (130, 175), (137, 175), (142, 175), (144, 175), (146, 175), (147, 175),
-    (148, 175), (151, 175), (153, 175), (156, 175), (159, 175), (165, 175), (167, 175),
-    (173, 175), (166, 176), (174, 176), (37, 177), (65, 177), (87, 177), (101, 177),
-    (165, 177), (167, 177), (175, 177), (65, 178), (82, 178), (152, 178), (165, 178),
-    (175, 178), (177, 178), (24, 179), (26, 179), (41, 179), (46, 179), (47, 179),
-    (70, 179), (152, 179), (178, 179), (6, 180), (26, 180), (57, 180), (59, 180),
-    (63, 180), (64, 180), (65, 180), (72, 180), (73, 180), (88, 180), (98, 180),
-    (178, 180), (43, 181), (99, 181), (112, 181), (168, 181), (179, 181), (62, 182),
-    (63, 182), (64, 182), (65, 182), (73, 182), (78, 182), (90, 182), (104, 182),
-    (178, 182), (179, 182), (180, 182), (13, 183), (15, 183), (26, 183), (43, 183),
-    (82, 183), (168, 183), (181, 183), (4, 184), (6, 184), (8, 184), (12, 184),
-    (82, 184), (99, 184), (181, 184), (5, 185), (9, 185), (11, 185), (13, 185),
-    (43, 185), (82, 185), (99, 185), (100, 185), (181, 185), (38, 186), (46, 186),
-    (48, 186), (49, 186), (111, 186), (112, 186), (152, 186), (178, 186), (179, 186),
-    (182, 186), (0, 187), (6, 187), (16, 187), (18, 187), (20, 187), (85, 187),
-    (98, 187), (109, 187), (116, 187), (184, 187), (1, 188), (7, 188), (11, 188),
-    (19, 188), (21, 188), (23, 188), (81, 188), (100, 188), (167, 188), (168, 188),
-    (185, 188), (13, 189), (27, 189), (31, 189), (43, 189), (62, 189), (71, 189),
-    (102, 189), (185, 189), (20, 190), (101, 190), (107, 190), (120, 190), (162, 190),
-    (187, 190), (28, 191), (184, 191), (185, 191), (189, 191), (189, 192), (0, 193),
-    (10, 193), (16, 193), (18, 193), (20, 193), (22, 193), (41, 193), (42, 193),
-    (98, 193), (102, 193), (107, 193), (116, 193), (152, 193), (185, 193), (187, 193),
-    (190, 193), (7, 194), (11, 194), (17, 194), (21, 194), (23, 194), (24, 194),
-    (42, 194), (79, 194), (81, 194), (108, 194), (152, 194), (180, 194), (184, 194),
-    (188, 194), (191, 194), (27, 195), (28, 195), (43, 195), (102, 195), (180, 195),
-    (191, 195), (42, 196), (102, 196), (107, 196), (108, 196), (111, 196), (112, 196),
-    (120, 196), (180, 196), (184, 196), (186, 196), (190, 196), (191, 196), (193, 196),
-    (194, 196), (195, 196), (27, 197), (29, 197), (43, 197), (186, 197), (189, 197),
-    (196, 197), (27, 198), (37, 198), (43, 198), (111, 198), (112, 198), (185, 198),
-    (193, 198), (194, 198), (195, 198), (197, 198), (3, 199), (19, 199), (37, 199),
-    (101, 199), (165, 199), (173, 199), (175, 199), (177, 199), (198, 199), (21, 200),
-    (23, 200), (33, 200), (34, 200), (36, 200), (40, 200), (41, 200), (44, 200),
-    (45, 200), (101, 200), (147, 200), (161, 200), (178, 200), (186, 200), (198, 200),
-    (24, 201), (193, 201), (196, 201), (197, 201), (198, 201), (65, 202), (70, 202),
-    (80, 202), (82, 202), (152, 202), (178, 202), (196, 202), (198, 202), (28, 203),
-    (29, 203), (69, 203), (102, 203), (108, 203), (180, 203), (195, 203), (198, 203),
-    (202, 203), (9, 204), (13, 204), (24, 204), (26, 204), (33, 204), (43, 204),
-    (72, 204), (82, 204), (94, 204), (99, 204), (100, 204), (108, 204), (178, 204),
+    (16, 81), (24, 81), (4, 82), (37, 82), (8, 83), (9, 84), (25, 84), (60, 85),
+    (0, 86), (4, 86), (17, 86), (21, 86), (63, 86), (64, 87), (64, 88), (65, 88),
+    (0, 89), (35, 89), (47, 89), (48, 89), (49, 89), (51, 89), (55, 89), (1, 90),
+    (0, 91), (10, 91), (33, 91), (68, 91), (76, 91), (21, 92), (46, 92), (34, 93),
+    (47, 93), (35, 94), (50, 94), (48, 95), (49, 96), (72, 97), (15, 98), (19, 98),
+    (86, 98), (6, 99), (13, 99), (26, 99), (28, 99), (30, 99), (89, 99), (7, 100),
+    (14, 100), (27, 100), (31, 100), (32, 100), (89, 100), (5, 101), (70, 101),
+    (82, 101), (85, 101), (65, 102), (88, 102), (33, 103), (34, 103), (35, 103),
+    (36, 103), (46, 103), (48, 103), (49, 103), (54, 103), (55, 103), (57, 103),
+    (91, 103), (47, 104), (49, 104), (50, 104), (51, 104), (94, 104), (36, 105),
+    (51, 105), (89, 105), (2, 106), (103, 106), (2, 107), (26, 107), (99, 107),
+    (50, 108), (99, 108), (62, 109), (64, 109), (65, 109), (102, 109), (0, 110),
+    (1, 110), (35, 110), (39, 110), (75, 110), (90, 110), (91, 110), (103, 110),
+    (4, 111), (25, 111), (91, 111), (106, 111), (64, 112), (88, 112), (109, 112),
+    (0, 113), (1, 113), (2, 113), (44, 113), (106, 113), (35, 114), (40, 114),
+    (44, 114), (46, 114), (50, 114), (92, 114), (94, 114), (106, 114), (38, 115),
+    (89, 115), (110, 115), (23, 116), (106, 116), (107, 116), (113, 116), (70, 117),
+    (101, 117), (102, 117), (112, 117), (33, 118), (35, 118), (36, 118), (42, 118),
+    (113, 118), (70, 119), (88, 119), (101, 119), (102, 119), (117, 119), (4, 120),
+    (17, 120), (61, 120), (71, 120), (86, 120), (101, 120), (108, 120), (117, 120),
+    (119, 120), (59, 121), (61, 121), (101, 121), (117, 121), (119, 121), (120, 121),
+    (62, 122), (63, 122), (109, 122), (121, 122), (61, 123), (85, 123), (120, 123),
+    (121, 123), (70, 124), (72, 124), (101, 124), (120, 124), (121, 124), (60, 125),
+    (61, 125), (62, 125), (63, 125), (101, 125), (109, 125), (120, 125), (121, 125),
+    (123, 125), (61, 126), (63, 126), (85, 126), (88, 126), (121, 126), (123, 126),
+    (36, 127), (38, 127), (58, 127), (59, 127), (72, 127), (75, 127), (126, 127),
+    (60, 128), (62, 128), (85, 128), (109, 128), (112, 128), (119, 128), (125, 128),
+    (126, 128), (62, 129), (109, 129), (122, 129), (125, 129), (128, 129), (8, 130),
+    (12, 130), (25, 130), (37, 130), (38, 130), (58, 130), (59, 130), (60, 130),
+    (71, 130), (72, 130), (75, 130), (85, 130), (97, 130), (101, 130), (111, 130),
+    (124, 130), (126, 130), (127, 130), (128, 130), (60, 131), (62, 131), (109, 131),
+    (128, 131), (129, 131), (61, 132), (64, 132), (102, 132), (109, 132), (122, 132),
+    (125, 132), (128, 132), (129, 132), (131, 132), (62, 133), (63, 133), (64, 133),
+    (65, 133), (87, 133), (102, 133), (109, 133), (128, 133), (129, 133), (131, 133),
+    (132, 133), (61, 134), (63, 134), (102, 134), (109, 134), (120, 134), (121, 134),
+    (133, 134), (61, 135), (62, 135), (63, 135), (64, 135), (65, 135), (71, 135),
+    (87, 135), (111, 135), (119, 135), (121, 135), (122, 135), (125, 135), (126, 135),
+    (132, 135), (133, 135), (134, 135), (62, 136), (109, 136), (112, 136), (122, 136),
+    (128, 136), (135, 136), (64, 137), (109, 137), (122, 137), (134, 137), (135, 137),
+    (136, 137), (64, 138), (109, 138), (112, 138), (125, 138), (132, 138), (136, 138),
+    (137, 138), (64, 139), (65, 139), (102, 139), (109, 139), (119, 139), (133, 139),
+    (134, 139), (138, 139), (64, 140), (109, 140), (122, 140), (132, 140), (134, 140),
+    (137, 140), (138, 140), (139, 140), (63, 141), (64, 141), (109, 141), (120, 141),
+    (121, 141), (125, 141), (126, 141), (134, 141), (139, 141), (65, 142), (86, 142),
+    (102, 142), (109, 142), (117, 142), (134, 142), (136, 142), (139, 142), (140, 142),
+    (141, 142), (65, 143), (88, 143), (112, 143), (126, 143), (128, 143), (141, 143),
+    (65, 144), (88, 144), (102, 144), (112, 144), (117, 144), (128, 144), (143, 144),
+    (70, 145), (122, 145), (136, 145), (142, 145), (64, 146), (88, 146), (102, 146),
+    (112, 146), (134, 146), (141, 146), (143, 146), (144, 146), (64, 147), (70, 147),
+    (85, 147), (101, 147), (112, 147), (117, 147), (120, 147), (121, 147), (125, 147),
+    (126, 147), (128, 147), (135, 147), (141, 147), (143, 147), (144, 147), (145, 147),
+    (146, 147), (60, 148), (61, 148), (62, 148), (64, 148), (65, 148), (102, 148),
+    (109, 148), (112, 148), (128, 148), (132, 148), (133, 148), (134, 148), (135, 148),
+    (138, 148), (143, 148), (144, 148), (145, 148), (146, 148), (64, 149), (102, 149),
+    (117, 149), (119, 149), (125, 149), (147, 149), (148, 149), (88, 150), (112, 150),
+    (125, 150), (141, 150), (143, 150), (146, 150), (147, 150), (60, 151), (61, 151),
+    (63, 151), (87, 151), (117, 151), (122, 151), (125, 151), (132, 151), (134, 151),
+    (136, 151), (138, 151), (141, 151), (149, 151), (38, 152), (106, 152), (113, 152),
+    (122, 152), (136, 152), (142, 152), (145, 152), (151, 152), (60, 153), (61, 153),
+    (70, 153), (85, 153), (101, 153), (109, 153), (117, 153), (119, 153), (123, 153),
+    (125, 153), (132, 153), (133, 153), (141, 153), (151, 153), (65, 154), (88, 154),
+    (102, 154), (117, 154), (119, 154), (121, 154), (149, 154), (151, 154), (60, 155),
+    (61, 155), (64, 155), (65, 155), (102, 155), (109, 155), (112, 155), (120, 155),
+    (132, 155), (133, 155), (134, 155), (139, 155), (141, 155), (146, 155), (151, 155),
+    (109, 156), (126, 156), (153, 156), (64, 157), (65, 157), (70, 157), (88, 157),
+    (101, 157), (119, 157), (121, 157), (133, 157), (146, 157), (151, 157), (153, 157),
+    (155, 157), (64, 158), (109, 158), (112, 158), (135, 158), (142, 158), (145, 158),
+    (147, 158), (152, 158), (63, 159), (65, 159), (88, 159), (102, 159), (109, 159),
+    (117, 159), (119, 159), (121, 159), (122, 159), (126, 159), (128, 159), (129, 159),
+    (132, 159), (133, 159), (134, 159), (143, 159), (144, 159), (147, 159), (149, 159),
+    (151, 159), (153, 159), (154, 159), (157, 159), (60, 160), (61, 160), (62, 160),
+    (63, 160), (64, 160), (65, 160), (87, 160), (101, 160), (111, 160), (112, 160),
+    (117, 160), (121, 160), (125, 160), (128, 160), (132, 160), (134, 160), (135, 160),
+    (138, 160), (139, 160), (141, 160), (142, 160), (147, 160), (148, 160), (149, 160),
+    (151, 160), (154, 160), (155, 160), (157, 160), (65, 161), (102, 161), (109, 161),
+    (142, 161), (145, 161), (152, 161), (158, 161), (63, 162), (133, 162), (159, 162),
+    (61, 163), (63, 163), (70, 163), (88, 163), (101, 163), (109, 163), (117, 163),
+    (119, 163), (120, 163), (121, 163), (122, 163), (123, 163), (125, 163), (126, 163),
+    (135, 163), (137, 163), (139, 163), (141, 163), (142, 163), (144, 163), (147, 163),
+    (148, 163), (149, 163), (151, 163), (153, 163), (154, 163), (157, 163), (159, 163),
+    (109, 164), (112, 164), (125, 164), (128, 164), (132, 164), (141, 164), (143, 164),
+    (146, 164), (150, 164), (159, 164), (4, 165), (64, 165), (70, 165), (71, 165),
+    (101, 165), (136, 165), (145, 165), (147, 165), (152, 165), (157, 165), (158, 165),
+    (161, 165), (70, 166), (85, 166), (101, 166), (121, 166), (159, 166), (4, 167),
+    (12, 167), (17, 167), (25, 167), (37, 167), (66, 167), (67, 167), (70, 167),
+    (71, 167), (82, 167), (85, 167), (108, 167), (120, 167), (121, 167), (130, 167),
+    (147, 167), (160, 167), (165, 167), (62, 168), (63, 168), (65, 168), (111, 168),
+    (125, 168), (135, 168), (159, 168), (162, 168), (162, 169), (22, 170), (61, 170),
+    (62, 170), (63, 170), (87, 170), (135, 170), (136, 170), (159, 170), (163, 170),
+    (168, 171), (167, 172), (61, 173), (63, 173), (88, 173), (101, 173), (102, 173),
+    (109, 173), (112, 173), (119, 173), (120, 173), (122, 173), (123, 173), (126, 173),
+    (128, 173), (135, 173), (136, 173), (143, 173), (144, 173), (145, 173), (146, 173),
+    (147, 173), (149, 173), (151, 173), (153, 173), (157, 173), (163, 173), (170, 173),
+    (79, 174), (98, 174), (108, 174), (130, 174), (167, 174), (162, 175), (171, 175),
+    (25, 176), (60, 176), (62, 176), (70, 176), (88, 176), (101, 176), (102, 176),
+    (109, 176), (112, 176), (117, 176), (119, 176), (121, 176), (122, 176), (123, 176),
+    (125, 176), (126, 176), (128, 176), (129, 176), (137, 176), (143, 176), (144, 176),
+    (146, 176), (147, 176), (148, 176), (151, 176), (153, 176), (157, 176), (159, 176),
+    (163, 176), (170, 176), (173, 176), (25, 177), (36, 177), (84, 177), (101, 177),
+    (163, 177), (170, 177), (176, 177), (36, 178), (89, 178), (152, 178), (163, 178),
+    (176, 178), (177, 178), (15, 179), (34, 179), (35, 179), (36, 179), (47, 179),
+    (49, 179), (55, 179), (56, 179), (77, 179), (82, 179), (98, 179), (178, 179),
+    (0, 180), (1, 180), (32, 180), (38, 180), (53, 180), (77, 180), (152, 180),
+    (178, 180), (37, 181), (99, 181), (113, 181), (168, 181), (180, 181), (33, 182),
+    (34, 182), (35, 182), (36, 182), (43, 182), (56, 182), (91, 182), (104, 182),
+    (178, 182), (179, 182), (180, 182), (2, 183), (15, 183), (26, 183), (28, 183),
+    (89, 183), (99, 183), (181, 183), (3, 184), (14, 184), (27, 184), (29, 184),
+    (37, 184), (89, 184), (99, 184), (100, 184), (181, 184), (3, 185), (7, 185),
+    (37, 185), (77, 185), (89, 185), (168, 185), (181, 185), (0, 186), (58, 186),
+    (59, 186), (73, 186), (113, 186), (115, 186), (152, 186), (178, 186), (180, 186),
+    (182, 186), (15, 187), (17, 187), (19, 187), (23, 187), (30, 187), (86, 187),
+    (98, 187), (108, 187), (116, 187), (183, 187), (5, 188), (14, 188), (16, 188),
+    (18, 188), (20, 188), (24, 188), (81, 188), (100, 188), (168, 188), (170, 188),
+    (184, 188), (3, 189), (10, 189), (33, 189), (37, 189), (54, 189), (74, 189),
+    (103, 189), (184, 189), (189, 190), (17, 191), (101, 191), (106, 191), (120, 191),
+    (165, 191), (187, 191), (11, 192), (183, 192), (184, 192), (189, 192), (4, 193),
+    (13, 193), (17, 193), (19, 193), (23, 193), (30, 193), (38, 193), (39, 193),
+    (98, 193), (103, 193), (106, 193), (116, 193), (152, 193), (184, 193), (187, 193),
+    (191, 193), (5, 194), (14, 194), (16, 194), (18, 194), (31, 194), (32, 194),
+    (39, 194), (44, 194), (81, 194), (110, 194), (152, 194), (179, 194), (183, 194),
+    (188, 194), (192, 194), (10, 195), (11, 195), (37, 195), (103, 195), (179, 195),
+    (192, 195), (39, 196), (103, 196), (106, 196), (110, 196), (113, 196), (115, 196),
+    (120, 196), (179, 196), (183, 196), (186, 196), (191, 196), (192, 196), (193, 196),
+    (194, 196), (195, 196), (10, 197), (37, 197), (68, 197), (186, 197), (189, 197),
+    (196, 197), (10, 198), (25, 198), (37, 198), (113, 198), (115, 198), (184, 198),
+    (193, 198), (194, 198), (195, 198), (197, 198), (5, 199), (9, 199), (12, 199),
+    (18, 199), (38, 199), (67, 199), (70, 199), (71, 199), (72, 199), (101, 199),
+    (147, 199), (160, 199), (178, 199), (186, 199), (198, 199), (22, 200), (24, 200),
+    (25, 200), (101, 200), (163, 200), (173, 200), (176, 200), (177, 200), (198, 200),
+    (32, 201), (193, 201), (196, 201), (197, 201), (198, 201), (36, 202), (45, 202),
+    (53, 202), (89, 202), (152, 202), (178, 202), (196, 202), (198, 202), (11, 203),
+    (52, 203), (68, 203), (103, 203), (110, 203), (179, 203), (195, 203), (198, 203),
+    (202, 203), (3, 204), (12, 204), (29, 204), (32, 204), (37, 204), (55, 204),
+    (77, 204), (89, 204), (90, 204), (99, 204), (100, 204), (110, 204), (178, 204),
     (181, 204), (183, 204), (184, 204), (185, 204), (198, 204), (202, 204), (203, 204),
-    (57, 205), (60, 205), (61, 205), (111, 205), (191, 205), (202, 205), (203, 205),
-    (8, 206), (12, 206), (20, 206), (33, 206), (43, 206), (60, 206), (79, 206),
-    (82, 206), (94, 206), (99, 206), (102, 206), (106, 206), (107, 206), (108, 206),
-    (109, 206), (112, 206), (116, 206), (181, 206), (184, 206), (202, 206), (203, 206),
-    (204, 206), (32, 207), (191, 207), (204, 207), (3, 208), (26, 208), (28, 208),
-    (30, 208), (84, 208), (87, 208), (182, 208), (206, 208), (69, 209), (74, 209),
-    (75, 209), (77, 209), (78, 209), (90, 209), (94, 209), (111, 209), (182, 209),
-    (202, 209), (204, 209), (205, 209), (206, 209), (9, 210), (24, 210), (37, 210),
-    (59, 210), (63, 210), (65, 210), (70, 210), (78, 210), (82, 210), (100, 210),
-    (111, 210), (152, 210), (175, 210), (178, 210), (179, 210), (182, 210), (183, 210),
-    (193, 210), (196, 210), (198, 210), (202, 210), (204, 210), (206, 210), (208, 210),
-    (13, 211), (57, 211), (61, 211), (63, 211), (65, 211), (72, 211), (76, 211),
-    (80, 211), (82, 211), (92, 211), (103, 211), (127, 211), (177, 211), (178, 211),
-    (209, 211), (72, 212), (193, 212), (201, 212), (203, 212), (208, 212), (65, 213),
-    (70, 213), (71, 213), (78, 213), (80, 213), (83, 213), (94, 213), (177, 213),
-    (189, 213), (202, 213), (204, 213), (206, 213), (209, 213), (210, 213), (58, 214),
-    (59, 214), (69, 214), (70, 214), (77, 214), (90, 214), (111, 214), (117, 214),
-    (182, 214), (196, 214), (198, 214), (204, 214), (206, 214), (208, 214), (210, 214),
-    (29, 215), (64, 215), (88, 215), (108, 215), (129, 215), (191, 215), (203, 215),
-    (204, 215), (212, 215), (57, 216), (58, 216), (60, 216), (61, 216), (70, 216),
-    (74, 216), (80, 216), (83, 216), (92, 216), (103, 216), (214, 216), (57, 217),
-    (60, 217), (82, 217), (93, 217), (111, 217), (202, 217), (213, 217), (69, 218),
-    (77, 218), (83, 218), (90, 218), (111, 218), (117, 218), (198, 218), (204, 218),
-    (206, 218), (214, 218), (8, 219), (12, 219), (20, 219), (22, 219), (29, 219),
-    (37, 219), (43, 219), (58, 219), (88, 219), (90, 219), (113, 219), (184, 219),
-    (185, 219), (190, 219), (191, 219), (214, 219), (215, 219), (27, 220), (31, 220),
-    (62, 220), (90, 220), (102, 220), (189, 220), (204, 220), (206, 220), (214, 220),
-    (29, 221), (70, 221), (72, 221), (73, 221), (76, 221), (78, 221), (108, 221),
-    (204, 221), (206, 221), (208, 221), (210, 221), (219, 221), (27, 222), (30, 222),
-    (41, 222), (65, 222), (69, 222), (90, 222), (94, 222), (102, 222), (111, 222),
-    (180, 222), (186, 222), (189, 222), (193, 222), (196, 222), (197, 222), (198, 222),
-    (202, 222), (204, 222), (205, 222), (206, 222), (214, 222), (220, 222), (71, 223),
-    (90, 223), (190, 223), (202, 223), (219, 223), (101, 224), (109, 224), (113, 224),
-    (120, 224), (171, 224), (180, 224), (190, 224), (196, 224), (219, 224), (4, 225),
-    (8, 225), (10, 225), (12, 225), (69, 225), (99, 225), (106, 225), (107, 225),
-    (109, 225), (111, 225), (112, 225), (152, 225), (196, 225), (198, 225), (204, 225),
-    (205, 225), (206, 225), (217, 225), (222, 225), (69, 226), (72, 226), (77, 226),
-    (78, 226), (79, 226), (108, 226), (203, 226), (204, 226), (206, 226), (208, 226),
-    (214, 226), (221, 226), (74, 227), (100, 227), (220, 227), (222, 227), (26, 228),
-    (43, 228), (65, 228), (69, 228), (111, 228), (112, 228), (162, 228), (170, 228),
-    (184, 228), (194, 228), (212, 228), (225, 228), (28, 229), (62, 229), (69, 229),
-    (102, 229), (180, 229), (186, 229), (191, 229), (194, 229), (195, 229), (196, 229),
-    (198, 229), (203, 229), (204, 229), (205, 229), (206, 229), (207, 229), (208, 229),
-    (222, 229), (225, 229), (73, 230), (207, 230), (229, 230), (102, 231), (107, 231),
-    (108, 231), (112, 231), (194, 231), (195, 231), (196, 231), (230, 231), (26, 232),
-    (27, 232), (33, 232), (34, 232), (40, 232), (41, 232), (42, 232), (43, 232),
-    (44, 232), (45, 232), (46, 232), (62, 232), (64, 232), (89, 232), (101, 232),
-    (102, 232), (112, 232), (120, 232), (121, 232), (122, 232), (147, 232), (152, 232),
-    (161, 232), (162, 232), (170, 232), (180, 232), (195, 232), (200, 232), (228, 232),
-    (230, 232), (33, 233), (36, 233), (37, 233), (44, 233), (45, 233), (51, 233),
-    (120, 233), (121, 233), (122, 233), (129, 233), (165, 233), (198, 233), (232, 233),
-    (41, 234), (43, 234), (62, 234), (63, 234), (65, 234), (70, 234), (82, 234),
-    (90, 234), (106, 234), (111, 234), (116, 234), (178, 234), (179, 234), (181, 234),
-    (185, 234), (186, 234), (193, 234), (198, 234), (199, 234), (202, 234), (210, 234),
-    (229, 234), (233, 234), (3, 235), (20, 235), (32, 235), (33, 235), (36, 235),
-    (37, 235), (41, 235), (54, 235), (85, 235), (90, 235), (96, 235), (107, 235),
-    (109, 235), (113, 235), (120, 235), (129, 235), (135, 235), (147, 235), (161, 235),
-    (162, 235), (177, 235), (178, 235), (190, 235), (193, 235), (196, 235), (198, 235),
-    (199, 235), (233, 235), (28, 236), (29, 236), (63, 236), (65, 236), (94, 236),
-    (189, 236), (202, 236), (206, 236), (223, 236), (233, 236), (129, 237), (232, 237),
-    (233, 237), (43, 238), (88, 238), (113, 238), (127, 238), (170, 238), (200, 238),
-    (228, 238), (234, 238), (13, 239), (23, 239), (30, 239), (43, 239), (59, 239),
-    (74, 239), (111, 239), (168, 239), (175, 239), (184, 239), (185, 239), (189, 239),
-    (208, 239), (236, 239), (43, 240), (129, 240), (186, 240), (228, 240), (232, 240),
-    (233, 240), (234, 240), (34, 241), (51, 241), (52, 241), (53, 241), (54, 241),
-    (55, 241), (97, 241), (101, 241), (105, 241), (110, 241), (115, 241), (118, 241),
-    (119, 241), (120, 241), (121, 241), (125, 241), (128, 241), (133, 241), (134, 241),
-    (138, 241), (139, 241), (140, 241), (142, 241), (144, 241), (147, 241), (148, 241),
-    (156, 241), (159, 241), (161, 241), (235, 241), (29, 242), (86, 242), (107, 242),
-    (108, 242), (186, 242), (193, 242), (194, 242), (208, 242), (219, 242), (238, 242),
-    (30, 243), (31, 243), (43, 243), (94, 243), (178, 243), (186, 243), (193, 243),
-    (204, 243), (238, 243), (239, 243), (21, 244), (32, 244), (33, 244), (35, 244),
-    (37, 244), (96, 244), (101, 244), (113, 244), (120, 244), (127, 244), (129, 244),
-    (135, 244), (147, 244), (156, 244), (161, 244), (162, 244), (170, 244), (173, 244),
-    (175, 244), (177, 244), (178, 244), (190, 244), (194, 244), (196, 244), (198, 244),
-    (199, 244), (233, 244), (235, 244), (241, 244), (34, 245), (39, 245), (40, 245),
-    (41, 245), (42, 245), (44, 245), (45, 245), (47, 245), (50, 245), (51, 245),
-    (95, 245), (102, 245), (106, 245), (121, 245), (122, 245), (125, 245), (129, 245),
-    (134, 245), (147, 245), (152, 245), (161, 245), (170, 245), (178, 245), (180, 245),
-    (186, 245), (197, 245), (198, 245), (200, 245), (228, 245), (232, 245), (233, 245),
-    (234, 245), (235, 245), (241, 245), (244, 245), (54, 246), (96, 246), (121, 246),
-    (135, 246), (146, 246), (151, 246), (244, 246), (170, 247), (172, 247), (200, 247),
-    (228, 247), (232, 247), (234, 247), (245, 247), (34, 248), (127, 248), (129, 248),
-    (161, 248), (170, 248), (232, 248), (245, 248), (34, 249), (43, 249), (49, 249),
-    (122, 249), (127, 249), (129, 249), (161, 249), (170, 249), (200, 249), (232, 249),
-    (233, 249), (245, 249), (170, 250), (228, 250), (232, 250), (235, 250), (245, 250),
-    (170, 251), (200, 251), (232, 251), (245, 251), (48, 252), (122, 252), (170, 252),
-    (200, 252), (232, 252), (244, 252), (245, 252), (96, 253), (118, 253), (121, 253),
-    (125, 253), (126, 253), (128, 253), (136, 253), (140, 253), (147, 253), (148, 253),
-    (150, 253), (151, 253), (154, 253), (159, 253), (164, 253), (246, 253), (34, 254),
-    (50, 254), (101, 254), (122, 254), (127, 254), (129, 254), (151, 254), (170, 254),
-    (200, 254), (232, 254), (233, 254), (245, 254), (249, 254), (170, 255), (232, 255),
-    (235, 255), (245, 255), (249, 255), (228, 256), (234, 256), (245, 256), (250, 256),
-    (170, 257), (200, 257), (228, 257), (232, 257), (234, 257), (244, 257), (245, 257),
-    (250, 257), (95, 258), (232, 258), (245, 258), (251, 258), (39, 259), (45, 259),
-    (186, 259), (232, 259), (245, 259), (252, 259), (115, 260), (118, 260), (119, 260),
-    (121, 260), (126, 260), (150, 260), (153, 260), (159, 260), (253, 260), (44, 261),
-    (51, 261), (55, 261), (105, 261), (110, 261), (122, 261), (125, 261), (133, 261),
-    (135, 261), (136, 261), (137, 261), (138, 261), (139, 261), (141, 261), (143, 261),
-    (145, 261), (146, 261), (151, 261), (152, 261), (156, 261), (157, 261), (160, 261),
-    (252, 261), (89, 262), (121, 262), (232, 262), (260, 262), (170, 263), (172, 263),
-    (200, 263), (228, 263), (232, 263), (234, 263), (237, 263), (245, 263), (256, 263),
-    (43, 264), (127, 264), (129, 264), (233, 264), (259, 264), (55, 265), (122, 265),
-    (125, 265), (126, 265), (129, 265), (159, 265), (161, 265), (233, 265), (241, 265),
-    (254, 265), (228, 266), (232, 266), (244, 266), (245, 266), (257, 266), (250, 267),
-    (257, 267), (115, 268), (118, 268), (119, 268), (120, 268), (121, 268), (144, 268),
-    (147, 268), (153, 268), (260, 268), (97, 269), (105, 269), (118, 269), (119, 269),
-    (144, 269), (150, 269), (151, 269), (154, 269), (253, 269), (260, 269), (54, 270),
-    (110, 270), (115, 270), (132, 270), (133, 270), (137, 270), (141, 270), (150, 270),
-    (157, 270), (261, 270), (170, 271), (200, 271), (232, 271), (240, 271), (245, 271),
-    (264, 271), (51, 272), (120, 272), (121, 272), (122, 272), (125, 272), (135, 272),
-    (159, 272), (232, 272), (245, 272), (249, 272), (265, 272), (232, 273), (264, 273),
-    (170, 274), (232, 274), (235, 274), (244, 274), (245, 274), (265, 274), (115, 275),
-    (268, 275), (89, 276), (101, 276), (118, 276), (119, 276), (120, 276), (121, 276),
-    (125, 276), (142, 276), (147, 276), (154, 276), (159, 276), (165, 276), (260, 276),
-    (268, 276), (269, 276), (54, 277), (110, 277), (115, 277), (132, 277), (133, 277),
-    (138, 277), (140, 277), (141, 277), (144, 277), (148, 277), (157, 277), (160, 277),
-    (270, 277), (45, 278), (186, 278), (232, 278), (245, 278), (261, 278), (272, 278),
-    (39, 279), (54, 279), (96, 279), (115, 279), (118, 279), (120, 279), (144, 279),
-    (153, 279), (170, 279), (232, 279), (245, 279), (272, 279), (54, 280), (97, 280),
-    (110, 280), (115, 280), (132, 280), (137, 280), (138, 280), (141, 280), (143, 280),
-    (144, 280), (157, 280), (160, 280), (261, 280), (270, 280), (277, 280), (232, 281),
-    (245, 281), (278, 281), (232, 282), (245, 282), (278, 282), (252, 283), (259, 283),
-    (261, 283), (278, 283), (34, 284), (48, 284), (122, 284), (186, 284), (233, 284),
-    (252, 284), (259, 284), (278, 284), (55, 285), (105, 285), (110, 285), (113, 285),
-    (124, 285), (125, 285), (132, 285), (133, 285), (136, 285), (137, 285), (138, 285),
-    (139, 285), (141, 285), (143, 285), (145, 285), (155, 285), (160, 285), (165, 285),
-    (252, 285), (261, 285), (277, 285), (280, 285), (129, 286), (228, 286), (232, 286),
-    (234, 286), (244, 286), (247, 286), (258, 286), (281, 286), (129, 287), (172, 287),
-    (228, 287), (232, 287), (245, 287), (258, 287), (263, 287), (281, 287), (282, 287),
-    (228, 288), (237, 288), (244, 288), (281, 288), (282, 288), (232, 289), (235, 289),
-    (240, 289), (245, 289), (282, 289), (95, 290), (248, 290), (261, 290), (283, 290),
-    (44, 291), (122, 291), (145, 291), (254, 291), (259, 291), (261, 291), (284, 291),
-    (110, 292), (124, 292), (137, 292), (138, 292), (139, 292), (141, 292), (143, 292),
-    (149, 292), (285, 292), (170, 293), (200, 293), (228, 293), (232, 293), (234, 293),
-    (237, 293), (244, 293), (245, 293), (263, 293), (288, 293), (186, 294), (252, 294),
-    (283, 294), (290, 294), (34, 295), (44, 295), (122, 295), (143, 295), (145, 295),
-    (245, 295), (252, 295), (254, 295), (261, 295), (284, 295), (285, 295), (291, 295),
-    (34, 296), (122, 296), (232, 296), (245, 296), (261, 296), (284, 296), (291, 296),
-    (250, 297), (256, 297), (286, 297), (110, 298), (124, 298), (132, 298), (136, 298),
-    (137, 298), (138, 298), (141, 298), (244, 298), (261, 298), (292, 298), (124, 299),
-    (136, 299), (137, 299), (298, 299), (161, 300), (170, 300), (200, 300), (232, 300),
-    (237, 300), (240, 300), (245, 300), (271, 300), (293, 300), (129, 301), (170, 301),
-    (200, 301), (232, 301), (245, 301), (254, 301), (294, 301), (200, 302), (232, 302),
-    (235, 302), (237, 302), (240, 302), (244, 302), (245, 302), (282, 302), (293, 302),
-    (200, 303), (232, 303), (244, 303), (245, 303), (294, 303), (161, 304), (232, 304),
-    (245, 304), (249, 304), (294, 304), (95, 305), (240, 305), (248, 305), (258, 305),
-    (264, 305), (271, 305), (273, 305), (278, 305), (281, 305), (294, 305), (49, 306),
-    (122, 306), (136, 306), (156, 306), (157, 306), (254, 306), (261, 306), (272, 306),
-    (296, 306), (130, 307), (136, 307), (137, 307), (138, 307), (143, 307), (292, 307),
-    (298, 307), (143, 308), (298, 308), (237, 309), (240, 309), (251, 309), (257, 309),
-    (266, 309), (293, 309), (300, 309), (302, 309), (34, 310), (49, 310), (122, 310),
-    (129, 310), (186, 310), (233, 310), (241, 310), (284, 310), (296, 310), (306, 310),
-    (240, 311), (248, 311), (251, 311), (258, 311), (271, 311), (289, 311), (294, 311),
-    (300, 311), (248, 312), (249, 312), (278, 312), (281, 312), (282, 312), (294, 312),
-    (301, 312), (303, 312), (152, 313), (249, 313), (252, 313), (254, 313), (261, 313),
-    (265, 313), (282, 313), (283, 313), (301, 313), (304, 313), (110, 314), (115, 314),
-    (130, 314), (136, 314), (138, 314), (141, 314), (143, 314), (298, 314), (299, 314),
-    (307, 314), (308, 315), (96, 316), (115, 316), (118, 316), (124, 316), (125, 316),
-    (128, 316), (132, 316), (134, 316), (136, 316), (140, 316), (146, 316), (147, 316),
-    (154, 316), (164, 316), (246, 316), (253, 316), (260, 316), (269, 316), (306, 316),
-    (113, 317), (136, 317), (252, 317), (261, 317), (278, 317), (283, 317), (285, 317),
-    (298, 317), (301, 317), (308, 317), (313, 317), (250, 318), (297, 318), (311, 318),
-    (251, 319), (258, 319), (266, 319), (311, 319), (122, 320), (233, 320), (252, 320),
-    (259, 320), (283, 320), (284, 320), (310, 320), (49, 321), (122, 321), (129, 321),
-    (233, 321), (241, 321), (244, 321), (245, 321), (310, 321), (237, 322), (240, 322),
-    (248, 322), (266, 322), (293, 322), (294, 322), (300, 322), (302, 322), (309, 322),
-    (55, 323), (96, 323), (121, 323), (122, 323), (136, 323), (141, 323), (145, 323),
-    (146, 323), (157, 323), (159, 323), (160, 323), (161, 323), (173, 323), (241, 323),
-    (246, 323), (254, 323), (261, 323), (272, 323), (284, 323), (285, 323), (296, 323),
-    (306, 323), (310, 323), (321, 323), (257, 324), (266, 324), (322, 324), (51, 325),
-    (54, 325), (55, 325), (167, 325), (272, 325), (323, 325), (172, 326), (237, 326),
-    (257, 326), (263, 326), (267, 326), (288, 326), (293, 326), (309, 326), (324, 326),
-    (40, 327), (54, 327), (55, 327), (89, 327), (97, 327), (101, 327), (119, 327),
-    (147, 327), (151, 327), (154, 327), (159, 327), (161, 327), (170, 327), (232, 327),
-    (245, 327), (254, 327), (265, 327), (272, 327), (279, 327), (306, 327), (325, 327),
-    (172, 328), (237, 328), (247, 328), (250, 328), (256, 328), (257, 328), (263, 328),
-    (267, 328), (286, 328), (287, 328), (297, 328), (318, 328), (326, 328), (172, 329),
-    (247, 329), (250, 329), (257, 329), (263, 329), (267, 329), (287, 329), (318, 329),
-    (328, 329), (101, 330), (115, 330), (118, 330), (122, 330), (144, 330), (147, 330),
-    (153, 330), (161, 330), (232, 330), (245, 330), (268, 330), (272, 330), (275, 330),
-    (279, 330), (327, 330), (97, 331), (105, 331), (119, 331), (125, 331), (186, 331),
-    (232, 331), (245, 331), (276, 331), (279, 331), (306, 331), (330, 331), (153, 332),
-    (268, 332), (275, 332), (330, 332), (331, 332), (97, 333), (105, 333), (121, 333),
-    (127, 333), (246, 333), (269, 333), (276, 333), (330, 333), (332, 333), (121, 334),
-    (125, 334), (246, 334), (333, 334), (96, 335), (115, 335), (118, 335), (144, 335),
-    (153, 335), (330, 335), (331, 335), (332, 335), (333, 335), (125, 336), (154, 336),
-    (276, 336), (331, 336), (332, 336), (333, 336), (335, 336), (115, 337), (118, 337),
-    (153, 337), (159, 337), (253, 337), (269, 337), (316, 337), (332, 337), (335, 337),
-    (118, 338), (144, 338), (153, 338), (332, 338), (337, 338), (105, 339), (115, 339),
-    (118, 339), (119, 339), (132, 339), (154, 339), (253, 339), (269, 339), (316, 339),
-    (332, 339), (335, 339), (337, 339), (338, 339), (105, 340), (119, 340), (140, 340),
-    (146, 340), (147, 340), (166, 340), (253, 340), (260, 340), (269, 340), (333, 340),
-    (338, 340), (339, 340), (105, 341), (110, 341), (124, 341), (137, 341), (139, 341),
-    (141, 341), (143, 341), (145, 341), (285, 341), (292, 341), (298, 341), (299, 341),
-    (307, 341), (340, 341), (101, 342), (110, 342), (118, 342), (119, 342), (120, 342),
-    (121, 342), (122, 342), (125, 342), (126, 342), (128, 342), (132, 342), (133, 342),
-    (134, 342), (136, 342), (139, 342), (140, 342), (145, 342), (147, 342), (149, 342),
-    (151, 342), (153, 342), (154, 342), (155, 342), (156, 342), (158, 342), (164, 342),
-    (165, 342), (245, 342), (253, 342), (260, 342), (261, 342), (269, 342), (275, 342),
-    (276, 342), (296, 342), (310, 342), (316, 342), (321, 342), (332, 342), (333, 342),
-    (335, 342), (336, 342), (337, 342), (339, 342), (340, 342), (119, 343), (121, 343),
-    (122, 343), (145, 343), (342, 343), (97, 344), (110, 344), (124, 344), (136, 344),
-    (137, 344), (145, 344), (147, 344), (157, 344), (160, 344), (292, 344), (298, 344),
-    (342, 344), (118, 345), (119, 345), (121, 345), (133, 345), (154, 345), (156, 345),
-    (253, 345), (269, 345), (276, 345), (325, 345), (327, 345), (331, 345), (332, 345),
-    (333, 345), (336, 345), (337, 345), (339, 345), (342, 345), (101, 346), (107, 346),
-    (111, 346), (124, 346), (135, 346), (136, 346), (137, 346), (147, 346), (152, 346),
-    (156, 346), (169, 346), (298, 346), (299, 346), (308, 346), (344, 346), (122, 347),
-    (152, 347), (176, 347), (252, 347), (254, 347), (255, 347), (259, 347), (261, 347),
-    (283, 347), (301, 347), (320, 347), (344, 347), (96, 348), (122, 348), (136, 348),
-    (145, 348), (254, 348), (259, 348), (261, 348), (274, 348), (278, 348), (284, 348),
-    (296, 348), (310, 348), (342, 348), (344, 348), (101, 349), (122, 349), (135, 349),
-    (147, 349), (159, 349), (167, 349), (254, 349), (261, 349), (272, 349), (321, 349),
-    (325, 349), (327, 349), (342, 349), (345, 349), (178, 350), (179, 350), (299, 350),
-    (346, 350), (169, 351), (170, 351), (195, 351), (200, 351), (228, 351), (234, 351),
-    (245, 351), (346, 351), (170, 352), (197, 352), (200, 352), (228, 352), (232, 352),
-    (234, 352), (346, 352), (111, 353), (112, 353), (115, 353), (143, 353), (152, 353),
-    (162, 353), (176, 353), (184, 353), (185, 353), (186, 353), (193, 353), (194, 353),
-    (236, 353), (338, 353), (350, 353), (120, 354), (121, 354), (156, 354), (168, 354),
-    (175, 354), (179, 354), (353, 354),
+    (47, 205), (50, 205), (51, 205), (115, 205), (192, 205), (202, 205), (203, 205),
+    (2, 206), (12, 206), (17, 206), (28, 206), (37, 206), (44, 206), (50, 206),
+    (89, 206), (90, 206), (99, 206), (103, 206), (106, 206), (107, 206), (108, 206),
+    (110, 206), (113, 206), (116, 206), (181, 206), (183, 206), (202, 206), (203, 206),
+    (204, 206), (75, 207), (192, 207), (204, 207), (40, 208), (42, 208), (43, 208),
+    (52, 208), (57, 208), (90, 208), (91, 208), (115, 208), (182, 208), (202, 208),
+    (204, 208), (205, 208), (206, 208), (11, 209), (22, 209), (69, 209), (77, 209),
+    (84, 209), (96, 209), (182, 209), (206, 209), (25, 210), (29, 210), (32, 210),
+    (34, 210), (36, 210), (43, 210), (49, 210), (53, 210), (89, 210), (100, 210),
+    (115, 210), (152, 210), (176, 210), (178, 210), (180, 210), (182, 210), (185, 210),
+    (193, 210), (196, 210), (198, 210), (202, 210), (204, 210), (206, 210), (209, 210),
+    (3, 211), (34, 211), (36, 211), (41, 211), (45, 211), (47, 211), (51, 211),
+    (55, 211), (89, 211), (93, 211), (105, 211), (127, 211), (177, 211), (178, 211),
+    (208, 211), (55, 212), (193, 212), (201, 212), (203, 212), (209, 212), (36, 213),
+    (43, 213), (45, 213), (53, 213), (54, 213), (90, 213), (95, 213), (177, 213),
+    (189, 213), (202, 213), (204, 213), (206, 213), (208, 213), (210, 213), (42, 214),
+    (48, 214), (49, 214), (52, 214), (53, 214), (91, 214), (115, 214), (118, 214),
+    (182, 214), (196, 214), (198, 214), (204, 214), (206, 214), (209, 214), (210, 214),
+    (35, 215), (68, 215), (82, 215), (110, 215), (130, 215), (192, 215), (203, 215),
+    (204, 215), (212, 215), (42, 216), (52, 216), (91, 216), (95, 216), (115, 216),
+    (118, 216), (198, 216), (204, 216), (206, 216), (214, 216), (45, 217), (47, 217),
+    (48, 217), (50, 217), (51, 217), (53, 217), (57, 217), (93, 217), (95, 217),
+    (105, 217), (214, 217), (47, 218), (50, 218), (89, 218), (94, 218), (115, 218),
+    (202, 218), (213, 218), (10, 219), (33, 219), (74, 219), (91, 219), (103, 219),
+    (189, 219), (204, 219), (206, 219), (214, 219), (2, 220), (4, 220), (17, 220),
+    (25, 220), (28, 220), (37, 220), (48, 220), (68, 220), (82, 220), (91, 220),
+    (111, 220), (183, 220), (184, 220), (191, 220), (192, 220), (214, 220), (215, 220),
+    (101, 221), (108, 221), (111, 221), (120, 221), (174, 221), (179, 221), (191, 221),
+    (196, 221), (220, 221), (41, 222), (43, 222), (53, 222), (55, 222), (56, 222),
+    (68, 222), (110, 222), (204, 222), (206, 222), (209, 222), (210, 222), (220, 222),
+    (54, 223), (91, 223), (191, 223), (202, 223), (220, 223), (10, 224), (36, 224),
+    (38, 224), (52, 224), (69, 224), (90, 224), (91, 224), (103, 224), (115, 224),
+    (179, 224), (186, 224), (189, 224), (193, 224), (196, 224), (197, 224), (198, 224),
+    (202, 224), (204, 224), (205, 224), (206, 224), (214, 224), (219, 224), (2, 225),
+    (13, 225), (26, 225), (28, 225), (52, 225), (99, 225), (106, 225), (107, 225),
+    (108, 225), (113, 225), (115, 225), (152, 225), (196, 225), (198, 225), (204, 225),
+    (205, 225), (206, 225), (218, 225), (224, 225), (42, 226), (43, 226), (44, 226),
+    (52, 226), (55, 226), (110, 226), (203, 226), (204, 226), (206, 226), (209, 226),
+    (214, 226), (222, 226), (57, 227), (100, 227), (219, 227), (224, 227), (36, 228),
+    (37, 228), (52, 228), (77, 228), (113, 228), (115, 228), (165, 228), (167, 228),
+    (183, 228), (194, 228), (212, 228), (225, 228), (11, 229), (33, 229), (52, 229),
+    (103, 229), (179, 229), (186, 229), (192, 229), (194, 229), (195, 229), (196, 229),
+    (198, 229), (203, 229), (204, 229), (205, 229), (206, 229), (207, 229), (209, 229),
+    (224, 229), (225, 229), (56, 230), (207, 230), (229, 230), (0, 231), (10, 231),
+    (12, 231), (33, 231), (35, 231), (37, 231), (38, 231), (39, 231), (67, 231),
+    (70, 231), (71, 231), (72, 231), (77, 231), (85, 231), (101, 231), (103, 231),
+    (113, 231), (120, 231), (121, 231), (124, 231), (147, 231), (152, 231), (160, 231),
+    (165, 231), (167, 231), (179, 231), (195, 231), (199, 231), (228, 231), (230, 231),
+    (103, 232), (106, 232), (110, 232), (113, 232), (194, 232), (195, 232), (196, 232),
+    (230, 232), (9, 233), (12, 233), (25, 233), (61, 233), (71, 233), (72, 233),
+    (120, 233), (121, 233), (124, 233), (130, 233), (163, 233), (198, 233), (231, 233),
+    (9, 234), (12, 234), (17, 234), (22, 234), (25, 234), (38, 234), (64, 234),
+    (75, 234), (86, 234), (87, 234), (91, 234), (106, 234), (108, 234), (111, 234),
+    (120, 234), (130, 234), (135, 234), (147, 234), (160, 234), (165, 234), (177, 234),
+    (178, 234), (191, 234), (193, 234), (196, 234), (198, 234), (200, 234), (233, 234),
+    (33, 235), (34, 235), (36, 235), (37, 235), (38, 235), (53, 235), (89, 235),
+    (91, 235), (107, 235), (115, 235), (116, 235), (178, 235), (180, 235), (181, 235),
+    (184, 235), (186, 235), (193, 235), (198, 235), (200, 235), (202, 235), (210, 235),
+    (229, 235), (233, 235), (130, 236), (231, 236), (233, 236), (11, 237), (34, 237),
+    (36, 237), (68, 237), (90, 237), (189, 237), (202, 237), (206, 237), (223, 237),
+    (233, 237), (37, 238), (130, 238), (186, 238), (228, 238), (231, 238), (233, 238),
+    (235, 238), (61, 239), (62, 239), (63, 239), (64, 239), (65, 239), (70, 239),
+    (88, 239), (101, 239), (102, 239), (109, 239), (112, 239), (117, 239), (119, 239),
+    (120, 239), (121, 239), (125, 239), (128, 239), (133, 239), (134, 239), (138, 239),
+    (139, 239), (141, 239), (143, 239), (144, 239), (147, 239), (148, 239), (157, 239),
+    (159, 239), (160, 239), (234, 239), (37, 240), (82, 240), (111, 240), (127, 240),
+    (167, 240), (199, 240), (228, 240), (235, 240), (3, 241), (5, 241), (37, 241),
+    (49, 241), (57, 241), (69, 241), (115, 241), (168, 241), (176, 241), (183, 241),
+    (184, 241), (189, 241), (209, 241), (237, 241), (8, 242), (12, 242), (18, 242),
+    (25, 242), (75, 242), (87, 242), (101, 242), (111, 242), (120, 242), (127, 242),
+    (130, 242), (135, 242), (147, 242), (157, 242), (160, 242), (165, 242), (167, 242),
+    (173, 242), (176, 242), (177, 242), (178, 242), (191, 242), (194, 242), (196, 242),
+    (198, 242), (200, 242), (233, 242), (234, 242), (239, 242), (68, 243), (83, 243),
+    (106, 243), (110, 243), (186, 243), (193, 243), (194, 243), (209, 243), (220, 243),
+    (240, 243), (37, 244), (69, 244), (74, 244), (90, 244), (178, 244), (186, 244),
+    (193, 244), (204, 244), (240, 244), (241, 244), (1, 245), (38, 245), (39, 245),
+    (60, 245), (61, 245), (66, 245), (67, 245), (70, 245), (71, 245), (72, 245),
+    (97, 245), (103, 245), (107, 245), (121, 245), (124, 245), (125, 245), (130, 245),
+    (134, 245), (147, 245), (152, 245), (160, 245), (167, 245), (178, 245), (179, 245),
+    (186, 245), (197, 245), (198, 245), (199, 245), (228, 245), (231, 245), (233, 245),
+    (234, 245), (235, 245), (239, 245), (242, 245), (64, 246), (87, 246), (121, 246),
+    (135, 246), (146, 246), (151, 246), (242, 246), (87, 247), (117, 247), (121, 247),
+    (125, 247), (126, 247), (128, 247), (136, 247), (141, 247), (147, 247), (148, 247),
+    (149, 247), (151, 247), (154, 247), (159, 247), (164, 247), (246, 247), (167, 248),
+    (172, 248), (199, 248), (228, 248), (231, 248), (235, 248), (245, 248), (70, 249),
+    (127, 249), (130, 249), (160, 249), (167, 249), (231, 249), (245, 249), (37, 250),
+    (59, 250), (70, 250), (124, 250), (127, 250), (130, 250), (160, 250), (167, 250),
+    (199, 250), (231, 250), (233, 250), (245, 250), (167, 251), (228, 251), (231, 251),
+    (234, 251), (245, 251), (167, 252), (199, 252), (231, 252), (245, 252), (58, 253),
+    (124, 253), (167, 253), (199, 253), (231, 253), (242, 253), (245, 253), (167, 254),
+    (231, 254), (234, 254), (245, 254), (250, 254), (60, 255), (70, 255), (101, 255),
+    (124, 255), (127, 255), (130, 255), (151, 255), (167, 255), (199, 255), (231, 255),
+    (233, 255), (245, 255), (250, 255), (61, 256), (65, 256), (71, 256), (102, 256),
+    (109, 256), (124, 256), (125, 256), (133, 256), (135, 256), (136, 256), (137, 256),
+    (138, 256), (139, 256), (140, 256), (142, 256), (145, 256), (146, 256), (151, 256),
+    (152, 256), (157, 256), (158, 256), (161, 256), (253, 256), (112, 257), (117, 257),
+    (119, 257), (121, 257), (126, 257), (149, 257), (153, 257), (159, 257), (247, 257),
+    (228, 258), (235, 258), (245, 258), (251, 258), (167, 259), (199, 259), (228, 259),
+    (231, 259), (235, 259), (242, 259), (245, 259), (251, 259), (97, 260), (231, 260),
+    (245, 260), (252, 260), (66, 261), (72, 261), (186, 261), (231, 261), (245, 261),
+    (253, 261), (64, 262), (109, 262), (112, 262), (132, 262), (133, 262), (137, 262),
+    (140, 262), (149, 262), (158, 262), (256, 262), (167, 263), (172, 263), (199, 263),
+    (228, 263), (231, 263), (235, 263), (236, 263), (245, 263), (258, 263), (37, 264),
+    (127, 264), (130, 264), (233, 264), (261, 264), (65, 265), (124, 265), (125, 265),
+    (126, 265), (130, 265), (159, 265), (160, 265), (233, 265), (239, 265), (255, 265),
+    (85, 266), (121, 266), (231, 266), (257, 266), (112, 267), (117, 267), (119, 267),
+    (120, 267), (121, 267), (144, 267), (147, 267), (153, 267), (257, 267), (88, 268),
+    (102, 268), (117, 268), (119, 268), (144, 268), (149, 268), (151, 268), (154, 268),
+    (247, 268), (257, 268), (228, 269), (231, 269), (242, 269), (245, 269), (259, 269),
+    (251, 270), (259, 270), (231, 271), (264, 271), (167, 272), (231, 272), (234, 272),
+    (242, 272), (245, 272), (265, 272), (64, 273), (109, 273), (112, 273), (132, 273),
+    (133, 273), (138, 273), (140, 273), (141, 273), (144, 273), (148, 273), (158, 273),
+    (161, 273), (262, 273), (167, 274), (199, 274), (231, 274), (238, 274), (245, 274),
+    (264, 274), (61, 275), (120, 275), (121, 275), (124, 275), (125, 275), (135, 275),
+    (159, 275), (231, 275), (245, 275), (250, 275), (265, 275), (112, 276), (267, 276),
+    (85, 277), (101, 277), (117, 277), (119, 277), (120, 277), (121, 277), (125, 277),
+    (143, 277), (147, 277), (154, 277), (159, 277), (163, 277), (257, 277), (267, 277),
+    (268, 277), (64, 278), (88, 278), (109, 278), (112, 278), (132, 278), (137, 278),
+    (138, 278), (140, 278), (142, 278), (144, 278), (158, 278), (161, 278), (256, 278),
+    (262, 278), (273, 278), (64, 279), (66, 279), (87, 279), (112, 279), (117, 279),
+    (120, 279), (144, 279), (153, 279), (167, 279), (231, 279), (245, 279), (275, 279),
+    (72, 280), (186, 280), (231, 280), (245, 280), (256, 280), (275, 280), (65, 281),
+    (102, 281), (109, 281), (111, 281), (122, 281), (125, 281), (132, 281), (133, 281),
+    (136, 281), (137, 281), (138, 281), (139, 281), (140, 281), (142, 281), (145, 281),
+    (155, 281), (161, 281), (163, 281), (253, 281), (256, 281), (273, 281), (278, 281),
+    (231, 282), (245, 282), (280, 282), (231, 283), (245, 283), (280, 283), (253, 284),
+    (256, 284), (261, 284), (280, 284), (58, 285), (70, 285), (124, 285), (186, 285),
+    (233, 285), (253, 285), (261, 285), (280, 285), (130, 286), (228, 286), (231, 286),
+    (235, 286), (242, 286), (248, 286), (260, 286), (282, 286), (130, 287), (172, 287),
+    (228, 287), (231, 287), (245, 287), (260, 287), (263, 287), (282, 287), (283, 287),
+    (228, 288), (236, 288), (242, 288), (282, 288), (283, 288), (231, 289), (234, 289),
+    (238, 289), (245, 289), (283, 289), (97, 290), (249, 290), (256, 290), (284, 290),
+    (109, 291), (122, 291), (137, 291), (138, 291), (139, 291), (140, 291), (142, 291),
+    (150, 291), (281, 291), (71, 292), (124, 292), (145, 292), (255, 292), (256, 292),
+    (261, 292), (285, 292), (109, 293), (122, 293), (132, 293), (136, 293), (137, 293),
+    (138, 293), (140, 293), (242, 293), (256, 293), (291, 293), (167, 294), (199, 294),
+    (228, 294), (231, 294), (235, 294), (236, 294), (242, 294), (245, 294), (263, 294),
+    (288, 294), (186, 295), (253, 295), (284, 295), (290, 295), (70, 296), (71, 296),
+    (124, 296), (142, 296), (145, 296), (245, 296), (253, 296), (255, 296), (256, 296),
+    (281, 296), (285, 296), (292, 296), (70, 297), (124, 297), (231, 297), (245, 297),
+    (256, 297), (285, 297), (292, 297), (251, 298), (258, 298), (286, 298), (199, 299),
+    (231, 299), (234, 299), (236, 299), (238, 299), (242, 299), (245, 299), (283, 299),
+    (294, 299), (199, 300), (231, 300), (242, 300), (245, 300), (295, 300), (160, 301),
+    (231, 301), (245, 301), (250, 301), (295, 301), (142, 302), (293, 302), (160, 303),
+    (167, 303), (199, 303), (231, 303), (236, 303), (238, 303), (245, 303), (274, 303),
+    (294, 303), (130, 304), (167, 304), (199, 304), (231, 304), (245, 304), (255, 304),
+    (295, 304), (122, 305), (136, 305), (137, 305), (293, 305), (129, 306), (136, 306),
+    (137, 306), (138, 306), (142, 306), (291, 306), (293, 306), (97, 307), (238, 307),
+    (249, 307), (260, 307), (264, 307), (271, 307), (274, 307), (280, 307), (282, 307),
+    (295, 307), (59, 308), (124, 308), (136, 308), (157, 308), (158, 308), (255, 308),
+    (256, 308), (275, 308), (297, 308), (302, 309), (87, 310), (112, 310), (117, 310),
+    (122, 310), (125, 310), (128, 310), (132, 310), (134, 310), (136, 310), (141, 310),
+    (146, 310), (147, 310), (154, 310), (164, 310), (246, 310), (247, 310), (257, 310),
+    (268, 310), (308, 310), (236, 311), (238, 311), (252, 311), (259, 311), (269, 311),
+    (294, 311), (299, 311), (303, 311), (109, 312), (112, 312), (129, 312), (136, 312),
+    (138, 312), (140, 312), (142, 312), (293, 312), (305, 312), (306, 312), (59, 313),
+    (70, 313), (124, 313), (130, 313), (186, 313), (233, 313), (239, 313), (285, 313),
+    (297, 313), (308, 313), (238, 314), (249, 314), (252, 314), (260, 314), (274, 314),
+    (289, 314), (295, 314), (303, 314), (249, 315), (250, 315), (280, 315), (282, 315),
+    (283, 315), (295, 315), (300, 315), (304, 315), (152, 316), (250, 316), (253, 316),
+    (255, 316), (256, 316), (265, 316), (283, 316), (284, 316), (301, 316), (304, 316),
+    (111, 317), (136, 317), (253, 317), (256, 317), (280, 317), (281, 317), (284, 317),
+    (293, 317), (302, 317), (304, 317), (316, 317), (251, 318), (298, 318), (314, 318),
+    (252, 319), (260, 319), (269, 319), (314, 319), (124, 320), (233, 320), (253, 320),
+    (261, 320), (284, 320), (285, 320), (313, 320), (59, 321), (124, 321), (130, 321),
+    (233, 321), (239, 321), (242, 321), (245, 321), (313, 321), (236, 322), (238, 322),
+    (249, 322), (269, 322), (294, 322), (295, 322), (299, 322), (303, 322), (311, 322),
+    (65, 323), (87, 323), (121, 323), (124, 323), (136, 323), (140, 323), (145, 323),
+    (146, 323), (158, 323), (159, 323), (160, 323), (161, 323), (173, 323), (239, 323),
+    (246, 323), (255, 323), (256, 323), (275, 323), (281, 323), (285, 323), (297, 323),
+    (308, 323), (313, 323), (321, 323), (259, 324), (269, 324), (322, 324), (61, 325),
+    (64, 325), (65, 325), (170, 325), (275, 325), (323, 325), (172, 326), (236, 326),
+    (259, 326), (263, 326), (270, 326), (288, 326), (294, 326), (311, 326), (324, 326),
+    (64, 327), (65, 327), (67, 327), (85, 327), (88, 327), (101, 327), (119, 327),
+    (147, 327), (151, 327), (154, 327), (159, 327), (160, 327), (167, 327), (231, 327),
+    (245, 327), (255, 327), (265, 327), (275, 327), (279, 327), (308, 327), (325, 327),
+    (172, 328), (236, 328), (248, 328), (251, 328), (258, 328), (259, 328), (263, 328),
+    (270, 328), (286, 328), (287, 328), (298, 328), (318, 328), (326, 328), (101, 329),
+    (112, 329), (117, 329), (124, 329), (144, 329), (147, 329), (153, 329), (160, 329),
+    (231, 329), (245, 329), (267, 329), (275, 329), (276, 329), (279, 329), (327, 329),
+    (172, 330), (248, 330), (251, 330), (259, 330), (263, 330), (270, 330), (287, 330),
+    (318, 330), (328, 330), (88, 331), (102, 331), (119, 331), (125, 331), (186, 331),
+    (231, 331), (245, 331), (277, 331), (279, 331), (308, 331), (329, 331), (153, 332),
+    (267, 332), (276, 332), (329, 332), (331, 332), (88, 333), (102, 333), (121, 333),
+    (127, 333), (246, 333), (268, 333), (277, 333), (329, 333), (332, 333), (121, 334),
+    (125, 334), (246, 334), (333, 334), (87, 335), (112, 335), (117, 335), (144, 335),
+    (153, 335), (329, 335), (331, 335), (332, 335), (333, 335), (125, 336), (154, 336),
+    (277, 336), (331, 336), (332, 336), (333, 336), (335, 336), (112, 337), (117, 337),
+    (153, 337), (159, 337), (247, 337), (268, 337), (310, 337), (332, 337), (335, 337),
+    (117, 338), (144, 338), (153, 338), (332, 338), (337, 338), (102, 339), (112, 339),
+    (117, 339), (119, 339), (132, 339), (154, 339), (247, 339), (268, 339), (310, 339),
+    (332, 339), (335, 339), (337, 339), (338, 339), (102, 340), (119, 340), (141, 340),
+    (146, 340), (147, 340), (162, 340), (247, 340), (257, 340), (268, 340), (333, 340),
+    (338, 340), (339, 340), (101, 341), (109, 341), (117, 341), (119, 341), (120, 341),
+    (121, 341), (124, 341), (125, 341), (126, 341), (128, 341), (132, 341), (133, 341),
+    (134, 341), (136, 341), (139, 341), (141, 341), (145, 341), (147, 341), (150, 341),
+    (151, 341), (153, 341), (154, 341), (155, 341), (156, 341), (157, 341), (163, 341),
+    (164, 341), (245, 341), (247, 341), (256, 341), (257, 341), (268, 341), (276, 341),
+    (277, 341), (297, 341), (310, 341), (313, 341), (321, 341), (332, 341), (333, 341),
+    (335, 341), (336, 341), (337, 341), (339, 341), (340, 341), (102, 342), (109, 342),
+    (122, 342), (137, 342), (139, 342), (140, 342), (142, 342), (145, 342), (281, 342),
+    (291, 342), (293, 342), (305, 342), (306, 342), (340, 342), (117, 343), (119, 343),
+    (121, 343), (133, 343), (154, 343), (157, 343), (247, 343), (268, 343), (277, 343),
+    (325, 343), (327, 343), (331, 343), (332, 343), (333, 343), (336, 343), (337, 343),
+    (339, 343), (341, 343), (119, 344), (121, 344), (124, 344), (145, 344), (341, 344),
+    (88, 345), (109, 345), (122, 345), (136, 345), (137, 345), (145, 345), (147, 345),
+    (158, 345), (161, 345), (291, 345), (293, 345), (341, 345), (101, 346), (106, 346),
+    (115, 346), (122, 346), (135, 346), (136, 346), (137, 346), (147, 346), (152, 346),
+    (157, 346), (169, 346), (293, 346), (302, 346), (305, 346), (345, 346), (124, 347),
+    (152, 347), (175, 347), (253, 347), (254, 347), (255, 347), (256, 347), (261, 347),
+    (284, 347), (304, 347), (320, 347), (345, 347), (87, 348), (124, 348), (136, 348),
+    (145, 348), (255, 348), (256, 348), (261, 348), (272, 348), (280, 348), (285, 348),
+    (297, 348), (313, 348), (341, 348), (345, 348), (101, 349), (124, 349), (135, 349),
+    (147, 349), (159, 349), (170, 349), (255, 349), (256, 349), (275, 349), (321, 349),
+    (325, 349), (327, 349), (341, 349), (343, 349), (178, 350), (180, 350), (305, 350),
+    (346, 350), (167, 351), (169, 351), (195, 351), (199, 351), (228, 351), (235, 351),
+    (245, 351), (346, 351), (167, 352), (197, 352), (199, 352), (228, 352), (231, 352),
+    (235, 352), (346, 352), (112, 353), (113, 353), (115, 353), (142, 353), (152, 353),
+    (165, 353), (175, 353), (183, 353), (184, 353), (186, 353), (193, 353), (194, 353),
+    (237, 353), (338, 353), (350, 353), (120, 354), (121, 354), (157, 354), (168, 354),
+    (176, 354), (180, 354), (353, 354),
 )
 # The connectome weight of each edge (EM serial sections of synaptic contact).
 SYNAPSES = (
-    1, 1, 2, 4, 31, 31, 6, 1, 1, 19, 10, 26, 5, 1, 1, 1, 14, 14, 2, 1, 2, 17, 1, 6, 5,
-    1, 1, 2, 12, 8, 5, 14, 24, 2, 1, 1, 5, 2, 3, 5, 9, 13, 13, 11, 59, 5, 4, 3, 23, 30,
-    45, 1, 2, 2, 2, 3, 2, 4, 3, 3, 11, 14, 27, 24, 13, 3, 16, 1, 13, 16, 1, 3, 1, 15,
-    11, 1, 16, 20, 2, 3, 4, 2, 3, 10, 3, 1, 1, 4, 1, 14, 2, 1, 2, 8, 5, 11, 12, 6, 1,
-    3, 9, 14, 5, 3, 19, 10, 6, 3, 3, 9, 36, 11, 12, 47, 16, 34, 4, 36, 18, 12, 6, 7, 2,
-    4, 8, 4, 5, 6, 32, 3, 7, 1, 38, 2, 1, 5, 19, 40, 5, 1, 1, 5, 9, 4, 5, 11, 14, 2, 2,
-    15, 13, 21, 80, 1, 3, 4, 11, 6, 6, 8, 13, 72, 3, 11, 37, 1, 41, 3, 24, 4, 2, 7, 5,
-    5, 2, 60, 13, 6, 3, 6, 72, 17, 2, 4, 3, 3, 5, 8, 9, 3, 2, 13, 5, 6, 16, 30, 2, 5,
-    23, 2, 6, 1, 13, 29, 2, 2, 21, 2, 1, 24, 5, 11, 8, 2, 3, 4, 24, 16, 13, 10, 3, 13,
+    1, 1, 1, 2, 14, 14, 2, 17, 1, 1, 5, 26, 1, 1, 5, 2, 2, 1, 4, 31, 31, 6, 1, 2, 1, 6,
+    1, 5, 1, 2, 12, 5, 8, 24, 14, 19, 10, 1, 5, 3, 9, 59, 11, 13, 13, 5, 4, 30, 23, 3,
+    45, 1, 2, 2, 2, 3, 2, 16, 20, 11, 14, 27, 24, 4, 3, 3, 13, 3, 16, 1, 3, 1, 15, 11,
+    1, 16, 13, 1, 2, 3, 3, 2, 4, 1, 2, 8, 5, 11, 12, 1, 1, 4, 3, 10, 14, 1, 2, 10, 6,
+    3, 3, 36, 18, 12, 14, 5, 9, 3, 19, 11, 12, 47, 9, 36, 16, 34, 4, 6, 1, 3, 6, 2, 7,
+    4, 3, 7, 1, 38, 8, 4, 5, 6, 32, 2, 1, 5, 19, 40, 1, 5, 5, 1, 9, 4, 5, 11, 14, 2, 2,
+    15, 13, 21, 80, 3, 11, 37, 1, 6, 8, 13, 72, 1, 3, 4, 11, 6, 41, 3, 24, 4, 2, 7, 5,
+    5, 2, 60, 13, 6, 3, 6, 72, 5, 2, 3, 3, 4, 17, 8, 9, 3, 2, 13, 5, 6, 16, 30, 4, 24,
+    16, 13, 10, 23, 5, 2, 1, 6, 2, 2, 21, 13, 29, 2, 2, 1, 24, 5, 11, 8, 2, 3, 3, 13,
     19, 4, 11, 2, 5, 2, 52, 2, 2, 21, 23, 23, 4, 7, 37, 25, 5, 5, 94, 1, 1, 14, 16, 2,
-    11, 12, 51, 2, 12, 10, 8, 4, 8, 7, 47, 30, 7, 2, 6, 14, 4, 3, 1, 22, 90, 8, 1, 25,
-    2, 5, 7, 4, 1, 6, 7, 1, 3, 11, 41, 4, 4, 3, 43, 6, 7, 3, 54, 33, 7, 8, 8, 67, 2, 6,
-    1, 3, 1, 7, 2, 1, 14, 2, 2, 20, 3, 1, 10, 5, 19, 18, 2, 12, 6, 21, 9, 1, 10, 1, 2,
-    30, 15, 2, 1, 18, 1, 3, 1, 2, 7, 17, 12, 2, 11, 2, 12, 1, 5, 1, 16, 17, 3, 1, 4, 1,
-    7, 4, 1, 7, 2, 8, 5, 8, 9, 38, 6, 2, 7, 1, 14, 3, 5, 2, 3, 7, 2, 11, 1, 6, 16, 29,
-    6, 55, 40, 21, 1, 4, 5, 6, 5, 2, 1, 12, 1, 6, 3, 7, 14, 1, 2, 2, 5, 4, 10, 3, 5,
-    21, 6, 14, 1, 3, 13, 32, 35, 3, 8, 25, 4, 6, 2, 8, 1, 3, 4, 2, 3, 3, 21, 1, 2, 8,
+    11, 12, 51, 2, 12, 10, 4, 8, 7, 47, 30, 8, 7, 2, 6, 14, 4, 3, 1, 22, 90, 8, 1, 25,
+    2, 5, 7, 4, 1, 6, 7, 1, 3, 11, 41, 4, 4, 3, 43, 6, 7, 3, 54, 33, 7, 8, 8, 67, 2, 2,
+    20, 3, 1, 10, 5, 19, 18, 6, 1, 3, 1, 7, 2, 1, 14, 2, 10, 1, 2, 30, 15, 2, 1, 18, 3,
+    1, 2, 12, 6, 21, 9, 1, 1, 2, 7, 17, 12, 2, 11, 2, 12, 1, 5, 1, 16, 17, 3, 1, 4, 1,
+    7, 1, 4, 7, 2, 8, 5, 8, 9, 38, 6, 2, 7, 1, 14, 3, 5, 2, 3, 7, 2, 11, 1, 6, 16, 29,
+    6, 55, 40, 21, 1, 4, 5, 6, 5, 2, 1, 2, 2, 5, 4, 10, 3, 1, 12, 1, 6, 3, 7, 14, 5,
+    21, 6, 14, 1, 3, 13, 32, 35, 3, 8, 25, 4, 6, 2, 8, 1, 3, 4, 2, 3, 21, 1, 3, 2, 8,
     14, 1, 3, 22, 2, 3, 20, 1, 10, 1, 34, 10, 5, 4, 3, 3, 18, 13, 6, 1, 12, 19, 6, 2,
-    3, 49, 45, 71, 6, 24, 8, 5, 2, 4, 4, 4, 4, 10, 13, 1, 6, 3, 6, 10, 5, 2, 3, 4, 1,
-    58, 1, 3, 22, 1, 28, 10, 1, 4, 9, 27, 19, 13, 2, 1, 14, 6, 2, 3, 13, 1, 13, 6, 6,
-    4, 41, 8, 6, 6, 3, 5, 1, 1, 55, 2, 33, 43, 23, 23, 7, 35, 38, 1, 1, 4, 8, 6, 2, 39,
-    13, 113, 160, 2, 8, 5, 27, 1, 9, 21, 2, 53, 17, 12, 1, 1, 2, 1, 4, 2, 3, 2, 1, 4,
-    1, 4, 1, 3, 4, 4, 6, 1, 2, 6, 6, 3, 1, 3, 18, 2, 13, 2, 2, 37, 24, 15, 5, 31, 3,
-    19, 9, 21, 39, 24, 22, 91, 5, 5, 1, 2, 1, 2, 10, 1, 5, 9, 23, 4, 26, 4, 4, 1, 6,
-    20, 1, 1, 4, 1, 5, 3, 2, 20, 8, 1, 2, 4, 7, 4, 1, 3, 1, 14, 13, 3, 9, 2, 5, 5, 1,
-    1, 2, 16, 2, 4, 1, 12, 1, 4, 5, 1, 3, 2, 5, 1, 1, 44, 9, 20, 6, 9, 48, 10, 2, 3,
-    24, 21, 45, 1, 5, 3, 9, 18, 10, 46, 4, 9, 1, 60, 9, 2, 14, 1, 18, 5, 44, 24, 11, 4,
-    3, 9, 33, 3, 4, 29, 10, 2, 98, 1, 19, 4, 2, 19, 5, 2, 22, 1, 2, 65, 12, 17, 14, 5,
-    3, 1, 2, 1, 1, 8, 32, 14, 4, 25, 1, 2, 2, 1, 3, 6, 15, 17, 3, 5, 5, 2, 10, 18, 4,
-    1, 3, 3, 20, 20, 22, 22, 19, 1, 3, 2, 33, 1, 12, 1, 16, 13, 6, 1, 9, 1, 5, 1, 3, 1,
-    19, 1, 10, 2, 6, 2, 2, 1, 3, 50, 3, 1, 37, 16, 157, 10, 88, 13, 8, 24, 6, 17, 2,
-    152, 6, 15, 10, 13, 23, 9, 8, 15, 2, 14, 3, 1, 70, 13, 8, 23, 9, 2, 2, 8, 10, 3,
-    57, 2, 38, 48, 24, 41, 10, 17, 2, 8, 3, 4, 11, 5, 5, 4, 10, 25, 1, 1, 1, 4, 1, 27,
-    1, 36, 3, 3, 5, 11, 5, 3, 3, 20, 16, 24, 3, 30, 15, 8, 9, 3, 72, 45, 3, 9, 13, 13,
-    2, 53, 1, 4, 3, 36, 10, 6, 4, 27, 6, 2, 24, 8, 1, 9, 3, 17, 4, 4, 11, 10, 27, 9,
-    10, 2, 14, 2, 41, 2, 1, 36, 29, 12, 1, 3, 3, 14, 24, 4, 3, 4, 16, 1, 24, 42, 2, 5,
-    50, 2, 1, 1, 30, 14, 3, 18, 25, 8, 24, 40, 2, 13, 9, 8, 11, 1, 1, 8, 5, 4, 34, 1,
-    1, 5, 5, 1, 11, 11, 2, 24, 2, 8, 1, 2, 12, 2, 6, 3, 24, 2, 6, 3, 1, 11, 2, 26, 33,
-    39, 8, 6, 4, 1, 62, 5, 2, 121, 2, 10, 9, 42, 5, 42, 1, 54, 39, 3, 6, 12, 1, 61, 1,
-    15, 13, 47, 8, 5, 1, 5, 3, 8, 6, 171, 1, 45, 13, 11, 5, 3, 24, 10, 44, 32, 40, 47,
-    2, 19, 4, 3, 1, 2, 5, 1, 2, 4, 4, 4, 23, 25, 13, 2, 32, 4, 1, 2, 29, 113, 3, 71, 6,
-    20, 5, 15, 2, 2, 23, 11, 24, 117, 15, 14, 1, 8, 5, 2, 25, 4, 3, 3, 9, 32, 22, 24,
-    1, 11, 40, 5, 3, 5, 17, 30, 50, 16, 15, 15, 6, 1, 1, 14, 6, 6, 30, 2, 16, 17, 6,
-    28, 47, 1, 3, 2, 11, 48, 107, 51, 71, 5, 10, 1, 23, 5, 3, 30, 5, 2, 5, 11, 6, 33,
-    27, 4, 5, 1, 9, 1, 13, 2, 3, 30, 23, 5, 4, 8, 6, 15, 1, 5, 1, 1, 10, 12, 2, 1, 5,
-    14, 1, 14, 2, 1, 1, 15, 18, 2, 1, 12, 17, 13, 12, 16, 3, 8, 4, 1, 25, 3, 1, 3, 6,
-    4, 1, 30, 2, 1, 2, 1, 2, 3, 2, 9, 3, 3, 20, 4, 3, 5, 1, 6, 6, 27, 19, 33, 9, 81,
-    79, 23, 4, 19, 6, 1, 3, 8, 11, 5, 9, 16, 5, 20, 3, 4, 9, 11, 18, 29, 22, 57, 16,
-    28, 5, 17, 6, 1, 3, 30, 3, 1, 5, 2, 32, 1, 1, 3, 3, 3, 3, 9, 1, 1, 9, 142, 18, 4,
-    9, 13, 2, 1, 3, 2, 17, 3, 8, 3, 22, 22, 20, 12, 1, 81, 3, 1, 39, 71, 3, 5, 73, 23,
-    15, 4, 14, 19, 17, 8, 26, 14, 8, 4, 3, 15, 4, 2, 5, 3, 1, 5, 16, 15, 1, 7, 11, 17,
-    13, 5, 14, 33, 3, 18, 17, 3, 4, 2, 26, 4, 14, 6, 3, 3, 3, 2, 6, 1, 1, 1, 2, 3, 55,
-    5, 6, 14, 3, 29, 30, 5, 1, 1, 27, 5, 30, 17, 2, 5, 2, 7, 33, 21, 11, 14, 22, 70,
-    14, 33, 1, 5, 8, 8, 36, 29, 15, 13, 20, 13, 3, 1, 2, 20, 17, 42, 9, 3, 19, 44, 1,
-    2, 5, 29, 1, 1, 9, 2, 51, 1, 5, 8, 3, 25, 5, 1, 8, 2, 4, 36, 5, 8, 3, 16, 2, 6, 4,
-    4, 10, 10, 5, 32, 17, 3, 2, 8, 6, 2, 33, 46, 24, 23, 11, 2, 19, 1, 10, 8, 11, 20,
-    1, 30, 37, 5, 8, 4, 2, 4, 2, 1, 1, 2, 1, 5, 1, 18, 1, 9, 10, 5, 3, 1, 1, 10, 1, 2,
-    25, 3, 3, 2, 1, 2, 2, 1, 2, 6, 1, 2, 3, 9, 4, 40, 55, 7, 17, 41, 7, 27, 5, 5, 18,
-    16, 14, 11, 2, 6, 21, 32, 4, 2, 14, 23, 1, 6, 2, 5, 3, 40, 3, 1, 31, 1, 6, 5, 3,
-    44, 4, 22, 2, 5, 34, 1, 3, 14, 2, 4, 37, 1, 20, 9, 1, 25, 2, 25, 2, 4, 14, 6, 2, 1,
-    1, 18, 4, 1, 8, 31, 44, 29, 11, 19, 23, 8, 28, 4, 1, 3, 51, 4, 3, 32, 14, 13, 9,
-    10, 8, 4, 1, 38, 6, 1, 6, 14, 2, 1, 8, 38, 32, 19, 3, 25, 1, 70, 1, 14, 14, 21, 8,
-    17, 10, 30, 9, 1, 81, 20, 3, 1, 5, 1, 5, 16, 4, 11, 2, 11, 6, 6, 2, 2, 1, 2, 17,
-    22, 18, 5, 1, 1, 11, 7, 14, 2, 2, 10, 7, 3, 1, 4, 5, 3, 8, 3, 1, 2, 7, 1, 2, 1, 1,
-    23, 1, 22, 10, 11, 1, 3, 2, 1, 4, 9, 1, 1, 3, 3, 10, 9, 2, 1, 4, 8, 1, 20, 5, 1, 7,
-    1, 1, 15, 5, 5, 4, 1, 10, 1, 11, 1, 5, 12, 2, 2, 2, 3, 1, 6, 1, 3, 6, 2, 2, 9, 8,
-    2, 6, 2, 1, 27, 16, 2, 2, 2, 8, 2, 35, 5, 10, 3, 16, 9, 27, 62, 28, 57, 3, 2, 82,
-    4, 1, 2, 6, 10, 1, 6, 9, 1, 3, 3, 2, 21, 3, 3, 3, 5, 8, 18, 5, 2, 2, 7, 9, 5, 3,
-    10, 1, 1, 2, 3, 2, 2, 1, 44, 12, 18, 2, 2, 16, 3, 20, 1, 2, 6, 2, 7, 2, 1, 1, 2, 8,
-    6, 4, 10, 1, 3, 29, 5, 1, 20, 2, 3, 1, 2, 5, 44, 52, 8, 10, 57, 5, 2, 5, 8, 4, 1,
-    7, 1, 1, 3, 5, 1, 7, 3, 1, 4, 30, 17, 2, 12, 2, 20, 12, 1, 3, 2, 2, 2, 4, 2, 1, 6,
-    2, 2, 13, 1, 34, 8, 10, 15, 24, 7, 1, 2, 3, 5, 5, 12, 1, 5, 20, 31, 3, 4, 38, 4, 5,
-    2, 4, 1, 12, 7, 13, 4, 2, 17, 11, 2, 1, 4, 6, 2, 2, 2, 1, 3, 10, 1, 1, 5, 1, 27, 5,
-    6, 23, 11, 2, 18, 6, 3, 4, 4, 9, 3, 5, 14, 7, 7, 3, 7, 7, 2, 4, 1, 1, 1, 3, 1, 19,
-    1, 1, 1, 1, 1, 30, 26, 15, 1, 5, 1, 11, 13, 1, 6, 3, 17, 8, 4, 2, 2, 1, 1, 2, 6, 9,
-    8, 1, 6, 2, 3, 2, 13, 13, 1, 1, 4, 4, 3, 2, 1, 1, 10, 1, 1, 3, 3, 3, 4, 1, 2, 1, 6,
-    3, 34, 7, 1, 5, 3, 20, 4, 7, 3, 11, 12, 2, 16, 5, 6, 8, 1, 2, 4, 6, 3, 9, 3, 8, 6,
-    12, 3, 12, 1, 1, 1, 1, 2, 1, 4, 3, 22, 2, 6, 1, 23, 4, 22, 21, 15, 6, 1, 1, 19, 28,
-    2, 2, 2, 1, 3, 20, 12, 22, 2, 16, 21, 15, 1, 1, 1, 1, 1, 3, 2, 6, 2, 2, 3, 9, 1, 4,
-    12, 1, 2, 1, 1, 4, 20, 14, 1, 12, 2, 2, 1, 2, 2, 1, 2, 11, 2, 1, 6, 1, 6, 3, 1, 10,
-    6, 2, 2, 10, 4, 13, 6, 14, 22, 20, 1, 2, 13, 2, 2, 2, 1, 3, 5, 10, 1, 6, 1, 5, 5,
-    13, 5, 2, 4, 1, 1, 16, 3, 6, 10, 17, 3, 4, 4, 2, 1, 9, 3, 2, 2, 1, 7, 15, 2, 24, 3,
-    9, 3, 1, 12, 3, 21, 13, 10, 22, 13, 2, 13, 10, 20, 1, 12, 8, 5, 2, 5, 3, 8, 12, 20,
-    5, 10, 1, 28, 18, 2, 2, 3, 7, 25, 2, 4, 3, 2, 1, 2, 8, 10, 43, 2, 13, 3, 4, 34, 3,
-    2, 78, 1, 6, 1, 1, 4, 12, 1, 32, 11, 2, 1, 3, 2, 1, 1, 5, 1, 1, 1, 1, 2, 3, 1, 20,
-    1, 3, 1, 2, 1, 17, 3, 4, 10, 1, 1, 1, 15, 9, 3, 8, 13, 3, 11, 21, 1, 3, 28, 3, 8,
-    1, 1, 25, 1, 12, 6, 5, 10, 1, 1, 10, 1, 12, 4, 17, 3, 24, 8, 23, 2, 3, 8, 2, 1, 4,
-    5, 1, 3, 3, 2, 33, 11, 11, 4, 23, 43, 1, 4, 1, 7, 6, 2, 21, 7, 4, 5, 6, 3, 22, 5,
-    1, 20, 29, 2, 2, 1, 2, 2, 7, 31, 3, 12, 20, 12, 18, 7, 30, 2, 3, 2, 1, 6, 24, 4,
-    27, 3, 17, 14, 21, 2, 1, 1, 17, 1, 1, 17, 2, 9, 1, 1, 7, 3, 1, 5, 52, 1, 21, 12, 3,
-    12, 2, 2, 1, 4, 31, 1, 42, 3, 2, 1, 6, 1, 1, 6, 3, 4, 15, 2, 3, 2, 18, 2, 2, 9, 19,
-    23, 18, 7, 6, 4, 4, 7, 17, 91, 1, 20, 3, 7, 3, 13, 15, 30, 14, 1, 2, 32, 18, 7, 5,
-    27, 7, 2, 2, 6, 3, 15, 2, 17, 5, 1, 4, 2, 11, 8, 1, 2, 28, 13, 39, 3, 9, 1, 10, 1,
-    2, 4, 11, 21, 1, 4, 5, 44, 17, 4, 5, 1, 4, 10, 1, 14, 12, 2, 14, 2, 18, 29, 48, 86,
-    6, 17, 6, 9, 1, 13, 7, 1, 10, 4, 1, 26, 5, 2, 11, 39, 25, 26, 2, 5, 14, 2, 2, 3,
-    194, 15, 1, 24, 13, 43, 8, 1, 18, 7, 3, 3, 4, 4, 17, 16, 13, 7, 6, 1, 1, 2, 2, 3,
-    2, 1, 14, 11, 1, 2, 3, 3, 10, 3, 34, 90, 10, 1, 1, 1, 4, 24, 13, 4, 2, 4, 8, 3, 6,
-    3, 9, 1, 1, 2, 2, 6, 4, 1, 3, 2, 3, 9, 1, 2, 4, 3, 3, 2, 2, 1, 22, 5, 20, 2, 4, 4,
-    10, 19, 1, 2, 3, 3, 10, 5, 3, 21, 10, 1, 5, 17, 8, 3, 8, 5, 7, 11, 2, 39, 1, 5, 7,
-    1, 4, 10, 12, 26, 12, 5, 2, 1, 2, 3, 5, 2, 2, 12, 16, 2, 9, 1, 2, 5, 11, 2, 12, 6,
-    33, 20, 2, 1, 15, 8, 1, 1, 2, 1, 5, 4, 1, 1, 2, 10, 6, 2, 1, 11, 5, 3,
+    3, 49, 45, 71, 6, 24, 8, 5, 22, 1, 28, 4, 4, 2, 4, 4, 10, 13, 1, 6, 3, 6, 10, 5, 2,
+    3, 4, 1, 58, 1, 3, 10, 1, 4, 9, 27, 19, 13, 2, 1, 14, 6, 2, 3, 13, 1, 13, 6, 6, 4,
+    41, 8, 6, 6, 43, 23, 23, 7, 35, 38, 1, 1, 4, 8, 6, 2, 39, 13, 113, 160, 2, 8, 5,
+    27, 1, 9, 21, 2, 53, 17, 12, 1, 3, 5, 1, 1, 55, 2, 33, 4, 1, 6, 37, 24, 2, 15, 5,
+    31, 3, 19, 9, 21, 24, 39, 22, 91, 5, 5, 1, 2, 1, 2, 10, 1, 5, 9, 23, 4, 26, 4, 2,
+    6, 6, 3, 1, 3, 18, 2, 13, 2, 1, 4, 2, 1, 2, 3, 2, 1, 4, 1, 4, 1, 3, 4, 4, 6, 1, 13,
+    3, 14, 2, 1, 5, 5, 9, 1, 2, 16, 2, 4, 1, 12, 1, 4, 5, 8, 1, 2, 4, 7, 4, 1, 3, 1,
+    20, 1, 1, 4, 1, 5, 3, 2, 20, 1, 1, 44, 9, 20, 6, 9, 48, 10, 2, 3, 21, 24, 45, 1, 5,
+    3, 9, 18, 10, 46, 4, 9, 1, 60, 9, 2, 14, 1, 3, 2, 5, 1, 1, 2, 5, 44, 24, 18, 11, 4,
+    3, 9, 33, 3, 4, 29, 2, 10, 98, 1, 19, 4, 2, 19, 5, 2, 22, 1, 2, 65, 12, 17, 14, 5,
+    3, 1, 1, 8, 32, 14, 4, 25, 1, 2, 2, 1, 3, 6, 4, 20, 20, 22, 3, 3, 22, 19, 1, 1, 3,
+    2, 5, 5, 15, 3, 2, 17, 10, 18, 33, 1, 12, 1, 16, 13, 6, 1, 9, 5, 1, 1, 3, 1, 1, 19,
+    37, 3, 50, 1, 16, 157, 10, 24, 8, 88, 13, 6, 17, 2, 152, 6, 10, 2, 2, 6, 2, 1, 3,
+    10, 13, 23, 15, 8, 9, 15, 2, 14, 3, 70, 23, 1, 8, 13, 9, 2, 2, 8, 10, 24, 2, 57,
+    48, 3, 38, 41, 10, 2, 17, 8, 3, 4, 5, 5, 4, 11, 10, 25, 5, 1, 1, 1, 4, 1, 27, 1,
+    36, 3, 3, 16, 5, 20, 11, 3, 3, 24, 3, 30, 15, 8, 9, 3, 72, 45, 3, 53, 13, 9, 2, 13,
+    1, 4, 3, 36, 10, 6, 4, 27, 6, 2, 24, 8, 1, 9, 3, 17, 4, 4, 11, 10, 9, 27, 10, 2,
+    14, 2, 41, 2, 1, 36, 29, 12, 3, 1, 3, 14, 24, 4, 3, 4, 1, 16, 24, 42, 2, 5, 50, 40,
+    9, 2, 24, 11, 8, 13, 1, 1, 8, 5, 4, 34, 1, 1, 2, 1, 1, 30, 14, 3, 18, 25, 8, 5, 5,
+    1, 11, 11, 2, 2, 24, 8, 1, 2, 12, 2, 6, 24, 3, 2, 6, 3, 1, 11, 2, 33, 6, 26, 39, 4,
+    1, 8, 62, 5, 2, 121, 2, 10, 9, 5, 42, 42, 1, 54, 39, 3, 6, 12, 1, 61, 1, 15, 47, 5,
+    8, 13, 1, 3, 5, 8, 6, 171, 1, 13, 45, 5, 11, 3, 24, 10, 44, 32, 40, 47, 2, 19, 4,
+    25, 13, 2, 4, 23, 4, 32, 1, 2, 29, 113, 3, 71, 2, 3, 5, 1, 2, 1, 4, 4, 5, 6, 20, 2,
+    2, 11, 15, 23, 24, 117, 15, 14, 1, 8, 5, 2, 25, 4, 3, 3, 9, 32, 22, 24, 1, 5, 3,
+    17, 30, 11, 40, 5, 50, 16, 15, 15, 6, 1, 1, 14, 6, 6, 30, 2, 16, 28, 47, 17, 6, 3,
+    1, 2, 11, 48, 107, 51, 71, 5, 3, 10, 1, 23, 5, 30, 5, 2, 5, 11, 6, 33, 27, 4, 5, 9,
+    1, 1, 13, 2, 3, 30, 23, 5, 15, 1, 2, 18, 1, 12, 17, 13, 12, 16, 1, 4, 8, 6, 15, 1,
+    5, 10, 1, 12, 2, 1, 5, 14, 1, 14, 2, 1, 3, 9, 2, 3, 3, 20, 4, 3, 5, 8, 1, 4, 3, 3,
+    1, 3, 25, 6, 4, 1, 30, 2, 1, 2, 1, 2, 1, 5, 2, 32, 1, 1, 3, 3, 3, 19, 33, 6, 6, 27,
+    1, 9, 81, 79, 23, 4, 19, 6, 1, 3, 30, 3, 6, 8, 3, 11, 1, 9, 5, 16, 5, 20, 3, 4, 9,
+    11, 18, 29, 22, 57, 16, 28, 5, 17, 1, 1, 3, 9, 9, 142, 4, 18, 9, 2, 13, 1, 3, 2,
+    17, 3, 8, 3, 22, 12, 1, 81, 22, 20, 3, 1, 39, 71, 3, 5, 73, 23, 15, 4, 14, 8, 17,
+    26, 19, 8, 14, 4, 3, 15, 4, 2, 5, 3, 1, 5, 16, 15, 1, 7, 11, 17, 13, 5, 14, 33, 3,
+    18, 17, 3, 4, 2, 26, 4, 14, 5, 2, 3, 1, 1, 3, 6, 14, 5, 55, 29, 30, 1, 27, 5, 30,
+    17, 2, 5, 2, 7, 33, 21, 11, 14, 22, 70, 14, 33, 1, 6, 3, 3, 3, 2, 6, 1, 1, 8, 5, 8,
+    15, 36, 29, 13, 20, 13, 3, 1, 2, 20, 8, 5, 4, 2, 3, 16, 2, 36, 6, 4, 4, 10, 10, 5,
+    32, 17, 3, 2, 8, 6, 2, 33, 46, 24, 23, 11, 2, 19, 9, 3, 19, 42, 17, 44, 1, 2, 5,
+    29, 1, 1, 9, 2, 51, 1, 5, 8, 3, 25, 5, 1, 8, 4, 2, 4, 1, 8, 11, 10, 20, 1, 30, 37,
+    5, 8, 1, 2, 2, 1, 2, 6, 1, 3, 9, 4, 40, 55, 2, 7, 17, 41, 7, 27, 5, 5, 18, 16, 14,
+    11, 2, 6, 21, 32, 4, 2, 14, 23, 1, 6, 2, 5, 3, 2, 1, 1, 2, 1, 5, 1, 18, 1, 9, 5, 3,
+    1, 10, 1, 10, 1, 2, 25, 3, 3, 2, 1, 9, 1, 25, 20, 2, 25, 2, 4, 14, 6, 2, 1, 1, 18,
+    4, 1, 8, 31, 44, 29, 11, 19, 23, 8, 28, 4, 1, 3, 40, 3, 1, 31, 1, 6, 5, 3, 44, 4,
+    5, 22, 2, 34, 1, 3, 14, 2, 4, 37, 10, 32, 14, 8, 4, 4, 3, 51, 13, 9, 1, 38, 6, 1,
+    6, 14, 2, 1, 8, 38, 32, 19, 3, 25, 1, 70, 1, 14, 14, 21, 8, 10, 17, 30, 9, 1, 81,
+    20, 3, 1, 5, 1, 10, 11, 1, 3, 2, 1, 4, 9, 1, 1, 3, 3, 10, 9, 2, 1, 5, 16, 4, 11, 2,
+    11, 6, 6, 2, 2, 1, 2, 17, 22, 5, 1, 18, 1, 11, 7, 14, 2, 2, 10, 7, 3, 1, 4, 5, 3,
+    8, 3, 1, 2, 7, 1, 2, 1, 1, 23, 1, 22, 1, 10, 1, 11, 1, 8, 4, 1, 20, 5, 1, 7, 1, 1,
+    15, 5, 5, 4, 27, 62, 9, 28, 57, 3, 2, 82, 4, 1, 2, 6, 10, 1, 6, 9, 1, 3, 3, 2, 21,
+    3, 3, 2, 2, 8, 2, 35, 5, 10, 3, 16, 5, 12, 2, 2, 2, 3, 1, 6, 1, 3, 6, 2, 2, 9, 8,
+    2, 6, 2, 1, 27, 16, 2, 10, 57, 5, 2, 5, 8, 4, 1, 7, 1, 5, 2, 2, 7, 9, 5, 3, 10, 1,
+    1, 2, 3, 2, 2, 1, 44, 12, 18, 2, 2, 16, 3, 20, 1, 3, 5, 8, 18, 2, 8, 6, 4, 10, 1,
+    3, 29, 5, 1, 20, 2, 3, 1, 2, 5, 44, 52, 8, 2, 6, 2, 7, 2, 1, 1, 2, 2, 2, 4, 2, 1,
+    6, 2, 20, 31, 3, 4, 38, 4, 2, 5, 4, 1, 12, 7, 13, 1, 3, 5, 1, 7, 3, 1, 4, 30, 17,
+    2, 12, 2, 20, 12, 1, 3, 2, 13, 1, 34, 8, 10, 15, 24, 7, 1, 2, 3, 5, 5, 12, 1, 5,
+    27, 5, 6, 23, 11, 2, 18, 6, 3, 4, 4, 9, 3, 5, 14, 6, 4, 2, 2, 2, 1, 3, 10, 1, 1, 5,
+    1, 4, 2, 17, 11, 2, 1, 30, 26, 15, 1, 5, 1, 11, 13, 1, 6, 3, 17, 8, 4, 2, 2, 1, 1,
+    2, 6, 9, 8, 7, 7, 3, 7, 7, 2, 4, 1, 1, 1, 1, 3, 19, 1, 1, 1, 1, 1, 1, 6, 2, 3, 2,
+    13, 13, 1, 1, 4, 4, 3, 2, 1, 1, 10, 1, 1, 3, 3, 3, 4, 1, 2, 1, 6, 3, 34, 7, 1, 5,
+    2, 16, 5, 6, 8, 1, 2, 4, 6, 3, 20, 4, 7, 11, 3, 12, 12, 22, 2, 16, 21, 15, 1, 1, 1,
+    1, 3, 9, 3, 8, 6, 12, 3, 12, 1, 1, 1, 1, 2, 1, 4, 3, 22, 2, 6, 1, 23, 4, 22, 15,
+    21, 6, 1, 1, 19, 28, 2, 2, 2, 1, 3, 20, 2, 2, 1, 2, 2, 1, 2, 11, 2, 1, 6, 1, 6, 3,
+    1, 10, 6, 2, 2, 1, 1, 2, 2, 3, 9, 1, 4, 12, 1, 2, 1, 1, 4, 20, 14, 1, 12, 1, 3, 2,
+    6, 1, 5, 5, 13, 5, 2, 4, 10, 4, 13, 6, 14, 20, 22, 1, 2, 13, 2, 2, 2, 1, 3, 5, 10,
+    1, 6, 2, 4, 3, 2, 1, 2, 8, 10, 43, 2, 13, 3, 4, 34, 3, 2, 78, 1, 6, 1, 16, 3, 6,
+    10, 17, 3, 4, 4, 5, 10, 1, 28, 18, 2, 2, 3, 7, 25, 1, 2, 9, 3, 2, 2, 1, 7, 15, 2,
+    24, 3, 9, 3, 1, 12, 3, 21, 13, 10, 22, 13, 2, 13, 20, 10, 1, 12, 8, 5, 2, 5, 3, 8,
+    20, 12, 1, 4, 12, 1, 32, 2, 11, 1, 2, 3, 1, 1, 5, 1, 1, 1, 1, 2, 3, 1, 20, 1, 3, 1,
+    2, 1, 17, 3, 4, 10, 1, 1, 1, 15, 9, 3, 8, 13, 3, 21, 11, 1, 3, 28, 3, 8, 1, 1, 25,
+    1, 12, 6, 10, 5, 1, 1, 10, 1, 12, 4, 3, 17, 24, 8, 23, 2, 3, 8, 2, 1, 4, 5, 1, 3,
+    3, 2, 33, 11, 11, 4, 23, 43, 1, 4, 7, 6, 1, 2, 21, 7, 4, 5, 6, 3, 22, 5, 1, 20, 29,
+    2, 2, 1, 2, 2, 7, 31, 3, 12, 20, 12, 18, 7, 30, 2, 3, 2, 1, 6, 1, 17, 1, 1, 17, 2,
+    9, 1, 1, 7, 3, 1, 5, 52, 1, 24, 4, 27, 3, 17, 14, 21, 2, 1, 21, 12, 3, 12, 2, 2, 1,
+    4, 31, 1, 42, 3, 2, 1, 6, 1, 1, 6, 3, 4, 15, 2, 3, 2, 18, 2, 2, 9, 19, 23, 18, 7,
+    6, 4, 4, 7, 17, 91, 1, 20, 3, 7, 3, 13, 15, 30, 14, 1, 2, 32, 18, 7, 5, 27, 7, 2,
+    2, 6, 3, 15, 2, 17, 5, 1, 4, 2, 11, 8, 1, 2, 28, 13, 39, 3, 9, 1, 10, 1, 2, 4, 11,
+    21, 1, 4, 18, 29, 48, 86, 6, 17, 6, 9, 1, 13, 7, 1, 10, 4, 1, 26, 5, 2, 11, 39, 25,
+    26, 2, 14, 5, 2, 2, 3, 194, 1, 15, 24, 13, 43, 8, 18, 1, 7, 3, 3, 4, 4, 17, 16, 13,
+    5, 44, 17, 4, 5, 1, 4, 10, 1, 14, 12, 2, 14, 2, 34, 90, 10, 1, 1, 1, 4, 24, 13, 4,
+    2, 4, 8, 3, 6, 3, 9, 1, 7, 6, 1, 1, 2, 2, 3, 2, 1, 14, 11, 1, 2, 3, 3, 10, 3, 1, 2,
+    2, 6, 4, 1, 3, 2, 3, 9, 1, 2, 3, 4, 3, 2, 2, 1, 22, 20, 5, 4, 2, 4, 10, 19, 1, 2,
+    3, 3, 10, 5, 21, 3, 10, 1, 5, 17, 8, 3, 8, 5, 7, 11, 2, 39, 1, 5, 7, 1, 4, 10, 12,
+    26, 12, 5, 2, 1, 2, 5, 3, 2, 2, 12, 16, 2, 9, 1, 2, 5, 11, 2, 12, 6, 2, 20, 33, 1,
+    15, 8, 1, 1, 2, 1, 5, 4, 1, 1, 2, 10, 6, 2, 1, 11, 5, 3,
 )
 INPUT_NODES = (
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
@@ -633,8 +632,8 @@ INPUT_NODES = (
     65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80,
 )
 OUTPUT_NODES = (
-    66, 68, 114, 163, 192, 211, 216, 218, 224, 226, 227, 231, 242, 243, 262, 295, 305,
-    312, 314, 315, 317, 319, 329, 334, 341, 343, 347, 348, 349, 351, 352, 354,
+    78, 80, 114, 166, 190, 211, 216, 217, 221, 226, 227, 232, 243, 244, 266, 296, 307,
+    309, 312, 315, 317, 319, 330, 334, 342, 344, 347, 348, 349, 351, 352, 354,
 )
 # [start, stop) of each topological level in NODES.
 LEVELS = (
@@ -672,7 +671,7 @@ MODEL_CLASS = "MaleNet"
 # instead of being accumulated edge by edge, and torch.compile sees one opaque custom op.
 # This network's custom ops live in a torch.library namespace named after a hash of its
 # structure, so several networks load into one process.
-OPS = "dagc_3bb197995b072e14"
+OPS = "dagc_65b075fe8e4ac613"
 # Nodes fed by a weighted sum of other nodes (the rest read the source), and nodes whose
 # activation another node reads (the rest are output nodes, read only by the sink).
 SUMMED_NODES = tuple(sorted({post for _, post in EDGES}))
@@ -838,275 +837,277 @@ def dag_forward(
     """The neuron DAG in topological order. Returns the sink's input (the mean of the output
     nodes), then, when `save` is set, the batch statistics and what dag_backward needs."""
     node = NeuronForward(conv, bn_weight, bn_bias, bn_mean, bn_var, training, eps, save)
-    # ASIL (sensory, Betaine) <- source
-    ASIL = node(0, source)
-    # ASIR (sensory, Betaine) <- source
-    ASIR = node(1, source)
-    # ASJL (sensory, ACh) <- source
-    ASJL = node(2, source)
-    # ASJR (sensory, ACh) <- source
-    ASJR = node(3, source)
-    # AWAL (sensory, ACh) <- source
-    AWAL = node(4, source)
-    # AWAR (sensory, ACh) <- source
-    AWAR = node(5, source)
-    # ASGL (sensory, Glu+Betaine) <- source
-    ASGL = node(6, source)
-    # ASGR (sensory, Glu+Betaine) <- source
-    ASGR = node(7, source)
-    # AWBL (sensory, ACh) <- source
-    AWBL = node(8, source)
-    # AWBR (sensory, ACh) <- source
-    AWBR = node(9, source)
-    # ASEL (sensory, Glu) <- source
-    ASEL = node(10, source)
-    # ASER (sensory, Glu) <- source
-    ASER = node(11, source)
-    # ADFL (sensory, ACh+5-HT) <- source
-    ADFL = node(12, source)
-    # ADFR (sensory, ACh+5-HT) <- source
-    ADFR = node(13, source)
-    # AFDL (sensory, ACh+Glu) <- source
-    AFDL = node(14, source)
-    # AFDR (sensory, ACh+Glu) <- source
-    AFDR = node(15, source)
-    # AWCL (sensory, Glu) <- source
-    AWCL = node(16, source)
-    # AWCR (sensory, Glu) <- source
-    AWCR = node(17, source)
-    # ASKL (sensory, Glu) <- source
-    ASKL = node(18, source)
-    # ASKR (sensory, Glu) <- source
-    ASKR = node(19, source)
-    # ASHL (sensory, Glu) <- source
-    ASHL = node(20, source)
-    # ASHR (sensory, Glu) <- source
-    ASHR = node(21, source)
-    # ADLL (sensory, Glu) <- source
-    ADLL = node(22, source)
-    # ADLR (sensory, Glu) <- source
-    ADLR = node(23, source)
-    # BAGL (sensory, Glu) <- source
-    BAGL = node(24, source)
-    # URXL (sensory, ACh+5-HT+Betaine) <- source
-    URXL = node(25, source)
-    # URXR (sensory, ACh+5-HT+Betaine) <- source
-    URXR = node(26, source)
-    # ALNL (sensory, ACh) <- source
-    ALNL = node(27, source)
-    # ALNR (sensory, ACh) <- source
-    ALNR = node(28, source)
-    # PLNL (sensory, ACh) <- source
-    PLNL = node(29, source)
-    # PLNR (sensory, ACh) <- source
-    PLNR = node(30, source)
-    # SDQL (sensory, ACh) <- source
-    SDQL = node(31, source)
-    # SDQR (sensory, ACh) <- source
-    SDQR = node(32, source)
-    # AQR (sensory, Glu) <- source
-    AQR = node(33, source)
-    # PQR (sensory, Glu) <- source
-    PQR = node(34, source)
-    # ALML (sensory, Glu) <- source
-    ALML = node(35, source)
-    # ALMR (sensory, Glu) <- source
-    ALMR = node(36, source)
-    # AVM (sensory, Glu) <- source
-    AVM = node(37, source)
-    # PVM (sensory) <- source
-    PVM = node(38, source)
-    # PLML (sensory, Glu) <- source
-    PLML = node(39, source)
-    # PLMR (sensory, Glu) <- source
-    PLMR = node(40, source)
-    # FLPL (sensory, Glu) <- source
-    FLPL = node(41, source)
-    # FLPR (sensory, Glu) <- source
-    FLPR = node(42, source)
-    # DVA (sensory, ACh+Glu) <- source
-    DVA = node(43, source)
-    # PVDL (sensory, Glu) <- source
-    PVDL = node(44, source)
-    # PVDR (sensory, Glu) <- source
-    PVDR = node(45, source)
     # ADEL (sensory, DA) <- source
-    ADEL = node(46, source)
+    ADEL = node(0, source)
     # ADER (sensory, DA) <- source
-    ADER = node(47, source)
-    # PDEL (sensory, Glu+DA) <- source
-    PDEL = node(48, source)
-    # PDER (sensory, Glu+DA) <- source
-    PDER = node(49, source)
-    # PHAL (sensory, Glu) <- source
-    PHAL = node(50, source)
-    # PHAR (sensory, Glu) <- source
-    PHAR = node(51, source)
-    # PHBL (sensory, Glu) <- source
-    PHBL = node(52, source)
-    # PHBR (sensory, Glu) <- source
-    PHBR = node(53, source)
-    # PHCL (sensory, Glu+Betaine) <- source
-    PHCL = node(54, source)
-    # PHCR (sensory, Glu+Betaine) <- source
-    PHCR = node(55, source)
-    # IL2DL (sensory, ACh) <- source
-    IL2DL = node(56, source)
-    # IL2DR (sensory, ACh) <- source
-    IL2DR = node(57, source)
-    # IL2L (sensory, ACh) <- source
-    IL2L = node(58, source)
-    # IL2R (sensory, ACh) <- source
-    IL2R = node(59, source)
-    # IL2VL (sensory, ACh) <- source
-    IL2VL = node(60, source)
-    # IL2VR (sensory, ACh) <- source
-    IL2VR = node(61, source)
+    ADER = node(1, source)
+    # ADFL (sensory, ACh+5-HT) <- source
+    ADFL = node(2, source)
+    # ADFR (sensory, ACh+5-HT) <- source
+    ADFR = node(3, source)
+    # ADLL (sensory, Glu) <- source
+    ADLL = node(4, source)
+    # ADLR (sensory, Glu) <- source
+    ADLR = node(5, source)
+    # AFDL (sensory, ACh+Glu) <- source
+    AFDL = node(6, source)
+    # AFDR (sensory, ACh+Glu) <- source
+    AFDR = node(7, source)
+    # ALML (sensory, Glu) <- source
+    ALML = node(8, source)
+    # ALMR (sensory, Glu) <- source
+    ALMR = node(9, source)
+    # ALNL (sensory, ACh) <- source
+    ALNL = node(10, source)
+    # ALNR (sensory, ACh) <- source
+    ALNR = node(11, source)
+    # AQR (sensory, Glu) <- source
+    AQR = node(12, source)
+    # ASEL (sensory, Glu) <- source
+    ASEL = node(13, source)
+    # ASER (sensory, Glu) <- source
+    ASER = node(14, source)
+    # ASGL (sensory, Glu+Betaine) <- source
+    ASGL = node(15, source)
+    # ASGR (sensory, Glu+Betaine) <- source
+    ASGR = node(16, source)
+    # ASHL (sensory, Glu) <- source
+    ASHL = node(17, source)
+    # ASHR (sensory, Glu) <- source
+    ASHR = node(18, source)
+    # ASIL (sensory, Betaine) <- source
+    ASIL = node(19, source)
+    # ASIR (sensory, Betaine) <- source
+    ASIR = node(20, source)
+    # ASJL (sensory, ACh) <- source
+    ASJL = node(21, source)
+    # ASJR (sensory, ACh) <- source
+    ASJR = node(22, source)
+    # ASKL (sensory, Glu) <- source
+    ASKL = node(23, source)
+    # ASKR (sensory, Glu) <- source
+    ASKR = node(24, source)
+    # AVM (sensory, Glu) <- source
+    AVM = node(25, source)
+    # AWAL (sensory, ACh) <- source
+    AWAL = node(26, source)
+    # AWAR (sensory, ACh) <- source
+    AWAR = node(27, source)
+    # AWBL (sensory, ACh) <- source
+    AWBL = node(28, source)
+    # AWBR (sensory, ACh) <- source
+    AWBR = node(29, source)
+    # AWCL (sensory, Glu) <- source
+    AWCL = node(30, source)
+    # AWCR (sensory, Glu) <- source
+    AWCR = node(31, source)
+    # BAGL (sensory, Glu) <- source
+    BAGL = node(32, source)
     # CEPDL (sensory, DA) <- source
-    CEPDL = node(62, source)
+    CEPDL = node(33, source)
     # CEPDR (sensory, DA) <- source
-    CEPDR = node(63, source)
+    CEPDR = node(34, source)
     # CEPVL (sensory, DA) <- source
-    CEPVL = node(64, source)
+    CEPVL = node(35, source)
     # CEPVR (sensory, DA) <- source
-    CEPVR = node(65, source)
-    # URYDR (sensory, Glu) <- source
-    URYDR = node(66, source)
-    # URYVL (sensory, Glu) <- source
-    URYVL = node(67, source)
-    # URYVR (sensory, Glu) <- source
-    URYVR = node(68, source)
-    # OLLL (sensory, Glu) <- source
-    OLLL = node(69, source)
-    # OLLR (sensory, Glu) <- source
-    OLLR = node(70, source)
-    # OLQDL (sensory, Glu) <- source
-    OLQDL = node(71, source)
-    # OLQDR (sensory, Glu) <- source
-    OLQDR = node(72, source)
-    # OLQVL (sensory, Glu) <- source
-    OLQVL = node(73, source)
-    # OLQVR (sensory, Glu) <- source
-    OLQVR = node(74, source)
+    CEPVR = node(36, source)
+    # DVA (sensory, ACh+Glu) <- source
+    DVA = node(37, source)
+    # FLPL (sensory, Glu) <- source
+    FLPL = node(38, source)
+    # FLPR (sensory, Glu) <- source
+    FLPR = node(39, source)
     # IL1DL (sensory, Glu) <- source
-    IL1DL = node(75, source)
+    IL1DL = node(40, source)
     # IL1DR (sensory, Glu) <- source
-    IL1DR = node(76, source)
+    IL1DR = node(41, source)
     # IL1L (sensory, Glu) <- source
-    IL1L = node(77, source)
+    IL1L = node(42, source)
     # IL1R (sensory, Glu) <- source
-    IL1R = node(78, source)
+    IL1R = node(43, source)
     # IL1VL (sensory, Glu) <- source
-    IL1VL = node(79, source)
+    IL1VL = node(44, source)
     # IL1VR (sensory, Glu) <- source
-    IL1VR = node(80, source)
+    IL1VR = node(45, source)
+    # IL2DL (sensory, ACh) <- source
+    IL2DL = node(46, source)
+    # IL2DR (sensory, ACh) <- source
+    IL2DR = node(47, source)
+    # IL2L (sensory, ACh) <- source
+    IL2L = node(48, source)
+    # IL2R (sensory, ACh) <- source
+    IL2R = node(49, source)
+    # IL2VL (sensory, ACh) <- source
+    IL2VL = node(50, source)
+    # IL2VR (sensory, ACh) <- source
+    IL2VR = node(51, source)
+    # OLLL (sensory, Glu) <- source
+    OLLL = node(52, source)
+    # OLLR (sensory, Glu) <- source
+    OLLR = node(53, source)
+    # OLQDL (sensory, Glu) <- source
+    OLQDL = node(54, source)
+    # OLQDR (sensory, Glu) <- source
+    OLQDR = node(55, source)
+    # OLQVL (sensory, Glu) <- source
+    OLQVL = node(56, source)
+    # OLQVR (sensory, Glu) <- source
+    OLQVR = node(57, source)
+    # PDEL (sensory, Glu+DA) <- source
+    PDEL = node(58, source)
+    # PDER (sensory, Glu+DA) <- source
+    PDER = node(59, source)
+    # PHAL (sensory, Glu) <- source
+    PHAL = node(60, source)
+    # PHAR (sensory, Glu) <- source
+    PHAR = node(61, source)
+    # PHBL (sensory, Glu) <- source
+    PHBL = node(62, source)
+    # PHBR (sensory, Glu) <- source
+    PHBR = node(63, source)
+    # PHCL (sensory, Glu+Betaine) <- source
+    PHCL = node(64, source)
+    # PHCR (sensory, Glu+Betaine) <- source
+    PHCR = node(65, source)
+    # PLML (sensory, Glu) <- source
+    PLML = node(66, source)
+    # PLMR (sensory, Glu) <- source
+    PLMR = node(67, source)
+    # PLNL (sensory, ACh) <- source
+    PLNL = node(68, source)
+    # PLNR (sensory, ACh) <- source
+    PLNR = node(69, source)
+    # PQR (sensory, Glu) <- source
+    PQR = node(70, source)
+    # PVDL (sensory, Glu) <- source
+    PVDL = node(71, source)
+    # PVDR (sensory, Glu) <- source
+    PVDR = node(72, source)
+    # PVM (sensory) <- source
+    PVM = node(73, source)
+    # SDQL (sensory, ACh) <- source
+    SDQL = node(74, source)
+    # SDQR (sensory, ACh) <- source
+    SDQR = node(75, source)
+    # URXL (sensory, ACh+5-HT+Betaine) <- source
+    URXL = node(76, source)
+    # URXR (sensory, ACh+5-HT+Betaine) <- source
+    URXR = node(77, source)
+    # URYDR (sensory, Glu) <- source
+    URYDR = node(78, source)
+    # URYVL (sensory, Glu) <- source
+    URYVL = node(79, source)
+    # URYVR (sensory, Glu) <- source
+    URYVR = node(80, source)
     # AIMR (interneuron, Glu+5-HT) <- ASGR:1, ASKR:1
     AIMR = node(81, weighted_relu(w[0:2], ASGR, ASKR))
-    # RIH (interneuron, ACh+5-HT) <- ADEL:2, IL2DR:4, IL2L:31, IL2R:31, IL2VR:6,
-    #     CEPVL:1, OLQDR:1
-    RIH = node(82, weighted_relu(w[2:9], ADEL, IL2DR, IL2L, IL2R, IL2VR, CEPVL, OLQDR))
-    # URBL (interneuron, ACh) <- IL2L:19
-    URBL = node(83, weighted_relu(w[9:10], IL2L))
-    # URBR (interneuron, ACh) <- IL2R:10
-    URBR = node(84, weighted_relu(w[10:11], IL2R))
-    # PVQL (interneuron) <- ASJL:26, ASHL:5, ADLL:1, ADEL:1, PHBR:1
-    PVQL = node(85, weighted_relu(w[11:16], ASJL, ASHL, ADLL, ADEL, PHBR))
-    # BDUL (interneuron) <- ALML:14
-    BDUL = node(86, weighted_relu(w[16:17], ALML))
-    # BDUR (interneuron) <- ALMR:14, AVM:2
-    BDUR = node(87, weighted_relu(w[17:19], ALMR, AVM))
     # AVHL (interneuron) <- ADLL:1, DVA:2
-    AVHL = node(88, weighted_relu(w[19:21], ADLL, DVA))
+    AVHL = node(82, weighted_relu(w[2:4], ADLL, DVA))
+    # BDUL (interneuron) <- ALML:14
+    BDUL = node(83, weighted_relu(w[4:5], ALML))
+    # BDUR (interneuron) <- ALMR:14, AVM:2
+    BDUR = node(84, weighted_relu(w[5:7], ALMR, AVM))
     # LUAL (interneuron, Glu) <- PHAL:17
-    LUAL = node(89, weighted_relu(w[21:22], PHAL))
-    # RMGL (interneuron) <- URXL:1, ALNL:6, PLNL:5, ADEL:1, CEPDL:1
-    RMGL = node(90, weighted_relu(w[22:27], URXL, ALNL, PLNL, ADEL, CEPDL))
+    LUAL = node(85, weighted_relu(w[7:8], PHAL))
+    # PVQL (interneuron) <- ADEL:1, ADLL:1, ASHL:5, ASJL:26, PHBR:1
+    PVQL = node(86, weighted_relu(w[8:13], ADEL, ADLL, ASHL, ASJL, PHBR))
+    # R2AL (sex-specific, ACh+GABA) <- PHCL:1
+    R2AL = node(87, weighted_relu(w[13:14], PHCL))
+    # R4BR (sex-specific, ACh+5-HT+PEOH) <- PHCL:5, PHCR:2
+    R4BR = node(88, weighted_relu(w[14:16], PHCL, PHCR))
+    # RIH (interneuron, ACh+5-HT) <- ADEL:2, CEPVL:1, IL2DR:4, IL2L:31, IL2R:31,
+    #     IL2VR:6, OLQDR:1
+    RIH = node(89, weighted_relu(
+        w[16:23], ADEL, CEPVL, IL2DR, IL2L, IL2R, IL2VR, OLQDR,
+    ))
+    # RIVL (motor, ACh) <- ADER:2
+    RIVL = node(90, weighted_relu(w[23:24], ADER))
+    # RMGL (interneuron) <- ADEL:1, ALNL:6, CEPDL:1, PLNL:5, URXL:1
+    RMGL = node(91, weighted_relu(w[24:29], ADEL, ALNL, CEPDL, PLNL, URXL))
     del URXL
     # URADL (motor, ACh) <- ASJL:2, IL2DL:12
-    URADL = node(91, weighted_relu(w[27:29], ASJL, IL2DL))
+    URADL = node(92, weighted_relu(w[29:31], ASJL, IL2DL))
     del ASJL
-    # URADR (motor, ACh) <- IL2DR:8, CEPDR:5
-    URADR = node(92, weighted_relu(w[29:31], IL2DR, CEPDR))
-    # URAVL (motor, ACh) <- IL2VL:14, CEPVL:24
-    URAVL = node(93, weighted_relu(w[31:33], IL2VL, CEPVL))
-    # RIVL (motor, ACh) <- ADER:2
-    RIVL = node(94, weighted_relu(w[33:34], ADER))
+    # URADR (motor, ACh) <- CEPDR:5, IL2DR:8
+    URADR = node(93, weighted_relu(w[31:33], CEPDR, IL2DR))
+    # URAVL (motor, ACh) <- CEPVL:24, IL2VL:14
+    URAVL = node(94, weighted_relu(w[33:35], CEPVL, IL2VL))
+    # URBL (interneuron, ACh) <- IL2L:19
+    URBL = node(95, weighted_relu(w[35:36], IL2L))
+    # URBR (interneuron, ACh) <- IL2R:10
+    URBR = node(96, weighted_relu(w[36:37], IL2R))
     # VB05 (motor, ACh+Betaine) <- PVDR:1
-    VB05 = node(95, weighted_relu(w[34:35], PVDR))
-    # R2AL (sex-specific, ACh+GABA) <- PHCL:1
-    R2AL = node(96, weighted_relu(w[35:36], PHCL))
-    # R4BR (sex-specific, ACh+5-HT+PEOH) <- PHCL:5, PHCR:2
-    R4BR = node(97, weighted_relu(w[36:38], PHCL, PHCR))
-    # AIML (interneuron, Glu+5-HT) <- ASIL:3, ASGL:5, PVQL:9
-    AIML = node(98, weighted_relu(w[38:41], ASIL, ASGL, PVQL))
-    # AIYL (interneuron, ACh) <- AWAL:13, AWBL:13, ASEL:11, AFDL:59, AWCL:5, RIH:4
-    AIYL = node(99, weighted_relu(w[41:47], AWAL, AWBL, ASEL, AFDL, AWCL, RIH))
+    VB05 = node(97, weighted_relu(w[37:38], PVDR))
+    # AIML (interneuron, Glu+5-HT) <- ASGL:5, ASIL:3, PVQL:9
+    AIML = node(98, weighted_relu(w[38:41], ASGL, ASIL, PVQL))
+    # AIYL (interneuron, ACh) <- AFDL:59, ASEL:11, AWAL:13, AWBL:13, AWCL:5, RIH:4
+    AIYL = node(99, weighted_relu(w[41:47], AFDL, ASEL, AWAL, AWBL, AWCL, RIH))
     del AFDL
-    # AIYR (interneuron, ACh) <- AWAR:3, ASER:23, AFDR:30, AWCR:45, BAGL:1, RIH:2
-    AIYR = node(100, weighted_relu(w[47:53], AWAR, ASER, AFDR, AWCR, BAGL, RIH))
+    # AIYR (interneuron, ACh) <- AFDR:30, ASER:23, AWAR:3, AWCR:45, BAGL:1, RIH:2
+    AIYR = node(100, weighted_relu(w[47:53], AFDR, ASER, AWAR, AWCR, BAGL, RIH))
     # AVFR (interneuron, GABA) <- ADLR:2, PQR:2, AVHL:3, LUAL:2
     AVFR = node(101, weighted_relu(w[53:57], ADLR, PQR, AVHL, LUAL))
-    # RICR (interneuron, Glu+Oct) <- IL2DL:4, IL2L:3, IL2R:3, CEPDL:11, CEPDR:14,
-    #     CEPVL:27, CEPVR:24, OLQDL:13, OLQDR:3, OLQVR:16, RMGL:1
-    RICR = node(102, weighted_relu(
-        w[57:68], IL2DL, IL2L, IL2R, CEPDL, CEPDR, CEPVL, CEPVR, OLQDL, OLQDR, OLQVR,
+    # R2BR (sex-specific, Glu+PEOH) <- PHCR:16, R4BR:20
+    R2BR = node(102, weighted_relu(w[57:59], PHCR, R4BR))
+    # RICR (interneuron, Glu+Oct) <- CEPDL:11, CEPDR:14, CEPVL:27, CEPVR:24,
+    #     IL2DL:4, IL2L:3, IL2R:3, OLQDL:13, OLQDR:3, OLQVR:16, RMGL:1
+    RICR = node(103, weighted_relu(
+        w[59:70], CEPDL, CEPDR, CEPVL, CEPVR, IL2DL, IL2L, IL2R, OLQDL, OLQDR, OLQVR,
         RMGL,
     ))
-    # URAVR (motor, ACh) <- IL2VR:13, CEPVR:16, RIH:1
-    URAVR = node(103, weighted_relu(w[68:71], IL2VR, CEPVR, RIH))
     # RMEL (motor, GABA) <- IL2DR:3, IL2R:1, IL2VL:15, IL2VR:11, URAVL:1
-    RMEL = node(104, weighted_relu(w[71:76], IL2DR, IL2R, IL2VL, IL2VR, URAVL))
-    # R2BR (sex-specific, Glu+PEOH) <- PHCR:16, R4BR:20
-    R2BR = node(105, weighted_relu(w[76:78], PHCR, R4BR))
-    # AUAL (interneuron, Glu+Betaine) <- AWAL:2, ADFL:3, AIYL:4
-    AUAL = node(106, weighted_relu(w[78:81], AWAL, ADFL, AIYL))
+    RMEL = node(104, weighted_relu(w[70:75], IL2DR, IL2R, IL2VL, IL2VR, URAVL))
+    # URAVR (motor, ACh) <- CEPVR:16, IL2VR:13, RIH:1
+    URAVR = node(105, weighted_relu(w[75:78], CEPVR, IL2VR, RIH))
     # ADAL (interneuron, Glu) <- ADFL:2, RICR:3
-    ADAL = node(107, weighted_relu(w[81:83], ADFL, RICR))
-    # RIVR (motor, ACh) <- SDQR:10, FLPR:3, ADEL:1, ADER:1, CEPVL:4, RMGL:1,
-    #     RIVL:14, RICR:2
-    RIVR = node(108, weighted_relu(
-        w[83:91], SDQR, FLPR, ADEL, ADER, CEPVL, RMGL, RIVL, RICR,
-    ))
+    ADAL = node(106, weighted_relu(w[78:80], ADFL, RICR))
+    # AUAL (interneuron, Glu+Betaine) <- ADFL:3, AWAL:2, AIYL:4
+    AUAL = node(107, weighted_relu(w[80:83], ADFL, AWAL, AIYL))
     # CEMVL (sex-specific, ACh+5-HTP) <- IL2VL:1, AIYL:2
-    CEMVL = node(109, weighted_relu(w[91:93], IL2VL, AIYL))
+    CEMVL = node(108, weighted_relu(w[83:85], IL2VL, AIYL))
     # HOB (sex-specific, ACh) <- PHBL:8, PHCL:5, PHCR:11, R2BR:12
-    HOB = node(110, weighted_relu(w[93:97], PHBL, PHCL, PHCR, R2BR))
-    # RIS (interneuron, GABA+Betaine) <- FLPL:6, RIH:1, RIVR:3
-    RIS = node(111, weighted_relu(w[97:100], FLPL, RIH, RIVR))
-    # RIGL (interneuron, Glu) <- ADFL:9, ADEL:14, ADER:5, IL1VL:3, ADAL:19
-    RIGL = node(112, weighted_relu(w[100:105], ADFL, ADEL, ADER, IL1VL, ADAL))
+    HOB = node(109, weighted_relu(w[85:89], PHBL, PHCL, PHCR, R2BR))
+    # RIVR (motor, ACh) <- ADEL:1, ADER:1, CEPVL:4, FLPR:3, SDQR:10, RIVL:14,
+    #     RMGL:1, RICR:2
+    RIVR = node(110, weighted_relu(
+        w[89:97], ADEL, ADER, CEPVL, FLPR, SDQR, RIVL, RMGL, RICR,
+    ))
     # AVJL (interneuron, GABA) <- ADLL:10, AVM:6, RMGL:3, ADAL:3
-    AVJL = node(113, weighted_relu(w[105:109], ADLL, AVM, RMGL, ADAL))
-    # RIPL (interneuron, ACh) <- IL2DL:9, IL2VL:36, CEPVL:11, IL1DL:12, IL1VL:47,
+    AVJL = node(111, weighted_relu(w[97:101], ADLL, AVM, RMGL, ADAL))
+    # R2BL (sex-specific, Glu+PEOH) <- PHCL:36, R4BR:18, HOB:12
+    R2BL = node(112, weighted_relu(w[101:104], PHCL, R4BR, HOB))
+    # RIGL (interneuron, Glu) <- ADEL:14, ADER:5, ADFL:9, IL1VL:3, ADAL:19
+    RIGL = node(113, weighted_relu(w[104:109], ADEL, ADER, ADFL, IL1VL, ADAL))
+    # RIPL (interneuron, ACh) <- CEPVL:11, IL1DL:12, IL1VL:47, IL2DL:9, IL2VL:36,
     #     URADL:16, URAVL:34, ADAL:4
     RIPL = node(114, weighted_relu(
-        w[109:117], IL2DL, IL2VL, CEPVL, IL1DL, IL1VL, URADL, URAVL, ADAL,
+        w[109:117], CEPVL, IL1DL, IL1VL, IL2DL, IL2VL, URADL, URAVL, ADAL,
     ))
     del IL2DL, URADL
-    # R2BL (sex-specific, Glu+PEOH) <- PHCL:36, R4BR:18, HOB:12
-    R2BL = node(115, weighted_relu(w[117:120], PHCL, R4BR, HOB))
-    # AINR (interneuron, ACh) <- ASKL:6, AUAL:7, ADAL:2, RIGL:4
-    AINR = node(116, weighted_relu(w[120:124], ASKL, AUAL, ADAL, RIGL))
-    # RMHR (motor, ACh+Betaine) <- CEPDL:8, CEPVL:4, CEPVR:5, IL1L:6, RIGL:32
-    RMHR = node(117, weighted_relu(w[124:129], CEPDL, CEPVL, CEPVR, IL1L, RIGL))
+    # RIS (interneuron, GABA+Betaine) <- FLPL:6, RIH:1, RIVR:3
+    RIS = node(115, weighted_relu(w[117:120], FLPL, RIH, RIVR))
+    # AINR (interneuron, ACh) <- ASKL:6, ADAL:2, AUAL:7, RIGL:4
+    AINR = node(116, weighted_relu(w[120:124], ASKL, ADAL, AUAL, RIGL))
     # R7BL (sex-specific, ACh+5-HT+PEOH) <- PQR:3, AVFR:7, R2BR:1, R2BL:38
-    R7BL = node(118, weighted_relu(w[129:133], PQR, AVFR, R2BR, R2BL))
+    R7BL = node(117, weighted_relu(w[124:128], PQR, AVFR, R2BR, R2BL))
+    # RMHR (motor, ACh+Betaine) <- CEPDL:8, CEPVL:4, CEPVR:5, IL1L:6, RIGL:32
+    RMHR = node(118, weighted_relu(w[128:133], CEPDL, CEPVL, CEPVR, IL1L, RIGL))
     # R7BR (sex-specific, ACh+5-HT+PEOH) <- PQR:2, R4BR:1, AVFR:5, R2BR:19, R7BL:40
     R7BR = node(119, weighted_relu(w[133:138], PQR, R4BR, AVFR, R2BR, R7BL))
-    # AVFL (interneuron, GABA) <- ASHL:5, ADLL:1, PVDL:1, PHAR:5, PVQL:9, AVFR:4,
+    # AVFL (interneuron, GABA) <- ADLL:1, ASHL:5, PHAR:5, PVDL:1, PVQL:9, AVFR:4,
     #     CEMVL:5, R7BL:11, R7BR:14
     AVFL = node(120, weighted_relu(
-        w[138:147], ASHL, ADLL, PVDL, PHAR, PVQL, AVFR, CEMVL, R7BL, R7BR,
+        w[138:147], ADLL, ASHL, PHAR, PVDL, PVQL, AVFR, CEMVL, R7BL, R7BR,
     ))
     # R1BR (sex-specific, ACh+5-HT+PEOH) <- PDER:2, PHAR:2, AVFR:15, R7BL:13,
     #     R7BR:21, AVFL:80
     R1BR = node(121, weighted_relu(w[147:153], PDER, PHAR, AVFR, R7BL, R7BR, AVFL))
-    # VA12 (motor, ACh+Betaine) <- PQR:1, PVDR:3, AVFR:4, AVFL:11, R1BR:6
-    VA12 = node(122, weighted_relu(w[153:158], PQR, PVDR, AVFR, AVFL, R1BR))
-    # R6BR (sex-specific, Glu) <- PHAR:6, LUAL:8, AVFL:13, R1BR:72
-    R6BR = node(123, weighted_relu(w[158:162], PHAR, LUAL, AVFL, R1BR))
     # DVE (sex-specific) <- PHBL:3, PHBR:11, HOB:37, R1BR:1
-    DVE = node(124, weighted_relu(w[162:166], PHBL, PHBR, HOB, R1BR))
+    DVE = node(122, weighted_relu(w[153:157], PHBL, PHBR, HOB, R1BR))
+    # R6BR (sex-specific, Glu) <- PHAR:6, LUAL:8, AVFL:13, R1BR:72
+    R6BR = node(123, weighted_relu(w[157:161], PHAR, LUAL, AVFL, R1BR))
+    # VA12 (motor, ACh+Betaine) <- PQR:1, PVDR:3, AVFR:4, AVFL:11, R1BR:6
+    VA12 = node(124, weighted_relu(w[161:166], PQR, PVDR, AVFR, AVFL, R1BR))
     # R3BR (sex-specific, 5-HT+PEOH) <- PHAL:41, PHAR:3, PHBL:24, PHBR:4, AVFR:2,
     #     HOB:7, AVFL:5, R1BR:5, R6BR:2
     R3BR = node(125, weighted_relu(
@@ -1115,25 +1116,25 @@ def dag_forward(
     # R9BL (sex-specific, ACh+GABA+5-HT+5-HTP) <- PHAR:60, PHBR:13, LUAL:6, R4BR:3,
     #     R1BR:6, R6BR:72
     R9BL = node(126, weighted_relu(w[175:181], PHAR, PHBR, LUAL, R4BR, R1BR, R6BR))
-    # PVR (interneuron, Glu) <- SDQR:17, FLPL:2, PVDR:4, PDEL:3, PDER:3, CEPVR:5,
+    # PVR (interneuron, Glu) <- CEPVR:5, FLPL:2, PDEL:3, PDER:3, PVDR:4, SDQR:17,
     #     R9BL:8
     PVR = node(127, weighted_relu(
-        w[181:188], SDQR, FLPL, PVDR, PDEL, PDER, CEPVR, R9BL,
+        w[181:188], CEPVR, FLPL, PDEL, PDER, PVDR, SDQR, R9BL,
     ))
     # R9AL (sex-specific, Glu+DA) <- PHAL:9, PHBL:3, LUAL:2, HOB:13, R2BL:5, R7BR:6,
     #     R3BR:16, R9BL:30
     R9AL = node(128, weighted_relu(
         w[188:196], PHAL, PHBL, LUAL, HOB, R2BL, R7BR, R3BR, R9BL,
     ))
-    # PVCL (interneuron, ACh) <- SDQR:2, AQR:5, ALML:23, AVM:2, FLPL:6, DVA:1,
-    #     PVDL:13, PVDR:29, PDEL:2, PDER:2, PHAL:21, LUAL:2, VB05:1, AVFR:24,
+    # DX3 (sex-specific, ACh) <- PHBL:4, HOB:24, DVE:16, R3BR:13, R9AL:10
+    DX3 = node(129, weighted_relu(w[196:201], PHBL, HOB, DVE, R3BR, R9AL))
+    # PVCL (interneuron, ACh) <- ALML:23, AQR:5, AVM:2, DVA:1, FLPL:6, PDEL:2,
+    #     PDER:2, PHAL:21, PVDL:13, PVDR:29, SDQR:2, LUAL:2, VB05:1, AVFR:24,
     #     AVJL:5, VA12:11, R9BL:8, PVR:2, R9AL:3
-    PVCL = node(129, weighted_relu(
-        w[196:215], SDQR, AQR, ALML, AVM, FLPL, DVA, PVDL, PVDR, PDEL, PDER, PHAL, LUAL,
+    PVCL = node(130, weighted_relu(
+        w[201:220], ALML, AQR, AVM, DVA, FLPL, PDEL, PDER, PHAL, PVDL, PVDR, SDQR, LUAL,
         VB05, AVFR, AVJL, VA12, R9BL, PVR, R9AL,
     ))
-    # DX3 (sex-specific, ACh) <- PHBL:4, HOB:24, DVE:16, R3BR:13, R9AL:10
-    DX3 = node(130, weighted_relu(w[215:220], PHBL, HOB, DVE, R3BR, R9AL))
     # DX1 (sex-specific, ACh) <- PHAL:3, PHBL:13, HOB:19, R9AL:4, DX3:11
     DX1 = node(131, weighted_relu(w[220:225], PHAL, PHBL, HOB, R9AL, DX3))
     # PCAL (sex-specific, Glu) <- PHAR:2, PHCL:5, R2BR:2, HOB:52, DVE:2, R3BR:2,
@@ -1150,11 +1151,11 @@ def dag_forward(
     # PCAR (sex-specific, Glu) <- PHAR:2, PHBR:11, R2BR:12, HOB:51, AVFL:2, R1BR:12,
     #     HOA:10
     PCAR = node(134, weighted_relu(w[245:252], PHAR, PHBR, R2BR, HOB, AVFL, R1BR, HOA))
-    # AVG (interneuron, ACh) <- PVDL:8, PHAR:4, PHBL:8, PHBR:7, PHCL:47, PHCR:30,
+    # AVG (interneuron, ACh) <- PHAR:4, PHBL:8, PHBR:7, PHCL:47, PHCR:30, PVDL:8,
     #     R2AL:7, AVJL:2, R7BR:6, R1BR:14, DVE:4, R3BR:3, R9BL:1, PCAL:22, HOA:90,
     #     PCAR:8
     AVG = node(135, weighted_relu(
-        w[252:268], PVDL, PHAR, PHBL, PHBR, PHCL, PHCR, R2AL, AVJL, R7BR, R1BR, DVE,
+        w[252:268], PHAR, PHBL, PHBR, PHCL, PHCR, PVDL, R2AL, AVJL, R7BR, R1BR, DVE,
         R3BR, R9BL, PCAL, HOA, PCAR,
     ))
     # DVF (sex-specific) <- PHBL:1, HOB:25, R2BL:2, DVE:5, R9AL:7, AVG:4
@@ -1169,24 +1170,24 @@ def dag_forward(
     PCBR = node(139, weighted_relu(
         w[287:295], PHCL, PHCR, R2BR, HOB, R7BR, HOA, PCAR, PCBL,
     ))
-    # R9AR (sex-specific, Glu+DA) <- PHBR:6, PHCL:1, HOB:3, AVFL:1, R1BR:7, R3BR:2,
-    #     R9BL:1, PCAR:14, PCBR:2
-    R9AR = node(140, weighted_relu(
-        w[295:304], PHBR, PHCL, HOB, AVFL, R1BR, R3BR, R9BL, PCAR, PCBR,
-    ))
     # CA06 (sex-specific, ACh) <- PHCL:2, HOB:20, DVE:3, PCAL:1, PCAR:10, CP06:5,
     #     PCBL:19, PCBR:18
-    CA06 = node(141, weighted_relu(
-        w[304:312], PHCL, HOB, DVE, PCAL, PCAR, CP06, PCBL, PCBR,
+    CA06 = node(140, weighted_relu(
+        w[295:303], PHCL, HOB, DVE, PCAL, PCAR, CP06, PCBL, PCBR,
+    ))
+    # R9AR (sex-specific, Glu+DA) <- PHBR:6, PHCL:1, HOB:3, AVFL:1, R1BR:7, R3BR:2,
+    #     R9BL:1, PCAR:14, PCBR:2
+    R9AR = node(141, weighted_relu(
+        w[303:312], PHBR, PHCL, HOB, AVFL, R1BR, R3BR, R9BL, PCAR, PCBR,
+    ))
+    # CA05 (sex-specific, ACh) <- PHCR:10, PVQL:1, R2BR:2, HOB:30, R7BL:15, PCAR:2,
+    #     DVF:1, PCBR:18, CA06:3, R9AR:1
+    CA05 = node(142, weighted_relu(
+        w[312:322], PHCR, PVQL, R2BR, HOB, R7BL, PCAR, DVF, PCBR, CA06, R9AR,
     ))
     # R8BL (sex-specific, ACh+Oct) <- PHCR:2, R4BR:12, R2BL:6, R9BL:21, R9AL:9,
     #     R9AR:1
-    R8BL = node(142, weighted_relu(w[312:318], PHCR, R4BR, R2BL, R9BL, R9AL, R9AR))
-    # CA05 (sex-specific, ACh) <- PHCR:10, PVQL:1, R2BR:2, HOB:30, R7BL:15, PCAR:2,
-    #     DVF:1, PCBR:18, R9AR:1, CA06:3
-    CA05 = node(143, weighted_relu(
-        w[318:328], PHCR, PVQL, R2BR, HOB, R7BL, PCAR, DVF, PCBR, R9AR, CA06,
-    ))
+    R8BL = node(143, weighted_relu(w[322:328], PHCR, R4BR, R2BL, R9BL, R9AL, R9AR))
     # R4BL (sex-specific, ACh+5-HT+PEOH) <- PHCR:1, R4BR:2, R2BR:7, R2BL:17,
     #     R7BL:12, R9AL:2, R8BL:11
     R4BL = node(144, weighted_relu(
@@ -1199,11 +1200,11 @@ def dag_forward(
     R8BR = node(146, weighted_relu(
         w[339:347], PHCL, R4BR, R2BR, R2BL, PCAR, R9AR, R8BL, R4BL,
     ))
-    # PVNL (interneuron, ACh+Glu+Betaine) <- PQR:4, PHCL:1, LUAL:7, AVFR:2, R2BL:8,
+    # PVNL (interneuron, ACh+Glu+Betaine) <- PHCL:1, PQR:4, LUAL:7, AVFR:2, R2BL:8,
     #     R7BL:5, AVFL:8, R1BR:9, R3BR:38, R9BL:6, R9AL:2, AVG:7, R9AR:1, R8BL:14,
     #     R4BL:3, SPVR:5, R8BR:2
     PVNL = node(147, weighted_relu(
-        w[347:364], PQR, PHCL, LUAL, AVFR, R2BL, R7BL, AVFL, R1BR, R3BR, R9BL, R9AL,
+        w[347:364], PHCL, PQR, LUAL, AVFR, R2BL, R7BL, AVFL, R1BR, R3BR, R9BL, R9AL,
         AVG, R9AR, R8BL, R4BL, SPVR, R8BR,
     ))
     # R8AL (sex-specific, ACh+Tyr) <- PHAL:3, PHAR:7, PHBL:2, PHCL:11, PHCR:1,
@@ -1213,14 +1214,14 @@ def dag_forward(
         w[364:382], PHAL, PHAR, PHBL, PHCL, PHCR, R2BR, HOB, R2BL, R9AL, PCAL, HOA,
         PCAR, AVG, PCBL, R8BL, R4BL, SPVR, R8BR,
     ))
-    # PHDR (sex-specific, ACh+Betaine) <- R4BR:1, R2BL:12, R3BR:1, R9AR:6, R8BL:3,
-    #     R8BR:7, PVNL:14
-    PHDR = node(149, weighted_relu(
-        w[382:389], R4BR, R2BL, R3BR, R9AR, R8BL, R8BR, PVNL,
-    ))
     # PGA (sex-specific, ACh+5-HT) <- PHCL:1, R2BR:2, R7BL:2, R7BR:5, R3BR:4,
     #     PVNL:10, R8AL:3
-    PGA = node(150, weighted_relu(w[389:396], PHCL, R2BR, R7BL, R7BR, R3BR, PVNL, R8AL))
+    PGA = node(149, weighted_relu(w[382:389], PHCL, R2BR, R7BL, R7BR, R3BR, PVNL, R8AL))
+    # PHDR (sex-specific, ACh+Betaine) <- R4BR:1, R2BL:12, R3BR:1, R9AR:6, R8BL:3,
+    #     R8BR:7, PVNL:14
+    PHDR = node(150, weighted_relu(
+        w[389:396], R4BR, R2BL, R3BR, R9AR, R8BL, R8BR, PVNL,
+    ))
     # CP07 (sex-specific, ACh) <- PHAL:5, PHAR:21, PHBR:6, R2AL:14, R7BL:1, DVE:3,
     #     R3BR:13, PCAL:32, PCAR:35, DVF:3, PCBL:8, R9AR:25, PGA:4
     CP07 = node(151, weighted_relu(
@@ -1232,10 +1233,10 @@ def dag_forward(
     DVC = node(152, weighted_relu(
         w[409:417], FLPL, ADAL, RIGL, DVE, DVF, CA05, SPVR, CP07,
     ))
-    # R3BL (sex-specific, 5-HT+PEOH) <- PQR:3, PHAL:21, PHAR:1, LUAL:2, AVFR:8,
+    # R3BL (sex-specific, 5-HT+PEOH) <- PHAL:21, PHAR:1, PQR:3, LUAL:2, AVFR:8,
     #     HOB:14, R7BL:1, R7BR:3, R6BR:22, R3BR:2, PCAL:3, HOA:20, R9AR:1, CP07:10
     R3BL = node(153, weighted_relu(
-        w[417:431], PQR, PHAL, PHAR, LUAL, AVFR, HOB, R7BL, R7BR, R6BR, R3BR, PCAL, HOA,
+        w[417:431], PHAL, PHAR, PQR, LUAL, AVFR, HOB, R7BL, R7BR, R6BR, R3BR, PCAL, HOA,
         R9AR, CP07,
     ))
     # R6AR (sex-specific, ACh+GABA) <- PHCR:1, R4BR:34, R2BR:10, R7BL:5, R7BR:4,
@@ -1250,19 +1251,19 @@ def dag_forward(
         w[439:454], PHAL, PHAR, PHCL, PHCR, R2BR, HOB, R2BL, AVFL, PCAL, HOA, PCAR,
         PCBR, R9AR, R8BR, CP07,
     ))
-    # PVNR (interneuron, ACh+Glu+Betaine) <- PQR:2, PHCL:4, PHCR:4, R4BR:4, AVFR:4,
+    # DX2 (sex-specific, ACh) <- HOB:22, R9BL:1, R3BL:28
+    DX2 = node(156, weighted_relu(w[454:457], HOB, R9BL, R3BL))
+    # PVNR (interneuron, ACh+Glu+Betaine) <- PHCL:4, PHCR:4, PQR:2, R4BR:4, AVFR:4,
     #     R7BR:10, R1BR:13, HOA:1, R8BR:6, CP07:3, R3BL:6, R8AR:10
-    PVNR = node(156, weighted_relu(
-        w[454:466], PQR, PHCL, PHCR, R4BR, AVFR, R7BR, R1BR, HOA, R8BR, CP07, R3BL,
+    PVNR = node(157, weighted_relu(
+        w[457:469], PHCL, PHCR, PQR, R4BR, AVFR, R7BR, R1BR, HOA, R8BR, CP07, R3BL,
         R8AR,
     ))
     # SPDL (sex-specific) <- PHCL:5, HOB:2, R2BL:3, AVG:4, CA05:1, SPVR:58, PVNL:1,
     #     DVC:3
-    SPDL = node(157, weighted_relu(
-        w[466:474], PHCL, HOB, R2BL, AVG, CA05, SPVR, PVNL, DVC,
+    SPDL = node(158, weighted_relu(
+        w[469:477], PHCL, HOB, R2BL, AVG, CA05, SPVR, PVNL, DVC,
     ))
-    # DX2 (sex-specific, ACh) <- HOB:22, R9BL:1, R3BL:28
-    DX2 = node(158, weighted_relu(w[474:477], HOB, R9BL, R3BL))
     # PDB (motor, ACh) <- PHBR:10, PHCR:1, R4BR:4, R2BR:9, HOB:27, R7BL:19, R7BR:13,
     #     R1BR:2, DVE:1, R9BL:14, R9AL:6, DX3:2, PCAL:3, HOA:13, PCAR:1, R8BL:13,
     #     R4BL:6, PVNL:6, PGA:4, CP07:41, R3BL:8, R6AR:6, PVNR:6
@@ -1270,359 +1271,359 @@ def dag_forward(
         w[477:500], PHBR, PHCR, R4BR, R2BR, HOB, R7BL, R7BR, R1BR, DVE, R9BL, R9AL, DX3,
         PCAL, HOA, PCAR, R8BL, R4BL, PVNL, PGA, CP07, R3BL, R6AR, PVNR,
     ))
-    # SPDR (sex-specific) <- PHCR:3, R2BR:5, HOB:1, CA05:1, SPVR:55, DVC:2, SPDL:33
-    SPDR = node(160, weighted_relu(w[500:507], PHCR, R2BR, HOB, CA05, SPVR, DVC, SPDL))
     # PVX (sex-specific, ACh) <- PHAL:43, PHAR:23, PHBL:23, PHBR:7, PHCL:35,
     #     PHCR:38, R2AL:1, AVFR:1, AVJL:4, R2BL:8, R7BL:6, R1BR:2, R3BR:39, R9AL:13,
     #     PCAL:113, PCAR:160, AVG:2, PCBL:8, PCBR:5, R9AR:27, CA05:1, PVNL:9,
     #     R8AL:21, PGA:2, CP07:53, R6AR:17, R8AR:12, PVNR:1
-    PVX = node(161, weighted_relu(
-        w[507:535], PHAL, PHAR, PHBL, PHBR, PHCL, PHCR, R2AL, AVFR, AVJL, R2BL, R7BL,
+    PVX = node(160, weighted_relu(
+        w[500:528], PHAL, PHAR, PHBL, PHBR, PHCL, PHCR, R2AL, AVFR, AVJL, R2BL, R7BL,
         R1BR, R3BR, R9AL, PCAL, PCAR, AVG, PCBL, PCBR, R9AR, CA05, PVNL, R8AL, PGA,
         CP07, R6AR, R8AR, PVNR,
     ))
-    # PVPL (interneuron, ACh) <- ADLL:1, PQR:2, PVDL:1, PHCL:4, AVFR:2, DVF:3,
-    #     SPVR:2, PVNL:1, DVC:4, PVNR:1, SPDL:4, SPDR:1
-    PVPL = node(162, weighted_relu(
-        w[535:547], ADLL, PQR, PVDL, PHCL, AVFR, DVF, SPVR, PVNL, DVC, PVNR, SPDL, SPDR,
-    ))
-    # PVWL (interneuron) <- PQR:3, LUAL:4, AVFR:4, R1BR:6, PDB:1
-    PVWL = node(163, weighted_relu(w[547:552], PQR, LUAL, AVFR, R1BR, PDB))
-    # PHDL (sex-specific, ACh+Betaine) <- HOB:2, R2BL:6, R3BR:6, R9AL:3, PCAL:1,
-    #     R9AR:3, R8BL:18, R8BR:2, PHDR:13, PDB:2
-    PHDL = node(164, weighted_relu(
-        w[552:562], HOB, R2BL, R3BR, R9AL, PCAL, R9AR, R8BL, R8BR, PHDR, PDB,
-    ))
-    # EF2 (sex-specific, GABA) <- PQR:2, PHAR:37, PHBR:24, R4BR:15, AVFR:5, HOB:31,
-    #     R7BL:3, R7BR:19, AVFL:9, R1BR:21, R6BR:39, DVE:24, R3BR:22, R9BL:91,
+    # SPDR (sex-specific) <- PHCR:3, R2BR:5, HOB:1, CA05:1, SPVR:55, DVC:2, SPDL:33
+    SPDR = node(161, weighted_relu(w[528:535], PHCR, R2BR, HOB, CA05, SPVR, DVC, SPDL))
+    # CA07 (sex-specific, ACh+Glu) <- PHBR:4, HOA:1, PDB:6
+    CA07 = node(162, weighted_relu(w[535:538], PHBR, HOA, PDB))
+    # EF2 (sex-specific, GABA) <- PHAR:37, PHBR:24, PQR:2, R4BR:15, AVFR:5, HOB:31,
+    #     R7BL:3, R7BR:19, AVFL:9, R1BR:21, DVE:24, R6BR:39, R3BR:22, R9BL:91,
     #     AVG:5, CP06:5, PCBR:1, R9AR:2, CA05:1, R4BL:2, PVNL:10, R8AL:1, PGA:5,
     #     CP07:9, R3BL:23, R6AR:4, PVNR:26, PDB:4
-    EF2 = node(165, weighted_relu(
-        w[562:590], PQR, PHAR, PHBR, R4BR, AVFR, HOB, R7BL, R7BR, AVFL, R1BR, R6BR, DVE,
+    EF2 = node(163, weighted_relu(
+        w[538:566], PHAR, PHBR, PQR, R4BR, AVFR, HOB, R7BL, R7BR, AVFL, R1BR, DVE, R6BR,
         R3BR, R9BL, AVG, CP06, PCBR, R9AR, CA05, R4BL, PVNL, R8AL, PGA, CP07, R3BL,
         R6AR, PVNR, PDB,
     ))
-    # CA07 (sex-specific, ACh+Glu) <- PHBR:4, HOA:1, PDB:6
-    CA07 = node(166, weighted_relu(w[590:593], PHBR, HOA, PDB))
-    # PVQR (interneuron) <- ASJR:20, PHAR:1, PHBL:1, PHBR:4, R2AL:1, AVG:5, DVF:3,
-    #     PDB:2, EF2:20
-    PVQR = node(167, weighted_relu(
-        w[593:602], ASJR, PHAR, PHBL, PHBR, R2AL, AVG, DVF, PDB, EF2,
+    # PHDL (sex-specific, ACh+Betaine) <- HOB:2, R2BL:6, R3BR:6, R9AL:3, PCAL:1,
+    #     R9AR:3, R8BL:18, R8BR:2, PHDR:13, PDB:2
+    PHDL = node(164, weighted_relu(
+        w[566:576], HOB, R2BL, R3BR, R9AL, PCAL, R9AR, R8BL, R8BR, PHDR, PDB,
+    ))
+    # PVPL (interneuron, ACh) <- ADLL:1, PHCL:4, PQR:2, PVDL:1, AVFR:2, DVF:3,
+    #     SPVR:2, PVNL:1, DVC:4, PVNR:1, SPDL:4, SPDR:1
+    PVPL = node(165, weighted_relu(
+        w[576:588], ADLL, PHCL, PQR, PVDL, AVFR, DVF, SPVR, PVNL, DVC, PVNR, SPDL, SPDR,
+    ))
+    # PVWL (interneuron) <- PQR:3, LUAL:4, AVFR:4, R1BR:6, PDB:1
+    PVWL = node(166, weighted_relu(w[588:593], PQR, LUAL, AVFR, R1BR, PDB))
+    # AVDR (interneuron, ACh) <- ADLL:13, AQR:3, ASHL:14, AVM:2, DVA:1, PLML:5,
+    #     PLMR:5, PQR:9, PVDL:1, AVHL:2, LUAL:16, CEMVL:2, AVFL:4, R1BR:1, PVCL:12,
+    #     PVNL:1, PVX:4, PVPL:5
+    AVDR = node(167, weighted_relu(
+        w[593:611], ADLL, AQR, ASHL, AVM, DVA, PLML, PLMR, PQR, PVDL, AVHL, LUAL, CEMVL,
+        AVFL, R1BR, PVCL, PVNL, PVX, PVPL,
     ))
     # AVHR (interneuron) <- PHBL:8, PHBR:1, PHCR:2, AVJL:4, R3BR:7, AVG:4, PDB:1,
     #     CA07:3
     AVHR = node(168, weighted_relu(
-        w[602:610], PHBL, PHBR, PHCR, AVJL, R3BR, AVG, PDB, CA07,
+        w[611:619], PHBL, PHBR, PHCR, AVJL, R3BR, AVG, PDB, CA07,
     ))
     # AVJR (interneuron, GABA) <- CA07:1
-    AVJR = node(169, weighted_relu(w[610:611], CA07))
-    # AVDR (interneuron, ACh) <- ASHL:14, ADLL:13, AQR:3, PQR:9, AVM:2, PLML:5,
-    #     PLMR:5, DVA:1, PVDL:1, AVHL:2, LUAL:16, CEMVL:2, AVFL:4, R1BR:1, PVCL:12,
-    #     PVNL:1, PVX:4, PVPL:5
-    AVDR = node(170, weighted_relu(
-        w[611:629], ASHL, ADLL, AQR, PQR, AVM, PLML, PLMR, DVA, PVDL, AVHL, LUAL, CEMVL,
-        AVFL, R1BR, PVCL, PVNL, PVX, PVPL,
+    AVJR = node(169, weighted_relu(w[619:620], CA07))
+    # PVQR (interneuron) <- ASJR:20, PHAR:1, PHBL:1, PHBR:4, R2AL:1, AVG:5, DVF:3,
+    #     PDB:2, EF2:20
+    PVQR = node(170, weighted_relu(
+        w[620:629], ASJR, PHAR, PHBL, PHBR, R2AL, AVG, DVF, PDB, EF2,
     ))
-    # RID (interneuron) <- URYVL:1, AIML:3, CEMVL:2, PVCL:5, AVDR:1
-    RID = node(171, weighted_relu(w[629:634], URYVL, AIML, CEMVL, PVCL, AVDR))
-    del URYVL
+    # CA09 (sex-specific, ACh) <- AVHR:1
+    CA09 = node(171, weighted_relu(w[629:630], AVHR))
     # DB01 (motor, ACh) <- AVDR:1
-    DB01 = node(172, weighted_relu(w[634:635], AVDR))
+    DB01 = node(172, weighted_relu(w[630:631], AVDR))
     # EF1 (sex-specific, GABA) <- PHAR:44, PHBR:9, R4BR:20, AVFR:6, R2BR:9, HOB:48,
-    #     R2BL:10, R7BR:2, AVFL:3, R6BR:24, DVE:21, R9BL:45, R9AL:1, AVG:5, DVF:3,
+    #     R2BL:10, R7BR:2, AVFL:3, DVE:21, R6BR:24, R9BL:45, R9AL:1, AVG:5, DVF:3,
     #     R8BL:9, R4BL:18, SPVR:10, R8BR:46, PVNL:4, PGA:9, CP07:1, R3BL:60, PVNR:9,
     #     EF2:2, PVQR:14
     EF1 = node(173, weighted_relu(
-        w[635:661], PHAR, PHBR, R4BR, AVFR, R2BR, HOB, R2BL, R7BR, AVFL, R6BR, DVE,
+        w[631:657], PHAR, PHBR, R4BR, AVFR, R2BR, HOB, R2BL, R7BR, AVFL, DVE, R6BR,
         R9BL, R9AL, AVG, DVF, R8BL, R4BL, SPVR, R8BR, PVNL, PGA, CP07, R3BL, PVNR, EF2,
         PVQR,
     ))
-    # CA09 (sex-specific, ACh) <- AVHR:1
-    CA09 = node(174, weighted_relu(w[661:662], AVHR))
-    # EF3 (sex-specific, GABA) <- PQR:18, AVM:5, PHAL:44, PHBL:24, R4BR:11, AVFR:4,
-    #     R2BR:3, HOB:9, R2BL:33, R7BL:3, R7BR:4, R1BR:29, R6BR:10, DVE:2, R3BR:98,
+    # RID (interneuron) <- URYVL:1, AIML:3, CEMVL:2, PVCL:5, AVDR:1
+    RID = node(174, weighted_relu(w[657:662], URYVL, AIML, CEMVL, PVCL, AVDR))
+    del URYVL
+    # CA08 (sex-specific, ACh) <- CA07:1, CA09:2
+    CA08 = node(175, weighted_relu(w[662:664], CA07, CA09))
+    del CA09
+    # EF3 (sex-specific, GABA) <- AVM:5, PHAL:44, PHBL:24, PQR:18, R4BR:11, AVFR:4,
+    #     R2BR:3, HOB:9, R2BL:33, R7BL:3, R7BR:4, R1BR:29, DVE:2, R6BR:10, R3BR:98,
     #     R9BL:1, R9AL:19, DX3:4, CP06:2, R8BL:19, R4BL:5, R8BR:2, PVNL:22, R8AL:1,
     #     CP07:2, R3BL:65, PVNR:12, PDB:17, EF2:14, PVQR:5, EF1:3
-    EF3 = node(175, weighted_relu(
-        w[662:693], PQR, AVM, PHAL, PHBL, R4BR, AVFR, R2BR, HOB, R2BL, R7BL, R7BR, R1BR,
-        R6BR, DVE, R3BR, R9BL, R9AL, DX3, CP06, R8BL, R4BL, R8BR, PVNL, R8AL, CP07,
+    EF3 = node(176, weighted_relu(
+        w[664:695], AVM, PHAL, PHBL, PQR, R4BR, AVFR, R2BR, HOB, R2BL, R7BL, R7BR, R1BR,
+        DVE, R6BR, R3BR, R9BL, R9AL, DX3, CP06, R8BL, R4BL, R8BR, PVNL, R8AL, CP07,
         R3BL, PVNR, PDB, EF2, PVQR, EF1,
     ))
     del R6BR
-    # CA08 (sex-specific, ACh) <- CA07:1, CA09:2
-    CA08 = node(176, weighted_relu(w[693:695], CA07, CA09))
-    del CA09
     # MCMR (sex-specific) <- AVM:1, CEPVR:1, BDUR:8, AVFR:32, EF2:14, PVQR:4, EF3:25
     MCMR = node(177, weighted_relu(w[695:702], AVM, CEPVR, BDUR, AVFR, EF2, PVQR, EF3))
     # CEMVR (sex-specific, ACh+5-HTP) <- CEPVR:1, RIH:2, DVC:2, EF2:1, EF3:3, MCMR:6
     CEMVR = node(178, weighted_relu(w[702:708], CEPVR, RIH, DVC, EF2, EF3, MCMR))
-    # RIGR (interneuron, Glu) <- BAGL:15, URXR:17, FLPL:3, ADEL:5, ADER:5, OLLR:2,
-    #     DVC:10, CEMVR:18
-    RIGR = node(179, weighted_relu(
-        w[708:716], BAGL, URXR, FLPL, ADEL, ADER, OLLR, DVC, CEMVR,
-    ))
-    # RICL (interneuron, Glu+Oct) <- ASGL:4, URXR:1, IL2DR:3, IL2R:3, CEPDR:20,
-    #     CEPVL:20, CEPVR:22, OLQDR:22, OLQVL:19, AVHL:1, AIML:3, CEMVR:2
-    RICL = node(180, weighted_relu(
-        w[716:728], ASGL, URXR, IL2DR, IL2R, CEPDR, CEPVL, CEPVR, OLQDR, OLQVL, AVHL,
+    # RICL (interneuron, Glu+Oct) <- ASGL:4, CEPDR:20, CEPVL:20, CEPVR:22, IL2DR:3,
+    #     IL2R:3, OLQDR:22, OLQVL:19, URXR:1, AVHL:1, AIML:3, CEMVR:2
+    RICL = node(179, weighted_relu(
+        w[708:720], ASGL, CEPDR, CEPVL, CEPVR, IL2DR, IL2R, OLQDR, OLQVL, URXR, AVHL,
         AIML, CEMVR,
+    ))
+    # RIGR (interneuron, Glu) <- ADEL:5, ADER:5, BAGL:15, FLPL:3, OLLR:2, URXR:17,
+    #     DVC:10, CEMVR:18
+    RIGR = node(180, weighted_relu(
+        w[720:728], ADEL, ADER, BAGL, FLPL, OLLR, URXR, DVC, CEMVR,
     ))
     # RIR (interneuron, ACh+Betaine) <- DVA:33, AIYL:1, RIGL:12, AVHR:1, RIGR:16
     RIR = node(181, weighted_relu(w[728:733], DVA, AIYL, RIGL, AVHR, RIGR))
-    # RMHL (motor, ACh+Betaine) <- CEPDL:13, CEPDR:6, CEPVL:1, CEPVR:9, OLQVL:1,
-    #     IL1R:5, RMGL:1, RMEL:3, CEMVR:1, RIGR:19, RICL:1
+    # RMHL (motor, ACh+Betaine) <- CEPDL:13, CEPDR:6, CEPVL:1, CEPVR:9, IL1R:5,
+    #     OLQVL:1, RMGL:1, RMEL:3, CEMVR:1, RICL:1, RIGR:19
     RMHL = node(182, weighted_relu(
-        w[733:744], CEPDL, CEPDR, CEPVL, CEPVR, OLQVL, IL1R, RMGL, RMEL, CEMVR, RIGR,
-        RICL,
+        w[733:744], CEPDL, CEPDR, CEPVL, CEPVR, IL1R, OLQVL, RMGL, RMEL, CEMVR, RICL,
+        RIGR,
     ))
     del RMEL
-    # AUAR (interneuron, Glu+Betaine) <- ADFR:10, AFDR:2, URXR:6, DVA:2, RIH:2,
-    #     AVHR:1, RIR:3
-    AUAR = node(183, weighted_relu(w[744:751], ADFR, AFDR, URXR, DVA, RIH, AVHR, RIR))
-    del AFDR
-    # AIZL (interneuron, Glu) <- AWAL:50, ASGL:3, AWBL:1, ADFL:37, RIH:16, AIYL:157,
+    # AIZL (interneuron, Glu) <- ADFL:37, ASGL:3, AWAL:50, AWBL:1, RIH:16, AIYL:157,
     #     RIR:10
-    AIZL = node(184, weighted_relu(w[751:758], AWAL, ASGL, AWBL, ADFL, RIH, AIYL, RIR))
-    # AIZR (interneuron, Glu) <- AWAR:88, AWBR:13, ASER:8, ADFR:24, DVA:6, RIH:17,
+    AIZL = node(183, weighted_relu(w[744:751], ADFL, ASGL, AWAL, AWBL, RIH, AIYL, RIR))
+    # AIZR (interneuron, Glu) <- ADFR:24, ASER:8, AWAR:88, AWBR:13, DVA:6, RIH:17,
     #     AIYL:2, AIYR:152, RIR:6
-    AIZR = node(185, weighted_relu(
-        w[758:767], AWAR, AWBR, ASER, ADFR, DVA, RIH, AIYL, AIYR, RIR,
+    AIZR = node(184, weighted_relu(
+        w[751:760], ADFR, ASER, AWAR, AWBR, DVA, RIH, AIYL, AIYR, RIR,
     ))
     del AWAR
-    # AVKL (interneuron) <- PVM:15, ADEL:10, PDEL:13, PDER:23, RIS:9, RIGL:8,
+    # AUAR (interneuron, Glu+Betaine) <- ADFR:10, AFDR:2, DVA:2, URXR:6, RIH:2,
+    #     AVHR:1, RIR:3
+    AUAR = node(185, weighted_relu(w[760:767], ADFR, AFDR, DVA, URXR, RIH, AVHR, RIR))
+    del AFDR
+    # AVKL (interneuron) <- ADEL:10, PDEL:13, PDER:23, PVM:15, RIGL:8, RIS:9,
     #     DVC:15, CEMVR:2, RIGR:14, RMHL:3
     AVKL = node(186, weighted_relu(
-        w[767:777], PVM, ADEL, PDEL, PDER, RIS, RIGL, DVC, CEMVR, RIGR, RMHL,
+        w[767:777], ADEL, PDEL, PDER, PVM, RIGL, RIS, DVC, CEMVR, RIGR, RMHL,
     ))
     del PVM
-    # AIAL (interneuron, ACh) <- ASIL:1, ASGL:70, AWCL:13, ASKL:8, ASHL:23, PVQL:9,
+    # AIAL (interneuron, ACh) <- ASGL:70, ASHL:23, ASIL:1, ASKL:8, AWCL:13, PVQL:9,
     #     AIML:2, CEMVL:2, AINR:8, AIZL:10
     AIAL = node(187, weighted_relu(
-        w[777:787], ASIL, ASGL, AWCL, ASKL, ASHL, PVQL, AIML, CEMVL, AINR, AIZL,
+        w[777:787], ASGL, ASHL, ASIL, ASKL, AWCL, PVQL, AIML, CEMVL, AINR, AIZL,
     ))
     del ASGL
-    # AIAR (interneuron, ACh) <- ASIR:3, ASGR:57, ASER:2, ASKR:38, ASHR:48, ADLR:24,
-    #     AIMR:41, AIYR:10, PVQR:17, AVHR:2, AIZR:8
+    # AIAR (interneuron, ACh) <- ADLR:24, ASER:2, ASGR:57, ASHR:48, ASIR:3, ASKR:38,
+    #     AIMR:41, AIYR:10, AVHR:2, PVQR:17, AIZR:8
     AIAR = node(188, weighted_relu(
-        w[787:798], ASIR, ASGR, ASER, ASKR, ASHR, ADLR, AIMR, AIYR, PVQR, AVHR, AIZR,
+        w[787:798], ADLR, ASER, ASGR, ASHR, ASIR, ASKR, AIMR, AIYR, AVHR, PVQR, AIZR,
     ))
     del ASIR
-    # SMBDR (motor, ACh) <- ADFR:3, ALNL:4, SDQL:11, DVA:5, CEPDL:5, OLQDL:4,
+    # SMBDR (motor, ACh) <- ADFR:3, ALNL:4, CEPDL:5, DVA:5, OLQDL:4, SDQL:11,
     #     RICR:10, AIZR:25
     SMBDR = node(189, weighted_relu(
-        w[798:806], ADFR, ALNL, SDQL, DVA, CEPDL, OLQDL, RICR, AIZR,
+        w[798:806], ADFR, ALNL, CEPDL, DVA, OLQDL, SDQL, RICR, AIZR,
     ))
-    # RIFL (interneuron, ACh) <- ASHL:1, AVFR:1, ADAL:1, AVFL:4, PVPL:1, AIAL:27
-    RIFL = node(190, weighted_relu(w[806:812], ASHL, AVFR, ADAL, AVFL, PVPL, AIAL))
-    # SMBDL (motor, ACh) <- ALNR:1, AIZL:36, AIZR:3, SMBDR:3
-    SMBDL = node(191, weighted_relu(w[812:816], ALNR, AIZL, AIZR, SMBDR))
     # CEMDL (sex-specific, ACh+5-HTP) <- SMBDR:5
-    CEMDL = node(192, weighted_relu(w[816:817], SMBDR))
-    # AIBL (interneuron, Glu+Betaine) <- ASIL:11, ASEL:5, AWCL:3, ASKL:3, ASHL:20,
-    #     ADLL:16, FLPL:24, FLPR:3, AIML:30, RICR:15, ADAL:8, AINR:9, DVC:3,
-    #     AIZR:72, AIAL:45, RIFL:3
+    CEMDL = node(190, weighted_relu(w[806:807], SMBDR))
+    # RIFL (interneuron, ACh) <- ASHL:1, AVFR:1, ADAL:1, AVFL:4, PVPL:1, AIAL:27
+    RIFL = node(191, weighted_relu(w[807:813], ASHL, AVFR, ADAL, AVFL, PVPL, AIAL))
+    # SMBDL (motor, ACh) <- ALNR:1, AIZL:36, AIZR:3, SMBDR:3
+    SMBDL = node(192, weighted_relu(w[813:817], ALNR, AIZL, AIZR, SMBDR))
+    # AIBL (interneuron, Glu+Betaine) <- ADLL:16, ASEL:5, ASHL:20, ASIL:11, ASKL:3,
+    #     AWCL:3, FLPL:24, FLPR:3, AIML:30, RICR:15, ADAL:8, AINR:9, DVC:3, AIZR:72,
+    #     AIAL:45, RIFL:3
     AIBL = node(193, weighted_relu(
-        w[817:833], ASIL, ASEL, AWCL, ASKL, ASHL, ADLL, FLPL, FLPR, AIML, RICR, ADAL,
+        w[817:833], ADLL, ASEL, ASHL, ASIL, ASKL, AWCL, FLPL, FLPR, AIML, RICR, ADAL,
         AINR, DVC, AIZR, AIAL, RIFL,
     ))
     del ASIL, AWCL, ASKL, AIML, AIAL
-    # AIBR (interneuron, Glu+Betaine) <- ASGR:9, ASER:13, AWCR:13, ASHR:2, ADLR:53,
+    # AIBR (interneuron, Glu+Betaine) <- ADLR:53, ASER:13, ASGR:9, ASHR:2, AWCR:13,
     #     BAGL:1, FLPR:4, IL1VL:3, AIMR:36, RIVR:10, DVC:6, RICL:4, AIZL:27, AIAR:6,
     #     SMBDL:2
     AIBR = node(194, weighted_relu(
-        w[833:848], ASGR, ASER, AWCR, ASHR, ADLR, BAGL, FLPR, IL1VL, AIMR, RIVR, DVC,
+        w[833:848], ADLR, ASER, ASGR, ASHR, AWCR, BAGL, FLPR, IL1VL, AIMR, RIVR, DVC,
         RICL, AIZL, AIAR, SMBDL,
     ))
     del ASGR, ASER, AWCR, AIMR, AIAR
     # SAAVR (interneuron, ACh) <- ALNL:24, ALNR:8, DVA:1, RICR:9, RICL:3, SMBDL:17
     SAAVR = node(195, weighted_relu(w[848:854], ALNL, ALNR, DVA, RICR, RICL, SMBDL))
     # RIML (interneuron, Glu+Tyr+Betaine) <- FLPR:4, RICR:4, ADAL:11, RIVR:10,
-    #     RIS:27, RIGL:9, AVFL:10, RICL:2, AIZL:14, AVKL:2, RIFL:41, SMBDL:2,
+    #     RIGL:9, RIS:27, AVFL:10, RICL:2, AIZL:14, AVKL:2, RIFL:41, SMBDL:2,
     #     AIBL:1, AIBR:36, SAAVR:29
     RIML = node(196, weighted_relu(
-        w[854:869], FLPR, RICR, ADAL, RIVR, RIS, RIGL, AVFL, RICL, AIZL, AVKL, RIFL,
+        w[854:869], FLPR, RICR, ADAL, RIVR, RIGL, RIS, AVFL, RICL, AIZL, AVKL, RIFL,
         SMBDL, AIBL, AIBR, SAAVR,
     ))
-    # SAAVL (interneuron, ACh) <- ALNL:12, PLNL:1, DVA:3, AVKL:3, SMBDR:14, RIML:24
-    SAAVL = node(197, weighted_relu(w[869:875], ALNL, PLNL, DVA, AVKL, SMBDR, RIML))
-    # RIMR (interneuron, Glu+Tyr+Betaine) <- ALNL:4, AVM:3, DVA:4, RIS:16, RIGL:1,
+    # SAAVL (interneuron, ACh) <- ALNL:12, DVA:3, PLNL:1, AVKL:3, SMBDR:14, RIML:24
+    SAAVL = node(197, weighted_relu(w[869:875], ALNL, DVA, PLNL, AVKL, SMBDR, RIML))
+    # RIMR (interneuron, Glu+Tyr+Betaine) <- ALNL:4, AVM:3, DVA:4, RIGL:1, RIS:16,
     #     AIZR:24, AIBL:42, AIBR:2, SAAVR:5, SAAVL:50
     RIMR = node(198, weighted_relu(
-        w[875:885], ALNL, AVM, DVA, RIS, RIGL, AIZR, AIBL, AIBR, SAAVR, SAAVL,
+        w[875:885], ALNL, AVM, DVA, RIGL, RIS, AIZR, AIBL, AIBR, SAAVR, SAAVL,
+    ))
+    # AVDL (interneuron, ACh) <- ADLR:40, ALMR:9, AQR:2, ASHR:24, FLPL:11, PLMR:8,
+    #     PQR:13, PVDL:1, PVDR:1, AVFR:8, PVNL:5, PVX:4, CEMVR:34, AVKL:1, RIMR:1
+    AVDL = node(199, weighted_relu(
+        w[885:900], ADLR, ALMR, AQR, ASHR, FLPL, PLMR, PQR, PVDL, PVDR, AVFR, PVNL, PVX,
+        CEMVR, AVKL, RIMR,
     ))
     # RIFR (interneuron, ACh) <- ASJR:2, ASKR:1, AVM:1, AVFR:30, EF2:14, EF1:3,
     #     EF3:18, MCMR:25, RIMR:8
-    RIFR = node(199, weighted_relu(
-        w[885:894], ASJR, ASKR, AVM, AVFR, EF2, EF1, EF3, MCMR, RIMR,
+    RIFR = node(200, weighted_relu(
+        w[900:909], ASJR, ASKR, AVM, AVFR, EF2, EF1, EF3, MCMR, RIMR,
     ))
     del ASKR
-    # AVDL (interneuron, ACh) <- ASHR:24, ADLR:40, AQR:2, PQR:13, ALMR:9, PLMR:8,
-    #     FLPL:11, PVDL:1, PVDR:1, AVFR:8, PVNL:5, PVX:4, CEMVR:34, AVKL:1, RIMR:1
-    AVDL = node(200, weighted_relu(
-        w[894:909], ASHR, ADLR, AQR, PQR, ALMR, PLMR, FLPL, PVDL, PVDR, AVFR, PVNL, PVX,
-        CEMVR, AVKL, RIMR,
-    ))
     # RMFR (interneuron, ACh) <- BAGL:5, AIBL:5, RIML:1, SAAVL:11, RIMR:11
     RMFR = node(201, weighted_relu(w[909:914], BAGL, AIBL, RIML, SAAVL, RIMR))
-    # SMDVL (motor, ACh+GABA+Betaine) <- CEPVR:2, OLLR:24, IL1VR:2, RIH:8, DVC:1,
+    # SMDVL (motor, ACh+GABA+Betaine) <- CEPVR:2, IL1VR:2, OLLR:24, RIH:8, DVC:1,
     #     CEMVR:2, RIML:12, RIMR:2
     SMDVL = node(202, weighted_relu(
-        w[914:922], CEPVR, OLLR, IL1VR, RIH, DVC, CEMVR, RIML, RIMR,
+        w[914:922], CEPVR, IL1VR, OLLR, RIH, DVC, CEMVR, RIML, RIMR,
     ))
-    # SMDVR (motor, ACh+GABA+Betaine) <- ALNR:6, PLNL:3, OLLL:24, RICR:2, RIVR:6,
+    # SMDVR (motor, ACh+GABA+Betaine) <- ALNR:6, OLLL:24, PLNL:3, RICR:2, RIVR:6,
     #     RICL:3, SAAVR:1, RIMR:11, SMDVL:2
     SMDVR = node(203, weighted_relu(
-        w[922:931], ALNR, PLNL, OLLL, RICR, RIVR, RICL, SAAVR, RIMR, SMDVL,
+        w[922:931], ALNR, OLLL, PLNL, RICR, RIVR, RICL, SAAVR, RIMR, SMDVL,
     ))
-    # RIAR (interneuron, Glu) <- AWBR:26, ADFR:33, BAGL:39, URXR:8, AQR:6, DVA:4,
-    #     OLQDR:1, RIH:62, RIVL:5, AIYL:2, AIYR:121, RIVR:2, CEMVR:10, RIR:9,
-    #     AUAR:42, AIZL:5, AIZR:42, RIMR:1, SMDVL:54, SMDVR:39
+    # RIAR (interneuron, Glu) <- ADFR:33, AQR:6, AWBR:26, BAGL:39, DVA:4, OLQDR:1,
+    #     URXR:8, RIH:62, RIVL:5, AIYL:2, AIYR:121, RIVR:2, CEMVR:10, RIR:9, AIZL:5,
+    #     AIZR:42, AUAR:42, RIMR:1, SMDVL:54, SMDVR:39
     RIAR = node(204, weighted_relu(
-        w[931:951], AWBR, ADFR, BAGL, URXR, AQR, DVA, OLQDR, RIH, RIVL, AIYL, AIYR,
-        RIVR, CEMVR, RIR, AUAR, AIZL, AIZR, RIMR, SMDVL, SMDVR,
+        w[931:951], ADFR, AQR, AWBR, BAGL, DVA, OLQDR, URXR, RIH, RIVL, AIYL, AIYR,
+        RIVR, CEMVR, RIR, AIZL, AIZR, AUAR, RIMR, SMDVL, SMDVR,
     ))
     # RMED (motor, GABA) <- IL2DR:3, IL2VL:6, IL2VR:12, RIS:1, SMBDL:61, SMDVL:1,
     #     SMDVR:15
     RMED = node(205, weighted_relu(
         w[951:958], IL2DR, IL2VL, IL2VR, RIS, SMBDL, SMDVL, SMDVR,
     ))
-    # RIAL (interneuron, Glu) <- AWBL:13, ADFL:47, ASHL:8, AQR:5, DVA:1, IL2VL:5,
-    #     IL1VL:3, RIH:8, RIVL:6, AIYL:171, RICR:1, AUAL:45, ADAL:13, RIVR:11,
-    #     CEMVL:5, RIGL:3, AINR:24, RIR:10, AIZL:44, SMDVL:32, SMDVR:40, RIAR:47
+    # RIAL (interneuron, Glu) <- ADFL:47, AQR:5, ASHL:8, AWBL:13, DVA:1, IL1VL:3,
+    #     IL2VL:5, RIH:8, RIVL:6, AIYL:171, RICR:1, ADAL:13, AUAL:45, CEMVL:5,
+    #     RIVR:11, RIGL:3, AINR:24, RIR:10, AIZL:44, SMDVL:32, SMDVR:40, RIAR:47
     RIAL = node(206, weighted_relu(
-        w[958:980], AWBL, ADFL, ASHL, AQR, DVA, IL2VL, IL1VL, RIH, RIVL, AIYL, RICR,
-        AUAL, ADAL, RIVR, CEMVL, RIGL, AINR, RIR, AIZL, SMDVL, SMDVR, RIAR,
+        w[958:980], ADFL, AQR, ASHL, AWBL, DVA, IL1VL, IL2VL, RIH, RIVL, AIYL, RICR,
+        ADAL, AUAL, CEMVL, RIVR, RIGL, AINR, RIR, AIZL, SMDVL, SMDVR, RIAR,
     ))
     # SIADL (motor, ACh) <- SDQR:2, SMBDL:19, RIAR:4
     SIADL = node(207, weighted_relu(w[980:983], SDQR, SMBDL, RIAR))
-    # RMGR (interneuron) <- ASJR:3, URXR:1, ALNR:2, PLNR:5, URBR:1, BDUR:2, RMHL:4,
-    #     RIAL:4
-    RMGR = node(208, weighted_relu(
-        w[983:991], ASJR, URXR, ALNR, PLNR, URBR, BDUR, RMHL, RIAL,
-    ))
-    del BDUR, URBR
-    # RMDVL (motor, ACh) <- OLLL:4, OLQVR:23, IL1DL:25, IL1L:13, IL1R:2, RMGL:32,
-    #     RIVL:4, RIS:1, RMHL:2, SMDVL:29, RIAR:113, RMED:3, RIAL:71
-    RMDVL = node(209, weighted_relu(
-        w[991:1004], OLLL, OLQVR, IL1DL, IL1L, IL1R, RMGL, RIVL, RIS, RMHL, SMDVL, RIAR,
+    # RMDVL (motor, ACh) <- IL1DL:25, IL1L:13, IL1R:2, OLLL:4, OLQVR:23, RIVL:4,
+    #     RMGL:32, RIS:1, RMHL:2, SMDVL:29, RIAR:113, RMED:3, RIAL:71
+    RMDVL = node(208, weighted_relu(
+        w[983:996], IL1DL, IL1L, IL1R, OLLL, OLQVR, RIVL, RMGL, RIS, RMHL, SMDVL, RIAR,
         RMED, RIAL,
     ))
     del IL1DL
-    # RIBR (interneuron, GABA) <- AWBR:6, BAGL:20, AVM:5, IL2R:15, CEPDR:2, CEPVR:2,
-    #     OLLR:23, IL1R:11, RIH:24, AIYR:117, RIS:15, DVC:14, EF3:1, CEMVR:8,
+    # RMGR (interneuron) <- ALNR:2, ASJR:3, PLNR:5, URXR:1, BDUR:2, URBR:1, RMHL:4,
+    #     RIAL:4
+    RMGR = node(209, weighted_relu(
+        w[996:1004], ALNR, ASJR, PLNR, URXR, BDUR, URBR, RMHL, RIAL,
+    ))
+    del BDUR, URBR
+    # RIBR (interneuron, GABA) <- AVM:5, AWBR:6, BAGL:20, CEPDR:2, CEPVR:2, IL1R:11,
+    #     IL2R:15, OLLR:23, RIH:24, AIYR:117, RIS:15, DVC:14, EF3:1, CEMVR:8,
     #     RIGR:5, RMHL:2, AUAR:25, AIBL:4, RIML:3, RIMR:3, SMDVL:9, RIAR:32,
     #     RIAL:22, RMGR:24
     RIBR = node(210, weighted_relu(
-        w[1004:1028], AWBR, BAGL, AVM, IL2R, CEPDR, CEPVR, OLLR, IL1R, RIH, AIYR, RIS,
+        w[1004:1028], AVM, AWBR, BAGL, CEPDR, CEPVR, IL1R, IL2R, OLLR, RIH, AIYR, RIS,
         DVC, EF3, CEMVR, RIGR, RMHL, AUAR, AIBL, RIML, RIMR, SMDVL, RIAR, RIAL, RMGR,
     ))
     del BAGL, AWBR, AUAR
-    # RIPR (interneuron, ACh) <- ADFR:1, IL2DR:11, IL2VR:40, CEPDR:5, CEPVR:3,
-    #     OLQDR:5, IL1DR:17, IL1VR:30, RIH:50, URADR:16, URAVR:15, PVR:15, MCMR:6,
+    # RIPR (interneuron, ACh) <- ADFR:1, CEPDR:5, CEPVR:3, IL1DR:17, IL1VR:30,
+    #     IL2DR:11, IL2VR:40, OLQDR:5, RIH:50, URADR:16, URAVR:15, PVR:15, MCMR:6,
     #     CEMVR:1, RMDVL:1
     RIPR = node(211, weighted_relu(
-        w[1028:1043], ADFR, IL2DR, IL2VR, CEPDR, CEPVR, OLQDR, IL1DR, IL1VR, RIH, URADR,
+        w[1028:1043], ADFR, CEPDR, CEPVR, IL1DR, IL1VR, IL2DR, IL2VR, OLQDR, RIH, URADR,
         URAVR, PVR, MCMR, CEMVR, RMDVL,
     ))
     # SIBVR (motor, ACh) <- OLQDR:14, AIBL:6, RMFR:6, SMDVR:30, RMGR:2
     SIBVR = node(212, weighted_relu(w[1043:1048], OLQDR, AIBL, RMFR, SMDVR, RMGR))
     del RMFR
-    # RMDDR (motor, ACh) <- CEPVR:16, OLLR:17, OLQDL:6, IL1R:28, IL1VR:47, URBL:1,
-    #     RIVL:3, MCMR:2, SMBDR:11, SMDVL:48, RIAR:107, RIAL:51, RMDVL:71, RIBR:5
+    # RMDDR (motor, ACh) <- CEPVR:16, IL1R:28, IL1VR:47, OLLR:17, OLQDL:6, RIVL:3,
+    #     URBL:1, MCMR:2, SMBDR:11, SMDVL:48, RIAR:107, RIAL:51, RMDVL:71, RIBR:5
     RMDDR = node(213, weighted_relu(
-        w[1048:1062], CEPVR, OLLR, OLQDL, IL1R, IL1VR, URBL, RIVL, MCMR, SMBDR, SMDVL,
+        w[1048:1062], CEPVR, IL1R, IL1VR, OLLR, OLQDL, RIVL, URBL, MCMR, SMBDR, SMDVL,
         RIAR, RIAL, RMDVL, RIBR,
     ))
     del RMDVL
-    # RMDR (motor, ACh) <- IL2L:10, IL2R:1, OLLL:23, OLLR:5, IL1L:3, RMGL:30, RIS:5,
+    # RMDR (motor, ACh) <- IL1L:3, IL2L:10, IL2R:1, OLLL:23, OLLR:5, RMGL:30, RIS:5,
     #     RMHR:2, RMHL:5, RIML:11, RIMR:6, RIAR:33, RIAL:27, RMGR:4, RIBR:5
     RMDR = node(214, weighted_relu(
-        w[1062:1077], IL2L, IL2R, OLLL, OLLR, IL1L, RMGL, RIS, RMHR, RMHL, RIML, RIMR,
+        w[1062:1077], IL1L, IL2L, IL2R, OLLL, OLLR, RMGL, RIS, RMHR, RMHL, RIML, RIMR,
         RIAR, RIAL, RMGR, RIBR,
     ))
     del RMHL
-    # SIAVL (motor, ACh) <- PLNL:1, CEPVL:9, AVHL:1, RIVR:13, PVCL:2, SMBDL:3,
+    # SIAVL (motor, ACh) <- CEPVL:9, PLNL:1, AVHL:1, RIVR:13, PVCL:2, SMBDL:3,
     #     SMDVR:30, RIAR:23, SIBVR:5
     SIAVL = node(215, weighted_relu(
-        w[1077:1086], PLNL, CEPVL, AVHL, RIVR, PVCL, SMBDL, SMDVR, RIAR, SIBVR,
+        w[1077:1086], CEPVL, PLNL, AVHL, RIVR, PVCL, SMBDL, SMDVR, RIAR, SIBVR,
     ))
-    # RMER (motor, GABA) <- IL2DR:4, IL2L:8, IL2VL:6, IL2VR:15, OLLR:1, OLQVR:5,
-    #     IL1VR:1, URBL:1, URADR:10, URAVR:12, RMDR:2
-    RMER = node(216, weighted_relu(
-        w[1086:1097], IL2DR, IL2L, IL2VL, IL2VR, OLLR, OLQVR, IL1VR, URBL, URADR, URAVR,
+    # RMDL (motor, ACh) <- IL1L:15, OLLL:1, RMGL:2, URBL:18, RIS:1, RMHR:12,
+    #     RIMR:17, RIAR:13, RIAL:12, RMDR:16
+    RMDL = node(216, weighted_relu(
+        w[1086:1096], IL1L, OLLL, RMGL, URBL, RIS, RMHR, RIMR, RIAR, RIAL, RMDR,
+    ))
+    del RMHR
+    # RMER (motor, GABA) <- IL1VR:1, IL2DR:4, IL2L:8, IL2VL:6, IL2VR:15, OLLR:1,
+    #     OLQVR:5, URADR:10, URBL:1, URAVR:12, RMDR:2
+    RMER = node(217, weighted_relu(
+        w[1096:1107], IL1VR, IL2DR, IL2L, IL2VL, IL2VR, OLLR, OLQVR, URADR, URBL, URAVR,
         RMDR,
     ))
-    del IL2VR, IL1VR, URADR, URAVR
+    del IL2VR, IL1VR, URADR, URAVR, URBL
     # RMEV (motor, GABA) <- IL2DR:1, IL2VL:5, RIH:14, URAVL:1, RIS:14, SMDVL:2,
     #     RMDDR:1
-    RMEV = node(217, weighted_relu(
-        w[1097:1104], IL2DR, IL2VL, RIH, URAVL, RIS, SMDVL, RMDDR,
+    RMEV = node(218, weighted_relu(
+        w[1107:1114], IL2DR, IL2VL, RIH, URAVL, RIS, SMDVL, RMDDR,
     ))
     del IL2DR, IL2VL, URAVL, RMDDR
-    # RMDL (motor, ACh) <- OLLL:1, IL1L:15, URBL:18, RMGL:2, RIS:1, RMHR:12,
-    #     RIMR:17, RIAR:13, RIAL:12, RMDR:16
-    RMDL = node(218, weighted_relu(
-        w[1104:1114], OLLL, IL1L, URBL, RMGL, RIS, RMHR, RIMR, RIAR, RIAL, RMDR,
+    # SIADR (motor, ACh) <- ALNL:3, CEPDL:9, SDQL:2, RMGL:3, RICR:3, SMBDR:20,
+    #     RIAR:4, RIAL:3, RMDR:5
+    SIADR = node(219, weighted_relu(
+        w[1114:1123], ALNL, CEPDL, SDQL, RMGL, RICR, SMBDR, RIAR, RIAL, RMDR,
     ))
-    del URBL, RMHR
-    # SMBVL (motor, ACh) <- AWBL:3, ADFL:8, ASHL:4, ADLL:1, PLNL:25, AVM:3, DVA:1,
-    #     IL2L:3, AVHL:6, RMGL:4, AVJL:1, AIZL:30, AIZR:2, RIFL:1, SMBDL:2, RMDR:1,
+    # SMBVL (motor, ACh) <- ADFL:8, ADLL:1, ASHL:4, AVM:3, AWBL:3, DVA:1, IL2L:3,
+    #     PLNL:25, AVHL:6, RMGL:4, AVJL:1, AIZL:30, AIZR:2, RIFL:1, SMBDL:2, RMDR:1,
     #     SIAVL:2
-    SMBVL = node(219, weighted_relu(
-        w[1114:1131], AWBL, ADFL, ASHL, ADLL, PLNL, AVM, DVA, IL2L, AVHL, RMGL, AVJL,
+    SMBVL = node(220, weighted_relu(
+        w[1123:1140], ADFL, ADLL, ASHL, AVM, AWBL, DVA, IL2L, PLNL, AVHL, RMGL, AVJL,
         AIZL, AIZR, RIFL, SMBDL, RMDR, SIAVL,
     ))
-    del IL2L, ADLL, SIAVL
-    # SIADR (motor, ACh) <- ALNL:3, SDQL:2, CEPDL:9, RMGL:3, RICR:3, SMBDR:20,
-    #     RIAR:4, RIAL:3, RMDR:5
-    SIADR = node(220, weighted_relu(
-        w[1131:1140], ALNL, SDQL, CEPDL, RMGL, RICR, SMBDR, RIAR, RIAL, RMDR,
+    del ADLL, IL2L, SIAVL
+    # MCML (sex-specific) <- AVFR:1, CEMVL:5, AVJL:2, AVFL:32, RID:1, RICL:1,
+    #     RIFL:3, RIML:3, SMBVL:3
+    MCML = node(221, weighted_relu(
+        w[1140:1149], AVFR, CEMVL, AVJL, AVFL, RID, RICL, RIFL, RIML, SMBVL,
     ))
-    # RMDVR (motor, ACh) <- PLNL:1, OLLR:6, OLQDR:6, OLQVL:27, IL1DR:19, IL1R:33,
+    del RID
+    # RMDVR (motor, ACh) <- IL1DR:19, IL1R:33, OLLR:6, OLQDR:6, OLQVL:27, PLNL:1,
     #     RIVR:9, RIAR:81, RIAL:79, RMGR:23, RIBR:4, SMBVL:19
-    RMDVR = node(221, weighted_relu(
-        w[1140:1152], PLNL, OLLR, OLQDR, OLQVL, IL1DR, IL1R, RIVR, RIAR, RIAL, RMGR,
+    RMDVR = node(222, weighted_relu(
+        w[1149:1161], IL1DR, IL1R, OLLR, OLQDR, OLQVL, PLNL, RIVR, RIAR, RIAL, RMGR,
         RIBR, SMBVL,
     ))
     del IL1DR
-    # SMDDR (motor, ACh+GABA+Betaine) <- ALNL:6, PLNR:1, FLPL:3, CEPVR:8, OLLL:11,
-    #     RMGL:5, RIVL:9, RICR:16, RIS:5, RICL:20, AVKL:3, SMBDR:4, AIBL:9, RIML:11,
+    # SIBVL (motor, ACh) <- OLQDL:6, RMGL:1, RIFL:3, SMDVL:30, SMBVL:3
+    SIBVL = node(223, weighted_relu(w[1161:1166], OLQDL, RMGL, RIFL, SMDVL, SMBVL))
+    del OLQDL
+    # SMDDR (motor, ACh+GABA+Betaine) <- ALNL:6, CEPVR:8, FLPL:3, OLLL:11, PLNR:1,
+    #     RIVL:9, RMGL:5, RICR:16, RIS:5, RICL:20, AVKL:3, SMBDR:4, AIBL:9, RIML:11,
     #     SAAVL:18, RIMR:29, SMDVL:22, RIAR:57, RMED:16, RIAL:28, RMDR:5, SIADR:17
-    SMDDR = node(222, weighted_relu(
-        w[1152:1174], ALNL, PLNR, FLPL, CEPVR, OLLL, RMGL, RIVL, RICR, RIS, RICL, AVKL,
+    SMDDR = node(224, weighted_relu(
+        w[1166:1188], ALNL, CEPVR, FLPL, OLLL, PLNR, RIVL, RMGL, RICR, RIS, RICL, AVKL,
         SMBDR, AIBL, RIML, SAAVL, RIMR, SMDVL, RIAR, RMED, RIAL, RMDR, SIADR,
     ))
-    # SIBVL (motor, ACh) <- OLQDL:6, RMGL:1, RIFL:3, SMDVL:30, SMBVL:3
-    SIBVL = node(223, weighted_relu(w[1174:1179], OLQDL, RMGL, RIFL, SMDVL, SMBVL))
-    del OLQDL
-    # MCML (sex-specific) <- AVFR:1, CEMVL:5, AVJL:2, AVFL:32, RID:1, RICL:1,
-    #     RIFL:3, RIML:3, SMBVL:3
-    MCML = node(224, weighted_relu(
-        w[1179:1188], AVFR, CEMVL, AVJL, AVFL, RID, RICL, RIFL, RIML, SMBVL,
-    ))
-    del RID
-    # RIBL (interneuron, GABA) <- AWAL:3, AWBL:9, ASEL:1, ADFL:1, OLLL:9, AIYL:142,
-    #     AUAL:18, ADAL:4, CEMVL:9, RIS:13, RIGL:2, DVC:1, RIML:3, RIMR:2, RIAR:17,
+    # RIBL (interneuron, GABA) <- ADFL:1, ASEL:1, AWAL:3, AWBL:9, OLLL:9, AIYL:142,
+    #     ADAL:4, AUAL:18, CEMVL:9, RIGL:2, RIS:13, DVC:1, RIML:3, RIMR:2, RIAR:17,
     #     RMED:3, RIAL:8, RMEV:3, SMDDR:22
     RIBL = node(225, weighted_relu(
-        w[1188:1207], AWAL, AWBL, ASEL, ADFL, OLLL, AIYL, AUAL, ADAL, CEMVL, RIS, RIGL,
+        w[1188:1207], ADFL, ASEL, AWAL, AWBL, OLLL, AIYL, ADAL, AUAL, CEMVL, RIGL, RIS,
         DVC, RIML, RIMR, RIAR, RMED, RIAL, RMEV, SMDDR,
     ))
-    del AWAL, AWBL, ASEL, ADFL, AIYL, RMEV
-    # RMDDL (motor, ACh) <- OLLL:22, OLQDR:20, IL1L:12, IL1R:1, IL1VL:81, RIVR:3,
+    del ASEL, AWAL, AWBL, ADFL, AIYL, RMEV
+    # RMDDL (motor, ACh) <- IL1L:12, IL1R:1, IL1VL:81, OLLL:22, OLQDR:20, RIVR:3,
     #     SMDVR:1, RIAR:39, RIAL:71, RMGR:3, RMDR:5, RMDVR:73
     RMDDL = node(226, weighted_relu(
-        w[1207:1219], OLLL, OLQDR, IL1L, IL1R, IL1VL, RIVR, SMDVR, RIAR, RIAL, RMGR,
+        w[1207:1219], IL1L, IL1R, IL1VL, OLLL, OLQDR, RIVR, SMDVR, RIAR, RIAL, RMGR,
         RMDR, RMDVR,
     ))
     del OLQDR, IL1VL, IL1L, IL1R, RMDR, RMDVR
     # SIBDR (motor, ACh) <- OLQVR:23, AIYR:15, SIADR:4, SMDDR:14
     SIBDR = node(227, weighted_relu(w[1219:1223], OLQVR, AIYR, SIADR, SMDDR))
     del AIYR, SIADR
-    # AVER (interneuron, ACh) <- URXR:19, DVA:17, CEPVR:8, OLLL:26, RIS:14, RIGL:8,
+    # AVER (interneuron, ACh) <- CEPVR:8, DVA:17, OLLL:26, URXR:19, RIGL:8, RIS:14,
     #     PVPL:4, AVDR:3, AIZL:15, AIBR:4, SIBVR:2, RIBL:5
     AVER = node(228, weighted_relu(
-        w[1223:1235], URXR, DVA, CEPVR, OLLL, RIS, RIGL, PVPL, AVDR, AIZL, AIBR, SIBVR,
+        w[1223:1235], CEPVR, DVA, OLLL, URXR, RIGL, RIS, PVPL, AVDR, AIZL, AIBR, SIBVR,
         RIBL,
     ))
     del SIBVR
@@ -1637,111 +1638,112 @@ def dag_forward(
     # SIBDL (motor, ACh) <- OLQVL:26, SIADL:4, SMDDL:14
     SIBDL = node(230, weighted_relu(w[1254:1257], OLQVL, SIADL, SMDDL))
     del OLQVL, SIADL
-    # RMFL (interneuron, ACh) <- RICR:6, ADAL:3, RIVR:3, RIGL:3, AIBR:2, SAAVR:6,
-    #     RIML:1, SIBDL:1
-    RMFL = node(231, weighted_relu(
-        w[1257:1265], RICR, ADAL, RIVR, RIGL, AIBR, SAAVR, RIML, SIBDL,
-    ))
-    # AVAR (interneuron, ACh) <- URXR:1, ALNL:2, AQR:3, PQR:55, PLMR:5, FLPL:6,
-    #     FLPR:14, DVA:3, PVDL:29, PVDR:30, ADEL:5, CEPDL:1, CEPVL:1, LUAL:27,
+    # AVAR (interneuron, ACh) <- ADEL:5, ALNL:2, AQR:3, CEPDL:1, CEPVL:1, DVA:3,
+    #     FLPL:6, FLPR:14, PLMR:5, PQR:55, PVDL:29, PVDR:30, URXR:1, LUAL:27,
     #     AVFR:5, RICR:30, RIGL:17, AVFL:2, R1BR:5, VA12:2, PVNL:7, DVC:33, PVX:21,
     #     PVPL:11, AVDR:14, RICL:22, SAAVR:70, AVDL:14, AVER:33, SIBDL:1
-    AVAR = node(232, weighted_relu(
-        w[1265:1295], URXR, ALNL, AQR, PQR, PLMR, FLPL, FLPR, DVA, PVDL, PVDR, ADEL,
-        CEPDL, CEPVL, LUAL, AVFR, RICR, RIGL, AVFL, R1BR, VA12, PVNL, DVC, PVX, PVPL,
+    AVAR = node(231, weighted_relu(
+        w[1257:1287], ADEL, ALNL, AQR, CEPDL, CEPVL, DVA, FLPL, FLPR, PLMR, PQR, PVDL,
+        PVDR, URXR, LUAL, AVFR, RICR, RIGL, AVFL, R1BR, VA12, PVNL, DVC, PVX, PVPL,
         AVDR, RICL, SAAVR, AVDL, AVER, SIBDL,
     ))
-    del ADEL, CEPVL, ALNL, URXR, SIBDL
-    # PVCR (interneuron, ACh) <- AQR:5, ALMR:8, AVM:8, PVDL:36, PVDR:29, PHAR:15,
+    del ADEL, CEPVL, ALNL, URXR
+    # RMFL (interneuron, ACh) <- RICR:6, ADAL:3, RIVR:3, RIGL:3, AIBR:2, SAAVR:6,
+    #     RIML:1, SIBDL:1
+    RMFL = node(232, weighted_relu(
+        w[1287:1295], RICR, ADAL, RIVR, RIGL, AIBR, SAAVR, RIML, SIBDL,
+    ))
+    del SIBDL
+    # PVCR (interneuron, ACh) <- ALMR:8, AQR:5, AVM:8, PHAR:15, PVDL:36, PVDR:29,
     #     AVFL:13, R1BR:20, VA12:13, PVCL:3, EF2:1, RIMR:2, AVAR:20
     PVCR = node(233, weighted_relu(
-        w[1295:1308], AQR, ALMR, AVM, PVDL, PVDR, PHAR, AVFL, R1BR, VA12, PVCL, EF2,
+        w[1295:1308], ALMR, AQR, AVM, PHAR, PVDL, PVDR, AVFL, R1BR, VA12, PVCL, EF2,
         RIMR, AVAR,
     ))
-    # AVEL (interneuron, ACh) <- FLPL:17, DVA:42, CEPDL:9, CEPDR:3, CEPVR:19,
-    #     OLLR:44, RIH:1, RMGL:2, AUAL:5, RIS:29, AINR:1, CEMVR:1, RIGR:9, RIR:2,
-    #     AIZR:51, AVKL:1, AIBL:5, RIMR:8, RIFR:3, SMDVL:25, RIBR:5, SMDDL:1, PVCR:8
-    AVEL = node(234, weighted_relu(
-        w[1308:1331], FLPL, DVA, CEPDL, CEPDR, CEPVR, OLLR, RIH, RMGL, AUAL, RIS, AINR,
-        CEMVR, RIGR, RIR, AIZR, AVKL, AIBL, RIMR, RIFR, SMDVL, RIBR, SMDDL, PVCR,
-    ))
-    del CEPDL, RIH, OLLR, RIR, AINR, RIBR, SMDDL
-    # AVBL (interneuron, ACh) <- ASJR:2, ASHL:4, SDQR:36, AQR:5, ALMR:8, AVM:3,
-    #     FLPL:16, PHCL:2, PVQL:6, RMGL:4, R2AL:4, ADAL:10, CEMVL:10, AVJL:5,
+    # AVBL (interneuron, ACh) <- ALMR:8, AQR:5, ASHL:4, ASJR:2, AVM:3, FLPL:16,
+    #     PHCL:2, SDQR:36, PVQL:6, R2AL:4, RMGL:4, ADAL:10, CEMVL:10, AVJL:5,
     #     AVFL:32, PVCL:17, AVG:3, PVNL:2, PVX:8, PVPL:6, MCMR:2, CEMVR:33, RIFL:46,
     #     AIBL:24, RIML:23, RIMR:11, RIFR:2, PVCR:19
-    AVBL = node(235, weighted_relu(
-        w[1331:1359], ASJR, ASHL, SDQR, AQR, ALMR, AVM, FLPL, PHCL, PVQL, RMGL, R2AL,
+    AVBL = node(234, weighted_relu(
+        w[1308:1336], ALMR, AQR, ASHL, ASJR, AVM, FLPL, PHCL, SDQR, PVQL, R2AL, RMGL,
         ADAL, CEMVL, AVJL, AVFL, PVCL, AVG, PVNL, PVX, PVPL, MCMR, CEMVR, RIFL, AIBL,
         RIML, RIMR, RIFR, PVCR,
     ))
-    del ASHL, ALMR, PVQL, RMGL, CEMVL, ASJR
-    # SIAVR (motor, ACh) <- ALNR:1, PLNL:10, CEPDR:8, CEPVR:11, RIVL:20, SMBDR:1,
+    del ALMR, ASHL, PVQL, CEMVL, ASJR
+    # AVEL (interneuron, ACh) <- CEPDL:9, CEPDR:3, CEPVR:19, DVA:42, FLPL:17,
+    #     OLLR:44, RIH:1, RMGL:2, AUAL:5, RIS:29, AINR:1, CEMVR:1, RIGR:9, RIR:2,
+    #     AIZR:51, AVKL:1, AIBL:5, RIMR:8, RIFR:3, SMDVL:25, RIBR:5, SMDDL:1, PVCR:8
+    AVEL = node(235, weighted_relu(
+        w[1336:1359], CEPDL, CEPDR, CEPVR, DVA, FLPL, OLLR, RIH, RMGL, AUAL, RIS, AINR,
+        CEMVR, RIGR, RIR, AIZR, AVKL, AIBL, RIMR, RIFR, SMDVL, RIBR, SMDDL, PVCR,
+    ))
+    del CEPDL, RIH, RMGL, OLLR, RIR, AINR, RIBR, SMDDL
+    # DB02 (motor, ACh) <- PVCL:4, AVAR:2, PVCR:4
+    DB02 = node(236, weighted_relu(w[1359:1362], PVCL, AVAR, PVCR))
+    # SIAVR (motor, ACh) <- ALNR:1, CEPDR:8, CEPVR:11, PLNL:10, RIVL:20, SMBDR:1,
     #     SMDVL:30, RIAL:37, SIBVL:5, PVCR:8
-    SIAVR = node(236, weighted_relu(
-        w[1359:1369], ALNR, PLNL, CEPDR, CEPVR, RIVL, SMBDR, SMDVL, RIAL, SIBVL, PVCR,
+    SIAVR = node(237, weighted_relu(
+        w[1362:1372], ALNR, CEPDR, CEPVR, PLNL, RIVL, SMBDR, SMDVL, RIAL, SIBVL, PVCR,
     ))
     del CEPDR, CEPVR, ALNR, SMDVL, RIAL, SIBVL
-    # DB02 (motor, ACh) <- PVCL:4, AVAR:2, PVCR:4
-    DB02 = node(237, weighted_relu(w[1369:1372], PVCL, AVAR, PVCR))
-    # SABD (motor, ACh) <- DVA:2, AVHL:1, AVJL:1, PVR:2, AVDR:1, AVDL:5, AVER:1,
-    #     AVEL:18
-    SABD = node(238, weighted_relu(
-        w[1372:1380], DVA, AVHL, AVJL, PVR, AVDR, AVDL, AVER, AVEL,
-    ))
-    del AVHL
-    # SMBVR (motor, ACh) <- ADFR:1, ADLR:9, PLNR:10, DVA:5, IL2R:3, OLQVR:1, RIS:1,
-    #     AVHR:10, EF3:1, AIZL:2, AIZR:25, SMBDR:3, RMGR:3, SIAVR:2
-    SMBVR = node(239, weighted_relu(
-        w[1380:1394], ADFR, ADLR, PLNR, DVA, IL2R, OLQVR, RIS, AVHR, EF3, AIZL, AIZR,
-        SMBDR, RMGR, SIAVR,
-    ))
-    del IL2R, ADLR, OLQVR, ADFR, SMBDR
     # DB03 (motor, ACh) <- DVA:1, PVCL:2, AVKL:2, AVER:1, AVAR:2, PVCR:6, AVEL:1
-    DB03 = node(240, weighted_relu(
-        w[1394:1401], DVA, PVCL, AVKL, AVER, AVAR, PVCR, AVEL,
+    DB03 = node(238, weighted_relu(
+        w[1372:1379], DVA, PVCL, AVKL, AVER, AVAR, PVCR, AVEL,
     ))
-    # PVY (sex-specific, ACh) <- PQR:2, PHAR:3, PHBL:9, PHBR:4, PHCL:40, PHCR:55,
+    # PVY (sex-specific, ACh) <- PHAR:3, PHBL:9, PHBR:4, PHCL:40, PHCR:55, PQR:2,
     #     R4BR:7, AVFR:17, R2BR:41, HOB:7, R2BL:27, R7BL:5, R7BR:5, AVFL:18,
     #     R1BR:16, R3BR:14, R9AL:11, HOA:2, PCAR:6, PCBL:21, PCBR:32, R9AR:4,
     #     R8BL:2, R4BL:14, PVNL:23, R8AL:1, PVNR:6, PDB:2, PVX:5, AVBL:3
-    PVY = node(241, weighted_relu(
-        w[1401:1431], PQR, PHAR, PHBL, PHBR, PHCL, PHCR, R4BR, AVFR, R2BR, HOB, R2BL,
+    PVY = node(239, weighted_relu(
+        w[1379:1409], PHAR, PHBL, PHBR, PHCL, PHCR, PQR, R4BR, AVFR, R2BR, HOB, R2BL,
         R7BL, R7BR, AVFL, R1BR, R3BR, R9AL, HOA, PCAR, PCBL, PCBR, R9AR, R8BL, R4BL,
         PVNL, R8AL, PVNR, PDB, PVX, AVBL,
     ))
     del PHBR, PHBL
-    # SAADL (interneuron, ACh) <- PLNL:40, BDUL:3, ADAL:1, RIVR:31, AVKL:1, AIBL:6,
-    #     AIBR:5, RMGR:3, SMBVL:44, SABD:4
-    SAADL = node(242, weighted_relu(
-        w[1431:1441], PLNL, BDUL, ADAL, RIVR, AVKL, AIBL, AIBR, RMGR, SMBVL, SABD,
+    # SABD (motor, ACh) <- DVA:2, AVHL:1, AVJL:1, PVR:2, AVDR:1, AVDL:5, AVER:1,
+    #     AVEL:18
+    SABD = node(240, weighted_relu(
+        w[1409:1417], DVA, AVHL, AVJL, PVR, AVDR, AVDL, AVER, AVEL,
     ))
-    del PLNL, RIVR, RMGR, SMBVL, BDUL
-    # SAADR (interneuron, ACh) <- PLNR:22, SDQL:2, DVA:5, RIVL:34, CEMVR:1, AVKL:3,
-    #     AIBL:14, RIAR:2, SABD:4, SMBVR:37
-    SAADR = node(243, weighted_relu(
-        w[1441:1451], PLNR, SDQL, DVA, RIVL, CEMVR, AVKL, AIBL, RIAR, SABD, SMBVR,
+    del AVHL
+    # SMBVR (motor, ACh) <- ADFR:1, ADLR:9, DVA:5, IL2R:3, OLQVR:1, PLNR:10, RIS:1,
+    #     AVHR:10, EF3:1, AIZL:2, AIZR:25, SMBDR:3, RMGR:3, SIAVR:2
+    SMBVR = node(241, weighted_relu(
+        w[1417:1431], ADFR, ADLR, DVA, IL2R, OLQVR, PLNR, RIS, AVHR, EF3, AIZL, AIZR,
+        SMBDR, RMGR, SIAVR,
     ))
-    del RIVL, SDQL, RIAR, PLNR, SABD, SMBVR
-    # AVBR (interneuron, ACh) <- ASHR:1, SDQR:20, AQR:9, ALML:1, AVM:25, R2AL:2,
+    del IL2R, ADLR, OLQVR, ADFR, SMBDR
+    # AVBR (interneuron, ACh) <- ALML:1, AQR:9, ASHR:1, AVM:25, SDQR:20, R2AL:2,
     #     AVFR:25, AVJL:2, AVFL:4, PVR:14, PVCL:6, AVG:2, PVNL:1, PVNR:1, PVX:18,
     #     PVPL:4, AVDR:1, EF1:8, EF3:31, MCMR:44, CEMVR:29, RIFL:11, AIBR:19,
     #     RIML:23, RIMR:8, RIFR:28, PVCR:4, AVBL:1, PVY:3
-    AVBR = node(244, weighted_relu(
-        w[1451:1480], ASHR, SDQR, AQR, ALML, AVM, R2AL, AVFR, AVJL, AVFL, PVR, PVCL,
+    AVBR = node(242, weighted_relu(
+        w[1431:1460], ALML, AQR, ASHR, AVM, SDQR, R2AL, AVFR, AVJL, AVFL, PVR, PVCL,
         AVG, PVNL, PVNR, PVX, PVPL, AVDR, EF1, EF3, MCMR, CEMVR, RIFL, AIBR, RIML, RIMR,
         RIFR, PVCR, AVBL, PVY,
     ))
     del ALML, AVM, SDQR, AQR, MCMR, ASHR, RIFL, RIML, RIFR
-    # AVAL (interneuron, ACh) <- PQR:51, PLML:4, PLMR:3, FLPL:32, FLPR:14, PVDL:13,
-    #     PVDR:9, ADER:10, PHAL:8, PHAR:4, VB05:1, RICR:38, AUAL:6, R1BR:1, VA12:6,
+    # SAADL (interneuron, ACh) <- PLNL:40, BDUL:3, ADAL:1, RIVR:31, AVKL:1, AIBL:6,
+    #     AIBR:5, RMGR:3, SMBVL:44, SABD:4
+    SAADL = node(243, weighted_relu(
+        w[1460:1470], PLNL, BDUL, ADAL, RIVR, AVKL, AIBL, AIBR, RMGR, SMBVL, SABD,
+    ))
+    del PLNL, RIVR, RMGR, SMBVL, BDUL
+    # SAADR (interneuron, ACh) <- DVA:5, PLNR:22, SDQL:2, RIVL:34, CEMVR:1, AVKL:3,
+    #     AIBL:14, RIAR:2, SABD:4, SMBVR:37
+    SAADR = node(244, weighted_relu(
+        w[1470:1480], DVA, PLNR, SDQL, RIVL, CEMVR, AVKL, AIBL, RIAR, SABD, SMBVR,
+    ))
+    del RIVL, SDQL, RIAR, PLNR, SABD, SMBVR
+    # AVAL (interneuron, ACh) <- ADER:10, FLPL:32, FLPR:14, PHAL:8, PHAR:4, PLML:4,
+    #     PLMR:3, PQR:51, PVDL:13, PVDR:9, VB05:1, RICR:38, AUAL:6, R1BR:1, VA12:6,
     #     R3BR:14, PVCL:2, PCAR:1, PVNL:8, DVC:38, PVX:32, AVDR:19, CEMVR:3,
     #     RICL:25, AVKL:1, SAAVL:70, RIMR:1, AVDL:14, AVER:14, AVAR:21, PVCR:8,
-    #     AVEL:17, AVBL:10, PVY:30, AVBR:9
+    #     AVBL:10, AVEL:17, PVY:30, AVBR:9
     AVAL = node(245, weighted_relu(
-        w[1480:1515], PQR, PLML, PLMR, FLPL, FLPR, PVDL, PVDR, ADER, PHAL, PHAR, VB05,
+        w[1480:1515], ADER, FLPL, FLPR, PHAL, PHAR, PLML, PLMR, PQR, PVDL, PVDR, VB05,
         RICR, AUAL, R1BR, VA12, R3BR, PVCL, PCAR, PVNL, DVC, PVX, AVDR, CEMVR, RICL,
-        AVKL, SAAVL, RIMR, AVDL, AVER, AVAR, PVCR, AVEL, AVBL, PVY, AVBR,
+        AVKL, SAAVL, RIMR, AVDL, AVER, AVAR, PVCR, AVBL, AVEL, PVY, AVBR,
     ))
     del ADER, RICR, FLPR, FLPL, AUAL, RICL, RIMR
     # R2AR (sex-specific, ACh+GABA) <- PHCL:1, R2AL:81, R1BR:20, AVG:3, R8BR:1,
@@ -1749,166 +1751,166 @@ def dag_forward(
     R2AR = node(246, weighted_relu(
         w[1515:1522], PHCL, R2AL, R1BR, AVG, R8BR, CP07, AVBR,
     ))
-    # DA01 (motor, ACh) <- AVDR:5, DB01:16, AVDL:4, AVER:11, AVAR:2, AVEL:11, AVAL:6
-    DA01 = node(247, weighted_relu(
-        w[1522:1529], AVDR, DB01, AVDL, AVER, AVAR, AVEL, AVAL,
-    ))
-    # DA06 (motor, ACh) <- PQR:6, PVR:2, PVCL:2, PVX:1, AVDR:2, AVAR:17, AVAL:22
-    DA06 = node(248, weighted_relu(w[1529:1536], PQR, PVR, PVCL, PVX, AVDR, AVAR, AVAL))
-    # DB06 (motor, ACh) <- PQR:18, DVA:5, PDER:1, VA12:1, PVR:11, PVCL:7, PVX:14,
-    #     AVDR:2, AVDL:2, AVAR:10, PVCR:7, AVAL:3
-    DB06 = node(249, weighted_relu(
-        w[1536:1548], PQR, DVA, PDER, VA12, PVR, PVCL, PVX, AVDR, AVDL, AVAR, PVCR,
-        AVAL,
-    ))
-    # VA02 (motor, ACh) <- AVDR:1, AVER:4, AVAR:5, AVBL:3, AVAL:8
-    VA02 = node(250, weighted_relu(w[1548:1553], AVDR, AVER, AVAR, AVBL, AVAL))
-    # VA05 (motor, ACh) <- AVDR:3, AVDL:1, AVAR:2, AVAL:7
-    VA05 = node(251, weighted_relu(w[1553:1557], AVDR, AVDL, AVAR, AVAL))
-    # VA10 (motor, ACh) <- PDEL:1, VA12:2, AVDR:1, AVDL:1, AVAR:23, AVBR:1, AVAL:22
-    VA10 = node(252, weighted_relu(
-        w[1557:1564], PDEL, VA12, AVDR, AVDL, AVAR, AVBR, AVAL,
-    ))
     # CP09 (sex-specific, GABA) <- R2AL:10, R7BL:11, R1BR:1, R3BR:3, R9BL:2, R9AL:1,
     #     DVF:4, R9AR:9, PVNL:1, R8AL:1, PGA:3, CP07:3, R6AR:10, PDB:9, PHDL:2,
     #     R2AR:1
-    CP09 = node(253, weighted_relu(
-        w[1564:1580], R2AL, R7BL, R1BR, R3BR, R9BL, R9AL, DVF, R9AR, PVNL, R8AL, PGA,
+    CP09 = node(247, weighted_relu(
+        w[1522:1538], R2AL, R7BL, R1BR, R3BR, R9BL, R9AL, DVF, R9AR, PVNL, R8AL, PGA,
         CP07, R6AR, PDB, PHDL, R2AR,
     ))
-    # DA08 (motor, ACh) <- PQR:4, PHAL:8, AVFR:1, VA12:20, PVR:5, PVCL:1, CP07:7,
+    # DA01 (motor, ACh) <- AVDR:5, DB01:16, AVDL:4, AVER:11, AVAR:2, AVEL:11, AVAL:6
+    DA01 = node(248, weighted_relu(
+        w[1538:1545], AVDR, DB01, AVDL, AVER, AVAR, AVEL, AVAL,
+    ))
+    # DA06 (motor, ACh) <- PQR:6, PVR:2, PVCL:2, PVX:1, AVDR:2, AVAR:17, AVAL:22
+    DA06 = node(249, weighted_relu(w[1545:1552], PQR, PVR, PVCL, PVX, AVDR, AVAR, AVAL))
+    # DB06 (motor, ACh) <- DVA:5, PDER:1, PQR:18, VA12:1, PVR:11, PVCL:7, PVX:14,
+    #     AVDR:2, AVDL:2, AVAR:10, PVCR:7, AVAL:3
+    DB06 = node(250, weighted_relu(
+        w[1552:1564], DVA, PDER, PQR, VA12, PVR, PVCL, PVX, AVDR, AVDL, AVAR, PVCR,
+        AVAL,
+    ))
+    # VA02 (motor, ACh) <- AVDR:1, AVER:4, AVAR:5, AVBL:3, AVAL:8
+    VA02 = node(251, weighted_relu(w[1564:1569], AVDR, AVER, AVAR, AVBL, AVAL))
+    # VA05 (motor, ACh) <- AVDR:3, AVDL:1, AVAR:2, AVAL:7
+    VA05 = node(252, weighted_relu(w[1569:1573], AVDR, AVDL, AVAR, AVAL))
+    # VA10 (motor, ACh) <- PDEL:1, VA12:2, AVDR:1, AVDL:1, AVAR:23, AVBR:1, AVAL:22
+    VA10 = node(253, weighted_relu(
+        w[1573:1580], PDEL, VA12, AVDR, AVDL, AVAR, AVBR, AVAL,
+    ))
+    # AS09 (motor, ACh) <- AVDR:1, AVAR:10, AVBL:1, AVAL:11, DB06:1
+    AS09 = node(254, weighted_relu(w[1580:1585], AVDR, AVAR, AVBL, AVAL, DB06))
+    # DA08 (motor, ACh) <- PHAL:8, PQR:4, AVFR:1, VA12:20, PVR:5, PVCL:1, CP07:7,
     #     AVDR:1, AVDL:1, AVAR:15, PVCR:5, AVAL:5, DB06:4
-    DA08 = node(254, weighted_relu(
-        w[1580:1593], PQR, PHAL, AVFR, VA12, PVR, PVCL, CP07, AVDR, AVDL, AVAR, PVCR,
+    DA08 = node(255, weighted_relu(
+        w[1585:1598], PHAL, PQR, AVFR, VA12, PVR, PVCL, CP07, AVDR, AVDL, AVAR, PVCR,
         AVAL, DB06,
     ))
     del PHAL
-    # AS09 (motor, ACh) <- AVDR:1, AVAR:10, AVBL:1, AVAL:11, DB06:1
-    AS09 = node(255, weighted_relu(w[1593:1598], AVDR, AVAR, AVBL, AVAL, DB06))
-    # VA01 (motor, ACh) <- AVER:5, AVEL:12, AVAL:2, VA02:2
-    VA01 = node(256, weighted_relu(w[1598:1602], AVER, AVEL, AVAL, VA02))
-    # VA03 (motor, ACh) <- AVDR:2, AVDL:3, AVER:1, AVAR:6, AVEL:1, AVBR:3, AVAL:6,
-    #     VA02:2
-    VA03 = node(257, weighted_relu(
-        w[1602:1610], AVDR, AVDL, AVER, AVAR, AVEL, AVBR, AVAL, VA02,
-    ))
-    # VA06 (motor, ACh) <- VB05:2, AVAR:9, AVAL:8, VA05:2
-    VA06 = node(258, weighted_relu(w[1610:1614], VB05, AVAR, AVAL, VA05))
-    # VA09 (motor, ACh) <- PLML:6, PVDR:2, AVKL:1, AVAR:27, AVAL:16, VA10:2
-    VA09 = node(259, weighted_relu(w[1614:1620], PLML, PVDR, AVKL, AVAR, AVAL, VA10))
-    # R9BR (sex-specific, ACh+GABA+5-HT+5-HTP) <- R2BL:2, R7BL:2, R7BR:8, R1BR:2,
-    #     R9BL:35, PGA:5, R3BL:10, PDB:3, CP09:16
-    R9BR = node(260, weighted_relu(
-        w[1620:1629], R2BL, R7BL, R7BR, R1BR, R9BL, PGA, R3BL, PDB, CP09,
-    ))
-    # PVZ (sex-specific, ACh) <- PVDL:9, PHAR:27, PHCR:62, R2BR:28, HOB:57, VA12:3,
+    # PVZ (sex-specific, ACh) <- PHAR:27, PHCR:62, PVDL:9, R2BR:28, HOB:57, VA12:3,
     #     R3BR:2, HOA:82, AVG:4, DVF:1, CP06:2, PCBL:6, PCBR:10, CA06:1, CA05:6,
     #     SPVR:9, R8BR:1, CP07:3, DVC:3, PVNR:2, SPDL:21, SPDR:3, VA10:3
-    PVZ = node(261, weighted_relu(
-        w[1629:1652], PVDL, PHAR, PHCR, R2BR, HOB, VA12, R3BR, HOA, AVG, DVF, CP06,
+    PVZ = node(256, weighted_relu(
+        w[1598:1621], PHAR, PHCR, PVDL, R2BR, HOB, VA12, R3BR, HOA, AVG, DVF, CP06,
         PCBL, PCBR, CA06, CA05, SPVR, R8BR, CP07, DVC, PVNR, SPDL, SPDR, VA10,
     ))
-    # LUAR (interneuron, Glu) <- LUAL:3, R1BR:5, AVAR:8, R9BR:18
-    LUAR = node(262, weighted_relu(w[1652:1656], LUAL, R1BR, AVAR, R9BR))
+    # R9BR (sex-specific, ACh+GABA+5-HT+5-HTP) <- R2BL:2, R7BL:2, R7BR:8, R1BR:2,
+    #     R9BL:35, PGA:5, R3BL:10, PDB:3, CP09:16
+    R9BR = node(257, weighted_relu(
+        w[1621:1630], R2BL, R7BL, R7BR, R1BR, R9BL, PGA, R3BL, PDB, CP09,
+    ))
+    # VA01 (motor, ACh) <- AVER:5, AVEL:12, AVAL:2, VA02:2
+    VA01 = node(258, weighted_relu(w[1630:1634], AVER, AVEL, AVAL, VA02))
+    # VA03 (motor, ACh) <- AVDR:2, AVDL:3, AVER:1, AVAR:6, AVEL:1, AVBR:3, AVAL:6,
+    #     VA02:2
+    VA03 = node(259, weighted_relu(
+        w[1634:1642], AVDR, AVDL, AVER, AVAR, AVEL, AVBR, AVAL, VA02,
+    ))
+    # VA06 (motor, ACh) <- VB05:2, AVAR:9, AVAL:8, VA05:2
+    VA06 = node(260, weighted_relu(w[1642:1646], VB05, AVAR, AVAL, VA05))
+    # VA09 (motor, ACh) <- PLML:6, PVDR:2, AVKL:1, AVAR:27, AVAL:16, VA10:2
+    VA09 = node(261, weighted_relu(w[1646:1652], PLML, PVDR, AVKL, AVAR, AVAL, VA10))
+    # CP01 (sex-specific, ACh+5-HT) <- PHCL:10, HOB:57, R2BL:5, PCAL:2, HOA:5,
+    #     CP06:8, CA06:4, PGA:1, SPDL:7, PVZ:1
+    CP01 = node(262, weighted_relu(
+        w[1652:1662], PHCL, HOB, R2BL, PCAL, HOA, CP06, CA06, PGA, SPDL, PVZ,
+    ))
     # DA02 (motor, ACh) <- AVDR:5, DB01:2, AVDL:2, AVER:7, AVAR:9, AVEL:5, DB02:3,
     #     AVAL:10, VA01:1
     DA02 = node(263, weighted_relu(
-        w[1656:1665], AVDR, DB01, AVDL, AVER, AVAR, AVEL, DB02, AVAL, VA01,
+        w[1662:1671], AVDR, DB01, AVDL, AVER, AVAR, AVEL, DB02, AVAL, VA01,
     ))
     # DB04 (motor, ACh) <- DVA:1, PVR:2, PVCL:3, PVCR:2, VA09:2
-    DB04 = node(264, weighted_relu(w[1665:1670], DVA, PVR, PVCL, PVCR, VA09))
+    DB04 = node(264, weighted_relu(w[1671:1676], DVA, PVR, PVCL, PVCR, VA09))
     del DVA
     # DB07 (motor, ACh) <- PHCR:1, VA12:44, R3BR:12, R9BL:18, PVCL:2, PDB:2, PVX:16,
     #     PVCR:3, PVY:20, DA08:1
     DB07 = node(265, weighted_relu(
-        w[1670:1680], PHCR, VA12, R3BR, R9BL, PVCL, PDB, PVX, PVCR, PVY, DA08,
+        w[1676:1686], PHCR, VA12, R3BR, R9BL, PVCL, PDB, PVX, PVCR, PVY, DA08,
     ))
-    # VA04 (motor, ACh) <- AVER:2, AVAR:6, AVBR:2, AVAL:7, VA03:2
-    VA04 = node(266, weighted_relu(w[1680:1685], AVER, AVAR, AVBR, AVAL, VA03))
-    # VB02 (motor, ACh+Betaine) <- VA02:1, VA03:1
-    VB02 = node(267, weighted_relu(w[1685:1687], VA02, VA03))
+    # LUAR (interneuron, Glu) <- LUAL:3, R1BR:5, AVAR:8, R9BR:18
+    LUAR = node(266, weighted_relu(w[1686:1690], LUAL, R1BR, AVAR, R9BR))
     # R6BL (sex-specific, Glu) <- R2BL:2, R7BL:8, R7BR:6, AVFL:4, R1BR:10, R4BL:1,
     #     PVNL:3, R3BL:29, R9BR:5
-    R6BL = node(268, weighted_relu(
-        w[1687:1696], R2BL, R7BL, R7BR, AVFL, R1BR, R4BL, PVNL, R3BL, R9BR,
+    R6BL = node(267, weighted_relu(
+        w[1690:1699], R2BL, R7BL, R7BR, AVFL, R1BR, R4BL, PVNL, R3BL, R9BR,
     ))
     # R7AR (sex-specific, DA+Tyr) <- R4BR:1, R2BR:20, R7BL:2, R7BR:3, R4BL:1, PGA:2,
     #     CP07:5, R6AR:44, CP09:52, R9BR:8
-    R7AR = node(269, weighted_relu(
-        w[1696:1706], R4BR, R2BR, R7BL, R7BR, R4BL, PGA, CP07, R6AR, CP09, R9BR,
-    ))
-    # CP01 (sex-specific, ACh+5-HT) <- PHCL:10, HOB:57, R2BL:5, PCAL:2, HOA:5,
-    #     CP06:8, CA06:4, PGA:1, SPDL:7, PVZ:1
-    CP01 = node(270, weighted_relu(
-        w[1706:1716], PHCL, HOB, R2BL, PCAL, HOA, CP06, CA06, PGA, SPDL, PVZ,
+    R7AR = node(268, weighted_relu(
+        w[1699:1709], R4BR, R2BR, R7BL, R7BR, R4BL, PGA, CP07, R6AR, CP09, R9BR,
     ))
     del PGA
-    # DA05 (motor, ACh) <- AVDR:1, AVDL:3, AVAR:5, DB03:1, AVAL:7, DB04:3
-    DA05 = node(271, weighted_relu(w[1716:1722], AVDR, AVDL, AVAR, DB03, AVAL, DB04))
-    # DA09 (motor, ACh+Betaine) <- PHAR:1, AVFL:4, R1BR:30, VA12:17, R3BR:2, AVG:12,
-    #     PDB:2, AVAR:20, AVAL:12, DB06:1, DB07:3
-    DA09 = node(272, weighted_relu(
-        w[1722:1733], PHAR, AVFL, R1BR, VA12, R3BR, AVG, PDB, AVAR, AVAL, DB06, DB07,
-    ))
+    # VA04 (motor, ACh) <- AVER:2, AVAR:6, AVBR:2, AVAL:7, VA03:2
+    VA04 = node(269, weighted_relu(w[1709:1714], AVER, AVAR, AVBR, AVAL, VA03))
+    # VB02 (motor, ACh+Betaine) <- VA02:1, VA03:1
+    VB02 = node(270, weighted_relu(w[1714:1716], VA02, VA03))
     # AS06 (motor, ACh) <- AVAR:2, DB04:2
-    AS06 = node(273, weighted_relu(w[1733:1735], AVAR, DB04))
+    AS06 = node(271, weighted_relu(w[1716:1718], AVAR, DB04))
     # AS10 (motor, ACh) <- AVDR:2, AVAR:4, AVBL:2, AVBR:1, AVAL:6, DB07:2
-    AS10 = node(274, weighted_relu(w[1735:1741], AVDR, AVAR, AVBL, AVBR, AVAL, DB07))
-    # R1BL (sex-specific, ACh+5-HT+PEOH) <- R2BL:2, R6BL:13
-    R1BL = node(275, weighted_relu(w[1741:1743], R2BL, R6BL))
-    # R5BR (sex-specific, ACh) <- LUAL:1, AVFR:34, R7BL:8, R7BR:10, AVFL:15,
-    #     R1BR:24, R3BR:7, R8BL:1, PVNL:2, R6AR:3, PDB:5, EF2:5, R9BR:12, R6BL:1,
-    #     R7AR:5
-    R5BR = node(276, weighted_relu(
-        w[1743:1758], LUAL, AVFR, R7BL, R7BR, AVFL, R1BR, R3BR, R8BL, PVNL, R6AR, PDB,
-        EF2, R9BR, R6BL, R7AR,
-    ))
-    del R8BL
+    AS10 = node(272, weighted_relu(w[1718:1724], AVDR, AVAR, AVBL, AVBR, AVAL, DB07))
     # CP02 (sex-specific, ACh+5-HT) <- PHCL:20, HOB:31, R2BL:3, PCAL:4, HOA:38,
-    #     PCBL:4, R9AR:5, CA06:2, R4BL:4, R8AL:1, SPDL:12, SPDR:7, CP01:13
-    CP02 = node(277, weighted_relu(
-        w[1758:1771], PHCL, HOB, R2BL, PCAL, HOA, PCBL, R9AR, CA06, R4BL, R8AL, SPDL,
+    #     PCBL:4, CA06:2, R9AR:5, R4BL:4, R8AL:1, SPDL:12, SPDR:7, CP01:13
+    CP02 = node(273, weighted_relu(
+        w[1724:1737], PHCL, HOB, R2BL, PCAL, HOA, PCBL, CA06, R9AR, R4BL, R8AL, SPDL,
         SPDR, CP01,
     ))
     del R8AL
-    # VB06 (motor, ACh+Betaine) <- PVDR:4, AVKL:2, AVAR:17, AVAL:11, PVZ:2, DA09:1
-    VB06 = node(278, weighted_relu(w[1771:1777], PVDR, AVKL, AVAR, AVAL, PVZ, DA09))
-    del PVDR
-    # R1AL (sex-specific, ACh) <- PLML:4, PHCL:6, R2AL:2, R2BL:2, R7BL:2, AVFL:1,
-    #     R4BL:3, R3BL:10, AVDR:1, AVAR:1, AVAL:5, DA09:1
-    R1AL = node(279, weighted_relu(
-        w[1777:1789], PLML, PHCL, R2AL, R2BL, R7BL, AVFL, R4BL, R3BL, AVDR, AVAR, AVAL,
-        DA09,
+    # DA05 (motor, ACh) <- AVDR:1, AVDL:3, AVAR:5, DB03:1, AVAL:7, DB04:3
+    DA05 = node(274, weighted_relu(w[1737:1743], AVDR, AVDL, AVAR, DB03, AVAL, DB04))
+    # DA09 (motor, ACh+Betaine) <- PHAR:1, AVFL:4, R1BR:30, VA12:17, R3BR:2, AVG:12,
+    #     PDB:2, AVAR:20, AVAL:12, DB06:1, DB07:3
+    DA09 = node(275, weighted_relu(
+        w[1743:1754], PHAR, AVFL, R1BR, VA12, R3BR, AVG, PDB, AVAR, AVAL, DB06, DB07,
     ))
-    del PLML
+    # R1BL (sex-specific, ACh+5-HT+PEOH) <- R2BL:2, R6BL:13
+    R1BL = node(276, weighted_relu(w[1754:1756], R2BL, R6BL))
+    # R5BR (sex-specific, ACh) <- LUAL:1, AVFR:34, R7BL:8, R7BR:10, AVFL:15,
+    #     R1BR:24, R3BR:7, R8BL:1, PVNL:2, R6AR:3, PDB:5, EF2:5, R9BR:12, R6BL:1,
+    #     R7AR:5
+    R5BR = node(277, weighted_relu(
+        w[1756:1771], LUAL, AVFR, R7BL, R7BR, AVFL, R1BR, R3BR, R8BL, PVNL, R6AR, PDB,
+        EF2, R9BR, R6BL, R7AR,
+    ))
+    del R8BL
     # CP03 (sex-specific, ACh+5-HT) <- PHCL:27, R4BR:5, HOB:6, R2BL:23, PCAL:11,
     #     CP06:2, PCBL:18, CA06:6, CA05:3, R4BL:4, SPDL:4, SPDR:9, PVZ:3, CP01:5,
     #     CP02:14
-    CP03 = node(280, weighted_relu(
-        w[1789:1804], PHCL, R4BR, HOB, R2BL, PCAL, CP06, PCBL, CA06, CA05, R4BL, SPDL,
+    CP03 = node(278, weighted_relu(
+        w[1771:1786], PHCL, R4BR, HOB, R2BL, PCAL, CP06, PCBL, CA06, CA05, R4BL, SPDL,
         SPDR, PVZ, CP01, CP02,
     ))
     del CP01
-    # VA07 (motor, ACh) <- AVAR:7, AVAL:7, VB06:3
-    VA07 = node(281, weighted_relu(w[1804:1807], AVAR, AVAL, VB06))
-    # VA08 (motor, ACh) <- AVAR:7, AVAL:7, VB06:2
-    VA08 = node(282, weighted_relu(w[1807:1810], AVAR, AVAL, VB06))
-    # VB07 (motor, ACh+Betaine) <- VA10:4, VA09:1, PVZ:1, VB06:1
-    VB07 = node(283, weighted_relu(w[1810:1814], VA10, VA09, PVZ, VB06))
-    # VB09 (motor, ACh+Betaine) <- PQR:3, PDEL:1, VA12:19, AVKL:1, PVCR:1, VA10:1,
-    #     VA09:1, VB06:1
-    VB09 = node(284, weighted_relu(
-        w[1814:1822], PQR, PDEL, VA12, AVKL, PVCR, VA10, VA09, VB06,
+    # R1AL (sex-specific, ACh) <- PHCL:6, PLML:4, R2AL:2, R2BL:2, R7BL:2, AVFL:1,
+    #     R4BL:3, R3BL:10, AVDR:1, AVAR:1, AVAL:5, DA09:1
+    R1AL = node(279, weighted_relu(
+        w[1786:1798], PHCL, PLML, R2AL, R2BL, R7BL, AVFL, R4BL, R3BL, AVDR, AVAR, AVAL,
+        DA09,
     ))
-    del PDEL
+    del PLML
+    # VB06 (motor, ACh+Betaine) <- PVDR:4, AVKL:2, AVAR:17, AVAL:11, PVZ:2, DA09:1
+    VB06 = node(280, weighted_relu(w[1798:1804], PVDR, AVKL, AVAR, AVAL, PVZ, DA09))
+    del PVDR
     # CP04 (sex-specific, ACh+5-HT) <- PHCR:30, R2BR:26, HOB:15, AVJL:1, DVE:5,
     #     R3BR:1, PCAL:11, HOA:13, DVF:1, CP06:6, PCBL:3, PCBR:17, CA06:8, CA05:4,
     #     SPVR:2, R8AR:2, SPDR:1, EF2:1, VA10:2, PVZ:6, CP02:9, CP03:8
-    CP04 = node(285, weighted_relu(
-        w[1822:1844], PHCR, R2BR, HOB, AVJL, DVE, R3BR, PCAL, HOA, DVF, CP06, PCBL,
+    CP04 = node(281, weighted_relu(
+        w[1804:1826], PHCR, R2BR, HOB, AVJL, DVE, R3BR, PCAL, HOA, DVF, CP06, PCBL,
         PCBR, CA06, CA05, SPVR, R8AR, SPDR, EF2, VA10, PVZ, CP02, CP03,
     ))
     del CP02, CP03
+    # VA07 (motor, ACh) <- AVAR:7, AVAL:7, VB06:3
+    VA07 = node(282, weighted_relu(w[1826:1829], AVAR, AVAL, VB06))
+    # VA08 (motor, ACh) <- AVAR:7, AVAL:7, VB06:2
+    VA08 = node(283, weighted_relu(w[1829:1832], AVAR, AVAL, VB06))
+    # VB07 (motor, ACh+Betaine) <- VA10:4, PVZ:1, VA09:1, VB06:1
+    VB07 = node(284, weighted_relu(w[1832:1836], VA10, PVZ, VA09, VB06))
+    # VB09 (motor, ACh+Betaine) <- PDEL:1, PQR:3, VA12:19, AVKL:1, PVCR:1, VA10:1,
+    #     VA09:1, VB06:1
+    VB09 = node(285, weighted_relu(
+        w[1836:1844], PDEL, PQR, VA12, AVKL, PVCR, VA10, VA09, VB06,
+    ))
+    del PDEL
     # AS01 (motor, ACh) <- PVCL:1, AVER:6, AVAR:2, AVEL:3, AVBR:2, DA01:13, VA06:13,
     #     VA07:1
     AS01 = node(286, weighted_relu(
@@ -1925,129 +1927,129 @@ def dag_forward(
     AS05 = node(289, weighted_relu(w[1866:1871], AVAR, AVBL, DB03, AVAL, VA08))
     # DD03 (motor, GABA) <- VB05:34, DA06:7, PVZ:1, VB07:5
     DD03 = node(290, weighted_relu(w[1871:1875], VB05, DA06, PVZ, VB07))
-    # VD10 (motor, GABA) <- PVDL:3, VA12:20, SPVR:4, DA08:7, VA09:3, PVZ:11, VB09:12
-    VD10 = node(291, weighted_relu(
-        w[1875:1882], PVDL, VA12, SPVR, DA08, VA09, PVZ, VB09,
-    ))
     # PCCR (sex-specific, ACh) <- HOB:2, DVE:16, CP06:5, PCBL:6, PCBR:8, CA06:1,
     #     CA05:2, PHDR:4, CP04:6
-    PCCR = node(292, weighted_relu(
-        w[1882:1891], HOB, DVE, CP06, PCBL, PCBR, CA06, CA05, PHDR, CP04,
+    PCCR = node(291, weighted_relu(
+        w[1875:1884], HOB, DVE, CP06, PCBL, PCBR, CA06, CA05, PHDR, CP04,
+    ))
+    # VD10 (motor, GABA) <- PVDL:3, VA12:20, SPVR:4, DA08:7, PVZ:11, VA09:3, VB09:12
+    VD10 = node(292, weighted_relu(
+        w[1884:1891], PVDL, VA12, SPVR, DA08, PVZ, VA09, VB09,
+    ))
+    # CP05 (sex-specific, Glu+5-HT) <- HOB:12, DVE:22, PCAL:2, DVF:16, CP06:21,
+    #     PCBL:15, CA06:1, AVBR:1, PVZ:1, PCCR:1
+    CP05 = node(293, weighted_relu(
+        w[1891:1901], HOB, DVE, PCAL, DVF, CP06, PCBL, CA06, AVBR, PVZ, PCCR,
     ))
     # DA03 (motor, ACh) <- AVDR:3, AVDL:9, AVER:3, AVAR:8, AVEL:6, DB02:12, AVBR:3,
     #     AVAL:12, DA02:1, AS03:1
-    DA03 = node(293, weighted_relu(
-        w[1891:1901], AVDR, AVDL, AVER, AVAR, AVEL, DB02, AVBR, AVAL, DA02, AS03,
+    DA03 = node(294, weighted_relu(
+        w[1901:1911], AVDR, AVDL, AVER, AVAR, AVEL, DB02, AVBR, AVAL, DA02, AS03,
     ))
     # DB05 (motor, ACh) <- AVKL:1, VA10:1, VB07:2, DD03:1
-    DB05 = node(294, weighted_relu(w[1901:1905], AVKL, VA10, VB07, DD03))
+    DB05 = node(295, weighted_relu(w[1911:1915], AVKL, VA10, VB07, DD03))
     del DD03
     # DD05 (motor, GABA) <- PQR:4, PVDL:3, VA12:22, CA05:2, SPVR:6, AVAL:1, VA10:23,
-    #     DA08:4, PVZ:22, VB09:21, CP04:15, VD10:6
-    DD05 = node(295, weighted_relu(
-        w[1905:1917], PQR, PVDL, VA12, CA05, SPVR, AVAL, VA10, DA08, PVZ, VB09, CP04,
+    #     DA08:4, PVZ:22, CP04:15, VB09:21, VD10:6
+    DD05 = node(296, weighted_relu(
+        w[1915:1927], PQR, PVDL, VA12, CA05, SPVR, AVAL, VA10, DA08, PVZ, CP04, VB09,
         VD10,
     ))
     del PVDL
     # VA11 (motor, ACh) <- PQR:1, VA12:1, AVAR:19, AVAL:28, PVZ:2, VB09:2, VD10:2
-    VA11 = node(296, weighted_relu(
-        w[1917:1924], PQR, VA12, AVAR, AVAL, PVZ, VB09, VD10,
+    VA11 = node(297, weighted_relu(
+        w[1927:1934], PQR, VA12, AVAR, AVAL, PVZ, VB09, VD10,
     ))
     del VD10
     # VD01 (motor, GABA) <- VA02:1, VA01:3, AS01:20
-    VD01 = node(297, weighted_relu(w[1924:1927], VA02, VA01, AS01))
-    # CP05 (sex-specific, Glu+5-HT) <- HOB:12, DVE:22, PCAL:2, DVF:16, CP06:21,
-    #     PCBL:15, CA06:1, AVBR:1, PVZ:1, PCCR:1
-    CP05 = node(298, weighted_relu(
-        w[1927:1937], HOB, DVE, PCAL, DVF, CP06, PCBL, CA06, AVBR, PVZ, PCCR,
-    ))
-    # DVB (interneuron, GABA+Betaine) <- DVE:1, DVF:3, CP06:2, CP05:6
-    DVB = node(299, weighted_relu(w[1937:1941], DVE, DVF, CP06, CP05))
-    # DA04 (motor, ACh) <- PVX:2, AVDR:2, AVDL:3, AVAR:9, DB02:1, DB03:4, AVAL:12,
-    #     DA05:1, DA03:2
-    DA04 = node(300, weighted_relu(
-        w[1941:1950], PVX, AVDR, AVDL, AVAR, DB02, DB03, AVAL, DA05, DA03,
-    ))
-    # DA07 (motor, ACh) <- PVCL:1, AVDR:1, AVDL:4, AVAR:20, AVAL:14, DA08:1, DB05:12
-    DA07 = node(301, weighted_relu(
-        w[1950:1957], PVCL, AVDR, AVDL, AVAR, AVAL, DA08, DB05,
-    ))
+    VD01 = node(298, weighted_relu(w[1934:1937], VA02, VA01, AS01))
     # AS04 (motor, ACh) <- AVDL:2, AVAR:2, AVBL:1, DB02:2, DB03:2, AVBR:1, AVAL:2,
     #     VA08:11, DA03:2
-    AS04 = node(302, weighted_relu(
-        w[1957:1966], AVDL, AVAR, AVBL, DB02, DB03, AVBR, AVAL, VA08, DA03,
+    AS04 = node(299, weighted_relu(
+        w[1937:1946], AVDL, AVAR, AVBL, DB02, DB03, AVBR, AVAL, VA08, DA03,
     ))
     del AVBL
     # AS07 (motor, ACh) <- AVDL:1, AVAR:6, AVBR:1, AVAL:6, DB05:3
-    AS07 = node(303, weighted_relu(w[1966:1971], AVDL, AVAR, AVBR, AVAL, DB05))
+    AS07 = node(300, weighted_relu(w[1946:1951], AVDL, AVAR, AVBR, AVAL, DB05))
     # AS08 (motor, ACh) <- PVX:1, AVAR:10, AVAL:6, DB06:2, DB05:2
-    AS08 = node(304, weighted_relu(w[1971:1976], PVX, AVAR, AVAL, DB06, DB05))
-    # VD06 (motor, GABA) <- VB05:10, DB03:4, DA06:13, VA06:6, DB04:14, DA05:22,
-    #     AS06:20, VB06:1, VA07:2, DB05:13
-    VD06 = node(305, weighted_relu(
-        w[1976:1986], VB05, DB03, DA06, VA06, DB04, DA05, AS06, VB06, VA07, DB05,
+    AS08 = node(301, weighted_relu(w[1951:1956], PVX, AVAR, AVAL, DB06, DB05))
+    # CA03 (sex-specific, ACh+Glu) <- CA05:1, CP05:1
+    CA03 = node(302, weighted_relu(w[1956:1958], CA05, CP05))
+    # DA04 (motor, ACh) <- PVX:2, AVDR:2, AVDL:3, AVAR:9, DB02:1, DB03:4, AVAL:12,
+    #     DA05:1, DA03:2
+    DA04 = node(303, weighted_relu(
+        w[1958:1967], PVX, AVDR, AVDL, AVAR, DB02, DB03, AVAL, DA05, DA03,
+    ))
+    # DA07 (motor, ACh) <- PVCL:1, AVDR:1, AVDL:4, AVAR:20, AVAL:14, DA08:1, DB05:12
+    DA07 = node(304, weighted_relu(
+        w[1967:1974], PVCL, AVDR, AVDL, AVAR, AVAL, DA08, DB05,
+    ))
+    # DVB (interneuron, GABA+Betaine) <- DVE:1, DVF:3, CP06:2, CP05:6
+    DVB = node(305, weighted_relu(w[1974:1978], DVE, DVF, CP06, CP05))
+    # PCCL (sex-specific, ACh) <- DX3:1, DVF:5, CP06:5, PCBL:13, CA05:5, PCCR:2,
+    #     CP05:4
+    PCCL = node(306, weighted_relu(
+        w[1978:1985], DX3, DVF, CP06, PCBL, CA05, PCCR, CP05,
+    ))
+    # VD06 (motor, GABA) <- VB05:10, DB03:4, DA06:13, VA06:6, DB04:14, AS06:20,
+    #     DA05:22, VB06:1, VA07:2, DB05:13
+    VD06 = node(307, weighted_relu(
+        w[1985:1995], VB05, DB03, DA06, VA06, DB04, AS06, DA05, VB06, VA07, DB05,
     ))
     del VB05, DB04, AS06
     # VD12 (motor, GABA) <- PDER:2, VA12:2, DVF:2, PVNR:1, SPDL:3, DA08:5, PVZ:10,
     #     DA09:1, VA11:6
-    VD12 = node(306, weighted_relu(
-        w[1986:1995], PDER, VA12, DVF, PVNR, SPDL, DA08, PVZ, DA09, VA11,
+    VD12 = node(308, weighted_relu(
+        w[1995:2004], PDER, VA12, DVF, PVNR, SPDL, DA08, PVZ, DA09, VA11,
     ))
-    # PCCL (sex-specific, ACh) <- DX3:1, DVF:5, CP06:5, PCBL:13, CA05:5, PCCR:2,
-    #     CP05:4
-    PCCL = node(307, weighted_relu(
-        w[1995:2002], DX3, DVF, CP06, PCBL, CA05, PCCR, CP05,
+    # CA02 (sex-specific, ACh+Glu) <- CA03:2
+    CA02 = node(309, weighted_relu(w[2004:2005], CA03))
+    # CP08 (sex-specific, ACh) <- R2AL:4, R2BL:3, R7BL:2, DVE:1, R3BR:2, R9AL:8,
+    #     PCAL:10, PCAR:43, DVF:2, R9AR:13, R8BR:3, PVNL:4, R6AR:34, PHDL:3, R2AR:2,
+    #     CP09:78, R9BR:1, R7AR:6, VD12:1
+    CP08 = node(310, weighted_relu(
+        w[2005:2024], R2AL, R2BL, R7BL, DVE, R3BR, R9AL, PCAL, PCAR, DVF, R9AR, R8BR,
+        PVNL, R6AR, PHDL, R2AR, CP09, R9BR, R7AR, VD12,
     ))
-    # CA03 (sex-specific, ACh+Glu) <- CA05:1, CP05:1
-    CA03 = node(308, weighted_relu(w[2002:2004], CA05, CP05))
     # DD02 (motor, GABA) <- DB02:16, DB03:3, VA05:6, VA03:10, VA04:17, DA03:3,
-    #     DA04:4, AS04:4
-    DD02 = node(309, weighted_relu(
-        w[2004:2012], DB02, DB03, VA05, VA03, VA04, DA03, DA04, AS04,
+    #     AS04:4, DA04:4
+    DD02 = node(311, weighted_relu(
+        w[2024:2032], DB02, DB03, VA05, VA03, VA04, DA03, AS04, DA04,
     ))
-    # VB10 (motor, ACh+Betaine) <- PQR:2, PDER:1, VA12:9, PVCL:3, AVKL:2, PVCR:2,
+    # SPCL (sex-specific, ACh) <- HOB:5, R2BL:10, DX3:1, DVF:28, PCBL:18, CA06:2,
+    #     CA05:2, CP05:3, DVB:7, PCCL:25
+    SPCL = node(312, weighted_relu(
+        w[2032:2042], HOB, R2BL, DX3, DVF, PCBL, CA06, CA05, CP05, DVB, PCCL,
+    ))
+    del DX3, PCBL
+    # VB10 (motor, ACh+Betaine) <- PDER:1, PQR:2, VA12:9, PVCL:3, AVKL:2, PVCR:2,
     #     PVY:1, VB09:7, VA11:15, VD12:2
-    VB10 = node(310, weighted_relu(
-        w[2012:2022], PQR, PDER, VA12, PVCL, AVKL, PVCR, PVY, VB09, VA11, VD12,
+    VB10 = node(313, weighted_relu(
+        w[2042:2052], PDER, PQR, VA12, PVCL, AVKL, PVCR, PVY, VB09, VA11, VD12,
     ))
     del PQR
     # VD05 (motor, GABA) <- DB03:24, DA06:3, VA05:9, VA06:3, DA05:1, AS05:12,
     #     DB05:3, DA04:21
-    VD05 = node(311, weighted_relu(
-        w[2022:2030], DB03, DA06, VA05, VA06, DA05, AS05, DB05, DA04,
+    VD05 = node(314, weighted_relu(
+        w[2052:2060], DB03, DA06, VA05, VA06, DA05, AS05, DB05, DA04,
     ))
     del DA05, AS05
     # VD07 (motor, GABA) <- DA06:13, DB06:10, VB06:22, VA07:13, VA08:2, DB05:13,
-    #     DA07:10, AS07:20
-    VD07 = node(312, weighted_relu(
-        w[2030:2038], DA06, DB06, VB06, VA07, VA08, DB05, DA07, AS07,
+    #     AS07:20, DA07:10
+    VD07 = node(315, weighted_relu(
+        w[2060:2068], DA06, DB06, VB06, VA07, VA08, DB05, AS07, DA07,
     ))
     del VA07, AS07
     # VD08 (motor, GABA) <- DVC:1, DB06:12, VA10:8, DA08:5, PVZ:2, DB07:5, VA08:3,
-    #     VB07:8, DA07:12, AS08:20
-    VD08 = node(313, weighted_relu(
-        w[2038:2048], DVC, DB06, VA10, DA08, PVZ, DB07, VA08, VB07, DA07, AS08,
+    #     VB07:8, AS08:20, DA07:12
+    VD08 = node(316, weighted_relu(
+        w[2068:2078], DVC, DB06, VA10, DA08, PVZ, DB07, VA08, VB07, AS08, DA07,
     ))
     del DB06, VA08, AS08
-    # SPCL (sex-specific, ACh) <- HOB:5, R2BL:10, DX3:1, DVF:28, PCBL:18, CA06:2,
-    #     CA05:2, CP05:3, DVB:7, PCCL:25
-    SPCL = node(314, weighted_relu(
-        w[2048:2058], HOB, R2BL, DX3, DVF, PCBL, CA06, CA05, CP05, DVB, PCCL,
-    ))
-    del DX3, PCBL
-    # CA02 (sex-specific, ACh+Glu) <- CA03:2
-    CA02 = node(315, weighted_relu(w[2058:2059], CA03))
-    # CP08 (sex-specific, ACh) <- R2AL:4, R2BL:3, R7BL:2, DVE:1, R3BR:2, R9AL:8,
-    #     PCAL:10, PCAR:43, DVF:2, R9AR:13, R8BR:3, PVNL:4, R6AR:34, PHDL:3, R2AR:2,
-    #     CP09:78, R9BR:1, R7AR:6, VD12:1
-    CP08 = node(316, weighted_relu(
-        w[2059:2078], R2AL, R2BL, R7BL, DVE, R3BR, R9AL, PCAL, PCAR, DVF, R9AR, R8BR,
-        PVNL, R6AR, PHDL, R2AR, CP09, R9BR, R7AR, VD12,
-    ))
-    # DD04 (motor, GABA) <- AVJL:1, DVF:4, VA10:12, PVZ:1, VB06:32, VB07:11, CP04:2,
-    #     CP05:1, DA07:3, CA03:2, VD08:1
+    # DD04 (motor, GABA) <- AVJL:1, DVF:4, VA10:12, PVZ:1, VB06:32, CP04:2, VB07:11,
+    #     CP05:1, CA03:2, DA07:3, VD08:1
     DD04 = node(317, weighted_relu(
-        w[2078:2089], AVJL, DVF, VA10, PVZ, VB06, VB07, CP04, CP05, DA07, CA03, VD08,
+        w[2078:2089], AVJL, DVF, VA10, PVZ, VB06, CP04, VB07, CP05, CA03, DA07, VD08,
     ))
     del AVJL, VD08
     # VB01 (motor, ACh+Betaine) <- VA02:1, VD01:5, VD05:1
@@ -2067,17 +2069,17 @@ def dag_forward(
     ))
     del PDER, PVCL, PVCR, AVBR
     # VD04 (motor, GABA) <- DB02:15, DB03:9, DA06:3, VA04:8, DA03:13, DB05:3,
-    #     DA04:11, AS04:21, DD02:1
+    #     AS04:21, DA04:11, DD02:1
     VD04 = node(322, weighted_relu(
-        w[2111:2120], DB02, DB03, DA06, VA04, DA03, DB05, DA04, AS04, DD02,
+        w[2111:2120], DB02, DB03, DA06, VA04, DA03, DB05, AS04, DA04, DD02,
     ))
-    del DB03, DA06, DB05, DA04, AS04
+    del DB03, DA06, DB05, AS04, DA04
     # DD06 (motor, GABA) <- PHCR:3, R2AL:28, R1BR:3, VA12:8, DVF:1, CA06:1, SPVR:25,
-    #     R8BR:1, SPDL:12, PDB:6, SPDR:5, PVX:10, EF1:1, PVY:1, R2AR:10, DA08:1,
-    #     PVZ:12, DA09:4, VB09:17, CP04:3, VA11:24, VD12:8, VB10:23, VB11:2
+    #     R8BR:1, SPDL:12, PDB:6, PVX:10, SPDR:5, EF1:1, PVY:1, R2AR:10, DA08:1,
+    #     PVZ:12, DA09:4, CP04:3, VB09:17, VA11:24, VD12:8, VB10:23, VB11:2
     DD06 = node(323, weighted_relu(
-        w[2120:2144], PHCR, R2AL, R1BR, VA12, DVF, CA06, SPVR, R8BR, SPDL, PDB, SPDR,
-        PVX, EF1, PVY, R2AR, DA08, PVZ, DA09, VB09, CP04, VA11, VD12, VB10, VB11,
+        w[2120:2144], PHCR, R2AL, R1BR, VA12, DVF, CA06, SPVR, R8BR, SPDL, PDB, PVX,
+        SPDR, EF1, PVY, R2AR, DA08, PVZ, DA09, CP04, VB09, VA11, VD12, VB10, VB11,
     ))
     del EF1, PVY
     # VB03 (motor, ACh+Betaine) <- VA03:3, VA04:8, VD04:2
@@ -2092,11 +2094,11 @@ def dag_forward(
         w[2153:2162], DB01, DB02, VA03, DA02, VB02, AS03, DA03, DD02, VB03,
     ))
     del AS03, DA03, DD02, VB03
-    # AS11 (motor, ACh) <- PLMR:1, PHCL:7, PHCR:6, LUAL:2, R4BR:21, AVFR:7, R7BR:4,
+    # AS11 (motor, ACh) <- PHCL:7, PHCR:6, PLMR:1, LUAL:2, R4BR:21, AVFR:7, R7BR:4,
     #     PVNL:5, CP07:6, R6AR:3, PDB:22, PVX:5, AVDR:1, AVAR:20, AVAL:29, DA08:2,
     #     DB07:2, DA09:1, R1AL:2, VD12:2, PDA:7
     AS11 = node(327, weighted_relu(
-        w[2162:2183], PLMR, PHCL, PHCR, LUAL, R4BR, AVFR, R7BR, PVNL, CP07, R6AR, PDB,
+        w[2162:2183], PHCL, PHCR, PLMR, LUAL, R4BR, AVFR, R7BR, PVNL, CP07, R6AR, PDB,
         PVX, AVDR, AVAR, AVAL, DA08, DB07, DA09, R1AL, VD12, PDA,
     ))
     del PHCL, PHCR, LUAL, PLMR, DB07
@@ -2107,19 +2109,19 @@ def dag_forward(
         VB01, VD03,
     ))
     del DB02, VA01, AS01, VD01, VD03
-    # VD02 (motor, GABA) <- DB01:24, DA01:4, VA02:27, VA03:3, DA02:17, VB02:14,
-    #     AS02:21, VB01:2, DD01:1
-    VD02 = node(329, weighted_relu(
-        w[2196:2205], DB01, DA01, VA02, VA03, DA02, VB02, AS02, VB01, DD01,
-    ))
-    del DB01, VA02, VA03, DA01, DA02, VB02, AS02, VB01, DD01
     # R3AL (sex-specific, ACh) <- AVFR:1, R2BL:17, R7BL:1, VA12:1, R4BL:17, PVNL:2,
     #     R3BL:9, PVX:1, AVAR:1, AVAL:7, R6BL:3, DA09:1, R1BL:5, R1AL:52, AS11:1
-    R3AL = node(330, weighted_relu(
-        w[2205:2220], AVFR, R2BL, R7BL, VA12, R4BL, PVNL, R3BL, PVX, AVAR, AVAL, R6BL,
+    R3AL = node(329, weighted_relu(
+        w[2196:2211], AVFR, R2BL, R7BL, VA12, R4BL, PVNL, R3BL, PVX, AVAR, AVAL, R6BL,
         DA09, R1BL, R1AL, AS11,
     ))
     del PVX
+    # VD02 (motor, GABA) <- DB01:24, DA01:4, VA02:27, VA03:3, DA02:17, VB02:14,
+    #     AS02:21, VB01:2, DD01:1
+    VD02 = node(330, weighted_relu(
+        w[2211:2220], DB01, DA01, VA02, VA03, DA02, VB02, AS02, VB01, DD01,
+    ))
+    del DB01, VA02, VA03, DA01, DA02, VB02, AS02, VB01, DD01
     # R3AR (sex-specific, ACh) <- R4BR:21, R2BR:12, R7BR:3, R3BR:12, AVKL:2, AVAR:2,
     #     AVAL:1, R5BR:4, R1AL:31, VD12:1, R3AL:42
     R3AR = node(331, weighted_relu(
@@ -2170,64 +2172,65 @@ def dag_forward(
         R7AL,
     ))
     del R8BR, CA07
-    # SPCR (sex-specific, ACh) <- R2BR:5, HOB:44, DVE:17, CP06:4, PCBR:5, CA06:1,
-    #     CA05:4, SPVR:10, CP04:1, PCCR:14, CP05:12, DVB:2, PCCL:14, CA04:2
-    SPCR = node(341, weighted_relu(
-        w[2304:2318], R2BR, HOB, DVE, CP06, PCBR, CA06, CA05, SPVR, CP04, PCCR, CP05,
-        DVB, PCCL, CA04,
-    ))
-    del R2BR, CA06, CP04, PCCL
     # PVV (sex-specific, ACh+Glu+Betaine) <- AVFR:18, HOB:29, R7BL:48, R7BR:86,
     #     AVFL:6, R1BR:17, VA12:6, R3BR:9, R9BL:1, R9AL:13, PCAL:7, HOA:1, PCAR:10,
     #     DVF:4, PCBR:1, R9AR:26, SPVR:5, PVNL:2, PHDR:11, CP07:39, R3BL:25,
-    #     R6AR:26, R8AR:2, PVNR:5, DX2:14, PHDL:2, EF2:2, AVAL:3, CP09:194, R9BR:15,
-    #     PVZ:1, R7AR:24, R1BL:13, R5BR:43, VA11:8, VB10:1, CP08:18, VB11:7, R5AL:3,
-    #     R4AR:3, R4AL:4, R5AR:4, R6AL:17, R7AL:16, CA04:13
-    PVV = node(342, weighted_relu(
-        w[2318:2363], AVFR, HOB, R7BL, R7BR, AVFL, R1BR, VA12, R3BR, R9BL, R9AL, PCAL,
-        HOA, PCAR, DVF, PCBR, R9AR, SPVR, PVNL, PHDR, CP07, R3BL, R6AR, R8AR, PVNR, DX2,
-        PHDL, EF2, AVAL, CP09, R9BR, PVZ, R7AR, R1BL, R5BR, VA11, VB10, CP08, VB11,
+    #     R6AR:26, R8AR:2, DX2:14, PVNR:5, EF2:2, PHDL:2, AVAL:3, CP09:194, PVZ:1,
+    #     R9BR:15, R7AR:24, R1BL:13, R5BR:43, VA11:8, CP08:18, VB10:1, VB11:7,
+    #     R5AL:3, R4AR:3, R4AL:4, R5AR:4, R6AL:17, R7AL:16, CA04:13
+    PVV = node(341, weighted_relu(
+        w[2304:2349], AVFR, HOB, R7BL, R7BR, AVFL, R1BR, VA12, R3BR, R9BL, R9AL, PCAL,
+        HOA, PCAR, DVF, PCBR, R9AR, SPVR, PVNL, PHDR, CP07, R3BL, R6AR, R8AR, DX2, PVNR,
+        EF2, PHDL, AVAL, CP09, PVZ, R9BR, R7AR, R1BL, R5BR, VA11, CP08, VB10, VB11,
         R5AL, R4AR, R4AL, R5AR, R6AL, R7AL, CA04,
     ))
     del (
-        R9BL, R3BR, R9AL, PCAL, PCAR, PCBR, R9AR, CP07, R3BL, R8AR, PHDR, EF2, PHDL,
-        R9BR, R1BL, R4AL, CP08, CA04, DX2,
+        R9BL, R3BR, R9AL, PCAL, PCAR, R9AR, CP07, R3BL, R8AR, PHDR, EF2, PHDL, R9BR,
+        R1BL, R4AL, CP08, DX2,
     )
-    # PVWR (interneuron) <- R7BR:7, R1BR:6, VA12:1, SPVR:1, PVV:2
-    PVWR = node(343, weighted_relu(w[2363:2368], R7BR, R1BR, VA12, SPVR, PVV))
-    # SPVL (sex-specific, ACh) <- R4BR:2, HOB:3, DVE:2, DVF:1, CP06:14, SPVR:11,
-    #     PVNL:1, SPDL:2, SPDR:3, PCCR:3, CP05:10, PVV:3
-    SPVL = node(344, weighted_relu(
-        w[2368:2380], R4BR, HOB, DVE, DVF, CP06, SPVR, PVNL, SPDL, SPDR, PCCR, CP05,
-        PVV,
+    # SPCR (sex-specific, ACh) <- R2BR:5, HOB:44, DVE:17, CP06:4, PCBR:5, CA06:1,
+    #     CA05:4, SPVR:10, CP04:1, PCCR:14, CP05:12, DVB:2, PCCL:14, CA04:2
+    SPCR = node(342, weighted_relu(
+        w[2349:2363], R2BR, HOB, DVE, CP06, PCBR, CA06, CA05, SPVR, CP04, PCCR, CP05,
+        DVB, PCCL, CA04,
     ))
-    del R4BR, HOB, SPDL, SPDR, PCCR
+    del R2BR, PCBR, CA06, CP04, PCCL, CA04
     # PDC (sex-specific, ACh+Betaine) <- R7BL:34, R7BR:90, R1BR:10, HOA:1, R6AR:1,
     #     PVNR:1, CP09:4, R7AR:24, R5BR:13, PDA:4, AS11:2, R3AR:4, R5AL:8, R4AR:3,
     #     R5AR:6, R6AL:3, R7AL:9, PVV:1
-    PDC = node(345, weighted_relu(
-        w[2380:2398], R7BL, R7BR, R1BR, HOA, R6AR, PVNR, CP09, R7AR, R5BR, PDA, AS11,
+    PDC = node(343, weighted_relu(
+        w[2363:2381], R7BL, R7BR, R1BR, HOA, R6AR, PVNR, CP09, R7AR, R5BR, PDA, AS11,
         R3AR, R5AL, R4AR, R5AR, R6AL, R7AL, PVV,
     ))
-    del R7BL, R7BR, HOA, R6AR, CP09, R7AR, R5BR, R3AR, R5AL, R4AR, R6AL, R7AL, R5AR
+    del R7BL, HOA, R6AR, CP09, R7AR, R5BR, R3AR, R5AL, R4AR, R6AL, R7AL, R5AR
+    # PVWR (interneuron) <- R7BR:7, R1BR:6, VA12:1, SPVR:1, PVV:2
+    PVWR = node(344, weighted_relu(w[2381:2386], R7BR, R1BR, VA12, SPVR, PVV))
+    del R7BR
+    # SPVL (sex-specific, ACh) <- R4BR:2, HOB:3, DVE:2, DVF:1, CP06:14, SPVR:11,
+    #     PVNL:1, SPDL:2, SPDR:3, PCCR:3, CP05:10, PVV:3
+    SPVL = node(345, weighted_relu(
+        w[2386:2398], R4BR, HOB, DVE, DVF, CP06, SPVR, PVNL, SPDL, SPDR, PCCR, CP05,
+        PVV,
+    ))
+    del R4BR, HOB, SPDL, SPDR, PCCR
     # AVL (interneuron, GABA) <- AVFR:1, ADAL:2, RIS:2, DVE:6, AVG:4, DVF:1, CP06:3,
-    #     PVNL:2, DVC:3, PVNR:9, AVJR:1, CP05:2, DVB:4, CA03:3, SPVL:3
+    #     PVNL:2, DVC:3, PVNR:9, AVJR:1, CP05:2, CA03:3, DVB:4, SPVL:3
     AVL = node(346, weighted_relu(
         w[2398:2413], AVFR, ADAL, RIS, DVE, AVG, DVF, CP06, PVNL, DVC, PVNR, AVJR, CP05,
-        DVB, CA03, SPVL,
+        CA03, DVB, SPVL,
     ))
     del ADAL, DVE, CP06, CP05, CA03
-    # VD09 (motor, GABA) <- VA12:2, DVC:2, CA08:1, VA10:22, DA08:5, AS09:20, VA09:2,
-    #     PVZ:4, VB07:4, DA07:10, VB08:19, SPVL:1
+    # VD09 (motor, GABA) <- VA12:2, DVC:2, CA08:1, VA10:22, AS09:20, DA08:5, PVZ:4,
+    #     VA09:2, VB07:4, DA07:10, VB08:19, SPVL:1
     VD09 = node(347, weighted_relu(
-        w[2413:2425], VA12, DVC, CA08, VA10, DA08, AS09, VA09, PVZ, VB07, DA07, VB08,
+        w[2413:2425], VA12, DVC, CA08, VA10, AS09, DA08, PVZ, VA09, VB07, DA07, VB08,
         SPVL,
     ))
     del VA10, VB07, DA07, AS09, VB08
-    # VD11 (motor, GABA) <- R2AL:2, VA12:3, DVF:3, SPVR:10, DA08:5, VA09:3, PVZ:21,
+    # VD11 (motor, GABA) <- R2AL:2, VA12:3, DVF:3, SPVR:10, DA08:5, PVZ:21, VA09:3,
     #     AS10:10, VB06:1, VB09:5, VA11:17, VB10:8, PVV:3, SPVL:8
     VD11 = node(348, weighted_relu(
-        w[2425:2439], R2AL, VA12, DVF, SPVR, DA08, VA09, PVZ, AS10, VB06, VB09, VA11,
+        w[2425:2439], R2AL, VA12, DVF, SPVR, DA08, PVZ, VA09, AS10, VB06, VB09, VA11,
         VB10, PVV, SPVL,
     ))
     del R2AL, DVF, SPVR, VA09, VB06, VB09, VA11, VB10, SPVL, AS10
@@ -2237,14 +2240,14 @@ def dag_forward(
         w[2439:2453], AVFR, VA12, AVG, PVNL, PDB, PVQR, DA08, PVZ, DA09, VB11, PDA,
         AS11, PVV, PDC,
     ))
-    del AVFR, VA12, AVG, PVNL, PDB, PVQR, DA08, PVZ, DA09, VB11, PDA, AS11, PVV, PDC
+    del AVFR, VA12, AVG, PVNL, PDB, PVQR, PVZ, DA08, DA09, VB11, PDA, AS11, PVV, PDC
     # PVT (interneuron) <- CEMVR:5, RIGR:2, DVB:1, AVL:2
     PVT = node(350, weighted_relu(w[2453:2457], CEMVR, RIGR, DVB, AVL))
     del CEMVR, DVB
-    # SABVL (motor, ACh) <- AVJR:3, AVDR:5, SAAVR:2, AVDL:2, AVER:12, AVEL:16,
+    # SABVL (motor, ACh) <- AVDR:5, AVJR:3, SAAVR:2, AVDL:2, AVER:12, AVEL:16,
     #     AVAL:2, AVL:9
     SABVL = node(351, weighted_relu(
-        w[2457:2465], AVJR, AVDR, SAAVR, AVDL, AVER, AVEL, AVAL, AVL,
+        w[2457:2465], AVDR, AVJR, SAAVR, AVDL, AVER, AVEL, AVAL, AVL,
     ))
     del SAAVR, AVAL, AVJR
     # SABVR (motor, ACh) <- AVDR:1, SAAVL:2, AVDL:5, AVER:11, AVAR:2, AVEL:12, AVL:6
@@ -2252,10 +2255,10 @@ def dag_forward(
         w[2465:2472], AVDR, SAAVL, AVDL, AVER, AVAR, AVEL, AVL,
     ))
     del AVDR, SAAVL, AVDL, AVER, AVAR, AVEL, AVL
-    # AVKR (interneuron) <- RIS:33, RIGL:20, R2BL:2, CA05:1, DVC:15, PVPL:8, CA08:1,
+    # AVKR (interneuron) <- R2BL:2, RIGL:20, RIS:33, CA05:1, DVC:15, PVPL:8, CA08:1,
     #     AIZL:1, AIZR:2, AVKL:1, AIBL:5, AIBR:4, SIAVR:1, R5BL:1, PVT:2
     AVKR = node(353, weighted_relu(
-        w[2472:2487], RIS, RIGL, R2BL, CA05, DVC, PVPL, CA08, AIZL, AIZR, AVKL, AIBL,
+        w[2472:2487], R2BL, RIGL, RIS, CA05, DVC, PVPL, CA08, AIZL, AIZR, AVKL, AIBL,
         AIBR, SIAVR, R5BL, PVT,
     ))
     del (
@@ -2270,8 +2273,8 @@ def dag_forward(
     del AVFL, R1BR, PVNR, AVHR, EF3, RIGR, AVKR
     # sink <- mean of the 32 output nodes
     out = (
-        URYDR + URYVR + RIPL + PVWL + CEMDL + RIPR + RMER + RMDL + MCML + RMDDL +
-        SIBDR + RMFL + SAADL + SAADR + LUAR + DD05 + VD06 + VD07 + SPCL + CA02 + DD04 +
+        URYDR + URYVR + RIPL + PVWL + CEMDL + RIPR + RMDL + RMER + MCML + RMDDL +
+        SIBDR + RMFL + SAADL + SAADR + LUAR + DD05 + VD06 + CA02 + SPCL + VD07 + DD04 +
         VB04 + VD02 + R1AR + SPCR + PVWR + VD09 + VD11 + VD13 + SABVL + SABVR + PVPR
     ) / 32
     return node.results(out)
@@ -2299,32 +2302,32 @@ def dag_backward(
     grad_w = torch.empty_like(w)
     # The activations of the nodes that other nodes read, by name, for the dots.
     (
-        ASIL, ASIR, ASJL, ASJR, AWAL, AWAR, ASGL, ASGR, AWBL, AWBR, ASEL, ASER, ADFL,
-        ADFR, AFDL, AFDR, AWCL, AWCR, ASKL, ASKR, ASHL, ASHR, ADLL, ADLR, BAGL, URXL,
-        URXR, ALNL, ALNR, PLNL, PLNR, SDQL, SDQR, AQR, PQR, ALML, ALMR, AVM, PVM, PLML,
-        PLMR, FLPL, FLPR, DVA, PVDL, PVDR, ADEL, ADER, PDEL, PDER, PHAL, PHAR, PHBL,
-        PHBR, PHCL, PHCR, IL2DL, IL2DR, IL2L, IL2R, IL2VL, IL2VR, CEPDL, CEPDR, CEPVL,
-        CEPVR, URYVL, OLLL, OLLR, OLQDL, OLQDR, OLQVL, OLQVR, IL1DL, IL1DR, IL1L, IL1R,
-        IL1VL, IL1VR, AIMR, RIH, URBL, URBR, PVQL, BDUL, BDUR, AVHL, LUAL, RMGL, URADL,
-        URADR, URAVL, RIVL, VB05, R2AL, R4BR, AIML, AIYL, AIYR, AVFR, RICR, URAVR,
-        RMEL, R2BR, AUAL, ADAL, RIVR, CEMVL, HOB, RIS, RIGL, AVJL, R2BL, AINR, RMHR,
-        R7BL, R7BR, AVFL, R1BR, VA12, R6BR, DVE, R3BR, R9BL, PVR, R9AL, PVCL, DX3, DX1,
-        PCAL, HOA, PCAR, AVG, DVF, CP06, PCBL, PCBR, R9AR, CA06, R8BL, CA05, R4BL,
-        SPVR, R8BR, PVNL, R8AL, PHDR, PGA, CP07, DVC, R3BL, R6AR, R8AR, PVNR, SPDL,
-        DX2, PDB, SPDR, PVX, PVPL, PHDL, EF2, CA07, PVQR, AVHR, AVJR, AVDR, RID, DB01,
-        EF1, CA09, EF3, CA08, MCMR, CEMVR, RIGR, RICL, RIR, RMHL, AUAR, AIZL, AIZR,
-        AVKL, AIAL, AIAR, SMBDR, RIFL, SMBDL, AIBL, AIBR, SAAVR, RIML, SAAVL, RIMR,
-        RIFR, AVDL, RMFR, SMDVL, SMDVR, RIAR, RMED, RIAL, SIADL, RMGR, RMDVL, RIBR,
-        SIBVR, RMDDR, RMDR, SIAVL, RMEV, SMBVL, SIADR, RMDVR, SMDDR, SIBVL, RIBL, AVER,
-        SMDDL, SIBDL, AVAR, PVCR, AVEL, AVBL, SIAVR, DB02, SABD, SMBVR, DB03, PVY,
-        AVBR, AVAL, R2AR, DA01, DA06, DB06, VA02, VA05, VA10, CP09, DA08, AS09, VA01,
-        VA03, VA06, VA09, R9BR, PVZ, DA02, DB04, DB07, VA04, VB02, R6BL, R7AR, CP01,
-        DA05, DA09, AS06, AS10, R1BL, R5BR, CP02, VB06, R1AL, CP03, VA07, VA08, VB07,
-        VB09, CP04, AS01, AS02, AS03, AS05, DD03, VD10, PCCR, DA03, DB05, VA11, VD01,
-        CP05, DVB, DA04, DA07, AS04, AS07, AS08, VD12, PCCL, CA03, DD02, VB10, VD05,
-        VD08, CP08, VB01, VB08, VB11, VD04, DD06, VB03, PDA, VD03, AS11, DD01, R3AL,
-        R3AR, R5AL, R4AR, R4AL, R5AR, R6AL, R5BL, R7AL, CA04, PVV, SPVL, PDC, AVL, PVT,
-        AVKR,
+        ADEL, ADER, ADFL, ADFR, ADLL, ADLR, AFDL, AFDR, ALML, ALMR, ALNL, ALNR, AQR,
+        ASEL, ASER, ASGL, ASGR, ASHL, ASHR, ASIL, ASIR, ASJL, ASJR, ASKL, ASKR, AVM,
+        AWAL, AWAR, AWBL, AWBR, AWCL, AWCR, BAGL, CEPDL, CEPDR, CEPVL, CEPVR, DVA,
+        FLPL, FLPR, IL1DL, IL1DR, IL1L, IL1R, IL1VL, IL1VR, IL2DL, IL2DR, IL2L, IL2R,
+        IL2VL, IL2VR, OLLL, OLLR, OLQDL, OLQDR, OLQVL, OLQVR, PDEL, PDER, PHAL, PHAR,
+        PHBL, PHBR, PHCL, PHCR, PLML, PLMR, PLNL, PLNR, PQR, PVDL, PVDR, PVM, SDQL,
+        SDQR, URXL, URXR, URYVL, AIMR, AVHL, BDUL, BDUR, LUAL, PVQL, R2AL, R4BR, RIH,
+        RIVL, RMGL, URADL, URADR, URAVL, URBL, URBR, VB05, AIML, AIYL, AIYR, AVFR,
+        R2BR, RICR, RMEL, URAVR, ADAL, AUAL, CEMVL, HOB, RIVR, AVJL, R2BL, RIGL, RIS,
+        AINR, R7BL, RMHR, R7BR, AVFL, R1BR, DVE, R6BR, VA12, R3BR, R9BL, PVR, R9AL,
+        DX3, PVCL, DX1, PCAL, HOA, PCAR, AVG, DVF, CP06, PCBL, PCBR, CA06, R9AR, CA05,
+        R8BL, R4BL, SPVR, R8BR, PVNL, R8AL, PGA, PHDR, CP07, DVC, R3BL, R6AR, R8AR,
+        DX2, PVNR, SPDL, PDB, PVX, SPDR, CA07, EF2, PHDL, PVPL, AVDR, AVHR, AVJR, PVQR,
+        CA09, DB01, EF1, RID, CA08, EF3, MCMR, CEMVR, RICL, RIGR, RIR, RMHL, AIZL,
+        AIZR, AUAR, AVKL, AIAL, AIAR, SMBDR, RIFL, SMBDL, AIBL, AIBR, SAAVR, RIML,
+        SAAVL, RIMR, AVDL, RIFR, RMFR, SMDVL, SMDVR, RIAR, RMED, RIAL, SIADL, RMDVL,
+        RMGR, RIBR, SIBVR, RMDDR, RMDR, SIAVL, RMEV, SIADR, SMBVL, RMDVR, SIBVL, SMDDR,
+        RIBL, AVER, SMDDL, SIBDL, AVAR, PVCR, AVBL, AVEL, DB02, SIAVR, DB03, PVY, SABD,
+        SMBVR, AVBR, AVAL, R2AR, CP09, DA01, DA06, DB06, VA02, VA05, VA10, AS09, DA08,
+        PVZ, R9BR, VA01, VA03, VA06, VA09, CP01, DA02, DB04, DB07, R6BL, R7AR, VA04,
+        VB02, AS06, AS10, CP02, DA05, DA09, R1BL, R5BR, CP03, R1AL, VB06, CP04, VA07,
+        VA08, VB07, VB09, AS01, AS02, AS03, AS05, DD03, PCCR, VD10, CP05, DA03, DB05,
+        VA11, VD01, AS04, AS07, AS08, CA03, DA04, DA07, DVB, PCCL, VD12, CP08, DD02,
+        VB10, VD05, VD08, VB01, VB08, VB11, VD04, DD06, VB03, PDA, VD03, AS11, DD01,
+        R3AL, R3AR, R5AL, R4AR, R4AL, R5AR, R6AL, R5BL, R7AL, CA04, PVV, PDC, SPVL,
+        AVL, PVT, AVKR,
     ) = node.take_activations()
     # the sink reads the mean of the 32 output nodes
     sink_grad = grad / 32
@@ -2335,7 +2338,7 @@ def dag_backward(
     # AVKR -> PVPR
     AVKR_grad = node(353, gather(w_out[2493:2494], PVPR_grad))
     grad_w[2472:2487] = dots(
-        AVKR_grad, RIS, RIGL, R2BL, CA05, DVC, PVPL, CA08, AIZL, AIZR, AVKL, AIBL, AIBR,
+        AVKR_grad, R2BL, RIGL, RIS, CA05, DVC, PVPL, CA08, AIZL, AIZR, AVKL, AIBL, AIBR,
         SIAVR, R5BL, PVT,
     )
     del PVT
@@ -2344,7 +2347,7 @@ def dag_backward(
     grad_w[2465:2472] = dots(SABVR_grad, AVDR, SAAVL, AVDL, AVER, AVAR, AVEL, AVL)
     # SABVL -> the sink
     SABVL_grad = node(351, sink_grad)
-    grad_w[2457:2465] = dots(SABVL_grad, AVJR, AVDR, SAAVR, AVDL, AVER, AVEL, AVAL, AVL)
+    grad_w[2457:2465] = dots(SABVL_grad, AVDR, AVJR, SAAVR, AVDL, AVER, AVEL, AVAL, AVL)
     # PVT -> AVKR
     PVT_grad = node(350, gather(w_out[2492:2493], AVKR_grad))
     grad_w[2453:2457] = dots(PVT_grad, CEMVR, RIGR, DVB, AVL)
@@ -2359,58 +2362,57 @@ def dag_backward(
     # VD11 -> the sink
     VD11_grad = node(348, sink_grad)
     grad_w[2425:2439] = dots(
-        VD11_grad, R2AL, VA12, DVF, SPVR, DA08, VA09, PVZ, AS10, VB06, VB09, VA11, VB10,
+        VD11_grad, R2AL, VA12, DVF, SPVR, DA08, PVZ, VA09, AS10, VB06, VB09, VA11, VB10,
         PVV, SPVL,
     )
     del AS10
     # VD09 -> the sink
     VD09_grad = node(347, sink_grad)
     grad_w[2413:2425] = dots(
-        VD09_grad, VA12, DVC, CA08, VA10, DA08, AS09, VA09, PVZ, VB07, DA07, VB08, SPVL,
+        VD09_grad, VA12, DVC, CA08, VA10, AS09, DA08, PVZ, VA09, VB07, DA07, VB08, SPVL,
     )
     del CA08, AS09, VB08
     # AVL -> PVT, SABVL, SABVR
     AVL_grad = node(346, gather(w_out[2489:2492], PVT_grad, SABVL_grad, SABVR_grad))
     grad_w[2398:2413] = dots(
         AVL_grad, AVFR, ADAL, RIS, DVE, AVG, DVF, CP06, PVNL, DVC, PVNR, AVJR, CP05,
-        DVB, CA03, SPVL,
+        CA03, DVB, SPVL,
     )
     del AVJR, SPVL
-    # PDC -> VD13
-    PDC_grad = node(345, gather(w_out[2488:2489], VD13_grad))
-    grad_w[2380:2398] = dots(
-        PDC_grad, R7BL, R7BR, R1BR, HOA, R6AR, PVNR, CP09, R7AR, R5BR, PDA, AS11, R3AR,
-        R5AL, R4AR, R5AR, R6AL, R7AL, PVV,
-    )
     # SPVL -> AVL, VD09, VD11
-    SPVL_grad = node(344, gather(w_out[2485:2488], AVL_grad, VD09_grad, VD11_grad))
-    grad_w[2368:2380] = dots(
+    SPVL_grad = node(345, gather(w_out[2486:2489], AVL_grad, VD09_grad, VD11_grad))
+    grad_w[2386:2398] = dots(
         SPVL_grad, R4BR, HOB, DVE, DVF, CP06, SPVR, PVNL, SPDL, SPDR, PCCR, CP05, PVV,
     )
     # PVWR -> the sink
-    PVWR_grad = node(343, sink_grad)
-    grad_w[2363:2368] = dots(PVWR_grad, R7BR, R1BR, VA12, SPVR, PVV)
-    del PVV
-    # PVV -> PVWR, SPVL, PDC, VD11, VD13
-    PVV_grad = node(342, gather(
-        w_out[2480:2485], PVWR_grad, SPVL_grad, PDC_grad, VD11_grad, VD13_grad,
-    ))
-    grad_w[2318:2363] = dots(
-        PVV_grad, AVFR, HOB, R7BL, R7BR, AVFL, R1BR, VA12, R3BR, R9BL, R9AL, PCAL, HOA,
-        PCAR, DVF, PCBR, R9AR, SPVR, PVNL, PHDR, CP07, R3BL, R6AR, R8AR, PVNR, DX2,
-        PHDL, EF2, AVAL, CP09, R9BR, PVZ, R7AR, R1BL, R5BR, VA11, VB10, CP08, VB11,
-        R5AL, R4AR, R4AL, R5AR, R6AL, R7AL, CA04,
+    PVWR_grad = node(344, sink_grad)
+    grad_w[2381:2386] = dots(PVWR_grad, R7BR, R1BR, VA12, SPVR, PVV)
+    # PDC -> VD13
+    PDC_grad = node(343, gather(w_out[2485:2486], VD13_grad))
+    grad_w[2363:2381] = dots(
+        PDC_grad, R7BL, R7BR, R1BR, HOA, R6AR, PVNR, CP09, R7AR, R5BR, PDA, AS11, R3AR,
+        R5AL, R4AR, R5AR, R6AL, R7AL, PVV,
     )
-    del R5AR, DX2
+    del PVV
     # SPCR -> the sink
-    SPCR_grad = node(341, sink_grad)
-    grad_w[2304:2318] = dots(
+    SPCR_grad = node(342, sink_grad)
+    grad_w[2349:2363] = dots(
         SPCR_grad, R2BR, HOB, DVE, CP06, PCBR, CA06, CA05, SPVR, CP04, PCCR, CP05, DVB,
         PCCL, CA04,
     )
-    del CA04
-    # CA04 -> SPCR, PVV
-    CA04_grad = node(340, gather(w_out[2478:2480], SPCR_grad, PVV_grad))
+    # PVV -> PDC, PVWR, SPVL, VD11, VD13
+    PVV_grad = node(341, gather(
+        w_out[2480:2485], PDC_grad, PVWR_grad, SPVL_grad, VD11_grad, VD13_grad,
+    ))
+    grad_w[2304:2349] = dots(
+        PVV_grad, AVFR, HOB, R7BL, R7BR, AVFL, R1BR, VA12, R3BR, R9BL, R9AL, PCAL, HOA,
+        PCAR, DVF, PCBR, R9AR, SPVR, PVNL, PHDR, CP07, R3BL, R6AR, R8AR, DX2, PVNR, EF2,
+        PHDL, AVAL, CP09, PVZ, R9BR, R7AR, R1BL, R5BR, VA11, CP08, VB10, VB11, R5AL,
+        R4AR, R4AL, R5AR, R6AL, R7AL, CA04,
+    )
+    del R5AR, CA04, DX2
+    # CA04 -> PVV, SPCR
+    CA04_grad = node(340, gather(w_out[2478:2480], PVV_grad, SPCR_grad))
     grad_w[2292:2304] = dots(
         CA04_grad, R2BR, R7BR, R9AR, R8BR, PVNL, CA07, CP09, R9BR, R7AR, R4AR, R5BL,
         R7AL,
@@ -2474,21 +2476,21 @@ def dag_backward(
         R3AR_grad, R4BR, R2BR, R7BR, R3BR, AVKL, AVAR, AVAL, R5BR, R1AL, VD12, R3AL,
     )
     del R5BR, R3AL
+    # VD02 -> the sink
+    VD02_grad = node(330, sink_grad)
+    grad_w[2211:2220] = dots(
+        VD02_grad, DB01, DA01, VA02, VA03, DA02, VB02, AS02, VB01, DD01,
+    )
+    del DD01
     # R3AL -> R3AR, R5AL, R4AR, R4AL
-    R3AL_grad = node(330, gather(
+    R3AL_grad = node(329, gather(
         w_out[2440:2444], R3AR_grad, R5AL_grad, R4AR_grad, R4AL_grad,
     ))
-    grad_w[2205:2220] = dots(
+    grad_w[2196:2211] = dots(
         R3AL_grad, AVFR, R2BL, R7BL, VA12, R4BL, PVNL, R3BL, PVX, AVAR, AVAL, R6BL,
         DA09, R1BL, R1AL, AS11,
     )
     del AS11, R1BL
-    # VD02 -> the sink
-    VD02_grad = node(329, sink_grad)
-    grad_w[2196:2205] = dots(
-        VD02_grad, DB01, DA01, VA02, VA03, DA02, VB02, AS02, VB01, DD01,
-    )
-    del DD01
     # DD01 -> VD02
     DD01_grad = node(328, gather(w_out[2439:2440], VD02_grad))
     grad_w[2183:2196] = dots(
@@ -2499,7 +2501,7 @@ def dag_backward(
     # AS11 -> R3AL, PDC, VD13
     AS11_grad = node(327, gather(w_out[2436:2439], R3AL_grad, PDC_grad, VD13_grad))
     grad_w[2162:2183] = dots(
-        AS11_grad, PLMR, PHCL, PHCR, LUAL, R4BR, AVFR, R7BR, PVNL, CP07, R6AR, PDB, PVX,
+        AS11_grad, PHCL, PHCR, PLMR, LUAL, R4BR, AVFR, R7BR, PVNL, CP07, R6AR, PDB, PVX,
         AVDR, AVAR, AVAL, DA08, DB07, DA09, R1AL, VD12, PDA,
     )
     del PDA, R1AL
@@ -2520,14 +2522,14 @@ def dag_backward(
     # DD06 -> PDA
     DD06_grad = node(323, gather(w_out[2430:2431], PDA_grad))
     grad_w[2120:2144] = dots(
-        DD06_grad, PHCR, R2AL, R1BR, VA12, DVF, CA06, SPVR, R8BR, SPDL, PDB, SPDR, PVX,
-        EF1, PVY, R2AR, DA08, PVZ, DA09, VB09, CP04, VA11, VD12, VB10, VB11,
+        DD06_grad, PHCR, R2AL, R1BR, VA12, DVF, CA06, SPVR, R8BR, SPDL, PDB, PVX, SPDR,
+        EF1, PVY, R2AR, DA08, PVZ, DA09, CP04, VB09, VA11, VD12, VB10, VB11,
     )
     del VB11
     # VD04 -> VB03
     VD04_grad = node(322, gather(w_out[2429:2430], VB03_grad))
     grad_w[2111:2120] = dots(
-        VD04_grad, DB02, DB03, DA06, VA04, DA03, DB05, DA04, AS04, DD02,
+        VD04_grad, DB02, DB03, DA06, VA04, DA03, DB05, AS04, DA04, DD02,
     )
     del DD02
     # VB11 -> DD06, PVV, VD13
@@ -2547,152 +2549,152 @@ def dag_backward(
     # DD04 -> the sink
     DD04_grad = node(317, sink_grad)
     grad_w[2078:2089] = dots(
-        DD04_grad, AVJL, DVF, VA10, PVZ, VB06, VB07, CP04, CP05, DA07, CA03, VD08,
+        DD04_grad, AVJL, DVF, VA10, PVZ, VB06, CP04, VB07, CP05, CA03, DA07, VD08,
     )
     del VD08
-    # CP08 -> R6AL, R7AL, PVV
-    CP08_grad = node(316, gather(w_out[2420:2423], R6AL_grad, R7AL_grad, PVV_grad))
-    grad_w[2059:2078] = dots(
-        CP08_grad, R2AL, R2BL, R7BL, DVE, R3BR, R9AL, PCAL, PCAR, DVF, R9AR, R8BR, PVNL,
-        R6AR, PHDL, R2AR, CP09, R9BR, R7AR, VD12,
-    )
-    # CA02 -> the sink
-    CA02_grad = node(315, sink_grad)
-    grad_w[2058:2059] = dots(CA02_grad, CA03)
-    del CA03
-    # SPCL -> the sink
-    SPCL_grad = node(314, sink_grad)
-    grad_w[2048:2058] = dots(
-        SPCL_grad, HOB, R2BL, DX3, DVF, PCBL, CA06, CA05, CP05, DVB, PCCL,
-    )
-    del DVB, PCCL
     # VD08 -> DD04
-    VD08_grad = node(313, gather(w_out[2419:2420], DD04_grad))
-    grad_w[2038:2048] = dots(
-        VD08_grad, DVC, DB06, VA10, DA08, PVZ, DB07, VA08, VB07, DA07, AS08,
+    VD08_grad = node(316, gather(w_out[2422:2423], DD04_grad))
+    grad_w[2068:2078] = dots(
+        VD08_grad, DVC, DB06, VA10, DA08, PVZ, DB07, VA08, VB07, AS08, DA07,
     )
     del AS08
     # VD07 -> the sink
-    VD07_grad = node(312, sink_grad)
-    grad_w[2030:2038] = dots(VD07_grad, DA06, DB06, VB06, VA07, VA08, DB05, DA07, AS07)
+    VD07_grad = node(315, sink_grad)
+    grad_w[2060:2068] = dots(VD07_grad, DA06, DB06, VB06, VA07, VA08, DB05, AS07, DA07)
     del DA07, AS07
     # VD05 -> VB01, VB04
-    VD05_grad = node(311, gather(w_out[2417:2419], VB01_grad, VB04_grad))
-    grad_w[2022:2030] = dots(VD05_grad, DB03, DA06, VA05, VA06, DA05, AS05, DB05, DA04)
+    VD05_grad = node(314, gather(w_out[2420:2422], VB01_grad, VB04_grad))
+    grad_w[2052:2060] = dots(VD05_grad, DB03, DA06, VA05, VA06, DA05, AS05, DB05, DA04)
     del AS05
     # VB10 -> VB08, VB11, DD06, PVV, VD11
-    VB10_grad = node(310, gather(
-        w_out[2412:2417], VB08_grad, VB11_grad, DD06_grad, PVV_grad, VD11_grad,
+    VB10_grad = node(313, gather(
+        w_out[2415:2420], VB08_grad, VB11_grad, DD06_grad, PVV_grad, VD11_grad,
     ))
-    grad_w[2012:2022] = dots(
-        VB10_grad, PQR, PDER, VA12, PVCL, AVKL, PVCR, PVY, VB09, VA11, VD12,
+    grad_w[2042:2052] = dots(
+        VB10_grad, PDER, PQR, VA12, PVCL, AVKL, PVCR, PVY, VB09, VA11, VD12,
+    )
+    # SPCL -> the sink
+    SPCL_grad = node(312, sink_grad)
+    grad_w[2032:2042] = dots(
+        SPCL_grad, HOB, R2BL, DX3, DVF, PCBL, CA06, CA05, CP05, DVB, PCCL,
+    )
+    del DVB, PCCL
+    # DD02 -> VD04, VD03
+    DD02_grad = node(311, gather(w_out[2413:2415], VD04_grad, VD03_grad))
+    grad_w[2024:2032] = dots(DD02_grad, DB02, DB03, VA05, VA03, VA04, DA03, AS04, DA04)
+    del VA04, AS04, DA04
+    # CP08 -> R6AL, R7AL, PVV
+    CP08_grad = node(310, gather(w_out[2410:2413], R6AL_grad, R7AL_grad, PVV_grad))
+    grad_w[2005:2024] = dots(
+        CP08_grad, R2AL, R2BL, R7BL, DVE, R3BR, R9AL, PCAL, PCAR, DVF, R9AR, R8BR, PVNL,
+        R6AR, PHDL, R2AR, CP09, R9BR, R7AR, VD12,
     )
     del VD12
-    # DD02 -> VD04, VD03
-    DD02_grad = node(309, gather(w_out[2410:2412], VD04_grad, VD03_grad))
-    grad_w[2004:2012] = dots(DD02_grad, DB02, DB03, VA05, VA03, VA04, DA03, DA04, AS04)
-    del VA04, DA04, AS04
-    # CA03 -> CA02, DD04, AVL
-    CA03_grad = node(308, gather(w_out[2407:2410], CA02_grad, DD04_grad, AVL_grad))
-    grad_w[2002:2004] = dots(CA03_grad, CA05, CP05)
-    del CA02_grad
-    # PCCL -> SPCL, SPCR
-    PCCL_grad = node(307, gather(w_out[2405:2407], SPCL_grad, SPCR_grad))
-    grad_w[1995:2002] = dots(PCCL_grad, DX3, DVF, CP06, PCBL, CA05, PCCR, CP05)
-    # VD12 -> VB10, CP08, DD06, AS11, R3AR
-    VD12_grad = node(306, gather(
-        w_out[2400:2405], VB10_grad, CP08_grad, DD06_grad, AS11_grad, R3AR_grad,
+    # CA02 -> the sink
+    CA02_grad = node(309, sink_grad)
+    grad_w[2004:2005] = dots(CA02_grad, CA03)
+    del CA03
+    # VD12 -> CP08, VB10, DD06, AS11, R3AR
+    VD12_grad = node(308, gather(
+        w_out[2405:2410], CP08_grad, VB10_grad, DD06_grad, AS11_grad, R3AR_grad,
     ))
-    grad_w[1986:1995] = dots(
+    grad_w[1995:2004] = dots(
         VD12_grad, PDER, VA12, DVF, PVNR, SPDL, DA08, PVZ, DA09, VA11,
     )
     del VA11
     # VD06 -> the sink
-    VD06_grad = node(305, sink_grad)
-    grad_w[1976:1986] = dots(
-        VD06_grad, VB05, DB03, DA06, VA06, DB04, DA05, AS06, VB06, VA07, DB05,
+    VD06_grad = node(307, sink_grad)
+    grad_w[1985:1995] = dots(
+        VD06_grad, VB05, DB03, DA06, VA06, DB04, AS06, DA05, VB06, VA07, DB05,
     )
     del AS06
-    # AS08 -> VD08
-    AS08_grad = node(304, gather(w_out[2399:2400], VD08_grad))
-    grad_w[1971:1976] = dots(AS08_grad, PVX, AVAR, AVAL, DB06, DB05)
-    # AS07 -> VD07
-    AS07_grad = node(303, gather(w_out[2398:2399], VD07_grad))
-    grad_w[1966:1971] = dots(AS07_grad, AVDL, AVAR, AVBR, AVAL, DB05)
-    # AS04 -> DD02, VD04
-    AS04_grad = node(302, gather(w_out[2396:2398], DD02_grad, VD04_grad))
-    grad_w[1957:1966] = dots(
-        AS04_grad, AVDL, AVAR, AVBL, DB02, DB03, AVBR, AVAL, VA08, DA03,
-    )
-    # DA07 -> VD07, VD08, DD04, VD09
-    DA07_grad = node(301, gather(
-        w_out[2392:2396], VD07_grad, VD08_grad, DD04_grad, VD09_grad,
+    # PCCL -> SPCL, SPCR
+    PCCL_grad = node(306, gather(w_out[2403:2405], SPCL_grad, SPCR_grad))
+    grad_w[1978:1985] = dots(PCCL_grad, DX3, DVF, CP06, PCBL, CA05, PCCR, CP05)
+    # DVB -> SPCL, SPCR, AVL, PVT
+    DVB_grad = node(305, gather(
+        w_out[2399:2403], SPCL_grad, SPCR_grad, AVL_grad, PVT_grad,
     ))
-    grad_w[1950:1957] = dots(DA07_grad, PVCL, AVDR, AVDL, AVAR, AVAL, DA08, DB05)
-    del DB05
+    grad_w[1974:1978] = dots(DVB_grad, DVE, DVF, CP06, CP05)
+    # DA07 -> VD07, VD08, DD04, VD09
+    DA07_grad = node(304, gather(
+        w_out[2395:2399], VD07_grad, VD08_grad, DD04_grad, VD09_grad,
+    ))
+    grad_w[1967:1974] = dots(DA07_grad, PVCL, AVDR, AVDL, AVAR, AVAL, DA08, DB05)
     # DA04 -> DD02, VD05, VD04
-    DA04_grad = node(300, gather(w_out[2389:2392], DD02_grad, VD05_grad, VD04_grad))
-    grad_w[1941:1950] = dots(
+    DA04_grad = node(303, gather(w_out[2392:2395], DD02_grad, VD05_grad, VD04_grad))
+    grad_w[1958:1967] = dots(
         DA04_grad, PVX, AVDR, AVDL, AVAR, DB02, DB03, AVAL, DA05, DA03,
     )
-    del DA03, DA05
-    # DVB -> SPCL, SPCR, AVL, PVT
-    DVB_grad = node(299, gather(
-        w_out[2385:2389], SPCL_grad, SPCR_grad, AVL_grad, PVT_grad,
-    ))
-    grad_w[1937:1941] = dots(DVB_grad, DVE, DVF, CP06, CP05)
-    del CP05
-    # CP05 -> DVB, PCCL, CA03, SPCL, DD04, SPCR, SPVL, AVL
-    CP05_grad = node(298, gather(
-        w_out[2377:2385], DVB_grad, PCCL_grad, CA03_grad, SPCL_grad, DD04_grad,
-        SPCR_grad, SPVL_grad, AVL_grad,
-    ))
-    grad_w[1927:1937] = dots(
-        CP05_grad, HOB, DVE, PCAL, DVF, CP06, PCBL, CA06, AVBR, PVZ, PCCR,
+    del DA05
+    # CA03 -> CA02, DD04, AVL
+    CA03_grad = node(302, gather(w_out[2389:2392], CA02_grad, DD04_grad, AVL_grad))
+    grad_w[1956:1958] = dots(CA03_grad, CA05, CP05)
+    del CP05, CA02_grad
+    # AS08 -> VD08
+    AS08_grad = node(301, gather(w_out[2388:2389], VD08_grad))
+    grad_w[1951:1956] = dots(AS08_grad, PVX, AVAR, AVAL, DB06, DB05)
+    # AS07 -> VD07
+    AS07_grad = node(300, gather(w_out[2387:2388], VD07_grad))
+    grad_w[1946:1951] = dots(AS07_grad, AVDL, AVAR, AVBR, AVAL, DB05)
+    del DB05
+    # AS04 -> DD02, VD04
+    AS04_grad = node(299, gather(w_out[2385:2387], DD02_grad, VD04_grad))
+    grad_w[1937:1946] = dots(
+        AS04_grad, AVDL, AVAR, AVBL, DB02, DB03, AVBR, AVAL, VA08, DA03,
     )
-    del PCCR
+    del DA03
     # VD01 -> VB01, DD01
-    VD01_grad = node(297, gather(w_out[2375:2377], VB01_grad, DD01_grad))
-    grad_w[1924:1927] = dots(VD01_grad, VA02, VA01, AS01)
+    VD01_grad = node(298, gather(w_out[2383:2385], VB01_grad, DD01_grad))
+    grad_w[1934:1937] = dots(VD01_grad, VA02, VA01, AS01)
     del AS01
     # VA11 -> VD12, VB10, DD06, PVV, VD11
-    VA11_grad = node(296, gather(
-        w_out[2370:2375], VD12_grad, VB10_grad, DD06_grad, PVV_grad, VD11_grad,
+    VA11_grad = node(297, gather(
+        w_out[2378:2383], VD12_grad, VB10_grad, DD06_grad, PVV_grad, VD11_grad,
     ))
-    grad_w[1917:1924] = dots(VA11_grad, PQR, VA12, AVAR, AVAL, PVZ, VB09, VD10)
+    grad_w[1927:1934] = dots(VA11_grad, PQR, VA12, AVAR, AVAL, PVZ, VB09, VD10)
     # DD05 -> the sink
-    DD05_grad = node(295, sink_grad)
-    grad_w[1905:1917] = dots(
-        DD05_grad, PQR, PVDL, VA12, CA05, SPVR, AVAL, VA10, DA08, PVZ, VB09, CP04, VD10,
+    DD05_grad = node(296, sink_grad)
+    grad_w[1915:1927] = dots(
+        DD05_grad, PQR, PVDL, VA12, CA05, SPVR, AVAL, VA10, DA08, PVZ, CP04, VB09, VD10,
     )
     del VD10
-    # DB05 -> DA07, AS07, AS08, VD06, VD05, VD07, VD04
-    DB05_grad = node(294, gather(
-        w_out[2363:2370], DA07_grad, AS07_grad, AS08_grad, VD06_grad, VD05_grad,
+    # DB05 -> AS07, AS08, DA07, VD06, VD05, VD07, VD04
+    DB05_grad = node(295, gather(
+        w_out[2371:2378], AS07_grad, AS08_grad, DA07_grad, VD06_grad, VD05_grad,
         VD07_grad, VD04_grad,
     ))
-    grad_w[1901:1905] = dots(DB05_grad, AVKL, VA10, VB07, DD03)
+    grad_w[1911:1915] = dots(DB05_grad, AVKL, VA10, VB07, DD03)
     del DD03
-    # DA03 -> DA04, AS04, DD02, VD04, VD03
-    DA03_grad = node(293, gather(
-        w_out[2358:2363], DA04_grad, AS04_grad, DD02_grad, VD04_grad, VD03_grad,
+    # DA03 -> AS04, DA04, DD02, VD04, VD03
+    DA03_grad = node(294, gather(
+        w_out[2366:2371], AS04_grad, DA04_grad, DD02_grad, VD04_grad, VD03_grad,
     ))
-    grad_w[1891:1901] = dots(
+    grad_w[1901:1911] = dots(
         DA03_grad, AVDR, AVDL, AVER, AVAR, AVEL, DB02, AVBR, AVAL, DA02, AS03,
     )
     del AS03
-    # PCCR -> CP05, PCCL, SPCR, SPVL
-    PCCR_grad = node(292, gather(
-        w_out[2354:2358], CP05_grad, PCCL_grad, SPCR_grad, SPVL_grad,
+    # CP05 -> CA03, DVB, PCCL, SPCL, DD04, SPCR, SPVL, AVL
+    CP05_grad = node(293, gather(
+        w_out[2358:2366], CA03_grad, DVB_grad, PCCL_grad, SPCL_grad, DD04_grad,
+        SPCR_grad, SPVL_grad, AVL_grad,
     ))
-    grad_w[1882:1891] = dots(
+    grad_w[1891:1901] = dots(
+        CP05_grad, HOB, DVE, PCAL, DVF, CP06, PCBL, CA06, AVBR, PVZ, PCCR,
+    )
+    del PCCR
+    # VD10 -> DD05, VA11
+    VD10_grad = node(292, gather(w_out[2356:2358], DD05_grad, VA11_grad))
+    grad_w[1884:1891] = dots(VD10_grad, PVDL, VA12, SPVR, DA08, PVZ, VA09, VB09)
+    del VB09
+    # PCCR -> CP05, PCCL, SPCR, SPVL
+    PCCR_grad = node(291, gather(
+        w_out[2352:2356], CP05_grad, PCCL_grad, SPCR_grad, SPVL_grad,
+    ))
+    grad_w[1875:1884] = dots(
         PCCR_grad, HOB, DVE, CP06, PCBL, PCBR, CA06, CA05, PHDR, CP04,
     )
     del CP04
-    # VD10 -> DD05, VA11
-    VD10_grad = node(291, gather(w_out[2352:2354], DD05_grad, VA11_grad))
-    grad_w[1875:1882] = dots(VD10_grad, PVDL, VA12, SPVR, DA08, VA09, PVZ, VB09)
-    del VB09
     # DD03 -> DB05
     DD03_grad = node(290, gather(w_out[2351:2352], DB05_grad))
     grad_w[1871:1875] = dots(DD03_grad, VB05, DA06, PVZ, VB07)
@@ -2713,405 +2715,404 @@ def dag_backward(
     AS01_grad = node(286, gather(w_out[2344:2346], VD01_grad, DD01_grad))
     grad_w[1844:1852] = dots(AS01_grad, PVCL, AVER, AVAR, AVEL, AVBR, DA01, VA06, VA07)
     del DA01, VA06, VA07
-    # CP04 -> PCCR, DD05, DD04, DD06, SPCR
-    CP04_grad = node(285, gather(
-        w_out[2339:2344], PCCR_grad, DD05_grad, DD04_grad, DD06_grad, SPCR_grad,
+    # VB09 -> VD10, DD05, VA11, VB10, VB08, DD06, VD11
+    VB09_grad = node(285, gather(
+        w_out[2337:2344], VD10_grad, DD05_grad, VA11_grad, VB10_grad, VB08_grad,
+        DD06_grad, VD11_grad,
     ))
-    grad_w[1822:1844] = dots(
+    grad_w[1836:1844] = dots(VB09_grad, PDEL, PQR, VA12, AVKL, PVCR, VA10, VA09, VB06)
+    # VB07 -> DD03, DB05, VD08, DD04, VB08, VD09
+    VB07_grad = node(284, gather(
+        w_out[2331:2337], DD03_grad, DB05_grad, VD08_grad, DD04_grad, VB08_grad,
+        VD09_grad,
+    ))
+    grad_w[1832:1836] = dots(VB07_grad, VA10, PVZ, VA09, VB06)
+    # VA08 -> AS02, AS03, AS05, AS04, VD07, VD08
+    VA08_grad = node(283, gather(
+        w_out[2325:2331], AS02_grad, AS03_grad, AS05_grad, AS04_grad, VD07_grad,
+        VD08_grad,
+    ))
+    grad_w[1829:1832] = dots(VA08_grad, AVAR, AVAL, VB06)
+    # VA07 -> AS01, AS02, AS03, VD06, VD07
+    VA07_grad = node(282, gather(
+        w_out[2320:2325], AS01_grad, AS02_grad, AS03_grad, VD06_grad, VD07_grad,
+    ))
+    grad_w[1826:1829] = dots(VA07_grad, AVAR, AVAL, VB06)
+    del VB06
+    # CP04 -> PCCR, DD05, DD04, DD06, SPCR
+    CP04_grad = node(281, gather(
+        w_out[2315:2320], PCCR_grad, DD05_grad, DD04_grad, DD06_grad, SPCR_grad,
+    ))
+    grad_w[1804:1826] = dots(
         CP04_grad, PHCR, R2BR, HOB, AVJL, DVE, R3BR, PCAL, HOA, DVF, CP06, PCBL, PCBR,
         CA06, CA05, SPVR, R8AR, SPDR, EF2, VA10, PVZ, CP02, CP03,
     )
     del CP03
-    # VB09 -> VD10, DD05, VA11, VB10, VB08, DD06, VD11
-    VB09_grad = node(284, gather(
-        w_out[2332:2339], VD10_grad, DD05_grad, VA11_grad, VB10_grad, VB08_grad,
-        DD06_grad, VD11_grad,
+    # VB06 -> VA07, VA08, VB07, VB09, VD06, VD07, DD04, VD11
+    VB06_grad = node(280, gather(
+        w_out[2307:2315], VA07_grad, VA08_grad, VB07_grad, VB09_grad, VD06_grad,
+        VD07_grad, DD04_grad, VD11_grad,
     ))
-    grad_w[1814:1822] = dots(VB09_grad, PQR, PDEL, VA12, AVKL, PVCR, VA10, VA09, VB06)
-    # VB07 -> DD03, DB05, VD08, DD04, VB08, VD09
-    VB07_grad = node(283, gather(
-        w_out[2326:2332], DD03_grad, DB05_grad, VD08_grad, DD04_grad, VB08_grad,
-        VD09_grad,
-    ))
-    grad_w[1810:1814] = dots(VB07_grad, VA10, VA09, PVZ, VB06)
-    # VA08 -> AS02, AS03, AS05, AS04, VD07, VD08
-    VA08_grad = node(282, gather(
-        w_out[2320:2326], AS02_grad, AS03_grad, AS05_grad, AS04_grad, VD07_grad,
-        VD08_grad,
-    ))
-    grad_w[1807:1810] = dots(VA08_grad, AVAR, AVAL, VB06)
-    # VA07 -> AS01, AS02, AS03, VD06, VD07
-    VA07_grad = node(281, gather(
-        w_out[2315:2320], AS01_grad, AS02_grad, AS03_grad, VD06_grad, VD07_grad,
-    ))
-    grad_w[1804:1807] = dots(VA07_grad, AVAR, AVAL, VB06)
-    del VB06
+    grad_w[1798:1804] = dots(VB06_grad, PVDR, AVKL, AVAR, AVAL, PVZ, DA09)
+    # R1AL -> AS11, R3AL, R3AR
+    R1AL_grad = node(279, gather(w_out[2304:2307], AS11_grad, R3AL_grad, R3AR_grad))
+    grad_w[1786:1798] = dots(
+        R1AL_grad, PHCL, PLML, R2AL, R2BL, R7BL, AVFL, R4BL, R3BL, AVDR, AVAR, AVAL,
+        DA09,
+    )
+    del DA09
     # CP03 -> CP04
-    CP03_grad = node(280, gather(w_out[2314:2315], CP04_grad))
-    grad_w[1789:1804] = dots(
+    CP03_grad = node(278, gather(w_out[2303:2304], CP04_grad))
+    grad_w[1771:1786] = dots(
         CP03_grad, PHCL, R4BR, HOB, R2BL, PCAL, CP06, PCBL, CA06, CA05, R4BL, SPDL,
         SPDR, PVZ, CP01, CP02,
     )
     del CP02
-    # R1AL -> AS11, R3AL, R3AR
-    R1AL_grad = node(279, gather(w_out[2311:2314], AS11_grad, R3AL_grad, R3AR_grad))
-    grad_w[1777:1789] = dots(
-        R1AL_grad, PLML, PHCL, R2AL, R2BL, R7BL, AVFL, R4BL, R3BL, AVDR, AVAR, AVAL,
-        DA09,
-    )
-    # VB06 -> VA07, VA08, VB07, VB09, VD06, VD07, DD04, VD11
-    VB06_grad = node(278, gather(
-        w_out[2303:2311], VA07_grad, VA08_grad, VB07_grad, VB09_grad, VD06_grad,
-        VD07_grad, DD04_grad, VD11_grad,
-    ))
-    grad_w[1771:1777] = dots(VB06_grad, PVDR, AVKL, AVAR, AVAL, PVZ, DA09)
-    del DA09
-    # CP02 -> CP03, CP04
-    CP02_grad = node(277, gather(w_out[2301:2303], CP03_grad, CP04_grad))
-    grad_w[1758:1771] = dots(
-        CP02_grad, PHCL, HOB, R2BL, PCAL, HOA, PCBL, R9AR, CA06, R4BL, R8AL, SPDL, SPDR,
-        CP01,
-    )
-    del CP01
     # R5BR -> R3AR, R4AR, R5AR, PVV, PDC
-    R5BR_grad = node(276, gather(
-        w_out[2296:2301], R3AR_grad, R4AR_grad, R5AR_grad, PVV_grad, PDC_grad,
+    R5BR_grad = node(277, gather(
+        w_out[2298:2303], R3AR_grad, R4AR_grad, R5AR_grad, PVV_grad, PDC_grad,
     ))
-    grad_w[1743:1758] = dots(
+    grad_w[1756:1771] = dots(
         R5BR_grad, LUAL, AVFR, R7BL, R7BR, AVFL, R1BR, R3BR, R8BL, PVNL, R6AR, PDB, EF2,
         R9BR, R6BL, R7AR,
     )
     del R7AR
     # R1BL -> R3AL, R5AL, PVV
-    R1BL_grad = node(275, gather(w_out[2293:2296], R3AL_grad, R5AL_grad, PVV_grad))
-    grad_w[1741:1743] = dots(R1BL_grad, R2BL, R6BL)
+    R1BL_grad = node(276, gather(w_out[2295:2298], R3AL_grad, R5AL_grad, PVV_grad))
+    grad_w[1754:1756] = dots(R1BL_grad, R2BL, R6BL)
     del R6BL
-    # AS10 -> VD11
-    AS10_grad = node(274, gather(w_out[2292:2293], VD11_grad))
-    grad_w[1735:1741] = dots(AS10_grad, AVDR, AVAR, AVBL, AVBR, AVAL, DB07)
-    # AS06 -> VD06
-    AS06_grad = node(273, gather(w_out[2291:2292], VD06_grad))
-    grad_w[1733:1735] = dots(AS06_grad, AVAR, DB04)
-    # DA09 -> VB06, R1AL, VD12, DD06, PDA, AS11, R3AL, VD13
-    DA09_grad = node(272, gather(
-        w_out[2283:2291], VB06_grad, R1AL_grad, VD12_grad, DD06_grad, PDA_grad,
+    # DA09 -> R1AL, VB06, VD12, DD06, PDA, AS11, R3AL, VD13
+    DA09_grad = node(275, gather(
+        w_out[2287:2295], R1AL_grad, VB06_grad, VD12_grad, DD06_grad, PDA_grad,
         AS11_grad, R3AL_grad, VD13_grad,
     ))
-    grad_w[1722:1733] = dots(
+    grad_w[1743:1754] = dots(
         DA09_grad, PHAR, AVFL, R1BR, VA12, R3BR, AVG, PDB, AVAR, AVAL, DB06, DB07,
     )
-    del DB07
     # DA05 -> DA04, VD06, VD05
-    DA05_grad = node(271, gather(w_out[2280:2283], DA04_grad, VD06_grad, VD05_grad))
-    grad_w[1716:1722] = dots(DA05_grad, AVDR, AVDL, AVAR, DB03, AVAL, DB04)
-    del DB03, DB04
-    # CP01 -> CP02, CP03
-    CP01_grad = node(270, gather(w_out[2278:2280], CP02_grad, CP03_grad))
-    grad_w[1706:1716] = dots(
-        CP01_grad, PHCL, HOB, R2BL, PCAL, HOA, CP06, CA06, PGA, SPDL, PVZ,
+    DA05_grad = node(274, gather(w_out[2284:2287], DA04_grad, VD06_grad, VD05_grad))
+    grad_w[1737:1743] = dots(DA05_grad, AVDR, AVDL, AVAR, DB03, AVAL, DB04)
+    del DB03
+    # CP02 -> CP03, CP04
+    CP02_grad = node(273, gather(w_out[2282:2284], CP03_grad, CP04_grad))
+    grad_w[1724:1737] = dots(
+        CP02_grad, PHCL, HOB, R2BL, PCAL, HOA, PCBL, CA06, R9AR, R4BL, R8AL, SPDL, SPDR,
+        CP01,
     )
-    del PVZ
+    del CP01
+    # AS10 -> VD11
+    AS10_grad = node(272, gather(w_out[2281:2282], VD11_grad))
+    grad_w[1718:1724] = dots(AS10_grad, AVDR, AVAR, AVBL, AVBR, AVAL, DB07)
+    del DB07
+    # AS06 -> VD06
+    AS06_grad = node(271, gather(w_out[2280:2281], VD06_grad))
+    grad_w[1716:1718] = dots(AS06_grad, AVAR, DB04)
+    del DB04
+    # VB02 -> VD03, DD01, VD02
+    VB02_grad = node(270, gather(w_out[2277:2280], VD03_grad, DD01_grad, VD02_grad))
+    grad_w[1714:1716] = dots(VB02_grad, VA02, VA03)
+    # VA04 -> DD02, VB04, VD04, VB03
+    VA04_grad = node(269, gather(
+        w_out[2273:2277], DD02_grad, VB04_grad, VD04_grad, VB03_grad,
+    ))
+    grad_w[1709:1714] = dots(VA04_grad, AVER, AVAR, AVBR, AVAL, VA03)
+    del VA03
     # R7AR -> R5BR, CP08, R4AR, R6AL, R7AL, CA04, PVV, PDC
-    R7AR_grad = node(269, gather(
-        w_out[2270:2278], R5BR_grad, CP08_grad, R4AR_grad, R6AL_grad, R7AL_grad,
+    R7AR_grad = node(268, gather(
+        w_out[2265:2273], R5BR_grad, CP08_grad, R4AR_grad, R6AL_grad, R7AL_grad,
         CA04_grad, PVV_grad, PDC_grad,
     ))
-    grad_w[1696:1706] = dots(
+    grad_w[1699:1709] = dots(
         R7AR_grad, R4BR, R2BR, R7BL, R7BR, R4BL, PGA, CP07, R6AR, CP09, R9BR,
     )
     # R6BL -> R1BL, R5BR, R3AL, R5AL
-    R6BL_grad = node(268, gather(
-        w_out[2266:2270], R1BL_grad, R5BR_grad, R3AL_grad, R5AL_grad,
+    R6BL_grad = node(267, gather(
+        w_out[2261:2265], R1BL_grad, R5BR_grad, R3AL_grad, R5AL_grad,
     ))
-    grad_w[1687:1696] = dots(
+    grad_w[1690:1699] = dots(
         R6BL_grad, R2BL, R7BL, R7BR, AVFL, R1BR, R4BL, PVNL, R3BL, R9BR,
     )
-    # VB02 -> VD03, DD01, VD02
-    VB02_grad = node(267, gather(w_out[2263:2266], VD03_grad, DD01_grad, VD02_grad))
-    grad_w[1685:1687] = dots(VB02_grad, VA02, VA03)
-    # VA04 -> DD02, VB04, VD04, VB03
-    VA04_grad = node(266, gather(
-        w_out[2259:2263], DD02_grad, VB04_grad, VD04_grad, VB03_grad,
-    ))
-    grad_w[1680:1685] = dots(VA04_grad, AVER, AVAR, AVBR, AVAL, VA03)
-    del VA03
-    # DB07 -> DA09, AS10, VD08, AS11
+    # LUAR -> the sink
+    LUAR_grad = node(266, sink_grad)
+    grad_w[1686:1690] = dots(LUAR_grad, LUAL, R1BR, AVAR, R9BR)
+    del R9BR
+    # DB07 -> AS10, DA09, VD08, AS11
     DB07_grad = node(265, gather(
-        w_out[2255:2259], DA09_grad, AS10_grad, VD08_grad, AS11_grad,
+        w_out[2257:2261], AS10_grad, DA09_grad, VD08_grad, AS11_grad,
     ))
-    grad_w[1670:1680] = dots(
+    grad_w[1676:1686] = dots(
         DB07_grad, PHCR, VA12, R3BR, R9BL, PVCL, PDB, PVX, PVCR, PVY, DA08,
     )
     del DA08
-    # DB04 -> DA05, AS06, VD06
-    DB04_grad = node(264, gather(w_out[2252:2255], DA05_grad, AS06_grad, VD06_grad))
-    grad_w[1665:1670] = dots(DB04_grad, DVA, PVR, PVCL, PVCR, VA09)
+    # DB04 -> AS06, DA05, VD06
+    DB04_grad = node(264, gather(w_out[2254:2257], AS06_grad, DA05_grad, VD06_grad))
+    grad_w[1671:1676] = dots(DB04_grad, DVA, PVR, PVCL, PVCR, VA09)
     del VA09
     # DA02 -> AS02, DA03, VD03, DD01, VD02
     DA02_grad = node(263, gather(
-        w_out[2247:2252], AS02_grad, DA03_grad, VD03_grad, DD01_grad, VD02_grad,
+        w_out[2249:2254], AS02_grad, DA03_grad, VD03_grad, DD01_grad, VD02_grad,
     ))
-    grad_w[1656:1665] = dots(
+    grad_w[1662:1671] = dots(
         DA02_grad, AVDR, DB01, AVDL, AVER, AVAR, AVEL, DB02, AVAL, VA01,
     )
     del DB02, VA01
-    # LUAR -> the sink
-    LUAR_grad = node(262, sink_grad)
-    grad_w[1652:1656] = dots(LUAR_grad, LUAL, R1BR, AVAR, R9BR)
-    del R9BR
-    # PVZ -> CP01, VB06, CP03, VB07, CP04, DD03, VD10, DD05, VA11, CP05, VD12, VD08,
-    #     DD04, DD06, PVV, VD09, VD11, VD13
-    PVZ_grad = node(261, gather(
-        w_out[2229:2247], CP01_grad, VB06_grad, CP03_grad, VB07_grad, CP04_grad,
-        DD03_grad, VD10_grad, DD05_grad, VA11_grad, CP05_grad, VD12_grad, VD08_grad,
-        DD04_grad, DD06_grad, PVV_grad, VD09_grad, VD11_grad, VD13_grad,
-    ))
-    grad_w[1629:1652] = dots(
-        PVZ_grad, PVDL, PHAR, PHCR, R2BR, HOB, VA12, R3BR, HOA, AVG, DVF, CP06, PCBL,
-        PCBR, CA06, CA05, SPVR, R8BR, CP07, DVC, PVNR, SPDL, SPDR, VA10,
+    # CP01 -> CP02, CP03
+    CP01_grad = node(262, gather(w_out[2247:2249], CP02_grad, CP03_grad))
+    grad_w[1652:1662] = dots(
+        CP01_grad, PHCL, HOB, R2BL, PCAL, HOA, CP06, CA06, PGA, SPDL, PVZ,
     )
+    del PVZ
+    # VA09 -> DB04, VB07, VB09, VD10, VB08, VD09, VD11
+    VA09_grad = node(261, gather(
+        w_out[2240:2247], DB04_grad, VB07_grad, VB09_grad, VD10_grad, VB08_grad,
+        VD09_grad, VD11_grad,
+    ))
+    grad_w[1646:1652] = dots(VA09_grad, PLML, PVDR, AVKL, AVAR, AVAL, VA10)
+    # VA06 -> AS01, AS02, VD06, VD05, VB04
+    VA06_grad = node(260, gather(
+        w_out[2235:2240], AS01_grad, AS02_grad, VD06_grad, VD05_grad, VB04_grad,
+    ))
+    grad_w[1642:1646] = dots(VA06_grad, VB05, AVAR, AVAL, VA05)
+    del VA05
+    # VA03 -> VA04, VB02, DD02, VB03, VD03, DD01, VD02
+    VA03_grad = node(259, gather(
+        w_out[2228:2235], VA04_grad, VB02_grad, DD02_grad, VB03_grad, VD03_grad,
+        DD01_grad, VD02_grad,
+    ))
+    grad_w[1634:1642] = dots(VA03_grad, AVDR, AVDL, AVER, AVAR, AVEL, AVBR, AVAL, VA02)
+    del VB03_grad
+    # VA01 -> DA02, VD01, DD01
+    VA01_grad = node(258, gather(w_out[2225:2228], DA02_grad, VD01_grad, DD01_grad))
+    grad_w[1630:1634] = dots(VA01_grad, AVER, AVEL, AVAL, VA02)
+    del VA02
     # R9BR -> LUAR, R6BL, R7AR, R5BR, CP08, CA04, PVV
-    R9BR_grad = node(260, gather(
-        w_out[2222:2229], LUAR_grad, R6BL_grad, R7AR_grad, R5BR_grad, CP08_grad,
+    R9BR_grad = node(257, gather(
+        w_out[2218:2225], LUAR_grad, R6BL_grad, R7AR_grad, R5BR_grad, CP08_grad,
         CA04_grad, PVV_grad,
     ))
-    grad_w[1620:1629] = dots(
+    grad_w[1621:1630] = dots(
         R9BR_grad, R2BL, R7BL, R7BR, R1BR, R9BL, PGA, R3BL, PDB, CP09,
     )
     del CP09
-    # VA09 -> DB04, VB07, VB09, VD10, VB08, VD09, VD11
-    VA09_grad = node(259, gather(
-        w_out[2215:2222], DB04_grad, VB07_grad, VB09_grad, VD10_grad, VB08_grad,
-        VD09_grad, VD11_grad,
+    # PVZ -> CP01, CP03, VB06, CP04, VB07, DD03, VD10, CP05, DD05, VA11, VD12, VD08,
+    #     DD04, DD06, PVV, VD09, VD11, VD13
+    PVZ_grad = node(256, gather(
+        w_out[2200:2218], CP01_grad, CP03_grad, VB06_grad, CP04_grad, VB07_grad,
+        DD03_grad, VD10_grad, CP05_grad, DD05_grad, VA11_grad, VD12_grad, VD08_grad,
+        DD04_grad, DD06_grad, PVV_grad, VD09_grad, VD11_grad, VD13_grad,
     ))
-    grad_w[1614:1620] = dots(VA09_grad, PLML, PVDR, AVKL, AVAR, AVAL, VA10)
+    grad_w[1598:1621] = dots(
+        PVZ_grad, PHAR, PHCR, PVDL, R2BR, HOB, VA12, R3BR, HOA, AVG, DVF, CP06, PCBL,
+        PCBR, CA06, CA05, SPVR, R8BR, CP07, DVC, PVNR, SPDL, SPDR, VA10,
+    )
     del VA10
-    # VA06 -> AS01, AS02, VD06, VD05, VB04
-    VA06_grad = node(258, gather(
-        w_out[2210:2215], AS01_grad, AS02_grad, VD06_grad, VD05_grad, VB04_grad,
-    ))
-    grad_w[1610:1614] = dots(VA06_grad, VB05, AVAR, AVAL, VA05)
-    del VA05
-    # VA03 -> VA04, VB02, DD02, VB03, VD03, DD01, VD02
-    VA03_grad = node(257, gather(
-        w_out[2203:2210], VA04_grad, VB02_grad, DD02_grad, VB03_grad, VD03_grad,
-        DD01_grad, VD02_grad,
-    ))
-    grad_w[1602:1610] = dots(VA03_grad, AVDR, AVDL, AVER, AVAR, AVEL, AVBR, AVAL, VA02)
-    del VB03_grad
-    # VA01 -> DA02, VD01, DD01
-    VA01_grad = node(256, gather(w_out[2200:2203], DA02_grad, VD01_grad, DD01_grad))
-    grad_w[1598:1602] = dots(VA01_grad, AVER, AVEL, AVAL, VA02)
-    del VA02
-    # AS09 -> VD09
-    AS09_grad = node(255, gather(w_out[2199:2200], VD09_grad))
-    grad_w[1593:1598] = dots(AS09_grad, AVDR, AVAR, AVBL, AVAL, DB06)
     # DA08 -> DB07, VD10, DD05, DA07, VD12, VD08, DD06, AS11, VD09, VD11, VD13
-    DA08_grad = node(254, gather(
-        w_out[2188:2199], DB07_grad, VD10_grad, DD05_grad, DA07_grad, VD12_grad,
+    DA08_grad = node(255, gather(
+        w_out[2189:2200], DB07_grad, VD10_grad, DD05_grad, DA07_grad, VD12_grad,
         VD08_grad, DD06_grad, AS11_grad, VD09_grad, VD11_grad, VD13_grad,
     ))
-    grad_w[1580:1593] = dots(
-        DA08_grad, PQR, PHAL, AVFR, VA12, PVR, PVCL, CP07, AVDR, AVDL, AVAR, PVCR, AVAL,
+    grad_w[1585:1598] = dots(
+        DA08_grad, PHAL, PQR, AVFR, VA12, PVR, PVCL, CP07, AVDR, AVDL, AVAR, PVCR, AVAL,
         DB06,
     )
+    # AS09 -> VD09
+    AS09_grad = node(254, gather(w_out[2188:2189], VD09_grad))
+    grad_w[1580:1585] = dots(AS09_grad, AVDR, AVAR, AVBL, AVAL, DB06)
     del DB06
+    # VA10 -> PVZ, VA09, CP04, VB07, VB09, DB05, DD05, VD08, DD04, VB08, VD09
+    VA10_grad = node(253, gather(
+        w_out[2177:2188], PVZ_grad, VA09_grad, CP04_grad, VB07_grad, VB09_grad,
+        DB05_grad, DD05_grad, VD08_grad, DD04_grad, VB08_grad, VD09_grad,
+    ))
+    grad_w[1573:1580] = dots(VA10_grad, PDEL, VA12, AVDR, AVDL, AVAR, AVBR, AVAL)
+    del VB07_grad
+    # VA05 -> VA06, DD02, VD05, VB04
+    VA05_grad = node(252, gather(
+        w_out[2173:2177], VA06_grad, DD02_grad, VD05_grad, VB04_grad,
+    ))
+    grad_w[1569:1573] = dots(VA05_grad, AVDR, AVDL, AVAR, AVAL)
+    del VB04_grad
+    # VA02 -> VA01, VA03, VB02, VD01, VB01, DD01, VD02
+    VA02_grad = node(251, gather(
+        w_out[2166:2173], VA01_grad, VA03_grad, VB02_grad, VD01_grad, VB01_grad,
+        DD01_grad, VD02_grad,
+    ))
+    grad_w[1564:1569] = dots(VA02_grad, AVDR, AVER, AVAR, AVBL, AVAL)
+    del VB01_grad, VD01_grad, VB02_grad
+    # DB06 -> AS09, DA08, DA09, AS08, VD07, VD08
+    DB06_grad = node(250, gather(
+        w_out[2160:2166], AS09_grad, DA08_grad, DA09_grad, AS08_grad, VD07_grad,
+        VD08_grad,
+    ))
+    grad_w[1552:1564] = dots(
+        DB06_grad, DVA, PDER, PQR, VA12, PVR, PVCL, PVX, AVDR, AVDL, AVAR, PVCR, AVAL,
+    )
+    # DA06 -> DD03, VD06, VD05, VD07, VD04
+    DA06_grad = node(249, gather(
+        w_out[2155:2160], DD03_grad, VD06_grad, VD05_grad, VD07_grad, VD04_grad,
+    ))
+    grad_w[1545:1552] = dots(DA06_grad, PQR, PVR, PVCL, PVX, AVDR, AVAR, AVAL)
+    del VD07_grad
+    # DA01 -> AS01, DD01, VD02
+    DA01_grad = node(248, gather(w_out[2152:2155], AS01_grad, DD01_grad, VD02_grad))
+    grad_w[1538:1545] = dots(DA01_grad, AVDR, DB01, AVDL, AVER, AVAR, AVEL, AVAL)
+    del AVAL, DB01
     # CP09 -> R9BR, R7AR, CP08, R6AL, R7AL, CA04, PVV, PDC
-    CP09_grad = node(253, gather(
-        w_out[2180:2188], R9BR_grad, R7AR_grad, CP08_grad, R6AL_grad, R7AL_grad,
+    CP09_grad = node(247, gather(
+        w_out[2144:2152], R9BR_grad, R7AR_grad, CP08_grad, R6AL_grad, R7AL_grad,
         CA04_grad, PVV_grad, PDC_grad,
     ))
-    grad_w[1564:1580] = dots(
+    grad_w[1522:1538] = dots(
         CP09_grad, R2AL, R7BL, R1BR, R3BR, R9BL, R9AL, DVF, R9AR, PVNL, R8AL, PGA, CP07,
         R6AR, PDB, PHDL, R2AR,
     )
     del PHDL, R2AR
-    # VA10 -> VA09, PVZ, VB07, VB09, CP04, DB05, DD05, VD08, DD04, VB08, VD09
-    VA10_grad = node(252, gather(
-        w_out[2169:2180], VA09_grad, PVZ_grad, VB07_grad, VB09_grad, CP04_grad,
-        DB05_grad, DD05_grad, VD08_grad, DD04_grad, VB08_grad, VD09_grad,
-    ))
-    grad_w[1557:1564] = dots(VA10_grad, PDEL, VA12, AVDR, AVDL, AVAR, AVBR, AVAL)
-    del VB07_grad
-    # VA05 -> VA06, DD02, VD05, VB04
-    VA05_grad = node(251, gather(
-        w_out[2165:2169], VA06_grad, DD02_grad, VD05_grad, VB04_grad,
-    ))
-    grad_w[1553:1557] = dots(VA05_grad, AVDR, AVDL, AVAR, AVAL)
-    del VB04_grad
-    # VA02 -> VA01, VA03, VB02, VD01, VB01, DD01, VD02
-    VA02_grad = node(250, gather(
-        w_out[2158:2165], VA01_grad, VA03_grad, VB02_grad, VD01_grad, VB01_grad,
-        DD01_grad, VD02_grad,
-    ))
-    grad_w[1548:1553] = dots(VA02_grad, AVDR, AVER, AVAR, AVBL, AVAL)
-    del VB01_grad, VD01_grad, VB02_grad
-    # DB06 -> DA08, AS09, DA09, AS08, VD07, VD08
-    DB06_grad = node(249, gather(
-        w_out[2152:2158], DA08_grad, AS09_grad, DA09_grad, AS08_grad, VD07_grad,
-        VD08_grad,
-    ))
-    grad_w[1536:1548] = dots(
-        DB06_grad, PQR, DVA, PDER, VA12, PVR, PVCL, PVX, AVDR, AVDL, AVAR, PVCR, AVAL,
-    )
-    # DA06 -> DD03, VD06, VD05, VD07, VD04
-    DA06_grad = node(248, gather(
-        w_out[2147:2152], DD03_grad, VD06_grad, VD05_grad, VD07_grad, VD04_grad,
-    ))
-    grad_w[1529:1536] = dots(DA06_grad, PQR, PVR, PVCL, PVX, AVDR, AVAR, AVAL)
-    del VD07_grad
-    # DA01 -> AS01, DD01, VD02
-    DA01_grad = node(247, gather(w_out[2144:2147], AS01_grad, DD01_grad, VD02_grad))
-    grad_w[1522:1529] = dots(DA01_grad, AVDR, DB01, AVDL, AVER, AVAR, AVEL, AVAL)
-    del AVAL, DB01
     # R2AR -> CP09, CP08, DD06, R4AR, R1AR
     R2AR_grad = node(246, gather(
         w_out[2139:2144], CP09_grad, CP08_grad, DD06_grad, R4AR_grad, R1AR_grad,
     ))
     grad_w[1515:1522] = dots(R2AR_grad, PHCL, R2AL, R1BR, AVG, R8BR, CP07, AVBR)
-    # AVAL -> DA01, DA06, DB06, VA02, VA05, VA10, DA08, AS09, VA01, VA03, VA06,
-    #     VA09, DA02, VA04, DA05, DA09, AS10, VB06, R1AL, VA07, VA08, AS02, AS05,
-    #     DA03, DD05, VA11, DA04, DA07, AS04, AS07, AS08, VB11, AS11, R3AL, R3AR,
+    # AVAL -> DA01, DA06, DB06, VA02, VA05, VA10, AS09, DA08, VA01, VA03, VA06,
+    #     VA09, DA02, VA04, AS10, DA05, DA09, R1AL, VB06, VA07, VA08, AS02, AS05,
+    #     DA03, DD05, VA11, AS04, AS07, AS08, DA04, DA07, VB11, AS11, R3AL, R3AR,
     #     PVV, SABVL
     AVAL_grad = node(245, gather(
         w_out[2102:2139], DA01_grad, DA06_grad, DB06_grad, VA02_grad, VA05_grad,
-        VA10_grad, DA08_grad, AS09_grad, VA01_grad, VA03_grad, VA06_grad, VA09_grad,
-        DA02_grad, VA04_grad, DA05_grad, DA09_grad, AS10_grad, VB06_grad, R1AL_grad,
+        VA10_grad, AS09_grad, DA08_grad, VA01_grad, VA03_grad, VA06_grad, VA09_grad,
+        DA02_grad, VA04_grad, AS10_grad, DA05_grad, DA09_grad, R1AL_grad, VB06_grad,
         VA07_grad, VA08_grad, AS02_grad, AS05_grad, DA03_grad, DD05_grad, VA11_grad,
-        DA04_grad, DA07_grad, AS04_grad, AS07_grad, AS08_grad, VB11_grad, AS11_grad,
+        AS04_grad, AS07_grad, AS08_grad, DA04_grad, DA07_grad, VB11_grad, AS11_grad,
         R3AL_grad, R3AR_grad, PVV_grad, SABVL_grad,
     ))
     grad_w[1480:1515] = dots(
-        AVAL_grad, PQR, PLML, PLMR, FLPL, FLPR, PVDL, PVDR, ADER, PHAL, PHAR, VB05,
+        AVAL_grad, ADER, FLPL, FLPR, PHAL, PHAR, PLML, PLMR, PQR, PVDL, PVDR, VB05,
         RICR, AUAL, R1BR, VA12, R3BR, PVCL, PCAR, PVNL, DVC, PVX, AVDR, CEMVR, RICL,
-        AVKL, SAAVL, RIMR, AVDL, AVER, AVAR, PVCR, AVEL, AVBL, PVY, AVBR,
+        AVKL, SAAVL, RIMR, AVDL, AVER, AVAR, PVCR, AVBL, AVEL, PVY, AVBR,
     )
     del AVBR
-    # AVBR -> AVAL, R2AR, VA10, VA03, VA04, AS10, AS01, AS03, DA03, CP05, AS04,
+    # SAADR -> the sink
+    SAADR_grad = node(244, sink_grad)
+    grad_w[1470:1480] = dots(
+        SAADR_grad, DVA, PLNR, SDQL, RIVL, CEMVR, AVKL, AIBL, RIAR, SABD, SMBVR,
+    )
+    del SMBVR
+    # SAADL -> the sink
+    SAADL_grad = node(243, sink_grad)
+    grad_w[1460:1470] = dots(
+        SAADL_grad, PLNL, BDUL, ADAL, RIVR, AVKL, AIBL, AIBR, RMGR, SMBVL, SABD,
+    )
+    del SABD, BDUL
+    # AVBR -> AVAL, R2AR, VA10, VA03, VA04, AS10, AS01, AS03, CP05, DA03, AS04,
     #     AS07, VB11
-    AVBR_grad = node(244, gather(
+    AVBR_grad = node(242, gather(
         w_out[2089:2102], AVAL_grad, R2AR_grad, VA10_grad, VA03_grad, VA04_grad,
-        AS10_grad, AS01_grad, AS03_grad, DA03_grad, CP05_grad, AS04_grad, AS07_grad,
+        AS10_grad, AS01_grad, AS03_grad, CP05_grad, DA03_grad, AS04_grad, AS07_grad,
         VB11_grad,
     ))
-    grad_w[1451:1480] = dots(
-        AVBR_grad, ASHR, SDQR, AQR, ALML, AVM, R2AL, AVFR, AVJL, AVFL, PVR, PVCL, AVG,
+    grad_w[1431:1460] = dots(
+        AVBR_grad, ALML, AQR, ASHR, AVM, SDQR, R2AL, AVFR, AVJL, AVFL, PVR, PVCL, AVG,
         PVNL, PVNR, PVX, PVPL, AVDR, EF1, EF3, MCMR, CEMVR, RIFL, AIBR, RIML, RIMR,
         RIFR, PVCR, AVBL, PVY,
     )
     del PVY
-    # SAADR -> the sink
-    SAADR_grad = node(243, sink_grad)
-    grad_w[1441:1451] = dots(
-        SAADR_grad, PLNR, SDQL, DVA, RIVL, CEMVR, AVKL, AIBL, RIAR, SABD, SMBVR,
-    )
-    del SMBVR
-    # SAADL -> the sink
-    SAADL_grad = node(242, sink_grad)
-    grad_w[1431:1441] = dots(
-        SAADL_grad, PLNL, BDUL, ADAL, RIVR, AVKL, AIBL, AIBR, RMGR, SMBVL, SABD,
-    )
-    del SABD, BDUL
-    # PVY -> AVBR, AVAL, DB07, VB10, VB11, DD06
-    PVY_grad = node(241, gather(
-        w_out[2083:2089], AVBR_grad, AVAL_grad, DB07_grad, VB10_grad, VB11_grad,
-        DD06_grad,
-    ))
-    grad_w[1401:1431] = dots(
-        PVY_grad, PQR, PHAR, PHBL, PHBR, PHCL, PHCR, R4BR, AVFR, R2BR, HOB, R2BL, R7BL,
-        R7BR, AVFL, R1BR, R3BR, R9AL, HOA, PCAR, PCBL, PCBR, R9AR, R8BL, R4BL, PVNL,
-        R8AL, PVNR, PDB, PVX, AVBL,
-    )
-    del AVBL
-    # DB03 -> DA05, AS05, DA04, AS04, VD06, DD02, VD05, VD04
-    DB03_grad = node(240, gather(
-        w_out[2075:2083], DA05_grad, AS05_grad, DA04_grad, AS04_grad, VD06_grad,
-        DD02_grad, VD05_grad, VD04_grad,
-    ))
-    grad_w[1394:1401] = dots(DB03_grad, DVA, PVCL, AVKL, AVER, AVAR, PVCR, AVEL)
-    del VD05_grad
     # SMBVR -> SAADR
-    SMBVR_grad = node(239, gather(w_out[2074:2075], SAADR_grad))
-    grad_w[1380:1394] = dots(
-        SMBVR_grad, ADFR, ADLR, PLNR, DVA, IL2R, OLQVR, RIS, AVHR, EF3, AIZL, AIZR,
+    SMBVR_grad = node(241, gather(w_out[2088:2089], SAADR_grad))
+    grad_w[1417:1431] = dots(
+        SMBVR_grad, ADFR, ADLR, DVA, IL2R, OLQVR, PLNR, RIS, AVHR, EF3, AIZL, AIZR,
         SMBDR, RMGR, SIAVR,
     )
     del SIAVR
     # SABD -> SAADL, SAADR
-    SABD_grad = node(238, gather(w_out[2072:2074], SAADL_grad, SAADR_grad))
-    grad_w[1372:1380] = dots(SABD_grad, DVA, AVHL, AVJL, PVR, AVDR, AVDL, AVER, AVEL)
-    del AVEL
-    # DB02 -> DA02, AS03, DA03, DA04, AS04, DD02, VD04, VD03, DD01
-    DB02_grad = node(237, gather(
-        w_out[2063:2072], DA02_grad, AS03_grad, DA03_grad, DA04_grad, AS04_grad,
-        DD02_grad, VD04_grad, VD03_grad, DD01_grad,
+    SABD_grad = node(240, gather(w_out[2086:2088], SAADL_grad, SAADR_grad))
+    grad_w[1409:1417] = dots(SABD_grad, DVA, AVHL, AVJL, PVR, AVDR, AVDL, AVER, AVEL)
+    # PVY -> AVBR, AVAL, DB07, VB10, VB11, DD06
+    PVY_grad = node(239, gather(
+        w_out[2080:2086], AVBR_grad, AVAL_grad, DB07_grad, VB10_grad, VB11_grad,
+        DD06_grad,
     ))
-    grad_w[1369:1372] = dots(DB02_grad, PVCL, AVAR, PVCR)
-    del VD04_grad, DD02_grad
+    grad_w[1379:1409] = dots(
+        PVY_grad, PHAR, PHBL, PHBR, PHCL, PHCR, PQR, R4BR, AVFR, R2BR, HOB, R2BL, R7BL,
+        R7BR, AVFL, R1BR, R3BR, R9AL, HOA, PCAR, PCBL, PCBR, R9AR, R8BL, R4BL, PVNL,
+        R8AL, PVNR, PDB, PVX, AVBL,
+    )
+    del AVBL
+    # DB03 -> DA05, AS05, AS04, DA04, VD06, DD02, VD05, VD04
+    DB03_grad = node(238, gather(
+        w_out[2072:2080], DA05_grad, AS05_grad, AS04_grad, DA04_grad, VD06_grad,
+        DD02_grad, VD05_grad, VD04_grad,
+    ))
+    grad_w[1372:1379] = dots(DB03_grad, DVA, PVCL, AVKL, AVER, AVAR, PVCR, AVEL)
+    del AVEL, VD05_grad
     # SIAVR -> SMBVR, AVKR
-    SIAVR_grad = node(236, gather(w_out[2061:2063], SMBVR_grad, AVKR_grad))
-    grad_w[1359:1369] = dots(
-        SIAVR_grad, ALNR, PLNL, CEPDR, CEPVR, RIVL, SMBDR, SMDVL, RIAL, SIBVL, PVCR,
+    SIAVR_grad = node(237, gather(w_out[2070:2072], SMBVR_grad, AVKR_grad))
+    grad_w[1362:1372] = dots(
+        SIAVR_grad, ALNR, CEPDR, CEPVR, PLNL, RIVL, SMBDR, SMDVL, RIAL, SIBVL, PVCR,
     )
     del SIBVL
+    # DB02 -> DA02, AS03, DA03, AS04, DA04, DD02, VD04, VD03, DD01
+    DB02_grad = node(236, gather(
+        w_out[2061:2070], DA02_grad, AS03_grad, DA03_grad, AS04_grad, DA04_grad,
+        DD02_grad, VD04_grad, VD03_grad, DD01_grad,
+    ))
+    grad_w[1359:1362] = dots(DB02_grad, PVCL, AVAR, PVCR)
+    del VD04_grad, DD02_grad
+    # AVEL -> DB03, SABD, AVAL, DA01, VA01, VA03, DA02, AS01, DA03, SABVL, SABVR
+    AVEL_grad = node(235, gather(
+        w_out[2050:2061], DB03_grad, SABD_grad, AVAL_grad, DA01_grad, VA01_grad,
+        VA03_grad, DA02_grad, AS01_grad, DA03_grad, SABVL_grad, SABVR_grad,
+    ))
+    grad_w[1336:1359] = dots(
+        AVEL_grad, CEPDL, CEPDR, CEPVR, DVA, FLPL, OLLR, RIH, RMGL, AUAL, RIS, AINR,
+        CEMVR, RIGR, RIR, AIZR, AVKL, AIBL, RIMR, RIFR, SMDVL, RIBR, SMDDL, PVCR,
+    )
     # AVBL -> PVY, AVBR, AVAL, VA02, AS09, AS10, AS05, AS04
-    AVBL_grad = node(235, gather(
-        w_out[2053:2061], PVY_grad, AVBR_grad, AVAL_grad, VA02_grad, AS09_grad,
+    AVBL_grad = node(234, gather(
+        w_out[2042:2050], PVY_grad, AVBR_grad, AVAL_grad, VA02_grad, AS09_grad,
         AS10_grad, AS05_grad, AS04_grad,
     ))
-    grad_w[1331:1359] = dots(
-        AVBL_grad, ASJR, ASHL, SDQR, AQR, ALMR, AVM, FLPL, PHCL, PVQL, RMGL, R2AL, ADAL,
+    grad_w[1308:1336] = dots(
+        AVBL_grad, ALMR, AQR, ASHL, ASJR, AVM, FLPL, PHCL, SDQR, PVQL, R2AL, RMGL, ADAL,
         CEMVL, AVJL, AVFL, PVCL, AVG, PVNL, PVX, PVPL, MCMR, CEMVR, RIFL, AIBL, RIML,
         RIMR, RIFR, PVCR,
     )
-    # AVEL -> SABD, DB03, AVAL, DA01, VA01, VA03, DA02, AS01, DA03, SABVL, SABVR
-    AVEL_grad = node(234, gather(
-        w_out[2042:2053], SABD_grad, DB03_grad, AVAL_grad, DA01_grad, VA01_grad,
-        VA03_grad, DA02_grad, AS01_grad, DA03_grad, SABVL_grad, SABVR_grad,
-    ))
-    grad_w[1308:1331] = dots(
-        AVEL_grad, FLPL, DVA, CEPDL, CEPDR, CEPVR, OLLR, RIH, RMGL, AUAL, RIS, AINR,
-        CEMVR, RIGR, RIR, AIZR, AVKL, AIBL, RIMR, RIFR, SMDVL, RIBR, SMDDL, PVCR,
-    )
     del PVCR, RIFR
-    # PVCR -> AVEL, AVBL, SIAVR, DB02, DB03, AVBR, AVAL, DB06, DA08, DB04, DB07,
+    # PVCR -> AVBL, AVEL, DB02, SIAVR, DB03, AVBR, AVAL, DB06, DA08, DB04, DB07,
     #     VB09, VB10, VB08, VB11
     PVCR_grad = node(233, gather(
-        w_out[2027:2042], AVEL_grad, AVBL_grad, SIAVR_grad, DB02_grad, DB03_grad,
+        w_out[2027:2042], AVBL_grad, AVEL_grad, DB02_grad, SIAVR_grad, DB03_grad,
         AVBR_grad, AVAL_grad, DB06_grad, DA08_grad, DB04_grad, DB07_grad, VB09_grad,
         VB10_grad, VB08_grad, VB11_grad,
     ))
     grad_w[1295:1308] = dots(
-        PVCR_grad, AQR, ALMR, AVM, PVDL, PVDR, PHAR, AVFL, R1BR, VA12, PVCL, EF2, RIMR,
+        PVCR_grad, ALMR, AQR, AVM, PHAR, PVDL, PVDR, AVFL, R1BR, VA12, PVCL, EF2, RIMR,
         AVAR,
     )
     del AVAR
-    # AVAR -> PVCR, DB02, DB03, AVAL, DA01, DA06, DB06, VA02, VA05, VA10, DA08,
-    #     AS09, VA03, VA06, VA09, LUAR, DA02, VA04, DA05, DA09, AS06, AS10, VB06,
-    #     R1AL, VA07, VA08, AS01, AS02, AS05, DA03, VA11, DA04, DA07, AS04, AS07,
-    #     AS08, AS11, R3AL, R3AR, SABVR
-    AVAR_grad = node(232, gather(
-        w_out[1987:2027], PVCR_grad, DB02_grad, DB03_grad, AVAL_grad, DA01_grad,
-        DA06_grad, DB06_grad, VA02_grad, VA05_grad, VA10_grad, DA08_grad, AS09_grad,
-        VA03_grad, VA06_grad, VA09_grad, LUAR_grad, DA02_grad, VA04_grad, DA05_grad,
-        DA09_grad, AS06_grad, AS10_grad, VB06_grad, R1AL_grad, VA07_grad, VA08_grad,
-        AS01_grad, AS02_grad, AS05_grad, DA03_grad, VA11_grad, DA04_grad, DA07_grad,
-        AS04_grad, AS07_grad, AS08_grad, AS11_grad, R3AL_grad, R3AR_grad, SABVR_grad,
-    ))
-    grad_w[1265:1295] = dots(
-        AVAR_grad, URXR, ALNL, AQR, PQR, PLMR, FLPL, FLPR, DVA, PVDL, PVDR, ADEL, CEPDL,
-        CEPVL, LUAL, AVFR, RICR, RIGL, AVFL, R1BR, VA12, PVNL, DVC, PVX, PVPL, AVDR,
-        RICL, SAAVR, AVDL, AVER, SIBDL,
-    )
-    del AVDL, AVER, AS05_grad, VA07_grad, VA08_grad, AS06_grad
     # RMFL -> the sink
-    RMFL_grad = node(231, sink_grad)
-    grad_w[1257:1265] = dots(
+    RMFL_grad = node(232, sink_grad)
+    grad_w[1287:1295] = dots(
         RMFL_grad, RICR, ADAL, RIVR, RIGL, AIBR, SAAVR, RIML, SIBDL,
     )
-    del SIBDL
-    # SIBDL -> RMFL, AVAR
-    SIBDL_grad = node(230, gather(w_out[1985:1987], RMFL_grad, AVAR_grad))
+    # AVAR -> PVCR, DB02, DB03, AVAL, DA01, DA06, DB06, VA02, VA05, VA10, AS09,
+    #     DA08, VA03, VA06, VA09, DA02, LUAR, VA04, AS06, AS10, DA05, DA09, R1AL,
+    #     VB06, VA07, VA08, AS01, AS02, AS05, DA03, VA11, AS04, AS07, AS08, DA04,
+    #     DA07, AS11, R3AL, R3AR, SABVR
+    AVAR_grad = node(231, gather(
+        w_out[1987:2027], PVCR_grad, DB02_grad, DB03_grad, AVAL_grad, DA01_grad,
+        DA06_grad, DB06_grad, VA02_grad, VA05_grad, VA10_grad, AS09_grad, DA08_grad,
+        VA03_grad, VA06_grad, VA09_grad, DA02_grad, LUAR_grad, VA04_grad, AS06_grad,
+        AS10_grad, DA05_grad, DA09_grad, R1AL_grad, VB06_grad, VA07_grad, VA08_grad,
+        AS01_grad, AS02_grad, AS05_grad, DA03_grad, VA11_grad, AS04_grad, AS07_grad,
+        AS08_grad, DA04_grad, DA07_grad, AS11_grad, R3AL_grad, R3AR_grad, SABVR_grad,
+    ))
+    grad_w[1257:1287] = dots(
+        AVAR_grad, ADEL, ALNL, AQR, CEPDL, CEPVL, DVA, FLPL, FLPR, PLMR, PQR, PVDL,
+        PVDR, URXR, LUAL, AVFR, RICR, RIGL, AVFL, R1BR, VA12, PVNL, DVC, PVX, PVPL,
+        AVDR, RICL, SAAVR, AVDL, AVER, SIBDL,
+    )
+    del AVDL, AVER, AS05_grad, VA07_grad, VA08_grad, AS06_grad, SIBDL
+    # SIBDL -> AVAR, RMFL
+    SIBDL_grad = node(230, gather(w_out[1985:1987], AVAR_grad, RMFL_grad))
     grad_w[1254:1257] = dots(SIBDL_grad, OLQVL, SIADL, SMDDL)
     del SMDDL
     # SMDDL -> SIBDL, AVEL
@@ -3121,15 +3122,15 @@ def dag_backward(
         SMDVR, RIAR, RMED, RIAL, SIADL, RMGR, SMDDR, RIBL,
     )
     del SIADL
-    # AVER -> AVAR, SABD, DB03, AVAL, DA01, VA02, VA01, VA03, DA02, VA04, AS01,
+    # AVER -> AVAR, DB03, SABD, AVAL, DA01, VA02, VA01, VA03, DA02, VA04, AS01,
     #     AS02, AS03, DA03, SABVL, SABVR
     AVER_grad = node(228, gather(
-        w_out[1967:1983], AVAR_grad, SABD_grad, DB03_grad, AVAL_grad, DA01_grad,
+        w_out[1967:1983], AVAR_grad, DB03_grad, SABD_grad, AVAL_grad, DA01_grad,
         VA02_grad, VA01_grad, VA03_grad, DA02_grad, VA04_grad, AS01_grad, AS02_grad,
         AS03_grad, DA03_grad, SABVL_grad, SABVR_grad,
     ))
     grad_w[1223:1235] = dots(
-        AVER_grad, URXR, DVA, CEPVR, OLLL, RIS, RIGL, PVPL, AVDR, AIZL, AIBR, SIBVR,
+        AVER_grad, CEPVR, DVA, OLLL, URXR, RIGL, RIS, PVPL, AVDR, AIZL, AIBR, SIBVR,
         RIBL,
     )
     del AS03_grad, VA04_grad, VA01_grad, RIBL
@@ -3139,90 +3140,89 @@ def dag_backward(
     # RMDDL -> the sink
     RMDDL_grad = node(226, sink_grad)
     grad_w[1207:1219] = dots(
-        RMDDL_grad, OLLL, OLQDR, IL1L, IL1R, IL1VL, RIVR, SMDVR, RIAR, RIAL, RMGR, RMDR,
+        RMDDL_grad, IL1L, IL1R, IL1VL, OLLL, OLQDR, RIVR, SMDVR, RIAR, RIAL, RMGR, RMDR,
         RMDVR,
     )
     del RMDVR
     # RIBL -> AVER, SMDDL
     RIBL_grad = node(225, gather(w_out[1965:1967], AVER_grad, SMDDL_grad))
     grad_w[1188:1207] = dots(
-        RIBL_grad, AWAL, AWBL, ASEL, ADFL, OLLL, AIYL, AUAL, ADAL, CEMVL, RIS, RIGL,
+        RIBL_grad, ADFL, ASEL, AWAL, AWBL, OLLL, AIYL, ADAL, AUAL, CEMVL, RIGL, RIS,
         DVC, RIML, RIMR, RIAR, RMED, RIAL, RMEV, SMDDR,
     )
     del SMDDR, RMEV
-    # MCML -> the sink
-    MCML_grad = node(224, sink_grad)
-    grad_w[1179:1188] = dots(
-        MCML_grad, AVFR, CEMVL, AVJL, AVFL, RID, RICL, RIFL, RIML, SMBVL,
-    )
-    del RID
-    # SIBVL -> SIAVR
-    SIBVL_grad = node(223, gather(w_out[1964:1965], SIAVR_grad))
-    grad_w[1174:1179] = dots(SIBVL_grad, OLQDL, RMGL, RIFL, SMDVL, SMBVL)
     # SMDDR -> RIBL, SIBDR, SMDDL
-    SMDDR_grad = node(222, gather(w_out[1961:1964], RIBL_grad, SIBDR_grad, SMDDL_grad))
-    grad_w[1152:1174] = dots(
-        SMDDR_grad, ALNL, PLNR, FLPL, CEPVR, OLLL, RMGL, RIVL, RICR, RIS, RICL, AVKL,
+    SMDDR_grad = node(224, gather(w_out[1962:1965], RIBL_grad, SIBDR_grad, SMDDL_grad))
+    grad_w[1166:1188] = dots(
+        SMDDR_grad, ALNL, CEPVR, FLPL, OLLL, PLNR, RIVL, RMGL, RICR, RIS, RICL, AVKL,
         SMBDR, AIBL, RIML, SAAVL, RIMR, SMDVL, RIAR, RMED, RIAL, RMDR, SIADR,
     )
     del SIADR
+    # SIBVL -> SIAVR
+    SIBVL_grad = node(223, gather(w_out[1961:1962], SIAVR_grad))
+    grad_w[1161:1166] = dots(SIBVL_grad, OLQDL, RMGL, RIFL, SMDVL, SMBVL)
     # RMDVR -> RMDDL
-    RMDVR_grad = node(221, gather(w_out[1960:1961], RMDDL_grad))
-    grad_w[1140:1152] = dots(
-        RMDVR_grad, PLNL, OLLR, OLQDR, OLQVL, IL1DR, IL1R, RIVR, RIAR, RIAL, RMGR, RIBR,
+    RMDVR_grad = node(222, gather(w_out[1960:1961], RMDDL_grad))
+    grad_w[1149:1161] = dots(
+        RMDVR_grad, IL1DR, IL1R, OLLR, OLQDR, OLQVL, PLNL, RIVR, RIAR, RIAL, RMGR, RIBR,
         SMBVL,
     )
-    del SMBVL
-    # SIADR -> SMDDR, SIBDR
-    SIADR_grad = node(220, gather(w_out[1958:1960], SMDDR_grad, SIBDR_grad))
-    grad_w[1131:1140] = dots(
-        SIADR_grad, ALNL, SDQL, CEPDL, RMGL, RICR, SMBDR, RIAR, RIAL, RMDR,
+    # MCML -> the sink
+    MCML_grad = node(221, sink_grad)
+    grad_w[1140:1149] = dots(
+        MCML_grad, AVFR, CEMVL, AVJL, AVFL, RID, RICL, RIFL, RIML, SMBVL,
     )
-    # SMBVL -> RMDVR, SIBVL, MCML, SAADL
-    SMBVL_grad = node(219, gather(
-        w_out[1954:1958], RMDVR_grad, SIBVL_grad, MCML_grad, SAADL_grad,
+    del SMBVL, RID
+    # SMBVL -> MCML, RMDVR, SIBVL, SAADL
+    SMBVL_grad = node(220, gather(
+        w_out[1956:1960], MCML_grad, RMDVR_grad, SIBVL_grad, SAADL_grad,
     ))
-    grad_w[1114:1131] = dots(
-        SMBVL_grad, AWBL, ADFL, ASHL, ADLL, PLNL, AVM, DVA, IL2L, AVHL, RMGL, AVJL,
+    grad_w[1123:1140] = dots(
+        SMBVL_grad, ADFL, ADLL, ASHL, AVM, AWBL, DVA, IL2L, PLNL, AVHL, RMGL, AVJL,
         AIZL, AIZR, RIFL, SMBDL, RMDR, SIAVL,
     )
     del SIAVL
-    # RMDL -> the sink
-    RMDL_grad = node(218, sink_grad)
-    grad_w[1104:1114] = dots(
-        RMDL_grad, OLLL, IL1L, URBL, RMGL, RIS, RMHR, RIMR, RIAR, RIAL, RMDR,
+    # SIADR -> SMDDR, SIBDR
+    SIADR_grad = node(219, gather(w_out[1954:1956], SMDDR_grad, SIBDR_grad))
+    grad_w[1114:1123] = dots(
+        SIADR_grad, ALNL, CEPDL, SDQL, RMGL, RICR, SMBDR, RIAR, RIAL, RMDR,
     )
     # RMEV -> RIBL
-    RMEV_grad = node(217, gather(w_out[1953:1954], RIBL_grad))
-    grad_w[1097:1104] = dots(RMEV_grad, IL2DR, IL2VL, RIH, URAVL, RIS, SMDVL, RMDDR)
+    RMEV_grad = node(218, gather(w_out[1953:1954], RIBL_grad))
+    grad_w[1107:1114] = dots(RMEV_grad, IL2DR, IL2VL, RIH, URAVL, RIS, SMDVL, RMDDR)
     del RMDDR
     # RMER -> the sink
-    RMER_grad = node(216, sink_grad)
-    grad_w[1086:1097] = dots(
-        RMER_grad, IL2DR, IL2L, IL2VL, IL2VR, OLLR, OLQVR, IL1VR, URBL, URADR, URAVR,
+    RMER_grad = node(217, sink_grad)
+    grad_w[1096:1107] = dots(
+        RMER_grad, IL1VR, IL2DR, IL2L, IL2VL, IL2VR, OLLR, OLQVR, URADR, URBL, URAVR,
         RMDR,
+    )
+    # RMDL -> the sink
+    RMDL_grad = node(216, sink_grad)
+    grad_w[1086:1096] = dots(
+        RMDL_grad, IL1L, OLLL, RMGL, URBL, RIS, RMHR, RIMR, RIAR, RIAL, RMDR,
     )
     del RMDR
     # SIAVL -> SMBVL
     SIAVL_grad = node(215, gather(w_out[1952:1953], SMBVL_grad))
     grad_w[1077:1086] = dots(
-        SIAVL_grad, PLNL, CEPVL, AVHL, RIVR, PVCL, SMBDL, SMDVR, RIAR, SIBVR,
+        SIAVL_grad, CEPVL, PLNL, AVHL, RIVR, PVCL, SMBDL, SMDVR, RIAR, SIBVR,
     )
     del SIBVR
-    # RMDR -> RMER, RMDL, SMBVL, SIADR, SMDDR, RMDDL
+    # RMDR -> RMDL, RMER, SIADR, SMBVL, SMDDR, RMDDL
     RMDR_grad = node(214, gather(
-        w_out[1946:1952], RMER_grad, RMDL_grad, SMBVL_grad, SIADR_grad, SMDDR_grad,
+        w_out[1946:1952], RMDL_grad, RMER_grad, SIADR_grad, SMBVL_grad, SMDDR_grad,
         RMDDL_grad,
     ))
     grad_w[1062:1077] = dots(
-        RMDR_grad, IL2L, IL2R, OLLL, OLLR, IL1L, RMGL, RIS, RMHR, RMHL, RIML, RIMR,
+        RMDR_grad, IL1L, IL2L, IL2R, OLLL, OLLR, RMGL, RIS, RMHR, RMHL, RIML, RIMR,
         RIAR, RIAL, RMGR, RIBR,
     )
     del RMHR
     # RMDDR -> RMEV
     RMDDR_grad = node(213, gather(w_out[1945:1946], RMEV_grad))
     grad_w[1048:1062] = dots(
-        RMDDR_grad, CEPVR, OLLR, OLQDL, IL1R, IL1VR, URBL, RIVL, MCMR, SMBDR, SMDVL,
+        RMDDR_grad, CEPVR, IL1R, IL1VR, OLLR, OLQDL, RIVL, URBL, MCMR, SMBDR, SMDVL,
         RIAR, RIAL, RMDVL, RIBR,
     )
     del RIBR, URBL
@@ -3233,7 +3233,7 @@ def dag_backward(
     # RIPR -> the sink
     RIPR_grad = node(211, sink_grad)
     grad_w[1028:1043] = dots(
-        RIPR_grad, ADFR, IL2DR, IL2VR, CEPDR, CEPVR, OLQDR, IL1DR, IL1VR, RIH, URADR,
+        RIPR_grad, ADFR, CEPDR, CEPVR, IL1DR, IL1VR, IL2DR, IL2VR, OLQDR, RIH, URADR,
         URAVR, PVR, MCMR, CEMVR, RMDVL,
     )
     del IL1DR, URADR, URAVR, RMDVL
@@ -3242,37 +3242,37 @@ def dag_backward(
         w_out[1939:1943], RMDDR_grad, RMDR_grad, RMDVR_grad, AVEL_grad,
     ))
     grad_w[1004:1028] = dots(
-        RIBR_grad, AWBR, BAGL, AVM, IL2R, CEPDR, CEPVR, OLLR, IL1R, RIH, AIYR, RIS, DVC,
+        RIBR_grad, AVM, AWBR, BAGL, CEPDR, CEPVR, IL1R, IL2R, OLLR, RIH, AIYR, RIS, DVC,
         EF3, CEMVR, RIGR, RMHL, AUAR, AIBL, RIML, RIMR, SMDVL, RIAR, RIAL, RMGR,
     )
     del RMGR
-    # RMDVL -> RIPR, RMDDR
-    RMDVL_grad = node(209, gather(w_out[1937:1939], RIPR_grad, RMDDR_grad))
-    grad_w[991:1004] = dots(
-        RMDVL_grad, OLLL, OLQVR, IL1DL, IL1L, IL1R, RMGL, RIVL, RIS, RMHL, SMDVL, RIAR,
-        RMED, RIAL,
-    )
-    del RMED
     # RMGR -> RIBR, SIBVR, RMDR, RMDVR, RMDDL, SMDDL, SMBVR, SAADL
-    RMGR_grad = node(208, gather(
-        w_out[1929:1937], RIBR_grad, SIBVR_grad, RMDR_grad, RMDVR_grad, RMDDL_grad,
+    RMGR_grad = node(209, gather(
+        w_out[1931:1939], RIBR_grad, SIBVR_grad, RMDR_grad, RMDVR_grad, RMDDL_grad,
         SMDDL_grad, SMBVR_grad, SAADL_grad,
     ))
-    grad_w[983:991] = dots(RMGR_grad, ASJR, URXR, ALNR, PLNR, URBR, BDUR, RMHL, RIAL)
-    del PLNR, RIAL, URBR
+    grad_w[996:1004] = dots(RMGR_grad, ALNR, ASJR, PLNR, URXR, BDUR, URBR, RMHL, RIAL)
+    del PLNR, URBR
+    # RMDVL -> RIPR, RMDDR
+    RMDVL_grad = node(208, gather(w_out[1929:1931], RIPR_grad, RMDDR_grad))
+    grad_w[983:996] = dots(
+        RMDVL_grad, IL1DL, IL1L, IL1R, OLLL, OLQVR, RIVL, RMGL, RIS, RMHL, SMDVL, RIAR,
+        RMED, RIAL,
+    )
+    del RIAL, RMED
     # SIADL -> SMDDL, SIBDL
     SIADL_grad = node(207, gather(w_out[1927:1929], SMDDL_grad, SIBDL_grad))
     grad_w[980:983] = dots(SIADL_grad, SDQR, SMBDL, RIAR)
-    # RIAL -> RMGR, RMDVL, RIBR, RMDDR, RMDR, RMDL, SIADR, RMDVR, SMDDR, RIBL,
+    # RIAL -> RMDVL, RMGR, RIBR, RMDDR, RMDR, RMDL, SIADR, RMDVR, SMDDR, RIBL,
     #     RMDDL, SMDDL, SIAVR
     RIAL_grad = node(206, gather(
-        w_out[1914:1927], RMGR_grad, RMDVL_grad, RIBR_grad, RMDDR_grad, RMDR_grad,
+        w_out[1914:1927], RMDVL_grad, RMGR_grad, RIBR_grad, RMDDR_grad, RMDR_grad,
         RMDL_grad, SIADR_grad, RMDVR_grad, SMDDR_grad, RIBL_grad, RMDDL_grad,
         SMDDL_grad, SIAVR_grad,
     ))
     grad_w[958:980] = dots(
-        RIAL_grad, AWBL, ADFL, ASHL, AQR, DVA, IL2VL, IL1VL, RIH, RIVL, AIYL, RICR,
-        AUAL, ADAL, RIVR, CEMVL, RIGL, AINR, RIR, AIZL, SMDVL, SMDVR, RIAR,
+        RIAL_grad, ADFL, AQR, ASHL, AWBL, DVA, IL1VL, IL2VL, RIH, RIVL, AIYL, RICR,
+        ADAL, AUAL, CEMVL, RIVR, RIGL, AINR, RIR, AIZL, SMDVL, SMDVR, RIAR,
     )
     del RIAR
     # RMED -> RMDVL, SMDDR, RIBL, SMDDL
@@ -3288,8 +3288,8 @@ def dag_backward(
         RMDDL_grad, SMDDL_grad, SAADR_grad,
     ))
     grad_w[931:951] = dots(
-        RIAR_grad, AWBR, ADFR, BAGL, URXR, AQR, DVA, OLQDR, RIH, RIVL, AIYL, AIYR, RIVR,
-        CEMVR, RIR, AUAR, AIZL, AIZR, RIMR, SMDVL, SMDVR,
+        RIAR_grad, ADFR, AQR, AWBR, BAGL, DVA, OLQDR, URXR, RIH, RIVL, AIYL, AIYR, RIVR,
+        CEMVR, RIR, AIZL, AIZR, AUAR, RIMR, SMDVL, SMDVR,
     )
     del SMDVR, AUAR
     # SMDVR -> RIAR, RMED, RIAL, SIBVR, SIAVL, RMDDL, SMDDL
@@ -3298,124 +3298,124 @@ def dag_backward(
         RMDDL_grad, SMDDL_grad,
     ))
     grad_w[922:931] = dots(
-        SMDVR_grad, ALNR, PLNL, OLLL, RICR, RIVR, RICL, SAAVR, RIMR, SMDVL,
+        SMDVR_grad, ALNR, OLLL, PLNL, RICR, RIVR, RICL, SAAVR, RIMR, SMDVL,
     )
     del SMDVL, OLLL
-    # SMDVL -> SMDVR, RIAR, RMED, RIAL, RMDVL, RIBR, RMDDR, RMEV, SMDDR, SIBVL,
+    # SMDVL -> SMDVR, RIAR, RMED, RIAL, RMDVL, RIBR, RMDDR, RMEV, SIBVL, SMDDR,
     #     AVEL, SIAVR
     SMDVL_grad = node(202, gather(
         w_out[1876:1888], SMDVR_grad, RIAR_grad, RMED_grad, RIAL_grad, RMDVL_grad,
-        RIBR_grad, RMDDR_grad, RMEV_grad, SMDDR_grad, SIBVL_grad, AVEL_grad, SIAVR_grad,
+        RIBR_grad, RMDDR_grad, RMEV_grad, SIBVL_grad, SMDDR_grad, AVEL_grad, SIAVR_grad,
     ))
-    grad_w[914:922] = dots(SMDVL_grad, CEPVR, OLLR, IL1VR, RIH, DVC, CEMVR, RIML, RIMR)
+    grad_w[914:922] = dots(SMDVL_grad, CEPVR, IL1VR, OLLR, RIH, DVC, CEMVR, RIML, RIMR)
     del IL1VR
     # RMFR -> SIBVR
     RMFR_grad = node(201, gather(w_out[1875:1876], SIBVR_grad))
     grad_w[909:914] = dots(RMFR_grad, BAGL, AIBL, RIML, SAAVL, RIMR)
+    # RIFR -> AVBL, AVEL, AVBR
+    RIFR_grad = node(200, gather(w_out[1872:1875], AVBL_grad, AVEL_grad, AVBR_grad))
+    grad_w[900:909] = dots(RIFR_grad, ASJR, ASKR, AVM, AVFR, EF2, EF1, EF3, MCMR, RIMR)
     # AVDL -> AVAR, SABD, AVAL, DA01, DB06, VA05, VA10, DA08, VA03, DA02, DA05,
-    #     DA03, DA04, DA07, AS04, AS07, SABVL, SABVR
-    AVDL_grad = node(200, gather(
-        w_out[1857:1875], AVAR_grad, SABD_grad, AVAL_grad, DA01_grad, DB06_grad,
+    #     DA03, AS04, AS07, DA04, DA07, SABVL, SABVR
+    AVDL_grad = node(199, gather(
+        w_out[1854:1872], AVAR_grad, SABD_grad, AVAL_grad, DA01_grad, DB06_grad,
         VA05_grad, VA10_grad, DA08_grad, VA03_grad, DA02_grad, DA05_grad, DA03_grad,
-        DA04_grad, DA07_grad, AS04_grad, AS07_grad, SABVL_grad, SABVR_grad,
+        AS04_grad, AS07_grad, DA04_grad, DA07_grad, SABVL_grad, SABVR_grad,
     ))
-    grad_w[894:909] = dots(
-        AVDL_grad, ASHR, ADLR, AQR, PQR, ALMR, PLMR, FLPL, PVDL, PVDR, AVFR, PVNL, PVX,
+    grad_w[885:900] = dots(
+        AVDL_grad, ADLR, ALMR, AQR, ASHR, FLPL, PLMR, PQR, PVDL, PVDR, AVFR, PVNL, PVX,
         CEMVR, AVKL, RIMR,
     )
-    del AS07_grad, AS04_grad
-    # RIFR -> AVEL, AVBL, AVBR
-    RIFR_grad = node(199, gather(w_out[1854:1857], AVEL_grad, AVBL_grad, AVBR_grad))
-    grad_w[885:894] = dots(RIFR_grad, ASJR, ASKR, AVM, AVFR, EF2, EF1, EF3, MCMR, RIMR)
-    del RIMR
-    # RIMR -> RIFR, AVDL, RMFR, SMDVL, SMDVR, RIAR, RIBR, RMDR, RMDL, SMDDR, RIBL,
-    #     SMDDL, PVCR, AVEL, AVBL, AVBR, AVAL
+    del AS07_grad, AS04_grad, RIMR
+    # RIMR -> AVDL, RIFR, RMFR, SMDVL, SMDVR, RIAR, RIBR, RMDR, RMDL, SMDDR, RIBL,
+    #     SMDDL, PVCR, AVBL, AVEL, AVBR, AVAL
     RIMR_grad = node(198, gather(
-        w_out[1837:1854], RIFR_grad, AVDL_grad, RMFR_grad, SMDVL_grad, SMDVR_grad,
+        w_out[1837:1854], AVDL_grad, RIFR_grad, RMFR_grad, SMDVL_grad, SMDVR_grad,
         RIAR_grad, RIBR_grad, RMDR_grad, RMDL_grad, SMDDR_grad, RIBL_grad, SMDDL_grad,
-        PVCR_grad, AVEL_grad, AVBL_grad, AVBR_grad, AVAL_grad,
+        PVCR_grad, AVBL_grad, AVEL_grad, AVBR_grad, AVAL_grad,
     ))
     grad_w[875:885] = dots(
-        RIMR_grad, ALNL, AVM, DVA, RIS, RIGL, AIZR, AIBL, AIBR, SAAVR, SAAVL,
+        RIMR_grad, ALNL, AVM, DVA, RIGL, RIS, AIZR, AIBL, AIBR, SAAVR, SAAVL,
     )
     del SAAVL
     # SAAVL -> RIMR, RMFR, SMDDR, AVAL, SABVR
     SAAVL_grad = node(197, gather(
         w_out[1832:1837], RIMR_grad, RMFR_grad, SMDDR_grad, AVAL_grad, SABVR_grad,
     ))
-    grad_w[869:875] = dots(SAAVL_grad, ALNL, PLNL, DVA, AVKL, SMBDR, RIML)
+    grad_w[869:875] = dots(SAAVL_grad, ALNL, DVA, PLNL, AVKL, SMBDR, RIML)
     del RIML
-    # RIML -> SAAVL, RMFR, SMDVL, RIBR, RMDR, SMDDR, MCML, RIBL, SMDDL, RMFL, AVBL,
+    # RIML -> SAAVL, RMFR, SMDVL, RIBR, RMDR, MCML, SMDDR, RIBL, SMDDL, RMFL, AVBL,
     #     AVBR
     RIML_grad = node(196, gather(
         w_out[1820:1832], SAAVL_grad, RMFR_grad, SMDVL_grad, RIBR_grad, RMDR_grad,
-        SMDDR_grad, MCML_grad, RIBL_grad, SMDDL_grad, RMFL_grad, AVBL_grad, AVBR_grad,
+        MCML_grad, SMDDR_grad, RIBL_grad, SMDDL_grad, RMFL_grad, AVBL_grad, AVBR_grad,
     ))
     grad_w[854:869] = dots(
-        RIML_grad, FLPR, RICR, ADAL, RIVR, RIS, RIGL, AVFL, RICL, AIZL, AVKL, RIFL,
+        RIML_grad, FLPR, RICR, ADAL, RIVR, RIGL, RIS, AVFL, RICL, AIZL, AVKL, RIFL,
         SMBDL, AIBL, AIBR, SAAVR,
     )
     del AVKL, AIBL, AIBR, SAAVR
-    # SAAVR -> RIML, RIMR, SMDVR, SMDDL, RMFL, AVAR, SABVL
+    # SAAVR -> RIML, RIMR, SMDVR, SMDDL, AVAR, RMFL, SABVL
     SAAVR_grad = node(195, gather(
-        w_out[1813:1820], RIML_grad, RIMR_grad, SMDVR_grad, SMDDL_grad, RMFL_grad,
-        AVAR_grad, SABVL_grad,
+        w_out[1813:1820], RIML_grad, RIMR_grad, SMDVR_grad, SMDDL_grad, AVAR_grad,
+        RMFL_grad, SABVL_grad,
     ))
     grad_w[848:854] = dots(SAAVR_grad, ALNL, ALNR, DVA, RICR, RICL, SMBDL)
-    # AIBR -> RIML, RIMR, AVER, SMDDL, RMFL, SAADL, AVBR, AVKR
+    # AIBR -> RIML, RIMR, AVER, SMDDL, RMFL, AVBR, SAADL, AVKR
     AIBR_grad = node(194, gather(
         w_out[1805:1813], RIML_grad, RIMR_grad, AVER_grad, SMDDL_grad, RMFL_grad,
-        SAADL_grad, AVBR_grad, AVKR_grad,
+        AVBR_grad, SAADL_grad, AVKR_grad,
     ))
     grad_w[833:848] = dots(
-        AIBR_grad, ASGR, ASER, AWCR, ASHR, ADLR, BAGL, FLPR, IL1VL, AIMR, RIVR, DVC,
+        AIBR_grad, ADLR, ASER, ASGR, ASHR, AWCR, BAGL, FLPR, IL1VL, AIMR, RIVR, DVC,
         RICL, AIZL, AIAR, SMBDL,
     )
     del SMBDL, AIAR
-    # AIBL -> RIML, RIMR, RMFR, RIBR, SIBVR, SMDDR, AVEL, AVBL, SAADL, SAADR, AVKR
+    # AIBL -> RIML, RIMR, RMFR, RIBR, SIBVR, SMDDR, AVBL, AVEL, SAADL, SAADR, AVKR
     AIBL_grad = node(193, gather(
         w_out[1794:1805], RIML_grad, RIMR_grad, RMFR_grad, RIBR_grad, SIBVR_grad,
-        SMDDR_grad, AVEL_grad, AVBL_grad, SAADL_grad, SAADR_grad, AVKR_grad,
+        SMDDR_grad, AVBL_grad, AVEL_grad, SAADL_grad, SAADR_grad, AVKR_grad,
     ))
     grad_w[817:833] = dots(
-        AIBL_grad, ASIL, ASEL, AWCL, ASKL, ASHL, ADLL, FLPL, FLPR, AIML, RICR, ADAL,
+        AIBL_grad, ADLL, ASEL, ASHL, ASIL, ASKL, AWCL, FLPL, FLPR, AIML, RICR, ADAL,
         AINR, DVC, AIZR, AIAL, RIFL,
     )
     del RIFL
-    # CEMDL -> the sink
-    CEMDL_grad = node(192, sink_grad)
-    grad_w[816:817] = dots(CEMDL_grad, SMBDR)
     # SMBDL -> AIBR, SAAVR, RIML, RMED, SIADL, SIAVL, SMBVL, SMDDL
-    SMBDL_grad = node(191, gather(
+    SMBDL_grad = node(192, gather(
         w_out[1786:1794], AIBR_grad, SAAVR_grad, RIML_grad, RMED_grad, SIADL_grad,
         SIAVL_grad, SMBVL_grad, SMDDL_grad,
     ))
-    grad_w[812:816] = dots(SMBDL_grad, ALNR, AIZL, AIZR, SMBDR)
-    del SMBDR, ALNR
-    # RIFL -> AIBL, RIML, SMBVL, SIBVL, MCML, AVBL, AVBR
-    RIFL_grad = node(190, gather(
-        w_out[1779:1786], AIBL_grad, RIML_grad, SMBVL_grad, SIBVL_grad, MCML_grad,
+    grad_w[813:817] = dots(SMBDL_grad, ALNR, AIZL, AIZR, SMBDR)
+    del ALNR
+    # RIFL -> AIBL, RIML, SMBVL, MCML, SIBVL, AVBL, AVBR
+    RIFL_grad = node(191, gather(
+        w_out[1779:1786], AIBL_grad, RIML_grad, SMBVL_grad, MCML_grad, SIBVL_grad,
         AVBL_grad, AVBR_grad,
     ))
-    grad_w[806:812] = dots(RIFL_grad, ASHL, AVFR, ADAL, AVFL, PVPL, AIAL)
+    grad_w[807:813] = dots(RIFL_grad, ASHL, AVFR, ADAL, AVFL, PVPL, AIAL)
     del AIAL
-    # SMBDR -> SMBDL, CEMDL, SAAVL, RMDDR, SIADR, SMDDR, SIAVR, SMBVR
+    # CEMDL -> the sink
+    CEMDL_grad = node(190, sink_grad)
+    grad_w[806:807] = dots(CEMDL_grad, SMBDR)
+    del SMBDR
+    # SMBDR -> CEMDL, SMBDL, SAAVL, RMDDR, SIADR, SMDDR, SIAVR, SMBVR
     SMBDR_grad = node(189, gather(
-        w_out[1771:1779], SMBDL_grad, CEMDL_grad, SAAVL_grad, RMDDR_grad, SIADR_grad,
+        w_out[1771:1779], CEMDL_grad, SMBDL_grad, SAAVL_grad, RMDDR_grad, SIADR_grad,
         SMDDR_grad, SIAVR_grad, SMBVR_grad,
     ))
-    grad_w[798:806] = dots(SMBDR_grad, ADFR, ALNL, SDQL, DVA, CEPDL, OLQDL, RICR, AIZR)
+    grad_w[798:806] = dots(SMBDR_grad, ADFR, ALNL, CEPDL, DVA, OLQDL, SDQL, RICR, AIZR)
     del SDQL, CEMDL_grad
     # AIAR -> AIBR
     AIAR_grad = node(188, gather(w_out[1770:1771], AIBR_grad))
     grad_w[787:798] = dots(
-        AIAR_grad, ASIR, ASGR, ASER, ASKR, ASHR, ADLR, AIMR, AIYR, PVQR, AVHR, AIZR,
+        AIAR_grad, ADLR, ASER, ASGR, ASHR, ASIR, ASKR, AIMR, AIYR, AVHR, PVQR, AIZR,
     )
     del AIZR, ASHR, AIMR, ASIR
     # AIAL -> RIFL, AIBL
     AIAL_grad = node(187, gather(w_out[1768:1770], RIFL_grad, AIBL_grad))
     grad_w[777:787] = dots(
-        AIAL_grad, ASIL, ASGL, AWCL, ASKL, ASHL, PVQL, AIML, CEMVL, AINR, AIZL,
+        AIAL_grad, ASGL, ASHL, ASIL, ASKL, AWCL, PVQL, AIML, CEMVL, AINR, AIZL,
     )
     del AIZL, AINR
     # AVKL -> RIML, SAAVL, AVDL, SMDDR, SMDDL, AVEL, DB03, SAADL, SAADR, AVAL, VA09,
@@ -3426,65 +3426,65 @@ def dag_backward(
         VB09_grad, DB05_grad, VB10_grad, R3AR_grad, AVKR_grad,
     ))
     grad_w[767:777] = dots(
-        AVKL_grad, PVM, ADEL, PDEL, PDER, RIS, RIGL, DVC, CEMVR, RIGR, RMHL,
+        AVKL_grad, ADEL, PDEL, PDER, PVM, RIGL, RIS, DVC, CEMVR, RIGR, RMHL,
     )
     del RIS, DB05_grad, RMHL, PVM
+    # AUAR -> RIAR, RIBR
+    AUAR_grad = node(185, gather(w_out[1749:1751], RIAR_grad, RIBR_grad))
+    grad_w[760:767] = dots(AUAR_grad, ADFR, AFDR, DVA, URXR, RIH, AVHR, RIR)
     # AIZR -> AIAR, SMBDR, SMBDL, AIBL, RIMR, RIAR, SMBVL, AVEL, SMBVR, AVKR
-    AIZR_grad = node(185, gather(
-        w_out[1741:1751], AIAR_grad, SMBDR_grad, SMBDL_grad, AIBL_grad, RIMR_grad,
+    AIZR_grad = node(184, gather(
+        w_out[1739:1749], AIAR_grad, SMBDR_grad, SMBDL_grad, AIBL_grad, RIMR_grad,
         RIAR_grad, SMBVL_grad, AVEL_grad, SMBVR_grad, AVKR_grad,
     ))
-    grad_w[758:767] = dots(AIZR_grad, AWAR, AWBR, ASER, ADFR, DVA, RIH, AIYL, AIYR, RIR)
-    del AIYR, AWBR
+    grad_w[751:760] = dots(AIZR_grad, ADFR, ASER, AWAR, AWBR, DVA, RIH, AIYL, AIYR, RIR)
+    del ADFR, AIYR, AWBR
     # AIZL -> AIAL, SMBDL, AIBR, RIML, RIAR, RIAL, SMBVL, AVER, SMBVR, AVKR
-    AIZL_grad = node(184, gather(
-        w_out[1731:1741], AIAL_grad, SMBDL_grad, AIBR_grad, RIML_grad, RIAR_grad,
+    AIZL_grad = node(183, gather(
+        w_out[1729:1739], AIAL_grad, SMBDL_grad, AIBR_grad, RIML_grad, RIAR_grad,
         RIAL_grad, SMBVL_grad, AVER_grad, SMBVR_grad, AVKR_grad,
     ))
-    grad_w[751:758] = dots(AIZL_grad, AWAL, ASGL, AWBL, ADFL, RIH, AIYL, RIR)
-    # AUAR -> RIAR, RIBR
-    AUAR_grad = node(183, gather(w_out[1729:1731], RIAR_grad, RIBR_grad))
-    grad_w[744:751] = dots(AUAR_grad, ADFR, AFDR, URXR, DVA, RIH, AVHR, RIR)
-    del ADFR, RIR
-    # RMHL -> AVKL, RMGR, RMDVL, RIBR, RMDR
+    grad_w[744:751] = dots(AIZL_grad, ADFL, ASGL, AWAL, AWBL, RIH, AIYL, RIR)
+    del RIR
+    # RMHL -> AVKL, RMDVL, RMGR, RIBR, RMDR
     RMHL_grad = node(182, gather(
-        w_out[1724:1729], AVKL_grad, RMGR_grad, RMDVL_grad, RIBR_grad, RMDR_grad,
+        w_out[1724:1729], AVKL_grad, RMDVL_grad, RMGR_grad, RIBR_grad, RMDR_grad,
     ))
     grad_w[733:744] = dots(
-        RMHL_grad, CEPDL, CEPDR, CEPVL, CEPVR, OLQVL, IL1R, RMGL, RMEL, CEMVR, RIGR,
-        RICL,
+        RMHL_grad, CEPDL, CEPDR, CEPVL, CEPVR, IL1R, OLQVL, RMGL, RMEL, CEMVR, RICL,
+        RIGR,
     )
     del RICL, IL1R, RMEL
-    # RIR -> AUAR, AIZL, AIZR, RIAR, RIAL, AVEL
+    # RIR -> AIZL, AIZR, AUAR, RIAR, RIAL, AVEL
     RIR_grad = node(181, gather(
-        w_out[1718:1724], AUAR_grad, AIZL_grad, AIZR_grad, RIAR_grad, RIAL_grad,
+        w_out[1718:1724], AIZL_grad, AIZR_grad, AUAR_grad, RIAR_grad, RIAL_grad,
         AVEL_grad,
     ))
     grad_w[728:733] = dots(RIR_grad, DVA, AIYL, RIGL, AVHR, RIGR)
     del RIGR
-    # RICL -> RMHL, AIBR, SAAVR, RIML, SMDVR, SMDDR, MCML, SMDDL, AVAR, AVAL
-    RICL_grad = node(180, gather(
-        w_out[1708:1718], RMHL_grad, AIBR_grad, SAAVR_grad, RIML_grad, SMDVR_grad,
-        SMDDR_grad, MCML_grad, SMDDL_grad, AVAR_grad, AVAL_grad,
-    ))
-    grad_w[716:728] = dots(
-        RICL_grad, ASGL, URXR, IL2DR, IL2R, CEPDR, CEPVL, CEPVR, OLQDR, OLQVL, AVHL,
-        AIML, CEMVR,
-    )
-    del OLQVL
     # RIGR -> RIR, RMHL, AVKL, RIBR, AVEL, PVT, PVPR
-    RIGR_grad = node(179, gather(
-        w_out[1701:1708], RIR_grad, RMHL_grad, AVKL_grad, RIBR_grad, AVEL_grad,
+    RIGR_grad = node(180, gather(
+        w_out[1711:1718], RIR_grad, RMHL_grad, AVKL_grad, RIBR_grad, AVEL_grad,
         PVT_grad, PVPR_grad,
     ))
-    grad_w[708:716] = dots(RIGR_grad, BAGL, URXR, FLPL, ADEL, ADER, OLLR, DVC, CEMVR)
-    del CEMVR, OLLR, URXR
-    # CEMVR -> RIGR, RICL, RMHL, AVKL, AVDL, SMDVL, RIAR, RIBR, RIPR, AVEL, AVBL,
-    #     SAADR, AVBR, AVAL, PVT
+    grad_w[720:728] = dots(RIGR_grad, ADEL, ADER, BAGL, FLPL, OLLR, URXR, DVC, CEMVR)
+    del OLLR
+    # RICL -> RMHL, AIBR, SAAVR, RIML, SMDVR, MCML, SMDDR, SMDDL, AVAR, AVAL
+    RICL_grad = node(179, gather(
+        w_out[1701:1711], RMHL_grad, AIBR_grad, SAAVR_grad, RIML_grad, SMDVR_grad,
+        MCML_grad, SMDDR_grad, SMDDL_grad, AVAR_grad, AVAL_grad,
+    ))
+    grad_w[708:720] = dots(
+        RICL_grad, ASGL, CEPDR, CEPVL, CEPVR, IL2DR, IL2R, OLQDR, OLQVL, URXR, AVHL,
+        AIML, CEMVR,
+    )
+    del CEMVR, URXR, OLQVL
+    # CEMVR -> RICL, RIGR, RMHL, AVKL, AVDL, SMDVL, RIAR, RIBR, RIPR, AVBL, AVEL,
+    #     AVBR, SAADR, AVAL, PVT
     CEMVR_grad = node(178, gather(
-        w_out[1686:1701], RIGR_grad, RICL_grad, RMHL_grad, AVKL_grad, AVDL_grad,
-        SMDVL_grad, RIAR_grad, RIBR_grad, RIPR_grad, AVEL_grad, AVBL_grad, SAADR_grad,
-        AVBR_grad, AVAL_grad, PVT_grad,
+        w_out[1686:1701], RICL_grad, RIGR_grad, RMHL_grad, AVKL_grad, AVDL_grad,
+        SMDVL_grad, RIAR_grad, RIBR_grad, RIPR_grad, AVBL_grad, AVEL_grad, AVBR_grad,
+        SAADR_grad, AVAL_grad, PVT_grad,
     ))
     grad_w[702:708] = dots(CEMVR_grad, CEPVR, RIH, DVC, EF2, EF3, MCMR)
     del PVT_grad, MCMR
@@ -3495,31 +3495,31 @@ def dag_backward(
     ))
     grad_w[695:702] = dots(MCMR_grad, AVM, CEPVR, BDUR, AVFR, EF2, PVQR, EF3)
     del EF3, BDUR
-    # CA08 -> VD09, AVKR
-    CA08_grad = node(176, gather(w_out[1678:1680], VD09_grad, AVKR_grad))
-    grad_w[693:695] = dots(CA08_grad, CA07, CA09)
-    del CA09
     # EF3 -> MCMR, CEMVR, RIFR, RIBR, SMBVR, AVBR, PVPR
-    EF3_grad = node(175, gather(
-        w_out[1671:1678], MCMR_grad, CEMVR_grad, RIFR_grad, RIBR_grad, SMBVR_grad,
+    EF3_grad = node(176, gather(
+        w_out[1673:1680], MCMR_grad, CEMVR_grad, RIFR_grad, RIBR_grad, SMBVR_grad,
         AVBR_grad, PVPR_grad,
     ))
-    grad_w[662:693] = dots(
-        EF3_grad, PQR, AVM, PHAL, PHBL, R4BR, AVFR, R2BR, HOB, R2BL, R7BL, R7BR, R1BR,
-        R6BR, DVE, R3BR, R9BL, R9AL, DX3, CP06, R8BL, R4BL, R8BR, PVNL, R8AL, CP07,
+    grad_w[664:695] = dots(
+        EF3_grad, AVM, PHAL, PHBL, PQR, R4BR, AVFR, R2BR, HOB, R2BL, R7BL, R7BR, R1BR,
+        DVE, R6BR, R3BR, R9BL, R9AL, DX3, CP06, R8BL, R4BL, R8BR, PVNL, R8AL, CP07,
         R3BL, PVNR, PDB, EF2, PVQR, EF1,
     )
     del EF1
-    # CA09 -> CA08
-    CA09_grad = node(174, gather(w_out[1670:1671], CA08_grad))
-    grad_w[661:662] = dots(CA09_grad, AVHR)
-    del AVHR
+    # CA08 -> VD09, AVKR
+    CA08_grad = node(175, gather(w_out[1671:1673], VD09_grad, AVKR_grad))
+    grad_w[662:664] = dots(CA08_grad, CA07, CA09)
+    del CA09
+    # RID -> MCML
+    RID_grad = node(174, gather(w_out[1670:1671], MCML_grad))
+    grad_w[657:662] = dots(RID_grad, URYVL, AIML, CEMVL, PVCL, AVDR)
+    del AIML, URYVL
     # EF1 -> EF3, RIFR, AVBR, DD06
     EF1_grad = node(173, gather(
         w_out[1666:1670], EF3_grad, RIFR_grad, AVBR_grad, DD06_grad,
     ))
-    grad_w[635:661] = dots(
-        EF1_grad, PHAR, PHBR, R4BR, AVFR, R2BR, HOB, R2BL, R7BR, AVFL, R6BR, DVE, R9BL,
+    grad_w[631:657] = dots(
+        EF1_grad, PHAR, PHBR, R4BR, AVFR, R2BR, HOB, R2BL, R7BR, AVFL, DVE, R6BR, R9BL,
         R9AL, AVG, DVF, R8BL, R4BL, SPVR, R8BR, PVNL, PGA, CP07, R3BL, PVNR, EF2, PVQR,
     )
     del PVQR
@@ -3528,106 +3528,105 @@ def dag_backward(
         w_out[1660:1666], DA01_grad, DA02_grad, AS02_grad, VD03_grad, DD01_grad,
         VD02_grad,
     ))
-    grad_w[634:635] = dots(DB01_grad, AVDR)
-    del VD02_grad, DD01_grad, VD03_grad
-    # RID -> MCML
-    RID_grad = node(171, gather(w_out[1659:1660], MCML_grad))
-    grad_w[629:634] = dots(RID_grad, URYVL, AIML, CEMVL, PVCL, AVDR)
-    del AVDR, AIML, URYVL
-    # AVDR -> RID, DB01, AVER, AVAR, SABD, AVBR, AVAL, DA01, DA06, DB06, VA02, VA05,
-    #     VA10, DA08, AS09, VA03, DA02, DA05, AS10, R1AL, DA03, DA04, DA07, AS11,
+    grad_w[630:631] = dots(DB01_grad, AVDR)
+    del AVDR, VD02_grad, DD01_grad, VD03_grad
+    # CA09 -> CA08
+    CA09_grad = node(171, gather(w_out[1659:1660], CA08_grad))
+    grad_w[629:630] = dots(CA09_grad, AVHR)
+    del AVHR
+    # PVQR -> EF1, EF3, MCMR, AIAR, PDA, VD13
+    PVQR_grad = node(170, gather(
+        w_out[1653:1659], EF1_grad, EF3_grad, MCMR_grad, AIAR_grad, PDA_grad, VD13_grad,
+    ))
+    grad_w[620:629] = dots(PVQR_grad, ASJR, PHAR, PHBL, PHBR, R2AL, AVG, DVF, PDB, EF2)
+    del EF2, ASJR
+    # AVJR -> AVL, SABVL
+    AVJR_grad = node(169, gather(w_out[1651:1653], AVL_grad, SABVL_grad))
+    grad_w[619:620] = dots(AVJR_grad, CA07)
+    # AVHR -> CA09, RIR, AUAR, AIAR, SMBVR, PVPR
+    AVHR_grad = node(168, gather(
+        w_out[1645:1651], CA09_grad, RIR_grad, AUAR_grad, AIAR_grad, SMBVR_grad,
+        PVPR_grad,
+    ))
+    grad_w[611:619] = dots(AVHR_grad, PHBL, PHBR, PHCR, AVJL, R3BR, AVG, PDB, CA07)
+    del CA07, CA09_grad
+    # AVDR -> DB01, RID, AVER, AVAR, SABD, AVBR, AVAL, DA01, DA06, DB06, VA02, VA05,
+    #     VA10, AS09, DA08, VA03, DA02, AS10, DA05, R1AL, DA03, DA04, DA07, AS11,
     #     SABVL, SABVR
-    AVDR_grad = node(170, gather(
-        w_out[1633:1659], RID_grad, DB01_grad, AVER_grad, AVAR_grad, SABD_grad,
+    AVDR_grad = node(167, gather(
+        w_out[1619:1645], DB01_grad, RID_grad, AVER_grad, AVAR_grad, SABD_grad,
         AVBR_grad, AVAL_grad, DA01_grad, DA06_grad, DB06_grad, VA02_grad, VA05_grad,
-        VA10_grad, DA08_grad, AS09_grad, VA03_grad, DA02_grad, DA05_grad, AS10_grad,
+        VA10_grad, AS09_grad, DA08_grad, VA03_grad, DA02_grad, AS10_grad, DA05_grad,
         R1AL_grad, DA03_grad, DA04_grad, DA07_grad, AS11_grad, SABVL_grad, SABVR_grad,
     ))
-    grad_w[611:629] = dots(
-        AVDR_grad, ASHL, ADLL, AQR, PQR, AVM, PLML, PLMR, DVA, PVDL, AVHL, LUAL, CEMVL,
+    grad_w[593:611] = dots(
+        AVDR_grad, ADLL, AQR, ASHL, AVM, DVA, PLML, PLMR, PQR, PVDL, AVHL, LUAL, CEMVL,
         AVFL, R1BR, PVCL, PVNL, PVX, PVPL,
     )
     del (
-        PVPL, SABVR_grad, PVX, PLMR, PVCL, DA03_grad, PLML, AS10_grad, DA05_grad,
-        DA02_grad, VA03_grad, AS09_grad, DA01_grad, VA02_grad, VA05_grad, DB01_grad,
+        PVPL, SABVL_grad, SABVR_grad, PVX, PLMR, PVCL, DA03_grad, PLML, AS10_grad,
+        DA05_grad, DA02_grad, VA03_grad, AS09_grad, DA01_grad, VA02_grad, VA05_grad,
+        DB01_grad,
     )
-    # AVJR -> AVL, SABVL
-    AVJR_grad = node(169, gather(w_out[1631:1633], AVL_grad, SABVL_grad))
-    grad_w[610:611] = dots(AVJR_grad, CA07)
-    del SABVL_grad
-    # AVHR -> CA09, RIR, AUAR, AIAR, SMBVR, PVPR
-    AVHR_grad = node(168, gather(
-        w_out[1625:1631], CA09_grad, RIR_grad, AUAR_grad, AIAR_grad, SMBVR_grad,
-        PVPR_grad,
+    # PVWL -> the sink
+    PVWL_grad = node(166, sink_grad)
+    grad_w[588:593] = dots(PVWL_grad, PQR, LUAL, AVFR, R1BR, PDB)
+    # PVPL -> AVDR, RIFL, AVER, AVAR, AVBL, AVBR, AVKR
+    PVPL_grad = node(165, gather(
+        w_out[1612:1619], AVDR_grad, RIFL_grad, AVER_grad, AVAR_grad, AVBL_grad,
+        AVBR_grad, AVKR_grad,
     ))
-    grad_w[602:610] = dots(AVHR_grad, PHBL, PHBR, PHCR, AVJL, R3BR, AVG, PDB, CA07)
-    del CA07, CA09_grad
-    # PVQR -> EF1, EF3, MCMR, AIAR, PDA, VD13
-    PVQR_grad = node(167, gather(
-        w_out[1619:1625], EF1_grad, EF3_grad, MCMR_grad, AIAR_grad, PDA_grad, VD13_grad,
-    ))
-    grad_w[593:602] = dots(PVQR_grad, ASJR, PHAR, PHBL, PHBR, R2AL, AVG, DVF, PDB, EF2)
-    del EF2, ASJR
-    # CA07 -> AVHR, AVJR, CA08, CA04
-    CA07_grad = node(166, gather(
-        w_out[1615:1619], AVHR_grad, AVJR_grad, CA08_grad, CA04_grad,
-    ))
-    grad_w[590:593] = dots(CA07_grad, PHBR, HOA, PDB)
-    del CA08_grad, AVJR_grad
-    # EF2 -> PVQR, EF1, EF3, MCMR, CEMVR, RIFR, PVCR, R5BR, CP04, PVV
-    EF2_grad = node(165, gather(
-        w_out[1605:1615], PVQR_grad, EF1_grad, EF3_grad, MCMR_grad, CEMVR_grad,
-        RIFR_grad, PVCR_grad, R5BR_grad, CP04_grad, PVV_grad,
-    ))
-    grad_w[562:590] = dots(
-        EF2_grad, PQR, PHAR, PHBR, R4BR, AVFR, HOB, R7BL, R7BR, AVFL, R1BR, R6BR, DVE,
-        R3BR, R9BL, AVG, CP06, PCBR, R9AR, CA05, R4BL, PVNL, R8AL, PGA, CP07, R3BL,
-        R6AR, PVNR, PDB,
+    grad_w[576:588] = dots(
+        PVPL_grad, ADLL, PHCL, PQR, PVDL, AVFR, DVF, SPVR, PVNL, DVC, PVNR, SPDL, SPDR,
     )
+    del SPDR
     # PHDL -> CP09, CP08, PVV
-    PHDL_grad = node(164, gather(w_out[1602:1605], CP09_grad, CP08_grad, PVV_grad))
-    grad_w[552:562] = dots(
+    PHDL_grad = node(164, gather(w_out[1609:1612], CP09_grad, CP08_grad, PVV_grad))
+    grad_w[566:576] = dots(
         PHDL_grad, HOB, R2BL, R3BR, R9AL, PCAL, R9AR, R8BL, R8BR, PHDR, PDB,
     )
     del PHDR
-    # PVWL -> the sink
-    PVWL_grad = node(163, sink_grad)
-    grad_w[547:552] = dots(PVWL_grad, PQR, LUAL, AVFR, R1BR, PDB)
-    del PDB
-    # PVPL -> AVDR, RIFL, AVER, AVAR, AVBL, AVBR, AVKR
-    PVPL_grad = node(162, gather(
-        w_out[1595:1602], AVDR_grad, RIFL_grad, AVER_grad, AVAR_grad, AVBL_grad,
-        AVBR_grad, AVKR_grad,
+    # EF2 -> PVQR, EF1, EF3, MCMR, CEMVR, RIFR, PVCR, R5BR, CP04, PVV
+    EF2_grad = node(163, gather(
+        w_out[1599:1609], PVQR_grad, EF1_grad, EF3_grad, MCMR_grad, CEMVR_grad,
+        RIFR_grad, PVCR_grad, R5BR_grad, CP04_grad, PVV_grad,
     ))
-    grad_w[535:547] = dots(
-        PVPL_grad, ADLL, PQR, PVDL, PHCL, AVFR, DVF, SPVR, PVNL, DVC, PVNR, SPDL, SPDR,
+    grad_w[538:566] = dots(
+        EF2_grad, PHAR, PHBR, PQR, R4BR, AVFR, HOB, R7BL, R7BR, AVFL, R1BR, DVE, R6BR,
+        R3BR, R9BL, AVG, CP06, PCBR, R9AR, CA05, R4BL, PVNL, R8AL, PGA, CP07, R3BL,
+        R6AR, PVNR, PDB,
     )
-    del SPDR
-    # PVX -> AVDR, AVDL, AVAR, AVBL, PVY, AVBR, AVAL, DA06, DB06, DB07, DA04, AS08,
+    # CA07 -> AVHR, AVJR, CA08, CA04
+    CA07_grad = node(162, gather(
+        w_out[1595:1599], AVHR_grad, AVJR_grad, CA08_grad, CA04_grad,
+    ))
+    grad_w[535:538] = dots(CA07_grad, PHBR, HOA, PDB)
+    del PDB, CA08_grad, AVJR_grad
+    # SPDR -> PVPL, PVZ, CP02, CP03, CP04, DD06, SPVL
+    SPDR_grad = node(161, gather(
+        w_out[1588:1595], PVPL_grad, PVZ_grad, CP02_grad, CP03_grad, CP04_grad,
+        DD06_grad, SPVL_grad,
+    ))
+    grad_w[528:535] = dots(SPDR_grad, PHCR, R2BR, HOB, CA05, SPVR, DVC, SPDL)
+    del SPDL
+    # PVX -> AVDR, AVDL, AVAR, AVBL, PVY, AVBR, AVAL, DA06, DB06, DB07, AS08, DA04,
     #     DD06, AS11, R3AL
-    PVX_grad = node(161, gather(
-        w_out[1580:1595], AVDR_grad, AVDL_grad, AVAR_grad, AVBL_grad, PVY_grad,
-        AVBR_grad, AVAL_grad, DA06_grad, DB06_grad, DB07_grad, DA04_grad, AS08_grad,
+    PVX_grad = node(160, gather(
+        w_out[1573:1588], AVDR_grad, AVDL_grad, AVAR_grad, AVBL_grad, PVY_grad,
+        AVBR_grad, AVAL_grad, DA06_grad, DB06_grad, DB07_grad, AS08_grad, DA04_grad,
         DD06_grad, AS11_grad, R3AL_grad,
     ))
-    grad_w[507:535] = dots(
+    grad_w[500:528] = dots(
         PVX_grad, PHAL, PHAR, PHBL, PHBR, PHCL, PHCR, R2AL, AVFR, AVJL, R2BL, R7BL,
         R1BR, R3BR, R9AL, PCAL, PCAR, AVG, PCBL, PCBR, R9AR, CA05, PVNL, R8AL, PGA,
         CP07, R6AR, R8AR, PVNR,
     )
     del AS08_grad, DA04_grad
-    # SPDR -> PVPL, PVZ, CP02, CP03, CP04, DD06, SPVL
-    SPDR_grad = node(160, gather(
-        w_out[1573:1580], PVPL_grad, PVZ_grad, CP02_grad, CP03_grad, CP04_grad,
-        DD06_grad, SPVL_grad,
-    ))
-    grad_w[500:507] = dots(SPDR_grad, PHCR, R2BR, HOB, CA05, SPVR, DVC, SPDL)
-    del SPDL
-    # PDB -> PVWL, PHDL, EF2, CA07, PVQR, AVHR, EF3, PVY, CP09, R9BR, DB07, DA09,
+    # PDB -> CA07, EF2, PHDL, PVWL, AVHR, PVQR, EF3, PVY, CP09, R9BR, DB07, DA09,
     #     R5BR, DD06, AS11, R6AL, VD13
     PDB_grad = node(159, gather(
-        w_out[1556:1573], PVWL_grad, PHDL_grad, EF2_grad, CA07_grad, PVQR_grad,
-        AVHR_grad, EF3_grad, PVY_grad, CP09_grad, R9BR_grad, DB07_grad, DA09_grad,
+        w_out[1556:1573], CA07_grad, EF2_grad, PHDL_grad, PVWL_grad, AVHR_grad,
+        PVQR_grad, EF3_grad, PVY_grad, CP09_grad, R9BR_grad, DB07_grad, DA09_grad,
         R5BR_grad, DD06_grad, AS11_grad, R6AL_grad, VD13_grad,
     ))
     grad_w[477:500] = dots(
@@ -3635,27 +3634,28 @@ def dag_backward(
         PCAL, HOA, PCAR, R8BL, R4BL, PVNL, PGA, CP07, R3BL, R6AR, PVNR,
     )
     del PVNR, R6AR
-    # DX2 -> PVV
-    DX2_grad = node(158, gather(w_out[1555:1556], PVV_grad))
-    grad_w[474:477] = dots(DX2_grad, HOB, R9BL, R3BL)
     # SPDL -> SPDR, PVPL, PVZ, CP01, CP02, CP03, VD12, DD06, SPVL
-    SPDL_grad = node(157, gather(
-        w_out[1546:1555], SPDR_grad, PVPL_grad, PVZ_grad, CP01_grad, CP02_grad,
+    SPDL_grad = node(158, gather(
+        w_out[1547:1556], SPDR_grad, PVPL_grad, PVZ_grad, CP01_grad, CP02_grad,
         CP03_grad, VD12_grad, DD06_grad, SPVL_grad,
     ))
-    grad_w[466:474] = dots(SPDL_grad, PHCL, HOB, R2BL, AVG, CA05, SPVR, PVNL, DVC)
+    grad_w[469:477] = dots(SPDL_grad, PHCL, HOB, R2BL, AVG, CA05, SPVR, PVNL, DVC)
     del DVC
-    # PVNR -> PDB, PVX, PVPL, EF2, EF1, EF3, PVY, AVBR, PVZ, VD12, PVV, PDC, AVL,
+    # PVNR -> PDB, PVX, EF2, PVPL, EF1, EF3, PVY, AVBR, PVZ, VD12, PVV, PDC, AVL,
     #     PVPR
-    PVNR_grad = node(156, gather(
-        w_out[1532:1546], PDB_grad, PVX_grad, PVPL_grad, EF2_grad, EF1_grad, EF3_grad,
+    PVNR_grad = node(157, gather(
+        w_out[1533:1547], PDB_grad, PVX_grad, EF2_grad, PVPL_grad, EF1_grad, EF3_grad,
         PVY_grad, AVBR_grad, PVZ_grad, VD12_grad, PVV_grad, PDC_grad, AVL_grad,
         PVPR_grad,
     ))
-    grad_w[454:466] = dots(
-        PVNR_grad, PQR, PHCL, PHCR, R4BR, AVFR, R7BR, R1BR, HOA, R8BR, CP07, R3BL, R8AR,
+    grad_w[457:469] = dots(
+        PVNR_grad, PHCL, PHCR, PQR, R4BR, AVFR, R7BR, R1BR, HOA, R8BR, CP07, R3BL, R8AR,
     )
-    del R3BL, R8AR
+    del R8AR
+    # DX2 -> PVV
+    DX2_grad = node(156, gather(w_out[1532:1533], PVV_grad))
+    grad_w[454:457] = dots(DX2_grad, HOB, R9BL, R3BL)
+    del R3BL
     # R8AR -> PVNR, PVX, CP04, PVV
     R8AR_grad = node(155, gather(
         w_out[1528:1532], PVNR_grad, PVX_grad, CP04_grad, PVV_grad,
@@ -3670,15 +3670,15 @@ def dag_backward(
         CP08_grad, AS11_grad, R5AR_grad, R7AL_grad, PVV_grad, PDC_grad,
     ))
     grad_w[431:439] = dots(R6AR_grad, PHCR, R4BR, R2BR, R7BL, R7BR, R1BR, PGA, CP07)
-    # R3BL -> PVNR, DX2, PDB, EF2, EF1, EF3, R9BR, R6BL, R1AL, R3AL, R5AL, R4AL,
+    # R3BL -> DX2, PVNR, PDB, EF2, EF1, EF3, R9BR, R6BL, R1AL, R3AL, R5AL, R4AL,
     #     R6AL, R5BL, PVV
     R3BL_grad = node(153, gather(
-        w_out[1501:1516], PVNR_grad, DX2_grad, PDB_grad, EF2_grad, EF1_grad, EF3_grad,
+        w_out[1501:1516], DX2_grad, PVNR_grad, PDB_grad, EF2_grad, EF1_grad, EF3_grad,
         R9BR_grad, R6BL_grad, R1AL_grad, R3AL_grad, R5AL_grad, R4AL_grad, R6AL_grad,
         R5BL_grad, PVV_grad,
     ))
     grad_w[417:431] = dots(
-        R3BL_grad, PQR, PHAL, PHAR, LUAL, AVFR, HOB, R7BL, R7BR, R6BR, R3BR, PCAL, HOA,
+        R3BL_grad, PHAL, PHAR, PQR, LUAL, AVFR, HOB, R7BL, R7BR, R6BR, R3BR, PCAL, HOA,
         R9AR, CP07,
     )
     del R5AL_grad
@@ -3703,17 +3703,16 @@ def dag_backward(
         PGA,
     )
     del PGA
-    # PGA -> CP07, R6AR, PDB, PVX, EF2, EF1, CP09, R9BR, R7AR, CP01
-    PGA_grad = node(150, gather(
-        w_out[1456:1466], CP07_grad, R6AR_grad, PDB_grad, PVX_grad, EF2_grad, EF1_grad,
-        CP09_grad, R9BR_grad, R7AR_grad, CP01_grad,
-    ))
-    grad_w[389:396] = dots(PGA_grad, PHCL, R2BR, R7BL, R7BR, R3BR, PVNL, R8AL)
-    del R8AL
     # PHDR -> PHDL, PCCR, PVV
-    PHDR_grad = node(149, gather(w_out[1453:1456], PHDL_grad, PCCR_grad, PVV_grad))
-    grad_w[382:389] = dots(PHDR_grad, R4BR, R2BL, R3BR, R9AR, R8BL, R8BR, PVNL)
-    del PVNL
+    PHDR_grad = node(150, gather(w_out[1463:1466], PHDL_grad, PCCR_grad, PVV_grad))
+    grad_w[389:396] = dots(PHDR_grad, R4BR, R2BL, R3BR, R9AR, R8BL, R8BR, PVNL)
+    # PGA -> CP07, R6AR, PDB, PVX, EF2, EF1, CP09, R9BR, CP01, R7AR
+    PGA_grad = node(149, gather(
+        w_out[1453:1463], CP07_grad, R6AR_grad, PDB_grad, PVX_grad, EF2_grad, EF1_grad,
+        CP09_grad, R9BR_grad, CP01_grad, R7AR_grad,
+    ))
+    grad_w[382:389] = dots(PGA_grad, PHCL, R2BR, R7BL, R7BR, R3BR, PVNL, R8AL)
+    del PVNL, R8AL
     # R8AL -> PGA, PVX, EF2, EF3, PVY, CP09, CP02
     R8AL_grad = node(148, gather(
         w_out[1446:1453], PGA_grad, PVX_grad, EF2_grad, EF3_grad, PVY_grad, CP09_grad,
@@ -3723,17 +3722,17 @@ def dag_backward(
         R8AL_grad, PHAL, PHAR, PHBL, PHCL, PHCR, R2BR, HOB, R2BL, R9AL, PCAL, HOA, PCAR,
         AVG, PCBL, R8BL, R4BL, SPVR, R8BR,
     )
-    # PVNL -> PHDR, PGA, SPDL, PDB, PVX, PVPL, EF2, AVDR, EF1, EF3, AVDL, AVAR,
+    # PVNL -> PGA, PHDR, SPDL, PDB, PVX, EF2, PVPL, AVDR, EF1, EF3, AVDL, AVAR,
     #     AVBL, PVY, AVBR, AVAL, CP09, R6BL, R5BR, CP08, AS11, R3AL, CA04, PVV,
     #     SPVL, AVL, VD13
     PVNL_grad = node(147, gather(
-        w_out[1419:1446], PHDR_grad, PGA_grad, SPDL_grad, PDB_grad, PVX_grad, PVPL_grad,
-        EF2_grad, AVDR_grad, EF1_grad, EF3_grad, AVDL_grad, AVAR_grad, AVBL_grad,
+        w_out[1419:1446], PGA_grad, PHDR_grad, SPDL_grad, PDB_grad, PVX_grad, EF2_grad,
+        PVPL_grad, AVDR_grad, EF1_grad, EF3_grad, AVDL_grad, AVAR_grad, AVBL_grad,
         PVY_grad, AVBR_grad, AVAL_grad, CP09_grad, R6BL_grad, R5BR_grad, CP08_grad,
         AS11_grad, R3AL_grad, CA04_grad, PVV_grad, SPVL_grad, AVL_grad, VD13_grad,
     ))
     grad_w[347:364] = dots(
-        PVNL_grad, PQR, PHCL, LUAL, AVFR, R2BL, R7BL, AVFL, R1BR, R3BR, R9BL, R9AL, AVG,
+        PVNL_grad, PHCL, PQR, LUAL, AVFR, R2BL, R7BL, AVFL, R1BR, R3BR, R9BL, R9AL, AVG,
         R9AR, R8BL, R4BL, SPVR, R8BR,
     )
     del SPVR, R8BR
@@ -3747,62 +3746,61 @@ def dag_backward(
     grad_w[339:347] = dots(R8BR_grad, PHCL, R4BR, R2BR, R2BL, PCAR, R9AR, R8BL, R4BL)
     del R4BL
     # SPVR -> PVNL, R8AL, DVC, SPDL, SPDR, PVPL, EF1, PVZ, CP04, VD10, DD05, DD06,
-    #     SPCR, PVV, PVWR, SPVL, VD11
+    #     PVV, SPCR, PVWR, SPVL, VD11
     SPVR_grad = node(145, gather(
         w_out[1389:1406], PVNL_grad, R8AL_grad, DVC_grad, SPDL_grad, SPDR_grad,
         PVPL_grad, EF1_grad, PVZ_grad, CP04_grad, VD10_grad, DD05_grad, DD06_grad,
-        SPCR_grad, PVV_grad, PVWR_grad, SPVL_grad, VD11_grad,
+        PVV_grad, SPCR_grad, PVWR_grad, SPVL_grad, VD11_grad,
     ))
     grad_w[335:339] = dots(SPVR_grad, PQR, DVE, DVF, CA05)
     del CA05
-    # R4BL -> R8BR, PVNL, R8AL, PDB, EF2, EF1, EF3, PVY, R6BL, R7AR, CP02, R1AL,
-    #     CP03, R3AL, R4AL, R5BL
+    # R4BL -> R8BR, PVNL, R8AL, PDB, EF2, EF1, EF3, PVY, R6BL, R7AR, CP02, CP03,
+    #     R1AL, R3AL, R4AL, R5BL
     R4BL_grad = node(144, gather(
         w_out[1373:1389], R8BR_grad, PVNL_grad, R8AL_grad, PDB_grad, EF2_grad, EF1_grad,
-        EF3_grad, PVY_grad, R6BL_grad, R7AR_grad, CP02_grad, R1AL_grad, CP03_grad,
+        EF3_grad, PVY_grad, R6BL_grad, R7AR_grad, CP02_grad, CP03_grad, R1AL_grad,
         R3AL_grad, R4AL_grad, R5BL_grad,
     ))
     grad_w[328:335] = dots(R4BL_grad, PHCR, R4BR, R2BR, R2BL, R7BL, R9AL, R8BL)
     del R8BL
-    # CA05 -> SPVR, DVC, SPDL, SPDR, PVX, EF2, PVZ, CP03, CP04, PCCR, DD05, PCCL,
-    #     CA03, SPCL, SPCR, AVKR
-    CA05_grad = node(143, gather(
-        w_out[1357:1373], SPVR_grad, DVC_grad, SPDL_grad, SPDR_grad, PVX_grad, EF2_grad,
-        PVZ_grad, CP03_grad, CP04_grad, PCCR_grad, DD05_grad, PCCL_grad, CA03_grad,
-        SPCL_grad, SPCR_grad, AVKR_grad,
-    ))
-    grad_w[318:328] = dots(
-        CA05_grad, PHCR, PVQL, R2BR, HOB, R7BL, PCAR, DVF, PCBR, R9AR, CA06,
-    )
-    del CA06, CA03_grad
     # R8BL -> R4BL, R8BR, PVNL, R8AL, PHDR, PDB, PHDL, EF1, EF3, PVY, R5BR
-    R8BL_grad = node(142, gather(
-        w_out[1346:1357], R4BL_grad, R8BR_grad, PVNL_grad, R8AL_grad, PHDR_grad,
+    R8BL_grad = node(143, gather(
+        w_out[1362:1373], R4BL_grad, R8BR_grad, PVNL_grad, R8AL_grad, PHDR_grad,
         PDB_grad, PHDL_grad, EF1_grad, EF3_grad, PVY_grad, R5BR_grad,
     ))
-    grad_w[312:318] = dots(R8BL_grad, PHCR, R4BR, R2BL, R9BL, R9AL, R9AR)
-    del R9AR
-    # CA06 -> CA05, PVZ, CP01, CP02, CP03, CP04, PCCR, CP05, SPCL, DD06, SPCR
-    CA06_grad = node(141, gather(
-        w_out[1335:1346], CA05_grad, PVZ_grad, CP01_grad, CP02_grad, CP03_grad,
-        CP04_grad, PCCR_grad, CP05_grad, SPCL_grad, DD06_grad, SPCR_grad,
+    grad_w[322:328] = dots(R8BL_grad, PHCR, R4BR, R2BL, R9BL, R9AL, R9AR)
+    # CA05 -> SPVR, DVC, SPDL, PVX, SPDR, EF2, PVZ, CP03, CP04, PCCR, DD05, CA03,
+    #     PCCL, SPCL, SPCR, AVKR
+    CA05_grad = node(142, gather(
+        w_out[1346:1362], SPVR_grad, DVC_grad, SPDL_grad, PVX_grad, SPDR_grad, EF2_grad,
+        PVZ_grad, CP03_grad, CP04_grad, PCCR_grad, DD05_grad, CA03_grad, PCCL_grad,
+        SPCL_grad, SPCR_grad, AVKR_grad,
     ))
-    grad_w[304:312] = dots(CA06_grad, PHCL, HOB, DVE, PCAL, PCAR, CP06, PCBL, PCBR)
-    # R9AR -> R8BL, CA05, R8BR, PVNL, PHDR, CP07, R3BL, R8AR, PVX, PHDL, EF2, PVY,
+    grad_w[312:322] = dots(
+        CA05_grad, PHCR, PVQL, R2BR, HOB, R7BL, PCAR, DVF, PCBR, CA06, R9AR,
+    )
+    del CA06, R9AR, CA03_grad
+    # R9AR -> CA05, R8BL, R8BR, PVNL, PHDR, CP07, R3BL, R8AR, PVX, EF2, PHDL, PVY,
     #     CP09, CP02, CP08, CA04, PVV
-    R9AR_grad = node(140, gather(
-        w_out[1318:1335], R8BL_grad, CA05_grad, R8BR_grad, PVNL_grad, PHDR_grad,
-        CP07_grad, R3BL_grad, R8AR_grad, PVX_grad, PHDL_grad, EF2_grad, PVY_grad,
+    R9AR_grad = node(141, gather(
+        w_out[1329:1346], CA05_grad, R8BL_grad, R8BR_grad, PVNL_grad, PHDR_grad,
+        CP07_grad, R3BL_grad, R8AR_grad, PVX_grad, EF2_grad, PHDL_grad, PVY_grad,
         CP09_grad, CP02_grad, CP08_grad, CA04_grad, PVV_grad,
     ))
-    grad_w[295:304] = dots(
+    grad_w[303:312] = dots(
         R9AR_grad, PHBR, PHCL, HOB, AVFL, R1BR, R3BR, R9BL, PCAR, PCBR,
     )
+    # CA06 -> CA05, PVZ, CP01, CP02, CP03, CP04, PCCR, CP05, SPCL, DD06, SPCR
+    CA06_grad = node(140, gather(
+        w_out[1318:1329], CA05_grad, PVZ_grad, CP01_grad, CP02_grad, CP03_grad,
+        CP04_grad, PCCR_grad, CP05_grad, SPCL_grad, DD06_grad, SPCR_grad,
+    ))
+    grad_w[295:303] = dots(CA06_grad, PHCL, HOB, DVE, PCAL, PCAR, CP06, PCBL, PCBR)
     del PCBR
-    # PCBR -> R9AR, CA06, CA05, R8AR, PVX, EF2, PVY, PVZ, CP04, PCCR, SPCR, PVV
+    # PCBR -> CA06, R9AR, CA05, R8AR, PVX, EF2, PVY, PVZ, CP04, PCCR, PVV, SPCR
     PCBR_grad = node(139, gather(
-        w_out[1306:1318], R9AR_grad, CA06_grad, CA05_grad, R8AR_grad, PVX_grad,
-        EF2_grad, PVY_grad, PVZ_grad, CP04_grad, PCCR_grad, SPCR_grad, PVV_grad,
+        w_out[1306:1318], CA06_grad, R9AR_grad, CA05_grad, R8AR_grad, PVX_grad,
+        EF2_grad, PVY_grad, PVZ_grad, CP04_grad, PCCR_grad, PVV_grad, SPCR_grad,
     ))
     grad_w[287:295] = dots(PCBR_grad, PHCL, PHCR, R2BR, HOB, R7BR, HOA, PCAR, PCBL)
     del PCBL
@@ -3825,31 +3823,31 @@ def dag_backward(
     grad_w[274:280] = dots(CP06_grad, PHCL, HOB, DVE, PCAR, AVG, DVF)
     del DVF
     # DVF -> CP06, PCBL, CA05, SPVR, CP07, DVC, PVPL, PVQR, EF1, CP09, PVZ, CP04,
-    #     CP05, DVB, VD12, PCCL, SPCL, CP08, DD04, DD06, PVV, SPVL, AVL, VD11
+    #     CP05, DVB, PCCL, VD12, CP08, SPCL, DD04, DD06, PVV, SPVL, AVL, VD11
     DVF_grad = node(136, gather(
         w_out[1253:1277], CP06_grad, PCBL_grad, CA05_grad, SPVR_grad, CP07_grad,
         DVC_grad, PVPL_grad, PVQR_grad, EF1_grad, CP09_grad, PVZ_grad, CP04_grad,
-        CP05_grad, DVB_grad, VD12_grad, PCCL_grad, SPCL_grad, CP08_grad, DD04_grad,
+        CP05_grad, DVB_grad, PCCL_grad, VD12_grad, CP08_grad, SPCL_grad, DD04_grad,
         DD06_grad, PVV_grad, SPVL_grad, AVL_grad, VD11_grad,
     ))
     grad_w[268:274] = dots(DVF_grad, PHBL, HOB, R2BL, DVE, R9AL, AVG)
     del AVG
-    # AVG -> DVF, CP06, PVNL, R8AL, SPDL, PVX, EF2, PVQR, AVHR, EF1, AVBL, AVBR,
+    # AVG -> DVF, CP06, PVNL, R8AL, SPDL, PVX, EF2, AVHR, PVQR, EF1, AVBL, AVBR,
     #     R2AR, PVZ, DA09, AVL, VD13
     AVG_grad = node(135, gather(
         w_out[1236:1253], DVF_grad, CP06_grad, PVNL_grad, R8AL_grad, SPDL_grad,
-        PVX_grad, EF2_grad, PVQR_grad, AVHR_grad, EF1_grad, AVBL_grad, AVBR_grad,
+        PVX_grad, EF2_grad, AVHR_grad, PVQR_grad, EF1_grad, AVBL_grad, AVBR_grad,
         R2AR_grad, PVZ_grad, DA09_grad, AVL_grad, VD13_grad,
     ))
     grad_w[252:268] = dots(
-        AVG_grad, PVDL, PHAR, PHBL, PHBR, PHCL, PHCR, R2AL, AVJL, R7BR, R1BR, DVE, R3BR,
+        AVG_grad, PHAR, PHBL, PHBR, PHCL, PHCR, PVDL, R2AL, AVJL, R7BR, R1BR, DVE, R3BR,
         R9BL, PCAL, HOA, PCAR,
     )
     del PCAR
-    # PCAR -> AVG, CP06, PCBR, R9AR, CA06, CA05, R8BR, R8AL, CP07, R8AR, PDB, PVX,
+    # PCAR -> AVG, CP06, PCBR, CA06, R9AR, CA05, R8BR, R8AL, CP07, R8AR, PDB, PVX,
     #     PVY, AVAL, CP08, PVV
     PCAR_grad = node(134, gather(
-        w_out[1220:1236], AVG_grad, CP06_grad, PCBR_grad, R9AR_grad, CA06_grad,
+        w_out[1220:1236], AVG_grad, CP06_grad, PCBR_grad, CA06_grad, R9AR_grad,
         CA05_grad, R8BR_grad, R8AL_grad, CP07_grad, R8AR_grad, PDB_grad, PVX_grad,
         PVY_grad, AVAL_grad, CP08_grad, PVV_grad,
     ))
@@ -3879,29 +3877,29 @@ def dag_backward(
     DX1_grad = node(131, gather(w_out[1183:1185], PCAL_grad, HOA_grad))
     grad_w[220:225] = dots(DX1_grad, PHAL, PHBL, HOB, R9AL, DX3)
     del DX3
-    # DX3 -> DX1, PCAL, HOA, PDB, EF3, PCCL, SPCL
-    DX3_grad = node(130, gather(
-        w_out[1176:1183], DX1_grad, PCAL_grad, HOA_grad, PDB_grad, EF3_grad, PCCL_grad,
-        SPCL_grad,
-    ))
-    grad_w[215:220] = dots(DX3_grad, PHBL, HOB, DVE, R3BR, R9AL)
-    del DVE, PCCL_grad
     # PVCL -> AVDR, RID, SIAVL, PVCR, AVBL, DB02, DB03, AVBR, AVAL, DA06, DB06,
     #     DA08, DB04, DB07, AS01, AS02, DA07, VB10, VB11
-    PVCL_grad = node(129, gather(
-        w_out[1157:1176], AVDR_grad, RID_grad, SIAVL_grad, PVCR_grad, AVBL_grad,
+    PVCL_grad = node(130, gather(
+        w_out[1164:1183], AVDR_grad, RID_grad, SIAVL_grad, PVCR_grad, AVBL_grad,
         DB02_grad, DB03_grad, AVBR_grad, AVAL_grad, DA06_grad, DB06_grad, DA08_grad,
         DB04_grad, DB07_grad, AS01_grad, AS02_grad, DA07_grad, VB10_grad, VB11_grad,
     ))
-    grad_w[196:215] = dots(
-        PVCL_grad, SDQR, AQR, ALML, AVM, FLPL, DVA, PVDL, PVDR, PDEL, PDER, PHAL, LUAL,
+    grad_w[201:220] = dots(
+        PVCL_grad, ALML, AQR, AVM, DVA, FLPL, PDEL, PDER, PHAL, PVDL, PVDR, SDQR, LUAL,
         VB05, AVFR, AVJL, VA12, R9BL, PVR, R9AL,
     )
-    del VA12, R9AL, PVR, AVJL, VB05, DA07_grad, AS02_grad, AS01_grad, AQR, DB02_grad
-    # R9AL -> PVCL, DX3, DX1, PCAL, HOA, DVF, R8BL, R4BL, PVNL, R8AL, PDB, PVX,
+    del VA12, PVR, AVJL, VB05, DA07_grad, AS02_grad, AS01_grad, AQR, DB02_grad
+    # DX3 -> DX1, PCAL, HOA, PDB, EF3, PCCL, SPCL
+    DX3_grad = node(129, gather(
+        w_out[1157:1164], DX1_grad, PCAL_grad, HOA_grad, PDB_grad, EF3_grad, PCCL_grad,
+        SPCL_grad,
+    ))
+    grad_w[196:201] = dots(DX3_grad, PHBL, HOB, DVE, R3BR, R9AL)
+    del DVE, R9AL, PCCL_grad
+    # R9AL -> DX3, PVCL, DX1, PCAL, HOA, DVF, R8BL, R4BL, PVNL, R8AL, PDB, PVX,
     #     PHDL, EF1, EF3, PVY, CP09, CP08, PVV
     R9AL_grad = node(128, gather(
-        w_out[1138:1157], PVCL_grad, DX3_grad, DX1_grad, PCAL_grad, HOA_grad, DVF_grad,
+        w_out[1138:1157], DX3_grad, PVCL_grad, DX1_grad, PCAL_grad, HOA_grad, DVF_grad,
         R8BL_grad, R4BL_grad, PVNL_grad, R8AL_grad, PDB_grad, PVX_grad, PHDL_grad,
         EF1_grad, EF3_grad, PVY_grad, CP09_grad, CP08_grad, PVV_grad,
     ))
@@ -3912,7 +3910,7 @@ def dag_backward(
         w_out[1129:1138], PVCL_grad, RIPR_grad, SABD_grad, AVBR_grad, DA06_grad,
         DB06_grad, DA08_grad, DB04_grad, R4AR_grad,
     ))
-    grad_w[181:188] = dots(PVR_grad, SDQR, FLPL, PVDR, PDEL, PDER, CEPVR, R9BL)
+    grad_w[181:188] = dots(PVR_grad, CEPVR, FLPL, PDEL, PDER, PVDR, SDQR, R9BL)
     del R9BL, PDEL
     # R9BL -> PVR, R9AL, PVCL, AVG, R9AR, R8BL, PVNL, DX2, PDB, EF2, EF1, EF3, CP09,
     #     R9BR, DB07, PVV
@@ -3922,13 +3920,13 @@ def dag_backward(
         CP09_grad, R9BR_grad, DB07_grad, PVV_grad,
     ))
     grad_w[175:181] = dots(R9BL_grad, PHAR, PHBR, LUAL, R4BR, R1BR, R6BR)
-    # R3BR -> R9AL, DX3, PCAL, AVG, PCBL, R9AR, PVNL, PHDR, PGA, CP07, R3BL, PVX,
-    #     PHDL, EF2, AVHR, EF3, PVY, AVAL, CP09, PVZ, DB07, DA09, R5BR, CP04, CP08,
+    # R3BR -> R9AL, DX3, PCAL, AVG, PCBL, R9AR, PVNL, PGA, PHDR, CP07, R3BL, PVX,
+    #     EF2, PHDL, AVHR, EF3, PVY, AVAL, CP09, PVZ, DB07, DA09, R5BR, CP04, CP08,
     #     R3AR, R1AR, R5AR, PVV
     R3BR_grad = node(125, gather(
         w_out[1084:1113], R9AL_grad, DX3_grad, PCAL_grad, AVG_grad, PCBL_grad,
-        R9AR_grad, PVNL_grad, PHDR_grad, PGA_grad, CP07_grad, R3BL_grad, PVX_grad,
-        PHDL_grad, EF2_grad, AVHR_grad, EF3_grad, PVY_grad, AVAL_grad, CP09_grad,
+        R9AR_grad, PVNL_grad, PGA_grad, PHDR_grad, CP07_grad, R3BL_grad, PVX_grad,
+        EF2_grad, PHDL_grad, AVHR_grad, EF3_grad, PVY_grad, AVAL_grad, CP09_grad,
         PVZ_grad, DB07_grad, DA09_grad, R5BR_grad, CP04_grad, CP08_grad, R3AR_grad,
         R1AR_grad, R5AR_grad, PVV_grad,
     ))
@@ -3936,766 +3934,765 @@ def dag_backward(
         R3BR_grad, PHAL, PHAR, PHBL, PHBR, AVFR, HOB, AVFL, R1BR, R6BR,
     )
     del R5AR_grad, R6BR
-    # DVE -> DX3, PCAL, AVG, DVF, CP06, CA06, SPVR, CP07, DVC, PDB, EF2, EF1, EF3,
-    #     CP04, PCCR, CP05, DVB, CP08, SPCR, SPVL, AVL
-    DVE_grad = node(124, gather(
-        w_out[1063:1084], DX3_grad, PCAL_grad, AVG_grad, DVF_grad, CP06_grad, CA06_grad,
-        SPVR_grad, CP07_grad, DVC_grad, PDB_grad, EF2_grad, EF1_grad, EF3_grad,
-        CP04_grad, PCCR_grad, CP05_grad, DVB_grad, CP08_grad, SPCR_grad, SPVL_grad,
-        AVL_grad,
-    ))
-    grad_w[162:166] = dots(DVE_grad, PHBL, PHBR, HOB, R1BR)
-    del DVB_grad
-    # R6BR -> R3BR, R9BL, R3BL, EF2, EF1, EF3
-    R6BR_grad = node(123, gather(
-        w_out[1057:1063], R3BR_grad, R9BL_grad, R3BL_grad, EF2_grad, EF1_grad, EF3_grad,
-    ))
-    grad_w[158:162] = dots(R6BR_grad, PHAR, LUAL, AVFL, R1BR)
     # VA12 -> PVCL, AVAR, PVCR, AVAL, DB06, VA10, DA08, PVZ, DB07, DA09, VB09, VD10,
     #     DD05, VA11, VD12, VB10, VB08, VB11, DD06, R3AL, PVV, PVWR, VD09, VD11,
     #     VD13
-    VA12_grad = node(122, gather(
-        w_out[1032:1057], PVCL_grad, AVAR_grad, PVCR_grad, AVAL_grad, DB06_grad,
+    VA12_grad = node(124, gather(
+        w_out[1059:1084], PVCL_grad, AVAR_grad, PVCR_grad, AVAL_grad, DB06_grad,
         VA10_grad, DA08_grad, PVZ_grad, DB07_grad, DA09_grad, VB09_grad, VD10_grad,
         DD05_grad, VA11_grad, VD12_grad, VB10_grad, VB08_grad, VB11_grad, DD06_grad,
         R3AL_grad, PVV_grad, PVWR_grad, VD09_grad, VD11_grad, VD13_grad,
     ))
-    grad_w[153:158] = dots(VA12_grad, PQR, PVDR, AVFR, AVFL, R1BR)
-    del R1BR, VD09_grad, VB08_grad
-    # R1BR -> VA12, R6BR, DVE, R3BR, R9BL, PCAR, AVG, R9AR, PVNL, R6AR, PVNR, PDB,
-    #     PVX, PVWL, EF2, AVDR, EF3, AVAR, PVCR, PVY, AVAL, R2AR, CP09, R9BR, LUAR,
-    #     R6BL, DA09, R5BR, DD06, R4AR, R1AR, PVV, PVWR, PDC, PVPR
+    grad_w[161:166] = dots(VA12_grad, PQR, PVDR, AVFR, AVFL, R1BR)
+    del VD09_grad, VB08_grad
+    # R6BR -> R3BR, R9BL, R3BL, EF2, EF1, EF3
+    R6BR_grad = node(123, gather(
+        w_out[1053:1059], R3BR_grad, R9BL_grad, R3BL_grad, EF2_grad, EF1_grad, EF3_grad,
+    ))
+    grad_w[157:161] = dots(R6BR_grad, PHAR, LUAL, AVFL, R1BR)
+    # DVE -> DX3, PCAL, AVG, DVF, CP06, CA06, SPVR, CP07, DVC, PDB, EF2, EF1, EF3,
+    #     CP04, PCCR, CP05, DVB, CP08, SPCR, SPVL, AVL
+    DVE_grad = node(122, gather(
+        w_out[1032:1053], DX3_grad, PCAL_grad, AVG_grad, DVF_grad, CP06_grad, CA06_grad,
+        SPVR_grad, CP07_grad, DVC_grad, PDB_grad, EF2_grad, EF1_grad, EF3_grad,
+        CP04_grad, PCCR_grad, CP05_grad, DVB_grad, CP08_grad, SPCR_grad, SPVL_grad,
+        AVL_grad,
+    ))
+    grad_w[153:157] = dots(DVE_grad, PHBL, PHBR, HOB, R1BR)
+    del R1BR, DVB_grad
+    # R1BR -> DVE, R6BR, VA12, R3BR, R9BL, PCAR, AVG, R9AR, PVNL, R6AR, PVNR, PDB,
+    #     PVX, EF2, PVWL, AVDR, EF3, AVAR, PVCR, PVY, AVAL, R2AR, CP09, R9BR, LUAR,
+    #     R6BL, DA09, R5BR, DD06, R4AR, R1AR, PVV, PDC, PVWR, PVPR
     R1BR_grad = node(121, gather(
-        w_out[997:1032], VA12_grad, R6BR_grad, DVE_grad, R3BR_grad, R9BL_grad,
+        w_out[997:1032], DVE_grad, R6BR_grad, VA12_grad, R3BR_grad, R9BL_grad,
         PCAR_grad, AVG_grad, R9AR_grad, PVNL_grad, R6AR_grad, PVNR_grad, PDB_grad,
-        PVX_grad, PVWL_grad, EF2_grad, AVDR_grad, EF3_grad, AVAR_grad, PVCR_grad,
+        PVX_grad, EF2_grad, PVWL_grad, AVDR_grad, EF3_grad, AVAR_grad, PVCR_grad,
         PVY_grad, AVAL_grad, R2AR_grad, CP09_grad, R9BR_grad, LUAR_grad, R6BL_grad,
-        DA09_grad, R5BR_grad, DD06_grad, R4AR_grad, R1AR_grad, PVV_grad, PVWR_grad,
-        PDC_grad, PVPR_grad,
+        DA09_grad, R5BR_grad, DD06_grad, R4AR_grad, R1AR_grad, PVV_grad, PDC_grad,
+        PVWR_grad, PVPR_grad,
     ))
     grad_w[147:153] = dots(R1BR_grad, PDER, PHAR, AVFR, R7BL, R7BR, AVFL)
     del AVFL, R1AR_grad, PDER
-    # AVFL -> R1BR, VA12, R6BR, R3BR, PCAR, R9AR, PVNL, R8AR, EF2, AVDR, EF1, RIFL,
+    # AVFL -> R1BR, R6BR, VA12, R3BR, PCAR, R9AR, PVNL, R8AR, EF2, AVDR, EF1, RIFL,
     #     RIML, MCML, AVAR, PVCR, AVBL, PVY, AVBR, R6BL, DA09, R5BR, R1AL, PVV, PVPR
     AVFL_grad = node(120, gather(
-        w_out[972:997], R1BR_grad, VA12_grad, R6BR_grad, R3BR_grad, PCAR_grad,
+        w_out[972:997], R1BR_grad, R6BR_grad, VA12_grad, R3BR_grad, PCAR_grad,
         R9AR_grad, PVNL_grad, R8AR_grad, EF2_grad, AVDR_grad, EF1_grad, RIFL_grad,
         RIML_grad, MCML_grad, AVAR_grad, PVCR_grad, AVBL_grad, PVY_grad, AVBR_grad,
         R6BL_grad, DA09_grad, R5BR_grad, R1AL_grad, PVV_grad, PVPR_grad,
     ))
     grad_w[138:147] = dots(
-        AVFL_grad, ASHL, ADLL, PVDL, PHAR, PVQL, AVFR, CEMVL, R7BL, R7BR,
+        AVFL_grad, ADLL, ASHL, PHAR, PVDL, PVQL, AVFR, CEMVL, R7BL, R7BR,
     )
     del PVPR_grad, R7BR, PHAR, PVDL, CEMVL
     # R7BR -> AVFL, R1BR, R9AL, AVG, PCBR, PGA, R3BL, R6AR, PVNR, PDB, EF2, EF1,
-    #     EF3, PVY, R9BR, R6BL, R7AR, R5BR, AS11, R3AR, R7AL, CA04, PVV, PVWR, PDC
+    #     EF3, PVY, R9BR, R6BL, R7AR, R5BR, AS11, R3AR, R7AL, CA04, PVV, PDC, PVWR
     R7BR_grad = node(119, gather(
         w_out[947:972], AVFL_grad, R1BR_grad, R9AL_grad, AVG_grad, PCBR_grad, PGA_grad,
         R3BL_grad, R6AR_grad, PVNR_grad, PDB_grad, EF2_grad, EF1_grad, EF3_grad,
         PVY_grad, R9BR_grad, R6BL_grad, R7AR_grad, R5BR_grad, AS11_grad, R3AR_grad,
-        R7AL_grad, CA04_grad, PVV_grad, PVWR_grad, PDC_grad,
+        R7AL_grad, CA04_grad, PVV_grad, PDC_grad, PVWR_grad,
     ))
     grad_w[133:138] = dots(R7BR_grad, PQR, R4BR, AVFR, R2BR, R7BL)
     del R7BL, PVWR_grad
+    # RMHR -> RMDR, RMDL
+    RMHR_grad = node(118, gather(w_out[945:947], RMDR_grad, RMDL_grad))
+    grad_w[128:133] = dots(RMHR_grad, CEPDL, CEPVL, CEPVR, IL1L, RIGL)
+    del IL1L
     # R7BL -> R7BR, AVFL, R1BR, CA05, R4BL, PVNL, PGA, CP07, R3BL, R6AR, PDB, PVX,
     #     EF2, EF3, PVY, CP09, R9BR, R6BL, R7AR, R5BR, R1AL, CP08, R3AL, R4AL, R6AL,
     #     R5BL, R7AL, PVV, PDC
-    R7BL_grad = node(118, gather(
-        w_out[918:947], R7BR_grad, AVFL_grad, R1BR_grad, CA05_grad, R4BL_grad,
+    R7BL_grad = node(117, gather(
+        w_out[916:945], R7BR_grad, AVFL_grad, R1BR_grad, CA05_grad, R4BL_grad,
         PVNL_grad, PGA_grad, CP07_grad, R3BL_grad, R6AR_grad, PDB_grad, PVX_grad,
         EF2_grad, EF3_grad, PVY_grad, CP09_grad, R9BR_grad, R6BL_grad, R7AR_grad,
         R5BR_grad, R1AL_grad, CP08_grad, R3AL_grad, R4AL_grad, R6AL_grad, R5BL_grad,
         R7AL_grad, PVV_grad, PDC_grad,
     ))
-    grad_w[129:133] = dots(R7BL_grad, PQR, AVFR, R2BR, R2BL)
+    grad_w[124:128] = dots(R7BL_grad, PQR, AVFR, R2BR, R2BL)
     del R2BL, AVFR, PDC_grad, R5BL_grad
-    # RMHR -> RMDR, RMDL
-    RMHR_grad = node(117, gather(w_out[916:918], RMDR_grad, RMDL_grad))
-    grad_w[124:129] = dots(RMHR_grad, CEPDL, CEPVL, CEPVR, IL1L, RIGL)
-    del IL1L
     # AINR -> AIAL, AIBL, RIAL, AVEL
     AINR_grad = node(116, gather(
         w_out[912:916], AIAL_grad, AIBL_grad, RIAL_grad, AVEL_grad,
     ))
-    grad_w[120:124] = dots(AINR_grad, ASKL, AUAL, ADAL, RIGL)
+    grad_w[120:124] = dots(AINR_grad, ASKL, ADAL, AUAL, RIGL)
     del RIGL, AUAL, ASKL
-    # R2BL -> R7BL, R9AL, DVF, PCBL, R8BL, R4BL, R8BR, PVNL, R8AL, PHDR, R8AR, SPDL,
-    #     PVX, PHDL, EF1, EF3, PVY, R9BR, R6BL, CP01, R1BL, CP02, R1AL, CP03, SPCL,
-    #     CP08, R3AL, R4AL, R6AL, R7AL, AVKR
-    R2BL_grad = node(115, gather(
-        w_out[881:912], R7BL_grad, R9AL_grad, DVF_grad, PCBL_grad, R8BL_grad, R4BL_grad,
-        R8BR_grad, PVNL_grad, R8AL_grad, PHDR_grad, R8AR_grad, SPDL_grad, PVX_grad,
-        PHDL_grad, EF1_grad, EF3_grad, PVY_grad, R9BR_grad, R6BL_grad, CP01_grad,
-        R1BL_grad, CP02_grad, R1AL_grad, CP03_grad, SPCL_grad, CP08_grad, R3AL_grad,
-        R4AL_grad, R6AL_grad, R7AL_grad, AVKR_grad,
+    # RIS -> AVKL, RIML, RIMR, RMED, RMDVL, RIBR, RMDR, RMDL, RMEV, SMDDR, RIBL,
+    #     AVER, AVEL, SMBVR, AVL, AVKR
+    RIS_grad = node(115, gather(
+        w_out[896:912], AVKL_grad, RIML_grad, RIMR_grad, RMED_grad, RMDVL_grad,
+        RIBR_grad, RMDR_grad, RMDL_grad, RMEV_grad, SMDDR_grad, RIBL_grad, AVER_grad,
+        AVEL_grad, SMBVR_grad, AVL_grad, AVKR_grad,
     ))
-    grad_w[117:120] = dots(R2BL_grad, PHCL, R4BR, HOB)
-    del HOB, R6AL_grad, R1BL_grad, R6BL_grad, R9BR_grad
+    grad_w[117:120] = dots(RIS_grad, FLPL, RIH, RIVR)
+    del FLPL, RIVR
     # RIPL -> the sink
     RIPL_grad = node(114, sink_grad)
     grad_w[109:117] = dots(
-        RIPL_grad, IL2DL, IL2VL, CEPVL, IL1DL, IL1VL, URADL, URAVL, ADAL,
+        RIPL_grad, CEPVL, IL1DL, IL1VL, IL2DL, IL2VL, URADL, URAVL, ADAL,
     )
     del IL1DL, URADL
+    # RIGL -> AINR, RMHR, DVC, RIR, AVKL, RIML, RIMR, RIAL, RIBL, AVER, AVAR, RMFL,
+    #     AVKR
+    RIGL_grad = node(113, gather(
+        w_out[883:896], AINR_grad, RMHR_grad, DVC_grad, RIR_grad, AVKL_grad, RIML_grad,
+        RIMR_grad, RIAL_grad, RIBL_grad, AVER_grad, AVAR_grad, RMFL_grad, AVKR_grad,
+    ))
+    grad_w[104:109] = dots(RIGL_grad, ADEL, ADER, ADFL, IL1VL, ADAL)
+    del IL1VL
+    # R2BL -> R7BL, R9AL, DVF, PCBL, R8BL, R4BL, R8BR, PVNL, R8AL, PHDR, R8AR, SPDL,
+    #     PVX, PHDL, EF1, EF3, PVY, R9BR, CP01, R6BL, CP02, R1BL, CP03, R1AL, CP08,
+    #     SPCL, R3AL, R4AL, R6AL, R7AL, AVKR
+    R2BL_grad = node(112, gather(
+        w_out[852:883], R7BL_grad, R9AL_grad, DVF_grad, PCBL_grad, R8BL_grad, R4BL_grad,
+        R8BR_grad, PVNL_grad, R8AL_grad, PHDR_grad, R8AR_grad, SPDL_grad, PVX_grad,
+        PHDL_grad, EF1_grad, EF3_grad, PVY_grad, R9BR_grad, CP01_grad, R6BL_grad,
+        CP02_grad, R1BL_grad, CP03_grad, R1AL_grad, CP08_grad, SPCL_grad, R3AL_grad,
+        R4AL_grad, R6AL_grad, R7AL_grad, AVKR_grad,
+    ))
+    grad_w[101:104] = dots(R2BL_grad, PHCL, R4BR, HOB)
+    del AVKR_grad, HOB, R6AL_grad, R1BL_grad, R6BL_grad, R9BR_grad
     # AVJL -> PVCL, AVG, PVX, AVHR, SMBVL, MCML, AVBL, SABD, AVBR, CP04, DD04
-    AVJL_grad = node(113, gather(
-        w_out[870:881], PVCL_grad, AVG_grad, PVX_grad, AVHR_grad, SMBVL_grad, MCML_grad,
+    AVJL_grad = node(111, gather(
+        w_out[841:852], PVCL_grad, AVG_grad, PVX_grad, AVHR_grad, SMBVL_grad, MCML_grad,
         AVBL_grad, SABD_grad, AVBR_grad, CP04_grad, DD04_grad,
     ))
-    grad_w[105:109] = dots(AVJL_grad, ADLL, AVM, RMGL, ADAL)
-    del DD04_grad
-    # RIGL -> AINR, RMHR, DVC, RIR, AVKL, RIML, RIMR, RIAL, RIBL, AVER, RMFL, AVAR,
-    #     AVKR
-    RIGL_grad = node(112, gather(
-        w_out[857:870], AINR_grad, RMHR_grad, DVC_grad, RIR_grad, AVKL_grad, RIML_grad,
-        RIMR_grad, RIAL_grad, RIBL_grad, AVER_grad, RMFL_grad, AVAR_grad, AVKR_grad,
-    ))
-    grad_w[100:105] = dots(RIGL_grad, ADFL, ADEL, ADER, IL1VL, ADAL)
-    del ADAL, IL1VL
-    # RIS -> AVKL, RIML, RIMR, RMED, RMDVL, RIBR, RMDR, RMEV, RMDL, SMDDR, RIBL,
-    #     AVER, AVEL, SMBVR, AVL, AVKR
-    RIS_grad = node(111, gather(
-        w_out[841:857], AVKL_grad, RIML_grad, RIMR_grad, RMED_grad, RMDVL_grad,
-        RIBR_grad, RMDR_grad, RMEV_grad, RMDL_grad, SMDDR_grad, RIBL_grad, AVER_grad,
-        AVEL_grad, SMBVR_grad, AVL_grad, AVKR_grad,
-    ))
-    grad_w[97:100] = dots(RIS_grad, FLPL, RIH, RIVR)
-    del AVKR_grad, FLPL, RIVR
-    # HOB -> R2BL, DVE, R3BR, R9AL, DX3, DX1, PCAL, HOA, PCAR, DVF, CP06, PCBL,
-    #     PCBR, R9AR, CA06, CA05, R8AL, R3BL, R8AR, SPDL, DX2, PDB, SPDR, PHDL, EF2,
-    #     EF1, EF3, PVY, PVZ, CP01, CP02, CP03, CP04, PCCR, CP05, SPCL, SPCR, PVV,
-    #     SPVL
-    HOB_grad = node(110, gather(
-        w_out[802:841], R2BL_grad, DVE_grad, R3BR_grad, R9AL_grad, DX3_grad, DX1_grad,
-        PCAL_grad, HOA_grad, PCAR_grad, DVF_grad, CP06_grad, PCBL_grad, PCBR_grad,
-        R9AR_grad, CA06_grad, CA05_grad, R8AL_grad, R3BL_grad, R8AR_grad, SPDL_grad,
-        DX2_grad, PDB_grad, SPDR_grad, PHDL_grad, EF2_grad, EF1_grad, EF3_grad,
-        PVY_grad, PVZ_grad, CP01_grad, CP02_grad, CP03_grad, CP04_grad, PCCR_grad,
-        CP05_grad, SPCL_grad, SPCR_grad, PVV_grad, SPVL_grad,
-    ))
-    grad_w[93:97] = dots(HOB_grad, PHBL, PHCL, PHCR, R2BR)
-    del R2BR, SPCL_grad, CP05_grad, PCCR_grad, PHBL, PHDL_grad, DX2_grad
-    # CEMVL -> AVFL, AVDR, RID, AIAL, RIAL, MCML, RIBL, AVBL
-    CEMVL_grad = node(109, gather(
-        w_out[794:802], AVFL_grad, AVDR_grad, RID_grad, AIAL_grad, RIAL_grad, MCML_grad,
-        RIBL_grad, AVBL_grad,
-    ))
-    grad_w[91:93] = dots(CEMVL_grad, IL2VL, AIYL)
+    grad_w[97:101] = dots(AVJL_grad, ADLL, AVM, RMGL, ADAL)
+    del ADAL, DD04_grad
     # RIVR -> RIS, AIBR, RIML, SMDVR, RIAR, RIAL, SIAVL, RMDVR, RMDDL, RMFL, SAADL
-    RIVR_grad = node(108, gather(
-        w_out[783:794], RIS_grad, AIBR_grad, RIML_grad, SMDVR_grad, RIAR_grad,
+    RIVR_grad = node(110, gather(
+        w_out[830:841], RIS_grad, AIBR_grad, RIML_grad, SMDVR_grad, RIAR_grad,
         RIAL_grad, SIAVL_grad, RMDVR_grad, RMDDL_grad, RMFL_grad, SAADL_grad,
     ))
-    grad_w[83:91] = dots(RIVR_grad, SDQR, FLPR, ADEL, ADER, CEPVL, RMGL, RIVL, RICR)
-    del FLPR, SDQR, RIVL
-    # ADAL -> RIGL, AVJL, RIPL, AINR, DVC, RIFL, AIBL, RIML, RIAL, RIBL, RMFL, AVBL,
+    grad_w[89:97] = dots(RIVR_grad, ADEL, ADER, CEPVL, FLPR, SDQR, RIVL, RMGL, RICR)
+    del FLPR, RIVL, SDQR
+    # HOB -> R2BL, DVE, R3BR, R9AL, DX3, DX1, PCAL, HOA, PCAR, DVF, CP06, PCBL,
+    #     PCBR, CA06, R9AR, CA05, R8AL, R3BL, R8AR, DX2, SPDL, PDB, SPDR, EF2, PHDL,
+    #     EF1, EF3, PVY, PVZ, CP01, CP02, CP03, CP04, PCCR, CP05, SPCL, PVV, SPCR,
+    #     SPVL
+    HOB_grad = node(109, gather(
+        w_out[791:830], R2BL_grad, DVE_grad, R3BR_grad, R9AL_grad, DX3_grad, DX1_grad,
+        PCAL_grad, HOA_grad, PCAR_grad, DVF_grad, CP06_grad, PCBL_grad, PCBR_grad,
+        CA06_grad, R9AR_grad, CA05_grad, R8AL_grad, R3BL_grad, R8AR_grad, DX2_grad,
+        SPDL_grad, PDB_grad, SPDR_grad, EF2_grad, PHDL_grad, EF1_grad, EF3_grad,
+        PVY_grad, PVZ_grad, CP01_grad, CP02_grad, CP03_grad, CP04_grad, PCCR_grad,
+        CP05_grad, SPCL_grad, PVV_grad, SPCR_grad, SPVL_grad,
+    ))
+    grad_w[85:89] = dots(HOB_grad, PHBL, PHCL, PHCR, R2BR)
+    del R2BR, SPCL_grad, CP05_grad, PCCR_grad, PHBL, PHDL_grad, DX2_grad
+    # CEMVL -> AVFL, AVDR, RID, AIAL, RIAL, MCML, RIBL, AVBL
+    CEMVL_grad = node(108, gather(
+        w_out[783:791], AVFL_grad, AVDR_grad, RID_grad, AIAL_grad, RIAL_grad, MCML_grad,
+        RIBL_grad, AVBL_grad,
+    ))
+    grad_w[83:85] = dots(CEMVL_grad, IL2VL, AIYL)
+    # AUAL -> AINR, RIAL, RIBL, AVEL, AVAL
+    AUAL_grad = node(107, gather(
+        w_out[778:783], AINR_grad, RIAL_grad, RIBL_grad, AVEL_grad, AVAL_grad,
+    ))
+    grad_w[80:83] = dots(AUAL_grad, ADFL, AWAL, AIYL)
+    del AIYL
+    # ADAL -> AVJL, RIGL, RIPL, AINR, DVC, RIFL, AIBL, RIML, RIAL, RIBL, RMFL, AVBL,
     #     SAADL, AVL
-    ADAL_grad = node(107, gather(
-        w_out[769:783], RIGL_grad, AVJL_grad, RIPL_grad, AINR_grad, DVC_grad, RIFL_grad,
+    ADAL_grad = node(106, gather(
+        w_out[764:778], AVJL_grad, RIGL_grad, RIPL_grad, AINR_grad, DVC_grad, RIFL_grad,
         AIBL_grad, RIML_grad, RIAL_grad, RIBL_grad, RMFL_grad, AVBL_grad, SAADL_grad,
         AVL_grad,
     ))
-    grad_w[81:83] = dots(ADAL_grad, ADFL, RICR)
-    del RICR
-    # AUAL -> AINR, RIAL, RIBL, AVEL, AVAL
-    AUAL_grad = node(106, gather(
-        w_out[764:769], AINR_grad, RIAL_grad, RIBL_grad, AVEL_grad, AVAL_grad,
+    grad_w[78:80] = dots(ADAL_grad, ADFL, RICR)
+    del RICR, ADFL
+    # URAVR -> RIPR, RMER
+    URAVR_grad = node(105, gather(w_out[762:764], RIPR_grad, RMER_grad))
+    grad_w[75:78] = dots(URAVR_grad, CEPVR, IL2VR, RIH)
+    # RMEL -> RMHL
+    RMEL_grad = node(104, gather(w_out[761:762], RMHL_grad))
+    grad_w[70:75] = dots(RMEL_grad, IL2DR, IL2R, IL2VL, IL2VR, URAVL)
+    del URAVL
+    # RICR -> ADAL, RIVR, SMBDR, AIBL, SAAVR, RIML, SMDVR, RIAL, SIADR, SMDDR,
+    #     SMDDL, AVAR, RMFL, AVAL
+    RICR_grad = node(103, gather(
+        w_out[747:761], ADAL_grad, RIVR_grad, SMBDR_grad, AIBL_grad, SAAVR_grad,
+        RIML_grad, SMDVR_grad, RIAL_grad, SIADR_grad, SMDDR_grad, SMDDL_grad, AVAR_grad,
+        RMFL_grad, AVAL_grad,
     ))
-    grad_w[78:81] = dots(AUAL_grad, AWAL, ADFL, AIYL)
-    del ADFL, AIYL
+    grad_w[59:70] = dots(
+        RICR_grad, CEPDL, CEPDR, CEPVL, CEPVR, IL2DL, IL2L, IL2R, OLQDL, OLQDR, OLQVR,
+        RMGL,
+    )
+    del OLQVR, CEPVR, RMGL, RMFL_grad, OLQDL
     # R2BR -> HOB, R7BL, R7BR, PCAL, HOA, PCAR, PCBR, CA05, R4BL, R8BR, R8AL, PGA,
     #     R6AR, R8AR, PDB, SPDR, EF1, EF3, PVY, PVZ, R7AR, CP04, R3AR, R4AR, R7AL,
     #     CA04, SPCR
-    R2BR_grad = node(105, gather(
-        w_out[737:764], HOB_grad, R7BL_grad, R7BR_grad, PCAL_grad, HOA_grad, PCAR_grad,
+    R2BR_grad = node(102, gather(
+        w_out[720:747], HOB_grad, R7BL_grad, R7BR_grad, PCAL_grad, HOA_grad, PCAR_grad,
         PCBR_grad, CA05_grad, R4BL_grad, R8BR_grad, R8AL_grad, PGA_grad, R6AR_grad,
         R8AR_grad, PDB_grad, SPDR_grad, EF1_grad, EF3_grad, PVY_grad, PVZ_grad,
         R7AR_grad, CP04_grad, R3AR_grad, R4AR_grad, R7AL_grad, CA04_grad, SPCR_grad,
     ))
-    grad_w[76:78] = dots(R2BR_grad, PHCR, R4BR)
+    grad_w[57:59] = dots(R2BR_grad, PHCR, R4BR)
     del R4BR, SPCR_grad, CA04_grad, R7AL_grad
-    # RMEL -> RMHL
-    RMEL_grad = node(104, gather(w_out[736:737], RMHL_grad))
-    grad_w[71:76] = dots(RMEL_grad, IL2DR, IL2R, IL2VL, IL2VR, URAVL)
-    del URAVL
-    # URAVR -> RIPR, RMER
-    URAVR_grad = node(103, gather(w_out[734:736], RIPR_grad, RMER_grad))
-    grad_w[68:71] = dots(URAVR_grad, IL2VR, CEPVR, RIH)
-    # RICR -> ADAL, RIVR, SMBDR, AIBL, SAAVR, RIML, SMDVR, RIAL, SIADR, SMDDR,
-    #     SMDDL, RMFL, AVAR, AVAL
-    RICR_grad = node(102, gather(
-        w_out[720:734], ADAL_grad, RIVR_grad, SMBDR_grad, AIBL_grad, SAAVR_grad,
-        RIML_grad, SMDVR_grad, RIAL_grad, SIADR_grad, SMDDR_grad, SMDDL_grad, RMFL_grad,
-        AVAR_grad, AVAL_grad,
-    ))
-    grad_w[57:68] = dots(
-        RICR_grad, IL2DL, IL2L, IL2R, CEPDL, CEPDR, CEPVL, CEPVR, OLQDL, OLQDR, OLQVR,
-        RMGL,
-    )
-    del OLQVR, CEPVR, RMGL, RMFL_grad, OLQDL
-    # AVFR -> R7BL, R7BR, AVFL, R1BR, VA12, R3BR, PVCL, PVNL, R3BL, PVNR, PVX, PVPL,
-    #     PVWL, EF2, EF1, EF3, MCMR, RIFL, RIFR, AVDL, MCML, AVAR, PVY, AVBR, DA08,
+    # AVFR -> R7BL, R7BR, AVFL, R1BR, VA12, R3BR, PVCL, PVNL, R3BL, PVNR, PVX, EF2,
+    #     PVPL, PVWL, EF1, EF3, MCMR, RIFL, AVDL, RIFR, MCML, AVAR, PVY, AVBR, DA08,
     #     R5BR, AS11, R3AL, PVV, AVL, VD13
     AVFR_grad = node(101, gather(
         w_out[689:720], R7BL_grad, R7BR_grad, AVFL_grad, R1BR_grad, VA12_grad,
-        R3BR_grad, PVCL_grad, PVNL_grad, R3BL_grad, PVNR_grad, PVX_grad, PVPL_grad,
-        PVWL_grad, EF2_grad, EF1_grad, EF3_grad, MCMR_grad, RIFL_grad, RIFR_grad,
-        AVDL_grad, MCML_grad, AVAR_grad, PVY_grad, AVBR_grad, DA08_grad, R5BR_grad,
+        R3BR_grad, PVCL_grad, PVNL_grad, R3BL_grad, PVNR_grad, PVX_grad, EF2_grad,
+        PVPL_grad, PVWL_grad, EF1_grad, EF3_grad, MCMR_grad, RIFL_grad, AVDL_grad,
+        RIFR_grad, MCML_grad, AVAR_grad, PVY_grad, AVBR_grad, DA08_grad, R5BR_grad,
         AS11_grad, R3AL_grad, PVV_grad, AVL_grad, VD13_grad,
     ))
     grad_w[53:57] = dots(AVFR_grad, ADLR, PQR, AVHL, LUAL)
-    del VD13_grad, AVL_grad, PVV_grad, R3AL_grad, LUAL, PQR, ADLR, AVHL, MCML_grad
+    del AVL_grad, VD13_grad, PVV_grad, R3AL_grad, LUAL, PQR, ADLR, AVHL, MCML_grad
     # AIYR -> AIZR, AIAR, RIAR, RIBR, SIBDR
     AIYR_grad = node(100, gather(
         w_out[684:689], AIZR_grad, AIAR_grad, RIAR_grad, RIBR_grad, SIBDR_grad,
     ))
-    grad_w[47:53] = dots(AIYR_grad, AWAR, ASER, AFDR, AWCR, BAGL, RIH)
-    del BAGL, ASER, AWCR, AWAR, AFDR
+    grad_w[47:53] = dots(AIYR_grad, AFDR, ASER, AWAR, AWCR, BAGL, RIH)
+    del BAGL, ASER, AWCR, AFDR, AWAR
     # AIYL -> AUAL, CEMVL, RIR, AIZL, AIZR, RIAR, RIAL, RIBL
     AIYL_grad = node(99, gather(
         w_out[676:684], AUAL_grad, CEMVL_grad, RIR_grad, AIZL_grad, AIZR_grad,
         RIAR_grad, RIAL_grad, RIBL_grad,
     ))
-    grad_w[41:47] = dots(AIYL_grad, AWAL, AWBL, ASEL, AFDL, AWCL, RIH)
-    del RIH, AWAL, AWBL, ASEL, AWCL, AFDL
+    grad_w[41:47] = dots(AIYL_grad, AFDL, ASEL, AWAL, AWBL, AWCL, RIH)
+    del RIH, ASEL, AWAL, AWBL, AWCL, AFDL
     # AIML -> RID, RICL, AIAL, AIBL
     AIML_grad = node(98, gather(
         w_out[672:676], RID_grad, RICL_grad, AIAL_grad, AIBL_grad,
     ))
-    grad_w[38:41] = dots(AIML_grad, ASIL, ASGL, PVQL)
+    grad_w[38:41] = dots(AIML_grad, ASGL, ASIL, PVQL)
     del PVQL, ASIL, ASGL
+    # VB05 -> PVCL, AVAL, VA06, DD03, VD06
+    VB05_grad = node(97, gather(
+        w_out[667:672], PVCL_grad, AVAL_grad, VA06_grad, DD03_grad, VD06_grad,
+    ))
+    grad_w[37:38] = dots(VB05_grad, PVDR)
+    del VD06_grad, DD03_grad, PVDR, VA06_grad
+    # URBR -> RMGR
+    URBR_grad = node(96, gather(w_out[666:667], RMGR_grad))
+    grad_w[36:37] = dots(URBR_grad, IL2R)
+    # URBL -> RMDDR, RMDL, RMER
+    URBL_grad = node(95, gather(w_out[663:666], RMDDR_grad, RMDL_grad, RMER_grad))
+    grad_w[35:36] = dots(URBL_grad, IL2L)
+    # URAVL -> RMEL, RIPL, RMEV
+    URAVL_grad = node(94, gather(w_out[660:663], RMEL_grad, RIPL_grad, RMEV_grad))
+    grad_w[33:35] = dots(URAVL_grad, CEPVL, IL2VL)
+    del IL2VL
+    # URADR -> RIPR, RMER
+    URADR_grad = node(93, gather(w_out[658:660], RIPR_grad, RMER_grad))
+    grad_w[31:33] = dots(URADR_grad, CEPDR, IL2DR)
+    del CEPDR
+    # URADL -> RIPL
+    URADL_grad = node(92, gather(w_out[657:658], RIPL_grad))
+    grad_w[29:31] = dots(URADL_grad, ASJL, IL2DL)
+    del IL2DL
+    # RMGL -> RICR, RIVR, AVJL, RMHL, RMDVL, RMDR, RMDL, SIADR, SMBVL, SIBVL, SMDDR,
+    #     AVBL, AVEL
+    RMGL_grad = node(91, gather(
+        w_out[644:657], RICR_grad, RIVR_grad, AVJL_grad, RMHL_grad, RMDVL_grad,
+        RMDR_grad, RMDL_grad, SIADR_grad, SMBVL_grad, SIBVL_grad, SMDDR_grad, AVBL_grad,
+        AVEL_grad,
+    ))
+    grad_w[24:29] = dots(RMGL_grad, ADEL, ALNL, CEPDL, PLNL, URXL)
+    del PLNL, CEPDL, ALNL, URXL
+    # RIVL -> RIVR, RIAR, RIAL, RMDVL, RMDDR, SMDDR, SIAVR, SAADR
+    RIVL_grad = node(90, gather(
+        w_out[636:644], RIVR_grad, RIAR_grad, RIAL_grad, RMDVL_grad, RMDDR_grad,
+        SMDDR_grad, SIAVR_grad, SAADR_grad,
+    ))
+    grad_w[23:24] = dots(RIVL_grad, ADER)
+    del ADER
+    # RIH -> AIYL, AIYR, URAVR, RIS, CEMVR, AIZL, AIZR, AUAR, SMDVL, RIAR, RIAL,
+    #     RIBR, RIPR, RMEV, AVEL
+    RIH_grad = node(89, gather(
+        w_out[621:636], AIYL_grad, AIYR_grad, URAVR_grad, RIS_grad, CEMVR_grad,
+        AIZL_grad, AIZR_grad, AUAR_grad, SMDVL_grad, RIAR_grad, RIAL_grad, RIBR_grad,
+        RIPR_grad, RMEV_grad, AVEL_grad,
+    ))
+    grad_w[16:23] = dots(RIH_grad, ADEL, CEPVL, IL2DR, IL2L, IL2R, IL2VR, OLQDR)
+    del IL2R, CEPVL, OLQDR, IL2L, IL2DR, IL2VR
     # R4BR -> R2BR, R2BL, R7BR, R9BL, R8BL, R4BL, R8BR, PHDR, R6AR, PVNR, PDB, EF2,
     #     EF1, EF3, PVY, R7AR, CP03, AS11, R3AR, R4AR, SPVL
-    R4BR_grad = node(97, gather(
-        w_out[651:672], R2BR_grad, R2BL_grad, R7BR_grad, R9BL_grad, R8BL_grad,
+    R4BR_grad = node(88, gather(
+        w_out[600:621], R2BR_grad, R2BL_grad, R7BR_grad, R9BL_grad, R8BL_grad,
         R4BL_grad, R8BR_grad, PHDR_grad, R6AR_grad, PVNR_grad, PDB_grad, EF2_grad,
         EF1_grad, EF3_grad, PVY_grad, R7AR_grad, CP03_grad, AS11_grad, R3AR_grad,
         R4AR_grad, SPVL_grad,
     ))
-    grad_w[36:38] = dots(R4BR_grad, PHCL, PHCR)
+    grad_w[14:16] = dots(R4BR_grad, PHCL, PHCR)
     del SPVL_grad, R4AR_grad, R3AR_grad, PHCR, R7AR_grad, PHDR_grad
     # R2AL -> HOA, AVG, CP07, PVX, PVQR, AVBL, AVBR, R2AR, CP09, R1AL, CP08, DD06,
     #     R4AL, VD11
-    R2AL_grad = node(96, gather(
-        w_out[637:651], HOA_grad, AVG_grad, CP07_grad, PVX_grad, PVQR_grad, AVBL_grad,
+    R2AL_grad = node(87, gather(
+        w_out[586:600], HOA_grad, AVG_grad, CP07_grad, PVX_grad, PVQR_grad, AVBL_grad,
         AVBR_grad, R2AR_grad, CP09_grad, R1AL_grad, CP08_grad, DD06_grad, R4AL_grad,
         VD11_grad,
     ))
-    grad_w[35:36] = dots(R2AL_grad, PHCL)
+    grad_w[13:14] = dots(R2AL_grad, PHCL)
     del VD11_grad, R4AL_grad, PHCL, CP08_grad, CP09_grad
-    # VB05 -> PVCL, AVAL, VA06, DD03, VD06
-    VB05_grad = node(95, gather(
-        w_out[632:637], PVCL_grad, AVAL_grad, VA06_grad, DD03_grad, VD06_grad,
+    # PVQL -> AIML, AVFL, CA05, AIAL, AVBL
+    PVQL_grad = node(86, gather(
+        w_out[581:586], AIML_grad, AVFL_grad, CA05_grad, AIAL_grad, AVBL_grad,
     ))
-    grad_w[34:35] = dots(VB05_grad, PVDR)
-    del VD06_grad, DD03_grad, PVDR, VA06_grad
-    # RIVL -> RIVR, RIAR, RIAL, RMDVL, RMDDR, SMDDR, SIAVR, SAADR
-    RIVL_grad = node(94, gather(
-        w_out[624:632], RIVR_grad, RIAR_grad, RIAL_grad, RMDVL_grad, RMDDR_grad,
-        SMDDR_grad, SIAVR_grad, SAADR_grad,
-    ))
-    grad_w[33:34] = dots(RIVL_grad, ADER)
-    del ADER
-    # URAVL -> RMEL, RIPL, RMEV
-    URAVL_grad = node(93, gather(w_out[621:624], RMEL_grad, RIPL_grad, RMEV_grad))
-    grad_w[31:33] = dots(URAVL_grad, IL2VL, CEPVL)
-    del IL2VL
-    # URADR -> RIPR, RMER
-    URADR_grad = node(92, gather(w_out[619:621], RIPR_grad, RMER_grad))
-    grad_w[29:31] = dots(URADR_grad, IL2DR, CEPDR)
-    del CEPDR
-    # URADL -> RIPL
-    URADL_grad = node(91, gather(w_out[618:619], RIPL_grad))
-    grad_w[27:29] = dots(URADL_grad, ASJL, IL2DL)
-    del IL2DL
-    # RMGL -> RICR, RIVR, AVJL, RMHL, RMDVL, RMDR, RMDL, SMBVL, SIADR, SMDDR, SIBVL,
-    #     AVEL, AVBL
-    RMGL_grad = node(90, gather(
-        w_out[605:618], RICR_grad, RIVR_grad, AVJL_grad, RMHL_grad, RMDVL_grad,
-        RMDR_grad, RMDL_grad, SMBVL_grad, SIADR_grad, SMDDR_grad, SIBVL_grad, AVEL_grad,
-        AVBL_grad,
-    ))
-    grad_w[22:27] = dots(RMGL_grad, URXL, ALNL, PLNL, ADEL, CEPDL)
-    del PLNL, CEPDL, ALNL, URXL
+    grad_w[8:13] = dots(PVQL_grad, ADEL, ADLL, ASHL, ASJL, PHBR)
+    del PHBR, ASHL, ADEL, ASJL
     # LUAL -> AVFR, R6BR, R9BL, R9AL, PVCL, PVNL, R3BL, PVWL, AVDR, AVAR, LUAR,
     #     R5BR, AS11
-    LUAL_grad = node(89, gather(
-        w_out[592:605], AVFR_grad, R6BR_grad, R9BL_grad, R9AL_grad, PVCL_grad,
+    LUAL_grad = node(85, gather(
+        w_out[568:581], AVFR_grad, R6BR_grad, R9BL_grad, R9AL_grad, PVCL_grad,
         PVNL_grad, R3BL_grad, PVWL_grad, AVDR_grad, AVAR_grad, LUAR_grad, R5BR_grad,
         AS11_grad,
     ))
-    grad_w[21:22] = dots(LUAL_grad, PHAL)
+    grad_w[7:8] = dots(LUAL_grad, PHAL)
     del R5BR_grad, LUAR_grad, PHAL
-    # AVHL -> AVFR, AVDR, RICL, SIAVL, SMBVL, SABD
-    AVHL_grad = node(88, gather(
-        w_out[586:592], AVFR_grad, AVDR_grad, RICL_grad, SIAVL_grad, SMBVL_grad,
-        SABD_grad,
-    ))
-    grad_w[19:21] = dots(AVHL_grad, ADLL, DVA)
-    del DVA
     # BDUR -> MCMR, RMGR
-    BDUR_grad = node(87, gather(w_out[584:586], MCMR_grad, RMGR_grad))
-    grad_w[17:19] = dots(BDUR_grad, ALMR, AVM)
+    BDUR_grad = node(84, gather(w_out[566:568], MCMR_grad, RMGR_grad))
+    grad_w[5:7] = dots(BDUR_grad, ALMR, AVM)
     del AVM, ALMR
     # BDUL -> SAADL
-    BDUL_grad = node(86, gather(w_out[583:584], SAADL_grad))
-    grad_w[16:17] = dots(BDUL_grad, ALML)
+    BDUL_grad = node(83, gather(w_out[565:566], SAADL_grad))
+    grad_w[4:5] = dots(BDUL_grad, ALML)
     del ALML
-    # PVQL -> AIML, AVFL, CA05, AIAL, AVBL
-    PVQL_grad = node(85, gather(
-        w_out[578:583], AIML_grad, AVFL_grad, CA05_grad, AIAL_grad, AVBL_grad,
+    # AVHL -> AVFR, AVDR, RICL, SIAVL, SMBVL, SABD
+    AVHL_grad = node(82, gather(
+        w_out[559:565], AVFR_grad, AVDR_grad, RICL_grad, SIAVL_grad, SMBVL_grad,
+        SABD_grad,
     ))
-    grad_w[11:16] = dots(PVQL_grad, ASJL, ASHL, ADLL, ADEL, PHBR)
-    del PHBR, ASHL, ADLL, ASJL
-    # URBR -> RMGR
-    URBR_grad = node(84, gather(w_out[577:578], RMGR_grad))
-    grad_w[10:11] = dots(URBR_grad, IL2R)
-    # URBL -> RMDDR, RMER, RMDL
-    URBL_grad = node(83, gather(w_out[574:577], RMDDR_grad, RMER_grad, RMDL_grad))
-    grad_w[9:10] = dots(URBL_grad, IL2L)
-    # RIH -> AIYL, AIYR, URAVR, RIS, CEMVR, AUAR, AIZL, AIZR, SMDVL, RIAR, RIAL,
-    #     RIBR, RIPR, RMEV, AVEL
-    RIH_grad = node(82, gather(
-        w_out[559:574], AIYL_grad, AIYR_grad, URAVR_grad, RIS_grad, CEMVR_grad,
-        AUAR_grad, AIZL_grad, AIZR_grad, SMDVL_grad, RIAR_grad, RIAL_grad, RIBR_grad,
-        RIPR_grad, RMEV_grad, AVEL_grad,
-    ))
-    grad_w[2:9] = dots(RIH_grad, ADEL, IL2DR, IL2L, IL2R, IL2VR, CEPVL, OLQDR)
-    del IL2R, ADEL, CEPVL, OLQDR, IL2L, IL2DR, IL2VR
+    grad_w[2:4] = dots(AVHL_grad, ADLL, DVA)
+    del DVA, ADLL
     # AIMR -> AIAR, AIBR
     AIMR_grad = node(81, gather(w_out[557:559], AIAR_grad, AIBR_grad))
     grad_w[0:2] = dots(AIMR_grad, ASGR, ASKR)
     del ASKR, ASGR
-    # IL1VR -> SMDVL, RIPR, RMDDR, RMER (fed by the source)
-    source_grad = node(80, gather(
-        w_out[553:557], SMDVL_grad, RIPR_grad, RMDDR_grad, RMER_grad,
-    ))
-    # IL1VL -> RIGL, RIPL, AIBR, RIAL, RMDDL (fed by the source)
-    source_grad += node(79, gather(
-        w_out[548:553], RIGL_grad, RIPL_grad, AIBR_grad, RIAL_grad, RMDDL_grad,
-    ))
-    # IL1R -> RMHL, RMDVL, RIBR, RMDDR, RMDVR, RMDDL (fed by the source)
-    source_grad += node(78, gather(
-        w_out[542:548], RMHL_grad, RMDVL_grad, RIBR_grad, RMDDR_grad, RMDVR_grad,
-        RMDDL_grad,
-    ))
-    # IL1L -> RMHR, RMDVL, RMDR, RMDL, RMDDL (fed by the source)
-    source_grad += node(77, gather(
-        w_out[537:542], RMHR_grad, RMDVL_grad, RMDR_grad, RMDL_grad, RMDDL_grad,
-    ))
-    # IL1DR -> RIPR, RMDVR (fed by the source)
-    source_grad += node(76, gather(w_out[535:537], RIPR_grad, RMDVR_grad))
-    # IL1DL -> RIPL, RMDVL (fed by the source)
-    source_grad += node(75, gather(w_out[533:535], RIPL_grad, RMDVL_grad))
-    # OLQVR -> RICR, RMDVL, RMER, SIBDR, SMBVR (fed by the source)
-    source_grad += node(74, gather(
-        w_out[528:533], RICR_grad, RMDVL_grad, RMER_grad, SIBDR_grad, SMBVR_grad,
-    ))
-    del SIBDR_grad
-    # OLQVL -> RICL, RMHL, RMDVR, SIBDL (fed by the source)
-    source_grad += node(73, gather(
-        w_out[524:528], RICL_grad, RMHL_grad, RMDVR_grad, SIBDL_grad,
-    ))
-    del SIBDL_grad
-    # OLQDR -> RIH, RICR, RICL, RIAR, RIPR, SIBVR, RMDVR, RMDDL (fed by the source)
-    source_grad += node(72, gather(
-        w_out[516:524], RIH_grad, RICR_grad, RICL_grad, RIAR_grad, RIPR_grad,
-        SIBVR_grad, RMDVR_grad, RMDDL_grad,
-    ))
-    del SIBVR_grad
-    # OLQDL -> RICR, SMBDR, RMDDR, SIBVL (fed by the source)
-    source_grad += node(71, gather(
-        w_out[512:516], RICR_grad, SMBDR_grad, RMDDR_grad, SIBVL_grad,
-    ))
-    del SIBVL_grad
-    # OLLR -> RIGR, SMDVL, RIBR, RMDDR, RMDR, RMER, RMDVR, AVEL (fed by the source)
-    source_grad += node(70, gather(
-        w_out[504:512], RIGR_grad, SMDVL_grad, RIBR_grad, RMDDR_grad, RMDR_grad,
-        RMER_grad, RMDVR_grad, AVEL_grad,
-    ))
-    # OLLL -> SMDVR, RMDVL, RMDR, RMDL, SMDDR, RIBL, RMDDL, AVER, SMDDL (fed by the
-    #     source)
-    source_grad += node(69, gather(
-        w_out[495:504], SMDVR_grad, RMDVL_grad, RMDR_grad, RMDL_grad, SMDDR_grad,
-        RIBL_grad, RMDDL_grad, AVER_grad, SMDDL_grad,
-    ))
-    del RMDDL_grad, RMDL_grad, RMDVL_grad
     # URYVR -> the sink (fed by the source)
-    source_grad += node(68, sink_grad)
+    source_grad = node(80, sink_grad)
     # URYVL -> RID (fed by the source)
-    source_grad += node(67, gather(w_out[494:495], RID_grad))
+    source_grad += node(79, gather(w_out[556:557], RID_grad))
     del RID_grad
     # URYDR -> the sink (fed by the source)
-    source_grad += node(66, sink_grad)
+    source_grad += node(78, sink_grad)
     del sink_grad
-    # CEPVR -> RICR, URAVR, RMHR, PVR, MCMR, CEMVR, RICL, RMHL, SMDVL, RIBR, RIPR,
-    #     RMDDR, SMDDR, AVER, AVEL, SIAVR (fed by the source)
-    source_grad += node(65, gather(
-        w_out[478:494], RICR_grad, URAVR_grad, RMHR_grad, PVR_grad, MCMR_grad,
-        CEMVR_grad, RICL_grad, RMHL_grad, SMDVL_grad, RIBR_grad, RIPR_grad, RMDDR_grad,
-        SMDDR_grad, AVER_grad, AVEL_grad, SIAVR_grad,
+    # URXR -> RICL, RIGR, AUAR, RIAR, RMGR, AVER, AVAR (fed by the source)
+    source_grad += node(77, gather(
+        w_out[549:556], RICL_grad, RIGR_grad, AUAR_grad, RIAR_grad, RMGR_grad,
+        AVER_grad, AVAR_grad,
     ))
-    del RMDDR_grad, SMDVL_grad, CEMVR_grad
-    # CEPVL -> RIH, URAVL, RICR, RIVR, RIPL, RMHR, RICL, RMHL, SIAVL, AVAR (fed by
-    #     the source)
-    source_grad += node(64, gather(
-        w_out[468:478], RIH_grad, URAVL_grad, RICR_grad, RIVR_grad, RIPL_grad,
-        RMHR_grad, RICL_grad, RMHL_grad, SIAVL_grad, AVAR_grad,
+    # URXL -> RMGL (fed by the source)
+    source_grad += node(76, gather(w_out[548:549], RMGL_grad))
+    # SDQR -> RIVR, PVR, PVCL, SIADL, AVBL, AVBR (fed by the source)
+    source_grad += node(75, gather(
+        w_out[542:548], RIVR_grad, PVR_grad, PVCL_grad, SIADL_grad, AVBL_grad,
+        AVBR_grad,
     ))
-    # CEPDR -> URADR, RICR, RICL, RMHL, RIBR, RIPR, AVEL, SIAVR (fed by the source)
-    source_grad += node(63, gather(
-        w_out[460:468], URADR_grad, RICR_grad, RICL_grad, RMHL_grad, RIBR_grad,
-        RIPR_grad, AVEL_grad, SIAVR_grad,
-    ))
-    # CEPDL -> RMGL, RICR, RMHR, RMHL, SMBDR, SIADR, SMDDL, AVAR, AVEL (fed by the
+    del SIADL_grad
+    # SDQL -> SMBDR, SIADR, SAADR (fed by the source)
+    source_grad += node(74, gather(w_out[539:542], SMBDR_grad, SIADR_grad, SAADR_grad))
+    # PVM -> AVKL (fed by the source)
+    source_grad += node(73, gather(w_out[538:539], AVKL_grad))
+    # PVDR -> VB05, VA12, PVR, PVCL, AVDL, AVAR, PVCR, AVAL, VA09, VB06 (fed by the
     #     source)
-    source_grad += node(62, gather(
-        w_out[451:460], RMGL_grad, RICR_grad, RMHR_grad, RMHL_grad, SMBDR_grad,
-        SIADR_grad, SMDDL_grad, AVAR_grad, AVEL_grad,
+    source_grad += node(72, gather(
+        w_out[528:538], VB05_grad, VA12_grad, PVR_grad, PVCL_grad, AVDL_grad, AVAR_grad,
+        PVCR_grad, AVAL_grad, VA09_grad, VB06_grad,
     ))
-    del RMHL_grad, RMHR_grad
-    # IL2VR -> RIH, URAVR, RMEL, RMED, RIPR, RMER (fed by the source)
-    source_grad += node(61, gather(
-        w_out[445:451], RIH_grad, URAVR_grad, RMEL_grad, RMED_grad, RIPR_grad,
-        RMER_grad,
+    del VB06_grad, VB05_grad
+    # PVDL -> AVFL, PVCL, AVG, PVPL, AVDR, AVDL, AVAR, PVCR, AVAL, PVZ, VD10, DD05
+    #     (fed by the source)
+    source_grad += node(71, gather(
+        w_out[516:528], AVFL_grad, PVCL_grad, AVG_grad, PVPL_grad, AVDR_grad, AVDL_grad,
+        AVAR_grad, PVCR_grad, AVAL_grad, PVZ_grad, VD10_grad, DD05_grad,
     ))
-    del URAVR_grad
-    # IL2VL -> URAVL, RMEL, CEMVL, RIPL, RMED, RIAL, RMER, RMEV (fed by the source)
-    source_grad += node(60, gather(
-        w_out[437:445], URAVL_grad, RMEL_grad, CEMVL_grad, RIPL_grad, RMED_grad,
-        RIAL_grad, RMER_grad, RMEV_grad,
+    del VD10_grad
+    # PQR -> AVFR, R7BL, R7BR, VA12, SPVR, PVNL, R3BL, PVNR, EF2, PVPL, PVWL, AVDR,
+    #     EF3, AVDL, AVAR, PVY, AVAL, DA06, DB06, DA08, VB09, DD05, VA11, VB10 (fed
+    #     by the source)
+    source_grad += node(70, gather(
+        w_out[492:516], AVFR_grad, R7BL_grad, R7BR_grad, VA12_grad, SPVR_grad,
+        PVNL_grad, R3BL_grad, PVNR_grad, EF2_grad, PVPL_grad, PVWL_grad, AVDR_grad,
+        EF3_grad, AVDL_grad, AVAR_grad, PVY_grad, AVAL_grad, DA06_grad, DB06_grad,
+        DA08_grad, VB09_grad, DD05_grad, VA11_grad, VB10_grad,
     ))
-    del CEMVL_grad, URAVL_grad
-    # IL2R -> RIH, URBR, RICR, RMEL, RICL, RIBR, RMDR, SMBVR (fed by the source)
-    source_grad += node(59, gather(
-        w_out[429:437], RIH_grad, URBR_grad, RICR_grad, RMEL_grad, RICL_grad, RIBR_grad,
-        RMDR_grad, SMBVR_grad,
+    del (
+        DD05_grad, VA11_grad, DA06_grad, PVWL_grad, SPVR_grad, VA12_grad, R7BR_grad,
+        R7BL_grad,
+    )
+    # PLNR -> RMGR, SMDDR, SMBVR, SAADR (fed by the source)
+    source_grad += node(69, gather(
+        w_out[488:492], RMGR_grad, SMDDR_grad, SMBVR_grad, SAADR_grad,
     ))
-    del URBR_grad
-    # IL2L -> RIH, URBL, RICR, RMDR, RMER, SMBVL (fed by the source)
-    source_grad += node(58, gather(
-        w_out[423:429], RIH_grad, URBL_grad, RICR_grad, RMDR_grad, RMER_grad,
-        SMBVL_grad,
+    # PLNL -> RMGL, SAAVL, SMDVR, SIAVL, SMBVL, RMDVR, SIAVR, SAADL (fed by the
+    #     source)
+    source_grad += node(68, gather(
+        w_out[480:488], RMGL_grad, SAAVL_grad, SMDVR_grad, SIAVL_grad, SMBVL_grad,
+        RMDVR_grad, SIAVR_grad, SAADL_grad,
     ))
-    del RMDR_grad, URBL_grad
-    # IL2DR -> RIH, URADR, RMEL, RICL, RMED, RIPR, RMER, RMEV (fed by the source)
-    source_grad += node(57, gather(
-        w_out[415:423], RIH_grad, URADR_grad, RMEL_grad, RICL_grad, RMED_grad,
-        RIPR_grad, RMER_grad, RMEV_grad,
+    del SAADL_grad
+    # PLMR -> AVDR, AVDL, AVAR, AVAL, AS11 (fed by the source)
+    source_grad += node(67, gather(
+        w_out[475:480], AVDR_grad, AVDL_grad, AVAR_grad, AVAL_grad, AS11_grad,
     ))
-    del RMER_grad, RMEV_grad, RMED_grad, RMEL_grad, URADR_grad
-    # IL2DL -> URADL, RICR, RIPL (fed by the source)
-    source_grad += node(56, gather(w_out[412:415], URADL_grad, RICR_grad, RIPL_grad))
-    del RIPL_grad, RICR_grad
-    # PHCR -> R4BR, R2BR, HOB, HOA, AVG, PCBR, R8BL, CA05, R4BL, R8AL, R6AR, R8AR,
-    #     PVNR, PDB, SPDR, PVX, AVHR, PVY, PVZ, DB07, CP04, DD06, PDA, AS11 (fed by
+    # PLML -> AVDR, AVAL, VA09, R1AL (fed by the source)
+    source_grad += node(66, gather(
+        w_out[471:475], AVDR_grad, AVAL_grad, VA09_grad, R1AL_grad,
+    ))
+    del VA09_grad
+    # PHCR -> R4BR, R2BR, HOB, HOA, AVG, PCBR, CA05, R8BL, R4BL, R8AL, R6AR, R8AR,
+    #     PVNR, PDB, PVX, SPDR, AVHR, PVY, PVZ, DB07, CP04, DD06, PDA, AS11 (fed by
     #     the source)
-    source_grad += node(55, gather(
-        w_out[388:412], R4BR_grad, R2BR_grad, HOB_grad, HOA_grad, AVG_grad, PCBR_grad,
-        R8BL_grad, CA05_grad, R4BL_grad, R8AL_grad, R6AR_grad, R8AR_grad, PVNR_grad,
-        PDB_grad, SPDR_grad, PVX_grad, AVHR_grad, PVY_grad, PVZ_grad, DB07_grad,
+    source_grad += node(65, gather(
+        w_out[447:471], R4BR_grad, R2BR_grad, HOB_grad, HOA_grad, AVG_grad, PCBR_grad,
+        CA05_grad, R8BL_grad, R4BL_grad, R8AL_grad, R6AR_grad, R8AR_grad, PVNR_grad,
+        PDB_grad, PVX_grad, SPDR_grad, AVHR_grad, PVY_grad, PVZ_grad, DB07_grad,
         CP04_grad, DD06_grad, PDA_grad, AS11_grad,
     ))
     del (
         DD06_grad, CP04_grad, DB07_grad, SPDR_grad, R6AR_grad, R4BL_grad, CA05_grad,
         R8BL_grad, R2BR_grad,
     )
-    # PHCL -> R2AL, R4BR, HOB, R2BL, PCAL, HOA, AVG, CP06, PCBL, PCBR, R9AR, CA06,
+    # PHCL -> R2AL, R4BR, HOB, R2BL, PCAL, HOA, AVG, CP06, PCBL, PCBR, CA06, R9AR,
     #     R8BR, PVNL, R8AL, PGA, R8AR, PVNR, SPDL, PVX, PVPL, AVBL, PVY, R2AR, CP01,
-    #     CP02, R1AL, CP03, PDA, AS11 (fed by the source)
-    source_grad += node(54, gather(
-        w_out[358:388], R2AL_grad, R4BR_grad, HOB_grad, R2BL_grad, PCAL_grad, HOA_grad,
-        AVG_grad, CP06_grad, PCBL_grad, PCBR_grad, R9AR_grad, CA06_grad, R8BR_grad,
+    #     CP02, CP03, R1AL, PDA, AS11 (fed by the source)
+    source_grad += node(64, gather(
+        w_out[417:447], R2AL_grad, R4BR_grad, HOB_grad, R2BL_grad, PCAL_grad, HOA_grad,
+        AVG_grad, CP06_grad, PCBL_grad, PCBR_grad, CA06_grad, R9AR_grad, R8BR_grad,
         PVNL_grad, R8AL_grad, PGA_grad, R8AR_grad, PVNR_grad, SPDL_grad, PVX_grad,
-        PVPL_grad, AVBL_grad, PVY_grad, R2AR_grad, CP01_grad, CP02_grad, R1AL_grad,
-        CP03_grad, PDA_grad, AS11_grad,
+        PVPL_grad, AVBL_grad, PVY_grad, R2AR_grad, CP01_grad, CP02_grad, CP03_grad,
+        R1AL_grad, PDA_grad, AS11_grad,
     ))
     del (
-        CP03_grad, CP02_grad, CP01_grad, R2AR_grad, SPDL_grad, PGA_grad, R8BR_grad,
-        CA06_grad, PCBR_grad, PCBL_grad, CP06_grad, R2BL_grad, R4BR_grad, R2AL_grad,
+        AS11_grad, R1AL_grad, CP03_grad, CP02_grad, CP01_grad, R2AR_grad, PVNR_grad,
+        SPDL_grad, PGA_grad, PVNL_grad, R8BR_grad, CA06_grad, PCBR_grad, PCBL_grad,
+        CP06_grad, R2BL_grad, R4BR_grad, R2AL_grad,
     )
-    # PHBR -> PVQL, DVE, R3BR, R9BL, HOA, PCAR, AVG, R9AR, CP07, PDB, PVX, EF2,
-    #     CA07, PVQR, AVHR, EF1, PVY (fed by the source)
-    source_grad += node(53, gather(
-        w_out[341:358], PVQL_grad, DVE_grad, R3BR_grad, R9BL_grad, HOA_grad, PCAR_grad,
-        AVG_grad, R9AR_grad, CP07_grad, PDB_grad, PVX_grad, EF2_grad, CA07_grad,
-        PVQR_grad, AVHR_grad, EF1_grad, PVY_grad,
+    # PHBR -> PVQL, DVE, R3BR, R9BL, HOA, PCAR, AVG, R9AR, CP07, PDB, PVX, CA07,
+    #     EF2, AVHR, PVQR, EF1, PVY (fed by the source)
+    source_grad += node(63, gather(
+        w_out[400:417], PVQL_grad, DVE_grad, R3BR_grad, R9BL_grad, HOA_grad, PCAR_grad,
+        AVG_grad, R9AR_grad, CP07_grad, PDB_grad, PVX_grad, CA07_grad, EF2_grad,
+        AVHR_grad, PVQR_grad, EF1_grad, PVY_grad,
     ))
     del CA07_grad, PDB_grad, R9AR_grad
-    # PHBL -> HOB, DVE, R3BR, R9AL, DX3, DX1, HOA, AVG, DVF, R8AL, PVX, PVQR, AVHR,
+    # PHBL -> HOB, DVE, R3BR, R9AL, DX3, DX1, HOA, AVG, DVF, R8AL, PVX, AVHR, PVQR,
     #     EF3, PVY (fed by the source)
-    source_grad += node(52, gather(
-        w_out[326:341], HOB_grad, DVE_grad, R3BR_grad, R9AL_grad, DX3_grad, DX1_grad,
-        HOA_grad, AVG_grad, DVF_grad, R8AL_grad, PVX_grad, PVQR_grad, AVHR_grad,
+    source_grad += node(62, gather(
+        w_out[385:400], HOB_grad, DVE_grad, R3BR_grad, R9AL_grad, DX3_grad, DX1_grad,
+        HOA_grad, AVG_grad, DVF_grad, R8AL_grad, PVX_grad, AVHR_grad, PVQR_grad,
         EF3_grad, PVY_grad,
     ))
     del AVHR_grad, DVF_grad, HOA_grad, DX3_grad, DVE_grad, HOB_grad
     # PHAR -> AVFL, R1BR, R6BR, R3BR, R9BL, PCAL, PCAR, AVG, R8AL, CP07, R3BL, R8AR,
     #     PVX, EF2, PVQR, EF1, PVCR, PVY, AVAL, PVZ, DA09, PDA (fed by the source)
-    source_grad += node(51, gather(
-        w_out[304:326], AVFL_grad, R1BR_grad, R6BR_grad, R3BR_grad, R9BL_grad,
+    source_grad += node(61, gather(
+        w_out[363:385], AVFL_grad, R1BR_grad, R6BR_grad, R3BR_grad, R9BL_grad,
         PCAL_grad, PCAR_grad, AVG_grad, R8AL_grad, CP07_grad, R3BL_grad, R8AR_grad,
         PVX_grad, EF2_grad, PVQR_grad, EF1_grad, PVCR_grad, PVY_grad, AVAL_grad,
         PVZ_grad, DA09_grad, PDA_grad,
     ))
-    del PDA_grad, DA09_grad, EF1_grad, PCAR_grad, PCAL_grad, R9BL_grad, R6BR_grad
+    del (
+        PDA_grad, DA09_grad, PVZ_grad, PVY_grad, EF1_grad, EF2_grad, AVG_grad,
+        PCAR_grad, PCAL_grad, R9BL_grad, R6BR_grad,
+    )
     # PHAL -> LUAL, R3BR, R9AL, PVCL, DX1, R8AL, CP07, R3BL, R8AR, PVX, EF3, AVAL,
     #     DA08 (fed by the source)
-    source_grad += node(50, gather(
-        w_out[291:304], LUAL_grad, R3BR_grad, R9AL_grad, PVCL_grad, DX1_grad, R8AL_grad,
+    source_grad += node(60, gather(
+        w_out[350:363], LUAL_grad, R3BR_grad, R9AL_grad, PVCL_grad, DX1_grad, R8AL_grad,
         CP07_grad, R3BL_grad, R8AR_grad, PVX_grad, EF3_grad, AVAL_grad, DA08_grad,
     ))
     del (
-        PVX_grad, R8AR_grad, CP07_grad, R8AL_grad, DX1_grad, R9AL_grad, R3BR_grad,
-        LUAL_grad,
+        DA08_grad, PVX_grad, R3BL_grad, R8AR_grad, CP07_grad, R8AL_grad, DX1_grad,
+        R9AL_grad, R3BR_grad, LUAL_grad,
     )
     # PDER -> R1BR, PVR, PVCL, AVKL, DB06, VD12, VB10, VB11 (fed by the source)
-    source_grad += node(49, gather(
-        w_out[283:291], R1BR_grad, PVR_grad, PVCL_grad, AVKL_grad, DB06_grad, VD12_grad,
+    source_grad += node(59, gather(
+        w_out[342:350], R1BR_grad, PVR_grad, PVCL_grad, AVKL_grad, DB06_grad, VD12_grad,
         VB10_grad, VB11_grad,
     ))
-    del VB11_grad, VD12_grad, R1BR_grad
+    del VB11_grad, VB10_grad, VD12_grad, R1BR_grad
     # PDEL -> PVR, PVCL, AVKL, VA10, VB09 (fed by the source)
-    source_grad += node(48, gather(
-        w_out[278:283], PVR_grad, PVCL_grad, AVKL_grad, VA10_grad, VB09_grad,
+    source_grad += node(58, gather(
+        w_out[337:342], PVR_grad, PVCL_grad, AVKL_grad, VA10_grad, VB09_grad,
     ))
-    del VA10_grad
-    # ADER -> RIVL, RIVR, RIGL, RIGR, AVAL (fed by the source)
-    source_grad += node(47, gather(
-        w_out[273:278], RIVL_grad, RIVR_grad, RIGL_grad, RIGR_grad, AVAL_grad,
+    del VB09_grad, VA10_grad
+    # OLQVR -> RICR, RMDVL, RMER, SIBDR, SMBVR (fed by the source)
+    source_grad += node(57, gather(
+        w_out[332:337], RICR_grad, RMDVL_grad, RMER_grad, SIBDR_grad, SMBVR_grad,
     ))
-    del RIVL_grad
-    # ADEL -> RIH, PVQL, RMGL, RIVR, RIGL, RIGR, AVKL, AVAR (fed by the source)
-    source_grad += node(46, gather(
-        w_out[265:273], RIH_grad, PVQL_grad, RMGL_grad, RIVR_grad, RIGL_grad, RIGR_grad,
-        AVKL_grad, AVAR_grad,
+    del SIBDR_grad
+    # OLQVL -> RICL, RMHL, RMDVR, SIBDL (fed by the source)
+    source_grad += node(56, gather(
+        w_out[328:332], RICL_grad, RMHL_grad, RMDVR_grad, SIBDL_grad,
     ))
-    del RIH_grad
-    # PVDR -> VB05, VA12, PVR, PVCL, AVDL, AVAR, PVCR, AVAL, VA09, VB06 (fed by the
+    del SIBDL_grad
+    # OLQDR -> RIH, RICR, RICL, RIAR, RIPR, SIBVR, RMDVR, RMDDL (fed by the source)
+    source_grad += node(55, gather(
+        w_out[320:328], RIH_grad, RICR_grad, RICL_grad, RIAR_grad, RIPR_grad,
+        SIBVR_grad, RMDVR_grad, RMDDL_grad,
+    ))
+    del SIBVR_grad
+    # OLQDL -> RICR, SMBDR, RMDDR, SIBVL (fed by the source)
+    source_grad += node(54, gather(
+        w_out[316:320], RICR_grad, SMBDR_grad, RMDDR_grad, SIBVL_grad,
+    ))
+    del SIBVL_grad
+    # OLLR -> RIGR, SMDVL, RIBR, RMDDR, RMDR, RMER, RMDVR, AVEL (fed by the source)
+    source_grad += node(53, gather(
+        w_out[308:316], RIGR_grad, SMDVL_grad, RIBR_grad, RMDDR_grad, RMDR_grad,
+        RMER_grad, RMDVR_grad, AVEL_grad,
+    ))
+    # OLLL -> SMDVR, RMDVL, RMDR, RMDL, SMDDR, RIBL, RMDDL, AVER, SMDDL (fed by the
     #     source)
+    source_grad += node(52, gather(
+        w_out[299:308], SMDVR_grad, RMDVL_grad, RMDR_grad, RMDL_grad, SMDDR_grad,
+        RIBL_grad, RMDDL_grad, AVER_grad, SMDDL_grad,
+    ))
+    # IL2VR -> RIH, RMEL, URAVR, RMED, RIPR, RMER (fed by the source)
+    source_grad += node(51, gather(
+        w_out[293:299], RIH_grad, RMEL_grad, URAVR_grad, RMED_grad, RIPR_grad,
+        RMER_grad,
+    ))
+    # IL2VL -> URAVL, RMEL, CEMVL, RIPL, RMED, RIAL, RMER, RMEV (fed by the source)
+    source_grad += node(50, gather(
+        w_out[285:293], URAVL_grad, RMEL_grad, CEMVL_grad, RIPL_grad, RMED_grad,
+        RIAL_grad, RMER_grad, RMEV_grad,
+    ))
+    del CEMVL_grad
+    # IL2R -> RIH, URBR, RICR, RMEL, RICL, RIBR, RMDR, SMBVR (fed by the source)
+    source_grad += node(49, gather(
+        w_out[277:285], RIH_grad, URBR_grad, RICR_grad, RMEL_grad, RICL_grad, RIBR_grad,
+        RMDR_grad, SMBVR_grad,
+    ))
+    del URBR_grad
+    # IL2L -> RIH, URBL, RICR, RMDR, RMER, SMBVL (fed by the source)
+    source_grad += node(48, gather(
+        w_out[271:277], RIH_grad, URBL_grad, RICR_grad, RMDR_grad, RMER_grad,
+        SMBVL_grad,
+    ))
+    del URBL_grad
+    # IL2DR -> RIH, URADR, RMEL, RICL, RMED, RIPR, RMER, RMEV (fed by the source)
+    source_grad += node(47, gather(
+        w_out[263:271], RIH_grad, URADR_grad, RMEL_grad, RICL_grad, RMED_grad,
+        RIPR_grad, RMER_grad, RMEV_grad,
+    ))
+    del RMEV_grad, RMED_grad, RMEL_grad
+    # IL2DL -> URADL, RICR, RIPL (fed by the source)
+    source_grad += node(46, gather(w_out[260:263], URADL_grad, RICR_grad, RIPL_grad))
+    # IL1VR -> SMDVL, RIPR, RMDDR, RMER (fed by the source)
     source_grad += node(45, gather(
-        w_out[255:265], VB05_grad, VA12_grad, PVR_grad, PVCL_grad, AVDL_grad, AVAR_grad,
-        PVCR_grad, AVAL_grad, VA09_grad, VB06_grad,
+        w_out[256:260], SMDVL_grad, RIPR_grad, RMDDR_grad, RMER_grad,
     ))
-    del VB06_grad, VB05_grad
-    # PVDL -> AVFL, PVCL, AVG, PVPL, AVDR, AVDL, AVAR, PVCR, AVAL, PVZ, VD10, DD05
-    #     (fed by the source)
+    del RMER_grad
+    # IL1VL -> RIGL, RIPL, AIBR, RIAL, RMDDL (fed by the source)
     source_grad += node(44, gather(
-        w_out[243:255], AVFL_grad, PVCL_grad, AVG_grad, PVPL_grad, AVDR_grad, AVDL_grad,
-        AVAR_grad, PVCR_grad, AVAL_grad, PVZ_grad, VD10_grad, DD05_grad,
+        w_out[251:256], RIGL_grad, RIPL_grad, AIBR_grad, RIAL_grad, RMDDL_grad,
     ))
-    del VD10_grad, PVZ_grad, AVG_grad
-    # DVA -> AVHL, PVCL, AVDR, RIR, AUAR, AIZR, SMBDR, SAAVR, SAAVL, RIMR, RIAR,
-    #     RIAL, SMBVL, AVER, AVAR, AVEL, SABD, SMBVR, DB03, SAADR, DB06, DB04 (fed
-    #     by the source)
+    # IL1R -> RMHL, RMDVL, RIBR, RMDDR, RMDVR, RMDDL (fed by the source)
     source_grad += node(43, gather(
-        w_out[221:243], AVHL_grad, PVCL_grad, AVDR_grad, RIR_grad, AUAR_grad, AIZR_grad,
-        SMBDR_grad, SAAVR_grad, SAAVL_grad, RIMR_grad, RIAR_grad, RIAL_grad, SMBVL_grad,
-        AVER_grad, AVAR_grad, AVEL_grad, SABD_grad, SMBVR_grad, DB03_grad, SAADR_grad,
-        DB06_grad, DB04_grad,
+        w_out[245:251], RMHL_grad, RMDVL_grad, RIBR_grad, RMDDR_grad, RMDVR_grad,
+        RMDDL_grad,
     ))
-    del DB04_grad, SABD_grad, DB03_grad, RIR_grad
-    # FLPR -> RIVR, AIBL, AIBR, RIML, AVAR, AVAL (fed by the source)
+    # IL1L -> RMHR, RMDVL, RMDR, RMDL, RMDDL (fed by the source)
     source_grad += node(42, gather(
-        w_out[215:221], RIVR_grad, AIBL_grad, AIBR_grad, RIML_grad, AVAR_grad,
+        w_out[240:245], RMHR_grad, RMDVL_grad, RMDR_grad, RMDL_grad, RMDDL_grad,
+    ))
+    del RMDDL_grad, RMDL_grad, RMDR_grad
+    # IL1DR -> RIPR, RMDVR (fed by the source)
+    source_grad += node(41, gather(w_out[238:240], RIPR_grad, RMDVR_grad))
+    del RMDVR_grad
+    # IL1DL -> RIPL, RMDVL (fed by the source)
+    source_grad += node(40, gather(w_out[236:238], RIPL_grad, RMDVL_grad))
+    del RMDVL_grad
+    # FLPR -> RIVR, AIBL, AIBR, RIML, AVAR, AVAL (fed by the source)
+    source_grad += node(39, gather(
+        w_out[230:236], RIVR_grad, AIBL_grad, AIBR_grad, RIML_grad, AVAR_grad,
         AVAL_grad,
     ))
     del RIML_grad
-    # FLPL -> RIS, PVR, PVCL, DVC, RIGR, AIBL, AVDL, SMDDR, AVAR, AVEL, AVBL, AVAL
+    # FLPL -> RIS, PVR, PVCL, DVC, RIGR, AIBL, AVDL, SMDDR, AVAR, AVBL, AVEL, AVAL
     #     (fed by the source)
-    source_grad += node(41, gather(
-        w_out[203:215], RIS_grad, PVR_grad, PVCL_grad, DVC_grad, RIGR_grad, AIBL_grad,
-        AVDL_grad, SMDDR_grad, AVAR_grad, AVEL_grad, AVBL_grad, AVAL_grad,
+    source_grad += node(38, gather(
+        w_out[218:230], RIS_grad, PVR_grad, PVCL_grad, DVC_grad, RIGR_grad, AIBL_grad,
+        AVDL_grad, SMDDR_grad, AVAR_grad, AVBL_grad, AVEL_grad, AVAL_grad,
     ))
-    del AVEL_grad, DVC_grad, RIS_grad
-    # PLMR -> AVDR, AVDL, AVAR, AVAL, AS11 (fed by the source)
-    source_grad += node(40, gather(
-        w_out[198:203], AVDR_grad, AVDL_grad, AVAR_grad, AVAL_grad, AS11_grad,
-    ))
-    del AS11_grad
-    # PLML -> AVDR, AVAL, VA09, R1AL (fed by the source)
-    source_grad += node(39, gather(
-        w_out[194:198], AVDR_grad, AVAL_grad, VA09_grad, R1AL_grad,
-    ))
-    del R1AL_grad, VA09_grad
-    # PVM -> AVKL (fed by the source)
-    source_grad += node(38, gather(w_out[193:194], AVKL_grad))
-    del AVKL_grad
-    # AVM -> BDUR, AVJL, PVCL, AVDR, EF3, MCMR, RIMR, RIFR, RIBR, SMBVL, PVCR, AVBL,
-    #     AVBR (fed by the source)
-    source_grad += node(37, gather(
-        w_out[180:193], BDUR_grad, AVJL_grad, PVCL_grad, AVDR_grad, EF3_grad, MCMR_grad,
-        RIMR_grad, RIFR_grad, RIBR_grad, SMBVL_grad, PVCR_grad, AVBL_grad, AVBR_grad,
-    ))
-    del MCMR_grad
-    # ALMR -> BDUR, AVDL, PVCR, AVBL (fed by the source)
-    source_grad += node(36, gather(
-        w_out[176:180], BDUR_grad, AVDL_grad, PVCR_grad, AVBL_grad,
-    ))
-    del BDUR_grad
-    # ALML -> BDUL, PVCL, AVBR (fed by the source)
-    source_grad += node(35, gather(w_out[173:176], BDUL_grad, PVCL_grad, AVBR_grad))
-    del BDUL_grad
-    # PQR -> AVFR, R7BL, R7BR, VA12, SPVR, PVNL, R3BL, PVNR, PVPL, PVWL, EF2, AVDR,
-    #     EF3, AVDL, AVAR, PVY, AVAL, DA06, DB06, DA08, VB09, DD05, VA11, VB10 (fed
+    del DVC_grad, RIS_grad
+    # DVA -> AVHL, PVCL, AVDR, RIR, AIZR, AUAR, SMBDR, SAAVR, SAAVL, RIMR, RIAR,
+    #     RIAL, SMBVL, AVER, AVAR, AVEL, DB03, SABD, SMBVR, SAADR, DB06, DB04 (fed
     #     by the source)
-    source_grad += node(34, gather(
-        w_out[149:173], AVFR_grad, R7BL_grad, R7BR_grad, VA12_grad, SPVR_grad,
-        PVNL_grad, R3BL_grad, PVNR_grad, PVPL_grad, PVWL_grad, EF2_grad, AVDR_grad,
-        EF3_grad, AVDL_grad, AVAR_grad, PVY_grad, AVAL_grad, DA06_grad, DB06_grad,
-        DA08_grad, VB09_grad, DD05_grad, VA11_grad, VB10_grad,
+    source_grad += node(37, gather(
+        w_out[196:218], AVHL_grad, PVCL_grad, AVDR_grad, RIR_grad, AIZR_grad, AUAR_grad,
+        SMBDR_grad, SAAVR_grad, SAAVL_grad, RIMR_grad, RIAR_grad, RIAL_grad, SMBVL_grad,
+        AVER_grad, AVAR_grad, AVEL_grad, DB03_grad, SABD_grad, SMBVR_grad, SAADR_grad,
+        DB06_grad, DB04_grad,
     ))
-    del (
-        VB10_grad, DD05_grad, VA11_grad, VB09_grad, DA08_grad, DA06_grad, DB06_grad,
-        AVAL_grad, PVY_grad, EF3_grad, PVWL_grad, EF2_grad, PVNR_grad, R3BL_grad,
-        PVNL_grad, SPVR_grad, VA12_grad, R7BR_grad, R7BL_grad,
-    )
-    # AQR -> PVCL, AVDR, AVDL, RIAR, RIAL, AVAR, PVCR, AVBL, AVBR (fed by the
+    del DB04_grad, DB06_grad, SAADR_grad, DB03_grad, SABD_grad, RIR_grad
+    # CEPVR -> RICR, URAVR, RMHR, PVR, MCMR, CEMVR, RICL, RMHL, SMDVL, RIBR, RIPR,
+    #     RMDDR, SMDDR, AVER, AVEL, SIAVR (fed by the source)
+    source_grad += node(36, gather(
+        w_out[180:196], RICR_grad, URAVR_grad, RMHR_grad, PVR_grad, MCMR_grad,
+        CEMVR_grad, RICL_grad, RMHL_grad, SMDVL_grad, RIBR_grad, RIPR_grad, RMDDR_grad,
+        SMDDR_grad, AVER_grad, AVEL_grad, SIAVR_grad,
+    ))
+    del AVER_grad, RMDDR_grad, SMDVL_grad, CEMVR_grad, PVR_grad, URAVR_grad
+    # CEPVL -> RIH, URAVL, RICR, RIVR, RIPL, RMHR, RICL, RMHL, SIAVL, AVAR (fed by
+    #     the source)
+    source_grad += node(35, gather(
+        w_out[170:180], RIH_grad, URAVL_grad, RICR_grad, RIVR_grad, RIPL_grad,
+        RMHR_grad, RICL_grad, RMHL_grad, SIAVL_grad, AVAR_grad,
+    ))
+    del SIAVL_grad, RIPL_grad, URAVL_grad
+    # CEPDR -> URADR, RICR, RICL, RMHL, RIBR, RIPR, AVEL, SIAVR (fed by the source)
+    source_grad += node(34, gather(
+        w_out[162:170], URADR_grad, RICR_grad, RICL_grad, RMHL_grad, RIBR_grad,
+        RIPR_grad, AVEL_grad, SIAVR_grad,
+    ))
+    del URADR_grad
+    # CEPDL -> RMGL, RICR, RMHR, RMHL, SMBDR, SIADR, SMDDL, AVAR, AVEL (fed by the
     #     source)
     source_grad += node(33, gather(
-        w_out[140:149], PVCL_grad, AVDR_grad, AVDL_grad, RIAR_grad, RIAL_grad,
-        AVAR_grad, PVCR_grad, AVBL_grad, AVBR_grad,
+        w_out[153:162], RMGL_grad, RICR_grad, RMHR_grad, RMHL_grad, SMBDR_grad,
+        SIADR_grad, SMDDL_grad, AVAR_grad, AVEL_grad,
     ))
-    del PVCR_grad
-    # SDQR -> RIVR, PVR, PVCL, SIADL, AVBL, AVBR (fed by the source)
+    del AVEL_grad, RMHL_grad, RMHR_grad, RICR_grad
+    # BAGL -> AIYR, RIGR, AIBR, RMFR, RIAR, RIBR (fed by the source)
     source_grad += node(32, gather(
-        w_out[134:140], RIVR_grad, PVR_grad, PVCL_grad, SIADL_grad, AVBL_grad,
-        AVBR_grad,
+        w_out[147:153], AIYR_grad, RIGR_grad, AIBR_grad, RMFR_grad, RIAR_grad,
+        RIBR_grad,
     ))
-    del SIADL_grad, PVCL_grad, PVR_grad, RIVR_grad
-    # SDQL -> SMBDR, SIADR, SAADR (fed by the source)
-    source_grad += node(31, gather(w_out[131:134], SMBDR_grad, SIADR_grad, SAADR_grad))
-    # PLNR -> RMGR, SMDDR, SMBVR, SAADR (fed by the source)
-    source_grad += node(30, gather(
-        w_out[127:131], RMGR_grad, SMDDR_grad, SMBVR_grad, SAADR_grad,
-    ))
-    del SAADR_grad
-    # PLNL -> RMGL, SAAVL, SMDVR, SIAVL, SMBVL, RMDVR, SIAVR, SAADL (fed by the
-    #     source)
-    source_grad += node(29, gather(
-        w_out[119:127], RMGL_grad, SAAVL_grad, SMDVR_grad, SIAVL_grad, SMBVL_grad,
-        RMDVR_grad, SIAVR_grad, SAADL_grad,
-    ))
-    del SAADL_grad, RMDVR_grad, SIAVL_grad
-    # ALNR -> SMBDL, SAAVR, SMDVR, RMGR, SMDDL, SIAVR (fed by the source)
+    del RMFR_grad
+    # AWCR -> AIYR, AIBR (fed by the source)
+    source_grad += node(31, gather(w_out[145:147], AIYR_grad, AIBR_grad))
+    # AWCL -> AIYL, AIAL, AIBL (fed by the source)
+    source_grad += node(30, gather(w_out[142:145], AIYL_grad, AIAL_grad, AIBL_grad))
+    # AWBR -> AIZR, RIAR, RIBR (fed by the source)
+    source_grad += node(29, gather(w_out[139:142], AIZR_grad, RIAR_grad, RIBR_grad))
+    # AWBL -> AIYL, AIZL, RIAL, SMBVL, RIBL (fed by the source)
     source_grad += node(28, gather(
-        w_out[113:119], SMBDL_grad, SAAVR_grad, SMDVR_grad, RMGR_grad, SMDDL_grad,
+        w_out[134:139], AIYL_grad, AIZL_grad, RIAL_grad, SMBVL_grad, RIBL_grad,
+    ))
+    # AWAR -> AIYR, AIZR (fed by the source)
+    source_grad += node(27, gather(w_out[132:134], AIYR_grad, AIZR_grad))
+    # AWAL -> AIYL, AUAL, AIZL, RIBL (fed by the source)
+    source_grad += node(26, gather(
+        w_out[128:132], AIYL_grad, AUAL_grad, AIZL_grad, RIBL_grad,
+    ))
+    # AVM -> BDUR, AVJL, PVCL, AVDR, EF3, MCMR, RIMR, RIFR, RIBR, SMBVL, PVCR, AVBL,
+    #     AVBR (fed by the source)
+    source_grad += node(25, gather(
+        w_out[115:128], BDUR_grad, AVJL_grad, PVCL_grad, AVDR_grad, EF3_grad, MCMR_grad,
+        RIMR_grad, RIFR_grad, RIBR_grad, SMBVL_grad, PVCR_grad, AVBL_grad, AVBR_grad,
+    ))
+    del RIBR_grad, MCMR_grad, EF3_grad
+    # ASKR -> AIMR, AIAR, RIFR (fed by the source)
+    source_grad += node(24, gather(w_out[112:115], AIMR_grad, AIAR_grad, RIFR_grad))
+    # ASKL -> AINR, AIAL, AIBL (fed by the source)
+    source_grad += node(23, gather(w_out[109:112], AINR_grad, AIAL_grad, AIBL_grad))
+    del AINR_grad
+    # ASJR -> PVQR, RIFR, RMGR, AVBL (fed by the source)
+    source_grad += node(22, gather(
+        w_out[105:109], PVQR_grad, RIFR_grad, RMGR_grad, AVBL_grad,
+    ))
+    del RIFR_grad, PVQR_grad
+    # ASJL -> PVQL, URADL (fed by the source)
+    source_grad += node(21, gather(w_out[103:105], PVQL_grad, URADL_grad))
+    del URADL_grad
+    # ASIR -> AIAR (fed by the source)
+    source_grad += node(20, gather(w_out[102:103], AIAR_grad))
+    # ASIL -> AIML, AIAL, AIBL (fed by the source)
+    source_grad += node(19, gather(w_out[99:102], AIML_grad, AIAL_grad, AIBL_grad))
+    # ASHR -> AIAR, AIBR, AVDL, AVBR (fed by the source)
+    source_grad += node(18, gather(
+        w_out[95:99], AIAR_grad, AIBR_grad, AVDL_grad, AVBR_grad,
+    ))
+    # ASHL -> PVQL, AVFL, AVDR, AIAL, RIFL, AIBL, RIAL, SMBVL, AVBL (fed by the
+    #     source)
+    source_grad += node(17, gather(
+        w_out[86:95], PVQL_grad, AVFL_grad, AVDR_grad, AIAL_grad, RIFL_grad, AIBL_grad,
+        RIAL_grad, SMBVL_grad, AVBL_grad,
+    ))
+    del RIFL_grad
+    # ASGR -> AIMR, AIAR, AIBR (fed by the source)
+    source_grad += node(16, gather(w_out[83:86], AIMR_grad, AIAR_grad, AIBR_grad))
+    del AIMR_grad
+    # ASGL -> AIML, RICL, AIZL, AIAL (fed by the source)
+    source_grad += node(15, gather(
+        w_out[79:83], AIML_grad, RICL_grad, AIZL_grad, AIAL_grad,
+    ))
+    del AIAL_grad, RICL_grad, AIML_grad
+    # ASER -> AIYR, AIZR, AIAR, AIBR (fed by the source)
+    source_grad += node(14, gather(
+        w_out[75:79], AIYR_grad, AIZR_grad, AIAR_grad, AIBR_grad,
+    ))
+    # ASEL -> AIYL, AIBL, RIBL (fed by the source)
+    source_grad += node(13, gather(w_out[72:75], AIYL_grad, AIBL_grad, RIBL_grad))
+    # AQR -> PVCL, AVDR, AVDL, RIAR, RIAL, AVAR, PVCR, AVBL, AVBR (fed by the
+    #     source)
+    source_grad += node(12, gather(
+        w_out[63:72], PVCL_grad, AVDR_grad, AVDL_grad, RIAR_grad, RIAL_grad, AVAR_grad,
+        PVCR_grad, AVBL_grad, AVBR_grad,
+    ))
+    # ALNR -> SMBDL, SAAVR, SMDVR, RMGR, SMDDL, SIAVR (fed by the source)
+    source_grad += node(11, gather(
+        w_out[57:63], SMBDL_grad, SAAVR_grad, SMDVR_grad, RMGR_grad, SMDDL_grad,
         SIAVR_grad,
     ))
-    del SIAVR_grad, SMDDL_grad, SMDVR_grad, SMBDL_grad
+    del SIAVR_grad, SMDDL_grad, RMGR_grad, SMDVR_grad, SMBDL_grad
     # ALNL -> RMGL, SMBDR, SAAVR, SAAVL, RIMR, SIADR, SMDDR, AVAR (fed by the
     #     source)
-    source_grad += node(27, gather(
-        w_out[105:113], RMGL_grad, SMBDR_grad, SAAVR_grad, SAAVL_grad, RIMR_grad,
+    source_grad += node(10, gather(
+        w_out[49:57], RMGL_grad, SMBDR_grad, SAAVR_grad, SAAVL_grad, RIMR_grad,
         SIADR_grad, SMDDR_grad, AVAR_grad,
     ))
     del SMDDR_grad, SIADR_grad, RIMR_grad, SAAVL_grad, SAAVR_grad
-    # URXR -> RIGR, RICL, AUAR, RIAR, RMGR, AVER, AVAR (fed by the source)
-    source_grad += node(26, gather(
-        w_out[98:105], RIGR_grad, RICL_grad, AUAR_grad, RIAR_grad, RMGR_grad, AVER_grad,
-        AVAR_grad,
+    # ALMR -> BDUR, AVDL, PVCR, AVBL (fed by the source)
+    source_grad += node(9, gather(
+        w_out[45:49], BDUR_grad, AVDL_grad, PVCR_grad, AVBL_grad,
     ))
-    del AVAR_grad, AVER_grad
-    # URXL -> RMGL (fed by the source)
-    source_grad += node(25, gather(w_out[97:98], RMGL_grad))
-    del RMGL_grad
-    # BAGL -> AIYR, RIGR, AIBR, RMFR, RIAR, RIBR (fed by the source)
-    source_grad += node(24, gather(
-        w_out[91:97], AIYR_grad, RIGR_grad, AIBR_grad, RMFR_grad, RIAR_grad, RIBR_grad,
-    ))
-    del RMFR_grad, RIGR_grad
+    del AVBL_grad, PVCR_grad, BDUR_grad
+    # ALML -> BDUL, PVCL, AVBR (fed by the source)
+    source_grad += node(8, gather(w_out[42:45], BDUL_grad, PVCL_grad, AVBR_grad))
+    del AVBR_grad, PVCL_grad, BDUL_grad
+    # AFDR -> AIYR, AUAR (fed by the source)
+    source_grad += node(7, gather(w_out[40:42], AIYR_grad, AUAR_grad))
+    del AIYR_grad
+    # AFDL -> AIYL (fed by the source)
+    source_grad += node(6, gather(w_out[39:40], AIYL_grad))
+    del AIYL_grad
     # ADLR -> AVFR, AIAR, AIBR, AVDL, SMBVR (fed by the source)
-    source_grad += node(23, gather(
-        w_out[86:91], AVFR_grad, AIAR_grad, AIBR_grad, AVDL_grad, SMBVR_grad,
+    source_grad += node(5, gather(
+        w_out[34:39], AVFR_grad, AIAR_grad, AIBR_grad, AVDL_grad, SMBVR_grad,
     ))
-    del AVFR_grad
-    # ADLL -> PVQL, AVHL, AVJL, AVFL, PVPL, AVDR, AIBL, SMBVL (fed by the source)
-    source_grad += node(22, gather(
-        w_out[78:86], PVQL_grad, AVHL_grad, AVJL_grad, AVFL_grad, PVPL_grad, AVDR_grad,
+    del AVDL_grad, AIBR_grad, AIAR_grad, AVFR_grad
+    # ADLL -> AVHL, PVQL, AVJL, AVFL, PVPL, AVDR, AIBL, SMBVL (fed by the source)
+    source_grad += node(4, gather(
+        w_out[26:34], AVHL_grad, PVQL_grad, AVJL_grad, AVFL_grad, PVPL_grad, AVDR_grad,
         AIBL_grad, SMBVL_grad,
     ))
-    del PVPL_grad, AVJL_grad, AVHL_grad
-    # ASHR -> AIAR, AIBR, AVDL, AVBR (fed by the source)
-    source_grad += node(21, gather(
-        w_out[74:78], AIAR_grad, AIBR_grad, AVDL_grad, AVBR_grad,
-    ))
-    del AVBR_grad, AVDL_grad
-    # ASHL -> PVQL, AVFL, AVDR, AIAL, RIFL, AIBL, RIAL, SMBVL, AVBL (fed by the
-    #     source)
-    source_grad += node(20, gather(
-        w_out[65:74], PVQL_grad, AVFL_grad, AVDR_grad, AIAL_grad, RIFL_grad, AIBL_grad,
-        RIAL_grad, SMBVL_grad, AVBL_grad,
-    ))
-    del RIFL_grad, AVDR_grad, AVFL_grad
-    # ASKR -> AIMR, AIAR, RIFR (fed by the source)
-    source_grad += node(19, gather(w_out[62:65], AIMR_grad, AIAR_grad, RIFR_grad))
-    # ASKL -> AINR, AIAL, AIBL (fed by the source)
-    source_grad += node(18, gather(w_out[59:62], AINR_grad, AIAL_grad, AIBL_grad))
-    del AINR_grad
-    # AWCR -> AIYR, AIBR (fed by the source)
-    source_grad += node(17, gather(w_out[57:59], AIYR_grad, AIBR_grad))
-    # AWCL -> AIYL, AIAL, AIBL (fed by the source)
-    source_grad += node(16, gather(w_out[54:57], AIYL_grad, AIAL_grad, AIBL_grad))
-    # AFDR -> AIYR, AUAR (fed by the source)
-    source_grad += node(15, gather(w_out[52:54], AIYR_grad, AUAR_grad))
-    # AFDL -> AIYL (fed by the source)
-    source_grad += node(14, gather(w_out[51:52], AIYL_grad))
-    # ADFR -> AUAR, AIZR, SMBDR, RIAR, RIPR, SMBVR (fed by the source)
-    source_grad += node(13, gather(
-        w_out[45:51], AUAR_grad, AIZR_grad, SMBDR_grad, RIAR_grad, RIPR_grad,
+    del AIBL_grad, AVDR_grad, PVPL_grad, AVFL_grad, AVJL_grad, AVHL_grad
+    # ADFR -> AIZR, AUAR, SMBDR, RIAR, RIPR, SMBVR (fed by the source)
+    source_grad += node(3, gather(
+        w_out[20:26], AIZR_grad, AUAR_grad, SMBDR_grad, RIAR_grad, RIPR_grad,
         SMBVR_grad,
     ))
-    del SMBVR_grad, RIPR_grad, SMBDR_grad, AUAR_grad
-    # ADFL -> AUAL, ADAL, RIGL, AIZL, RIAL, SMBVL, RIBL (fed by the source)
-    source_grad += node(12, gather(
-        w_out[38:45], AUAL_grad, ADAL_grad, RIGL_grad, AIZL_grad, RIAL_grad, SMBVL_grad,
+    del SMBVR_grad, RIPR_grad, RIAR_grad, SMBDR_grad, AIZR_grad, AUAR_grad
+    # ADFL -> ADAL, AUAL, RIGL, AIZL, RIAL, SMBVL, RIBL (fed by the source)
+    source_grad += node(2, gather(
+        w_out[13:20], ADAL_grad, AUAL_grad, RIGL_grad, AIZL_grad, RIAL_grad, SMBVL_grad,
         RIBL_grad,
     ))
-    del RIGL_grad, ADAL_grad
-    # ASER -> AIYR, AIZR, AIAR, AIBR (fed by the source)
-    source_grad += node(11, gather(
-        w_out[34:38], AIYR_grad, AIZR_grad, AIAR_grad, AIBR_grad,
+    del RIBL_grad, SMBVL_grad, RIAL_grad, AIZL_grad, ADAL_grad, AUAL_grad
+    # ADER -> RIVL, RIVR, RIGL, RIGR, AVAL (fed by the source)
+    source_grad += node(1, gather(
+        w_out[8:13], RIVL_grad, RIVR_grad, RIGL_grad, RIGR_grad, AVAL_grad,
     ))
-    # ASEL -> AIYL, AIBL, RIBL (fed by the source)
-    source_grad += node(10, gather(w_out[31:34], AIYL_grad, AIBL_grad, RIBL_grad))
-    # AWBR -> AIZR, RIAR, RIBR (fed by the source)
-    source_grad += node(9, gather(w_out[28:31], AIZR_grad, RIAR_grad, RIBR_grad))
-    del RIBR_grad, RIAR_grad
-    # AWBL -> AIYL, AIZL, RIAL, SMBVL, RIBL (fed by the source)
-    source_grad += node(8, gather(
-        w_out[23:28], AIYL_grad, AIZL_grad, RIAL_grad, SMBVL_grad, RIBL_grad,
+    del AVAL_grad, RIVL_grad
+    # ADEL -> PVQL, RIH, RMGL, RIVR, RIGL, RIGR, AVKL, AVAR (fed by the source)
+    source_grad += node(0, gather(
+        w_out[0:8], PVQL_grad, RIH_grad, RMGL_grad, RIVR_grad, RIGL_grad, RIGR_grad,
+        AVKL_grad, AVAR_grad,
     ))
-    del SMBVL_grad, RIAL_grad
-    # ASGR -> AIMR, AIAR, AIBR (fed by the source)
-    source_grad += node(7, gather(w_out[20:23], AIMR_grad, AIAR_grad, AIBR_grad))
-    del AIBR_grad, AIMR_grad
-    # ASGL -> AIML, RICL, AIZL, AIAL (fed by the source)
-    source_grad += node(6, gather(
-        w_out[16:20], AIML_grad, RICL_grad, AIZL_grad, AIAL_grad,
-    ))
-    del RICL_grad
-    # AWAR -> AIYR, AIZR (fed by the source)
-    source_grad += node(5, gather(w_out[14:16], AIYR_grad, AIZR_grad))
-    del AIZR_grad, AIYR_grad
-    # AWAL -> AIYL, AUAL, AIZL, RIBL (fed by the source)
-    source_grad += node(4, gather(
-        w_out[10:14], AIYL_grad, AUAL_grad, AIZL_grad, RIBL_grad,
-    ))
-    del RIBL_grad, AIZL_grad, AUAL_grad, AIYL_grad
-    # ASJR -> PVQR, RIFR, RMGR, AVBL (fed by the source)
-    source_grad += node(3, gather(
-        w_out[6:10], PVQR_grad, RIFR_grad, RMGR_grad, AVBL_grad,
-    ))
-    del AVBL_grad, RMGR_grad, RIFR_grad, PVQR_grad
-    # ASJL -> PVQL, URADL (fed by the source)
-    source_grad += node(2, gather(w_out[4:6], PVQL_grad, URADL_grad))
-    del URADL_grad, PVQL_grad
-    # ASIR -> AIAR (fed by the source)
-    source_grad += node(1, gather(w_out[3:4], AIAR_grad))
-    del AIAR_grad
-    # ASIL -> AIML, AIAL, AIBL (fed by the source)
-    source_grad += node(0, gather(w_out[0:3], AIML_grad, AIAL_grad, AIBL_grad))
-    del AIBL_grad, AIAL_grad, AIML_grad
+    del (
+        AVAR_grad, AVKL_grad, RIGR_grad, RIGL_grad, RIVR_grad, RMGL_grad, PVQL_grad,
+        RIH_grad,
+    )
     return [source_grad, grad_w, *node.parameter_grads()]
 # fmt: on
 

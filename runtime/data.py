@@ -11,9 +11,8 @@ torchvision's `<dir>/<Class>/raw/` (e.g. `<dir>/FashionMNIST/raw/`, `.gz` or unp
 or directly in `<dir>`. Only when no folder was chosen (neither argument nor variable)
 are missing files downloaded, through torchvision, into the cache root.
 
-Every `.gz` file is checked against the MD5 that torchvision lists for it (copied into
-`IDX_MD5` so that loading need not import torchvision; a test keeps the copy equal to
-torchvision's `resources`). A file that passed is remembered for the process, keyed on
+Every `.gz` file is checked against the MD5 that torchvision lists for it (its dataset
+class's `resources`). A file that passed is remembered for the process, keyed on
 its path, size and modification time, so loading it again does not hash it again.
 """
 
@@ -121,41 +120,30 @@ _ALIASES = {
     "cifar_10": "cifar10",
 }
 
-# torchvision 0.29's `<Class>.resources`, as (file name, md5) per data set; equal to
-# torchvision's own lists (tests/test_data.py checks it).
-IDX_MD5: dict[str, dict[str, str]] = {
-    "mnist": {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    },
-    "fashion-mnist": {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    },
-    "kmnist": {
-        "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-        "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-        "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-        "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
-    },
-}
-
-# md5 -> (data set, file name), to say what a wrong file actually is.
-_KNOWN_MD5 = {
-    md5: (dataset, filename)
-    for dataset, files in IDX_MD5.items()
-    for filename, md5 in files.items()
-}
+# The data sets whose files are IDX (`.gz`); their canonical MD5s are torchvision's own
+# `<Class>.resources` (see `canonical_md5`), not a copy.
+IDX_DATASETS = ("mnist", "fashion-mnist", "kmnist")
 
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 
 # (resolved path, size, mtime_ns) of .gz files whose MD5 matched.
 _VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def canonical_md5(name: str) -> dict[str, str]:
+    """{file name: md5} of an IDX data set's `.gz` files, from torchvision's `resources`."""
+    import torchvision.datasets
+
+    return dict(
+        getattr(torchvision.datasets, DATASETS[name].torchvision_class).resources
+    )
+
+
+def _known_md5() -> dict[str, tuple[str, str]]:
+    """md5 -> (data set, file name), to say what a wrong file actually is."""
+    return {md5: (dataset, filename) for dataset in IDX_DATASETS
+            for filename, md5 in canonical_md5(dataset).items()}  # fmt: skip
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -167,6 +155,29 @@ def dataset_info(name: str) -> DatasetInfo:
             f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}"
         )
     return DATASETS[key]
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> (x - 0.5) / 1 with x in [0, 1], the paper's input scaling."""
+    return images.float().div_(255.0).sub_(0.5)
+
+
+def check_model_fits(module, info: DatasetInfo, path) -> None:
+    """A DagcError unless the generated module takes this data set's images and classes."""
+    channels, height, width = module.INPUT_SHAPE
+    if channels != info.in_channels or height != info.image_size:
+        raise DagcError(
+            f"model expects {channels}x{height}x{width} images but {info.name} has "
+            f"{info.in_channels}x{info.image_size}x{info.image_size}; recompile with "
+            f"--in-channels {info.in_channels} --input-size {info.image_size}",
+            path,
+        )
+    if module.NUM_CLASSES != info.num_classes:
+        raise DagcError(
+            f"model has {module.NUM_CLASSES} classes but {info.name} has {info.num_classes}; "
+            f"recompile with --num-classes {info.num_classes}",
+            path,
+        )
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> tuple[Path, bool]:
@@ -315,7 +326,7 @@ def _read_bytes(info: DatasetInfo, path: Path) -> bytes:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _VERIFIED:
-        expected = IDX_MD5[info.name].get(path.name)
+        expected = canonical_md5(info.name).get(path.name)
         if expected is not None:
             actual = hashlib.md5(raw).hexdigest()
             if actual != expected:
@@ -332,7 +343,7 @@ def _read_bytes(info: DatasetInfo, path: Path) -> bytes:
 
 
 def _md5_message(info: DatasetInfo, path: Path, expected: str, actual: str) -> str:
-    known = _KNOWN_MD5.get(actual)
+    known = _known_md5().get(actual)
     if known is not None:
         what = f"it is {known[0]}'s {known[1]}, not {info.name}'s {path.name}"
     else:

@@ -1,15 +1,41 @@
-"""`dagc eval`: test accuracy of a saved model (a run folder or a weights file)."""
+"""Evaluation: a model's accuracy on a whole split, and `dagc eval` of a saved model."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
+
 from dagc.compiler.errors import DagcError
-from dagc.runtime.checkpoint import latest_checkpoint, load_weights
-from dagc.runtime.data import dataset_info, load_split
+from dagc.runtime.checkpoint import latest_checkpoint, load_weights, network_fingerprint
+from dagc.runtime.data import check_model_fits, dataset_info, load_split, normalise
+from dagc.runtime.devices import device_kind
 from dagc.runtime.loading import build_model, load_generated
-from dagc.runtime.train import check_model_fits, device_kind, evaluate
+
+
+@torch.no_grad()
+def evaluate(
+    model, images, labels, num_classes: int, amp_dtype=None, batch: int = 1000
+):
+    """Accuracy, per-class accuracy, predictions and the confusion matrix on a whole split."""
+    was_training = model.training
+    model.eval()
+    predictions = []
+    for start in range(0, len(images), batch):
+        x = normalise(images[start : start + batch])
+        with torch.autocast(
+            x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+        ):
+            predictions.append(model(x).argmax(1))
+    model.train(was_training)
+    predicted = torch.cat(predictions)
+    confusion = torch.bincount(
+        labels * num_classes + predicted, minlength=num_classes * num_classes
+    ).reshape(num_classes, num_classes)
+    per_class = confusion.diag().double() / confusion.sum(1).clamp_min(1)
+    accuracy = confusion.diag().sum().item() / len(labels)
+    return accuracy, per_class.tolist(), predicted, confusion
 
 
 def locate(target: Path, model: Path | None) -> tuple[Path, Path]:
@@ -47,7 +73,7 @@ def evaluate_saved(
     device = device_kind(device)
     net = build_model(module).to(device)
     try:
-        net.load_state_dict(load_weights(weights, device))
+        net.load_state_dict(load_weights(weights, device, network_fingerprint(module)))
     except RuntimeError as exc:
         raise DagcError(
             f"weights do not fit {model_path.name}: {str(exc).splitlines()[0]}", weights

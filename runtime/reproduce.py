@@ -1,7 +1,11 @@
 """`dagc reproduce`: Park & Kim 2023's Table 1 and Fig. 3, and dagc's extra rows, in one command.
 
-Compiles every network once, trains each (network, data set, seed) run in its own folder, skips
-finished runs and resumes interrupted ones, then writes REPORT.md, results.json and figures.
+Compiles every network once, trains each (network, data set, seed) run in its own folder in a
+fixed order, then writes REPORT.md, results.json and figures. A campaign can be done in
+slots: finished runs are skipped, a partial run is resumed before a new one starts, and with a
+time limit (or on SIGTERM, SIGUSR1, SIGINT) the current run pauses cleanly and the report
+marks each cell complete, partial (the iteration reached) or not started. Calling it again
+continues; `--status` prints the table without training.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dagc.compiler.dag import DagOptions
 from dagc.compiler.graph import PrepareOptions
 from dagc.compiler.output import write_atomic
 from dagc.compiler.render import CompileOptions
+from dagc.runtime.paper import paper_accuracy
+from dagc.runtime.stopping import StopRequest
 from dagc.runtime.train import TrainConfig, train
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -41,7 +47,13 @@ class Network:
 class Row:
     network: Network
     dataset: str
-    paper: float | None  # percent; None where the paper has no such row
+
+    @property
+    def paper(self) -> float | None:
+        """Percent; None where the paper has no such row (dagc's own variants)."""
+        if self.network.edge_weights != "sigmoid":
+            return None
+        return paper_accuracy(self.network.connectome, self.network.dag, self.dataset)
 
 
 CONSTRAINED = {
@@ -57,14 +69,14 @@ DALE = Network(
     "hermaphrodite, Dale's law (dagc)", "hermaphrodite", "constrained", "dale"
 )
 
-ROWS = (
-    Row(CONSTRAINED["hermaphrodite"], "mnist", 99.6),
-    Row(CONSTRAINED["male"], "mnist", 99.5),
-    Row(CONSTRAINED["hermaphrodite"], "fashion-mnist", 92.7),
-    Row(CONSTRAINED["male"], "fashion-mnist", 92.6),
-    Row(RANDOM_DAG, "mnist", 99.0),
-    Row(WATTS_STROGATZ, "mnist", 99.3),
-    Row(DALE, "mnist", None),
+ROWS = (  # the table's rows, in the order the runs are done
+    Row(CONSTRAINED["hermaphrodite"], "mnist"),
+    Row(CONSTRAINED["male"], "mnist"),
+    Row(CONSTRAINED["hermaphrodite"], "fashion-mnist"),
+    Row(CONSTRAINED["male"], "fashion-mnist"),
+    Row(RANDOM_DAG, "mnist"),
+    Row(WATTS_STROGATZ, "mnist"),
+    Row(DALE, "mnist"),
 )
 
 
@@ -103,37 +115,120 @@ def compile_model(
     return path
 
 
-def run_one(row: Row, seed: int, settings: Settings, out: Path, log) -> dict:
-    model = compile_model(row.network, seed, settings, out / "models")
-    run_dir = out / "runs" / f"{row.network.file_name(seed)}-{row.dataset}-s{seed}"
+def run_dir_of(row: Row, seed: int, out: Path) -> Path:
+    return out / "runs" / f"{row.network.file_name(seed)}-{row.dataset}-s{seed}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the campaign and how far it is."""
+
+    row: Row
+    seed: int
+    run_dir: Path
+    state: str  # "complete", "partial" or "not started"
+    iteration: int = 0  # reached so far (the last checkpoint's, for a partial run)
+    summary: dict | None = None  # a complete run's summary.json
+
+    def describe(self, iterations: int) -> str:
+        if self.state == "partial":
+            return f"partial ({self.iteration}/{iterations})"
+        return self.state
+
+
+def cell_state(row: Row, seed: int, out: Path) -> Cell:
+    """Read a run's state from its folder alone (nothing is trained or compiled)."""
+    run_dir = run_dir_of(row, seed, out)
     summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        log(f"skip (finished): {run_dir.name}")
-        return json.loads(summary_path.read_text())
-    resume = run_dir.exists()
-    log(f"{'resume' if resume else 'train'}: {run_dir.name}")
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    if summary is not None and summary.get("status", "complete") == "complete":
+        return Cell(row, seed, run_dir, "complete", summary["iterations"], summary)
+    if not run_dir.exists():
+        return Cell(row, seed, run_dir, "not started")
+    pointer = run_dir / "latest.json"
+    iteration = json.loads(pointer.read_text())["iteration"] if pointer.exists() else 0
+    return Cell(row, seed, run_dir, "partial", iteration)
+
+
+def campaign(out: Path, settings: Settings) -> list[Cell]:
+    """Every run in the campaign's fixed order: rows, then seeds."""
+    return [
+        cell_state(row, seed, out) for row in ROWS for seed in range(settings.seeds)
+    ]
+
+
+def run_one(
+    cell: Cell, settings: Settings, out: Path, time_limit: float | None
+) -> dict:
+    model = compile_model(cell.row.network, cell.seed, settings, out / "models")
     config = TrainConfig(
-        model=str(model), dataset=row.dataset, data_dir=settings.data_dir,
-        iterations=settings.iterations, eval_every=settings.eval_every, seed=seed,
-        device=settings.device, out=str(run_dir), resume=resume, quiet=True,
-        command=f"dagc reproduce ({run_dir.name})",
+        model=str(model), dataset=cell.row.dataset, data_dir=settings.data_dir,
+        iterations=settings.iterations, eval_every=settings.eval_every, seed=cell.seed,
+        device=settings.device, out=str(cell.run_dir), resume=cell.run_dir.exists(),
+        quiet=True, time_limit=time_limit, command=f"dagc reproduce ({cell.run_dir.name})",
     )  # fmt: skip
     return train(config)
 
 
-def reproduce(out: Path, settings: Settings, log=print) -> Path:
+def reproduce(
+    out: Path, settings: Settings, log=print, time_limit: float | None = None
+) -> bool:
+    """Work through the campaign until it is complete (True) or time is up (False).
+
+    The report is written either way. Partial runs go first, then the rest in order.
+    """
     for folder in (out, out / "models", out / "runs"):
         folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    results = []
-    for row in ROWS:
-        summaries = [
-            run_one(row, seed, settings, out, log) for seed in range(settings.seeds)
-        ]
-        results.append((row, summaries))
-    report = write_report(out, settings, results, time.perf_counter() - started)
-    log(f"wrote {report}")
-    return report
+    started = time.monotonic()
+    cells = campaign(out, settings)
+    todo = [c for c in cells if c.state == "partial"] + [
+        c for c in cells if c.state == "not started"
+    ]
+    for cell in cells:
+        if cell.state == "complete":
+            log(f"skip (finished): {cell.run_dir.name}")
+    paused = False
+    with StopRequest(time_limit, started) as stop:
+        for cell in todo:
+            remaining = None
+            if time_limit is not None:
+                remaining = time_limit - (time.monotonic() - started)
+            if stop.requested() or (remaining is not None and remaining <= 0):
+                paused = True
+                break
+            resume = cell.state == "partial"
+            log(f"{'resume' if resume else 'train'}: {cell.run_dir.name}")
+            summary = run_one(cell, settings, out, remaining)
+            if summary.get("status") == "paused":
+                log(f"paused: {cell.run_dir.name} at iteration {summary['iteration']} "
+                    f"({summary['stopped_by']})")  # fmt: skip
+                paused = True
+                break
+    cells = campaign(out, settings)
+    report = write_report(out, settings, cells, time.monotonic() - started)
+    complete = all(cell.state == "complete" for cell in cells)
+    log(
+        f"wrote {report}"
+        + ("" if complete else " (incomplete: call again to continue)")
+    )
+    return complete and not paused
+
+
+def status_table(out: Path, settings: Settings) -> str:
+    """The campaign's table as `dagc reproduce --status` prints it."""
+    cells = campaign(out, settings)
+    lines = [
+        "| network | data set | seed | state | test accuracy (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        accuracy = (f"{100 * cell.summary['final_test_accuracy']:.2f}" if cell.summary
+                    else "-")  # fmt: skip
+        lines.append(f"| {cell.row.network.label} | {cell.row.dataset} | {cell.seed} "
+                     f"| {cell.describe(settings.iterations)} | {accuracy} |")  # fmt: skip
+    done = sum(cell.state == "complete" for cell in cells)
+    lines += ["", f"{done} of {len(cells)} runs complete ({out})"]
+    return "\n".join(lines)
 
 
 def mean_sd(values: list[float]) -> str:
@@ -142,34 +237,56 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def write_report(out: Path, settings: Settings, results, session_s: float) -> Path:
+def row_state(cells: list[Cell], iterations: int) -> str:
+    """A row's state: "complete", or each seed's state when some are not complete."""
+    if all(cell.state == "complete" for cell in cells):
+        return "complete"
+    if len(cells) == 1:
+        return cells[0].describe(iterations)
+    return "; ".join(f"seed {cell.seed} {cell.describe(iterations)}" for cell in cells)
+
+
+def accuracy_points(run_dir: Path) -> list[tuple[int, float]]:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return []
+    rows = [
+        json.loads(line) for line in metrics.read_text().splitlines() if line.strip()
+    ]
+    return [
+        (r["iteration"], 100 * r["test_accuracy"]) for r in rows if "test_accuracy" in r
+    ]
+
+
+def write_report(
+    out: Path, settings: Settings, cells: list[Cell], session_s: float
+) -> Path:
     from dagc.runtime import figures
 
     table = []
-    for row, summaries in results:
+    for row in ROWS:
+        mine = [cell for cell in cells if cell.row == row]
+        summaries = [cell.summary for cell in mine if cell.summary]
         accuracies = [100 * s["final_test_accuracy"] for s in summaries]
         table.append({
             "network": row.network.label, "dataset": row.dataset,
-            "accuracy_percent": accuracies, "mean": statistics.mean(accuracies),
-            "paper": row.paper, "parameters": summaries[0]["parameters"],
+            "state": row_state(mine, settings.iterations),
+            "cells": [{"seed": c.seed, "state": c.state, "iteration": c.iteration} for c in mine],
+            "accuracy_percent": accuracies,
+            "mean": statistics.mean(accuracies) if accuracies else None,
+            "paper": row.paper,
+            "parameters": summaries[0]["parameters"] if summaries else None,
             "wall_time_s": sum(s.get("wall_time_s", s["train_wall_time_s"]) for s in summaries),
-            "device": summaries[0]["device"], "runs": [s["command"] for s in summaries],
+            "device": summaries[0]["device"] if summaries else None,
+            "runs": [s["command"] for s in summaries],
         })  # fmt: skip
     curves = {}
     for dataset in DATASETS:
         series, paper = {}, {}
-        for row, _summaries in results:
+        for row in ROWS:
             if row.dataset == dataset and row.network in CONSTRAINED.values():
-                run = out / "runs" / f"{row.network.file_name(0)}-{dataset}-s0"
-                rows = [
-                    json.loads(line)
-                    for line in (run / "metrics.jsonl").read_text().splitlines()
-                ]
-                series[row.network.connectome] = [
-                    (r["iteration"], 100 * r["test_accuracy"])
-                    for r in rows
-                    if "test_accuracy" in r
-                ]
+                points = accuracy_points(run_dir_of(row, 0, out))  # partial runs too
+                series[row.network.connectome] = points
                 paper[f"paper, {row.network.connectome}"] = row.paper
         name = f"fig3_accuracy_{dataset}.png"
         figures.plot_accuracy_series(
@@ -177,25 +294,30 @@ def write_report(out: Path, settings: Settings, results, session_s: float) -> Pa
         )
         curves[dataset] = name
         for sex in ("hermaphrodite", "male"):
-            source = (
-                out
-                / "runs"
-                / f"{sex}-constrained-sigmoid-{dataset}-s0"
-                / "examples.png"
-            )
-            shutil.copyfile(source, out / f"fig3_examples_{sex}_{dataset}.png")
+            source = run_dir_of(Row(CONSTRAINED[sex], dataset), 0, out) / "examples.png"
+            target = out / f"fig3_examples_{sex}_{dataset}.png"
+            if source.exists():  # written when the run completes
+                shutil.copyfile(source, target)
     results_json = {
         "settings": settings.__dict__,
+        "complete": all(cell.state == "complete" for cell in cells),
         "rows": table,
         "session_wall_time_s": session_s,
     }
     write_atomic(out / "results.json", json.dumps(results_json, indent=2) + "\n")
-    write_atomic(out / "REPORT.md", render_report(settings, table, curves))
+    write_atomic(out / "REPORT.md", render_report(settings, table, curves, out))
     return out / "REPORT.md"
 
 
-def render_report(settings: Settings, table: list[dict], curves: dict[str, str]) -> str:
+def render_report(settings: Settings, table: list[dict], curves: dict[str, str],
+                  out: Path) -> str:  # fmt: skip
     lines = ["# dagc reproduction of Park & Kim 2023, Table 1 and Fig. 3", ""]
+    if any(entry["state"] != "complete" for entry in table):
+        lines += [
+            "> **INCOMPLETE**: some runs are partial or not started (the state column); "
+            "call `dagc reproduce` again with the same options to continue.",
+            "",
+        ]
     if settings.quick:
         lines += [
             "> **REDUCED RUN (`--quick`)**: "
@@ -210,15 +332,22 @@ def render_report(settings: Settings, table: list[dict], curves: dict[str, str])
         f"Adam lr 0.004 (x0.1 every 10,000), {seeds}; test accuracy after the last iteration "
         "(mean ± sd over seeds).",
         "",
-        "| network | data set | dagc accuracy (%) | paper (%) | parameters | wall time | device |",
-        "|---|---|---|---|---|---|---|",
+        "| network | data set | state | dagc accuracy (%) | paper (%) | parameters "
+        "| wall time | device |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for entry in table:
         paper = f"{entry['paper']:.1f}" if entry["paper"] is not None else "-"
+        accuracy = (
+            mean_sd(entry["accuracy_percent"]) if entry["accuracy_percent"] else "-"
+        )
+        parameters = f"{entry['parameters']:,}" if entry["parameters"] else "-"
+        wall = (
+            f"{entry['wall_time_s'] / 60:.1f} min" if entry["accuracy_percent"] else "-"
+        )
         lines.append(
-            f"| {entry['network']} | {entry['dataset']} | {mean_sd(entry['accuracy_percent'])} "
-            f"| {paper} | {entry['parameters']:,} | {entry['wall_time_s'] / 60:.1f} min "
-            f"| {entry['device']} |"
+            f"| {entry['network']} | {entry['dataset']} | {entry['state']} | {accuracy} "
+            f"| {paper} | {parameters} | {wall} | {entry['device'] or '-'} |"
         )
     lines += ["", "## Figures", ""]
     for dataset, name in curves.items():
@@ -229,8 +358,10 @@ def render_report(settings: Settings, table: list[dict], curves: dict[str, str])
             "",
         ]
         for sex in ("hermaphrodite", "male"):
-            lines += [f"Right and wrong test images, {sex}, {dataset} (Fig. 3C-F):", "",
-                      f"![](fig3_examples_{sex}_{dataset}.png)", ""]  # fmt: skip
+            name = f"fig3_examples_{sex}_{dataset}.png"
+            if (out / name).exists():
+                lines += [f"Right and wrong test images, {sex}, {dataset} (Fig. 3C-F):", "",
+                          f"![]({name})", ""]  # fmt: skip
     lines += [
         "Per-run folders (metrics, checkpoints, figures) are under `runs/`; the compiled",
         "networks under `models/`; every number above is in `results.json`.",

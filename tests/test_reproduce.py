@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -23,7 +27,7 @@ def dagc(*args):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # seven runs of the full networks
 def test_quick_reproduction_writes_the_report_and_skips_finished_runs(tmp_path):
     require_shared(DATA / "fashion-mnist" / "train-images-idx3-ubyte.gz")
     out = tmp_path / "reproduction"
@@ -55,3 +59,99 @@ def test_draw_both_sexes(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 100_000
     bad = dagc("draw", "male", "-o", tmp_path / "m.txt")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+# --- campaigns in slots -------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_campaign(monkeypatch, compile_to):
+    """The campaign's machinery on two rows whose networks are 12-node random graphs."""
+    from dagc.runtime import reproduce
+
+    require_shared(DATA / "mnist" / "train-images-idx3-ubyte.gz")
+    models = {seed: compile_to("hermaphrodite", "ws", seed, nodes=12, channels=4,
+                               layout="levels")[1] for seed in (0, 1)}  # fmt: skip
+    rows = (reproduce.Row(reproduce.CONSTRAINED["hermaphrodite"], "mnist"),
+            reproduce.Row(reproduce.CONSTRAINED["male"], "mnist"))  # fmt: skip
+    monkeypatch.setattr(reproduce, "ROWS", rows)
+    monkeypatch.setattr(reproduce, "DATASETS", ("mnist",))
+    monkeypatch.setattr(
+        reproduce, "compile_model",
+        lambda network, seed, settings, folder: models[network.connectome == "male"],
+    )  # fmt: skip
+    settings = reproduce.Settings(seeds=1, channels=4, iterations=90, eval_every=30,
+                                  device="cpu", data_dir=str(DATA), quick=True)  # fmt: skip
+    return reproduce, settings
+
+
+def metric_rows(run_dir):
+    return [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+@pytest.mark.slow
+def test_a_campaign_pauses_and_continues_where_it_stopped(tiny_campaign, tmp_path):
+    reproduce, settings = tiny_campaign
+    out = tmp_path / "campaign"
+    first = reproduce.run_dir_of(reproduce.ROWS[0], 0, out)
+
+    def signal_after_the_first_checkpoint():
+        deadline = time.time() + 120
+        while not (first / "latest.json").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    watcher = threading.Thread(target=signal_after_the_first_checkpoint, daemon=True)
+    watcher.start()
+    assert reproduce.reproduce(out, settings, log=lambda line: None) is False
+    watcher.join()
+    cells = reproduce.campaign(out, settings)
+    assert [c.state for c in cells] == ["partial", "not started"]
+    assert 30 <= cells[0].iteration < 90
+    report = (out / "REPORT.md").read_text()
+    assert "INCOMPLETE" in report and f"partial ({cells[0].iteration}/90)" in report
+    assert "not started" in report
+    logged = metric_rows(first)
+
+    lines = []
+    assert reproduce.reproduce(out, settings, log=lines.append) is True
+    assert lines[0] == f"resume: {first.name}"  # the partial run first
+    rows = metric_rows(first)
+    assert rows[: len(logged)] == logged  # continued, not restarted
+    iterations = [row["iteration"] for row in rows]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 90
+    report = (out / "REPORT.md").read_text()
+    assert "INCOMPLETE" not in report and report.count("| complete |") == 2
+    table = reproduce.status_table(out, settings)
+    assert "2 of 2 runs complete" in table
+
+
+def test_a_spent_time_limit_starts_nothing(tiny_campaign, tmp_path):
+    reproduce, settings = tiny_campaign
+    out = tmp_path / "campaign"
+    assert (
+        reproduce.reproduce(out, settings, log=lambda line: None, time_limit=1e-9)
+        is False
+    )
+    assert [c.state for c in reproduce.campaign(out, settings)] == ["not started"] * 2
+    assert "INCOMPLETE" in (out / "REPORT.md").read_text()
+
+
+def test_status_trains_nothing(tmp_path):
+    out = tmp_path / "nothing-yet"
+    result = dagc("reproduce", "--quick", "--out", out, "--status")
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.count("| not started |") == 7
+        and "0 of 7 runs complete" in result.stdout
+    )
+    assert not out.exists()
+    bad = dagc("reproduce", "--quick", "--out", out, "--time-limit", "soon")
+    assert (
+        bad.returncode == 2
+        and "--time-limit" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )

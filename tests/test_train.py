@@ -127,7 +127,164 @@ def test_kill_and_resume_is_exact(tiny_model, uninterrupted, tmp_path):
     assert again["final_test_accuracy"] == whole["final_test_accuracy"]
 
 
+def start_training(args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dagc", *map(str, args)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def assert_same_run(run_dir: Path, uninterrupted: Path) -> None:
+    expected, actual = final_weights(uninterrupted), final_weights(run_dir)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert comparable(run_dir) == comparable(uninterrupted)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    whole = json.loads((uninterrupted / "summary.json").read_text())
+    assert summary["status"] == whole["status"] == "complete"
+    assert summary["final_test_accuracy"] == whole["final_test_accuracy"]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT],
+                         ids=lambda s: signal.Signals(s).name)  # fmt: skip
+def test_signal_pauses_and_resume_is_exact(tiny_model, uninterrupted, tmp_path, signum):
+    out = tmp_path / "signalled"
+    process = start_training(train_args(tiny_model, out))
+    deadline = time.time() + 120
+    while not (out / "latest.json").exists() and process.poll() is None:
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    assert "paused at iteration" in stderr and "Traceback" not in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["status"] == "paused"
+        and summary["stopped_by"] == signal.Signals(signum).name
+    )
+    assert 30 <= summary["iteration"] < 120
+    pointer = json.loads((out / "latest.json").read_text())
+    assert (
+        pointer["iteration"] == summary["iteration"]
+    )  # the checkpoint is where it stopped
+    assert not list(out.glob("*.png"))  # figures only for a complete run
+    resumed = dagc(*train_args(tiny_model, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(out, uninterrupted)
+
+
+@pytest.mark.slow
+def test_time_limit_pauses_and_resume_is_exact(tiny_model, uninterrupted, tmp_path):
+    out = tmp_path / "limited"
+    started = time.perf_counter()
+    paused = dagc(*train_args(tiny_model, out, "--time-limit", "2s"))
+    assert paused.returncode == 75, paused.stderr
+    assert time.perf_counter() - started < 60
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "paused" and summary["stopped_by"] == "time limit"
+    assert 0 < summary["iteration"] < 120
+    # A second slot that is also too short moves on from where the first stopped.
+    again = dagc(*train_args(tiny_model, out, "--resume", "--time-limit", "0.5s"))
+    assert again.returncode == 75, again.stderr
+    later = json.loads((out / "summary.json").read_text())["iteration"]
+    assert summary["iteration"] < later < 120
+    resumed = dagc(*train_args(tiny_model, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(out, uninterrupted)
+
+
+def test_time_limit_must_be_a_duration(tiny_model, tmp_path):
+    result = dagc(
+        *train_args(tiny_model, tmp_path / "run", "--time-limit", "9 minutes")
+    )
+    assert result.returncode == 2 and "--time-limit" in result.stderr
+    assert (
+        len(result.stderr.strip().splitlines()) == 1
+        and "Traceback" not in result.stderr
+    )
+
+
+def test_parse_duration():
+    from dagc.compiler.errors import DagcError
+    from dagc.runtime.stopping import parse_duration
+
+    assert parse_duration("90") == parse_duration("90s") == 90.0
+    assert parse_duration("9m") == 540.0 and parse_duration("1.5h") == 5400.0
+    for text in ("0", "-5m", "9 minutes", "m", "1d", ""):
+        with pytest.raises(DagcError, match="--time-limit"):
+            parse_duration(text)
+
+
+def test_weights_of_another_network_do_not_load(tiny_model, uninterrupted, compile_to):
+    from dagc.runtime.checkpoint import network_fingerprint
+    from dagc.runtime.loading import load_generated
+
+    other = compile_to("hermaphrodite", "ws", 1, nodes=12, channels=4, layout="levels")[
+        1
+    ]
+    result = dagc(
+        "eval", uninterrupted, "--model", other, "--data-dir", DATA, "--device", "cpu"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    for model in (tiny_model, other):
+        assert network_fingerprint(load_generated(model))[:12] in lines[0]
+
+
+def test_checkpoints_without_a_fingerprint_still_load(uninterrupted, tmp_path):
+    from safetensors.torch import save_file
+
+    old = tmp_path / "old-run"
+    old.mkdir()
+    (old / "model.py").write_bytes((uninterrupted / "model.py").read_bytes())
+    save_file(
+        final_weights(uninterrupted), str(old / "weights.safetensors")
+    )  # no metadata
+    result = dagc("eval", old / "weights.safetensors", "--data-dir", DATA, "--device", "cpu",
+                  "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    assert json.loads(result.stdout)["test_accuracy"] == summary["final_test_accuracy"]
+
+
+@pytest.mark.parametrize("saved_capturable", [True, False])
+@pytest.mark.parametrize("capturable", [True, False])
+def test_optimizer_state_moves_between_step_kinds(saved_capturable, capturable):
+    """A CUDA-graph run's Adam state (capturable, lr and steps as device tensors) resumes
+    in an eager run and the other way round; shown here with CPU tensors standing in."""
+    from dagc.runtime.run_dir import load_optimizer_state
+
+    param = torch.nn.Parameter(torch.ones(3))
+    source = torch.optim.Adam([param], lr=0.004)
+    param.grad = torch.ones(3)
+    source.step()
+    saved = source.state_dict()
+    if saved_capturable:  # what a captured run saves
+        saved["param_groups"][0]["capturable"] = True
+        saved["param_groups"][0]["lr"] = torch.tensor(0.004)
+    target_param = torch.nn.Parameter(param.detach().clone())
+    lr = torch.tensor(0.004) if capturable else 0.004
+    target = torch.optim.Adam([target_param], lr=lr)
+    target.param_groups[0]["capturable"] = capturable  # (a CPU Adam cannot be built so)
+    load_optimizer_state(target, saved, torch.device("cpu"))
+    group = target.param_groups[0]
+    assert group["capturable"] is capturable
+    assert isinstance(group["lr"], torch.Tensor) is capturable
+    assert float(group["lr"]) == pytest.approx(0.004)
+    state = target.state[target_param]
+    assert state["step"].dtype == torch.float32 and float(state["step"]) == 1.0
+    assert torch.equal(state["exp_avg"], source.state[param]["exp_avg"])
+    if not capturable:  # the eager step runs with the adapted state
+        target_param.grad = torch.ones(3)
+        target.step()
+        assert float(target.state[target_param]["step"]) == 2.0
+
+
 def test_eval_matches_the_summary(uninterrupted):
     result = dagc(
         "eval", uninterrupted, "--dataset", "mnist", "--data-dir", DATA, "--json"
