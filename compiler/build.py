@@ -5,13 +5,13 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from dagc.compiler.bundled import BUNDLED_NAMES
-from dagc.compiler.dag import DagOptions
-from dagc.compiler.errors import DagcError
-from dagc.compiler.graph import PrepareOptions
-from dagc.compiler.pipeline import FrontEnd, run_front_end
-from dagc.compiler.render import CompileOptions, render_module
-from dagc.compiler.signs import DEFAULT_SIGNS, edge_signs, read_sign_table
+from .bundled import BUNDLED_NAMES
+from .dag import DagOptions
+from .errors import DagcError
+from .graph import PrepareOptions
+from .pipeline import FrontEnd, run_front_end
+from .render import CompileOptions, render_module
+from .signs import DEFAULT_SIGNS, edge_signs, read_sign_table
 
 
 def regenerate_command(

@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagc.compiler.errors import DagcError
+from .errors import DagcError
 
 # The paper's five neuron types, in the order tables and legends use.
 NEURON_TYPES = ("sensory", "interneuron", "motor", "sex-specific", "other")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from dagc.compiler.connectome import Edge
-from dagc.compiler.errors import DagcError
-from dagc.compiler.graph import Graph
+from .connectome import Edge
+from .errors import DagcError
+from .graph import Graph
 
 DAG_KINDS = ("constrained", "random", "ws", "er", "ba")
 

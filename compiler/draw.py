@@ -11,10 +11,10 @@ import io
 import math
 from pathlib import Path
 
-from dagc.compiler.connectome import NEURON_TYPES
-from dagc.compiler.errors import DagcError
-from dagc.compiler.output import write_atomic
-from dagc.compiler.plan import NetworkPlan
+from .connectome import NEURON_TYPES
+from .errors import DagcError
+from .output import write_atomic
+from .plan import NetworkPlan
 
 TYPE_COLOURS = {
     "sensory": "#d62728",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dagc.compiler.connectome import Connectome, Edge
+from .connectome import Connectome, Edge
 
 
 @dataclass(frozen=True)

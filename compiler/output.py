@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from dagc.compiler.errors import DagcError
+from .errors import DagcError
 
 
 def check_writable_dir(path: Path) -> None:

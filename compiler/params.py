@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from dagc.compiler.plan import NetworkPlan
+from .plan import NetworkPlan
 
 
 @dataclass(frozen=True)

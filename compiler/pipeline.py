@@ -5,12 +5,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 
-from dagc.compiler.connectome import Connectome
-from dagc.compiler.dag import Dag, DagOptions, build_dag
-from dagc.compiler.graph import Graph, PrepareOptions, prepare_graph
-from dagc.compiler.loaders import load_connectome
-from dagc.compiler.params import ParameterCount, parameter_breakdown
-from dagc.compiler.plan import NetworkPlan, build_plan
+from .connectome import Connectome
+from .dag import Dag, DagOptions, build_dag
+from .graph import Graph, PrepareOptions, prepare_graph
+from .loaders import load_connectome
+from .params import ParameterCount, parameter_breakdown
+from .plan import NetworkPlan, build_plan
 
 
 @dataclass(frozen=True)

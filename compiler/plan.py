@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from dagc.compiler.dag import Dag
+from .dag import Dag
 
 
 @dataclass(frozen=True)

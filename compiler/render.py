@@ -23,10 +23,11 @@ import black
 import jinja2
 
 from dagc import __version__
-from dagc.compiler.errors import DagcError
-from dagc.compiler.names import RESERVED, Namespace
-from dagc.compiler.params import parameter_breakdown
-from dagc.compiler.plan import NetworkPlan, PlanNode
+
+from .errors import DagcError
+from .names import RESERVED, Namespace
+from .params import parameter_breakdown
+from .plan import NetworkPlan, PlanNode
 
 LAYOUTS = ("flat", "levels")
 EDGE_WEIGHT_MODES = ("sigmoid", "free", "dale")

@@ -12,8 +12,8 @@ import csv
 import io
 from pathlib import Path
 
-from dagc.compiler.errors import DagcError
-from dagc.compiler.plan import NetworkPlan
+from .errors import DagcError
+from .plan import NetworkPlan
 
 DEFAULT_SIGNS = {"GABA": -1}
 

@@ -152,15 +152,15 @@ def run_mode(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from dagc.runtime.graphs import GraphedStep, capture_forward
-    from dagc.runtime.interpreter import InterpretedNet
-    from dagc.runtime.loading import build_model, load_generated
+    from .graphs import GraphedStep, capture_forward
+    from .interpreter import InterpretedNet
+    from .loading import build_model, load_generated
 
     mode = Mode(**spec["mode"])
     device = torch.device(spec["device"])
     module = load_generated(spec["model_path"])
     if mode.kernels == "triton":
-        from dagc.runtime import kernels
+        from . import kernels
 
         if device.type != "cuda" or not kernels.available():
             raise RuntimeError("the Triton kernels need CUDA and Triton")
@@ -246,7 +246,7 @@ def run_mode(spec: dict) -> dict:
     if capture_s is not None:
         result["capture_s"] = capture_s
     if mode.kernels == "triton":
-        from dagc.runtime.kernels import compile_seconds
+        from .kernels import compile_seconds
 
         result["kernel_compile_s"] = dict(compile_seconds)
     if mode.compile:
@@ -447,9 +447,9 @@ def run_child(spec: dict, timeout: float, workdir: Path) -> dict:
 
 
 def bench(config: BenchConfig, echo=print) -> dict:
-    from dagc.runtime.loading import load_generated
-    from dagc.runtime.train import device_kind
-    from dagc.runtime.variants import render_layout
+    from .devices import device_kind
+    from .loading import load_generated
+    from .variants import render_layout
 
     kind = device_kind(config.device)
     if config.steps < 1 or config.warmup < 1:

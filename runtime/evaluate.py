@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 
 from dagc.compiler.errors import DagcError
-from dagc.runtime.checkpoint import latest_checkpoint, load_weights, network_fingerprint
-from dagc.runtime.data import check_model_fits, dataset_info, load_split, normalise
-from dagc.runtime.devices import device_kind
-from dagc.runtime.loading import build_model, load_generated
+
+from .checkpoint import latest_checkpoint, load_weights, network_fingerprint
+from .data import check_model_fits, dataset_info, load_split, normalise
+from .devices import device_kind
+from .loading import build_model, load_generated
 
 
 @torch.no_grad()

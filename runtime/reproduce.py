@@ -23,9 +23,10 @@ from dagc.compiler.dag import DagOptions
 from dagc.compiler.graph import PrepareOptions
 from dagc.compiler.output import write_atomic
 from dagc.compiler.render import CompileOptions
-from dagc.runtime.paper import paper_accuracy
-from dagc.runtime.stopping import StopRequest
-from dagc.runtime.train import TrainConfig, train
+
+from .paper import paper_accuracy
+from .stopping import StopRequest
+from .train import TrainConfig, train
 
 DATASETS = ("mnist", "fashion-mnist")
 
@@ -261,7 +262,7 @@ def accuracy_points(run_dir: Path) -> list[tuple[int, float]]:
 def write_report(
     out: Path, settings: Settings, cells: list[Cell], session_s: float
 ) -> Path:
-    from dagc.runtime import figures
+    from . import figures
 
     table = []
     for row in ROWS:

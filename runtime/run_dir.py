@@ -21,7 +21,8 @@ import torch
 
 from dagc.compiler.errors import DagcError
 from dagc.compiler.output import write_atomic
-from dagc.runtime.checkpoint import (
+
+from .checkpoint import (
     check_fingerprint,
     latest_checkpoint,
     load_trainer_state,

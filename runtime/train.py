@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 from dagc import __version__
 from dagc.compiler.errors import DagcError
-from dagc.runtime.checkpoint import network_fingerprint
-from dagc.runtime.data import check_model_fits, dataset_info, load_split, normalise
-from dagc.runtime.devices import (
+
+from .checkpoint import network_fingerprint
+from .data import check_model_fits, dataset_info, load_split, normalise
+from .devices import (
     amp_settings,
     device_kind,
     device_name,
@@ -35,11 +36,11 @@ from dagc.runtime.devices import (
     use_cuda_graphs,
     wrap_model,
 )
-from dagc.runtime.evaluate import evaluate
-from dagc.runtime.loading import build_model, load_generated
-from dagc.runtime.paper import paper_accuracy
-from dagc.runtime.run_dir import Progress, RunDir
-from dagc.runtime.stopping import StopRequest
+from .evaluate import evaluate
+from .loading import build_model, load_generated
+from .paper import paper_accuracy
+from .run_dir import Progress, RunDir
+from .stopping import StopRequest
 
 GRAPH_WARMUP_STEPS = 3  # eager steps before a CUDA-graph capture (they train as usual)
 
@@ -256,7 +257,7 @@ def make_step(model, optimizer, scaler, amp_dtype, graphs: bool):
         return F.nll_loss(out.float(), target)
 
     if graphs:
-        from dagc.runtime.graphs import GraphedStep
+        from .graphs import GraphedStep
 
         graphed = None
 
@@ -356,7 +357,7 @@ def complete_summary(config, module, info, progress, last_eval, device, dist, gr
 def write_figures(
     folder: Path, summary, progress, last_eval, test_x, test_y, info
 ) -> None:
-    from dagc.runtime import figures
+    from . import figures
 
     _, _, predicted, confusion = last_eval
     points = [(r["iteration"], 100 * r["test_accuracy"]) for r in progress.metrics

@@ -9,14 +9,14 @@ import csv
 from functools import lru_cache
 from pathlib import Path
 
-from dagc.compiler.connectome import Connectome
+from ..connectome import Connectome
 
 BUNDLED_DIR = Path(__file__).resolve().parent
 BUNDLED_NAMES = ("hermaphrodite", "male")
 
 
 def load_bundled(name: str) -> Connectome:
-    from dagc.compiler.loaders.tables import load_csv_pair
+    from ..loaders.tables import load_csv_pair
 
     return load_csv_pair(BUNDLED_DIR / f"{name}.nodes.csv", name=name)
 

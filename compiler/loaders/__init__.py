@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagc.compiler.connectome import Connectome
-from dagc.compiler.errors import DagcError
+from ..connectome import Connectome
+from ..errors import DagcError
 
 FORMATS_HELP = (
     "a bundled name (hermaphrodite, male), a WormWiring .mat file, Cook 2019 SI 5 .xlsx "
@@ -15,9 +15,9 @@ FORMATS_HELP = (
 
 def load_connectome(spec: str | Path) -> Connectome:
     """Load a connectome from a bundled name or a file path; the format follows the file."""
-    from dagc.compiler.bundled import BUNDLED_NAMES, load_bundled
-    from dagc.compiler.loaders.cook import load_cook_si5, split_sheet_suffix
-    from dagc.compiler.loaders.tables import load_csv_pair, load_graphml
+    from ..bundled import BUNDLED_NAMES, load_bundled
+    from .cook import load_cook_si5, split_sheet_suffix
+    from .tables import load_csv_pair, load_graphml
 
     spec = str(spec)
     if spec in BUNDLED_NAMES:
@@ -37,7 +37,7 @@ def load_connectome(spec: str | Path) -> Connectome:
     if sheet is not None:
         raise DagcError("a '#sheet' suffix only applies to SI 5 .xlsx files", path)
     if suffix == ".mat":
-        from dagc.compiler.loaders.matlab import load_matlab
+        from .matlab import load_matlab
 
         return load_matlab(path)
     if suffix == ".csv":

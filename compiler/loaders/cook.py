@@ -10,14 +10,14 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from dagc.compiler.connectome import (
+from ..connectome import (
     Cell,
     Connectome,
     Origin,
     build_connectome,
     sha256_of,
 )
-from dagc.compiler.errors import DagcError
+from ..errors import DagcError
 
 SEXES = ("hermaphrodite", "male")
 SI4_NAME = "SI 4 Cell lists.xlsx"
@@ -91,7 +91,7 @@ def split_sheet_suffix(spec: str) -> tuple[Path, str | None]:
 
 
 def load_cook_si5(path: Path, sex: str | None) -> Connectome:
-    from dagc.compiler.bundled import bundled_cell_types
+    from ..bundled import bundled_cell_types
 
     if sex not in SEXES:
         raise DagcError(

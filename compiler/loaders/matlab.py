@@ -23,14 +23,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dagc.compiler.connectome import (
+from ..connectome import (
     Cell,
     Connectome,
     build_connectome,
     normalize_type,
     sha256_of,
 )
-from dagc.compiler.errors import DagcError
+from ..errors import DagcError
 
 # MATLAB group or subgroup label -> dagc cell type. Subgroups are looked up before their group,
 # so e.g. SexSpecificCells_Muscles wins over SexSpecificCells (which alone means nothing).
@@ -540,7 +540,7 @@ def _typed_cells(names: list[str], labels: dict[str, list[str]]) -> list[Cell]:
 
 
 def _bundled_types() -> dict[str, str]:
-    from dagc.compiler.bundled import bundled_cell_types
+    from ..bundled import bundled_cell_types
 
     try:
         return bundled_cell_types()

@@ -19,7 +19,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from dagc.compiler.errors import DagcError
+from ..errors import DagcError
 
 # Fixed output order: the classical fast transmitters first, then monoamines, then the rest.
 TRANSMITTER_ORDER = (

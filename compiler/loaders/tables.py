@@ -15,7 +15,7 @@ import csv
 import io
 from pathlib import Path
 
-from dagc.compiler.connectome import (
+from ..connectome import (
     Cell,
     Connectome,
     Origin,
@@ -23,7 +23,7 @@ from dagc.compiler.connectome import (
     normalize_type,
     sha256_of,
 )
-from dagc.compiler.errors import DagcError
+from ..errors import DagcError
 
 NODE_COLUMNS = ("name", "type")
 EDGE_COLUMNS = ("pre", "post", "weight")
