@@ -272,6 +272,14 @@ def compile_command(
     help="torch.compile the model (Inductor; minutes of warm-up) [default: off].",
 )
 @click.option(
+    "--kernels",
+    type=click.Choice(["torch", "triton"]),
+    default="torch",
+    show_default=True,
+    help="triton: dagc's Triton kernels for the per-neuron sums, gathers and edge-weight "
+    "dots (CUDA, generated backward); not yet measured on a GPU, so not the default.",
+)
+@click.option(
     "--cuda-graphs/--no-cuda-graphs",
     default=None,
     help="Replay the whole training step as one CUDA graph [default: on for one CUDA "
@@ -312,6 +320,7 @@ def train(
     seed,
     device,
     use_compile,
+    kernels,
     cuda_graphs,
     amp,
     out,
@@ -339,7 +348,8 @@ def train(
         model=str(model), dataset=dataset, data_dir=str(data_dir) if data_dir else None,
         iterations=iterations, batch_size=batch_size, lr=lr, lr_step=lr_step,
         lr_gamma=lr_gamma, eval_every=eval_every, log_every=log_every, seed=seed,
-        device=device, compile=use_compile, cuda_graphs=cuda_graphs, amp=amp, out=str(out) if out else None,
+        device=device, compile=use_compile, kernels=kernels, cuda_graphs=cuda_graphs, amp=amp,
+        out=str(out) if out else None,
         resume=resume, quiet=quiet,
         time_limit=parse_duration(time_limit) if time_limit is not None else None,
     )  # fmt: skip

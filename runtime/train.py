@@ -62,6 +62,9 @@ class TrainConfig:
     compile: bool = (
         False  # Inductor's warm-up is minutes for this graph (docs/performance.md)
     )
+    kernels: str = (
+        "torch"  # "triton": runtime/kernels.py for the per-neuron sums (CUDA)
+    )
     cuda_graphs: bool | None = None  # None: on for one CUDA process without --compile
     amp: str = "off"
     out: str | None = None
@@ -90,6 +93,8 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
     device = pick_device(device_kind(config.device), dist)
     module, info = load_generated(config.model), dataset_info(config.dataset)
     check_model_fits(module, info, config.model)
+    if config.kernels == "triton":
+        install_kernels(module, device, config.model)
     amp_dtype, scaler = amp_settings(config.amp, device)
     graphs = use_cuda_graphs(config.cuda_graphs, device, dist, config.compile, scaler)
     train_x, train_y = (
@@ -199,6 +204,21 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
 
 
 # --- the pieces the loop uses -----------------------------------------------------------------
+
+
+def install_kernels(module, device: torch.device, path: str) -> None:
+    """Swap the module's per-neuron primitives for the Triton kernels, or say why not."""
+    from . import kernels
+
+    if getattr(module, "BACKWARD", "autograd") != "generated":
+        raise DagcError(
+            "--kernels triton needs a module compiled with --backward generated", path
+        )
+    if device.type != "cuda" or not kernels.available():
+        raise DagcError(
+            "--kernels triton needs a CUDA device and Triton (try --kernels torch)"
+        )
+    kernels.install(module)
 
 
 def default_run_dir(config: TrainConfig) -> Path:

@@ -430,3 +430,42 @@ def test_inductor_compiles_the_full_network_quickly(compile_to):
     for name, grad in expected_grads.items():
         assert torch.allclose(grad, grads[name], rtol=1e-3, atol=1e-5), name
     assert elapsed < 600, f"compile took {elapsed:.0f} s"
+
+
+def test_compile_options_pick_a_backward_and_refuse_bad_pairs(
+    dagc, clean_error, tmp_path
+):
+    out = tmp_path / "net.py"
+    result = dagc("compile", "--connectome", "male", "--channels", "2", "-o", out)
+    assert result.returncode == 0 and "generated backward" in result.stderr
+    assert 'BACKWARD = "generated"' in out.read_text()
+    result = dagc("compile", "-c", "male", "--layout", "levels", "-o", out)
+    assert (
+        result.returncode == 0 and "levels layout, autograd backward" in result.stderr
+    )
+    result = dagc(
+        "compile",
+        "-c",
+        "male",
+        "--layout",
+        "levels",
+        "--backward",
+        "generated",
+        "-o",
+        out,
+    )
+    clean_error(result, "--backward generated renders the flat layout")
+
+
+def test_triton_kernels_on_a_cpu_are_one_clear_line(
+    dagc, clean_error, compile_to, shared
+):
+    from conftest import SHARED
+
+    data = shared(SHARED / "data" / "mnist" / "train-images-idx3-ubyte.gz").parents[1]
+    path = compile_to("hermaphrodite", "ws", 0, nodes=6, channels=2)[1]
+    result = dagc(
+        "train", path, "--kernels", "triton", "--device", "cpu", "--data-dir", data,
+        "--out", path.parent / "kernels-run",
+    )  # fmt: skip
+    clean_error(result, "--kernels triton needs a CUDA device")
