@@ -183,7 +183,9 @@ def lesion_scan(
     with torch.inference_mode():
         fast = forward.matches(normalise(images[: min(len(images), 8)]))
     if not fast:
-        log("this module's forward pass is not the one the fast scan knows: full passes")
+        log(
+            "this module's forward pass is not the one the fast scan knows: full passes"
+        )
     intact_parts: list[torch.Tensor] = []
     parts: list[list[torch.Tensor]] = [[] for _ in range(n)]
     batches = range(0, len(images), batch)
@@ -226,7 +228,9 @@ def lesion_scan(
                 ],
             }
         )
-    rows.sort(key=lambda row: (-round(row["drop"], 12), -row["loss_rise"], row["index"]))
+    rows.sort(
+        key=lambda row: (-round(row["drop"], 12), -row["loss_rise"], row["index"])
+    )
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     intact["fast_scan"] = fast
@@ -377,9 +381,7 @@ def analyze(config: AnalysisConfig, log=lambda line: None) -> dict:
         f"silencing each of {len(run.module.NODES)} neurons on {len(chosen)} "
         f"{run.dataset} test images"
     )
-    intact, rows = lesion_scan(
-        run, images, labels, config.batch, config.quiet, log
-    )
+    intact, rows = lesion_scan(run, images, labels, config.batch, config.quiet, log)
     lesion_time = time.perf_counter() - started
     synapses = synapse_analysis(run, config.permutations, config.seed)
     module = run.module
@@ -568,7 +570,10 @@ def plot_type_level(report: dict, path: Path) -> Path:
             s=14, color=_colour(group["type"]), alpha=0.7, edgecolors="none",
         )  # fmt: skip
         left.plot(
-            [100 * group["mean_drop"]] * 2, [y - 0.3, y + 0.3], color="black", linewidth=2
+            [100 * group["mean_drop"]] * 2,
+            [y - 0.3, y + 0.3],
+            color="black",
+            linewidth=2,
         )
     left.set_yticks(
         range(len(by_type)), [f"{g['type']}\n({g['neurons']})" for g in by_type]
@@ -592,7 +597,9 @@ def plot_type_level(report: dict, path: Path) -> Path:
         color="black", linewidth=1, alpha=0.7, label="mean per level",
     )  # fmt: skip
     right.axhline(0, color="0.6", linewidth=0.8)
-    right.set_xlabel("topological level (0 = sensory inputs; deeper = closer to the sink)")
+    right.set_xlabel(
+        "topological level (0 = sensory inputs; deeper = closer to the sink)"
+    )
     right.set_ylabel("accuracy drop (points)")
     right.set_title("Per topological level", fontsize=11)
     right.grid(alpha=0.3)
@@ -609,7 +616,9 @@ def plot_classes(report: dict, path: Path, top: int = 20) -> Path:
     fig, ax = plt.subplots(figsize=(7.2, 0.28 * len(rows) + 1.6), layout="constrained")
     shown = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(report["class_names"])), report["class_names"])
-    ax.set_yticks(range(len(rows)), [f"{r['name']} ({r['type']})" for r in rows], fontsize=8)
+    ax.set_yticks(
+        range(len(rows)), [f"{r['name']} ({r['type']})" for r in rows], fontsize=8
+    )
     ax.set_xlabel("class")
     ax.set_title(
         f"Which classes the top {len(rows)} neurons serve: per-class accuracy drop",
@@ -619,7 +628,15 @@ def plot_classes(report: dict, path: Path, top: int = 20) -> Path:
     bar.set_label("accuracy drop (points); red = worse")
     for (i, j), value in np.ndenumerate(matrix):
         if abs(value) >= 0.5 * limit:
-            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color="white")
+            ax.text(
+                j,
+                i,
+                f"{value:.0f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white",
+            )
     return save(fig, path)
 
 
@@ -634,7 +651,9 @@ def plot_synapses(report: dict, data: dict, start: float | None, path: Path) -> 
     counts, magnitude, pre = data["counts"], np.abs(data["weights"]), data["pre_types"]
     syn = report["synapses"]
     fig, ax = plt.subplots(figsize=(7.6, 5.4), layout="constrained")
-    floor = max(float(magnitude[magnitude > 0].min()) if (magnitude > 0).any() else 1e-6, 1e-6)
+    floor = max(
+        float(magnitude[magnitude > 0].min()) if (magnitude > 0).any() else 1e-6, 1e-6
+    )
     x = _jitter(counts)
     kinds = sorted(set(pre))
     for kind in kinds:
@@ -661,7 +680,11 @@ def plot_synapses(report: dict, data: dict, start: float | None, path: Path) -> 
     ax.set_ylabel("learned edge weight |w|")
     overall = syn["overall"]
     rho = "n/a" if overall["rho"] is None else f"{overall['rho']:+.3f}"
-    p = "n/a" if overall["p"] is None else _p_text(overall["p"], overall["permutations"])
+    p = (
+        "n/a"
+        if overall["p"] is None
+        else _p_text(overall["p"], overall["permutations"])
+    )
     ax.set_title(
         f"Learned weights against synapse counts ({overall['n']} edges): "
         f"Spearman rho {rho}, p {p}",
@@ -675,7 +698,9 @@ def plot_synapses(report: dict, data: dict, start: float | None, path: Path) -> 
     for kind in kinds:
         r = stats[kind]["rho"]
         label = f"from {kind}: rho {r:+.2f}" if r is not None else f"from {kind}"
-        handles.append(Line2D([], [], marker="o", linestyle="", color=_colour(kind), label=label))
+        handles.append(
+            Line2D([], [], marker="o", linestyle="", color=_colour(kind), label=label)
+        )
     ax.legend(handles=handles, frameon=False, fontsize=8, loc="best")
     return save(fig, path)
 
@@ -749,7 +774,11 @@ def markdown(report: dict) -> str:
         f"connectome, {model['dag']} DAG, {model['nodes']} neurons, {model['edges']} edges, "
         f"{model['levels']} topological levels, {model['channels']} channels per neuron, "
         f"{model['edge_weights']} edge weights, trained on {report['dataset']}"
-        + (f" (full test accuracy {100 * recorded:.2f} %)." if recorded is not None else "."),
+        + (
+            f" (full test accuracy {100 * recorded:.2f} %)."
+            if recorded is not None
+            else "."
+        ),
         "",
         "Written by `dagc analyze`; the numbers are in `analysis.json`.",
         "",

@@ -93,10 +93,16 @@ def resolve(module: ModuleType, neurons: list[str], types: list[str]) -> list[in
     chosen: set[int] = set()
     for name in neurons:
         if name.upper() not in by_name:
-            close = difflib.get_close_matches(name.upper(), list(by_name), n=4, cutoff=0.5)
+            close = difflib.get_close_matches(
+                name.upper(), list(by_name), n=4, cutoff=0.5
+            )
             close = [module.NODES[by_name[c]] for c in close]
             hint = f"; close: {', '.join(close)}" if close else ""
-            pruned = [p for p in getattr(module, "PRUNED_NODES", ()) if p.upper() == name.upper()]
+            pruned = [
+                p
+                for p in getattr(module, "PRUNED_NODES", ())
+                if p.upper() == name.upper()
+            ]
             if pruned:
                 hint = " (it was pruned: unreachable from the input)"
             raise DagcError(f"no neuron {name!r} in this network{hint}")
@@ -104,7 +110,9 @@ def resolve(module: ModuleType, neurons: list[str], types: list[str]) -> list[in
     known_types = sorted(set(module.NODE_TYPES))
     for kind in types:
         if kind.lower() not in known_types:
-            close = difflib.get_close_matches(kind.lower(), known_types, n=3, cutoff=0.4)
+            close = difflib.get_close_matches(
+                kind.lower(), known_types, n=3, cutoff=0.4
+            )
             hint = f"close: {', '.join(close)}; " if close else ""
             raise DagcError(
                 f"no neuron type {kind!r} in this network ({hint}types: "
@@ -117,12 +125,17 @@ def resolve(module: ModuleType, neurons: list[str], types: list[str]) -> list[in
 @contextmanager
 def silenced(net: torch.nn.Module, indices):
     """Hold the outputs of nodes `indices` at zero (eval mode) inside the block."""
-    index = torch.as_tensor(list(indices), dtype=torch.long, device=net.node_bn_weight.device)
+    index = torch.as_tensor(
+        list(indices), dtype=torch.long, device=net.node_bn_weight.device
+    )
     if index.numel() == 0:
         yield
         return
     with torch.no_grad():
-        scale, shift = net.node_bn_weight[index].clone(), net.node_bn_bias[index].clone()
+        scale, shift = (
+            net.node_bn_weight[index].clone(),
+            net.node_bn_bias[index].clone(),
+        )
         net.node_bn_weight[index] = 0.0
         net.node_bn_bias[index] = 0.0
     try:
@@ -167,7 +180,9 @@ def lesion(
     instead of the whole test set.
     """
     if not neurons and not types:
-        raise DagcError("name the neurons to silence: --neurons AVAL,AVAR and/or --types TYPE")
+        raise DagcError(
+            "name the neurons to silence: --neurons AVAL,AVAR and/or --types TYPE"
+        )
     if subset < 0:
         raise DagcError("--subset must be 0 (the whole test set) or more")
     run = load_run(Path(target), dataset, device)
@@ -205,7 +220,9 @@ def lesion(
             "accuracy": lesioned["accuracy"],
             "per_class": dict(zip(classes, lesioned["per_class"])),
         },
-        "changed_predictions": int((intact["predicted"] != lesioned["predicted"]).sum()),
+        "changed_predictions": int(
+            (intact["predicted"] != lesioned["predicted"]).sum()
+        ),
     }
 
 

@@ -115,7 +115,9 @@ def test_lesion_command_output(tiny_run, loaded):
     assert report["lesioned"]["accuracy"] < report["intact"]["accuracy"]
     # Exactly one class is always guessed: 100 % for it, 0 % for every other one.
     assert sorted(report["lesioned"]["per_class"].values())[-2:] == [0.0, 1.0]
-    text = dagc("lesion", tiny_run, "--types", "other", "--data-dir", DATA, "--subset", 500)
+    text = dagc(
+        "lesion", tiny_run, "--types", "other", "--data-dir", DATA, "--subset", 500
+    )
     assert text.returncode == 0, text.stderr
     assert "silenced 12 neuron(s) (12 other)" in text.stdout
     assert "500 of 10000 images (seed 0)" in text.stdout
@@ -160,7 +162,13 @@ def test_the_fast_scan_is_the_full_forward_pass(compile_to):
         net.edge_weight.normal_()
     x = torch.randn(4, 1, 28, 28)
     forward = IncrementalForward(net, module)
-    chosen = [0, 40, module.NODES.index("AVAL"), module.OUTPUT_NODES[0], len(module.NODES) - 1]
+    chosen = [
+        0,
+        40,
+        module.NODES.index("AVAL"),
+        module.OUTPUT_NODES[0],
+        len(module.NODES) - 1,
+    ]
     with torch.inference_mode():
         assert forward.matches(x)
         cache, intact = forward.intact(x)
@@ -214,15 +222,21 @@ def test_dale_weights_split_by_sign(compile_to):
     from dagc.runtime.lesion import LoadedRun
     from dagc.runtime.loading import build_model, load_generated
 
-    module = load_generated(compile_to("hermaphrodite", channels=2, edge_weights="dale")[1])
+    module = load_generated(
+        compile_to("hermaphrodite", channels=2, edge_weights="dale")[1]
+    )
     net = build_model(module)
     signs = torch.tensor(module.EDGE_SIGNS, dtype=torch.float32)
     with torch.no_grad():  # inhibitory synapses learned large, excitatory ones small
         net.edge_weight.copy_(torch.where(signs < 0, 2.0, -2.0))
-    run = LoadedRun(module, net, Path("w"), Path("m"), "mnist", dataset_info("mnist"), "cpu")
+    run = LoadedRun(
+        module, net, Path("w"), Path("m"), "mnist", dataset_info("mnist"), "cpu"
+    )
     result = synapse_analysis(run, permutations=99, seed=0)
     dale = result["dale"]
-    assert dale["excitatory"]["edges"] + dale["inhibitory"]["edges"] == len(module.EDGES)
+    assert dale["excitatory"]["edges"] + dale["inhibitory"]["edges"] == len(
+        module.EDGES
+    )
     assert dale["inhibitory"]["edges"] > 0
     assert dale["inhibitory"]["median"] > dale["excitatory"]["median"]
     assert dale["p_inhibitory_larger"] == pytest.approx(1.0)
@@ -247,5 +261,7 @@ def test_analyze_writes_the_report(tiny_run, tmp_path):
         assert f"({name})" in text
     assert "Not a Dale run" in text
     assert "wrote" in result.stdout and "top lesions" in result.stdout
-    bad = dagc("analyze", tiny_run, "--out", tmp_path / "no" / "such", "--data-dir", DATA)
+    bad = dagc(
+        "analyze", tiny_run, "--out", tmp_path / "no" / "such", "--data-dir", DATA
+    )
     assert bad.returncode == 2 and "parent folder does not exist" in bad.stderr
