@@ -578,7 +578,7 @@ def lesion_command(
     default=300,
     show_default=True,
     help="Test images for the lesion scan (0: all); each neuron costs one pass over them "
-    "(16-channel hermaphrodite: about 10 CPU-minutes for 300 images).",
+    "(16-channel hermaphrodite: about 6 CPU-minutes for 300 images).",
 )
 @click.option(
     "--seed",
