@@ -598,7 +598,9 @@ DEVICE_OPTION = click.option(
     "sex-specific, other.",
 )
 @click.option(
-    "--dataset", default=None, help="Test set [default: the one the run was trained on]."
+    "--dataset",
+    default=None,
+    help="Test set [default: the one the run was trained on].",
 )
 @click.option(
     "--data-dir",
@@ -669,7 +671,9 @@ def lesion_command(
     help="Shuffles for the permutation p-value of Spearman's rho.",
 )
 @click.option(
-    "--dataset", default=None, help="Test set [default: the one the run was trained on]."
+    "--dataset",
+    default=None,
+    help="Test set [default: the one the run was trained on].",
 )
 @click.option(
     "--data-dir",
@@ -702,7 +706,11 @@ def analyze_command(
         f"{row['name']} {100 * row['drop']:+.1f}" for row in report["neurons"][:5]
     )
     overall = report["synapses"]["overall"]
-    rho = "n/a" if overall["rho"] is None else f"{overall['rho']:+.3f} (p {overall['p']:.2g})"
+    rho = (
+        "n/a"
+        if overall["rho"] is None
+        else f"{overall['rho']:+.3f} (p {overall['p']:.2g})"
+    )
     click.echo(
         f"wrote {out / 'ANALYSIS.md'} in {report['timing_s']['total']:.0f} s; "
         f"top lesions (points): {top}; weights vs synapses rho {rho}"

@@ -26,12 +26,12 @@ from tqdm import tqdm
 
 from dagc.compiler.errors import DagcError
 from dagc.compiler.output import check_writable_dir, write_atomic
-from dagc.runtime.data import load_split
-from dagc.runtime.lesion import (
+
+from .data import load_split, normalise
+from .lesion import (
     COMMAND_INTERNEURONS,
     LoadedRun,
     load_run,
-    normalise,
     silenced,
     test_subset,
 )
@@ -111,12 +111,28 @@ class IncrementalForward:
 
     def _node(self, i: int, values, source, w) -> torch.Tensor:
         if i in self.inputs:
-            return self.net.node(i, source)
+            return self._conv_bn(i, source)
         (first, pre), *rest = self.in_edges[i]
         total = torch.mul(values[pre], w[first])
         for e, pre in rest:
             total.addcmul_(values[pre], w[e])
-        return self.net.node(i, total.relu_())
+        return self._conv_bn(i, total.relu_())
+
+    def _conv_bn(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Node i's depthwise conv and eval-mode BatchNorm, from the stacked parameters
+        (every variant of the generated module stores them the same way)."""
+        net = self.net
+        x = F.conv2d(x, net.node_conv[i], padding=1, groups=net.node_conv.shape[1])
+        return F.batch_norm(
+            x,
+            net.node_bn_mean[i],
+            net.node_bn_var[i],
+            net.node_bn_weight[i],
+            net.node_bn_bias[i],
+            False,
+            0.0,
+            net.bn_eps,
+        )
 
     def _head(self, values) -> torch.Tensor:
         net = self.net
@@ -457,7 +473,7 @@ def synapse_data(run: LoadedRun) -> dict:
 
 def initial_weight(run: LoadedRun) -> float | None:
     """The magnitude every edge weight starts from (a fresh model's), when they all start equal."""
-    from dagc.runtime.loading import build_model
+    from .loading import build_model
 
     with torch.no_grad():
         start = build_model(run.module).edge_weights().abs()
@@ -481,7 +497,7 @@ def figures(report: dict, out: Path, data: dict, start: float | None) -> list[Pa
 
 
 def _plt():
-    from dagc.runtime import figures as run_figures  # chooses the Agg backend
+    from . import figures as run_figures  # chooses the Agg backend
 
     return run_figures.plt, run_figures._save
 
@@ -768,7 +784,7 @@ def markdown(report: dict) -> str:
     helpful = sum(row["drop"] < 0 for row in rows)
     recorded = report["run_test_accuracy"]
     lines = [
-        f"# Which neurons and synapses does the classifier use?",
+        "# Which neurons and synapses does the classifier use?",
         "",
         f"Run `{report['run']}` (weights `{report['weights']}`): the {model['connectome']} "
         f"connectome, {model['dag']} DAG, {model['nodes']} neurons, {model['edges']} edges, "

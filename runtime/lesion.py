@@ -18,13 +18,14 @@ from types import ModuleType
 import torch
 
 from dagc.compiler.errors import DagcError
-from dagc.runtime.checkpoint import load_weights
-from dagc.runtime.data import DatasetInfo, dataset_info, load_split
-from dagc.runtime.evaluate import locate
-from dagc.runtime.loading import build_model, load_generated
+
+from .checkpoint import load_weights
 
 # The one place that names where evaluation lives (it is moving from train.py to evaluate.py).
-from dagc.runtime.train import check_model_fits, device_kind, evaluate, normalise
+from .data import DatasetInfo, check_model_fits, dataset_info, load_split
+from .devices import device_kind
+from .evaluate import evaluate, locate
+from .loading import build_model, load_generated
 
 # The locomotion command interneurons (Chalfie et al. 1985), both sides.
 COMMAND_INTERNEURONS = (
