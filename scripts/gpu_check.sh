@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One GPU session's checks (docs/performance.md): CUDA-graph step == eager step, `dagc bench`
-# on CUDA, then the paper's 15,000-iteration hermaphrodite MNIST run for as long as allowed.
+# One GPU session's checks (docs/performance.md, docs/kernels.md): CUDA-graph step == eager
+# step, the Triton kernels' tests and timings on CUDA, `dagc bench` on CUDA (autograd and
+# generated backward, with and without the kernels), then the paper's hermaphrodite MNIST run
+# with the Triton kernels for as long as allowed (TRAIN_SECONDS).
 # Usage on a GPU machine, from the repository root (wheels for missing packages in .whl/,
 # MNIST's four .gz files in .data/mnist/):  OUT=results bash scripts/gpu_check.sh
 set -u
@@ -42,13 +44,16 @@ print("graphed losses", [round(v, 5) for v in lg[::5]])
 print("max |loss diff|", max(abs(a - b) for a, b in zip(le, lg)), "max |param diff|", (pe - pg).abs().max().item())
 PY
 
+echo "== Triton kernels on CUDA: tests (no interpreter), then timings against the torch ops"
+timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py 2>&1 | tail -5 | tee "$OUT/triton_tests.txt"
+timeout 120 python3 scripts/kernels_check.py --device cuda --json "$OUT/kernels-cuda.json" 2>&1 | tail -30 | tee "$OUT/kernels.txt"
+
 echo "== dagc bench (78 channels, batch 100)"
 timeout 300 $DAGC bench generated/hermaphrodite_net.py --device cuda --steps 20 --warmup 3 \
-  --modes interpreter,flat,levels,flat+cudagraph,levels+cudagraph,flat+bf16+cudagraph,flat+compile \
-  --mode-timeout 150 --json "$OUT/bench-cuda.json" 2>&1 | tee "$OUT/bench.txt"
+  --modes interpreter,flat,generated,flat+cudagraph,generated+cudagraph,generated+triton+cudagraph,generated+compile \
+  --mode-timeout 120 --json "$OUT/bench-cuda.json" 2>&1 | tee "$OUT/bench.txt"
 
-echo "== the paper's protocol: 15,000 iterations, MNIST, 78 channels"
-timeout "${TRAIN_SECONDS:-190}" $DAGC train generated/hermaphrodite_net.py --dataset mnist \
-  --data-dir .data --out /tmp/run --quiet 2>&1 | tail -5 | tee "$OUT/train.txt"
-cp /tmp/run/summary.json /tmp/run/metrics.jsonl /tmp/run/accuracy.png "$OUT/" 2>/dev/null
+echo "== the paper's protocol: MNIST, 78 channels, Triton kernels, paused at the time limit"
+$DAGC train generated/hermaphrodite_net.py --dataset mnist --kernels "${KERNELS:-triton}" \
+  --data-dir .data --out "$OUT/run" --resume --time-limit "${TRAIN_SECONDS:-190}s" --quiet 2>&1 | tail -5 | tee "$OUT/train.txt"
 ls "$OUT"
