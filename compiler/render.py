@@ -103,12 +103,10 @@ def reads_of(plan: NetworkPlan, names: list[str], i: int) -> tuple[str, ...]:
     return tuple(names[p] for p in node.preds) if node.preds else ("source",)
 
 
-def node_step(
-    plan: NetworkPlan, names: list[str], i: int, call: str = "self.node"
-) -> Step:
+def node_step(plan: NetworkPlan, names: list[str], i: int) -> Step:
     return Step(
         describe(plan, i),
-        f"{names[i]} = {call}({i}, {weighted_sum(plan, i, names)})",
+        f"{names[i]} = self.node({i}, {weighted_sum(plan, i, names)})",
         reads_of(plan, names, i),
     )
 
@@ -312,16 +310,27 @@ def render_module(
     template_dir = str(template_dir or files("dagc.templates"))
     namespace = Namespace(RESERVED | template_names(options, template_dir))
     names = [namespace.create(node.name) for node in plan.nodes]
-    context = {"steps": [], "forward_steps": [], "reverse_steps": [], "read_names": []}
+    grads, ops = [], ""
     if options.backward == "generated":
         grads = [namespace.create(f"{node.name}_grad") for node in plan.nodes]
         template_text = (Path(template_dir) / "reverse_ops.py.j2").read_text()
+        ops = ops_namespace(plan, names, template_text)
+    context = statements(plan, options, names, grads, ops)
+    return render_source(plan, options, header, names, template_dir, context)
+
+
+def statements(
+    plan: NetworkPlan, options: CompileOptions, names, grads, ops: str
+) -> dict:
+    """The template's statement lists for these options, with their frees."""
+    context = {"steps": [], "forward_steps": [], "reverse_steps": [], "read_names": []}
+    if options.backward == "generated":
         read = sorted({pre for pre, _ in plan.edges})
         context.update(
             forward_steps=dag_forward_steps(plan, names),
             reverse_steps=dag_reverse_steps(plan, names, grads),
             read_names=[names[i] for i in read],
-            ops_namespace=ops_namespace(plan, names, template_text),
+            ops_namespace=ops,
         )
     else:
         steps = (
@@ -331,7 +340,7 @@ def render_module(
         )
         add_frees(steps, keep={names[i] for i in plan.outputs})
         context["steps"] = steps
-    return render_source(plan, options, header, names, template_dir, context)
+    return context
 
 
 def render_source(plan, options, header, names, template_dir: str, context) -> str:
@@ -389,22 +398,9 @@ def template_names(options: CompileOptions, template_dir: str) -> frozenset[str]
         pruned=(),
     )
     names = list(PROBE_NAMES)
-    context = {"steps": [], "forward_steps": [], "reverse_steps": [], "read_names": []}
-    if options.backward == "generated":
-        grads = [f"{name}_grad" for name in PROBE_NAMES]
-        context.update(
-            forward_steps=dag_forward_steps(probe, names),
-            reverse_steps=dag_reverse_steps(probe, names, grads),
-            read_names=names[:1],
-            ops_namespace="dagc_probe",
-        )
-        names += grads
-    else:
-        steps = (level_steps if options.layout == "levels" else flat_steps)(
-            probe, names
-        )
-        add_frees(steps, keep={names[1]})
-        context["steps"] = steps
+    grads = [f"{name}_grad" for name in PROBE_NAMES]
+    context = statements(probe, options, names, grads, "dagc_probe")
+    names += grads
     header = {"command": "-", "source": "-", "sha256": "-", "edge_signs": [1]}
     source = render_source(probe, options, header, names, template_dir, context)
     found = set(dir(builtins))
