@@ -27,13 +27,13 @@ def dagc(*args):
 
 @pytest.fixture(scope="module")
 def tiny_run(compile_to, tmp_path_factory):
-    """A 12-node random graph at 4 channels (flat layout), trained to about 55 % (seconds)."""
+    """A 12-node random graph at 4 channels (flat layout), trained to about 40 % (seconds)."""
     require_shared(DATA / "mnist" / "train-images-idx3-ubyte.gz")
     model = compile_to("hermaphrodite", "ws", 0, nodes=12, channels=4)[1]
     out = tmp_path_factory.mktemp("lesion") / "run"
     result = dagc(
-        "train", model, "--dataset", "mnist", "--data-dir", DATA, "--iterations", 150,
-        "--eval-every", 150, "--batch-size", 50, "--lr", 0.02, "--out", out, "--quiet", "--device", "cpu",
+        "train", model, "--dataset", "mnist", "--data-dir", DATA, "--iterations", 300,
+        "--eval-every", 300, "--batch-size", 50, "--lr", 0.004, "--out", out, "--quiet", "--device", "cpu",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
