@@ -671,7 +671,7 @@ MODEL_CLASS = "MaleNet"
 # instead of being accumulated edge by edge, and torch.compile sees one opaque custom op.
 # This network's custom ops live in a torch.library namespace named after a hash of its
 # structure, so several networks load into one process.
-OPS = "dagc_65b075fe8e4ac613"
+OPS = "dagc_8402e4a65ab39033"
 # Nodes fed by a weighted sum of other nodes (the rest read the source), and nodes whose
 # activation another node reads (the rest are output nodes, read only by the sink).
 SUMMED_NODES = tuple(sorted({post for _, post in EDGES}))
@@ -681,20 +681,18 @@ READ_NODES = tuple(sorted({pre for pre, _ in EDGES}))
 CONSUMER_ORDER = tuple(sorted(range(len(EDGES)), key=EDGES.__getitem__))
 
 
-def weighted_relu(w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-    """relu(w[0] * inputs[0] + w[1] * inputs[1] + ...), summed in place in one buffer."""
-    out = torch.mul(inputs[0], w[0])
-    for j in range(1, len(inputs)):
-        out.addcmul_(inputs[j], w[j])
-    return out.relu_()
-
-
 def gather(w: torch.Tensor, *grads: torch.Tensor) -> torch.Tensor:
-    """w[0] * grads[0] + w[1] * grads[1] + ...: a node's output gradient, from its consumers."""
+    """w[0] * grads[0] + w[1] * grads[1] + ..., summed in place in one buffer: a node's
+    output gradient from its consumers' (and, with a ReLU, its forward input sum)."""
     out = torch.mul(grads[0], w[0])
     for j in range(1, len(grads)):
         out.addcmul_(grads[j], w[j])
     return out
+
+
+def weighted_relu(w: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """relu(w[0] * inputs[0] + w[1] * inputs[1] + ...): the same sum as gather, then ReLU."""
+    return gather(w, *inputs).relu_()
 
 
 def dots(grad: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
