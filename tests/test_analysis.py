@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +14,13 @@ from conftest import SHARED, require_shared
 DATA = SHARED / "data"
 
 
-def dagc(*args):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "dagc", *map(str, args)],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
-def tiny_run(compile_to, tmp_path_factory):
+def tiny_run(compile_to, tmp_path_factory, dagc_process):
     """A 12-node random graph at 4 channels (flat layout), trained to about 40 % (seconds)."""
     require_shared(DATA / "mnist" / "train-images-idx3-ubyte.gz")
     model = compile_to("hermaphrodite", "ws", 0, nodes=12, channels=4)[1]
     out = tmp_path_factory.mktemp("lesion") / "run"
-    result = dagc(
+    result = dagc_process(
         "train", model, "--dataset", "mnist", "--data-dir", DATA, "--iterations", 300,
         "--eval-every", 300, "--batch-size", 50, "--lr", 0.004, "--out", out, "--quiet", "--device", "cpu",
     )  # fmt: skip
@@ -54,11 +43,15 @@ def test_set():
 
 
 @pytest.mark.slow
-def test_silencing_nothing_reproduces_dagc_eval(tiny_run, loaded, test_set):
+def test_silencing_nothing_reproduces_dagc_eval(
+    tiny_run, loaded, test_set, dagc_process
+):
     from dagc.runtime.analysis import lesion_scan
     from dagc.runtime.lesion import accuracy_on, silenced
 
-    result = dagc("eval", tiny_run, "--data-dir", DATA, "--json", "--device", "cpu")
+    result = dagc_process(
+        "eval", tiny_run, "--data-dir", DATA, "--json", "--device", "cpu"
+    )
     assert result.returncode == 0, result.stderr
     expected = json.loads(result.stdout)
     images, labels = test_set
@@ -102,9 +95,9 @@ def test_silencing_restores_the_network(loaded, test_set):
 
 
 @pytest.mark.slow
-def test_lesion_command_output(tiny_run, loaded):
+def test_lesion_command_output(tiny_run, loaded, dagc_process):
     names = [loaded.module.NODES[i] for i in loaded.module.OUTPUT_NODES]
-    result = dagc(
+    result = dagc_process(
         "lesion", tiny_run, "--neurons", ",".join(n.lower() for n in names),
         "--data-dir", DATA, "--device", "cpu", "--json",
     )  # fmt: skip
@@ -115,7 +108,7 @@ def test_lesion_command_output(tiny_run, loaded):
     assert report["lesioned"]["accuracy"] < report["intact"]["accuracy"]
     # Exactly one class is always guessed: 100 % for it, 0 % for every other one.
     assert sorted(report["lesioned"]["per_class"].values())[-2:] == [0.0, 1.0]
-    text = dagc(
+    text = dagc_process(
         "lesion", tiny_run, "--types", "other", "--data-dir", DATA, "--subset", 500
     )
     assert text.returncode == 0, text.stderr
@@ -133,16 +126,16 @@ def test_lesion_command_output(tiny_run, loaded):
         ([], "name the neurons to silence"),
     ],
 )
-def test_lesion_mistakes_are_one_line(tiny_run, args, message):
-    result = dagc("lesion", tiny_run, *args, "--data-dir", DATA)
+def test_lesion_mistakes_are_one_line(tiny_run, args, message, dagc_process):
+    result = dagc_process("lesion", tiny_run, *args, "--data-dir", DATA)
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
 
 
-def test_lesion_of_a_folder_without_a_run(tmp_path):
-    result = dagc("lesion", tmp_path, "--neurons", "AVAL")
+def test_lesion_of_a_folder_without_a_run(tmp_path, dagc_process):
+    result = dagc_process("lesion", tmp_path, "--neurons", "AVAL")
     assert result.returncode == 2 and "no checkpoint" in result.stderr
 
 
@@ -245,9 +238,9 @@ def test_dale_weights_split_by_sign(compile_to):
 
 
 @pytest.mark.slow
-def test_analyze_writes_the_report(tiny_run, tmp_path):
+def test_analyze_writes_the_report(tiny_run, tmp_path, dagc_process):
     out = tmp_path / "report"
-    result = dagc(
+    result = dagc_process(
         "analyze", tiny_run, "--out", out, "--subset", 200, "--seed", 3,
         "--permutations", 200, "--data-dir", DATA, "--device", "cpu", "--quiet",
     )  # fmt: skip
@@ -261,7 +254,7 @@ def test_analyze_writes_the_report(tiny_run, tmp_path):
         assert f"({name})" in text
     assert "Not a Dale run" in text
     assert "wrote" in result.stdout and "top lesions" in result.stdout
-    bad = dagc(
+    bad = dagc_process(
         "analyze", tiny_run, "--out", tmp_path / "no" / "such", "--data-dir", DATA
     )
     assert bad.returncode == 2 and "parent folder does not exist" in bad.stderr
