@@ -281,6 +281,12 @@ def dag_reverse_steps(
             source_started = True
         steps.append(Step(comment, code, reads))
     add_frees(steps)
+    # The activations are the op's saved tensors: release them, not only the names.
+    activations = set(names)
+    for step in steps:
+        saved = [name for name in step.frees if name in activations]
+        if saved:
+            step.code += "\n" + wrap_call("node.release(", saved, ")")
     return steps
 
 

@@ -588,7 +588,7 @@ MODEL_CLASS = "HermaphroditeNet"
 # instead of being accumulated edge by edge, and torch.compile sees one opaque custom op.
 # This network's custom ops live in a torch.library namespace named after a hash of its
 # structure, so several networks load into one process.
-OPS = "dagc_d4a1926f8ac3f7c4"
+OPS = "dagc_c8a5785009ddc988"
 # Nodes fed by a weighted sum of other nodes (the rest read the source), and nodes whose
 # activation another node reads (the rest are output nodes, read only by the sink).
 SUMMED_NODES = tuple(sorted({post for _, post in EDGES}))
@@ -658,9 +658,13 @@ class NeuronForward:
         return out
 
     def results(self, out: torch.Tensor) -> list[torch.Tensor]:
-        """The op's outputs: the sink's input, the batch statistics, the saved tensors."""
+        """The op's outputs: the sink's input, the batch statistics, the saved tensors. The
+        saved tensors leave flattened: torch.compile's Inductor copies every 4-D tensor that
+        a graph keeps for its backward into channels-last order once it sees a convolution
+        (the stem's), and back again before the reverse pass, which doubled the memory and
+        the compile time; a 1-D tensor it leaves alone."""
         saved = [*self.inputs, *self.conv_outputs, *self.activations]
-        return [out, self.mean, self.invstd, *saved]
+        return [out, self.mean, self.invstd, *(t.view(-1) for t in saved)]
 
 
 class NeuronBackward:
@@ -679,10 +683,17 @@ class NeuronBackward:
         )
         self.mean, self.invstd = saved[0], saved[1]
         summed, n = len(SUMMED_NODES), len(NODES)
-        self.inputs = dict(zip(SUMMED_NODES, saved[2 : 2 + summed]))
-        self.conv_outputs = list(saved[2 + summed : 2 + summed + n])
-        self.activations = list(saved[2 + summed + n :])
+        if any(t.untyped_storage().nbytes() == 0 for t in saved[2:]):
+            raise RuntimeError(
+                "the connectome DAG's saved tensors were freed by an earlier backward pass "
+                "(a second backward through the same graph is not supported)"
+            )
+        tensors = [t.view(source.shape) for t in saved[2:]]  # flattened by results()
         saved.clear()  # from here on, this object holds the only references
+        self.inputs = dict(zip(SUMMED_NODES, tensors[:summed]))
+        self.conv_outputs = tensors[summed : summed + n]
+        self.activations = tensors[summed + n :]
+        tensors.clear()
         self.grad_conv = torch.empty_like(conv)
         self.grad_bn_weight = torch.empty_like(bn_weight)
         self.grad_bn_bias = torch.empty_like(bn_weight)
@@ -709,6 +720,7 @@ class NeuronBackward:
             self.eps,
             [True, True, True],
         )
+        self.release(y)
         del y
         grad, grad_conv, _ = torch.ops.aten.convolution_backward(
             grad,
@@ -730,7 +742,20 @@ class NeuronBackward:
         )
         if x is self.source:  # the source's own ReLU is outside the DAG
             return grad
-        return torch.ops.aten.threshold_backward(grad, x, 0)
+        grad = torch.ops.aten.threshold_backward(grad, x, 0)
+        self.release(x)
+        return grad
+
+    def release(self, *tensors: torch.Tensor) -> None:
+        """Give saved tensors' memory back after their last use. Eagerly, dropping the last
+        reference is enough; under torch.compile the compiled graph holds the op's inputs
+        until the op returns, and on the CPU every allocation of the reverse pass then came
+        from fresh pages (1.5 million page faults a step at 78 channels, 30 % of the step),
+        so the storage is emptied here. Not on CUDA, whose allocator caches freed memory and
+        whose captured graphs own theirs."""
+        for tensor in tensors:
+            if tensor.device.type == "cpu":
+                tensor.untyped_storage().resize_(0)
 
     def parameter_grads(self) -> list[torch.Tensor]:
         return [self.grad_conv, self.grad_bn_weight, self.grad_bn_bias]
@@ -2037,12 +2062,14 @@ def dag_backward(
     grad_w[2249:2260] = dots(
         VD01_grad, AVHL, PVQR, VB01, DA01, VC03, VA02, VC01, VA01, VC02, DB01, AS01,
     )
+    node.release(AS01)
     del AS01
     # VD13 -> the sink
     VD13_grad = node(280, sink_grad)
     grad_w[2238:2249] = dots(
         VD13_grad, VB11, PDB, PVNR, DVB, VA12, DA08, DB07, DA09, RID, AS11, DD06,
     )
+    node.release(DD06)
     del DD06
     # VD04 -> the sink
     VD04_grad = node(279, sink_grad)
@@ -2056,12 +2083,14 @@ def dag_backward(
         VD03_grad, PVNR, AVEL, DB02, VB03, AVBR, VB02, VC03, VC01, AS03, VA03, DA02,
         DA03, DB01, DD02,
     )
+    node.release(DD02)
     del DD02
     # DD04 -> the sink
     DD04_grad = node(277, sink_grad)
     grad_w[2198:2209] = dots(
         DD04_grad, VA09, DA08, DB04, VB06, VA08, VB07, VC03, DA07, VA07, VD07, VD08,
     )
+    node.release(VD07, VD08)
     del VD07, VD08
     # DD03 -> the sink
     DD03_grad = node(276, sink_grad)
@@ -2069,28 +2098,33 @@ def dag_backward(
         DD03_grad, VA06, VB05, DB03, DB04, RID, VA05, VC03, AS05, VA07, VC01, DA06,
         VC02, AS06, DA05, VB04, VD06, VD05,
     )
+    node.release(VD06, VD05)
     del VD06, VD05
     # AS01 -> VD01
     AS01_grad = node(275, gather(w_out[2259:2260], VD01_grad))
     grad_w[2171:2181] = dots(
         AS01_grad, AVER, AVEL, AVAR, DA01, PVCL, VA06, AVBR, VA07, DB01, VD02,
     )
+    node.release(VD02)
     del VD02
     # VD09 -> the sink
     VD09_grad = node(274, sink_grad)
     grad_w[2161:2171] = dots(
         VD09_grad, DVC, VA09, DA08, DB07, DA09, VA08, VB07, DA07, VB08, AS09,
     )
+    node.release(AS09)
     del AS09
     # VD08 -> DD04
     VD08_grad = node(273, gather(w_out[2258:2259], DD04_grad))
     grad_w[2155:2161] = dots(VD08_grad, DA08, DB07, VA08, VB07, DA07, AS08)
+    node.release(AS08)
     del AS08
     # VD07 -> DD04
     VD07_grad = node(272, gather(w_out[2257:2258], DD04_grad))
     grad_w[2146:2155] = dots(
         VD07_grad, PVNR, DB05, VB06, VA08, VC03, DA07, VA07, DA06, AS07,
     )
+    node.release(AS07)
     del AS07
     # VD05 -> DD03
     VD05_grad = node(271, gather(w_out[2256:2257], DD03_grad))
@@ -2104,6 +2138,7 @@ def dag_backward(
         VD02_grad, VB01, AVEL, DA01, VB02, VC03, VA02, VC01, VA03, VC02, DA02, DB01,
         DD01, AS02,
     )
+    node.release(DD01, AS02)
     del DD01, AS02
     # VB10 -> the sink
     VB10_grad = node(269, sink_grad)
@@ -2114,6 +2149,7 @@ def dag_backward(
         DD06_grad, VB11, PDB, PVQL, PVQR, AVL, DVB, VC06, VA12, VA09, DB04, DB07, DA09,
         AS11, VA10, VB08, VB09, VA11, VD11, VD12,
     )
+    node.release(VD11, VD12)
     del VD11, VD12
     # DD02 -> VD03, VD04
     DD02_grad = node(267, gather(w_out[2252:2254], VD03_grad, VD04_grad))
@@ -2121,6 +2157,7 @@ def dag_backward(
         DD02_grad, PVPR, PVNR, DB02, DB03, VB03, RID, VA05, VB02, VC03, AS04, VC01,
         VA03, VC02, VA04, DA03, VB04, DA04,
     )
+    node.release(VB04, DA04)
     del VB04, DA04
     # VD12 -> DD06
     VD12_grad = node(266, gather(w_out[2251:2252], DD06_grad))
@@ -2128,12 +2165,14 @@ def dag_backward(
         VD12_grad, VB11, PDB, PVNL, PVNR, AVL, PVWL, VC06, VA12, DA08, DB07, DA09, AS11,
         VA10, VA11,
     )
+    node.release(PDB, AS11)
     del PDB, AS11
     # VD11 -> DD06, VB10
     VD11_grad = node(265, gather(w_out[2249:2251], DD06_grad, VB10_grad))
     grad_w[2058:2068] = dots(
         VD11_grad, AVFR, VC06, VA09, DA08, DB07, DA09, VA10, AS10, VB09, VA11,
     )
+    node.release(VC06, AVFR, AS10)
     del VC06, AVFR, AS10
     # VD06 -> DD03
     VD06_grad = node(264, gather(w_out[2248:2249], DD03_grad))
@@ -2141,12 +2180,14 @@ def dag_backward(
         VD06_grad, PVNR, VA06, VB05, DB03, DB04, DB05, VB06, VC03, VA07, VC01, DA06,
         VC02, AS06, DA05,
     )
+    node.release(VC02, VB05)
     del VC02, VB05
     # DA04 -> DD02, VD05, VD04
     DA04_grad = node(263, gather(w_out[2245:2248], DD02_grad, VD05_grad, VD04_grad))
     grad_w[2033:2044] = dots(
         DA04_grad, AVDL, AVDR, AVEL, AVAL, AVAR, PVCR, DB02, DB03, AS05, DA03, DA05,
     )
+    node.release(DA03, AS05, DA05)
     del DA03, AS05, DA05
     # AS09 -> VD09
     AS09_grad = node(262, gather(w_out[2244:2245], VD09_grad))
@@ -2157,18 +2198,21 @@ def dag_backward(
     # AS07 -> VD07
     AS07_grad = node(260, gather(w_out[2242:2243], VD07_grad))
     grad_w[2019:2025] = dots(AS07_grad, AVAL, AVAR, VA09, DB05, VA10, VA11)
+    node.release(VA11)
     del VA11
     # AS02 -> VD02
     AS02_grad = node(259, gather(w_out[2241:2242], VD02_grad))
     grad_w[2010:2019] = dots(
         AS02_grad, AVER, AVAL, AVAR, PVCL, VA06, VA08, VA07, DA02, DB01,
     )
+    node.release(DB01)
     del DB01
     # VB04 -> DD02, VD05, DD03, VD04
     VB04_grad = node(258, gather(
         w_out[2237:2241], DD02_grad, VD05_grad, DD03_grad, VD04_grad,
     ))
     grad_w[2004:2010] = dots(VB04_grad, PVCL, VA06, PVCR, VA05, VC03, VA04)
+    node.release(VA04, VA05)
     del VA04, VA05
     # VA11 -> AS07, AS08, AS09, VD11, VD12, DD06, VB10
     VA11_grad = node(257, gather(
@@ -2178,6 +2222,7 @@ def dag_backward(
     grad_w[1995:2004] = dots(
         VA11_grad, PVNR, AVDR, AVAL, AVAR, VA12, AVBL, DA09, VB08, VB09,
     )
+    node.release(VB08, VB09)
     del VB08, VB09, VB10_grad
     # DD01 -> VD02
     DD01_grad = node(256, gather(w_out[2229:2230], VD02_grad))
@@ -2190,6 +2235,7 @@ def dag_backward(
         w_out[2224:2229], AS02_grad, VD02_grad, AS01_grad, VD03_grad, VD01_grad,
     ))
     grad_w[1978:1982] = dots(DB01_grad, AVDR, DA01, RID, DA02)
+    node.release(DA01)
     del DA01
     # DA05 -> DA04, VD06, VD05, DD03
     DA05_grad = node(254, gather(
@@ -2199,6 +2245,7 @@ def dag_backward(
         DA05_grad, HSNR, PVR, AVDL, AVDR, AVAL, AVAR, PVCL, PVCR, AVBL, DB03, DB04,
         DA06, AS06,
     )
+    node.release(DA06, AS06)
     del DA06, AS06
     # DA03 -> DA04, DD02, VD03, VD04
     DA03_grad = node(253, gather(
@@ -2207,6 +2254,7 @@ def dag_backward(
     grad_w[1954:1965] = dots(
         DA03_grad, AVER, AVDL, AVDR, AVEL, AVAL, AVAR, DB02, AVBR, AS04, AS03, DA02,
     )
+    node.release(AS04, AS03, DA02)
     del AS04, AS03, DA02
     # VB09 -> VA11, VD11, DD06
     VB09_grad = node(252, gather(w_out[2213:2216], VA11_grad, VD11_grad, DD06_grad))
@@ -2217,6 +2265,7 @@ def dag_backward(
     # VA04 -> VB04, DD02, VD04
     VA04_grad = node(250, gather(w_out[2207:2210], VB04_grad, DD02_grad, VD04_grad))
     grad_w[1940:1948] = dots(VA04_grad, VB01, AVER, AVEL, AVAL, AVAR, VB03, AVBR, VA03)
+    node.release(VA03)
     del VA03
     # SIBDR -> the sink
     SIBDR_grad = node(249, sink_grad)
@@ -2224,6 +2273,7 @@ def dag_backward(
         SIBDR_grad, ADEL, CEPDL, OLQVR, URYVR, RMGL, URBR, AIBR, AVKL, SIADR, RMDVL,
         SMDDR,
     )
+    node.release(SMDDR)
     del SMDDR
     # DA02 -> DA03, DB01, DD01, AS02, VD02, VD03
     DA02_grad = node(248, gather(
@@ -2233,6 +2283,7 @@ def dag_backward(
     grad_w[1918:1929] = dots(
         DA02_grad, DVA, AVER, AVDL, AVDR, AVEL, AVAL, AVAR, PVCR, DB02, RID, VA01,
     )
+    node.release(VA01)
     del VA01
     # AS10 -> VD11
     AS10_grad = node(247, gather(w_out[2200:2201], VD11_grad))
@@ -2242,6 +2293,7 @@ def dag_backward(
     # AS06 -> DA05, VD06, DD03
     AS06_grad = node(246, gather(w_out[2197:2200], DA05_grad, VD06_grad, DD03_grad))
     grad_w[1905:1909] = dots(AS06_grad, AVAR, VA09, DB04, VA10)
+    node.release(VA10)
     del VA10
     # VC02 -> VD06, DD02, VD02, VD05, DD03, VD04, VD01
     VC02_grad = node(245, gather(
@@ -2249,6 +2301,7 @@ def dag_backward(
         VD04_grad, VD01_grad,
     ))
     grad_w[1898:1905] = dots(VC02_grad, HSNR, PVQR, PVNR, AVL, VB02, VC03, VC01)
+    node.release(VC01)
     del VC01
     # VA10 -> AS06, AS10, VB08, VB09, AS07, VD11, VD12, DD06
     VA10_grad = node(244, gather(
@@ -2256,6 +2309,7 @@ def dag_backward(
         VD11_grad, VD12_grad, DD06_grad,
     ))
     grad_w[1892:1898] = dots(VA10_grad, AVDL, AVAL, AVAR, AVBL, VB07, VD10)
+    node.release(VD10)
     del VD10
     # VA03 -> VA04, DD02, VD02, VD03
     VA03_grad = node(243, gather(
@@ -2267,6 +2321,7 @@ def dag_backward(
     # VA01 -> DA02, DD01, VD01
     VA01_grad = node(242, gather(w_out[2175:2178], DA02_grad, DD01_grad, VD01_grad))
     grad_w[1876:1883] = dots(VA01_grad, FLPL, VB01, AVER, AVDL, AVEL, AVAL, VA02)
+    node.release(VA02)
     del VA02
     # SMDDR -> SIBDR
     SMDDR_grad = node(241, gather(w_out[2174:2175], SIBDR_grad))
@@ -2275,6 +2330,7 @@ def dag_backward(
         RIAR, RIVL, RIML, SMDVL, RIAL, SMBDR, SAAVL, SIADR, RIMR, SMDDL, RMDR, RMDL,
         RMEV, RMED,
     )
+    node.release(RMED)
     del RMED
     # DB06 -> the sink
     DB06_grad = node(240, sink_grad)
@@ -2285,10 +2341,12 @@ def dag_backward(
         VD04_grad,
     ))
     grad_w[1843:1850] = dots(DA06_grad, HSNR, AVDR, AVAL, AVAR, DB05, RID, DA07)
+    node.release(DA07)
     del DA07
     # AS03 -> DA03, VD03
     AS03_grad = node(238, gather(w_out[2166:2168], DA03_grad, VD03_grad))
     grad_w[1837:1843] = dots(AS03_grad, AVER, AVEL, DB02, AVBR, VA08, VA07)
+    node.release(VA07)
     del VA07
     # VD10 -> VA10, VB09
     VD10_grad = node(237, gather(w_out[2164:2166], VA10_grad, VB09_grad))
@@ -2313,10 +2371,12 @@ def dag_backward(
     grad_w[1815:1824] = dots(
         VA02_grad, AVM, DVA, VB01, AVER, AVDR, AVAL, AVAR, AVBL, VB02,
     )
+    node.release(VB02)
     del VB02
     # SABVL -> the sink
     SABVL_grad = node(233, sink_grad)
     grad_w[1807:1815] = dots(SABVL_grad, AVJR, AVER, AVDL, AVDR, AVL, AVEL, AVAL, VC03)
+    node.release(VC03)
     del VC03
     # RMED -> SMDDR
     RMED_grad = node(232, gather(w_out[2142:2143], SMDDR_grad))
@@ -2324,10 +2384,12 @@ def dag_backward(
         RMED_grad, IL2DL, IL2DR, IL2VR, OLLR, OLQDL, URYDR, RIBR, SMBDL, SMBDR, SMDVR,
         RMEV, RID,
     )
+    node.release(RMEV)
     del RMEV
     # DD05 -> the sink
     DD05_grad = node(231, sink_grad)
     grad_w[1788:1795] = dots(DD05_grad, PVDL, VA09, DA08, DB03, DB04, VA08, VB07)
+    node.release(DB04, VB07)
     del DB04, VB07
     # DA07 -> DA06, DB06, VD07, VD08, VD09, DD04
     DA07_grad = node(230, gather(
@@ -2335,12 +2397,14 @@ def dag_backward(
         DD04_grad,
     ))
     grad_w[1781:1788] = dots(DA07_grad, AVAL, AVAR, DA08, PVCR, AVBL, DB05, AVBR)
+    node.release(DB05)
     del DB05, DB06_grad
     # AS11 -> VD12, DD06, VD13
     AS11_grad = node(229, gather(w_out[2133:2136], VD12_grad, DD06_grad, VD13_grad))
     grad_w[1771:1781] = dots(
         AS11_grad, PHBL, PQR, AVDL, AVDR, AVAL, AVAR, VA12, DB07, DA09, RID,
     )
+    node.release(DA09, RID)
     del DA09, RID
     # AS05 -> DA04, VD05, DD03
     AS05_grad = node(228, gather(w_out[2130:2133], DA04_grad, VD05_grad, DD03_grad))
@@ -2348,6 +2412,7 @@ def dag_backward(
     # AS04 -> DA03, DD02, VD04
     AS04_grad = node(227, gather(w_out[2127:2130], DA03_grad, DD02_grad, VD04_grad))
     grad_w[1756:1764] = dots(AS04_grad, AVDL, AVAL, AVAR, AVBL, DB02, DB03, AVBR, VA08)
+    node.release(DB02, DB03, AVBR, VA08)
     del DB02, DB03, AVBR, VA08
     # VC03 -> SABVL, VC01, VC02, VB04, VD06, DD02, VD02, VD05, VD07, DD03, DD04,
     #     VD03, VD04, VD01
@@ -2357,12 +2422,14 @@ def dag_backward(
         VD04_grad, VD01_grad,
     ))
     grad_w[1753:1756] = dots(VC03_grad, HSNR, VC04, AVBL)
+    node.release(VC04)
     del VC04
     # VB07 -> DD05, VA10, VD08, VD09, DD04
     VB07_grad = node(225, gather(
         w_out[2108:2113], DD05_grad, VA10_grad, VD08_grad, VD09_grad, DD04_grad,
     ))
     grad_w[1747:1753] = dots(VB07_grad, DVA, PVR, PVCL, VA09, PVCR, VB06)
+    node.release(VA09)
     del VA09
     # VB02 -> VA02, VA03, VC02, DD01, DD02, VD02, VD03
     VB02_grad = node(224, gather(
@@ -2376,12 +2443,14 @@ def dag_backward(
         VD07_grad, VD08_grad, VD09_grad, DD04_grad,
     ))
     grad_w[1738:1742] = dots(VA08_grad, DVA, AVAL, AVAR, VB06)
+    node.release(VB06)
     del VB06
     # VA05 -> VB04, DD02, VD05, DD03
     VA05_grad = node(222, gather(
         w_out[2088:2092], VB04_grad, DD02_grad, VD05_grad, DD03_grad,
     ))
     grad_w[1731:1738] = dots(VA05_grad, AVDL, PVNR, AVDR, AVAL, AVAR, VA06, VB03)
+    node.release(VB03)
     del VB03
     # SIAVL -> the sink
     SIAVL_grad = node(221, sink_grad)
@@ -2398,6 +2467,7 @@ def dag_backward(
         RID_grad, AVM, BAGL, URXL, URYVL, AIML, AINR, AINL, RMGL, AVJR, RMHL, PVCL,
         PVCR, SIBVR,
     )
+    node.release(SIBVR)
     del SIBVR
     # DA09 -> AS11, VD10, VA11, VD11, VD12, DD06, VD09, VD13
     DA09_grad = node(219, gather(
@@ -2405,6 +2475,7 @@ def dag_backward(
         DD06_grad, VD09_grad, VD13_grad,
     ))
     grad_w[1697:1705] = dots(DA09_grad, PHCL, PHCR, PVR, AVDR, AVAL, AVAR, VA12, DB07)
+    node.release(DB07)
     del DB07
     # AVBR -> AS04, AS05, DA07, VA07, AS03, AS10, VA04, DA03, AS01, VD03
     AVBR_grad = node(218, gather(
@@ -2417,6 +2488,7 @@ def dag_backward(
         RIFL, RMGR, ADAR, AIBR, PVR, RIML, RIBL, SMBVL, AVJR, PVPL, RIMR, RIPR, AVJL,
         PVNR, AVAR, PVCL, PVCR, AVBL,
     )
+    node.release(AVBL, RIPR)
     del AVBL, RIPR
     # VB06 -> VA08, VB07, VA07, VD06, VD07, DD04
     VB06_grad = node(217, gather(
@@ -2441,6 +2513,7 @@ def dag_backward(
         SIAVR_grad, CEPVR, PLNR, URXR, AIBL, URBR, SMBVR, RMGR, AVKL, RIVL, SMDVL, RIAL,
         SMBDR, RMDVL, SIBVL,
     )
+    node.release(SIBVL)
     del SIBVL
     # RMEV -> RMED, SMDDR
     RMEV_grad = node(213, gather(w_out[2045:2047], RMED_grad, SMDDR_grad))
@@ -2448,10 +2521,12 @@ def dag_backward(
         RMEV_grad, IL2DL, IL2DR, IL2L, IL2R, IL2VL, IL2VR, URAVR, PVT, RIS, RIH, SMBVR,
         SAAVR, SMBVL, URAVL, RMEL, RMDDL,
     )
+    node.release(RMDDL)
     del RMDDL
     # PVWR -> the sink
     PVWR_grad = node(212, sink_grad)
     grad_w[1601:1607] = dots(PVWR_grad, LUAR, VB11, PVNL, PVNR, PVWL, PVCR)
+    node.release(PVWL)
     del PVWL
     # DB07 -> DA09, AS11, VD10, AS10, VD11, VD12, DD06, VD08, VD09, VD13
     DB07_grad = node(211, gather(
@@ -2459,6 +2534,7 @@ def dag_backward(
         VD12_grad, DD06_grad, VD08_grad, VD09_grad, VD13_grad,
     ))
     grad_w[1593:1601] = dots(DB07_grad, DVA, PQR, PVR, AVAL, VA12, PVCL, DA08, PVCR)
+    node.release(DA08)
     del DA08
     # DB05 -> DA07, DA06, AS07, AS08, VD06, VD05, VD07, VD04
     DB05_grad = node(210, gather(
@@ -2495,10 +2571,12 @@ def dag_backward(
         RIBR, RIFL, RMGR, ADAR, PVR, AVKL, SAAVR, RIML, AVJR, PVPL, RIMR, AVJL, AVDR,
         AVAL, AVAR, PVCL, PVCR,
     )
+    node.release(PVCR)
     del PVCR
     # VB05 -> VD06, DD03
     VB05_grad = node(205, gather(w_out[1988:1990], VD06_grad, DD03_grad))
     grad_w[1525:1527] = dots(VB05_grad, PVDR, VA06)
+    node.release(VA06)
     del VA06
     # SIBVL -> SIAVR
     SIBVL_grad = node(204, gather(w_out[1987:1988], SIAVR_grad))
@@ -2515,6 +2593,7 @@ def dag_backward(
         URXR, URYDR, URYVL, RIS, RIAR, RMGR, RIAL, RIVR, RMDR, RMHL, RMDDR, RMDVR,
         URAVL, SMDVR,
     )
+    node.release(SMDVR)
     del SMDVR
     # PVCR -> AVBL, DB02, DB03, DB04, DB05, DB07, PVWR, SIBVR, VB03, VB06, AVBR,
     #     RID, VB07, DA07, DA02, VB08, DA05, VB04, DA04
@@ -2536,6 +2615,7 @@ def dag_backward(
     grad_w[1446:1458] = dots(
         DA08_grad, PHAL, PHAR, PHBL, PQR, PVQL, AVG, AVDL, AVDR, AVAL, AVAR, VA12, PVCL,
     )
+    node.release(PVCL)
     del PVCL, VD08_grad
     # VA09 -> VB07, DD05, VD10, AS06, VB08, AS07, VD11, DD06, VD09, DD04
     VA09_grad = node(199, gather(
@@ -2574,12 +2654,14 @@ def dag_backward(
         PVDL, PVDR, PVM, SDQL, BDUR, PVNL, AVG, RIFR, PVPR, PVR, AVJR, PVPL, AVDL, AVJL,
         AVEL, AVAL, AVAR, VA12,
     )
+    node.release(VA12)
     del VA12, VB04_grad, VB08_grad
     # DA01 -> DB01, DD01, VD02, AS01, VD01
     DA01_grad = node(194, gather(
         w_out[1911:1916], DB01_grad, DD01_grad, VD02_grad, AS01_grad, VD01_grad,
     ))
     grad_w[1373:1380] = dots(DA01_grad, AVM, AVER, AVDL, AVDR, AVEL, AVAL, AVAR)
+    node.release(AVAR)
     del AVAR
     # VA12 -> PVCL, DA08, PVCR, DB07, DA09, AS11, AS10, VA11, AS08, AS09, VD12,
     #     DD06, VD13
@@ -2609,6 +2691,7 @@ def dag_backward(
         AUAR, PVPR, RICR, ADAL, RICL, RIBR, RIAR, ADAR, AIBR, SAAVR, SAADR, RIML, AVJR,
         PVPL, RMHL, RMDVR, AVER, AVDL, AVJL, AVDR, AVEL, AVAL,
     )
+    node.release(AVAL, RMHL)
     del AVAL, AS09_grad, AS06_grad, RMHL
     # SABD -> the sink
     SABD_grad = node(191, sink_grad)
@@ -2619,6 +2702,7 @@ def dag_backward(
     # PDA -> the sink
     PDA_grad = node(190, sink_grad)
     grad_w[1300:1301] = dots(PDA_grad, DVB)
+    node.release(DVB)
     del DVB
     # AVAL -> AVAR, VA12, DA01, PVCL, VA06, VA09, DA08, PVCR, AVBL, DB05, DB07,
     #     DA09, VA05, VA08, AS04, AS05, AS11, DA07, SABVL, VA02, VA07, DA06, VA01,
@@ -2638,6 +2722,7 @@ def dag_backward(
         RICL, AIBL, RMGR, SAADR, RIML, RIBL, RIAL, SMBDR, SAAVL, SIADR, AVJR, PVPL,
         SAADL, RIMR, AVER, AVDL, PVNR, AVDR, AVEL,
     )
+    node.release(AVEL, AVDR, SIADR)
     del AVEL, AVDR, AS07_grad, AS08_grad, SIADR, DA07_grad, VA07_grad
     # VC06 -> VD11, VD12, DD06
     VC06_grad = node(188, gather(w_out[1823:1826], VD11_grad, VD12_grad, DD06_grad))
@@ -2645,6 +2730,7 @@ def dag_backward(
     # PVWL -> PVWR, VD12
     PVWL_grad = node(187, gather(w_out[1821:1823], PVWR_grad, VD12_grad))
     grad_w[1237:1243] = dots(PVWL_grad, LUAR, VB11, PVNL, LUAL, PVNR, AVL)
+    node.release(VB11)
     del VB11
     # DVB -> PDA, DD06, VD13
     DVB_grad = node(186, gather(w_out[1818:1821], PDA_grad, DD06_grad, VD13_grad))
@@ -2655,6 +2741,7 @@ def dag_backward(
     grad_w[1223:1235] = dots(
         AVKR_grad, PVT, RIS, RIGL, AIZL, RICR, RIGR, RMFL, RIML, RMDR, RMDL, RMFR, AVL,
     )
+    node.release(RMFR)
     del RMFR
     # AVEL -> AVAL, SABD, AVAR, DA01, PVCL, SABVR, PVCR, DB03, DB04, SABVL, AS03,
     #     VA01, VA03, DA02, VA04, DA03, DA04, VD02, AS01, VD03
@@ -2670,6 +2757,7 @@ def dag_backward(
         AIZL, RMGL, ADAL, AIBL, RIBR, ADAR, AIBR, AVKL, RIBL, SMDDL, AVER, AVDL, AVJL,
         PVNR, AVL,
     )
+    node.release(AVL)
     del AVL
     # AVL -> AVEL, AVKR, DVB, PVWL, VC06, SABD, SABVR, SABVL, VC01, VC02, DD01,
     #     VD12, DD06
@@ -2696,6 +2784,7 @@ def dag_backward(
         PVNL, LUAL, HSNR, AVHR, AVG, AUAL, ADAL, ADAR, RIBL, AVJR, PVPL, AVER, AVDL,
         PVNR,
     )
+    node.release(PVNR, PVPL, PLML)
     del PVNR, DB01_grad, PVPL, PLML
     # PVNR -> AVDR, AVL, AVEL, PVWL, AVAL, PVCR, DB03, PVWR, AVBR, VA05, VC02, VA11,
     #     VD06, VD12, DD02, VD07, VD03, VD04, VD13
@@ -2705,6 +2794,7 @@ def dag_backward(
         VD06_grad, VD12_grad, DD02_grad, VD07_grad, VD03_grad, VD04_grad, VD13_grad,
     ))
     grad_w[1127:1135] = dots(PVNR_grad, AVM, AIMR, BDUR, PVNL, BDUL, HSNR, AVG, AVJL)
+    node.release(AVJL)
     del VD03_grad, VD04_grad, VD07_grad, VD06_grad, VA11_grad, AVJL
     # AVJL -> PVNR, AVEL, SABD, AVAR, PVCL, PVCR, AVBL, AVBR
     AVJL_grad = node(180, gather(
@@ -2715,6 +2805,7 @@ def dag_backward(
         AVJL_grad, ADLL, ADLR, AQR, FLPR, AIML, BDUR, PVNL, LUAL, HSNL, HSNR, AVFL, AVG,
         AVHL, RIFR, PVPR, RMGR, ADAR, PVR, AVJR, RIMR, AVDL,
     )
+    node.release(AVDL)
     del AVDL
     # RIPR -> AVBR
     RIPR_grad = node(179, gather(w_out[1734:1735], AVBR_grad))
@@ -2722,6 +2813,7 @@ def dag_backward(
         RIPR_grad, ADLR, BAGL, CEPVR, IL1DR, IL1VR, IL2DR, IL2VR, OLQVR, SDQL, URXR,
         URAVR, URADR, RIH, RIFR, ADAR, PVR, RMEL,
     )
+    node.release(RMEL)
     del RMEL
     # AVDL -> AVJL, AVDR, AVEL, AVAL, SABD, AVAR, VA12, DA01, PVCL, SABVR, DA08,
     #     VA05, AS04, AS11, SABVL, VA01, VA03, VA10, AS10, DA02, DA03, DA05, DA04
@@ -2736,6 +2828,7 @@ def dag_backward(
         PQR, PVDL, PVDR, SDQL, AIML, LUAR, PVNL, LUAL, AVG, AVHL, ADAL, URBR, RIGR,
         RMGR, ADAR, AVJR, AVER,
     )
+    node.release(AVER, PHBR, PLMR)
     del AVER, DA04_grad, VA10_grad, AS04_grad, VA05_grad, PHBR, PLMR
     # RMER -> the sink
     RMER_grad = node(177, sink_grad)
@@ -2743,6 +2836,7 @@ def dag_backward(
         RMER_grad, ADEL, IL1L, IL2DL, IL2DR, IL2L, IL2VL, IL2VR, OLLR, OLQDR, OLQVR,
         URAVR, URADR, RIH, RMHR, URAVL,
     )
+    node.release(URADR)
     del URADR
     # RMEL -> RIPR, RMEV
     RMEL_grad = node(176, gather(w_out[1709:1711], RIPR_grad, RMEV_grad))
@@ -2756,6 +2850,7 @@ def dag_backward(
         RIPL_grad, ADLL, ASHL, CEPDL, CEPVL, IL1DL, IL1VL, IL2DL, IL2DR, IL2VL, RIH,
         ADAL, PVR, URADL, SAAVR, URAVL,
     )
+    node.release(URADL)
     del URADL
     # AVER -> AVDL, AVDR, AVEL, AVAL, SABD, AVAR, DA01, SABVR, DB03, SABVL, VA02,
     #     AS03, VA01, VA03, DA02, VA04, DA03, AS02, AS01
@@ -2769,6 +2864,7 @@ def dag_backward(
         URXR, URYDL, URYDR, URYVL, ALA, HSNR, AVG, RIS, RIGL, AUAR, AIZR, AIZL, RIBR,
         RIGR, RMGR, AVKL, RIML, RIBL, AVJR, SMDDL, RMDVL, URAVL,
     )
+    node.release(URAVL)
     del AS01_grad, AS02_grad, DA03_grad, AS03_grad, URAVL
     # URAVL -> AVER, RIPL, RMEL, RMER, RMDDL, RMEV
     URAVL_grad = node(173, gather(
@@ -2778,6 +2874,7 @@ def dag_backward(
     grad_w[977:985] = dots(
         URAVL_grad, CEPVL, IL1L, IL1VL, IL2L, IL2VL, DVC, ADAL, RMDVR,
     )
+    node.release(RMDVR)
     del RMDVR
     # RMDVR -> URAVL, AVAR, RMDDL, SIBVR, SIAVL
     RMDVR_grad = node(172, gather(
@@ -2787,6 +2884,7 @@ def dag_backward(
         RMDVR_grad, CEPDR, CEPVL, IL1DR, IL1L, IL1R, IL1VL, OLLR, OLQVL, URYDR, URYVL,
         RIBR, RIAR, RMGR, RIAL, RIVR, SMBVL, SAADL, RMDL, RMDVL, RMDDR,
     )
+    node.release(RMDDR)
     del RMDDR
     # RMDDR -> RMDVR, RMDDL
     RMDDR_grad = node(171, gather(w_out[1677:1679], RMDVR_grad, RMDDL_grad))
@@ -2794,6 +2892,7 @@ def dag_backward(
         RMDDR_grad, ALML, ALNL, CEPVR, IL1DL, IL1R, IL1VR, OLLR, OLQDL, URYDL, URYVR,
         URAVR, URBL, HSNR, RIS, RMGL, RIAR, SMDVL, RIAL, RMDL, RMDVL,
     )
+    node.release(RMDVL)
     del RMDVL
     # RMHL -> AVAR, RMDDL, RID
     RMHL_grad = node(170, gather(w_out[1674:1677], AVAR_grad, RMDDL_grad, RID_grad))
@@ -2801,6 +2900,7 @@ def dag_backward(
         RMHL_grad, ADEL, ALNL, CEPDL, CEPDR, CEPVL, IL1R, IL1VL, IL2DL, OLQDL, OLQVL,
         SDQR, RMHR, RMGL, RIGR, RMFL, RMDL,
     )
+    node.release(IL1VL)
     del IL1VL
     # RMFR -> AVKR
     RMFR_grad = node(169, gather(w_out[1673:1674], AVKR_grad))
@@ -2815,6 +2915,7 @@ def dag_backward(
         RMDVL_grad, CEPDL, IL1DL, IL1L, IL1R, IL1VR, OLLL, OLQVR, PLNR, URYDL, URYVR,
         URAVR, AINL, RMGL, RIAR, RIVL, RIAL, RMDR, RMDL,
     )
+    node.release(RMDL)
     del RMDL
     # RMDL -> RMDVL, RMFR, RMHL, RMDDR, RMDVR, AVKR, SIBVR, SMDDR
     RMDL_grad = node(167, gather(
@@ -2825,6 +2926,7 @@ def dag_backward(
         RMDL_grad, ADEL, ADER, IL1R, IL2R, OLLL, OLLR, URYVR, RIS, RMHR, RMGL, URBR,
         RIAR, SMBVR, RMGR, AVKL, RIVL, RIML, RIAL, SIADL, RIMR, SMDDL, RMDR,
     )
+    node.release(RMDR)
     del RMDR
     # RMDR -> RMDL, RMDVL, AVKR, RMDDL, SIAVL, SMDDR
     RMDR_grad = node(166, gather(
@@ -2835,6 +2937,7 @@ def dag_backward(
         RMDR_grad, ADER, CEPDR, IL1L, IL1R, IL2L, OLLR, URXR, AIMR, ALA, RIS, RMHR,
         RMGL, URBR, RIAR, SMBVR, RMGR, RMFL, RIML, RIBL, RIAL, RIVR, RIMR, SMDDL,
     )
+    node.release(SMDDL, IL1R)
     del SMDDL, IL1R
     # SMDDL -> RMDR, RMDL, AVER, AVEL, SMDVR, SIBDL, SMDDR
     SMDDL_grad = node(165, gather(
@@ -2845,6 +2948,7 @@ def dag_backward(
         SMDDL_grad, ALMR, OLLL, OLLR, URYDL, URYDR, RIS, RMHR, RICR, RMGL, RICL, RIBR,
         SMBDL, RIAR, AIBR, SAAVR, RIML, RIAL, RIVR, SIADL, RIMR,
     )
+    node.release(RIMR)
     del RIMR
     # RIMR -> SMDDL, RMDR, RMDL, RMFR, AVJL, AVAL, SMDVR, AVBL, AVBR, SMDDR
     RIMR_grad = node(164, gather(
@@ -2855,6 +2959,7 @@ def dag_backward(
         RIMR_grad, DVA, HSNR, AVHL, RIS, AIZR, RIFR, PVPR, RICR, RICL, AIBL, ADAR, AIBR,
         RMFL, AVKL, SAAVR, SAADR, RIML, RIAL, SAAVL, SAADL,
     )
+    node.release(SAAVL, SAADL)
     del SAAVL, SAADL
     # AVFR -> VD11
     AVFR_grad = node(163, gather(w_out[1636:1637], VD11_grad))
@@ -2862,6 +2967,7 @@ def dag_backward(
         AVFR_grad, AIML, AIMR, HSNL, HSNR, AVHR, VC05, AVFL, AVHL, PVQR, RMGL, SIADL,
         AVJR,
     )
+    node.release(AVJR, SIADL)
     del VD11_grad, AVJR, SIADL
     # SAADL -> RIMR, RMFR, RMDVR, AVAL, SABD, SIBVR
     SAADL_grad = node(162, gather(
@@ -2892,6 +2998,7 @@ def dag_backward(
         AVJR_grad, ADER, ADLL, ADLR, AVM, FLPR, PQR, URXL, URYVL, AIMR, LUAR, PVNL,
         BDUL, LUAL, AVHR, AVG, AVHL, RIFR, ADAL, RIFL, PVR, SMBVL,
     )
+    node.release(SMBVL, LUAL)
     del SABVL_grad, SMBVL, LUAL
     # SMBVL -> AVJR, PVPL, SAADL, RMDVR, RMEV, AVBR, SIAVL
     SMBVL_grad = node(159, gather(
@@ -2902,6 +3009,7 @@ def dag_backward(
         SMBVL_grad, ADEL, ADFL, ADLL, AWBL, CEPVL, DVA, PLNL, AIML, AVHR, AVFL, AIZL,
         RMGL, VB01, SMBDL, RIVR,
     )
+    node.release(PLNL, RIVR)
     del PLNL, RIVR
     # SIADR -> AVAL, SMDDR, SIBDR
     SIADR_grad = node(158, gather(w_out[1600:1603], AVAL_grad, SMDDR_grad, SIBDR_grad))
@@ -2916,6 +3024,7 @@ def dag_backward(
     grad_w[715:724] = dots(
         SAAVL_grad, ALNL, ASIL, DVA, PLNR, AINL, RICL, AIBL, RIML, SMBDR,
     )
+    node.release(SMBDR)
     del SMBDR
     # SMBDR -> SAAVL, SIADR, AVAL, SIAVR, RMED, SMDDR
     SMBDR_grad = node(156, gather(
@@ -2941,6 +3050,7 @@ def dag_backward(
     grad_w[680:689] = dots(
         RIVR_grad, ADEL, BAGL, DVC, AIYR, RICL, RIAR, ADAR, RIVL, RIAL,
     )
+    node.release(RIAL)
     del RIAL
     # RIAL -> RIVR, SIADL, SMBDR, SAADL, RIMR, SMDDL, RMDR, RMDL, RMDVL, RMDDR,
     #     RMDVR, AVAL, SMDVR, RMDDL, SIAVR, SMDDR
@@ -2954,6 +3064,7 @@ def dag_backward(
         CEPVL, CEPVR, DVA, IL2VL, URXL, URYVL, RIH, AIYL, RIR, AUAL, AIZL, RIAR, AIBR,
         RIVL, RIML, RIBL, SMDVL,
     )
+    node.release(SMDVL, RIBL)
     del SMDVL, RIBL
     # SMDVL -> RIAL, SIADR, RMDDR, SMDVR, SIBVL, SIAVR, SMDDR
     SMDVL_grad = node(152, gather(
@@ -2973,6 +3084,7 @@ def dag_backward(
         RIBL_grad, ADFL, ASIL, BAGR, CEPDL, CEPVL, IL2DL, OLLL, URYDL, URYVL, AINR, DVC,
         RIS, RIGL, RIH, AINL, AIYL, AUAL, AIBR, RIML,
     )
+    node.release(OLLL, RIML)
     del OLLL, RIML
     # RIML -> RIBL, SMDVL, RIAL, SAAVL, SAADL, RIMR, SMDDL, RMDR, RMDL, RMFR, AVER,
     #     AVKR, AVAL, AVAR, AVBL, AVBR, SMDDR
@@ -2985,6 +3097,7 @@ def dag_backward(
         RIML_grad, ALNR, ASHL, HSNL, HSNR, RIS, AIZL, RICR, VB01, ADAL, RICL, AIBL,
         RIFL, AIBR, AVKL, SAAVR, SAADR,
     )
+    node.release(RIFL, SAAVR, SAADR)
     del RIFL, SAAVR, SAADR
     # SAADR -> RIML, SMDVL, SMBDR, RIMR, RMFR, AVAL, SABD, AVAR
     SAADR_grad = node(149, gather(
@@ -2994,6 +3107,7 @@ def dag_backward(
     grad_w[586:597] = dots(
         SAADR_grad, ADEL, DVA, PLNR, SDQL, VB01, AIBL, RIAR, SMBVR, AIBR, AVKL, RIVL,
     )
+    node.release(RIVL)
     del RIVL
     # RIVL -> SAADR, SMDVL, RIAL, RIVR, RMDL, RMDVL, SIAVR, SMDDR
     RIVL_grad = node(148, gather(
@@ -3001,6 +3115,7 @@ def dag_backward(
         RMDVL_grad, SIAVR_grad, SMDDR_grad,
     ))
     grad_w[579:586] = dots(RIVL_grad, ADEL, ADFL, AWCR, CEPVR, RICR, RIAR, AVKL)
+    node.release(AVKL)
     del AVKL
     # SAAVR -> RIML, RIMR, SMDDL, RIPL, AVAR, AVBL, RMEV
     SAAVR_grad = node(147, gather(
@@ -3008,6 +3123,7 @@ def dag_backward(
         AVBL_grad, RMEV_grad,
     ))
     grad_w[572:579] = dots(SAAVR_grad, ALNR, DVA, AIBL, SMBDL, RMGR, AIBR, RMFL)
+    node.release(SMBDL)
     del SMBDL
     # AVKL -> RIVL, SAADR, RIML, SAADL, RIMR, RMDL, AVER, AVEL, AVBL, SIAVR, SIBDR
     AVKL_grad = node(146, gather(
@@ -3017,10 +3133,12 @@ def dag_backward(
     grad_w[562:572] = dots(
         AVKL_grad, AVM, PDEL, PDER, PVM, PVT, DVC, RIS, RIGR, PVR, RMFL,
     )
+    node.release(PDER, RMFL)
     del PDER, RMFL
     # URADL -> RIPL, RMEL
     URADL_grad = node(145, gather(w_out[1493:1495], RIPL_grad, RMEL_grad))
     grad_w[557:562] = dots(URADL_grad, CEPDL, IL1DL, IL2DL, BDUL, PVR)
+    node.release(PVR, IL1DL)
     del PVR, IL1DL
     # RMFL -> AVKL, SAAVR, SMDVL, RIMR, RMDR, RMHL, AVKR
     RMFL_grad = node(144, gather(
@@ -3028,6 +3146,7 @@ def dag_backward(
         RMHL_grad, AVKR_grad,
     ))
     grad_w[549:557] = dots(RMFL_grad, ASIL, SDQL, PVT, DVC, AINL, RICR, VB01, AIBR)
+    node.release(AIBR)
     del AIBR
     # PVR -> URADL, AVKL, AVJR, RIPL, RIPR, AVJL, SABD, PVCL, AVBL, DB02, DB03,
     #     DB04, DB07, VB03, AVBR, DA09, VB07, DA05
@@ -3040,6 +3159,7 @@ def dag_backward(
         PVR_grad, AVM, CEPVL, DVA, IL1DR, PDEL, PVDR, PVM, SDQL, LUAR, URBL, SMBVR,
         ADAR,
     )
+    node.release(PVDR, PVM, PDEL)
     del PVDR, PVM, PDEL
     # AIBR -> RMFL, SAAVR, SAADR, RIML, RIBL, SMDVL, RIAL, SIADL, SAADL, RIMR,
     #     SMDDL, AVEL, AVAR, SIBDL, AVBR, SIBDR
@@ -3053,6 +3173,7 @@ def dag_backward(
         FLPL, SDQL, PVT, DVC, RIGL, RMHR, AIZR, AUAL, AIAR, AIZL, RICR, RMGL, VB01,
         ADAL, ADAR,
     )
+    node.release(ADAR)
     del ADAR
     # ADAR -> AIBR, PVR, SMDVL, RIVR, RIMR, AVDL, RIPR, AVJL, AVDR, AVEL, AVAR,
     #     AVBL, AVBR
@@ -3065,6 +3186,7 @@ def dag_backward(
         ADAR_grad, ADER, ADFR, ADLR, ASHR, FLPR, URXR, URYVR, URAVR, RIR, AIAR, RICR,
         RICL, URBR, RMGR,
     )
+    node.release(RMGR)
     del RMGR
     # RMGR -> ADAR, SAAVR, SIADL, SAADL, RMDR, RMDL, RMDVR, AVER, AVDL, AVJL, AVAL,
     #     RMDDL, SIBDL, AVBL, SIAVR, AVBR
@@ -3077,6 +3199,7 @@ def dag_backward(
         RMGR_grad, ADER, ASHR, CEPDR, IL2R, URXR, AIMR, HSNL, HSNR, PVQR, RIR, URBR,
         SMBVR,
     )
+    node.release(SMBVR)
     del SMBVR
     # SMBVR -> RMGR, PVR, SAADR, SMBDR, RMDR, RMDL, RMEV, SIAVR
     SMBVR_grad = node(139, gather(
@@ -3086,6 +3209,7 @@ def dag_backward(
     grad_w[474:485] = dots(
         SMBVR_grad, ADFR, ADLR, ASHR, CEPVR, DVA, PLNR, URXR, AVHL, AIZR, URBR, RIAR,
     )
+    node.release(RIAR, PLNR)
     del RIAR, PLNR
     # RIAR -> SMBVR, RIVL, SAADR, SMDVL, RIAL, RIVR, SMBDR, SIADR, SMDDL, RMDR,
     #     RMDL, RMDVL, RMDDR, RMDVR, AVAR, SMDVR, RMDDL, SIAVL, SMDDR
@@ -3099,6 +3223,7 @@ def dag_backward(
         RIAR_grad, ADER, ADFR, AQR, ASEL, ASHR, AWBR, BAGL, CEPVR, DVA, IL2VR, URXR,
         URYVR, ALA, RIH, AIYR, AUAR, RIR, AIZR, RIFR, PVPR, RIBR, RIGR,
     )
+    node.release(RIGR)
     del RIGR
     # RIGR -> RIAR, AVKL, RMHL, AVER, AVDL, AVKR
     RIGR_grad = node(137, gather(
@@ -3109,6 +3234,7 @@ def dag_backward(
         RIGR_grad, ADEL, ADER, ADFL, ADFR, AWAR, BAGL, URXR, PVT, DVC, RIR, PVPR, AIBL,
         RIBR,
     )
+    node.release(PVPR, RIBR)
     del PVPR, RIBR
     # SMBDL -> SAAVR, SIADL, SMBVL, SMDDL, SIAVL, RMED
     SMBDL_grad = node(136, gather(
@@ -3118,6 +3244,7 @@ def dag_backward(
     grad_w[430:439] = dots(
         SMBDL_grad, ADFL, ALNR, AWBL, CEPDR, DVA, AVHR, AIZL, RICL, URBR,
     )
+    node.release(URBR, ALNR)
     del URBR, ALNR
     # RIFL -> RIML, AVJR, PVPL, AVBL, AVBR
     RIFL_grad = node(135, gather(
@@ -3135,6 +3262,7 @@ def dag_backward(
         RIBR_grad, BAGL, BAGR, CEPDR, OLLR, URYDR, URYVR, DVC, RIS, RIH, AIYR, AINL,
         AUAR, AIBL,
     )
+    node.release(URYVR, RIS, AIBL, URYDR)
     del URYVR, RIS, AIBL, URYDR
     # URBR -> SMBDL, SMBVR, RMGR, ADAR, SIADL, RMDR, RMDL, AVDL, SIAVR, SIBVR, AVBR,
     #     SIBDR
@@ -3143,6 +3271,7 @@ def dag_backward(
         RMDR_grad, RMDL_grad, AVDL_grad, SIAVR_grad, SIBVR_grad, AVBR_grad, SIBDR_grad,
     ))
     grad_w[399:407] = dots(URBR_grad, ADER, ADLR, ALMR, CEPDR, IL2R, URXR, RICR, RICL)
+    node.release(RICL)
     del RICL
     # AIBL -> RIBR, RIFL, RIGR, SAAVR, SAADR, RIML, SAAVL, SIADR, SAADL, RIMR, RMFR,
     #     AVEL, AVAL, SMDVR, AVBL, SIAVR, SIBVR, SMDDR
@@ -3155,6 +3284,7 @@ def dag_backward(
         AIBL_grad, ADFL, ADLL, AFDL, ASEL, ASER, ASGL, ASHL, ASIL, ASKL, AWCL, AWCR,
         BAGL, FLPL, SDQR, AINR, HSNR, PVT, DVC, AIYL, AIZR, AIZL, RICR, ADAL, AIAL,
     )
+    node.release(AIAL)
     del AIAL
     # RICL -> URBR, SMBDL, ADAR, RIML, RIVR, SMBDR, SAAVL, RIMR, SMDDL, RMFR, AVAL,
     #     AVAR, SMDVR, SMDDR
@@ -3167,6 +3297,7 @@ def dag_backward(
         RICL_grad, ADLR, ALML, CEPDL, CEPDR, CEPVL, CEPVR, IL2DR, IL2L, OLQDR, OLQVL,
         SDQR, URXL, URBL, RICR, ADAL,
     )
+    node.release(OLQVL)
     del OLQVL
     # AIAL -> AIBL, RIFL
     AIAL_grad = node(130, gather(w_out[1322:1324], AIBL_grad, RIFL_grad))
@@ -3174,6 +3305,7 @@ def dag_backward(
         AIAL_grad, ADFL, ADLL, ASEL, ASER, ASGL, ASHL, ASIL, ASIR, ASKL, ASKR, AWBL,
         AWCL, AWCR, AIML, AINR, PVQL, HSNL, HSNR, PVQR, AIZL, ADAL,
     )
+    node.release(ADAL)
     del ADAL
     # ADAL -> AIAL, RICL, AIBL, AIBR, RIML, AVJR, PVPL, URAVL, RIPL, AVDL, AVDR,
     #     AVEL, AVAL, AVAR, SMDVR, AVBL, AVBR
@@ -3186,6 +3318,7 @@ def dag_backward(
         ADAL_grad, ADEL, ADFL, ADLL, ASHL, AWAL, FLPR, URXL, URYVL, URBL, BDUL, RMGL,
         VB01,
     )
+    node.release(VB01, RMGL)
     del VB01, RMGL
     # VB01 -> ADAL, AIBR, RMFL, SAADR, RIML, SMBVL, SAADL, SABD, VB02, VA02, VA01,
     #     VA03, VA04, DD01, VD02, VD01
@@ -3195,6 +3328,7 @@ def dag_backward(
         VA04_grad, DD01_grad, VD02_grad, VD01_grad,
     ))
     grad_w[322:327] = dots(VB01_grad, ADEL, DVA, FLPR, AVFL, RICR)
+    node.release(FLPR)
     del VD02_grad, VA04_grad, VA03_grad, FLPR
     # RMGL -> ADAL, RIFL, AIBR, SIADL, SIADR, SMBVL, PVPL, SAADL, AVFR, SMDDL, RMDR,
     #     RMDL, RMDVL, RMHL, RMDDR, AVEL, AVAL, SIBVL, SIBVR, AVBR, RID, SIAVL,
@@ -3209,6 +3343,7 @@ def dag_backward(
         RMGL_grad, ADEL, ALML, ALNL, CEPDL, CEPVL, IL1L, URXL, AIML, PVQL, BDUL, RIGL,
         RMHR, RIR, RICR,
     )
+    node.release(RICR, RMHR, ALNL)
     del RICR, RMHR, ALNL
     # RICR -> RMGL, VB01, RICL, AIBL, URBR, ADAR, AIBR, RMFL, RIVL, RIML, SMDVL,
     #     SMBDR, RIMR, SMDDL, AVKR, AVAL, AVAR, SMDVR, SMDDR
@@ -3221,6 +3356,7 @@ def dag_backward(
         RICR_grad, ADLR, ALML, CEPDL, CEPDR, CEPVL, CEPVR, IL2DR, OLQDL, OLQDR, OLQVR,
         SDQL, SDQR, URXR, URBL, AIZL,
     )
+    node.release(AIZL)
     del AIZL
     # PVPR -> RIGR, RIAR, RIMR, AVJL, AVL, AVAL, AVAR, PVCL, PVCR, AVBL, AVBR, DD02
     PVPR_grad = node(125, gather(
@@ -3242,6 +3378,7 @@ def dag_backward(
         AIZL_grad, ADFL, ASEL, ASER, ASHL, ASIL, AWAL, AWBL, AWCL, DVA, URXL, URYDL,
         HSNL, HSNR, RIGL, RIH, AIYL, RIR, AUAL, RIFR,
     )
+    node.release(URYDL, RIFR, AUAL)
     del URYDL, RIFR, AUAL
     # RIFR -> AIZL, PVPR, RIFL, RIAR, AVJR, RIMR, RIPR, AVJL, PVCL, PVCR, AVBL, AVBR
     RIFR_grad = node(123, gather(
@@ -3252,6 +3389,7 @@ def dag_backward(
         RIFR_grad, ADLR, ASKR, AWAR, AWBR, CEPDR, URXR, AIMR, HSNR, AVFL, AVHL, PVQR,
         AIAR,
     )
+    node.release(AIAR)
     del AIAR
     # AIAR -> RIFR, ADAR, AIBR
     AIAR_grad = node(122, gather(w_out[1206:1209], RIFR_grad, ADAR_grad, AIBR_grad))
@@ -3259,6 +3397,7 @@ def dag_backward(
         AIAR_grad, ADLR, ASER, ASGR, ASHR, ASIR, ASKR, AWAR, AWCL, AWCR, AIMR, PVQR,
         AINL, AIZR,
     )
+    node.release(AIZR, ADLR, ASIR)
     del AIZR, ADLR, ASIR
     # AUAL -> AIZL, AIBR, RIBL, RIAL, AVDR, AVEL, AVAL
     AUAL_grad = node(121, gather(
@@ -3274,6 +3413,7 @@ def dag_backward(
     grad_w[221:233] = dots(
         AIZR_grad, ADFR, AWAR, AWBR, BAGL, DVA, HSNL, HSNR, RIGL, RIH, AIYR, AUAR, RIR,
     )
+    node.release(AUAR, RIR)
     del AUAR, RIR
     # RIR -> AIZR, AUAL, AIZL, PVPR, RMGL, RIGR, RIAR, RMGR, ADAR, RIAL, PVPL, AVEL
     RIR_grad = node(119, gather(
@@ -3284,12 +3424,14 @@ def dag_backward(
         RIR_grad, ADFL, ADFR, ADLL, AQR, ASEL, ASHL, AWAR, AWBR, DVA, URXL, URXR, HSNL,
         AVHR, AVHL, RIGL, AIYL,
     )
+    node.release(AIYL)
     del AIYL
     # AUAR -> AIZR, RIBR, RIAR, AVER, AVAR
     AUAR_grad = node(118, gather(
         w_out[1171:1176], AIZR_grad, RIBR_grad, RIAR_grad, AVER_grad, AVAR_grad,
     ))
     grad_w[197:205] = dots(AUAR_grad, ADFR, AWAR, BAGL, DVA, URXR, AINR, RIH, AINL)
+    node.release(AINL)
     del AINL
     # AIYL -> RIR, AIZL, AIBL, RIBL, RIAL
     AIYL_grad = node(117, gather(
@@ -3298,6 +3440,7 @@ def dag_backward(
     grad_w[186:197] = dots(
         AIYL_grad, AFDL, ASEL, ASER, ASIL, AWAL, AWBL, AWCL, AWCR, BAGR, RIH, AIYR,
     )
+    node.release(AWCL, AWAL)
     del AWCL, AWAL
     # AINL -> AUAR, AIAR, RIBR, RMFL, RIBL, SAAVL, RMDVL, RID
     AINL_grad = node(116, gather(
@@ -3305,6 +3448,7 @@ def dag_backward(
         SAAVL_grad, RMDVL_grad, RID_grad,
     ))
     grad_w[182:186] = dots(AINL_grad, BAGL, CEPDL, AINR, AIYR)
+    node.release(AINR, AIYR)
     del AINR, AIYR
     # AIYR -> AINL, AIYL, AIZR, RIBR, RIAR, RIVR
     AIYR_grad = node(115, gather(
@@ -3314,6 +3458,7 @@ def dag_backward(
     grad_w[172:182] = dots(
         AIYR_grad, ADFR, AFDR, ASEL, ASER, ASGR, ASIL, AWAR, AWBR, AWCR, RIH,
     )
+    node.release(RIH, ASIL, AWCR, ASEL, ASER, ASGR, AWAR, AFDR)
     del RIH, ASIL, AWCR, ASEL, ASER, ASGR, AWAR, AFDR
     # RMHR -> RMGL, AIBR, SMDDL, RMDR, RMDL, RMHL, RMER
     RMHR_grad = node(114, gather(
@@ -3323,6 +3468,7 @@ def dag_backward(
     grad_w[162:172] = dots(
         RMHR_grad, ADEL, CEPDL, CEPDR, CEPVL, CEPVR, OLQDR, OLQVR, SDQR, URBL, RIGL,
     )
+    node.release(CEPVL, URBL, SDQR)
     del CEPVL, URBL, SDQR
     # RIH -> AIYR, AIYL, AUAR, AIZR, AIZL, RIBR, RIAR, RIBL, RIAL, RIPL, RMER, RIPR,
     #     RMEV
@@ -3335,6 +3481,7 @@ def dag_backward(
         RIH_grad, ADEL, ADFR, CEPDL, CEPDR, IL2DL, IL2L, IL2R, IL2VL, IL2VR, OLQDL,
         OLQDR, OLQVR, URYVL, URAVR, PVT, RIGL,
     )
+    node.release(OLQVR, IL2DL, OLQDL, OLQDR, IL2L, RIGL)
     del OLQVR, IL2DL, OLQDL, OLQDR, IL2L, RIGL
     # RIGL -> RIH, RMHR, RIR, AIZR, AIZL, RMGL, AIBR, RIBL, PVPL, AVER, AVEL, AVKR
     RIGL_grad = node(112, gather(
@@ -3344,6 +3491,7 @@ def dag_backward(
     grad_w[134:146] = dots(
         RIGL_grad, ADEL, ADER, ADFL, ADLL, AQR, AWBL, BAGL, BAGR, URXL, AVHR, PVT, DVC,
     )
+    node.release(DVC, AQR, ADER, BAGR, ADFL)
     del DVC, AQR, ADER, BAGR, ADFL
     # RIS -> RIBR, AVKL, RIML, RIBL, SMDVL, RIMR, SMDDL, RMDR, RMDL, RMDDR, AVER,
     #     AVL, AVEL, AVKR, SMDVR, RMDDL, RMEV, SMDDR
@@ -3353,6 +3501,7 @@ def dag_backward(
         AVEL_grad, AVKR_grad, SMDVR_grad, RMDDL_grad, RMEV_grad, SMDDR_grad,
     ))
     grad_w[128:134] = dots(RIS_grad, CEPDL, FLPL, OLLR, SDQL, URYVL, PVT)
+    node.release(FLPL, OLLR, URYVL, SDQL)
     del FLPL, OLLR, URYVL, SDQL
     # DVC -> RIGL, AIBL, RIBR, RIGR, AIBR, RMFL, AVKL, RIBL, RIVR, RMFR, URAVL,
     #     AVAL, AVAR, AVBL, VD09
@@ -3362,6 +3511,7 @@ def dag_backward(
         AVAR_grad, AVBL_grad, VD09_grad,
     ))
     grad_w[124:128] = dots(DVC_grad, IL2VL, AVG, PVQR, PVT)
+    node.release(IL2VL, PVT)
     del VD09_grad, IL2VL, PVT
     # PVT -> DVC, RIS, RIGL, RIH, AIBL, RIGR, AIBR, RMFL, AVKL, RMFR, AVL, AVKR,
     #     RMEV
@@ -3370,6 +3520,7 @@ def dag_backward(
         AIBR_grad, RMFL_grad, AVKL_grad, RMFR_grad, AVL_grad, AVKR_grad, RMEV_grad,
     ))
     grad_w[118:124] = dots(PVT_grad, PHAR, URAVR, PVNL, HSNR, AVG, PVQR)
+    node.release(PVQR, URAVR)
     del PVQR, URAVR, AVKR_grad, RMFR_grad
     # PVQR -> PVT, DVC, AIAR, RIFR, AIAL, RMGR, AVFR, AVL, AVBR, VC02, DD01, DD06,
     #     VD01
@@ -3379,6 +3530,7 @@ def dag_backward(
         VD01_grad,
     ))
     grad_w[110:118] = dots(PVQR_grad, ASJR, PHAR, PHCL, PHCR, HSNR, AVFL, AVG, AVHL)
+    node.release(AVHL, AVG)
     del AVHL, AVG
     # AVHL -> PVQR, RIR, RIFR, PVPR, SMBVR, SMBDR, AVJR, PVPL, AVFR, RIMR, AVDL,
     #     AVJL, SABD, AVAR, AVBL, AVBR, DD01, VD01
@@ -3390,6 +3542,7 @@ def dag_backward(
     grad_w[98:110] = dots(
         AVHL_grad, ADEL, ADFR, ASHR, AVM, PHAL, PQR, AIML, BDUR, BDUL, HSNR, AVHR, AVFL,
     )
+    node.release(ADFR)
     del VD01_grad, ADFR
     # AVG -> PVQR, PVT, DVC, AVJR, AVER, AVDL, AVJL, PVNR, AVDR, AVEL, AVAL, AVAR,
     #     PVCL, VA06, DA08, PVCR, AVBL, AVBR, VC01
@@ -3399,10 +3552,12 @@ def dag_backward(
         PVCL_grad, VA06_grad, DA08_grad, PVCR_grad, AVBL_grad, AVBR_grad, VC01_grad,
     ))
     grad_w[90:98] = dots(AVG_grad, PHAL, PHAR, PHBL, PQR, PVDL, PVNL, AVHR, AVFL)
+    node.release(AVFL)
     del AVFL
     # VC04 -> VC03
     VC04_grad = node(105, gather(w_out[1023:1024], VC03_grad))
     grad_w[88:90] = dots(VC04_grad, HSNR, VC05)
+    node.release(VC05)
     del VC05
     # AVFL -> AVG, AVHL, PVQR, RIFR, VB01, RIFL, SMBVL, AVFR, AVJL, AVL, DVB, AVBL,
     #     AVBR, VB02, VC01, AS10
@@ -3412,6 +3567,7 @@ def dag_backward(
         AVBR_grad, VB02_grad, VC01_grad, AS10_grad,
     ))
     grad_w[80:88] = dots(AVFL_grad, ASHL, PHAL, PVDL, AIML, AIMR, HSNL, HSNR, AVHR)
+    node.release(PVDL, AVHR)
     del AS10_grad, PVDL, VC01_grad, AVHR, DVB_grad
     # VC05 -> VC04, AVFR
     VC05_grad = node(103, gather(w_out[1005:1007], VC04_grad, AVFR_grad))
@@ -3426,6 +3582,7 @@ def dag_backward(
     grad_w[68:78] = dots(
         AVHR_grad, ASHL, AWBL, PHAL, PHAR, PHCL, PHCR, AIML, AIMR, PVQL, HSNR,
     )
+    node.release(HSNR)
     del HSNR
     # HSNR -> AVHR, VC05, AVFL, VC04, AVHL, PVQR, PVT, AIZR, RIFR, AIZL, PVPR, AIAL,
     #     AIBL, RMGR, RIML, AVFR, RIMR, RMDDR, AVER, AVJL, PVNR, AVDR, AVEL, SABD,
@@ -3440,6 +3597,7 @@ def dag_backward(
     grad_w[59:68] = dots(
         HSNR_grad, ASHR, ASJL, ASJR, AWBR, URXL, AIMR, BDUR, PVQL, HSNL,
     )
+    node.release(HSNL, ASJR)
     del (
         DA05_grad, VC02_grad, DA06_grad, AS05_grad, VC03_grad, DB05_grad, SABVR_grad,
         HSNL, ASJR, VC04_grad,
@@ -3452,6 +3610,7 @@ def dag_backward(
     grad_w[50:59] = dots(
         HSNL_grad, ASHL, ASHR, ASJL, ASKR, AWBL, AWBR, AIMR, PVQL, BDUL,
     )
+    node.release(PVQL, ASHR, ASHL, AWBL, BDUL)
     del PVQL, ASHR, ASHL, AWBL, BDUL, VC05_grad
     # LUAL -> AVJR, AVDL, AVJL, AVDR, PVWL, AVAL, AVAR
     LUAL_grad = node(99, gather(
@@ -3459,6 +3618,7 @@ def dag_backward(
         AVAL_grad, AVAR_grad,
     ))
     grad_w[48:50] = dots(LUAL_grad, PHCL, PVNL)
+    node.release(PHCL)
     del PHCL
     # BDUL -> HSNL, AVHL, RMGL, ADAL, RIFL, URADL, AVJR, SAADL, PVNR
     BDUL_grad = node(98, gather(
@@ -3466,10 +3626,12 @@ def dag_backward(
         URADL_grad, AVJR_grad, SAADL_grad, PVNR_grad,
     ))
     grad_w[44:48] = dots(BDUL_grad, ADEL, ALML, AVM, PVNL)
+    node.release(PVNL)
     del PVNL
     # URADR -> RMER, RIPR
     URADR_grad = node(97, gather(w_out[929:931], RMER_grad, RIPR_grad))
     grad_w[39:44] = dots(URADR_grad, CEPDR, IL1DR, IL2DR, IL2R, BDUR)
+    node.release(IL2DR, IL1DR)
     del IL2DR, IL1DR
     # PVNL -> BDUL, LUAL, AVG, PVT, PVPR, AVJR, AVDL, AVJL, PVNR, AVDR, AVL, PVWL,
     #     AVAL, VA12, PVCL, PVWR, AVBR, DD01, VD12
@@ -3479,6 +3641,7 @@ def dag_backward(
         VA12_grad, PVCL_grad, PVWR_grad, AVBR_grad, DD01_grad, VD12_grad,
     ))
     grad_w[34:39] = dots(PVNL_grad, AVM, PHBL, PQR, LUAR, BDUR)
+    node.release(PHBL, BDUR)
     del PHBL, BDUR
     # CANR -> the sink
     CANR_grad = node(95, sink_grad)
@@ -3486,6 +3649,7 @@ def dag_backward(
     # CANL -> the sink
     CANL_grad = node(94, sink_grad)
     grad_w[32:33] = dots(CANL_grad, ALA)
+    node.release(ALA)
     del sink_grad, ALA
     # PVQL -> HSNL, HSNR, AVHR, RMGL, AIAL, PVPL, DA08, DD06
     PVQL_grad = node(93, gather(
@@ -3493,10 +3657,12 @@ def dag_backward(
         PVPL_grad, DA08_grad, DD06_grad,
     ))
     grad_w[28:32] = dots(PVQL_grad, ASJL, PHAL, PHAR, AIML)
+    node.release(AIML, PHAL, PHAR)
     del AIML, PHAL, PHAR
     # PDB -> VD12, DD06, VD13
     PDB_grad = node(92, gather(w_out[899:902], VD12_grad, DD06_grad, VD13_grad))
     grad_w[27:28] = dots(PDB_grad, LUAR)
+    node.release(LUAR)
     del LUAR
     # BDUR -> PVNL, URADR, HSNR, AVHL, AVJL, PVNR, AVAL, PVCL, AVBR
     BDUR_grad = node(91, gather(
@@ -3504,6 +3670,7 @@ def dag_backward(
         PVNR_grad, AVAL_grad, PVCL_grad, AVBR_grad,
     ))
     grad_w[23:27] = dots(BDUR_grad, ALMR, AVM, CEPDR, AIMR)
+    node.release(AVM, CEPDR, ALMR)
     del AVM, CEPDR, ALMR
     # ALA -> CANL, CANR, RIAR, RMDR, AVER, AVDR, AVEL
     ALA_grad = node(90, gather(
@@ -3511,6 +3678,7 @@ def dag_backward(
         AVDR_grad, AVEL_grad,
     ))
     grad_w[19:23] = dots(ALA_grad, ADLL, ASJL, ASKR, AIMR)
+    node.release(ADLL, AIMR, ASJL)
     del ADLL, AIMR, ASJL, CANL_grad, CANR_grad
     # VB11 -> PVWL, VA12, PVCR, PVWR, VD12, DD06, VD13
     VB11_grad = node(89, gather(
@@ -3518,6 +3686,7 @@ def dag_backward(
         DD06_grad, VD13_grad,
     ))
     grad_w[18:19] = dots(VB11_grad, DVA)
+    node.release(DVA)
     del VD13_grad, DD06_grad, VD12_grad, DVA
     # URBL -> RMHR, RICR, ADAL, RICL, PVR, SMBDR, SIADR, RMDDR, AVBL, SIAVL
     URBL_grad = node(88, gather(
@@ -3525,6 +3694,7 @@ def dag_backward(
         SMBDR_grad, SIADR_grad, RMDDR_grad, AVBL_grad, SIAVL_grad,
     ))
     grad_w[15:18] = dots(URBL_grad, ADEL, CEPDL, IL1L)
+    node.release(ADEL, CEPDL, IL1L)
     del ADEL, CEPDL, IL1L
     # URAVR -> PVT, RIH, ADAR, RMDVL, RMDDR, RMEL, RMER, RIPR, RMEV
     URAVR_grad = node(87, gather(
@@ -3532,6 +3702,7 @@ def dag_backward(
         RMEL_grad, RMER_grad, RIPR_grad, RMEV_grad,
     ))
     grad_w[10:15] = dots(URAVR_grad, BAGL, CEPVR, IL1VR, IL2R, IL2VR)
+    node.release(CEPVR, IL2VR, BAGL, IL2R, IL1VR)
     del CEPVR, IL2VR, BAGL, IL2R, IL1VR
     # LUAR -> PDB, PVNL, PVR, AVJR, AVDL, AVDR, PVWL, AVAL, AVAR, PVCR, PVWR
     LUAR_grad = node(86, gather(
@@ -3539,6 +3710,7 @@ def dag_backward(
         PVWL_grad, AVAL_grad, AVAR_grad, PVCR_grad, PVWR_grad,
     ))
     grad_w[8:10] = dots(LUAR_grad, PHCR, PQR)
+    node.release(PQR, PHCR)
     del PQR, PHCR, PVWR_grad, PVWL_grad, PDB_grad
     # AINR -> AINL, AUAR, AUAL, AIAL, AIBL, RIBL, RID
     AINR_grad = node(85, gather(
@@ -3546,6 +3718,7 @@ def dag_backward(
         RIBL_grad, RID_grad,
     ))
     grad_w[6:8] = dots(AINR_grad, AFDL, ASGL)
+    node.release(AFDL, ASGL)
     del AFDL, ASGL
     # AIMR -> ALA, BDUR, HSNL, HSNR, AVHR, AVFL, AIAR, RIFR, RMGR, AVJR, AVFR, RMDR,
     #     PVNR, AVDR, AVAR
@@ -3555,6 +3728,7 @@ def dag_backward(
         AVDR_grad, AVAR_grad,
     ))
     grad_w[3:6] = dots(AIMR_grad, ASKR, AWBR, URXR)
+    node.release(AWBR, URXR, ASKR)
     del AWBR, URXR, ASKR
     # AIML -> PVQL, AVHR, AVFL, AVHL, RMGL, AIAL, RIFL, SMBVL, AVFR, AVDL, AVJL, RID
     AIML_grad = node(83, gather(
@@ -3562,6 +3736,7 @@ def dag_backward(
         AIAL_grad, RIFL_grad, SMBVL_grad, AVFR_grad, AVDL_grad, AVJL_grad, RID_grad,
     ))
     grad_w[0:3] = dots(AIML_grad, ALML, ASKL, URXL)
+    node.release(URXL, ALML, ASKL)
     del URXL, ALML, AVFR_grad, ASKL
     # URYVR -> RIBR, RIAR, ADAR, SMDVL, SMBDR, RMDL, RMDVL, RMDDR, AVL, AVEL, AVAL,
     #     SIBVL, AVBL, SIBDR (fed by the source)
@@ -4087,7 +4262,7 @@ def _fake_forward(
     return (
         [source.new_empty(source.shape), bn_weight.new_empty(stats)]
         + [bn_weight.new_empty(stats)]
-        + [source.new_empty(source.shape) for _ in range(count)]
+        + [source.new_empty(source.numel()) for _ in range(count)]
     )
 
 
@@ -4162,6 +4337,11 @@ class ConnectomeDag(torch.autograd.Function):
         if torch.compiler.is_compiling():
             backward = dag_backward_op
         else:  # the list is handed over, not copied: dag_backward empties it
+            if ctx.saved is None:
+                raise RuntimeError(
+                    "the connectome DAG's saved tensors were freed by an earlier backward "
+                    "pass (a second backward through the same graph is not supported)"
+                )
             backward, saved, ctx.saved = dag_backward, saved + ctx.saved, None
         grads = backward(
             grad,

@@ -691,7 +691,7 @@ MODEL_CLASS = "HermaphroditeRandomNet"
 # instead of being accumulated edge by edge, and torch.compile sees one opaque custom op.
 # This network's custom ops live in a torch.library namespace named after a hash of its
 # structure, so several networks load into one process.
-OPS = "dagc_c5629cc73ce2b102"
+OPS = "dagc_68ec4229a8ff2bbf"
 # Nodes fed by a weighted sum of other nodes (the rest read the source), and nodes whose
 # activation another node reads (the rest are output nodes, read only by the sink).
 SUMMED_NODES = tuple(sorted({post for _, post in EDGES}))
@@ -761,9 +761,13 @@ class NeuronForward:
         return out
 
     def results(self, out: torch.Tensor) -> list[torch.Tensor]:
-        """The op's outputs: the sink's input, the batch statistics, the saved tensors."""
+        """The op's outputs: the sink's input, the batch statistics, the saved tensors. The
+        saved tensors leave flattened: torch.compile's Inductor copies every 4-D tensor that
+        a graph keeps for its backward into channels-last order once it sees a convolution
+        (the stem's), and back again before the reverse pass, which doubled the memory and
+        the compile time; a 1-D tensor it leaves alone."""
         saved = [*self.inputs, *self.conv_outputs, *self.activations]
-        return [out, self.mean, self.invstd, *saved]
+        return [out, self.mean, self.invstd, *(t.view(-1) for t in saved)]
 
 
 class NeuronBackward:
@@ -782,10 +786,17 @@ class NeuronBackward:
         )
         self.mean, self.invstd = saved[0], saved[1]
         summed, n = len(SUMMED_NODES), len(NODES)
-        self.inputs = dict(zip(SUMMED_NODES, saved[2 : 2 + summed]))
-        self.conv_outputs = list(saved[2 + summed : 2 + summed + n])
-        self.activations = list(saved[2 + summed + n :])
+        if any(t.untyped_storage().nbytes() == 0 for t in saved[2:]):
+            raise RuntimeError(
+                "the connectome DAG's saved tensors were freed by an earlier backward pass "
+                "(a second backward through the same graph is not supported)"
+            )
+        tensors = [t.view(source.shape) for t in saved[2:]]  # flattened by results()
         saved.clear()  # from here on, this object holds the only references
+        self.inputs = dict(zip(SUMMED_NODES, tensors[:summed]))
+        self.conv_outputs = tensors[summed : summed + n]
+        self.activations = tensors[summed + n :]
+        tensors.clear()
         self.grad_conv = torch.empty_like(conv)
         self.grad_bn_weight = torch.empty_like(bn_weight)
         self.grad_bn_bias = torch.empty_like(bn_weight)
@@ -812,6 +823,7 @@ class NeuronBackward:
             self.eps,
             [True, True, True],
         )
+        self.release(y)
         del y
         grad, grad_conv, _ = torch.ops.aten.convolution_backward(
             grad,
@@ -833,7 +845,20 @@ class NeuronBackward:
         )
         if x is self.source:  # the source's own ReLU is outside the DAG
             return grad
-        return torch.ops.aten.threshold_backward(grad, x, 0)
+        grad = torch.ops.aten.threshold_backward(grad, x, 0)
+        self.release(x)
+        return grad
+
+    def release(self, *tensors: torch.Tensor) -> None:
+        """Give saved tensors' memory back after their last use. Eagerly, dropping the last
+        reference is enough; under torch.compile the compiled graph holds the op's inputs
+        until the op returns, and on the CPU every allocation of the reverse pass then came
+        from fresh pages (1.5 million page faults a step at 78 channels, 30 % of the step),
+        so the storage is emptied here. Not on CUDA, whose allocator caches freed memory and
+        whose captured graphs own theirs."""
+        for tensor in tensors:
+            if tensor.device.type == "cpu":
+                tensor.untyped_storage().resize_(0)
 
     def parameter_grads(self) -> list[torch.Tensor]:
         return [self.grad_conv, self.grad_bn_weight, self.grad_bn_bias]
@@ -2265,6 +2290,7 @@ def dag_backward(
         VA09_grad, VD08, VD10, DD05, AVAL, AS07, DD06, VD09, VB08, AVAR, PLML, DD04,
         AS06, VD11, VB07, PVDR,
     )
+    node.release(VB07, PVDR)
     del VB07, PVDR
     # AIZL -> the sink
     AIZL_grad = node(280, sink_grad)
@@ -2273,6 +2299,7 @@ def dag_backward(
         AWAL, AWCL, RIGL, AVEL, AIBL, RIH, RIAL, AIYL, RIML, ASHL, ADFL, AVKR, HSNL,
         AFDL, AWCR, SMBDL, SMDVL, AWBL, AVER, SMBVL, URXL, AUAL, RIR,
     )
+    node.release(SMBVL, RIR)
     del SMBVL, RIR
     # VA05 -> the sink
     VA05_grad = node(279, sink_grad)
@@ -2285,6 +2312,7 @@ def dag_backward(
         SIAVR_grad, RMDL, CEPVR, SIBVL, RIVL, AVKL, AIBL, RIAL, SMDVL, RMDVL, PLNR,
         SMBVR, RMGR, URXR, URBR, SMBDR,
     )
+    node.release(SMBDR)
     del SMBDR
     # RIR -> AIZL
     RIR_grad = node(277, gather(w_out[2896:2897], AIZL_grad))
@@ -2293,6 +2321,7 @@ def dag_backward(
         AVEL, BAGR, RIAL, ADLL, AIYL, AIZR, ASHL, ADFL, HSNL, AWAR, RMGL, RIAR, AQR,
         RMGR, PVPR, URXL, URXR, AIMR, AUAL, AWBR,
     )
+    node.release(AWBR)
     del AWBR
     # PVDR -> VA09
     PVDR_grad = node(276, gather(w_out[2895:2896], VA09_grad))
@@ -2300,6 +2329,7 @@ def dag_backward(
         PVDR_grad, AVDL, AVAL, DVA, PVCR, DVC, AVAR, VB05, ALA, PVCL, PVDL, VA12, VB06,
         PVR, PVNR,
     )
+    node.release(VB05)
     del VB05
     # AVM -> the sink
     AVM_grad = node(275, sink_grad)
@@ -2307,10 +2337,12 @@ def dag_backward(
         AVM_grad, AVDL, DA01, SIBVL, AVDR, AVKL, PVNL, RID, AVJR, BDUL, PVCR, AVHL,
         AVBL, PVCL, BDUR, AVBR, VB03, ADER, VA02, PVR, PVM, PVNR,
     )
+    node.release(PVNR, PVM)
     del PVNR, PVM
     # ASJR -> the sink
     ASJR_grad = node(274, sink_grad)
     grad_w[2749:2755] = dots(ASJR_grad, HSNR, PVQR, HSNL, ALA, AIMR, ASKR)
+    node.release(ASKR)
     del ASKR
     # VB07 -> VA09
     VB07_grad = node(273, gather(w_out[2894:2895], VA09_grad))
@@ -2343,6 +2375,7 @@ def dag_backward(
         ASIL, RIGL, DVC, AVEL, URAVL, RIH, RMED, BAGR, CEPVL, AINR, RIAL, AIYL, RIML,
         ADFL, AVER, AINL, SMDVR, AVBR, RIS, AUAL,
     )
+    node.release(AUAL)
     del AUAL
     # PVNR -> AVM, PVDR, VA05
     PVNR_grad = node(268, gather(w_out[2890:2893], AVM_grad, PVDR_grad, VA05_grad))
@@ -2352,10 +2385,12 @@ def dag_backward(
         AVBL, VD13, PVT, VA11, AVL, BDUR, VB06, VD12, URBL, AVBR, AVJL, URXL, AIMR,
         ALML, PVR,
     )
+    node.release(ALML)
     del ALML
     # PVM -> AVM
     PVM_grad = node(267, gather(w_out[2889:2890], AVM_grad))
     grad_w[2601:2609] = dots(PVM_grad, AVKL, DVA, PVCR, AVKR, PVCL, PDEL, PDER, PVR)
+    node.release(PVR)
     del PVR
     # OLLR -> the sink
     OLLR_grad = node(266, sink_grad)
@@ -2364,6 +2399,7 @@ def dag_backward(
         AVEL, RIBR, RMED, ADLR, RMDDR, SMDDL, OLQDR, SMDVL, RMER, IL2R, SAAVL, SMDVR,
         IL1VR, CEPDR, RMGR, ADER, RIS, URBR,
     )
+    node.release(URBR)
     del URBR
     # AWBR -> RIR
     AWBR_grad = node(265, gather(w_out[2888:2889], RIR_grad))
@@ -2377,6 +2413,7 @@ def dag_backward(
         ASKR_grad, CEPVR, ASGR, RIFR, AIBR, AIAL, ASER, AVHR, PVQR, ADLR, AIAR, HSNL,
         AWAR, ALA, ASJL, AIMR,
     )
+    node.release(AIMR)
     del AIMR
     # URBR -> OLLR, SIAVR
     URBR_grad = node(263, gather(w_out[2885:2887], OLLR_grad, SIAVR_grad))
@@ -2395,6 +2432,7 @@ def dag_backward(
         DA09, DA05, AVJR, PVCR, ALMR, CEPVL, DB02, DB04, AVBL, SMDVL, LUAR, IL1VL, PVCL,
         PDEL, SMBVR, IL1VR, URBL, AVBR, PDER, VB03, AVJL, SDQR,
     )
+    node.release(VB03, AVJL, IL1VL, PDER, LUAR)
     del VB03, AVJL, IL1VL, PDER, LUAR
     # IL2VR -> the sink
     IL2VR_grad = node(261, sink_grad)
@@ -2402,6 +2440,7 @@ def dag_backward(
         IL2VR_grad, RIPR, CEPVR, OLQVR, RMEL, AVAL, RIH, RMED, ADLR, RMEV, RMDVL, RMER,
         URAVR, RIAR, SIADR, IL1VR, URXR,
     )
+    node.release(IL1VR)
     del IL1VR
     # AUAR -> the sink
     AUAR_grad = node(260, sink_grad)
@@ -2409,6 +2448,7 @@ def dag_backward(
         AUAR_grad, BAGL, DVA, AIYR, ADFR, RIBR, AVAR, RIH, AINR, AIZR, AWAR, AVER, AINL,
         RIAR, URXR,
     )
+    node.release(AWAR)
     del AWAR
     # AUAL -> RIBL, RIR, AIZL
     AUAL_grad = node(259, gather(w_out[2875:2878], RIBL_grad, RIR_grad, AIZL_grad))
@@ -2416,6 +2456,7 @@ def dag_backward(
         AUAL_grad, IL2DL, AVDR, AIBR, AVAL, DVA, AVEL, BAGR, AINR, RIAL, AIYL, ADFL,
         URXL,
     )
+    node.release(URXL)
     del URXL
     # ALML -> PVNR, SMBDR
     ALML_grad = node(258, gather(w_out[2873:2875], PVNR_grad, SMBDR_grad))
@@ -2423,6 +2464,7 @@ def dag_backward(
         ALML_grad, AVDR, SDQL, CEPDL, RICR, AVJR, BDUL, PVCR, AVEL, CEPVL, RIFL, AIML,
         ADEL, RMDDR, RMGL, PVCL, SIADR, RICL, SDQR,
     )
+    node.release(SDQR)
     del SDQR
     # AIMR -> ASKR, AWBR, PVNR, ASJR, RIR
     AIMR_grad = node(257, gather(
@@ -2432,6 +2474,7 @@ def dag_backward(
         AIMR_grad, CEPVR, ASGR, AVDR, RIFR, RMDR, HSNR, AVHR, ADFR, AVJR, PVQR, AVAR,
         AIAR, HSNL, OLQDR, ALA, BDUR, AVFL, AVFR, RMGR, URXR,
     )
+    node.release(URXR)
     del URXR
     # VD01 -> the sink
     VD01_grad = node(256, sink_grad)
@@ -2439,6 +2482,7 @@ def dag_backward(
         VD01_grad, DB01, VC03, DA01, VC02, DD01, PVQR, AVHL, AS01, VC01, VB01, VA01,
         VA02,
     )
+    node.release(VA02)
     del VA02
     # URXR -> AIMR, AUAR, IL2VR, URBR, AWBR, RIR, SIAVR
     URXR_grad = node(255, gather(
@@ -2465,6 +2509,7 @@ def dag_backward(
         SDQR_grad, SDQL, SIADL, AVAL, DVA, RICR, RMHL, AIBL, ADLL, RMHR, AVBL, SMBDL,
         AVBR, RICL,
     )
+    node.release(RICL)
     del RICL
     # RMFL -> the sink
     RMFL_grad = node(252, sink_grad)
@@ -2472,6 +2517,7 @@ def dag_backward(
         RMFL_grad, BAGL, SDQL, AIBR, AVKL, RMDR, RICR, SAADR, ASIL, RMHL, DVC, RIBR,
         RIML, AVKR, PVT, SMDVL, AINL, VB01, RIMR, RIS, SAAVR,
     )
+    node.release(SAAVR)
     del SAAVR
     # FLPL -> the sink
     FLPL_grad = node(251, sink_grad)
@@ -2479,6 +2525,7 @@ def dag_backward(
         FLPL_grad, AVDL, AVDR, SDQL, AIBR, AVAL, DD01, DVA, RID, PVCR, AIBL, AVAR, ADEL,
         AVBL, FLPR, VA01, AVBR, ADER, RIS,
     )
+    node.release(ADER)
     del ADER
     # AVJL -> PVR, PVNR, SABD
     AVJL_grad = node(250, gather(w_out[2852:2855], PVR_grad, PVNR_grad, SABD_grad))
@@ -2487,6 +2534,7 @@ def dag_backward(
         AVHL, ASHR, AVEL, AVAR, ADLR, AIML, ADLL, AVBL, HSNL, PVCL, AINL, BDUR, AQR,
         AVFL, FLPR, AVBR, AVFR, RIMR, RMGR, PVPR, RIS,
     )
+    node.release(PVPR, AINL, RIS)
     del PVPR, AINL, RIS
     # VA02 -> VD01, AVM
     VA02_grad = node(249, gather(w_out[2850:2852], VD01_grad, AVM_grad))
@@ -2494,6 +2542,7 @@ def dag_backward(
         VA02_grad, AVDR, VD02, VB02, AVAL, DD01, DVA, AVAR, AVBL, AVER, VB01, VA01,
         VA03, AVFR,
     )
+    node.release(VA01)
     del VA01
     # SAAVR -> RMFL, RIPL
     SAAVR_grad = node(248, gather(w_out[2848:2850], RMFL_grad, RIPL_grad))
@@ -2519,6 +2568,7 @@ def dag_backward(
         CEPVL, RIML, RMFR, IL2DR, SMDDL, OLQDR, SMBDL, SAAVL, SMDVR, IL2L, RIVR, URBL,
         CEPDR, ADAL, RIMR,
     )
+    node.release(ADAL)
     del ADAL
     # PVQL -> the sink
     PVQL_grad = node(245, sink_grad)
@@ -2526,6 +2576,7 @@ def dag_backward(
         PVQL_grad, PVPL, PHAR, AIAL, ASKL, HSNR, AVHR, AWAL, DD06, AIML, DA08, AVKR,
         HSNL, RMGL, ASJL, AVFL, PHAL, AVFR,
     )
+    node.release(ASJL)
     del ASJL
     # PVPR -> AVJL, URXR, RIR
     PVPR_grad = node(244, gather(w_out[2835:2838], AVJL_grad, URXR_grad, RIR_grad))
@@ -2534,6 +2585,7 @@ def dag_backward(
         PVQR, AVHL, DVC, ASHR, AVAR, PQR, VC01, AVBL, AVL, PVCL, RIAR, AQR, AVBR, AVFR,
         RIMR,
     )
+    node.release(AVFR, RIMR)
     del AVFR, RIMR
     # ADER -> FLPL, URXR, URBR, OLLR, AVM
     ADER_grad = node(243, gather(
@@ -2543,6 +2595,7 @@ def dag_backward(
         ADER_grad, RMDL, CEPVR, AVDR, IL1R, ADAR, ASIR, RMDR, AVAL, RIGR, ALNR, AVJR,
         RIGL, AVAR, ADEL, AVER, IL2R, BDUR, RIAR, SMDVR, FLPR, CEPDR, RMGR,
     )
+    node.release(RMGR)
     del RMGR
     # VC04 -> the sink
     VC04_grad = node(242, sink_grad)
@@ -2553,6 +2606,7 @@ def dag_backward(
         SMBVL_grad, PVPL, SAADL, PLNL, DVA, RMDVR, AVHR, AVJR, CEPVL, AIML, ADEL, ADLL,
         RMEV, ADFL, RMGL, SMBDL, AWBL, SIAVL, VB01, AVFL, RIVR, AVBR,
     )
+    node.release(AWBL, RIVR)
     del AWBL, RIVR
     # RMGR -> ADER, SAAVR, AVJL, URXR, AIMR, URBR, OLLR, RIR, SIAVR
     RMGR_grad = node(240, gather(
@@ -2563,6 +2617,7 @@ def dag_backward(
         RMGR_grad, AVDL, RMDL, SAADL, ADAR, RMDR, SIADL, AVAL, RMDDL, RMDVR, HSNR,
         SIBDL, RIGR, ALNR, PVQR, ALMR, ASHR, AVBL, HSNL, AVER, IL2R, SMBVR, AVBR, CEPDR,
     )
+    node.release(SMBVR, IL2R, CEPDR)
     del SMBVR, IL2R, CEPDR
     # RIMR -> PVPR, RICL, RIS, SAAVR, AVJL, RMFL
     RIMR_grad = node(239, gather(
@@ -2580,6 +2635,7 @@ def dag_backward(
         PHBR_grad, AVDL, AVDR, PHAR, AVAL, PVCR, PHCR, AVAR, PHBL, PVCL, VA12, PHCL,
         PHAL,
     )
+    node.release(PHAL)
     del PHAL
     # AVFR -> PVPR, PVQL, VA02, AVJL, AIMR
     AVFR_grad = node(237, gather(
@@ -2601,10 +2657,12 @@ def dag_backward(
         AVEL, URAVL, AIBL, AVAR, ADEL, ADLL, RIML, ASHL, ADFL, AVBL, RMGL, SMDVR, VB01,
         FLPR, URBL, AVBR,
     )
+    node.release(AVBR, URBL)
     del AVBR, URBL
     # VB03 -> PVR, AVM, VA05
     VB03_grad = node(234, gather(w_out[2803:2806], PVR_grad, AVM_grad, VA05_grad))
     grad_w[1951:1957] = dots(VB03_grad, VD03, DD02, PVCR, VD04, VA04, VA03)
+    node.release(VA03)
     del VA03
     # PHAL -> PHBR, PVQL
     PHAL_grad = node(233, gather(w_out[2801:2803], PHBR_grad, PVQL_grad))
@@ -2616,6 +2674,7 @@ def dag_backward(
     grad_w[1932:1942] = dots(
         PDER_grad, AVKL, VB02, DVA, PVCR, AVAR, PLML, PLMR, PVCL, PDEL, AVFL,
     )
+    node.release(PDEL)
     del PDEL
     # OLQDL -> the sink
     OLQDL_grad = node(231, sink_grad)
@@ -2623,12 +2682,14 @@ def dag_backward(
         OLQDL_grad, IL2DL, URYDL, SIBVL, RMEL, RMDDL, CEPDL, RICR, RMHL, RIH, RMED,
         RMDDR, IL2L,
     )
+    node.release(IL2L)
     del IL2L
     # DVB -> the sink
     DVB_grad = node(230, sink_grad)
     grad_w[1911:1920] = dots(
         DVB_grad, PVPL, PDA, DVC, DD06, DA08, VD13, AVL, PHCL, AVFL,
     )
+    node.release(PHCL)
     del PHCL
     # CEPDR -> RMGR, ADER, RICL, RIS, URXR, URBR, OLLR
     CEPDR_grad = node(229, gather(
@@ -2639,6 +2700,7 @@ def dag_backward(
         CEPDR_grad, CEPVR, URADR, IL1DR, RIFR, IL1R, RMDR, CEPDL, RMDVR, RICR, RMHL,
         ALMR, AVEL, RIBR, RIH, RMHR, IL2DR, OLQDR, SMBDL, BDUR, URYDR, SIBVR,
     )
+    node.release(SIBVR, URYDR)
     del SIBVR, URYDR
     # AVBR -> ADAL, AS10, AVFR, RIMR, RMGR, SMBVL, VC04, PVPR, AVJL, FLPL, SDQR,
     #     URXR, PVR, URBR, AWBR, PVNR, RIBL, AVM
@@ -2653,6 +2715,7 @@ def dag_backward(
         ASHR, AS01, AS03, AVAR, ADLR, RIFL, RIML, VA04, AVBL, AS04, RMGL, AVER, PVCL,
         BDUR, AQR, AVFL, FLPR,
     )
+    node.release(AQR, BDUR, AVFL, FLPR)
     del AQR, BDUR, AVFL, FLPR
     # VA03 -> VB03, VA02
     VA03_grad = node(227, gather(w_out[2772:2774], VB03_grad, VA02_grad))
@@ -2690,6 +2753,7 @@ def dag_backward(
         IL2L_grad, RMDR, IL1L, OLQVL, AVEL, URAVL, RIH, ADEL, IL2VL, RMEV, AWCR, SMDVL,
         RMER, SIAVL,
     )
+    node.release(AWCR, SIAVL)
     del AWCR, SIAVL
     # FLPR -> AVBR, ADAL, ADER, AVJL, FLPL
     FLPR_grad = node(221, gather(
@@ -2708,10 +2772,12 @@ def dag_backward(
         AVFL_grad, VC05, RIFR, AVG, VB02, PVNL, HSNR, AVHR, PVQR, AVHL, RIFL, AIML,
         VC01, ASHL, AVBL, HSNL, AVL, PVDL, VB01,
     )
+    node.release(PVDL, VB01)
     del PVDL, VB01
     # VB10 -> the sink
     VB10_grad = node(219, sink_grad)
     grad_w[1740:1745] = dots(VB10_grad, DD06, PVT, VA11, VD11, VD12)
+    node.release(VD11, VD12)
     del VD11, VD12
     # VB01 -> AVFL, FLPR, VA01, VA03, ADAL, RIMR, SMBVL, VA02, RMFL, VD01, SABD
     VB01_grad = node(218, gather(
@@ -2722,6 +2788,7 @@ def dag_backward(
         VB01_grad, SAADL, VD02, AIBR, AVKL, VB02, DD01, DVA, RICR, SAADR, ADEL, RIML,
         VA04, VD05, SMDVR,
     )
+    node.release(VD05)
     del VD05
     # URYDR -> CEPDR, RIS, URXR
     URYDR_grad = node(217, gather(w_out[2727:2730], CEPDR_grad, RIS_grad, URXR_grad))
@@ -2736,16 +2803,19 @@ def dag_backward(
     grad_w[1702:1712] = dots(
         SIAVL_grad, PLNL, RMDR, RMDVR, OLQVL, CEPVL, ADEL, RMGL, SMBDL, RIAR, SMDVR,
     )
+    node.release(SMDVR)
     del SMDVR
     # IL1VR -> IL2VR, PVR, OLLR
     IL1VR_grad = node(215, gather(w_out[2719:2722], IL2VR_grad, PVR_grad, OLLR_grad))
     grad_w[1693:1702] = dots(
         IL1VR_grad, RIPR, CEPVR, OLQVR, IL1R, URYVR, RMDDR, RMDVL, URAVR, SIADR,
     )
+    node.release(SIADR)
     del SIADR
     # DB06 -> the sink
     DB06_grad = node(214, sink_grad)
     grad_w[1685:1693] = dots(DB06_grad, VD08, AS08, DA07, DA09, VD09, DA08, VD07, AS09)
+    node.release(AS09)
     del AS09
     # VD12 -> VB10, PVNR
     VD12_grad = node(213, gather(w_out[2717:2719], VB10_grad, PVNR_grad))
@@ -2759,6 +2829,7 @@ def dag_backward(
         VA08_grad, VD08, DD05, AVAL, DVA, AS05, VD09, AS03, AVAR, AS02, DD04, VD07,
         AS04, VB06,
     )
+    node.release(VB06, AS04)
     del VB06, AS04
     # SMDVR -> SIAVL, URYDR, VB01, RIVR, SIBVR, ADAL, RIMR, ADER, RICL, RIS, OLLR,
     #     RIBL
@@ -2787,6 +2858,7 @@ def dag_backward(
         SIADR_grad, SDQL, AVAL, SMDDR, CEPDL, AIBL, ADEL, AIZR, ALNL, RMGL, SMDVL,
         SIBDR, RIAR,
     )
+    node.release(SIBDR)
     del SIBDR
     # PHCL -> DVB, PHBR
     PHCL_grad = node(208, gather(w_out[2692:2694], DVB_grad, PHBR_grad))
@@ -2796,6 +2868,7 @@ def dag_backward(
     # AS09 -> DB06
     AS09_grad = node(207, gather(w_out[2691:2692], DB06_grad))
     grad_w[1598:1602] = dots(AS09_grad, VD09, AVAR, VA11, VA12)
+    node.release(VA12)
     del VA12
     # AQR -> AVBR, PVPR, AVJL, URXL, RIR
     AQR_grad = node(206, gather(
@@ -2805,12 +2878,14 @@ def dag_backward(
         AQR_grad, AVDL, PVPL, AVDR, BAGL, AIBR, AVAL, DVA, AVHR, RIGL, PVCR, AVAR, BAGR,
         RIAL, AVBL, PVCL, RIAR,
     )
+    node.release(RIAR)
     del RIAR
     # VB06 -> VA08, PVNR, VB07, PVDR
     VB06_grad = node(205, gather(
         w_out[2682:2686], VA08_grad, PVNR_grad, VB07_grad, PVDR_grad,
     ))
     grad_w[1575:1582] = dots(VB06_grad, VA07, DVA, VD06, PVCR, DD04, VD07, PVCL)
+    node.release(VD07)
     del VD07
     # VA12 -> AS09, PHCL, VD12, AS10, PHBR, PVDR
     VA12_grad = node(204, gather(
@@ -2842,6 +2917,7 @@ def dag_backward(
     # PDEL -> PDER, PVR, PVM
     PDEL_grad = node(201, gather(w_out[2655:2658], PDER_grad, PVR_grad, PVM_grad))
     grad_w[1507:1514] = dots(PDEL_grad, AVKL, DVA, PVCR, AVAR, PLML, PLMR, PVCL)
+    node.release(PLML, PLMR)
     del PLML, PLMR
     # CANR -> the sink
     CANR_grad = node(200, sink_grad)
@@ -2854,12 +2930,14 @@ def dag_backward(
     grad_w[1497:1506] = dots(
         BDUR_grad, CEPVR, URADR, SDQL, PVNL, AVAL, HSNR, ALMR, AVHL, PVCL,
     )
+    node.release(PVCL)
     del PVCL
     # ASJL -> PVQL, ASKR
     ASJL_grad = node(198, gather(w_out[2646:2648], PVQL_grad, ASKR_grad))
     grad_w[1487:1497] = dots(
         ASJL_grad, AIAL, SMDDR, CEPDL, ASKL, ASEL, HSNR, PVQR, AIML, HSNL, ALA,
     )
+    node.release(ALA)
     del ALA
     # AINL -> AVJL, RMFL, AUAR, RIBL
     AINL_grad = node(197, gather(
@@ -2869,6 +2947,7 @@ def dag_backward(
         AINL_grad, ASGR, BAGL, CEPDL, RID, AIYR, ASEL, ASIL, AFDR, RIBR, AIAR, AINR,
         RMDVL, SAAVL,
     )
+    node.release(SAAVL)
     del SAAVL
     # SABVL -> the sink
     SABVL_grad = node(196, sink_grad)
@@ -2884,6 +2963,7 @@ def dag_backward(
     grad_w[1454:1465] = dots(
         SAAVL_grad, AVAL, SMDDR, DVA, ASIL, RMHL, AIBL, RIML, ALNL, RMFR, SMDVL, PLNR,
     )
+    node.release(PLNR)
     del PLNR
     # PVCL -> BDUR, PDEL, PVDL, VA12, VB06, AQR, PHCL, SMBVR, FLPR, AVBR, PDER,
     #     PHBR, PVPR, RIS, AVJL, ALML, PVR, PVM, VB07, AVM, PVDR
@@ -2905,6 +2985,7 @@ def dag_backward(
     grad_w[1407:1418] = dots(
         IL2R_grad, RMDL, URADR, OLQVR, IL1R, RMEL, ASEL, RIH, RMEV, OLQDR, AVER, URAVR,
     )
+    node.release(URAVR)
     del URAVR
     # ALA -> ASJL, CANR, PVDL, RIAR, AIMR, ASKR, ASJR, PVDR
     ALA_grad = node(192, gather(
@@ -2912,6 +2993,7 @@ def dag_backward(
         ASKR_grad, ASJR_grad, PVDR_grad,
     ))
     grad_w[1401:1407] = dots(ALA_grad, CANL, AVDR, RMDR, AVEL, ADLL, AVER)
+    node.release(AVER, CANL)
     del AVER, CANR_grad, CANL
     # URAVR -> IL2R, IL1VR, IL2VR
     URAVR_grad = node(191, gather(w_out[2599:2602], IL2R_grad, IL1VR_grad, IL2VR_grad))
@@ -2919,6 +3001,7 @@ def dag_backward(
         URAVR_grad, RIPR, CEPVR, BAGL, IL1R, ADAR, RMEL, RIH, URYVR, RMDDR, RMEV, PVT,
         RMDVL, RMER,
     )
+    node.release(RMER)
     del RMER
     # SIBDR -> SIADR, URBR
     SIBDR_grad = node(190, gather(w_out[2597:2599], SIADR_grad, URBR_grad))
@@ -2928,6 +3011,7 @@ def dag_backward(
     # PLNR -> SAAVL, SMBVR, SIAVR
     PLNR_grad = node(189, gather(w_out[2594:2597], SAAVL_grad, SMBVR_grad, SIAVR_grad))
     grad_w[1376:1379] = dots(PLNR_grad, SAADR, SMDVL, RMDVL)
+    node.release(SMDVL)
     del SMDVL
     # IL1VL -> PVR, RIPL
     IL1VL_grad = node(188, gather(w_out[2592:2594], PVR_grad, RIPL_grad))
@@ -2935,6 +3019,7 @@ def dag_backward(
         IL1VL_grad, URYVL, OLLL, RMDDL, RMDVR, IL1L, OLQVL, RMHL, URAVL, CEPVL, IL2VL,
         AVL,
     )
+    node.release(AVL)
     del AVL
     # AVER -> ALA, IL2R, PVCL, SABVL, SMDVR, URYDR, FLPR, VA01, VA03, AVBR, RIMR,
     #     RMGR, ADER, RIS, VA02, URXR, AUAR, RIBL, SABD, AIZL
@@ -2950,6 +3035,7 @@ def dag_backward(
         DA02, ASHR, AVEL, URAVL, AS01, AS03, RIBR, AVAR, AS02, CEPVL, AIZR, RIML, VA04,
         AVBL, SMDDL, RMDVL,
     )
+    node.release(RMDVL, VA04)
     del RMDVL, VA04
     # VD11 -> VB10, AS10, AVFR, VA09
     VD11_grad = node(186, gather(
@@ -2958,6 +3044,7 @@ def dag_backward(
     grad_w[1314:1325] = dots(
         VD11_grad, DB07, VB09, VC06, DA09, PDA, DD06, AVAR, DA08, PVT, VA10, VA11,
     )
+    node.release(VA10, VA11)
     del VA10, VA11
     # RMER -> URAVR, IL2L, IL2VR, OLLR
     RMER_grad = node(185, gather(
@@ -2967,6 +3054,7 @@ def dag_backward(
         RMER_grad, IL2DL, URADR, OLQVR, IL1L, URAVL, RIH, ADEL, IL2VL, RMHR, IL2DR,
         OLQDR,
     )
+    node.release(OLQDR)
     del OLQDR
     # RMDVL -> AVER, PLNR, SIBDR, URAVR, AINL, RIAR, IL1VR, IL2VR, SIAVR
     RMDVL_grad = node(184, gather(
@@ -2977,12 +3065,14 @@ def dag_backward(
         RMDVL_grad, RMDL, URYDL, OLLL, OLQVR, RIVL, IL1R, RMDR, RMDDL, CEPDL, RMDVR,
         IL1DL, IL1L, URYVR, RIAL, RMDDR, RMGL,
     )
+    node.release(RMGL)
     del RMGL
     # LUAR -> PVR
     LUAR_grad = node(183, gather(w_out[2554:2555], PVR_grad))
     grad_w[1275:1287] = dots(
         LUAR_grad, AVDL, PVWL, AVDR, PVNL, AVAL, AVJR, PVCR, PHCR, AVAR, PVWR, PQR, PDB,
     )
+    node.release(PHCR, PDB)
     del PHCR, PDB
     # AWBL -> SMBVL, AIZL
     AWBL_grad = node(182, gather(w_out[2552:2554], SMBVL_grad, AIZL_grad))
@@ -2990,6 +3080,7 @@ def dag_backward(
         AWBL_grad, AIBR, AIAL, ASEL, HSNR, AVHR, AWAL, AWCL, RIGL, ASHR, RIAL, ADLL,
         AIYL, ASHL, ADFL, AVBL, HSNL, AFDL, SMBDL,
     )
+    node.release(AFDL, SMBDL)
     del AFDL, SMBDL
     # AVL -> IL1VL, SABVL, VD12, AVFL, DVB, RIMR, PVPR, RIS, PVNR, SABD
     AVL_grad = node(181, gather(
@@ -3000,6 +3091,7 @@ def dag_backward(
         AVL_grad, PVWL, VC03, PVNL, VC02, VC06, DD01, HSNR, SABVR, PVCR, PVQR, DVC,
         AVEL, DD06, PVWR, URYVR, ADEL, VC01, AVBL, AVKR, PVT,
     )
+    node.release(PVT)
     del PVT
     # VA11 -> VD11, VA12, AS09, VD12, VB10, PVNR
     VA11_grad = node(180, gather(
@@ -3016,6 +3108,7 @@ def dag_backward(
     grad_w[1216:1227] = dots(
         VA10_grad, AVDL, VD10, DD05, VB09, AVAL, AS07, DD06, VB08, AVAR, AS06, AVBL,
     )
+    node.release(VB08, AS06)
     del VB08, AS06
     # SMDVL -> PLNR, SAAVL, RIAR, SIADR, SMDVR, IL2L, RIMR, RIS, RMFL, PVR, OLLR,
     #     SIAVR, AIZL
@@ -3028,6 +3121,7 @@ def dag_backward(
         SMDVL_grad, CEPVR, PLNL, SIBVL, RIVL, AIBR, ADAR, SMDDR, DVA, RICR, SAADR, AWCL,
         ALNR, RIBR, BAGR, URYVR, RIAL, RIML, RMDDR, ALNL, RMEV, ADFL, SMDDL,
     )
+    node.release(PLNL)
     del PLNL
     # SMBDL -> AWBL, SIAVL, CEPDR, SMBVL, RICL, SAAVR, SDQR, URBR, SMBDR, AIZL
     SMBDL_grad = node(177, gather(
@@ -3049,6 +3143,7 @@ def dag_backward(
         CEPDL, RID, IL1L, RICR, SAADR, RMHL, RIGL, BDUL, AVEL, CEPVL, RIFL, AIML, ADEL,
         ADLL, RMDDR, ALNL, ASHL, RMHR, AVKR, SMDDL,
     )
+    node.release(ALNL, SMDDL, AIML)
     del ALNL, SMDDL, AIML
     # PVT -> AVL, VD11, URAVR, VB10, RIS, RMFL, PVNR
     PVT_grad = node(175, gather(
@@ -3059,10 +3154,12 @@ def dag_backward(
         PVT_grad, PVWL, VC03, VC05, VD08, AIBR, AVG, AVKL, PHAR, PVNL, VC02, HSNR, RIGR,
         RIGL, PVQR, DVC, AVEL, AIBL, RIH, PVWR, VC01, RMEV, RMFR, AVKR,
     )
+    node.release(AVKR, PVWR)
     del AVKR, PVWR
     # PDB -> LUAR, VD12
     PDB_grad = node(174, gather(w_out[2487:2489], LUAR_grad, VD12_grad))
     grad_w[1130:1132] = dots(PDB_grad, DD06, VD13)
+    node.release(VD13)
     del VD13
     # OLQDR -> RMER, IL2R, URYDR, SIBVR, CEPDR, RICL, AIMR, URBR, OLLR, RIPL
     OLQDR_grad = node(173, gather(
@@ -3070,6 +3167,7 @@ def dag_backward(
         RICL_grad, AIMR_grad, URBR_grad, OLLR_grad, RIPL_grad,
     ))
     grad_w[1123:1130] = dots(OLQDR_grad, RIPR, IL1DR, RMDDL, RICR, RIH, RMHR, IL2DR)
+    node.release(IL2DR)
     del IL2DR
     # AWCR -> IL2L, AIZL
     AWCR_grad = node(172, gather(w_out[2475:2477], IL2L_grad, AIZL_grad))
@@ -3085,18 +3183,21 @@ def dag_backward(
         AWAR_grad, ASGR, RIFR, ASIR, ASER, AIYR, ASIL, RIGR, ADFR, AFDR, PVQR, ASHR,
         AIAR, AIZR, HSNL,
     )
+    node.release(HSNL)
     del HSNL
     # AS04 -> VA08, AVBR
     AS04_grad = node(170, gather(w_out[2469:2471], VA08_grad, AVBR_grad))
     grad_w[1080:1090] = dots(
         AS04_grad, AVDL, DB03, AVAL, DD01, DA03, DD02, AVAR, VD04, DB02, AVBL,
     )
+    node.release(AVBL, DB02)
     del AVBL, DB02
     # AFDL -> AWBL, AIZL
     AFDL_grad = node(169, gather(w_out[2467:2469], AWBL_grad, AIZL_grad))
     grad_w[1070:1080] = dots(
         AFDL_grad, ASER, CEPDL, ASEL, AWAL, AWCL, AFDR, AIBL, AINR, AIYL, ADFL,
     )
+    node.release(AIYL, ADFL, AINR)
     del AIYL, ADFL, AINR
     # VD13 -> PDB, VA12, VD12, DVB, PVNR
     VD13_grad = node(168, gather(
@@ -3105,6 +3206,7 @@ def dag_backward(
     grad_w[1059:1070] = dots(
         VD13_grad, PVWL, DB07, RID, DA09, PDA, PVCR, VB11, DD06, AVAR, DA08, AS11,
     )
+    node.release(AS11)
     del AS11
     # SMDDL -> RMGL, SMBDL, SMDVL, AVER, RIAR, SMDVR, URYDR, RIVR, RIMR, RICL, RIS,
     #     SAAVR, OLLR
@@ -3117,12 +3219,14 @@ def dag_backward(
         SMDDL_grad, RMDL, URYDL, OLLL, AIBR, RMDR, SIADL, SMDDR, RICR, SIBDL, ALMR,
         AVEL, RIBR, RMED, RIAL, RIML, RMHR,
     )
+    node.release(ALMR, SIBDL)
     del ALMR, SIBDL
     # IL2DR -> OLQDR, RMER, CEPDR, RICL, RIPL
     IL2DR_grad = node(166, gather(
         w_out[2444:2449], OLQDR_grad, RMER_grad, CEPDR_grad, RICL_grad, RIPL_grad,
     ))
     grad_w[1036:1043] = dots(IL2DR_grad, RIPR, URADR, IL1DR, RMEL, RICR, RMED, RMEV)
+    node.release(RMEV)
     del RMEV
     # HSNL -> AWAR, AWBL, ASJL, AVFL, AVFR, RMGR, PVQL, AVJL, AIMR, ASKR, AWBR,
     #     ASJR, RIR, AIZL
@@ -3135,6 +3239,7 @@ def dag_backward(
         HSNL_grad, VC05, RIFR, AIAL, ASKL, HSNR, BDUL, ASHR, ADLR, RIFL, ADLL, AIZR,
         RIML, ASHL,
     )
+    node.release(AIZR)
     del AIZR
     # AVKR -> PVT, RMGL, SMBDL, AVL, SMDVR, RIMR, PVQL, RIS, RMFL, PVM, AIZL
     AVKR_grad = node(164, gather(
@@ -3145,6 +3250,7 @@ def dag_backward(
         AVKR_grad, PVPL, RMDL, SAADL, AVKL, RMDR, SIADL, SMDDR, RICR, RIGR, RIGL, BDUL,
         RIML, RMFR, RMHR,
     )
+    node.release(RMHR, RMFR)
     del RMHR, RMFR
     # AVBL -> AS04, VA10, VA11, AVL, AWBL, AVER, PVCL, AQR, URYDR, AVFL, FLPR, URBL,
     #     AVBR, ADAL, AS10, AVFR, RIMR, RMGR, PVPR, SAAVR, VA02, AVJL, FLPL, SDQR,
@@ -3164,6 +3270,7 @@ def dag_backward(
     # AS06 -> VA10, VA09
     AS06_grad = node(162, gather(w_out[2388:2390], VA10_grad, VA09_grad))
     grad_w[975:980] = dots(AS06_grad, VD06, DA05, AVAR, DD03, DB04)
+    node.release(DB04)
     del DB04
     # ADFL -> AFDL, AWCR, SMBDL, SMDVL, AWBL, ADAL, SMBVL, URXL, AUAL, RIBL, RIPL,
     #     RIR, AIZL
@@ -3175,6 +3282,7 @@ def dag_backward(
     grad_w[965:975] = dots(
         ADFL_grad, RIVL, AIBR, AIAL, ASIL, RIGR, RIGL, AIBL, RIAL, ADLL, ASHL,
     )
+    node.release(ASHL)
     del ASHL
     # VD07 -> VB06, VA08, DB06, PVNR, VB07
     VD07_grad = node(160, gather(
@@ -3187,10 +3295,12 @@ def dag_backward(
         VD05_grad, DB03, VC03, VC02, RID, DB05, AS05, DA05, VB04, AVAR, DA06, DD03,
         DA04, VA06, VC01,
     )
+    node.release(VC01)
     del VC01
     # VB05 -> PVDR
     VB05_grad = node(158, gather(w_out[2367:2368], PVDR_grad))
     grad_w[940:944] = dots(VB05_grad, VD06, VB04, DD03, VA06)
+    node.release(VA06)
     del VA06
     # RMHR -> AVKR, SMDDL, OLQDR, RMGL, RMER, RIVR, URBL, CEPDR, SDQR
     RMHR_grad = node(157, gather(
@@ -3200,6 +3310,7 @@ def dag_backward(
     grad_w[930:940] = dots(
         RMHR_grad, RMDL, CEPVR, OLQVR, AIBR, RMDR, CEPDL, RMHL, RIGL, CEPVL, ADEL,
     )
+    node.release(ADEL)
     del ADEL
     # RMFR -> AVKR, PVT, SAAVL, RIMR, RICL
     RMFR_grad = node(156, gather(
@@ -3216,18 +3327,21 @@ def dag_backward(
     grad_w[911:921] = dots(
         RMEV_grad, IL2DL, RMEL, RMDDL, SMDDR, URAVL, RIBR, RIH, RMED, IL2VL, RMDDR,
     )
+    node.release(RMED, IL2VL)
     del RMED, IL2VL
     # DB04 -> AS06, PVCL, PVR
     DB04_grad = node(154, gather(w_out[2339:2342], AS06_grad, PVCL_grad, PVR_grad))
     grad_w[900:911] = dots(
         DB04_grad, DD05, AVDR, VC02, DVA, VD06, DA05, PVCR, AVEL, DD06, DD03, DD04,
     )
+    node.release(DD04)
     del DD04
     # DB02 -> AS04, PVCL, PVR
     DB02_grad = node(153, gather(w_out[2336:2339], AS04_grad, PVCL_grad, PVR_grad))
     grad_w[889:900] = dots(
         DB02_grad, DD01, DA03, DVA, VD03, DD02, PVCR, DA02, AS03, AVAR, VD04, DA04,
     )
+    node.release(AS03, DA04)
     del AS03, DA04
     # ASHL -> ADFL, AVBL, HSNL, RMGL, AWBL, AVFL, ADAL, URXL, RIPL, RIR, AIZL
     ASHL_grad = node(152, gather(
@@ -3238,18 +3352,21 @@ def dag_backward(
         ASHL_grad, AVDL, AVDR, AIAL, AVAL, ASKL, HSNR, AVHR, AWAL, AIBL, AVAR, RIAL,
         ADLL, RIML,
     )
+    node.release(RIML, ADLL)
     del RIML, ADLL
     # AS11 -> VD13, VA12, VD12
     AS11_grad = node(151, gather(w_out[2322:2325], VD13_grad, VA12_grad, VD12_grad))
     grad_w[866:876] = dots(
         AS11_grad, AVDL, DB07, AVDR, AVAL, RID, DA09, DD06, AVAR, PHBL, PQR,
     )
+    node.release(PQR)
     del PQR
     # ALNL -> RMGL, SMDVL, SAAVL, SIADR, SMBDR
     ALNL_grad = node(150, gather(
         w_out[2317:2322], RMGL_grad, SMDVL_grad, SAAVL_grad, SIADR_grad, SMBDR_grad,
     ))
     grad_w[861:866] = dots(ALNL_grad, SMDDR, RMHL, RIGL, RIAL, RMDDR)
+    node.release(RMDDR)
     del RMDDR
     # VC01 -> VD05, PVT, AVL, AVFL, PVPR, VD01
     VC01_grad = node(149, gather(
@@ -3264,6 +3381,7 @@ def dag_backward(
     grad_w[840:850] = dots(
         VA06_grad, AVG, AVAL, DVA, HSNR, VD06, VB04, AS01, AVAR, AS02, DD03,
     )
+    node.release(DD03, AS02)
     del DD03, AS02
     # VA04 -> AVER, VB01, VA03, AVBR, VB03
     VA04_grad = node(147, gather(
@@ -3280,6 +3398,7 @@ def dag_backward(
     grad_w[823:833] = dots(
         RMDDR_grad, RMDL, URYDL, CEPVR, IL1R, RMDDL, RMDVR, IL1DL, HSNR, URYVR, RIAL,
     )
+    node.release(URYVR, IL1DL)
     del URYVR, IL1DL
     # RIML -> ASHL, RMFR, AVBL, AVKR, HSNL, SMDDL, SMDVL, AVER, SAAVL, SMDVR, VB01,
     #     AVBR, ADAL, RIMR, RICL, RIS, SAAVR, RMFL, RIBL, AIZL
@@ -3293,6 +3412,7 @@ def dag_backward(
         RIML_grad, RMDL, SAADL, AIBR, AVKL, RMDR, AVAL, SMDDR, RICR, SAADR, HSNR, ALNR,
         AIBL, AVAR, RIFL, RIAL,
     )
+    node.release(ALNR)
     del ALNR
     # PQR -> AS11, LUAR, PVCL, PVPR, PVNR
     PQR_grad = node(144, gather(
@@ -3312,6 +3432,7 @@ def dag_backward(
         VA09_grad,
     ))
     grad_w[784:789] = dots(DD04_grad, VA07, VC03, VD08, DA07, DA08)
+    node.release(DA08)
     del DA08
     # DA04 -> DB02, VD05
     DA04_grad = node(141, gather(w_out[2252:2254], DB02_grad, VD05_grad))
@@ -3319,6 +3440,7 @@ def dag_backward(
         DA04_grad, AVDL, DB03, AVDR, AVAL, DA03, DD02, AS05, DA05, PVCR, AVEL, AVAR,
         VD04,
     )
+    node.release(VD04)
     del VD04
     # AIZR -> HSNL, AWAR, AWCR, AVER, RIAR, SIADR, SMBVR, RIMR, AUAR, AWBR, SMBDR,
     #     RIR
@@ -3330,6 +3452,7 @@ def dag_backward(
         AIZR_grad, BAGL, AIBR, SMDDR, ASER, DVA, AIYR, HSNR, RIGR, ADFR, RIGL, AVEL,
         RIBR, AIBL, RIH, AIAR,
     )
+    node.release(AIAR)
     del AIAR
     # AIYL -> AFDL, AWCR, AWBL, AUAL, RIBL, RIR, AIZL
     AIYL_grad = node(139, gather(
@@ -3350,6 +3473,7 @@ def dag_backward(
         ADLL_grad, ASGL, AVDL, AVDR, AIAL, AVAL, ASER, OLQVL, ASEL, AWAL, AWCL, AVJR,
         RIGL, AIBL, AVAR, RIAL,
     )
+    node.release(AWAL)
     del AWAL
     # ADEL -> RMHR, RMGL, AVL, RMER, SIBDR, SIADR, SIAVL, VB01, IL2L, RIVR, URBL,
     #     ADAL, SMBVL, ADER, FLPL, ALML, SMBDR
@@ -3362,6 +3486,7 @@ def dag_backward(
         ADEL_grad, AVDL, RMDL, OLLL, RIVL, AVAL, CEPDL, IL1L, SAADR, RMHL, RIGR, RIGL,
         BDUL, AVHL, AVEL, AVAR, RIH, CEPVL, RIFL, RIAL,
     )
+    node.release(RIAL)
     del RIAL
     # VD04 -> DA04, VA04, VC01, DB02, AS04, VB03, PVNR
     VD04_grad = node(136, gather(
@@ -3382,6 +3507,7 @@ def dag_backward(
         RIAL_grad, RMDL, SAADL, URYVL, CEPVR, RIVL, AIBR, RMDR, SIADL, AVAL, RMDDL,
         SMDDR, CEPDL, DVA, RMDVR, ASIL, AWCL, RIH, BAGR, CEPVL,
     )
+    node.release(CEPVL)
     del CEPVL
     # DD03 -> VA06, VC01, DB04, VB05, VD05, AS06, VA05
     DD03_grad = node(134, gather(
@@ -3391,6 +3517,7 @@ def dag_backward(
     grad_w[675:685] = dots(
         DD03_grad, DB03, VA07, VC03, VC02, RID, VD06, AS05, DA05, VB04, DA06,
     )
+    node.release(VB04, DA06)
     del VB04, DA06
     # DA08 -> DD04, PQR, VD13, VD11, PVCL, VA12, VD12, DB06, DVB, PHAL, PVQL
     DA08_grad = node(133, gather(
@@ -3401,6 +3528,7 @@ def dag_backward(
         DA08_grad, AVDL, VD08, VD10, DB07, DD05, AVDR, AVG, PHAR, AVAL, DA07, DA09,
         DB05, VD09, AVAR, PHBL,
     )
+    node.release(PHBL)
     del PHBL
     # AINR -> AFDL, AINL, URXL, URXR, AUAL, AUAR, RIBL
     AINR_grad = node(132, gather(
@@ -3410,6 +3538,7 @@ def dag_backward(
     grad_w[650:660] = dots(
         AINR_grad, ASGL, AIAL, ASER, CEPDL, RID, ASEL, AWCL, AFDR, AIBL, BAGR,
     )
+    node.release(AFDR, BAGR)
     del AFDR, BAGR
     # AIML -> RMGL, ASJL, AVFL, AVFR, SMBVL, PVQL, AVJL, URXL, ALML
     AIML_grad = node(131, gather(
@@ -3419,6 +3548,7 @@ def dag_backward(
     grad_w[641:650] = dots(
         AIML_grad, ASGL, AVDL, AIAL, CEPDL, RID, ASKL, AVHR, AVHL, RIFL,
     )
+    node.release(RIFL)
     del RIFL
     # AIAR -> AIZR, AWAR, AWCR, AINL, AIMR, ASKR
     AIAR_grad = node(130, gather(
@@ -3428,6 +3558,7 @@ def dag_backward(
     grad_w[631:641] = dots(
         AIAR_grad, ASGR, RIFR, AIBR, ADAR, ASIR, ASER, AWCL, PVQR, ASHR, ADLR,
     )
+    node.release(ADLR)
     del ADLR
     # URYVR -> RMDDR, AVBL, SMDVL, AVL, RMDVL, SIBDR, URAVR, RIAR, IL1VR, RIS, AWBR,
     #     SMBDR
@@ -3444,6 +3575,7 @@ def dag_backward(
         RMGL_grad, AVFL_grad, AVBR_grad, ALML_grad,
     ))
     grad_w[614:621] = dots(RIFL_grad, PVPL, RIFR, AIAL, AVHR, AVJR, BDUL, AIBL)
+    node.release(AIBL)
     del AIBL
     # PVWR -> PVT, AVL, LUAR, VA12, PVNR
     PVWR_grad = node(127, gather(
@@ -3479,6 +3611,7 @@ def dag_backward(
     grad_w[573:582] = dots(
         CEPVL_grad, URYVL, OLLL, RMDDL, RMDVR, OLQVL, RICR, RMHL, URAVL, RIH,
     )
+    node.release(URAVL)
     del URAVL
     # BAGR -> AINR, RIAL, AIYL, IL2VL, SMDVL, AQR, URXL, AUAL, RIBL, RIR
     BAGR_grad = node(121, gather(
@@ -3488,6 +3621,7 @@ def dag_backward(
     grad_w[564:573] = dots(
         BAGR_grad, RIPR, BAGL, AVAL, AIYR, OLQVL, RIGL, AVEL, RIBR, RIH,
     )
+    node.release(RIH)
     del RIH
     # AS02 -> VA06, AVER, PVCL, VA08
     AS02_grad = node(120, gather(
@@ -3505,6 +3639,7 @@ def dag_backward(
         ADLR_grad, AVDL, RIPR, CEPVR, SIBVL, AVDR, OLQVR, RIFR, AIBR, ADAR, ASIR, ASER,
         RICR, AVHR, AVJR, ASHR, AVAR,
     )
+    node.release(AVAR)
     del AVAR
     # RMED -> RMEV, IL2DR, SMDDL, SMBDL, SMDVR, URYDR, OLQDL, IL2VR, OLLR, RIBL,
     #     SMBDR
@@ -3547,6 +3682,7 @@ def dag_backward(
         ADAR, AVAL, DA03, DA07, DVA, LUAL, RMDVR, DA09, DB05, RICR, SAADR, AS07, RMHL,
         AS05, DA05, SABVR, AVJR, RIGL, PVCR, AVHL, DA02, DVC, ASHR, AVEL, AS01, RIBR,
     )
+    node.release(AS07, AS01, AS05)
     del AS07, AS01, AS05
     # AIBL -> RIFL, AINR, ADLL, AIYL, AIZR, RIML, ASHL, RMFR, ADFL, AVBL, AFDL,
     #     AWCR, PVT, SAAVL, SIADR, SMDVR, SIBVR, ADAL, RIMR, SAAVR, FLPL, SDQR,
@@ -3561,12 +3697,14 @@ def dag_backward(
         AIBL_grad, ASGL, SAADL, BAGL, ADAR, AIAL, AVAL, SMDDR, ASER, ASKL, RICR, SAADR,
         ASEL, ASIL, HSNR, AWCL, RIGR, DVC, ASHR, AVEL, RIBR,
     )
+    node.release(AWCL, ASHR, SAADR, RIBR)
     del AWCL, ASHR, SAADR, RIBR
     # VB08 -> VA10, VA11, PVCL, VA09
     VB08_grad = node(114, gather(
         w_out[1924:1928], VA10_grad, VA11_grad, PVCL_grad, VA09_grad,
     ))
     grad_w[461:466] = dots(VB08_grad, VD10, DD05, PVCR, DD06, VD09)
+    node.release(DD06, VD09)
     del DD06, VD09
     # RIBR -> AIBL, AVAR, RIH, RMED, BAGR, URYVR, AIZR, RMEV, AVBL, SMDDL, SMDVL,
     #     AVER, AINL, RIAR, SMDVR, URYDR, CEPDR, RIMR, RIS, RMFL, AUAR, OLLR
@@ -3588,6 +3726,7 @@ def dag_backward(
         VD01_grad,
     ))
     grad_w[443:449] = dots(AS01_grad, DB01, VA07, DA01, VD02, DD01, AVEL)
+    node.release(AVEL)
     del AVEL
     # VD09 -> VB08, DA08, AS09, VA08, DB06, VB07, VA09
     VD09_grad = node(110, gather(
@@ -3602,6 +3741,7 @@ def dag_backward(
         IL1VL_grad, IL2L_grad, ADAL_grad, RIBL_grad, RIPL_grad,
     ))
     grad_w[434:439] = dots(URAVL_grad, RMEL, RMDDL, RMDVR, IL1L, DVC)
+    node.release(DVC, IL1L)
     del DVC, IL1L
     # DD06 -> VB08, AS11, DB04, VD13, PDB, VA10, VA11, AVL, VD11, VA12, VD12, VB10,
     #     DVB, PVQL, VA09
@@ -3611,6 +3751,7 @@ def dag_backward(
         DVB_grad, PVQL_grad, VA09_grad,
     ))
     grad_w[427:434] = dots(DD06_grad, DB07, VB09, VC06, DA09, PDA, PVQR, VB11)
+    node.release(VC06, PDA, VB11, VB09)
     del VC06, PDA, VB10_grad, VB11, VB09, PDB_grad
     # AVEL -> AS01, AS03, RIBR, AIBL, AVAR, BAGR, URYVR, ADEL, AIZR, DA04, VA04,
     #     DB04, AVBL, SMDDL, PVT, RMGL, AVL, AVER, ALA, PVCL, SABVL, URYDR, FLPR,
@@ -3628,6 +3769,7 @@ def dag_backward(
         AVEL_grad, AVDL, DB03, URYDL, CEPVR, DA01, BAGL, SDQL, VD02, AIBR, AVG, AVKL,
         IL1R, VB02, ADAR, AVAL, DA03, DVA, VD03, HSNR, SABVR, RIGL, PVCR, DA02,
     )
+    node.release(DA02, SABVR)
     del DA02, SABVR
     # ASHR -> AIBL, AVAR, ADLR, AIAR, HSNL, AWAR, AWCR, AWBL, AVER, PVCL, RIAR,
     #     SMBVR, AVBR, AVFR, RMGR, PVPR, AVJL, AWBR, RIR
@@ -3639,6 +3781,7 @@ def dag_backward(
     grad_w[394:404] = dots(
         ASHR_grad, AVDL, AVDR, RIFR, AIBR, ADAR, ASIR, ASER, HSNR, ADFR, AVHL,
     )
+    node.release(AVHL)
     del AVHL
     # VB11 -> DD06, PVWR, VD13, PVCL, VA12, VD12
     VB11_grad = node(105, gather(
@@ -3652,6 +3795,7 @@ def dag_backward(
         VD05_grad, PVCL_grad, VA05_grad,
     ))
     grad_w[387:391] = dots(VB04_grad, VC03, AVG, DD02, PVCR)
+    node.release(DD02)
     del DD02
     # PHCR -> LUAR, VA12, PHCL, PHBR
     PHCR_grad = node(103, gather(
@@ -3668,6 +3812,7 @@ def dag_backward(
     grad_w[370:381] = dots(
         DVC_grad, AVDL, VC05, AVDR, AIBR, AVG, AVKL, VC02, AVAL, RIGR, RIGL, PVQR,
     )
+    node.release(RIGL)
     del RIGL
     # DA02 -> AVEL, AVAR, AS02, DB02, AVER, VA01
     DA02_grad = node(101, gather(
@@ -3688,6 +3833,7 @@ def dag_backward(
     grad_w[348:359] = dots(
         AVHL_grad, AVDL, PVPL, RIFR, DD01, HSNR, AVHR, ADFR, AVJR, BDUL, PVCR, PVQR,
     )
+    node.release(BDUL, PVQR)
     del BDUL, PVQR
     # ALMR -> SMDDL, BDUR, CEPDR, RMGR, URXR, PVR, URBR
     ALMR_grad = node(99, gather(
@@ -3695,6 +3841,7 @@ def dag_backward(
         PVR_grad, URBR_grad,
     ))
     grad_w[344:348] = dots(ALMR_grad, CEPVR, SIADL, RMDDL, PVCR)
+    node.release(PVCR)
     del PVCR
     # PVQR -> AVHL, DVC, PHCR, DD06, AIAR, AWAR, PVT, AVL, ASJL, PHCL, AVFL, AVBR,
     #     AVFR, RMGR, PVPR, VD01, AIMR, ASKR, ASJR
@@ -3723,6 +3870,7 @@ def dag_backward(
         PVCR_grad, AVDL, DB03, PVPL, PVWL, DB07, AVDR, RIFR, AVG, AVAL, DA07, DVA, RID,
         DB05, DA05, AVJR,
     )
+    node.release(DA05)
     del DA05
     # BDUL -> AVHL, RIFL, ADEL, AVKR, HSNL, RMGL, ADAL, ALML, PVNR, AVM
     BDUL_grad = node(96, gather(
@@ -3730,12 +3878,14 @@ def dag_backward(
         RMGL_grad, ADAL_grad, ALML_grad, PVNR_grad, AVM_grad,
     ))
     grad_w[315:319] = dots(BDUL_grad, SAADL, URADL, PVNL, AVJR)
+    node.release(AVJR)
     del AVJR
     # AFDR -> AINR, AFDL, AWAR, AINL, RIR
     AFDR_grad = node(95, gather(
         w_out[1658:1663], AINR_grad, AFDL_grad, AWAR_grad, AINL_grad, RIR_grad,
     ))
     grad_w[310:315] = dots(AFDR_grad, ASER, AIYR, ASEL, RIGR, ADFR)
+    node.release(ADFR)
     del ADFR
     # RIGL -> DVC, AVEL, AVAR, RIH, BAGR, ADEL, ADLL, AIZR, ALNL, RMHR, ADFL, AVKR,
     #     PVT, RMGL, AWBL, AVER, AQR, ADER, URXL, RIBL, RIR, AIZL
@@ -3759,6 +3909,7 @@ def dag_backward(
     grad_w[293:303] = dots(
         AVJR_grad, AVDL, URYVL, AVDR, RIFR, AVG, PVNL, AVAL, LUAL, RID, AVHR,
     )
+    node.release(AVHR, LUAL)
     del AVHR, LUAL
     # ALNR -> RIML, SMBDL, SMDVL, RMGR, ADER, SAAVR
     ALNR_grad = node(92, gather(
@@ -3774,6 +3925,7 @@ def dag_backward(
         AIMR_grad, AUAR_grad, AWBR_grad, SMBDR_grad, RIR_grad,
     ))
     grad_w[281:288] = dots(ADFR_grad, RIPR, BAGL, OLQVR, ADAR, AIYR, ASEL, RIGR)
+    node.release(RIGR)
     del RIGR
     # SABVR -> AVEL, AVAR, AVL, AVER
     SABVR_grad = node(90, gather(
@@ -3789,6 +3941,7 @@ def dag_backward(
         URXR_grad, RIR_grad,
     ))
     grad_w[272:278] = dots(RIGR_grad, AVDL, BAGL, OLQVR, AVKL, DVA, RMHL)
+    node.release(RMHL)
     del RMHL
     # DA05 -> PVCR, AVAR, DA06, DD03, DA04, DB04, VD05, AS06, AVBL, PVCL, PVR
     DA05_grad = node(88, gather(
@@ -3796,6 +3949,7 @@ def dag_backward(
         DB04_grad, VD05_grad, AS06_grad, AVBL_grad, PVCL_grad, PVR_grad,
     ))
     grad_w[266:272] = dots(DA05_grad, AVDL, DB03, AVDR, AVAL, HSNR, VD06)
+    node.release(VD06)
     del VD06
     # AWCL -> AIBL, AIAR, AINR, RIAL, ADLL, AIYL, AFDL, AWCR, SMDVL, AWBL, URYDR,
     #     AIZL
@@ -3804,6 +3958,7 @@ def dag_backward(
         AIYL_grad, AFDL_grad, AWCR_grad, SMDVL_grad, AWBL_grad, URYDR_grad, AIZL_grad,
     ))
     grad_w[258:266] = dots(AWCL_grad, ASGR, AIBR, ASIR, AIAL, AVAL, ASER, ASEL, ASIL)
+    node.release(ASIL)
     del ASIL
     # AWAL -> ADLL, AIYL, ASHL, AFDL, AWBL, ADAL, PVQL, AIZL
     AWAL_grad = node(86, gather(
@@ -3811,6 +3966,7 @@ def dag_backward(
         ADAL_grad, PVQL_grad, AIZL_grad,
     ))
     grad_w[256:258] = dots(AWAL_grad, ASGL, ASEL)
+    node.release(ASEL)
     del ASEL
     # AVHR -> AVJR, RIGL, AVHL, PHCR, ADLR, RIFL, AIML, ASHL, AVBL, SMBDL, AWBL,
     #     AQR, PHCL, AVFL, AVBR, PHAL, AVFR, SMBVL, VC04, PVQL, AIMR, ASKR, RIR
@@ -3827,6 +3983,7 @@ def dag_backward(
         PVDL_grad, VA08_grad, AVBR_grad,
     ))
     grad_w[246:249] = dots(AS05_grad, DB03, AVAL, HSNR)
+    node.release(HSNR)
     del HSNR
     # VD06 -> DA05, DA06, DD03, VA06, VC01, DB04, VB05, AS06, VB06, PVNR
     VD06_grad = node(83, gather(
@@ -3838,6 +3995,7 @@ def dag_backward(
     # SIBDL -> SMDDL, PVCL, RMGR
     SIBDL_grad = node(82, gather(w_out[1486:1489], SMDDL_grad, PVCL_grad, RMGR_grad))
     grad_w[237:240] = dots(SIBDL_grad, AIBR, SIADL, OLQVL)
+    node.release(SIADL)
     del SIADL
     # RMHL -> RIGR, AVAR, CEPVL, ADEL, ALNL, RMHR, RMGL, IL1VL, SAAVL, CEPDR, OLQDL,
     #     RICL, RMFL, SDQR, URXR
@@ -3849,6 +4007,7 @@ def dag_backward(
     grad_w[228:237] = dots(
         RMHL_grad, IL2DL, RMDL, IL1R, RMDR, RMDDL, CEPDL, RID, OLQVL, RICR,
     )
+    node.release(RICR, OLQVL)
     del RICR, OLQVL
     # PDA -> DD06, VD13, VD11, VD12, DVB, PVNR
     PDA_grad = node(80, gather(
@@ -3856,6 +4015,7 @@ def dag_backward(
         PVNR_grad,
     ))
     grad_w[227:228] = dots(PDA_grad, DA09)
+    node.release(DA09)
     del DA09
     # HSNR -> AS05, AVHR, DA05, SABVR, PVQR, AVHL, ASHR, AVEL, AIBL, DA06, AIYL,
     #     AIZR, RIML, RMDDR, VA06, ASHL, HSNL, PVT, AVL, AWBL, AVER, ASJL, BDUR,
@@ -3870,6 +4030,7 @@ def dag_backward(
         AIMR_grad, AWBR_grad, PVNR_grad, SABD_grad, ASJR_grad, AIZL_grad,
     ))
     grad_w[220:227] = dots(HSNR_grad, VC03, VC05, AVDR, RIFR, VC02, AIAL, DB05)
+    node.release(VC05)
     del ASJR_grad, VC05
     # DD02 -> VB04, VD04, DA04, VA04, VC01, DB02, AS04, VA03, VB03, PVPR, PVNR, VA05
     DD02_grad = node(78, gather(
@@ -3877,6 +4038,7 @@ def dag_backward(
         DB02_grad, AS04_grad, VA03_grad, VB03_grad, PVPR_grad, PVNR_grad, VA05_grad,
     ))
     grad_w[213:220] = dots(DD02_grad, DB03, VC03, VB02, VC02, DA03, RID, VD03)
+    node.release(RID, VD03)
     del RID, VD03
     # ASIL -> AWCL, AIBL, RIAL, AIYL, ADFL, AWAR, AWCR, SAAVL, AINL, RMFL, URXL,
     #     RIBL, AIZL
@@ -3886,6 +4048,7 @@ def dag_backward(
         AIZL_grad,
     ))
     grad_w[207:213] = dots(ASIL_grad, ASGL, CEPVR, AIAL, ASER, AIYR, ASKL)
+    node.release(ASKL)
     del ASKL
     # ASEL -> AWAL, AWCL, ADFR, AFDR, AIBL, AINR, ADLL, AIYL, AFDL, AWCR, AWBL,
     #     IL2R, AINL, ASJL, RIAR, OLLR, RIR, AIZL
@@ -3895,12 +4058,14 @@ def dag_backward(
         AINL_grad, ASJL_grad, RIAR_grad, OLLR_grad, RIR_grad, AIZL_grad,
     ))
     grad_w[202:207] = dots(ASEL_grad, AIBR, ASIR, AIAL, ASER, AIYR)
+    node.release(AIYR)
     del AIYR
     # AS07 -> AVAR, VD07, VA10, VA11, VA09
     AS07_grad = node(75, gather(
         w_out[1378:1383], AVAR_grad, VD07_grad, VA10_grad, VA11_grad, VA09_grad,
     ))
     grad_w[200:202] = dots(AS07_grad, AVAL, DB05)
+    node.release(DB05)
     del DB05
     # VD03 -> DD02, DA02, AVEL, AS03, VC01, DB02, VA03, AVBR, VB03, PVNR
     VD03_grad = node(74, gather(
@@ -3908,6 +4073,7 @@ def dag_backward(
         DB02_grad, VA03_grad, AVBR_grad, VB03_grad, PVNR_grad,
     ))
     grad_w[195:200] = dots(VD03_grad, DB01, VC03, VB02, DD01, DA03)
+    node.release(DA03)
     del DA03, VB03_grad
     # SAADR -> AIBL, AVAR, ADEL, RIML, RMFR, RMGL, SMDVL, PLNR, RIAR, SMBVR, VB01,
     #     RIMR, RMFL, SABD, SMBDR
@@ -3931,6 +4097,7 @@ def dag_backward(
     grad_w[179:188] = dots(
         RICR_grad, CEPVR, OLQVR, RIVL, SDQL, AIBR, ADAR, AVAL, SMDDR, CEPDL,
     )
+    node.release(ADAR, SMDDR, OLQVR)
     del ADAR, SMDDR, OLQVR
     # OLQVL -> RMHL, SIBDL, RIGL, RIH, BAGR, CEPVL, ADLL, IL2VL, IL1VL, SIAVL, IL2L,
     #     RICL, URXL, RIPL
@@ -3946,12 +4113,14 @@ def dag_backward(
         AVER_grad, IL1VL_grad, IL2L_grad, URBL_grad,
     ))
     grad_w[170:175] = dots(IL1L_grad, RMDL, OLLL, RMDR, RMDDL, RMDVR)
+    node.release(RMDVR)
     del RMDVR
     # IL1DL -> RMDDR, RMDVL, SAAVR, URXL, RIPL
     IL1DL_grad = node(69, gather(
         w_out[1298:1303], RMDDR_grad, RMDVL_grad, SAAVR_grad, URXL_grad, RIPL_grad,
     ))
     grad_w[165:170] = dots(IL1DL_grad, IL2DL, URYDL, URADL, RMEL, CEPDL)
+    node.release(CEPDL, RMEL)
     del CEPDL, RMEL
     # DB05 -> AS07, HSNR, VD06, PVCR, AVAR, DA06, DA08, VD04, VD05, VD07, PVCL
     DB05_grad = node(68, gather(
@@ -3959,6 +4128,7 @@ def dag_backward(
         DA06_grad, DA08_grad, VD04_grad, VD05_grad, VD07_grad, PVCL_grad,
     ))
     grad_w[162:165] = dots(DB05_grad, AS08, AVAL, DA07)
+    node.release(DA07)
     del DA07
     # DA09 -> PDA, PHCR, DD06, VD09, AVAR, DA08, AS11, VD13, VA11, VD11, VA12, PHCL,
     #     VD12, DB06, PVR
@@ -3968,6 +4138,7 @@ def dag_backward(
         VD12_grad, DB06_grad, PVR_grad,
     ))
     grad_w[157:162] = dots(DA09_grad, VD10, DB07, AVDR, AVAL, DVA)
+    node.release(DVA)
     del DVA, PDA_grad
     # ASKL -> ASIL, AIBL, AIML, ASHL, HSNL, ASJL, PVQL
     ASKL_grad = node(66, gather(
@@ -3983,6 +4154,7 @@ def dag_backward(
         RIAR_grad, RIVR_grad, AUAR_grad, AWBR_grad,
     ))
     grad_w[151:154] = dots(AIYR_grad, ASGR, AIBR, ASER)
+    node.release(ASER)
     del ASER
     # RMDVR -> IL1L, OLQVL, URAVL, RIBR, AVAR, CEPVL, RIAL, RMDDR, RMDVL, IL1VL,
     #     RIAR, SIAVL, URYDR, RIVR, SIBVR, CEPDR, RMGR, SMBVL, OLLR, SMBDR
@@ -4002,6 +4174,7 @@ def dag_backward(
         URXL_grad, AVM_grad,
     ))
     grad_w[141:145] = dots(RID_grad, DB01, URYVL, BAGL, DD01)
+    node.release(BAGL, DD01)
     del BAGL, DD01
     # LUAL -> AVJR, AVAR, PHBL, VA12, PHCL, AVJL
     LUAL_grad = node(62, gather(
@@ -4028,6 +4201,7 @@ def dag_backward(
     grad_w[127:136] = dots(
         DVA_grad, DB03, URYDL, DB07, AVDR, SDQL, AIBR, AVKL, PHAR, AVAL,
     )
+    node.release(AVKL, PHAR)
     del AVKL, PHAR
     # DA07 -> DB05, PVCR, VD09, AVAR, DA06, DA08, DD04, VD07, AVBL, DB06, AVBR
     DA07_grad = node(60, gather(
@@ -4041,6 +4215,7 @@ def dag_backward(
         AVAR_grad, VD04_grad, DA04_grad, DB02_grad, AS04_grad, AVER_grad, AVBR_grad,
     ))
     grad_w[121:125] = dots(DA03_grad, AVDL, DB03, AVDR, AVAL)
+    node.release(AVAL)
     del AVAL
     # CEPDL -> IL1DL, RICR, RMHL, RIH, AIML, AINR, RIAL, ADEL, RMHR, AFDL, RMGL,
     #     RMDVL, AVER, SIBDR, AINL, ASJL, SIADR, URBL, CEPDR, OLQDL, RICL, RIS,
@@ -4053,6 +4228,7 @@ def dag_backward(
         RIPL_grad, SMBDR_grad,
     ))
     grad_w[116:121] = dots(CEPDL_grad, IL2DL, URYDL, OLLL, URADL, RMDDL)
+    node.release(RMDDL)
     del RMDDL
     # ASER -> AIYR, ASKL, ASEL, ASIL, AWCL, AFDR, PVQR, ASHR, AIBL, ADLR, AIAR,
     #     AINR, ADLL, AIYL, AIZR, AFDL, AWAR, AWCR, ASKR, AWBR, AIZL
@@ -4063,6 +4239,7 @@ def dag_backward(
         AWBR_grad, AIZL_grad,
     ))
     grad_w[112:116] = dots(ASER_grad, ASGR, AIBR, ASIR, AIAL)
+    node.release(AIAL)
     del AIAL, AFDL_grad, AIYL_grad, AFDR_grad
     # SMDDR -> RICR, ALNR, AIBL, RMED, RIAL, AIZR, RIML, ALNL, RMEV, AVKR, SMDDL,
     #     RMGL, SMDVL, AVER, SIBDR, SAAVL, ASJL, RIAR, SIADR, RIMR, RICL, RIS, OLLR,
@@ -4085,6 +4262,7 @@ def dag_backward(
         OLQDL_grad, AVFR_grad, RMGR_grad, RIS_grad, URXR_grad,
     ))
     grad_w[100:105] = dots(RMDDL_grad, URYVL, OLLL, IL1DR, IL1R, RMDR)
+    node.release(RMDR)
     del RMDR
     # DD01 -> RID, VD03, PVQR, AVHL, DA02, AS01, AS03, AS02, VC01, DB02, AS04, AVL,
     #     VB01, VA01, VA03, VA02, FLPL, VD01
@@ -4094,6 +4272,7 @@ def dag_backward(
         VB01_grad, VA01_grad, VA03_grad, VA02_grad, FLPL_grad, VD01_grad,
     ))
     grad_w[93:100] = dots(DD01_grad, DB01, VC03, DA01, VD02, VB02, PVNL, VC02)
+    node.release(VC02)
     del VC02, DB02_grad
     # AVAL -> DA03, DA07, DVA, LUAL, DA09, DB05, OLQVL, RICR, SAADR, AS07, VD06,
     #     AS05, AVHR, AWCL, DA05, ALNR, AVJR, PVCR, DA02, DVC, AVEL, AIBL, AVAR,
@@ -4120,6 +4299,7 @@ def dag_backward(
     grad_w[82:93] = dots(
         AVAL_grad, AVDL, PVPL, SAADL, VA07, AS08, DA01, DB07, AVDR, SDQL, AVG, PVNL,
     )
+    node.release(PVNL, DB07, VA07, AS08)
     del PVNL, DB07, VA07, AS08, SAAVL_grad, AS07_grad
     # AIAL -> ASER, ASKL, ASEL, ASIL, HSNR, AWCL, PVQR, AIBL, RIFL, AIML, AINR,
     #     ADLL, ASHL, ADFL, HSNL, AWCR, RMGL, AWBL, ASJL, ADAL, AVFR, PVQL, ASKR,
@@ -4131,6 +4311,7 @@ def dag_backward(
         ADAL_grad, AVFR_grad, PVQL_grad, ASKR_grad, RIR_grad, AIZL_grad,
     ))
     grad_w[80:82] = dots(AIAL_grad, ASGL, ASIR)
+    node.release(ASIR, ASGL)
     del ASIR, ASJL_grad, ASGL
     # VC06 -> DD06, AVL, VD11, VD12, PVNR
     VC06_grad = node(51, gather(
@@ -4145,6 +4326,7 @@ def dag_backward(
         PVCL_grad, PVPR_grad, VD01_grad, PVNR_grad,
     ))
     grad_w[76:79] = dots(VC02_grad, VC03, VD02, VB02)
+    node.release(VB02)
     del VB02
     # SIADL -> SIBDL, ALNR, ALMR, RIAL, AVKR, SMDDL, RMGL, SMBDL, AVFR, RMGR, SDQR,
     #     URXR, URBR
@@ -4161,6 +4343,7 @@ def dag_backward(
         URAVR_grad, IL2R_grad, OLQDL_grad, IL2VR_grad, OLLR_grad,
     ))
     grad_w[69:74] = dots(RMEL_grad, IL2DL, RIPR, OLLL, URADL, IL1R)
+    node.release(OLLL, URADL)
     del OLLL, URADL, IL2VL_grad, URAVL_grad
     # RMDR -> RMDDL, SMDDR, IL1L, RMHL, RIAL, RIML, RMFR, RMHR, AVKR, SMDDL, RMGL,
     #     RMDVL, ALA, RIAR, SMBVR, SIAVL, IL2L, RIVR, CEPDR, RIMR, RMGR, ADER, RIS,
@@ -4173,6 +4356,7 @@ def dag_backward(
         URBR_grad, OLLR_grad, RIBL_grad,
     ))
     grad_w[67:69] = dots(RMDR_grad, RMDL, IL1R)
+    node.release(IL1R)
     del IL1R, IL2L_grad
     # PVNL -> AVAL, DD01, LUAL, AVJR, BDUL, PHBL, PVWR, PQR, PVT, AVL, LUAR, PVCL,
     #     BDUR, PVDL, VA12, VD12, AVFL, AVBR, PVPR, AVJL, PVNR, AVM
@@ -4183,6 +4367,7 @@ def dag_backward(
         AVJL_grad, PVNR_grad, AVM_grad,
     ))
     grad_w[63:67] = dots(PVNL_grad, AVDL, PVWL, AVDR, AVG)
+    node.release(PVWL)
     del PVWL
     # PHAR -> DVA, AVHR, PVQR, PHCR, PHBL, DA08, PVT, PHCL, PHAL, PHBR, PVQL
     PHAR_grad = node(45, gather(
@@ -4190,6 +4375,7 @@ def dag_backward(
         PVT_grad, PHCL_grad, PHAL_grad, PHBR_grad, PVQL_grad,
     ))
     grad_w[60:63] = dots(PHAR_grad, PVPL, AVDR, AVG)
+    node.release(AVG)
     del AVG, PHCL_grad, PHCR_grad
     # ASIR -> AIAL, ASER, ASEL, AWCL, ASHR, ADLR, AIAR, AWAR, AWCR, ADER, SAAVR
     ASIR_grad = node(44, gather(
@@ -4207,6 +4393,7 @@ def dag_backward(
         RICL_grad, AVJL_grad, URXR_grad, PVR_grad, URBR_grad, RIR_grad,
     ))
     grad_w[52:57] = dots(ADAR_grad, AVDL, RIPR, AVDR, RIFR, AIBR)
+    node.release(RIFR, AIBR)
     del RIFR, AIBR
     # VB02 -> VC02, DD01, VD03, DD02, AVEL, AVBL, VB01, AVFL, VA03, PDER, VA02, AIZL
     VB02_grad = node(42, gather(
@@ -4214,6 +4401,7 @@ def dag_backward(
         AVBL_grad, VB01_grad, AVFL_grad, VA03_grad, PDER_grad, VA02_grad, AIZL_grad,
     ))
     grad_w[50:52] = dots(VB02_grad, VC03, VD02)
+    node.release(VD02)
     del VD02
     # IL1R -> RMDR, RMEL, RMDDL, RMDVR, RMHL, AVEL, RMDDR, RMDVL, AVER, URAVR, IL2R,
     #     RIAR, IL1VR, CEPDR, ADER, URXR, URBR, OLLR
@@ -4223,6 +4411,7 @@ def dag_backward(
         IL1VR_grad, CEPDR_grad, ADER_grad, URXR_grad, URBR_grad, OLLR_grad,
     ))
     grad_w[47:50] = dots(IL1R_grad, RIPR, RMDL, IL1DR)
+    node.release(IL1DR)
     del IL1DR
     # AVKL -> DVA, SAADR, RIGR, DVC, AVEL, RIML, RMFR, AVBL, AVKR, PVT, AVER, SIBDR,
     #     PDEL, VB01, PDER, RIMR, RIS, RMFL, PVR, PVM, AVM, SIAVR
@@ -4233,6 +4422,7 @@ def dag_backward(
         AVM_grad, SIAVR_grad,
     ))
     grad_w[44:47] = dots(AVKL_grad, RMDL, SAADL, RIVL)
+    node.release(RIVL)
     del RIVL, PVM_grad, PDER_grad, PDEL_grad
     # AVG -> PHAR, PVNL, VC06, AVAL, AVHR, AVJR, PVCR, PVQR, DVC, VB04, AVEL, AVAR,
     #     PHBL, DA08, PQR, VA06, VC01, AVBL, PVT, AVER, PVCL, PVDL, AVFL, AVBR,
@@ -4245,6 +4435,7 @@ def dag_backward(
         PVPR_grad, AVJL_grad, PVNR_grad,
     ))
     grad_w[42:44] = dots(AVG_grad, AVDL, AVDR)
+    node.release(AVDR)
     del AVDR, VA06_grad, VC06_grad
     # AIBR -> ADAR, ASIR, SIADL, ASER, DVA, AIYR, RICR, SAADR, ASEL, SIBDL, AWCL,
     #     RIGL, DVC, ASHR, AVEL, AVAR, ADLR, AIAR, RIAL, AIZR, RIML, RMHR, ADFL,
@@ -4260,6 +4451,7 @@ def dag_backward(
         ASKR_grad, RIBL_grad, AIZL_grad,
     ))
     grad_w[39:42] = dots(AIBR_grad, SAADL, ASGR, SDQL)
+    node.release(SDQL, ASGR)
     del SDQL, ASGR, SAAVR_grad, AWBL_grad, SIBDL_grad, ASEL_grad
     # VD02 -> VB02, VC02, DD01, DA02, AVEL, AS01, AS02, VC01, VB01, VA03, VA02
     VD02_grad = node(37, gather(
@@ -4267,12 +4459,14 @@ def dag_backward(
         AS01_grad, AS02_grad, VC01_grad, VB01_grad, VA03_grad, VA02_grad,
     ))
     grad_w[36:39] = dots(VD02_grad, DB01, VC03, DA01)
+    node.release(VC03)
     del VC03
     # VB09 -> DD06, VA10, VA11, VD11
     VB09_grad = node(36, gather(
         w_out[619:623], DD06_grad, VA10_grad, VA11_grad, VD11_grad,
     ))
     grad_w[34:36] = dots(VB09_grad, VD10, DD05)
+    node.release(DD05)
     del DD05
     # SDQL -> AIBR, AVAL, DVA, RICR, SAADR, AVEL, AVAR, AVBL, PVCL, BDUR, SIADR,
     #     AVBR, RIS, FLPL, RMFL, SDQR, ALML, PVR, SMBDR
@@ -4282,6 +4476,7 @@ def dag_backward(
         RIS_grad, FLPL_grad, RMFL_grad, SDQR_grad, ALML_grad, PVR_grad, SMBDR_grad,
     ))
     grad_w[31:34] = dots(SDQL_grad, AVDL, RIPR, SIBVL)
+    node.release(SIBVL)
     del SIBVL, SDQR_grad, SIADR_grad
     # RIVL -> AVKL, SMDDR, RICR, SAADR, RIAL, ADEL, ADFL, AWCR, SMDVL, RMDVL, RIAR,
     #     RIVR, SMBDR, SIAVR
@@ -4317,6 +4512,7 @@ def dag_backward(
         URYDR_grad, CEPDR_grad, PVR_grad, URBR_grad, OLLR_grad,
     ))
     grad_w[23:25] = dots(IL1DR_grad, RIPR, URADR)
+    node.release(URADR)
     del URADR
     # BAGL -> RID, RIGR, ADFR, RIGL, AVEL, RIBR, AIBL, AVAR, RIH, BAGR, AIZR, AVER,
     #     URAVR, AINL, RIAR, AQR, RIVR, RMFL, URXR, AUAR, RIPL
@@ -4346,6 +4542,7 @@ def dag_backward(
         AUAL_grad, PVNR_grad, RIBL_grad, SABD_grad, AVM_grad, VA05_grad,
     ))
     grad_w[16:21] = dots(AVDR_grad, AVDL, DB01, PVPL, URYVL, DA01)
+    node.release(DA01)
     del DA01, ALML_grad, VA02_grad, PHAL_grad, DA06_grad, PLML_grad
     # ASGR -> AIBR, ASIR, ASER, AIYR, AWCL, AIAR, AWAR, AWCR, AINL, AIMR, ASKR, AWBR
     ASGR_grad = node(28, gather(
@@ -4353,6 +4550,7 @@ def dag_backward(
         AIAR_grad, AWAR_grad, AWCR_grad, AINL_grad, AIMR_grad, ASKR_grad, AWBR_grad,
     ))
     grad_w[15:16] = dots(ASGR_grad, CEPVR)
+    node.release(CEPVR)
     del (
         CEPVR, AWBR_grad, AINL_grad, AWAR_grad, AWCR_grad, AIAR_grad, AWCL_grad,
         AIYR_grad, ASER_grad,
@@ -4370,6 +4568,7 @@ def dag_backward(
         PVR_grad, RIPL_grad,
     ))
     grad_w[13:14] = dots(URADL_grad, IL2DL)
+    node.release(IL2DL)
     del IL2DL
     # SIBVL -> SDQL, ALNR, ADLR, URYVR, RMGL, SMDVL, PVCL, OLQDL, SMBDR, AVM, SIAVR
     SIBVL_grad = node(25, gather(
@@ -4377,12 +4576,14 @@ def dag_backward(
         SMDVL_grad, PVCL_grad, OLQDL_grad, SMBDR_grad, AVM_grad, SIAVR_grad,
     ))
     grad_w[11:13] = dots(SIBVL_grad, PVPL, URYVL)
+    node.release(PVPL)
     del PVPL, SMBDR_grad, ALNR_grad
     # PLNL -> SMDVL, SMDVR, SIAVL, SMBVL
     PLNL_grad = node(24, gather(
         w_out[413:417], SMDVL_grad, SMDVR_grad, SIAVL_grad, SMBVL_grad,
     ))
     grad_w[10:11] = dots(PLNL_grad, SAADL)
+    node.release(SAADL)
     del SAADL, SIAVL_grad
     # OLLL -> RMEL, RMDDL, SMDDR, CEPDL, IL1L, SAADR, CEPVL, ADEL, SMDDL, RMDVL,
     #     AVER, IL1VL, SMDVR, URBL, RIBL, RIPL
@@ -4392,6 +4593,7 @@ def dag_backward(
         IL1VL_grad, SMDVR_grad, URBL_grad, RIBL_grad, RIPL_grad,
     ))
     grad_w[7:10] = dots(OLLL_grad, RMDL, URYDL, URYVL)
+    node.release(URYDL, RMDL, URYVL)
     del URYDL, RMDL, URYVL, SAADR_grad
     # DD05 -> VB09, VB08, DA08, DB04, VA10, PVDL, VA08, VB07, VA09
     DD05_grad = node(22, gather(
@@ -4399,6 +4601,7 @@ def dag_backward(
         PVDL_grad, VA08_grad, VB07_grad, VA09_grad,
     ))
     grad_w[6:7] = dots(DD05_grad, DB03)
+    node.release(DB03)
     del DB03, DB04_grad
     # DB07 -> AVAL, DVA, DA09, PVCR, DD06, VD09, DA08, PQR, AS11, VD13, VD11, PVCL,
     #     VA12, VD12, AS10, PVR
@@ -4408,6 +4611,7 @@ def dag_backward(
         VD12_grad, AS10_grad, PVR_grad,
     ))
     grad_w[4:6] = dots(DB07_grad, VD08, VD10)
+    node.release(VD10)
     del VD10, VD11_grad, DD06_grad, VD09_grad
     # DA01 -> AVDR, VD02, AVAL, DD01, AVEL, AS01, AVAR, AVER, FLPR, VD01, AVM
     DA01_grad = node(20, gather(
@@ -4415,6 +4619,7 @@ def dag_backward(
         AS01_grad, AVAR_grad, AVER_grad, FLPR_grad, VD01_grad, AVM_grad,
     ))
     grad_w[2:4] = dots(DA01_grad, AVDL, DB01)
+    node.release(AVDL, DB01)
     del AVDL, DB01
     # CEPVR -> ASGR, BAGL, OLQVR, RIFR, RIVL, ASIR, SMDDR, RICR, ASIL, ALMR, AVEL,
     #     RIH, ADLR, URYVR, RIAL, RMDDR, RMHR, SMDVL, URAVR, BDUR, RIAR, SMBVR,
@@ -4428,6 +4633,7 @@ def dag_backward(
         SIAVR_grad,
     ))
     grad_w[1:2] = dots(CEPVR_grad, RIPR)
+    node.release(RIPR)
     del (
         RIPR, ASKR_grad, AIMR_grad, RICL_grad, CEPDR_grad, BDUR_grad, SMDVL_grad,
         ALMR_grad, RICR_grad, ASIR_grad, ASGR_grad,
@@ -4438,6 +4644,7 @@ def dag_backward(
         DB06_grad,
     ))
     grad_w[0:1] = dots(AS08_grad, VD08)
+    node.release(VD08)
     del VD08, VA11_grad, DB05_grad
     # VD10 -> DB07, VB09, DA09, VB08, DA08, VA10, PVDL, AS10, VA09 (fed by the
     #     source)
@@ -4640,7 +4847,7 @@ def _fake_forward(
     return (
         [source.new_empty(source.shape), bn_weight.new_empty(stats)]
         + [bn_weight.new_empty(stats)]
-        + [source.new_empty(source.shape) for _ in range(count)]
+        + [source.new_empty(source.numel()) for _ in range(count)]
     )
 
 
@@ -4715,6 +4922,11 @@ class ConnectomeDag(torch.autograd.Function):
         if torch.compiler.is_compiling():
             backward = dag_backward_op
         else:  # the list is handed over, not copied: dag_backward empties it
+            if ctx.saved is None:
+                raise RuntimeError(
+                    "the connectome DAG's saved tensors were freed by an earlier backward "
+                    "pass (a second backward through the same graph is not supported)"
+                )
             backward, saved, ctx.saved = dag_backward, saved + ctx.saved, None
         grads = backward(
             grad,

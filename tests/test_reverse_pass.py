@@ -110,6 +110,56 @@ def test_lifetimes_come_from_the_plan(compile_to):
     assert deletions_by_node(functions["dag_backward"]) == reverse
 
 
+def releases_by_node(function: ast.FunctionDef) -> dict[str, int]:
+    """value -> index of the node whose statement group passes it to `node.release`."""
+    current, released = None, {}
+    for statement in function.body:
+        for call in ast.walk(statement):
+            if not isinstance(call, ast.Call):
+                continue
+            if getattr(call.func, "id", "") == "node":
+                current = call.args[0].value
+            elif getattr(call.func, "attr", "") == "release":
+                for value in call.args:
+                    assert value.id not in released, f"{value.id} released twice"
+                    released[value.id] = current
+    return released
+
+
+def test_every_saved_activation_is_released_where_it_dies(compile_to):
+    """Under torch.compile the op's saved tensors stay referenced until dag_backward
+    returns, so the reverse pass empties each one's storage after its last use: every
+    activation a consumer reads is released exactly in the group that deletes it, and no
+    gradient (those die with their name) is."""
+    front, path = compile_to("hermaphrodite", channels=2)
+    backward = functions_of(path.read_text())["dag_backward"]
+    read = {front.plan.nodes[pre].name for pre, _ in front.plan.edges}
+    deleted = deletions_by_node(backward)
+    assert releases_by_node(backward) == {name: deleted[name] for name in read}
+
+
+def test_a_second_backward_through_one_graph_is_a_clear_error(compile_to):
+    """The reverse pass frees what it saved as it goes, eagerly and compiled alike."""
+    module = load_generated(compile_to("hermaphrodite", channels=2)[1])
+    torch.manual_seed(0)
+    model = build_model(module)
+    x = torch.randn(3, 1, 28, 28)
+    for runner in (model, torch.compile(model, fullgraph=True, backend="aot_eager")):
+        loss = runner(x).sum()
+        loss.backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match="second backward"):
+            loss.backward()
+    torch._dynamo.reset()
+
+
+def test_release_empties_a_cpu_tensor_storage(compile_to):
+    module = load_generated(compile_to("hermaphrodite", channels=2)[1])
+    tensor, other = torch.ones(4, 5), torch.ones(3)
+    view = tensor.view(-1)
+    module.NeuronBackward.release(None, view, other)
+    assert tensor.untyped_storage().nbytes() == 0 and other.untyped_storage().nbytes() == 0
+
+
 def randomise(model: torch.nn.Module, seed: int) -> dict:
     """Non-trivial running statistics and edge weights, so eval mode tests something."""
     generator = torch.Generator().manual_seed(seed)
