@@ -157,7 +157,9 @@ def test_release_empties_a_cpu_tensor_storage(compile_to):
     tensor, other = torch.ones(4, 5), torch.ones(3)
     view = tensor.view(-1)
     module.NeuronBackward.release(None, view, other)
-    assert tensor.untyped_storage().nbytes() == 0 and other.untyped_storage().nbytes() == 0
+    assert (
+        tensor.untyped_storage().nbytes() == 0 and other.untyped_storage().nbytes() == 0
+    )
 
 
 def randomise(model: torch.nn.Module, seed: int) -> dict:
