@@ -251,6 +251,7 @@ def run_mode(spec: dict) -> dict:
         result["kernel_compile_s"] = dict(compile_seconds)
     if mode.compile:
         result["compile_s"] = max(first_steps[0] - result["step_median_s"], 0.0)
+        result["inductor_cache"] = "cold: a fresh TORCHINDUCTOR_CACHE_DIR (run_child)"
     if device.type == "cuda":
         result["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
     else:
@@ -430,10 +431,22 @@ def run_child(spec: dict, timeout: float, workdir: Path) -> dict:
     spec_path = workdir / f"{spec['mode']['name'].replace('+', '_')}.json"
     spec_path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "dagc.runtime.bench", str(spec_path)]
+    env = dict(os.environ)
+    if spec["mode"]["compile"]:
+        # A cold cache: the warm-up a first run pays, not a rerun's cache hit (which
+        # skips code generation and the C++ compiler).
+        cache = workdir / f"inductor-cache-{spec['mode']['name'].replace('+', '_')}"
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+        env["TRITON_CACHE_DIR"] = str(cache / "triton")
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:.0f} s"}

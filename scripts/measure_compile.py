@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Time torch.compile (default mode, Inductor) on a generated module: the first training step
-(forward + backward, where compilation happens) against an eager step, on the CPU.
+(forward + backward, where compilation happens) against an eager step, on the CPU. Inductor
+starts from an empty cache (a temporary TORCHINDUCTOR_CACHE_DIR) unless --warm-cache; after
+the first compiled step, eager and compiled steps alternate --steps times, in one process, so
+that the machine's drift hits both alike.
 
-    python scripts/measure_compile.py generated/hermaphrodite_net.py --json out.json
+    python scripts/measure_compile.py generated/hermaphrodite_net.py --steps 5 --json out.json
     # the alternative to one opaque DAG op: per-node modules (--backward autograd) whose
     # node body (conv + BatchNorm) is one nested compile region, the sums left to Inductor
     python scripts/measure_compile.py NET_AUTOGRAD.py --nested-region --channels 8
@@ -12,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
+import tempfile
 import time
 
 import torch
@@ -38,8 +44,16 @@ def main() -> None:
         help="compile each node's body once (torch.compiler.nested_compile_region); "
         "needs a module compiled with --backward autograd",
     )
+    parser.add_argument(
+        "--steps", type=int, default=3, help="alternating steps of each"
+    )
+    parser.add_argument(
+        "--warm-cache", action="store_true", help="keep Inductor's cache"
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
+    if not args.warm_cache:  # read by Inductor when it first compiles, after this
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
     module = load_generated(args.model)
     torch.manual_seed(0)
     overrides = {"channels": args.channels} if args.channels else {}
@@ -50,16 +64,17 @@ def main() -> None:
     x = torch.randn(args.batch_size, *module.INPUT_SHAPE)
     y = torch.randint(0, module.NUM_CLASSES, (args.batch_size,))
     step(model, x, y)  # warm up the eager kernels
-    start = time.perf_counter()
-    step(model, x, y)
-    eager = time.perf_counter() - start
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, fullgraph=not args.nested_region)
     start = time.perf_counter()
     step(compiled, x, y)
     first = time.perf_counter() - start
-    start = time.perf_counter()
-    step(compiled, x, y)
-    steady = time.perf_counter() - start
+    eager_steps, compiled_steps = [], []
+    for _ in range(args.steps):
+        for runner, times in ((model, eager_steps), (compiled, compiled_steps)):
+            start = time.perf_counter()
+            step(runner, x, y)
+            times.append(time.perf_counter() - start)
+    eager, steady = statistics.median(eager_steps), statistics.median(compiled_steps)
     result = {
         "model": args.model,
         "layout": module.LAYOUT,
@@ -73,6 +88,10 @@ def main() -> None:
         "compiled_first_step_s": first,
         "compile_time_s": first - steady,
         "compiled_step_s": steady,
+        "eager_steps_s": eager_steps,
+        "compiled_steps_s": compiled_steps,
+        "inductor_cache": "warm" if args.warm_cache else "cold (empty cache directory)",
+        "fullgraph": not args.nested_region,
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
     }
