@@ -398,8 +398,9 @@ def train(
 @click.option(
     "--modes",
     default="",
-    help="Comma-separated modes, or 'all' [default: the eager layouts, plus the "
-    "CUDA-graph modes on a GPU; torch.compile, CPU bf16 and channels_last on request]. "
+    help="Comma-separated modes, or 'all' (every mode the device can run) [default: the "
+    "eager layouts and the generated op compiled, plus the CUDA-graph and Triton modes on a "
+    "GPU; bf16, channels_last and the per-node modules compiled on request]. "
     "The interpreter always runs.",
 )
 @click.option("--channels", type=int, help="Channels per node [default: the model's].")

@@ -422,9 +422,14 @@ def resolve_modes(requested: tuple[str, ...], device_kind: str) -> list[Mode]:
     if BASELINE not in names:
         names.insert(0, BASELINE)
     modes = [MODES[name] for name in names]
-    if device_kind != "cuda":
-        modes = [m for m in modes if not m.cuda_graph and m.kernels == "torch"]
-    return modes
+    if device_kind == "cuda":
+        return modes
+    cuda_only = [m.name for m in modes if m.cuda_graph or m.kernels != "torch"]
+    if cuda_only and requested != ("all",):  # "all": every mode this device can run
+        raise DagcError(
+            f"mode(s) {', '.join(cuda_only)} need CUDA (device: {device_kind})"
+        )
+    return [m for m in modes if m.name not in cuda_only]
 
 
 def run_child(spec: dict, timeout: float, workdir: Path) -> dict:

@@ -171,6 +171,8 @@ def test_bench_smoke_run_reports_every_mode_against_the_interpreter(
     "args, needle",
     [
         (["--modes", "warp-drive"], "unknown mode(s) warp-drive"),
+        # asked for by name, a mode the device cannot run is refused, not dropped
+        (["--modes", "flat,flat+cudagraph"], "mode(s) flat+cudagraph need CUDA"),
         (["--steps", "0"], "--steps"),
     ],
 )
