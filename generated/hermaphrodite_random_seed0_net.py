@@ -691,7 +691,7 @@ MODEL_CLASS = "HermaphroditeRandomNet"
 # instead of being accumulated edge by edge, and torch.compile sees one opaque custom op.
 # This network's custom ops live in a torch.library namespace named after a hash of its
 # structure, so several networks load into one process.
-OPS = "dagc_68ec4229a8ff2bbf"
+OPS = "dagc_488aaa6871ce6e69"
 # Nodes fed by a weighted sum of other nodes (the rest read the source), and nodes whose
 # activation another node reads (the rest are output nodes, read only by the sink).
 SUMMED_NODES = tuple(sorted({post for _, post in EDGES}))
@@ -765,9 +765,10 @@ class NeuronForward:
         saved tensors leave flattened: torch.compile's Inductor copies every 4-D tensor that
         a graph keeps for its backward into channels-last order once it sees a convolution
         (the stem's), and back again before the reverse pass, which doubled the memory and
-        the compile time; a 1-D tensor it leaves alone."""
+        the compile time; a 1-D tensor it leaves alone. (A view for the usual contiguous
+        tensors; a channels-last input to the module costs a copy here.)"""
         saved = [*self.inputs, *self.conv_outputs, *self.activations]
-        return [out, self.mean, self.invstd, *(t.view(-1) for t in saved)]
+        return [out, self.mean, self.invstd, *(t.reshape(-1) for t in saved)]
 
 
 class NeuronBackward:

@@ -152,6 +152,30 @@ def test_a_second_backward_through_one_graph_is_a_clear_error(compile_to):
     torch._dynamo.reset()
 
 
+def test_channels_last_activations_come_back_unscrambled(compile_to):
+    """The saved tensors leave the op flattened; channels-last activations (a channels-last
+    source makes every conv and BatchNorm output channels-last) must come back through the
+    reverse pass in the right order."""
+    module = load_generated(compile_to("hermaphrodite", channels=2)[1])
+    torch.manual_seed(0)
+    model = build_model(module)
+    source = torch.randn(3, 2, 14, 14).relu()
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        leaf = source.contiguous(memory_format=layout).requires_grad_()
+        parameters = [model.node_conv, model.node_bn_weight, model.node_bn_bias]
+        out = module.connectome_dag(
+            leaf, model.edge_weights(), *parameters, model.node_bn_mean.clone(),
+            model.node_bn_var.clone(), True, 0.1, 1e-5,
+        )  # fmt: skip
+        grads = torch.autograd.grad((out * out).sum(), [leaf, *parameters])
+        results.append((out, grads))
+    (expected, expected_grads), (out, grads) = results
+    for reference, value in zip((expected, *expected_grads), (out, *grads)):
+        # float32, summed in another order: 1e-5 of the largest entry
+        assert (reference - value).abs().max() <= 1e-5 * reference.abs().max()
+
+
 def test_release_empties_a_cpu_tensor_storage(compile_to):
     module = load_generated(compile_to("hermaphrodite", channels=2)[1])
     tensor, other = torch.ones(4, 5), torch.ones(3)
