@@ -691,7 +691,7 @@ MODEL_CLASS = "HermaphroditeRandomNet"
 # instead of being accumulated edge by edge, and torch.compile sees one opaque custom op.
 # This network's custom ops live in a torch.library namespace named after a hash of its
 # structure, so several networks load into one process.
-OPS = "dagc_488aaa6871ce6e69"
+OPS = "dagc_85bdfabdefa33a83"
 # Nodes fed by a weighted sum of other nodes (the rest read the source), and nodes whose
 # activation another node reads (the rest are output nodes, read only by the sink).
 SUMMED_NODES = tuple(sorted({post for _, post in EDGES}))
@@ -771,6 +771,14 @@ class NeuronForward:
         return [out, self.mean, self.invstd, *(t.reshape(-1) for t in saved)]
 
 
+def saved_tensors_freed() -> RuntimeError:
+    """The error of a second backward through one graph: the first freed what it read."""
+    return RuntimeError(
+        "the connectome DAG's saved tensors were freed by an earlier backward pass "
+        "(a second backward through the same graph is not supported)"
+    )
+
+
 class NeuronBackward:
     """The reverse of NeuronForward for one node: BatchNorm backward, conv backward and the
     ReLU mask, with torch's own backward ops. Each node's saved tensors are dropped as soon
@@ -788,10 +796,7 @@ class NeuronBackward:
         self.mean, self.invstd = saved[0], saved[1]
         summed, n = len(SUMMED_NODES), len(NODES)
         if any(t.untyped_storage().nbytes() == 0 for t in saved[2:]):
-            raise RuntimeError(
-                "the connectome DAG's saved tensors were freed by an earlier backward pass "
-                "(a second backward through the same graph is not supported)"
-            )
+            raise saved_tensors_freed()
         tensors = [t.view(source.shape) for t in saved[2:]]  # flattened by results()
         saved.clear()  # from here on, this object holds the only references
         self.inputs = dict(zip(SUMMED_NODES, tensors[:summed]))
@@ -850,7 +855,8 @@ class NeuronBackward:
         self.release(x)
         return grad
 
-    def release(self, *tensors: torch.Tensor) -> None:
+    @staticmethod
+    def release(*tensors: torch.Tensor) -> None:
         """Give saved tensors' memory back after their last use. Eagerly, dropping the last
         reference is enough; under torch.compile the compiled graph holds the op's inputs
         until the op returns, and on the CPU every allocation of the reverse pass then came
@@ -4924,10 +4930,7 @@ class ConnectomeDag(torch.autograd.Function):
             backward = dag_backward_op
         else:  # the list is handed over, not copied: dag_backward empties it
             if ctx.saved is None:
-                raise RuntimeError(
-                    "the connectome DAG's saved tensors were freed by an earlier backward "
-                    "pass (a second backward through the same graph is not supported)"
-                )
+                raise saved_tensors_freed()
             backward, saved, ctx.saved = dag_backward, saved + ctx.saved, None
         grads = backward(
             grad,

@@ -433,14 +433,15 @@ def resolve_modes(requested: tuple[str, ...], device_kind: str) -> list[Mode]:
 
 
 def run_child(spec: dict, timeout: float, workdir: Path) -> dict:
-    spec_path = workdir / f"{spec['mode']['name'].replace('+', '_')}.json"
+    slug = spec["mode"]["name"].replace("+", "_")
+    spec_path = workdir / f"{slug}.json"
     spec_path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "dagc.runtime.bench", str(spec_path)]
     env = dict(os.environ)
     if spec["mode"]["compile"]:
         # A cold cache: the warm-up a first run pays, not a rerun's cache hit (which
         # skips code generation and the C++ compiler).
-        cache = workdir / f"inductor-cache-{spec['mode']['name'].replace('+', '_')}"
+        cache = workdir / f"inductor-cache-{slug}"
         env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
         env["TRITON_CACHE_DIR"] = str(cache / "triton")
     start = time.perf_counter()

@@ -53,7 +53,9 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     if not args.warm_cache:  # read by Inductor when it first compiles, after this
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+        cache = tempfile.TemporaryDirectory(prefix="inductor-")  # removed at exit
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
+    fullgraph = not args.nested_region  # the nested-region variant needs graph breaks
     module = load_generated(args.model)
     torch.manual_seed(0)
     overrides = {"channels": args.channels} if args.channels else {}
@@ -64,7 +66,7 @@ def main() -> None:
     x = torch.randn(args.batch_size, *module.INPUT_SHAPE)
     y = torch.randint(0, module.NUM_CLASSES, (args.batch_size,))
     step(model, x, y)  # warm up the eager kernels
-    compiled = torch.compile(model, fullgraph=not args.nested_region)
+    compiled = torch.compile(model, fullgraph=fullgraph)
     start = time.perf_counter()
     step(compiled, x, y)
     first = time.perf_counter() - start
@@ -91,7 +93,7 @@ def main() -> None:
         "eager_steps_s": eager_steps,
         "compiled_steps_s": compiled_steps,
         "inductor_cache": "warm" if args.warm_cache else "cold (empty cache directory)",
-        "fullgraph": not args.nested_region,
+        "fullgraph": fullgraph,
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
     }

@@ -180,7 +180,7 @@ def test_release_empties_a_cpu_tensor_storage(compile_to):
     module = load_generated(compile_to("hermaphrodite", channels=2)[1])
     tensor, other = torch.ones(4, 5), torch.ones(3)
     view = tensor.view(-1)
-    module.NeuronBackward.release(None, view, other)
+    module.NeuronBackward.release(view, other)
     assert (
         tensor.untyped_storage().nbytes() == 0 and other.untyped_storage().nbytes() == 0
     )
