@@ -274,11 +274,13 @@ def compile_command(
 )
 @click.option(
     "--kernels",
-    type=click.Choice(["torch", "triton"]),
-    default="torch",
+    type=click.Choice(["auto", "cpp", "torch", "triton"]),
+    default="auto",
     show_default=True,
-    help="triton: dagc's Triton kernels for the per-neuron sums, gathers and edge-weight "
-    "dots (CUDA, generated backward); not yet measured on a GPU, so not the default.",
+    help="Kernels for each neuron's sums, gathers, edge-weight dots and convolutions "
+    "(generated backward). cpp: dagc's C++ kernels, built on first use with the system's "
+    "compiler (CPU); triton: dagc's Triton kernels (CUDA; not yet measured on a GPU); "
+    "torch: torch's own ops; auto: cpp on a CPU when a compiler is there, else torch.",
 )
 @click.option(
     "--cuda-graphs/--no-cuda-graphs",
@@ -399,8 +401,9 @@ def train(
     "--modes",
     default="",
     help="Comma-separated modes, or 'all' (every mode the device can run) [default: the "
-    "eager layouts and the generated op compiled, plus the CUDA-graph and Triton modes on a "
-    "GPU; bf16, channels_last and the per-node modules compiled on request]. "
+    "eager layouts and the generated op compiled, plus dagc's C++ kernels on a CPU and the "
+    "CUDA-graph and Triton modes on a GPU; bf16, channels_last and the per-node modules "
+    "compiled on request]. "
     "The interpreter always runs.",
 )
 @click.option("--channels", type=int, help="Channels per node [default: the model's].")

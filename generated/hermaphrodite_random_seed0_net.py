@@ -691,7 +691,7 @@ MODEL_CLASS = "HermaphroditeRandomNet"
 # instead of being accumulated edge by edge, and torch.compile sees one opaque custom op.
 # This network's custom ops live in a torch.library namespace named after a hash of its
 # structure, so several networks load into one process.
-OPS = "dagc_85bdfabdefa33a83"
+OPS = "dagc_d0f47e7377773c6b"
 # Nodes fed by a weighted sum of other nodes (the rest read the source), and nodes whose
 # activation another node reads (the rest are output nodes, read only by the sink).
 SUMMED_NODES = tuple(sorted({post for _, post in EDGES}))
@@ -721,8 +721,63 @@ def dots(grad: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.dot(flat, x.reshape(-1)) for x in inputs])
 
 
+def conv_batch_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bn_weight: torch.Tensor,
+    bn_bias: torch.Tensor,
+    bn_mean: torch.Tensor,
+    bn_var: torch.Tensor,
+    training: bool,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A node's depthwise 3x3 convolution (padding 1, weight (C, 1, 3, 3)), then its
+    BatchNorm: with the batch's statistics in training (returned too, as mean and 1/std,
+    for the reverse pass), with bn_mean and bn_var otherwise. Returns the conv's output
+    (BatchNorm's input), the node's output, mean and invstd."""
+    y = F.conv2d(x, weight, padding=1, groups=weight.shape[0])
+    # Running statistics are updated outside the op (see connectome_dag): an op that
+    # mutates its inputs cannot return a list of tensors under torch.compile.
+    out, mean, invstd = torch.ops.aten.native_batch_norm(
+        y, bn_weight, bn_bias, None if training else bn_mean,
+        None if training else bn_var, training, 0.0, eps,
+    )  # fmt: skip
+    return y, out, mean, invstd
+
+
+def conv_batch_norm_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    bn_weight: torch.Tensor,
+    bn_mean: torch.Tensor | None,
+    bn_var: torch.Tensor | None,
+    mean: torch.Tensor | None,
+    invstd: torch.Tensor | None,
+    training: bool,
+    eps: float,
+    relu_input: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of conv_batch_norm at x, weight, bn_weight and bn_bias, from `grad` at
+    its output. y is the conv's output; training passes the batch's mean and invstd, eval
+    bn_mean and bn_var. With `relu_input`, x is a ReLU's output and the gradient at x goes
+    back through that ReLU (zero where x is not positive)."""
+    grad_y, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
+        grad, y, bn_weight, bn_mean, bn_var, mean, invstd, training, eps, [True, True, True],
+    )  # fmt: skip
+    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_y, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], weight.shape[0],
+        [True, True, False],
+    )  # fmt: skip
+    del grad_y
+    if relu_input:
+        grad_x = torch.ops.aten.threshold_backward(grad_x, x, 0)
+    return grad_x, grad_weight, grad_bn_weight, grad_bn_bias
+
+
 class NeuronForward:
-    """Depthwise 3x3 conv -> BatchNorm of one node, with torch's own ops; when `save` is set
+    """Depthwise 3x3 conv -> BatchNorm of one node (conv_batch_norm); when `save` is set
     it keeps what the reverse pass needs (the conv's input and output, the batch statistics
     and, for nodes that other nodes read, the activation)."""
 
@@ -737,17 +792,14 @@ class NeuronForward:
         self.invstd = bn_weight.new_empty(stats_shape)
 
     def __call__(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(x, self.conv[i], padding=1, groups=self.conv.shape[1])
-        # Running statistics are updated outside the op (see connectome_dag): an op that
-        # mutates its inputs cannot return a list of tensors under torch.compile.
-        out, mean, invstd = torch.ops.aten.native_batch_norm(
-            y,
+        y, out, mean, invstd = conv_batch_norm(
+            x,
+            self.conv[i],
             self.bn_weight[i],
             self.bn_bias[i],
-            None if self.training else self.bn_mean[i],
-            None if self.training else self.bn_var[i],
+            self.bn_mean[i],
+            self.bn_var[i],
             self.training,
-            0.0,
             self.eps,
         )
         if self.save:
@@ -781,9 +833,8 @@ def saved_tensors_freed() -> RuntimeError:
 
 class NeuronBackward:
     """The reverse of NeuronForward for one node: BatchNorm backward, conv backward and the
-    ReLU mask, with torch's own backward ops. Each node's saved tensors are dropped as soon
-    as the node is done; its parameter gradients go into rows of the stacked gradients.
-    """
+    ReLU mask (conv_batch_norm_backward). Each node's saved tensors are dropped as soon as
+    the node is done; its parameter gradients go into rows of the stacked gradients."""
 
     def __init__(self, source, conv, bn_weight, bn_mean, bn_var, training, eps, saved):
         self.source, self.conv, self.bn_weight = source, conv, bn_weight
@@ -817,9 +868,13 @@ class NeuronBackward:
         sum (after the ReLU), or at the source for a source-fed node."""
         y, self.conv_outputs[i] = self.conv_outputs[i], None
         x = self.inputs.pop(i, self.source)
-        grad, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+        # The source's own ReLU is outside the DAG; a summed node's input is its ReLU'd sum.
+        relu_input = x is not self.source
+        grad, *param_grads = conv_batch_norm_backward(
             grad,
+            x,
             y,
+            self.conv[i],
             self.bn_weight[i],
             None if self.training else self.bn_mean[i],
             None if self.training else self.bn_var[i],
@@ -827,32 +882,13 @@ class NeuronBackward:
             self.invstd[i] if self.training else None,
             self.training,
             self.eps,
-            [True, True, True],
+            relu_input,
         )
         self.release(y)
         del y
-        grad, grad_conv, _ = torch.ops.aten.convolution_backward(
-            grad,
-            x,
-            self.conv[i],
-            None,
-            [1, 1],
-            [1, 1],
-            [1, 1],
-            False,
-            [0, 0],
-            self.conv.shape[1],
-            [True, True, False],
-        )
-        self.grad_conv[i], self.grad_bn_weight[i], self.grad_bn_bias[i] = (
-            grad_conv,
-            grad_weight,
-            grad_bias,
-        )
-        if x is self.source:  # the source's own ReLU is outside the DAG
-            return grad
-        grad = torch.ops.aten.threshold_backward(grad, x, 0)
-        self.release(x)
+        self.grad_conv[i], self.grad_bn_weight[i], self.grad_bn_bias[i] = param_grads
+        if relu_input:
+            self.release(x)
         return grad
 
     @staticmethod

@@ -36,7 +36,9 @@ class Mode:
     compile: str | None = None  # torch.compile mode
     cuda_graph: bool = False  # capture the whole step as one CUDA graph
     amp: str = "off"  # "bf16": autocast
-    kernels: str = "torch"  # "triton": dagc.runtime.kernels replaces the per-node sums
+    # "triton": dagc.runtime.kernels replaces the per-node sums (CUDA); "cpp":
+    # dagc.runtime.cpu_kernels replaces the sums and the node convolutions (CPU)
+    kernels: str = "torch"
     channels_last: bool = False
     about: str = ""
 
@@ -59,6 +61,21 @@ MODES = {
             backward="generated",
             compile="default",
             about="torch.compile around the one DAG op",
+        ),
+        Mode(
+            "generated+cpp",
+            "flat",
+            backward="generated",
+            kernels="cpp",
+            about="C++ sums, gathers, dots and node convolutions, eager (CPU)",
+        ),
+        Mode(
+            "generated+cpp+compile",
+            "flat",
+            backward="generated",
+            kernels="cpp",
+            compile="default",
+            about="the C++ kernels inside the one DAG op, torch.compile around it (CPU)",
         ),
         Mode(
             "generated+cudagraph",
@@ -95,7 +112,15 @@ DEFAULT_MODES = {
     # did not end within 150 s on an H100; with the generated backward the DAG is one opaque
     # op and compiles in seconds. bf16 and channels_last measured slower on the CPU
     # (docs/performance.md): opt in with --modes.
-    "cpu": ("interpreter", "flat", "levels", "generated", "generated+compile"),
+    "cpu": (
+        "interpreter",
+        "flat",
+        "levels",
+        "generated",
+        "generated+compile",
+        "generated+cpp",
+        "generated+cpp+compile",
+    ),
     "cuda": (
         "interpreter",
         "flat",
@@ -152,12 +177,15 @@ def run_mode(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from .devices import keep_freed_cpu_memory
     from .graphs import GraphedStep, capture_forward
     from .interpreter import InterpretedNet
     from .loading import build_model, load_generated
 
     mode = Mode(**spec["mode"])
     device = torch.device(spec["device"])
+    # As `dagc train` does on a CPU (every mode alike).
+    malloc_tuned = device.type == "cpu" and keep_freed_cpu_memory()
     module = load_generated(spec["model_path"])
     if mode.kernels == "triton":
         from . import kernels
@@ -165,6 +193,15 @@ def run_mode(spec: dict) -> dict:
         if device.type != "cuda" or not kernels.available():
             raise RuntimeError("the Triton kernels need CUDA and Triton")
         kernels.install(module)
+    kernel_build_s = None
+    if mode.kernels == "cpp":
+        from . import cpu_kernels
+
+        if device.type != "cpu":
+            raise RuntimeError("the C++ kernels run on the CPU")
+        start = time.perf_counter()
+        cpu_kernels.install(module)  # builds them unless the cache has this build
+        kernel_build_s = time.perf_counter() - start
     overrides = {"channels": spec["channels"]} if spec["channels"] else {}
     torch.manual_seed(0)
     if mode.layout is None:
@@ -249,6 +286,10 @@ def run_mode(spec: dict) -> dict:
         from .kernels import compile_seconds
 
         result["kernel_compile_s"] = dict(compile_seconds)
+    if kernel_build_s is not None:
+        result["kernel_build_s"] = kernel_build_s
+    if device.type == "cpu":
+        result["malloc_keeps_freed_memory"] = malloc_tuned
     if mode.compile:
         result["compile_s"] = max(first_steps[0] - result["step_median_s"], 0.0)
         result["inductor_cache"] = "cold: a fresh TORCHINDUCTOR_CACHE_DIR (run_child)"
@@ -423,13 +464,16 @@ def resolve_modes(requested: tuple[str, ...], device_kind: str) -> list[Mode]:
         names.insert(0, BASELINE)
     modes = [MODES[name] for name in names]
     if device_kind == "cuda":
-        return modes
-    cuda_only = [m.name for m in modes if m.cuda_graph or m.kernels != "torch"]
-    if cuda_only and requested != ("all",):  # "all": every mode this device can run
+        wrong = [m.name for m in modes if m.kernels == "cpp"]
+        needs = "the CPU"
+    else:
+        wrong = [m.name for m in modes if m.cuda_graph or m.kernels == "triton"]
+        needs = "CUDA"
+    if wrong and requested != ("all",):  # "all": every mode this device can run
         raise DagcError(
-            f"mode(s) {', '.join(cuda_only)} need CUDA (device: {device_kind})"
+            f"mode(s) {', '.join(wrong)} need {needs} (device: {device_kind})"
         )
-    return [m for m in modes if m.name not in cuda_only]
+    return [m for m in modes if m.name not in wrong]
 
 
 def run_child(spec: dict, timeout: float, workdir: Path) -> dict:
@@ -563,6 +607,11 @@ def add_ratios(report: dict) -> None:
         result["infer_vs_interpreter"] = (
             result["infer_images_per_s"] / base["infer_images_per_s"]
         )
+        flat = report["modes"].get("flat", {})
+        if flat.get("ok"):  # the per-node autograd module the targets are set against
+            result["train_vs_flat"] = (
+                result["train_images_per_s"] / flat["train_images_per_s"]
+            )
         if best is None or result["train_images_per_s"] > best[1]:
             best = (name, result["train_images_per_s"])
     if best:
@@ -573,7 +622,7 @@ def add_ratios(report: dict) -> None:
 
 
 def format_table(report: dict) -> str:
-    header = ("mode", "train img/s", "ms/step", "x interp", "x floor", "x fused",
+    header = ("mode", "train img/s", "ms/step", "x interp", "x flat", "x floor", "x fused",
               "infer img/s", "x interp", "peak mem", "compile s")  # fmt: skip
     rows, failures = [header], []
     for name, r in report["modes"].items():
@@ -586,6 +635,7 @@ def format_table(report: dict) -> str:
                 f"{r['train_images_per_s']:.0f}",
                 f"{r['step_median_s'] * 1000:.1f}",
                 f"{r.get('train_vs_interpreter', float('nan')):.2f}",
+                f"{r.get('train_vs_flat', float('nan')):.2f}",
                 f"{r.get('step_vs_floor', float('nan')):.1f}",
                 f"{r.get('step_vs_fused_floor', float('nan')):.1f}",
                 f"{r['infer_images_per_s']:.0f}",

@@ -675,7 +675,8 @@ def install(module, *, force: bool = False):
         }
         setattr(module, _ORIGINALS, originals)
     for name, original in originals.items():
-        setattr(module, name, _dispatching(name, original, force))
+        if name in _FAST:  # dagc.runtime.cpu_kernels may have kept more originals
+            setattr(module, name, _dispatching(name, original, force))
     return module
 
 

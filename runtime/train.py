@@ -31,6 +31,7 @@ from .devices import (
     amp_settings,
     device_kind,
     device_name,
+    keep_freed_cpu_memory,
     pick_device,
     setup_distributed,
     use_cuda_graphs,
@@ -62,9 +63,9 @@ class TrainConfig:
     compile: bool = (
         False  # Inductor's warm-up is minutes for this graph (docs/performance.md)
     )
-    kernels: str = (
-        "torch"  # "triton": runtime/kernels.py for the per-neuron sums (CUDA)
-    )
+    # "auto": the C++ kernels (runtime/cpu_kernels.py) on a CPU when they build, else torch's
+    # ops; "cpp" insists on them; "triton": runtime/kernels.py (CUDA); "torch": torch's ops
+    kernels: str = "auto"
     cuda_graphs: bool | None = None  # None: on for one CUDA process without --compile
     amp: str = "off"
     out: str | None = None
@@ -91,10 +92,11 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
 
     # --- setup: device, data, model, optimizer, run folder ---------------------------------
     device = pick_device(device_kind(config.device), dist)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
     module, info = load_generated(config.model), dataset_info(config.dataset)
     check_model_fits(module, info, config.model)
-    if config.kernels == "triton":
-        install_kernels(module, device, config.model)
+    kernels = install_kernels(config.kernels, module, device, config.model, dist.main)
     amp_dtype, scaler = amp_settings(config.amp, device)
     graphs = use_cuda_graphs(config.cuda_graphs, device, dist, config.compile, scaler)
     train_x, train_y = (
@@ -198,6 +200,7 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
     )
     summary = complete_summary(config, module, info, progress, last_eval, device, dist,
                                graphs, model)  # fmt: skip
+    summary["kernels"] = kernels
     run.write_summary(summary)
     write_figures(run.path, summary, progress, last_eval, test_x, test_y, info)
     return summary
@@ -206,19 +209,46 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
 # --- the pieces the loop uses -----------------------------------------------------------------
 
 
-def install_kernels(module, device: torch.device, path: str) -> None:
-    """Swap the module's per-neuron primitives for the Triton kernels, or say why not."""
-    from . import kernels
+def install_kernels(
+    choice: str, module, device: torch.device, path: str, main: bool = True
+) -> str:
+    """Swap the module's per-neuron primitives for dagc's kernels as `choice` asks; return
+    which ones run ("torch", "cpp" or "triton"), or say in one line why they cannot."""
+    generated = getattr(module, "BACKWARD", "autograd") == "generated"
+    if choice == "torch" or (
+        choice == "auto" and (not generated or device.type != "cpu")
+    ):
+        return "torch"
+    if not generated:
+        raise DagcError(
+            f"--kernels {choice} needs a module compiled with --backward generated",
+            path,
+        )
+    if choice == "triton":
+        from . import kernels
 
-    if getattr(module, "BACKWARD", "autograd") != "generated":
-        raise DagcError(
-            "--kernels triton needs a module compiled with --backward generated", path
+        if device.type != "cuda" or not kernels.available():
+            raise DagcError(
+                "--kernels triton needs a CUDA device and Triton (try --kernels torch)"
+            )
+        kernels.install(module)
+        return "triton"
+    from . import cpu_kernels
+
+    if device.type != "cpu":
+        raise DagcError("--kernels cpp runs on the CPU (try --kernels torch)")
+    reason = cpu_kernels.unavailable_reason()  # builds them on first use (seconds)
+    if reason is None:
+        cpu_kernels.install(module)
+        return "cpp"
+    if choice == "cpp":
+        raise DagcError(f"--kernels cpp: {reason} (try --kernels torch)")
+    if main:
+        print(
+            f"dagc: C++ kernels unavailable ({reason}); using torch's ops",
+            file=sys.stderr,
         )
-    if device.type != "cuda" or not kernels.available():
-        raise DagcError(
-            "--kernels triton needs a CUDA device and Triton (try --kernels torch)"
-        )
-    kernels.install(module)
+    return "torch"
 
 
 def default_run_dir(config: TrainConfig) -> Path:

@@ -24,6 +24,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dagc.runtime import cpu_kernels
+from dagc.runtime.devices import keep_freed_cpu_memory
 from dagc.runtime.loading import build_model, load_generated
 
 
@@ -50,13 +52,22 @@ def main() -> None:
     parser.add_argument(
         "--warm-cache", action="store_true", help="keep Inductor's cache"
     )
+    parser.add_argument(
+        "--kernels",
+        choices=["torch", "cpp"],
+        default="torch",
+        help="cpp: dagc's C++ kernels inside the op (dagc.runtime.cpu_kernels)",
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
+    malloc_tuned = keep_freed_cpu_memory()  # as dagc train and dagc bench do on a CPU
     if not args.warm_cache:  # read by Inductor when it first compiles, after this
         cache = tempfile.TemporaryDirectory(prefix="inductor-")  # removed at exit
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
     fullgraph = not args.nested_region  # the nested-region variant needs graph breaks
     module = load_generated(args.model)
+    if args.kernels == "cpp":
+        cpu_kernels.install(module)
     torch.manual_seed(0)
     overrides = {"channels": args.channels} if args.channels else {}
     model = build_model(module, **overrides)
@@ -82,6 +93,8 @@ def main() -> None:
         "layout": module.LAYOUT,
         "backward": getattr(module, "BACKWARD", "autograd"),
         "nested_region": args.nested_region,
+        "kernels": args.kernels,
+        "malloc_keeps_freed_memory": malloc_tuned,
         "nodes": len(module.NODES),
         "edges": len(module.EDGES),
         "channels": args.channels or module.CHANNELS,
