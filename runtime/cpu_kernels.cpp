@@ -1,11 +1,12 @@
 // dagc's CPU kernels for the per-neuron work of a generated network (runtime/cpu_kernels.py
 // builds this file with the system's C++ compiler and calls it through ctypes).
 //
-// All tensors are contiguous float32. Every kernel reads each input once and writes each
-// output once; the work is split into fixed blocks (of elements, or of (sample, channel)
-// planes) that do not depend on the thread count, and every reduction adds its block
-// partial sums in block order afterwards, so a result is bitwise the same for any number of
-// threads.
+// All tensors are contiguous float32. The weighted sums and dots read each input once and
+// write each output once; the conv + BatchNorm kernels make one extra pass where BatchNorm
+// needs statistics first (the passes are counted in docs/cpu-kernels.md). The work is split
+// into fixed blocks (of elements, or of (sample, channel) planes) that do not depend on the
+// thread count, and every reduction adds its partial sums in a fixed order afterwards, so a
+// result is bitwise the same for any number of threads.
 #include <cmath>
 #include <cstdint>
 #include <cstring>

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from . import primitives
+
 __all__ = [
     "available",
     "unavailable_reason",
@@ -57,7 +59,6 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 # convolution primitives that modules generated since the C++ kernels define.
 PRIMITIVES = ("weighted_relu", "gather", "dots")
 OPTIONAL_PRIMITIVES = ("conv_batch_norm", "conv_batch_norm_backward")
-_ORIGINALS = "_dagc_torch_primitives"  # the same attribute dagc.runtime.kernels uses
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
@@ -341,11 +342,7 @@ def _activations(first: torch.Tensor, rest: Sequence[torch.Tensor]) -> bool:
 
 
 def _edge_weights(w: torch.Tensor, k: int) -> bool:
-    return (
-        w.dim() == 1 and w.shape[0] == k and w.device.type == "cpu"
-        and w.dtype == torch.float32
-        and not (w.requires_grad and torch.is_grad_enabled())
-    )  # fmt: skip
+    return _plain(w) and w.dim() == 1 and w.shape[0] == k
 
 
 def _conv_weight(weight: torch.Tensor, x: torch.Tensor) -> bool:
@@ -422,28 +419,16 @@ def install(module):
     kept on it, serve every call the kernels cannot take, and come back with `uninstall`.
     Installing twice (or after dagc.runtime.kernels.install) wraps the originals, not the
     previous wrappers. Returns the module."""
-    missing = [name for name in PRIMITIVES if not callable(getattr(module, name, None))]
-    if missing:
-        raise AttributeError(f"{module.__name__} defines no {', '.join(missing)}")
     _load()
-    originals = module.__dict__.get(_ORIGINALS)
-    if originals is None:
-        originals = {
-            name: getattr(module, name)
-            for name in PRIMITIVES + OPTIONAL_PRIMITIVES
-            if callable(getattr(module, name, None))
-        }
-        setattr(module, _ORIGINALS, originals)
-    for name, original in originals.items():
-        if name in PRIMITIVES + OPTIONAL_PRIMITIVES:
-            setattr(module, name, _dispatching(name, original))
-    return module
+    names = PRIMITIVES + OPTIONAL_PRIMITIVES  # not the Triton-only relu_mask_dots
+    return primitives.swap(
+        module,
+        PRIMITIVES,
+        OPTIONAL_PRIMITIVES,
+        lambda name, original: _dispatching(name, original) if name in names else None,
+    )
 
 
 def uninstall(module):
     """Restore the module's own torch functions. Returns the module."""
-    originals = module.__dict__.pop(_ORIGINALS, None)
-    if originals is not None:
-        for name, function in originals.items():
-            setattr(module, name, function)
-    return module
+    return primitives.restore(module)

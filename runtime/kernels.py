@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from . import primitives
+
 try:  # Triton is optional: the generated module and dagc run with torch alone.
     import triton
     import triton.language as tl
@@ -575,7 +577,6 @@ _FAST = {
 }
 # Swapped too when a generated module defines it (the contract only requires PRIMITIVES).
 OPTIONAL_PRIMITIVES = ("relu_mask_dots",)
-_ORIGINALS = "_dagc_torch_primitives"
 
 
 def _usable(first: torch.Tensor, rest: Sequence[torch.Tensor], force: bool) -> bool:
@@ -661,29 +662,16 @@ def install(module, *, force: bool = False):
     are kept on the module and restored by `uninstall`. Installing twice wraps the originals,
     not the previous wrappers. Returns the module.
     """
-    originals = module.__dict__.get(_ORIGINALS)
-    if originals is None:
-        missing = [
-            name for name in PRIMITIVES if not callable(getattr(module, name, None))
-        ]
-        if missing:
-            raise AttributeError(f"{module.__name__} defines no {', '.join(missing)}")
-        originals = {
-            name: getattr(module, name)
-            for name in PRIMITIVES + OPTIONAL_PRIMITIVES
-            if callable(getattr(module, name, None))
-        }
-        setattr(module, _ORIGINALS, originals)
-    for name, original in originals.items():
-        if name in _FAST:  # dagc.runtime.cpu_kernels may have kept more originals
-            setattr(module, name, _dispatching(name, original, force))
-    return module
+    return primitives.swap(
+        module,
+        PRIMITIVES,
+        OPTIONAL_PRIMITIVES,
+        lambda name, original: (
+            _dispatching(name, original, force) if name in _FAST else None
+        ),
+    )
 
 
 def uninstall(module):
     """Restore the module's own pure-torch functions. Returns the module."""
-    originals = module.__dict__.pop(_ORIGINALS, None)
-    if originals is not None:
-        for name, function in originals.items():
-            setattr(module, name, function)
-    return module
+    return primitives.restore(module)

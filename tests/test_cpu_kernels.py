@@ -232,6 +232,22 @@ def test_installing_twice_wraps_the_originals():
     assert module.gather.__wrapped__ is first.__wrapped__
 
 
+def test_the_triton_and_cpp_libraries_share_one_set_of_originals():
+    from dagc.runtime import kernels
+
+    module = fake_module()
+    names = cpu_kernels.PRIMITIVES + cpu_kernels.OPTIONAL_PRIMITIVES
+    originals = {name: getattr(module, name) for name in names}
+    kernels.install(module)  # Triton's: the edge primitives only
+    assert module.conv_batch_norm is originals["conv_batch_norm"]
+    cpu_kernels.install(
+        module
+    )  # then the C++ ones wrap the torch functions, not Triton's
+    assert all(getattr(module, name).__wrapped__ is originals[name] for name in names)
+    kernels.uninstall(module)
+    assert all(getattr(module, name) is originals[name] for name in names)
+
+
 @pytest.mark.parametrize("edge_weights", ["sigmoid", "free", "dale"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_a_network_with_the_kernels_matches_the_interpreter(
