@@ -98,6 +98,13 @@ class IncrementalForward:
             self.successors[pre].append(post)
         self.inputs = set(module.INPUT_NODES)
         self.outputs = list(module.OUTPUT_NODES)
+        # A module with the generated reverse pass computes each node through its
+        # weighted_relu and conv_batch_norm functions (which dagc's kernels may replace);
+        # older and autograd-backward modules inline torch's ops, as below.
+        self.primitives = all(
+            callable(getattr(module, name, None))
+            for name in ("weighted_relu", "conv_batch_norm")
+        )
 
     def descendants(self, i: int) -> list[int]:
         seen, stack = {i}, [i]
@@ -112,6 +119,14 @@ class IncrementalForward:
     def _node(self, i: int, values, source, w) -> torch.Tensor:
         if i in self.inputs:
             return self._conv_bn(i, source)
+        if (
+            self.primitives
+        ):  # the module's own functions, so dagc's kernels when swapped in
+            edges = [e for e, _ in self.in_edges[i]]
+            summed = self.module.weighted_relu(
+                w[edges], *(values[pre] for _, pre in self.in_edges[i])
+            )
+            return self._conv_bn(i, summed)
         (first, pre), *rest = self.in_edges[i]
         total = torch.mul(values[pre], w[first])
         for e, pre in rest:
@@ -122,6 +137,11 @@ class IncrementalForward:
         """Node i's depthwise conv and eval-mode BatchNorm, from the stacked parameters
         (every variant of the generated module stores them the same way)."""
         net = self.net
+        if self.primitives:
+            return self.module.conv_batch_norm(
+                x, net.node_conv[i], net.node_bn_weight[i], net.node_bn_bias[i],
+                net.node_bn_mean[i], net.node_bn_var[i], False, net.bn_eps,
+            )[1]  # fmt: skip
         x = F.conv2d(x, net.node_conv[i], padding=1, groups=net.node_conv.shape[1])
         return F.batch_norm(
             x,

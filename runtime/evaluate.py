@@ -11,8 +11,9 @@ from dagc.compiler.errors import DagcError
 
 from .checkpoint import latest_checkpoint, load_weights, network_fingerprint
 from .data import check_model_fits, dataset_info, load_split, normalise
-from .devices import device_kind
+from .devices import device_kind, keep_freed_cpu_memory
 from .loading import build_model, load_generated
+from .primitives import use_kernels
 
 
 @torch.no_grad()
@@ -72,6 +73,10 @@ def evaluate_saved(
     info = dataset_info(dataset)
     check_model_fits(module, info, model_path)
     device = device_kind(device)
+    if device == "cpu":
+        keep_freed_cpu_memory()
+    # The kernels training used (auto: C++ on a CPU), so the accuracy is the summary's.
+    kernels = use_kernels("auto", module, torch.device(device), str(model_path))
     net = build_model(module).to(device)
     try:
         net.load_state_dict(load_weights(weights, device, network_fingerprint(module)))
@@ -89,6 +94,7 @@ def evaluate_saved(
         "dataset": dataset,
         "test_accuracy": accuracy,
         "per_class_accuracy": dict(zip(info.class_names, per_class)),
+        "kernels": kernels,
     }
 
 

@@ -23,9 +23,10 @@ from .checkpoint import load_weights
 
 # The one place that names where evaluation lives (it is moving from train.py to evaluate.py).
 from .data import DatasetInfo, check_model_fits, dataset_info, load_split
-from .devices import device_kind
+from .devices import device_kind, keep_freed_cpu_memory
 from .evaluate import evaluate, locate
 from .loading import build_model, load_generated
+from .primitives import use_kernels
 
 # The locomotion command interneurons (Chalfie et al. 1985), both sides.
 COMMAND_INTERNEURONS = (
@@ -65,6 +66,11 @@ def load_run(
     info = dataset_info(dataset)
     check_model_fits(module, info, model_path)
     device = device_kind(device)
+    if device == "cpu":
+        keep_freed_cpu_memory()
+    use_kernels(
+        "auto", module, torch.device(device), str(model_path)
+    )  # as training did
     net = build_model(module).to(device)
     try:
         net.load_state_dict(load_weights(weights, device))

@@ -40,6 +40,7 @@ from .devices import (
 from .evaluate import evaluate
 from .loading import build_model, load_generated
 from .paper import paper_accuracy
+from .primitives import use_kernels
 from .run_dir import Progress, RunDir
 from .stopping import StopRequest
 
@@ -96,7 +97,7 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
         keep_freed_cpu_memory()
     module, info = load_generated(config.model), dataset_info(config.dataset)
     check_model_fits(module, info, config.model)
-    kernels = install_kernels(config.kernels, module, device, config.model, dist.main)
+    kernels = use_kernels(config.kernels, module, device, config.model, dist.main)
     amp_dtype, scaler = amp_settings(config.amp, device)
     graphs = use_cuda_graphs(config.cuda_graphs, device, dist, config.compile, scaler)
     train_x, train_y = (
@@ -207,48 +208,6 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
 
 
 # --- the pieces the loop uses -----------------------------------------------------------------
-
-
-def install_kernels(
-    choice: str, module, device: torch.device, path: str, main: bool = True
-) -> str:
-    """Swap the module's per-neuron primitives for dagc's kernels as `choice` asks; return
-    which ones run ("torch", "cpp" or "triton"), or say in one line why they cannot."""
-    generated = getattr(module, "BACKWARD", "autograd") == "generated"
-    if choice == "torch" or (
-        choice == "auto" and (not generated or device.type != "cpu")
-    ):
-        return "torch"
-    if not generated:
-        raise DagcError(
-            f"--kernels {choice} needs a module compiled with --backward generated",
-            path,
-        )
-    if choice == "triton":
-        from . import kernels
-
-        if device.type != "cuda" or not kernels.available():
-            raise DagcError(
-                "--kernels triton needs a CUDA device and Triton (try --kernels torch)"
-            )
-        kernels.install(module)
-        return "triton"
-    from . import cpu_kernels
-
-    if device.type != "cpu":
-        raise DagcError("--kernels cpp runs on the CPU (try --kernels torch)")
-    reason = cpu_kernels.unavailable_reason()  # builds them on first use (seconds)
-    if reason is None:
-        cpu_kernels.install(module)
-        return "cpp"
-    if choice == "cpp":
-        raise DagcError(f"--kernels cpp: {reason} (try --kernels torch)")
-    if main:
-        print(
-            f"dagc: C++ kernels unavailable ({reason}); using torch's ops",
-            file=sys.stderr,
-        )
-    return "torch"
 
 
 def default_run_dir(config: TrainConfig) -> Path:

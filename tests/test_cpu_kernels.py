@@ -341,7 +341,29 @@ def test_training_on_a_cpu_takes_the_kernels(
         "--out", out, "--quiet",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "summary.json").read_text())["kernels"] == "cpp"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kernels"] == "cpp"
+    # dagc eval computes with the same kernels, so it gives the summary's accuracy.
+    result = dagc(
+        "eval", out, "--json", "--device", "cpu", "--data-dir", mnist_folder(shared)
+    )
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout)
+    assert evaluated["kernels"] == "cpp"
+    assert evaluated["test_accuracy"] == summary["final_test_accuracy"]
+
+
+def test_choosing_torch_after_cpp_puts_the_torch_functions_back(compile_to):
+    from dagc.runtime.loading import load_generated
+    from dagc.runtime.primitives import use_kernels
+
+    module = load_generated(compile_to("male", channels=2)[1])
+    cpu = torch.device("cpu")
+    original = module.conv_batch_norm
+    assert use_kernels("cpp", module, cpu, "net.py") == "cpp"
+    assert module.conv_batch_norm is not original
+    assert use_kernels("torch", module, cpu, "net.py") == "torch"
+    assert module.conv_batch_norm is original
 
 
 def test_cpp_kernels_need_the_generated_backward(dagc, clean_error, compile_to, shared):
