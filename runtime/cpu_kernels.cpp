@@ -37,6 +37,18 @@ struct PaddedPlane {
   int64_t points() const { return H * row; }
 };
 
+// out[q] = the 3x3 taps t[0..8] (row by row) applied around each grid point q of the H
+// plane rows of a padded grid that starts at `first` (PaddedPlane::first_row).
+inline void convolve_grid(float* __restrict out, const float* first, const float* t,
+                          int64_t row, int64_t points) {
+  const int64_t R = row;
+#pragma omp simd
+  for (int64_t q = 0; q < points; ++q)
+    out[q] = t[0] * first[q - R - 1] + t[1] * first[q - R] + t[2] * first[q - R + 1] +
+             t[3] * first[q - 1] + t[4] * first[q] + t[5] * first[q + 1] +
+             t[6] * first[q + R - 1] + t[7] * first[q + R] + t[8] * first[q + R + 1];
+}
+
 }  // namespace
 
 extern "C" {
@@ -110,13 +122,8 @@ void dagc_conv_batch_norm(float* y, float* out, float* mean, float* invstd, cons
     for (int64_t p = 0; p < planes; ++p) {
       const float* k = w + (p % C) * 9;
       in.load(x + p * HW);
-      const float* c = in.first_row();
-      float* __restrict o = grid.data();
-#pragma omp simd
-      for (int64_t q = 0; q < in.points(); ++q)
-        o[q] = k[0] * c[q - R - 1] + k[1] * c[q - R] + k[2] * c[q - R + 1] +
-               k[3] * c[q - 1] + k[4] * c[q] + k[5] * c[q + 1] +
-               k[6] * c[q + R - 1] + k[7] * c[q + R] + k[8] * c[q + R + 1];
+      float* o = grid.data();
+      convolve_grid(o, in.first_row(), k, R, in.points());
       float* yp = y + p * HW;
       for (int64_t r = 0; r < H; ++r) std::memcpy(yp + r * W, o + r * R + 1, W * sizeof(float));
       if (training) {
@@ -233,11 +240,8 @@ void dagc_conv_batch_norm_backward(float* grad_x, float* grad_w, float* grad_gam
       const float* v = x_in.first_row();
       float* __restrict d = grid.data();
       // The input gradient: the convolution of grad_y with the flipped kernel.
-#pragma omp simd
-      for (int64_t q = 0; q < g_in.points(); ++q)
-        d[q] = k[8] * e[q - R - 1] + k[7] * e[q - R] + k[6] * e[q - R + 1] +
-               k[5] * e[q - 1] + k[4] * e[q] + k[3] * e[q + 1] +
-               k[2] * e[q + R - 1] + k[1] * e[q + R] + k[0] * e[q + R + 1];
+      const float flipped[9] = {k[8], k[7], k[6], k[5], k[4], k[3], k[2], k[1], k[0]};
+      convolve_grid(d, e, flipped, R, g_in.points());
       if (relu_input) {
 #pragma omp simd
         for (int64_t q = 0; q < g_in.points(); ++q) d[q] = v[q] > 0.0f ? d[q] : 0.0f;
