@@ -119,9 +119,8 @@ class IncrementalForward:
     def _node(self, i: int, values, source, w) -> torch.Tensor:
         if i in self.inputs:
             return self._conv_bn(i, source)
-        if (
-            self.primitives
-        ):  # the module's own functions, so dagc's kernels when swapped in
+        # The module's own functions, so dagc's kernels when they are swapped in.
+        if self.primitives:
             edges = [e for e, _ in self.in_edges[i]]
             summed = self.module.weighted_relu(
                 w[edges], *(values[pre] for _, pre in self.in_edges[i])

@@ -181,27 +181,17 @@ def run_mode(spec: dict) -> dict:
     from .graphs import GraphedStep, capture_forward
     from .interpreter import InterpretedNet
     from .loading import build_model, load_generated
+    from .primitives import use_kernels
 
     mode = Mode(**spec["mode"])
     device = torch.device(spec["device"])
-    # As `dagc train` does on a CPU (every mode alike).
-    malloc_tuned = device.type == "cpu" and keep_freed_cpu_memory()
+    # As `dagc train` does (every mode alike).
+    malloc_tuned = keep_freed_cpu_memory(device)
     module = load_generated(spec["model_path"])
-    if mode.kernels == "triton":
-        from . import kernels
-
-        if device.type != "cuda" or not kernels.available():
-            raise RuntimeError("the Triton kernels need CUDA and Triton")
-        kernels.install(module)
-    kernel_build_s = None
-    if mode.kernels == "cpp":
-        from . import cpu_kernels
-
-        if device.type != "cpu":
-            raise RuntimeError("the C++ kernels run on the CPU")
-        start = time.perf_counter()
-        cpu_kernels.install(module)  # builds them unless the cache has this build
-        kernel_build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    # As `dagc train` chooses them; the C++ kernels are built here unless cached.
+    use_kernels(mode.kernels, module, device, spec["model_path"])
+    kernel_setup_s = time.perf_counter() - start
     overrides = {"channels": spec["channels"]} if spec["channels"] else {}
     torch.manual_seed(0)
     if mode.layout is None:
@@ -286,8 +276,8 @@ def run_mode(spec: dict) -> dict:
         from .kernels import compile_seconds
 
         result["kernel_compile_s"] = dict(compile_seconds)
-    if kernel_build_s is not None:
-        result["kernel_build_s"] = kernel_build_s
+    if mode.kernels == "cpp":
+        result["kernel_build_s"] = kernel_setup_s
     if device.type == "cpu":
         result["malloc_keeps_freed_memory"] = malloc_tuned
     if mode.compile:

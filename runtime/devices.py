@@ -79,9 +79,9 @@ def pick_device(kind: str, dist: Distributed) -> torch.device:
     return torch.device("cpu")
 
 
-def keep_freed_cpu_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for the next training step instead of giving
-    it back to the system; returns whether it did.
+def keep_freed_cpu_memory(device: torch.device) -> bool:
+    """For a run on the CPU, ask glibc's malloc to keep freed memory for the next training
+    step instead of giving it back to the system; returns whether it did.
 
     A 78-channel step allocates and frees about 5 GB of 6 MB activations. By default glibc
     returns freed memory at the top of its heap once more than a threshold it adjusts at run
@@ -91,6 +91,8 @@ def keep_freed_cpu_memory() -> bool:
     1 GiB of free heap kept) remove that. Process-wide, so only dagc's own commands call it,
     for a CPU run, and never when the user set MALLOC_TRIM_THRESHOLD_ or
     MALLOC_MMAP_THRESHOLD_ (glibc's environment tunables) themselves."""
+    if device.type != "cpu":
+        return False
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     if any(

@@ -73,8 +73,7 @@ def evaluate_saved(
     info = dataset_info(dataset)
     check_model_fits(module, info, model_path)
     device = device_kind(device)
-    if device == "cpu":
-        keep_freed_cpu_memory()
+    keep_freed_cpu_memory(torch.device(device))
     # The kernels training used (auto: C++ on a CPU), so the accuracy is the summary's.
     kernels = use_kernels("auto", module, torch.device(device), str(model_path))
     net = build_model(module).to(device)

@@ -66,11 +66,9 @@ def load_run(
     info = dataset_info(dataset)
     check_model_fits(module, info, model_path)
     device = device_kind(device)
-    if device == "cpu":
-        keep_freed_cpu_memory()
-    use_kernels(
-        "auto", module, torch.device(device), str(model_path)
-    )  # as training did
+    keep_freed_cpu_memory(torch.device(device))
+    # The kernels training used (auto: C++ on a CPU), so the scans compute what it did.
+    use_kernels("auto", module, torch.device(device), str(model_path))
     net = build_model(module).to(device)
     try:
         net.load_state_dict(load_weights(weights, device))

@@ -16,9 +16,8 @@ import torch
 
 from dagc.compiler.errors import DagcError
 
-ORIGINALS = (
-    "_dagc_torch_primitives"  # the module attribute that keeps the torch functions
-)
+# The module attribute that keeps the torch functions.
+ORIGINALS = "_dagc_torch_primitives"
 
 
 def swap(

@@ -93,8 +93,7 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
 
     # --- setup: device, data, model, optimizer, run folder ---------------------------------
     device = pick_device(device_kind(config.device), dist)
-    if device.type == "cpu":
-        keep_freed_cpu_memory()
+    keep_freed_cpu_memory(device)
     module, info = load_generated(config.model), dataset_info(config.dataset)
     check_model_fits(module, info, config.model)
     kernels = use_kernels(config.kernels, module, device, config.model, dist.main)

@@ -60,7 +60,8 @@ def main() -> None:
     )
     parser.add_argument("--json")
     args = parser.parse_args()
-    malloc_tuned = keep_freed_cpu_memory()  # as dagc train and dagc bench do on a CPU
+    # as dagc train and dagc bench do on a CPU
+    malloc_tuned = keep_freed_cpu_memory(torch.device("cpu"))
     if not args.warm_cache:  # read by Inductor when it first compiles, after this
         cache = tempfile.TemporaryDirectory(prefix="inductor-")  # removed at exit
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
