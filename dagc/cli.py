@@ -344,6 +344,7 @@ def train(
     at once (the last checkpoint is kept). Exit codes: 0 complete, 2 user error, 75 paused.
     """
     from dagc.runtime.stopping import PAUSED_EXIT_CODE, parse_duration
+    from dagc.runtime.studies.paper import paper_accuracy_of
     from dagc.runtime.train import TrainConfig
     from dagc.runtime.train import train as run_training
 
@@ -355,6 +356,7 @@ def train(
         out=str(out) if out else None,
         resume=resume, quiet=quiet,
         time_limit=parse_duration(time_limit) if time_limit is not None else None,
+        reference_accuracy=paper_accuracy_of(model, dataset),
     )  # fmt: skip
     summary = run_training(config)
     if summary.get("status") == "paused":
@@ -557,9 +559,9 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
     exits with code 75 (EX_TEMPFAIL); call it again with the same options to continue.
     Exit codes: 0 complete, 2 user error, 75 paused.
     """
-    from dagc.runtime.reproduce import Settings, status_table
-    from dagc.runtime.reproduce import reproduce as run_reproduction
     from dagc.runtime.stopping import PAUSED_EXIT_CODE, parse_duration
+    from dagc.runtime.studies.reproduce import Settings, status_table
+    from dagc.runtime.studies.reproduce import reproduce as run_reproduction
 
     overrides = dict(seeds=seeds, channels=channels, iterations=iterations,
                      eval_every=eval_every, device=device,
@@ -635,7 +637,7 @@ def lesion_command(
     Example:
       dagc lesion runs/h16 --neurons AVAL,AVAR --data-dir data
     """
-    from dagc.runtime.lesion import format_lesion, lesion, split_names
+    from dagc.runtime.studies.lesion import format_lesion, lesion, split_names
 
     result = lesion(
         run_dir, split_names(neurons), split_names(types), dataset, data_dir, device,
@@ -697,7 +699,7 @@ def analyze_command(
     wiring diagram's synapse counts (Spearman's rho, permutation p-value), and, for Dale
     runs, excitatory with inhibitory weights. Writes ANALYSIS.md, analysis.json and PNGs.
     """
-    from dagc.runtime.analysis import AnalysisConfig, analyze
+    from dagc.runtime.studies.analysis import AnalysisConfig, analyze
 
     out = out or Path(run_dir) / "analysis"
     config = AnalysisConfig(

@@ -1,1 +1,3 @@
-"""The runtime: load generated modules, the reference interpreter, training and evaluation."""
+"""The runtime: the training core (this folder), the kernels wing below it (`kernels/`) and
+the studies wing above it (`studies/`); imports run studies -> core -> kernels (README.md).
+"""

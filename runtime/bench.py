@@ -5,15 +5,14 @@ runaway compile, no allocator state carried from one mode to the next). A mode b
 model with seed 0, takes `warmup` training steps, then times `steps` more one by one
 (synchronising the GPU after each) and reports the median; inference is timed the same way
 on the same batch in eval mode. The reference interpreter in eager mode is the baseline
-every ratio divides by.
+every ratio divides by. This file is the parent (the modes, the runs, the table); the child
+that times one mode is bench_mode.py, and floor.py counts the floor of a step.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,9 +20,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dagc import __version__
 from dagc.compiler.errors import DagcError
 from dagc.compiler.output import write_atomic
+
+from .floor import machine_info, measure_machine, step_floor
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class Mode:
     compile: str | None = None  # torch.compile mode
     cuda_graph: bool = False  # capture the whole step as one CUDA graph
     amp: str = "off"  # "bf16": autocast
-    # "triton": dagc.runtime.kernels replaces the per-node sums (CUDA); "cpp":
-    # dagc.runtime.cpu_kernels replaces the sums and the node convolutions (CPU)
+    # "triton": dagc.runtime.kernels.triton replaces the per-node sums (CUDA); "cpp":
+    # dagc.runtime.kernels.cpu replaces the sums and the node convolutions (CPU)
     kernels: str = "torch"
     channels_last: bool = False
     about: str = ""
@@ -150,297 +150,6 @@ class BenchConfig:
     json_out: str | None = None
 
 
-# --- the child: one mode ------------------------------------------------------------------
-
-
-def _peak_rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_mode(spec: dict) -> dict:
-    """Time one mode (in this process); `spec` is what the parent sends."""
-    import torch
-    import torch.nn.functional as F
-
-    from .devices import keep_freed_cpu_memory
-    from .graphs import GraphedStep, capture_forward
-    from .interpreter import InterpretedNet
-    from .loading import build_model, load_generated
-    from .primitives import use_kernels
-
-    mode = Mode(**spec["mode"])
-    device = torch.device(spec["device"])
-    # As `dagc train` does (every mode alike).
-    malloc_tuned = keep_freed_cpu_memory(device)
-    module = load_generated(spec["model_path"])
-    start = time.perf_counter()
-    # As `dagc train` chooses them; the C++ kernels are built here unless cached.
-    use_kernels(mode.kernels, module, device, spec["model_path"])
-    kernel_setup_s = time.perf_counter() - start
-    overrides = {"channels": spec["channels"]} if spec["channels"] else {}
-    torch.manual_seed(0)
-    if mode.layout is None:
-        model = InterpretedNet(module, **overrides)
-    else:
-        model = build_model(module, **overrides)
-    memory_format = (
-        torch.channels_last if mode.channels_last else torch.contiguous_format
-    )
-    model = model.to(device)
-    if mode.channels_last:  # 4-D weights only: the per-node tables are 5-D
-        for parameter in model.parameters():
-            if parameter.dim() == 4:
-                parameter.data = parameter.data.contiguous(memory_format=memory_format)
-    batch = spec["batch_size"]
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, *module.INPUT_SHAPE, generator=generator)
-    x = x.to(device, memory_format=memory_format)
-    y = torch.randint(0, module.NUM_CLASSES, (batch,), generator=generator).to(device)
-    amp_dtype = torch.bfloat16 if mode.amp == "bf16" else None
-    lr = torch.tensor(0.004, device=device) if mode.cuda_graph else 0.004
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, capturable=mode.cuda_graph)
-    step_model = torch.compile(model, mode=mode.compile) if mode.compile else model
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    def eager_step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(
-            device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-        ):
-            loss = F.nll_loss(step_model(x).float(), y)
-        loss.backward()
-        optimizer.step()
-
-    if mode.cuda_graph:
-        graphed = GraphedStep(
-            step_model,
-            optimizer,
-            lambda out, t: F.nll_loss(out.float(), t),
-            x,
-            y,
-            amp_dtype,
-        )
-
-        def train_step():
-            graphed(x, y)
-
-    else:
-        train_step = eager_step
-
-    first_steps, times = [], []
-    for _ in range(spec["warmup"]):
-        start = time.perf_counter()
-        if mode.cuda_graph:
-            graphed.warmup(x, y)
-        else:
-            train_step()
-        _sync(device)
-        first_steps.append(time.perf_counter() - start)
-    capture_s = None
-    if mode.cuda_graph:
-        start = time.perf_counter()
-        graphed.capture()
-        _sync(device)
-        capture_s = time.perf_counter() - start
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        train_step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    result = {
-        "first_step_s": first_steps[0],
-        "warmup_steps_s": first_steps,
-        "step_s": times,
-        "step_median_s": statistics.median(times),
-        "train_images_per_s": batch / statistics.median(times),
-    }
-    if capture_s is not None:
-        result["capture_s"] = capture_s
-    if mode.kernels == "triton":
-        from .kernels import compile_seconds
-
-        result["kernel_compile_s"] = dict(compile_seconds)
-    if mode.kernels == "cpp":
-        result["kernel_build_s"] = kernel_setup_s
-    if device.type == "cpu":
-        result["malloc_keeps_freed_memory"] = malloc_tuned
-    if mode.compile:
-        result["compile_s"] = max(first_steps[0] - result["step_median_s"], 0.0)
-        result["inductor_cache"] = "cold: a fresh TORCHINDUCTOR_CACHE_DIR (run_child)"
-    if device.type == "cuda":
-        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
-    else:
-        result["peak_memory_bytes"] = _peak_rss_bytes()
-        result["peak_memory_kind"] = "process peak RSS"
-
-    # Inference: eval mode, no autograd, the same batch.
-    model.eval()
-    with torch.no_grad():
-        if mode.cuda_graph:
-            forward = capture_forward(model, x)
-        else:
-
-            def forward(batch_x):
-                with torch.autocast(
-                    device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-                ):
-                    return step_model(batch_x)
-
-        infer_times = []
-        for i in range(1 + spec["steps"]):
-            start = time.perf_counter()
-            forward(x)
-            _sync(device)
-            if i:
-                infer_times.append(time.perf_counter() - start)
-    result["infer_median_s"] = statistics.median(infer_times)
-    result["infer_images_per_s"] = batch / result["infer_median_s"]
-    return result
-
-
-def child_main(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    try:
-        result = {"ok": True, **run_mode(spec)}
-    except Exception as exc:  # reported in the table, the other modes still run
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
-    print("DAGC_BENCH_RESULT " + json.dumps(result), flush=True)
-
-
-# --- the floor: what one training step must at least move and compute --------------------
-
-
-def step_floor_counts(module, channels: int, batch: int) -> dict:
-    """Bytes and FLOPs of one training step at two floors (float32).
-
-    Unit: one activation pass, batch x channels x (input/2)^2 floats read or written once.
-
-    `activation_passes`, every op ideally fused but each op on its own (the floor before the
-    generated reverse pass): per node with k inputs, forward: read k inputs and write the
-    sum, ReLU fused into it (k + 1); depthwise conv (read 1, write 1); BatchNorm (statistics
-    read 1, normalise read 1 and write 1). Backward: BatchNorm (read grad and input, reduce
-    and write: 5); conv (input grad read 1 write 1, weight grad read 2); ReLU mask (read 2,
-    write 1); per input edge, the weight's gradient reads the input once and the input's
-    gradient is read and written once (3 per edge; the node's own gradient stays in cache).
-    So 18 + 4k per node.
-
-    `fused_passes`, a node's work fused into few kernels and each input read once forward,
-    once by its consumers' gradient gather and once for the edge-weight gradients: 3 per
-    edge; per node, forward: write the sum (1), conv fused with the BatchNorm statistics
-    (read 1, write 1), normalise (read 1, write 1); backward: the gather writes the output
-    gradient while reducing it against the conv output for BatchNorm (write 1, read 1), then
-    one pass for BatchNorm's input gradient, the conv's input and weight gradients and the
-    ReLU mask (read gradient, conv output and conv input, write 1: 4). So 11 + 3k per node.
-
-    Stem, sink and the optimizer are under 1 % and left out.
-    """
-    size = module.INPUT_SHAPE[1]
-    spatial = ((size + 1) // 2) ** 2  # the stem's stride-2 conv
-    elements = batch * channels * spatial
-    nodes, edges = len(module.NODES), len(module.EDGES)
-    passes = 18 * nodes + 4 * edges
-    fused = 11 * nodes + 3 * edges
-    flops = elements * (
-        nodes * (2 * 9 * 3 + 10) + edges * 6
-    )  # conv fwd+2 bwd, BN, edges
-    return {
-        "activation_bytes": 4 * elements,
-        "activation_passes": passes,
-        "bytes": 4 * elements * passes,
-        "fused_passes": fused,
-        "fused_bytes": 4 * elements * fused,
-        "flops": flops,
-    }
-
-
-def measure_machine(device_kind: str) -> dict:
-    """Streaming bandwidth (a copy far larger than the caches) and float32 matmul rate."""
-    import torch
-
-    device = torch.device("cuda" if device_kind == "cuda" else "cpu")
-    n = (1 << 30) // 4  # 1 GiB per side: far beyond any cache
-    source = torch.ones(n, device=device)
-    target = torch.empty_like(source)
-
-    def timed(fn, repeat):
-        fn()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(repeat):
-            fn()
-        _sync(device)
-        return (time.perf_counter() - start) / repeat
-
-    copy_s = timed(lambda: target.copy_(source), 10 if device_kind == "cuda" else 3)  # noqa: F821
-    m = 4096 if device_kind == "cuda" else 1024
-    a = torch.randn(m, m, device=device)
-    matmul_s = timed(lambda: a @ a, 10 if device_kind == "cuda" else 3)
-    del source, target
-    return {
-        "copy_bandwidth_bytes_per_s": 2 * 4 * n / copy_s,  # read + write
-        "fp32_matmul_flops_per_s": 2 * m**3 / matmul_s,
-    }
-
-
-def step_floor(module, channels: int, batch: int, machine: dict) -> dict:
-    """The counts and the best possible step time on a machine `measure_machine` measured."""
-    counts = step_floor_counts(module, channels, batch)
-    compute_s = counts["flops"] / machine["fp32_matmul_flops_per_s"]
-    bandwidth = machine["copy_bandwidth_bytes_per_s"]
-    return {
-        **counts,
-        "step_s": max(counts["bytes"] / bandwidth, compute_s),
-        "fused_step_s": max(counts["fused_bytes"] / bandwidth, compute_s),
-    }
-
-
-# --- the parent: all modes ----------------------------------------------------------------
-
-
-def machine_info(device_kind: str) -> dict:
-    import torch
-
-    info = {
-        "dagc": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device_kind == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def resolve_modes(requested: tuple[str, ...], device_kind: str) -> list[Mode]:
     names = list(requested) or list(DEFAULT_MODES[device_kind])
     if names == ["all"]:
@@ -470,7 +179,7 @@ def run_child(spec: dict, timeout: float, workdir: Path) -> dict:
     slug = spec["mode"]["name"].replace("+", "_")
     spec_path = workdir / f"{slug}.json"
     spec_path.write_text(json.dumps(spec))
-    command = [sys.executable, "-m", "dagc.runtime.bench", str(spec_path)]
+    command = [sys.executable, "-m", "dagc.runtime.bench_mode", str(spec_path)]
     env = dict(os.environ)
     if spec["mode"]["compile"]:
         # A cold cache: the warm-up a first run pays, not a rerun's cache hit (which
@@ -656,7 +365,3 @@ def format_table(report: dict) -> str:
                 f"{floor['fused_step_s'] * 1000:.1f} ms"
             )
     return "\n".join(lines + failures)
-
-
-if __name__ == "__main__":
-    child_main(sys.argv[1])

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 from dagc.compiler.errors import DagcError
+from dagc.runtime.kernels import use_kernels
 
 from .checkpoint import latest_checkpoint, load_weights, network_fingerprint
 from .data import check_model_fits, dataset_info, load_split, normalise
 from .devices import device_kind, keep_freed_cpu_memory
 from .loading import build_model, load_generated
-from .primitives import use_kernels
 
 
 @torch.no_grad()

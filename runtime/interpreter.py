@@ -73,7 +73,7 @@ class InterpretedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.edge_weights()
-        source = self.stem_bn(self.stem_conv(x))
+        source = self.stem(x)
         # Kahn's walk, every call: a node runs once all of its inputs have been computed.
         waiting = [len(edges) for edges in self.in_edges]
         successors: list[list[int]] = [[] for _ in self.nodes]
@@ -90,6 +90,15 @@ class InterpretedNet(nn.Module):
                 waiting[post] -= 1
                 if waiting[post] == 0:
                     ready.append(post)
+        return self.sink(values)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The source every input node reads (before the ReLU each node applies)."""
+        return self.stem_bn(self.stem_conv(x))
+
+    def sink(self, values) -> torch.Tensor:
+        """Log-probabilities from the nodes' outputs (`values[i]` for node i): the mean of
+        the output nodes, in OUTPUT_NODES order, then the sink's layers."""
         total = values[self.outputs[0]]
         for i in self.outputs[1:]:
             total = total + values[i]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from dagc import __version__
 from dagc.compiler.errors import DagcError
+from dagc.runtime.kernels import use_kernels
 
 from .checkpoint import network_fingerprint
 from .data import check_model_fits, dataset_info, load_split, normalise
@@ -39,8 +40,6 @@ from .devices import (
 )
 from .evaluate import evaluate
 from .loading import build_model, load_generated
-from .paper import paper_accuracy
-from .primitives import use_kernels
 from .run_dir import Progress, RunDir
 from .stopping import StopRequest
 
@@ -64,8 +63,9 @@ class TrainConfig:
     compile: bool = (
         False  # Inductor's warm-up is minutes for this graph (docs/performance.md)
     )
-    # "auto": the C++ kernels (runtime/cpu_kernels.py) on a CPU when they build, else torch's
-    # ops; "cpp" insists on them; "triton": runtime/kernels.py (CUDA); "torch": torch's ops
+    # "auto": the C++ kernels (runtime/kernels/cpu.py) on a CPU when they build, else
+    # torch's ops; "cpp" insists on them; "triton": runtime/kernels/triton.py (CUDA);
+    # "torch": torch's ops
     kernels: str = "auto"
     cuda_graphs: bool | None = None  # None: on for one CUDA process without --compile
     amp: str = "off"
@@ -73,6 +73,9 @@ class TrainConfig:
     resume: bool = False
     quiet: bool = False
     time_limit: float | None = None  # seconds of wall time for this session, then pause
+    # A published test accuracy (%) for this network and data set, drawn as a line on
+    # accuracy.png; the caller looks it up (dagc.runtime.studies.paper), the core never does.
+    reference_accuracy: float | None = None
     command: str = field(default_factory=lambda: shlex.join(["dagc", *sys.argv[1:]]))
 
 
@@ -371,8 +374,10 @@ def write_figures(
     points = [(r["iteration"], 100 * r["test_accuracy"]) for r in progress.metrics
               if "test_accuracy" in r]  # fmt: skip
     title = f"{summary['connectome'] or summary['model']} on {summary['dataset']}"
-    paper = paper_accuracy(summary["connectome"], summary["dag"], summary["dataset"])
-    figures.plot_accuracy(points, folder / "accuracy.png", title, paper_accuracy=paper)
+    reference = summary["config"]["reference_accuracy"]
+    figures.plot_accuracy(
+        points, folder / "accuracy.png", title, paper_accuracy=reference
+    )
     figures.plot_examples(test_x.cpu(), test_y.cpu(), predicted.cpu(), info.class_names,
                           folder / "examples.png")  # fmt: skip
     figures.plot_confusion(confusion.cpu(), info.class_names, folder / "confusion.png",

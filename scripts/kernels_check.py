@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from dagc.runtime import kernels
+from dagc.runtime.kernels import triton as kernels
 
 
 def torch_weighted_relu(w, *inputs):

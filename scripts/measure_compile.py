@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dagc.runtime import cpu_kernels
+from dagc.runtime import kernels
 from dagc.runtime.devices import keep_freed_cpu_memory
 from dagc.runtime.loading import build_model, load_generated
 
@@ -56,7 +56,7 @@ def main() -> None:
         "--kernels",
         choices=["torch", "cpp"],
         default="torch",
-        help="cpp: dagc's C++ kernels inside the op (dagc.runtime.cpu_kernels)",
+        help="cpp: dagc's C++ kernels inside the op (dagc.runtime.kernels.cpu)",
     )
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -68,7 +68,7 @@ def main() -> None:
     fullgraph = not args.nested_region  # the nested-region variant needs graph breaks
     module = load_generated(args.model)
     if args.kernels == "cpp":
-        cpu_kernels.install(module)
+        kernels.install(module, "cpp")
     torch.manual_seed(0)
     overrides = {"channels": args.channels} if args.channels else {}
     model = build_model(module, **overrides)

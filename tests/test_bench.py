@@ -10,14 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from dagc.runtime.bench import (
-    BenchConfig,
-    add_ratios,
-    bench,
-    format_table,
-    step_floor,
-    step_floor_counts,
-)
+from dagc.runtime.bench import BenchConfig, add_ratios, bench, format_table
+from dagc.runtime.floor import step_floor, step_floor_counts
 from dagc.runtime.loading import load_generated
 from dagc.runtime.variants import render_layout
 

@@ -1,4 +1,4 @@
-"""dagc's C++ kernels (dagc.runtime.cpu_kernels) against torch's ops and the interpreter.
+"""dagc's C++ kernels (dagc.runtime.kernels.cpu) against torch's ops and the interpreter.
 
 The kernels are built with the machine's C++ compiler on first use. Without one the module
 skips, except under CI, whose machine has one: there a missing compiler fails loudly.
@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dagc.runtime import cpu_kernels
+from dagc.runtime import kernels
+from dagc.runtime.kernels import cpu as cpu_kernels
 
 if not cpu_kernels.available():
     reason = f"C++ kernels unavailable: {cpu_kernels.unavailable_reason()}"
@@ -187,13 +188,13 @@ def fake_module() -> types.ModuleType:
 
         return torch_version
 
-    for name in cpu_kernels.PRIMITIVES + cpu_kernels.OPTIONAL_PRIMITIVES:
+    for name in cpu_kernels.REQUIRED + cpu_kernels.OPTIONAL:
         setattr(module, name, primitive(name))
     return module
 
 
 def test_calls_the_kernels_cannot_take_go_to_the_module_own_functions():
-    module = cpu_kernels.install(fake_module())
+    module = kernels.install(fake_module(), "cpp")
     x = torch.randn(2, 3, 4, 4)
     w, params = torch.rand(2), node_parameters(3, seed=12)
     # Taken by the kernels: no call reaches the torch versions.
@@ -220,29 +221,26 @@ def test_calls_the_kernels_cannot_take_go_to_the_module_own_functions():
     with torch.no_grad():
         module.conv_batch_norm(needs_grad, *params, True, 1e-5)
     assert len(module.calls) == 7
-    cpu_kernels.uninstall(module)
+    kernels.uninstall(module)
     assert module.gather(w, x, x) == "gather"  # the originals are back
 
 
 def test_installing_twice_wraps_the_originals():
-    module = cpu_kernels.install(fake_module())
+    module = kernels.install(fake_module(), "cpp")
     first = module.gather
-    cpu_kernels.install(module)
+    kernels.install(module, "cpp")
     assert module.gather is not first
     assert module.gather.__wrapped__ is first.__wrapped__
 
 
 def test_the_triton_and_cpp_libraries_share_one_set_of_originals():
-    from dagc.runtime import kernels
-
     module = fake_module()
-    names = cpu_kernels.PRIMITIVES + cpu_kernels.OPTIONAL_PRIMITIVES
+    names = cpu_kernels.REQUIRED + cpu_kernels.OPTIONAL
     originals = {name: getattr(module, name) for name in names}
-    kernels.install(module)  # Triton's: the edge primitives only
+    kernels.install(module, "triton")  # the edge primitives only
     assert module.conv_batch_norm is originals["conv_batch_norm"]
-    cpu_kernels.install(
-        module
-    )  # then the C++ ones wrap the torch functions, not Triton's
+    # then the C++ ones wrap the torch functions, not Triton's
+    kernels.install(module, "cpp")
     assert all(getattr(module, name).__wrapped__ is originals[name] for name in names)
     kernels.uninstall(module)
     assert all(getattr(module, name) is originals[name] for name in names)
@@ -259,18 +257,18 @@ def test_a_network_with_the_kernels_matches_the_interpreter(
 
     path = compile_to("hermaphrodite", channels=3, edge_weights=edge_weights)[1]
     module = load_generated(path)
-    cpu_kernels.install(module)
+    kernels.install(module, "cpp")
     try:
         compare_with_interpreter(module, train, torch.float32)
     finally:
-        cpu_kernels.uninstall(module)
+        kernels.uninstall(module)
 
 
 def test_a_network_takes_every_kernel_and_never_falls_back(compile_to):
     from dagc.runtime.loading import build_model, load_generated
 
     module = load_generated(compile_to("male", channels=2)[1])
-    names = cpu_kernels.PRIMITIVES + cpu_kernels.OPTIONAL_PRIMITIVES
+    names = cpu_kernels.REQUIRED + cpu_kernels.OPTIONAL
     calls = {"torch": [], "dispatch": []}
 
     def counting(kind, name, function):
@@ -283,14 +281,14 @@ def test_a_network_takes_every_kernel_and_never_falls_back(compile_to):
     originals = {name: getattr(module, name) for name in names}
     for name in names:  # the torch versions count, then the dispatchers wrap them
         setattr(module, name, counting("torch", name, originals[name]))
-    cpu_kernels.install(module)
+    kernels.install(module, "cpp")
     for name in names:
         setattr(module, name, counting("dispatch", name, getattr(module, name)))
     try:
         model = build_model(module)
         model(torch.randn(2, *module.INPUT_SHAPE)).sum().backward()
     finally:
-        cpu_kernels.uninstall(module)
+        kernels.uninstall(module)
         for name in names:
             setattr(module, name, originals[name])
     assert set(calls["dispatch"]) == set(names)
@@ -354,8 +352,8 @@ def test_training_on_a_cpu_takes_the_kernels(
 
 
 def test_choosing_torch_after_cpp_puts_the_torch_functions_back(compile_to):
+    from dagc.runtime.kernels import use_kernels
     from dagc.runtime.loading import load_generated
-    from dagc.runtime.primitives import use_kernels
 
     module = load_generated(compile_to("male", channels=2)[1])
     cpu = torch.device("cpu")

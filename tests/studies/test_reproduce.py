@@ -67,7 +67,7 @@ def test_draw_both_sexes(tmp_path):
 @pytest.fixture
 def tiny_campaign(monkeypatch, compile_to):
     """The campaign's machinery on two rows whose networks are 12-node random graphs."""
-    from dagc.runtime import reproduce
+    from dagc.runtime.studies import reproduce
 
     require_shared(DATA / "mnist" / "train-images-idx3-ubyte.gz")
     models = {seed: compile_to("hermaphrodite", "ws", seed, nodes=12, channels=4,

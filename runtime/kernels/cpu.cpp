@@ -1,4 +1,4 @@
-// dagc's CPU kernels for the per-neuron work of a generated network (runtime/cpu_kernels.py
+// dagc's CPU kernels for the per-neuron work of a generated network (runtime/kernels/cpu.py
 // builds this file with the system's C++ compiler and calls it through ctypes).
 //
 // All tensors are contiguous float32. The weighted sums and dots read each input once and

@@ -18,15 +18,12 @@ from types import ModuleType
 import torch
 
 from dagc.compiler.errors import DagcError
-
-from .checkpoint import load_weights
-
-# The one place that names where evaluation lives (it is moving from train.py to evaluate.py).
-from .data import DatasetInfo, check_model_fits, dataset_info, load_split
-from .devices import device_kind, keep_freed_cpu_memory
-from .evaluate import evaluate, locate
-from .loading import build_model, load_generated
-from .primitives import use_kernels
+from dagc.runtime.checkpoint import load_weights
+from dagc.runtime.data import DatasetInfo, check_model_fits, dataset_info, load_split
+from dagc.runtime.devices import device_kind, keep_freed_cpu_memory
+from dagc.runtime.evaluate import evaluate, locate
+from dagc.runtime.kernels import use_kernels
+from dagc.runtime.loading import build_model, load_generated
 
 # The locomotion command interneurons (Chalfie et al. 1985), both sides.
 COMMAND_INTERNEURONS = (

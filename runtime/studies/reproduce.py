@@ -23,10 +23,10 @@ from dagc.compiler.dag import DagOptions
 from dagc.compiler.graph import PrepareOptions
 from dagc.compiler.output import write_atomic
 from dagc.compiler.render import CompileOptions
+from dagc.runtime.stopping import StopRequest
+from dagc.runtime.train import TrainConfig, train
 
 from .paper import paper_accuracy
-from .stopping import StopRequest
-from .train import TrainConfig, train
 
 DATASETS = ("mnist", "fashion-mnist")
 
@@ -167,6 +167,9 @@ def run_one(
         iterations=settings.iterations, eval_every=settings.eval_every, seed=cell.seed,
         device=settings.device, out=str(cell.run_dir), resume=cell.run_dir.exists(),
         quiet=True, time_limit=time_limit, command=f"dagc reproduce ({cell.run_dir.name})",
+        reference_accuracy=paper_accuracy(
+            cell.row.network.connectome, cell.row.network.dag, cell.row.dataset
+        ),
     )  # fmt: skip
     return train(config)
 
@@ -262,7 +265,7 @@ def accuracy_points(run_dir: Path) -> list[tuple[int, float]]:
 def write_report(
     out: Path, settings: Settings, cells: list[Cell], session_s: float
 ) -> Path:
-    from . import figures
+    from dagc.runtime import figures
 
     table = []
     for row in ROWS:

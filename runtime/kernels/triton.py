@@ -1,8 +1,8 @@
-"""Triton kernels for the generated module's per-neuron hot spots (weighted sum, gather, dots).
+"""The Triton backend: GPU kernels for a generated module's edge primitives (sums, gathers, dots).
 
 A generated network defines three plain functions at module level and calls them once per
-neuron; this module provides faster implementations of the same contract and `install(module)`
-swaps them in. All tensors of one call share one shape (B, C, H, W), are contiguous, on one
+neuron; this module provides faster implementations of the same contract, and `kernels()`
+lists them for the dispatch in `dagc.runtime.kernels` (`install(module, "triton")`). All tensors of one call share one shape (B, C, H, W), are contiguous, on one
 device and of one dtype (float32 or bfloat16); `w` is a 1-D float32 tensor of length k (a view
 of a larger tensor is fine: its stride is passed, nothing is copied).
 
@@ -33,8 +33,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from . import primitives
-
 try:  # Triton is optional: the generated module and dagc run with torch alone.
     import triton
     import triton.language as tl
@@ -49,17 +47,15 @@ __all__ = [
     "gather",
     "dots",
     "relu_mask_dots",
-    "install",
-    "uninstall",
+    "kernels",
     "clear_table_cache",
     "compile_seconds",
-    "ptx_report",
     "CONFIG",
-    "PRIMITIVES",
-    "OPTIONAL_PRIMITIVES",
+    "REQUIRED",
+    "OPTIONAL",
 ]
 
-PRIMITIVES = ("weighted_relu", "gather", "dots")
+REQUIRED = ("weighted_relu", "gather", "dots")
 
 # Launch configuration. Chosen for the large case (batch 100 x 78 channels x 14 x 14 = 1.53 M
 # elements per activation; 748 programs of 2048) and correct for any size (tails are masked).
@@ -454,129 +450,10 @@ def reference_relu_mask_dots(
     return h, torch.stack([torch.dot(hf, x.flatten().float()) for x in inputs])
 
 
-# --- ahead-of-time compilation check (no GPU needed) -------------------------------------
+# --- the table the dispatch swaps in -----------------------------------------------------------
 
-
-def ptx_report(arch: int = 90, block: int | None = None) -> dict[str, dict]:
-    """Compile every aligned kernel variant for CUDA `arch` without a GPU and count its loads.
-
-    Returns {variant: {"seconds", "vector_loads", "scalar_loads"}}: the PTX's vector
-    `ld.global.v*` loads and its scalar loads narrower than 64 bits (the 64-bit loads are the
-    table entries; the wsum kernel's scalar loads are its weights, one per input). It checks that the alignment hint on table pointers
-    reaches the compiler: without it every table input is read with scalar loads. Uses
-    Triton's `triton.compile(ASTSource(...), target=GPUTarget(...))`; needs Triton's bundled
-    ptxas and must run without TRITON_INTERPRET (the kernels are then compiled functions).
-    """
-    import re
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    _require_triton()
-    if interpreting():
-        raise RuntimeError("ptx_report needs TRITON_INTERPRET unset")
-    target = GPUTarget("cuda", arch, 32)
-    aligned16 = [["tt.divisibility", 16]]
-    report = {}
-
-    def compile_one(name, fn, signature, constexprs, aligned_args, warps):
-        start = time.perf_counter()
-        source = ASTSource(
-            fn=fn,
-            signature=signature,
-            constexprs=constexprs,
-            attrs={(list(signature).index(a),): aligned16 for a in aligned_args},
-        )
-        ptx = triton.compile(source, target=target, options={"num_warps": warps}).asm[
-            "ptx"
-        ]
-        loads = re.findall(r"\bld\.global[\w.:]*", ptx)
-        report[name] = {
-            "seconds": round(time.perf_counter() - start, 3),
-            "vector_loads": sum(".v" in op for op in loads),
-            "scalar_loads": sum(
-                ".v" not in op and not op.endswith("64") for op in loads
-            ),
-        }
-
-    for dtype in ("fp32", "bf16"):
-        compile_one(
-            f"wsum[{dtype}]",
-            _wsum_kernel,
-            {
-                "table": "*i64",
-                "w": "*fp32",
-                "w_stride": "i32",
-                "out": f"*{dtype}",
-                "n": "i32",
-                "k": "i32",
-                "RELU": "constexpr",
-                "ALIGNED": "constexpr",
-                "ROUND_BY_HAND": "constexpr",
-                "BLOCK": "constexpr",
-            },
-            {
-                "RELU": True,
-                "ALIGNED": True,
-                "ROUND_BY_HAND": False,
-                "BLOCK": block or CONFIG["wsum_block"],
-            },
-            ["table", "out", "n"],
-            CONFIG["wsum_warps"],
-        )
-        compile_one(
-            f"relu_mask_dots[{dtype}]",
-            _dots_partial_kernel,
-            {
-                "table": "*i64",
-                "h": f"*{dtype}",
-                "p": f"*{dtype}",
-                "h_out": f"*{dtype}",
-                "partials": "*fp32",
-                "n": "i32",
-                "k": "i32",
-                "n_blocks": "i32",
-                "MASK": "constexpr",
-                "ALIGNED": "constexpr",
-                "BLOCK": "constexpr",
-            },
-            {"MASK": True, "ALIGNED": True, "BLOCK": block or CONFIG["dots_block"]},
-            ["table", "h", "p", "h_out", "partials", "n"],
-            CONFIG["dots_warps"],
-        )
-    compile_one(
-        "fill_table",
-        _fill_table_kernel,
-        {
-            "table": "*i64",
-            "start": "i32",
-            **{f"a{i}": "i64" for i in range(TABLE_SLOTS)},
-        },
-        {},
-        ["table"],
-        1,
-    )
-    compile_one(
-        "dots_reduce",
-        _dots_reduce_kernel,
-        {"partials": "*fp32", "out": "*fp32", "n_blocks": "i32", "BLOCK": "constexpr"},
-        {"BLOCK": CONFIG["reduce_block"]},
-        ["partials", "out"],
-        CONFIG["reduce_warps"],
-    )
-    return report
-
-
-# --- swapping the kernels into a generated module -------------------------------------------
-
-_FAST = {
-    "weighted_relu": weighted_relu,
-    "gather": gather,
-    "dots": dots,
-    "relu_mask_dots": relu_mask_dots,
-}
-# Swapped too when a generated module defines it (the contract only requires PRIMITIVES).
-OPTIONAL_PRIMITIVES = ("relu_mask_dots",)
+# Swapped too when a generated module defines it (the contract only requires REQUIRED).
+OPTIONAL = ("relu_mask_dots",)
 
 
 def _usable(first: torch.Tensor, rest: Sequence[torch.Tensor], force: bool) -> bool:
@@ -615,63 +492,31 @@ def _weights_usable(w: torch.Tensor, k: int, device: torch.device) -> bool:
     )
 
 
-def _dispatching(name: str, original: Callable, force: bool) -> Callable:
-    fast = _FAST[name]
-
-    if name == "dots":
-
-        def dispatch(h, *inputs):
-            if inputs and _usable(h, inputs, force):
-                return fast(h, *inputs)
-            return original(h, *inputs)
-
-    elif name == "relu_mask_dots":
-
-        def dispatch(gp, p, *inputs):
-            if inputs and _usable(gp, (p, *inputs), force):
-                return fast(gp, p, *inputs)
-            return original(gp, p, *inputs)
-
-    else:
-
-        def dispatch(w, *inputs):
-            if (
-                inputs
-                and _usable(inputs[0], inputs[1:], force)
-                and _weights_usable(w, len(inputs), inputs[0].device)
-            ):
-                return fast(w, *inputs)
-            return original(w, *inputs)
-
-    dispatch.__name__ = dispatch.__qualname__ = name
-    dispatch.__doc__ = (
-        f"Triton `{name}` where usable, else the module's own torch version."
-    )
-    dispatch.__wrapped__ = original
-    return dispatch
-
-
-def install(module, *, force: bool = False):
-    """Replace `module`'s weighted_relu/gather/dots (and relu_mask_dots, if it defines one)
-    with Triton-backed dispatchers.
+def kernels(*, force: bool = False) -> dict[str, tuple[Callable, Callable[..., bool]]]:
+    """Primitive name -> (Triton kernel, whether it takes a call's arguments), for the
+    dispatch in dagc.runtime.kernels (`install(module, "triton")`).
 
     CUDA tensors take the Triton kernels; CPU tensors only with `force=True` under
     TRITON_INTERPRET=1 (tests); everything else (no Triton, other dtypes, non-contiguous
     tensors, mixed devices, tensors that need autograd while grad mode is on: the kernels
-    record no graph) falls back to the module's original pure-torch functions, which
-    are kept on the module and restored by `uninstall`. Installing twice wraps the originals,
-    not the previous wrappers. Returns the module.
-    """
-    return primitives.swap(
-        module,
-        PRIMITIVES,
-        OPTIONAL_PRIMITIVES,
-        lambda name, original: (
-            _dispatching(name, original, force) if name in _FAST else None
-        ),
-    )
+    record no graph) goes to the module's own torch functions."""
 
+    def accepts_sum(w, *inputs):
+        return (
+            bool(inputs)
+            and _usable(inputs[0], inputs[1:], force)
+            and _weights_usable(w, len(inputs), inputs[0].device)
+        )
 
-def uninstall(module):
-    """Restore the module's own pure-torch functions. Returns the module."""
-    return primitives.restore(module)
+    def accepts_dots(h, *inputs):
+        return bool(inputs) and _usable(h, inputs, force)
+
+    def accepts_mask_dots(gp, p, *inputs):
+        return bool(inputs) and _usable(gp, (p, *inputs), force)
+
+    return {
+        "weighted_relu": (weighted_relu, accepts_sum),
+        "gather": (gather, accepts_sum),
+        "dots": (dots, accepts_dots),
+        "relu_mask_dots": (relu_mask_dots, accepts_mask_dots),
+    }

@@ -15,3 +15,18 @@ PAPER_ACCURACY: dict[tuple[str, str, str], float] = {
 
 def paper_accuracy(connectome: str, dag: str, dataset: str) -> float | None:
     return PAPER_ACCURACY.get((connectome, dag, dataset))
+
+
+def paper_accuracy_of(model_path: str, dataset: str) -> float | None:
+    """The published accuracy for the network in a generated file on `dataset`, if any.
+    (Imports the file; `dagc train` then finds it in sys.modules. A file that does not load
+    gives None here: training reports why in its own words.)"""
+    from dagc.compiler.errors import DagcError
+    from dagc.runtime.loading import load_generated
+
+    try:
+        module = load_generated(model_path)
+    except DagcError:
+        return None
+    connectome = getattr(module, "CONNECTOME", None)
+    return paper_accuracy(connectome, getattr(module, "DAG_KIND", None), dataset)

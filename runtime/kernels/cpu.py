@@ -1,14 +1,14 @@
-"""dagc's C++ kernels for a generated network's per-neuron work on the CPU.
+"""The C++ backend: dagc's kernels for a generated network's per-neuron work on the CPU.
 
 A generated network with the reverse pass (`--backward generated`) calls five plain functions
 at module level, once per neuron: `weighted_relu`, `gather`, `dots` (the edge work) and
-`conv_batch_norm`, `conv_batch_norm_backward` (the node's convolution and BatchNorm). Their torch versions
-make several passes over the activations per call: an in-place `addcmul_` per edge reads the
-accumulator and the input and writes the accumulator, and torch's depthwise convolution on
-14 x 14 planes runs far below the memory speed. `cpu_kernels.cpp` does the same work with
-each input read once and each output written once (docs/kernels.md has the passes and
-the measurements), and `install(module)` swaps these in, as `dagc.runtime.kernels` does with
-its Triton kernels on a GPU.
+`conv_batch_norm`, `conv_batch_norm_backward` (the node's convolution and BatchNorm). Their
+torch versions make several passes over the activations per call: an in-place `addcmul_` per
+edge reads the accumulator and the input and writes the accumulator, and torch's depthwise
+convolution on 14 x 14 planes runs far below the memory speed. `cpu.cpp` beside this file
+does the same work with each input read once and each output written once (docs/kernels.md
+has the passes and the measurements); `kernels()` lists them for the dispatch in
+`dagc.runtime.kernels`, which swaps them in (`install(module, "cpp")`).
 
 The kernels are built on first use with the system's C++ compiler (`$CXX`, else `c++`,
 `g++` or `clang++`; OpenMP for the two threads) into a cache folder (`$DAGC_KERNEL_CACHE`,
@@ -20,7 +20,7 @@ Calls the kernels cannot take fall back to the module's own torch function: othe
 than float32, non-contiguous tensors, mixed shapes, and tensors that need autograd while
 grad mode is on (the kernels record no graph). Results are bitwise the same for any thread
 count; they are not bitwise torch's (float32 sums in another order, float64 block totals
-for the reductions), within float32 rounding of them (tests/test_cpu_kernels.py).
+for the reductions), within float32 rounding of them (tests/kernels/test_cpu_kernels.py).
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from pathlib import Path
 
 import torch
 
-from . import primitives
-
 __all__ = [
     "available",
     "unavailable_reason",
@@ -48,17 +46,17 @@ __all__ = [
     "dots",
     "conv_batch_norm",
     "conv_batch_norm_backward",
-    "install",
-    "uninstall",
-    "PRIMITIVES",
+    "kernels",
+    "REQUIRED",
+    "OPTIONAL",
 ]
 
-SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+SOURCE = Path(__file__).with_name("cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 # The edge primitives every generated module with the reverse pass defines, then the
 # convolution primitives that modules generated since the C++ kernels define.
-PRIMITIVES = ("weighted_relu", "gather", "dots")
-OPTIONAL_PRIMITIVES = ("conv_batch_norm", "conv_batch_norm_backward")
+REQUIRED = ("weighted_relu", "gather", "dots")
+OPTIONAL = ("conv_batch_norm", "conv_batch_norm_backward")
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
@@ -67,7 +65,7 @@ _SIGNATURES = {
     "dagc_conv_batch_norm": [_P] * 8 + [_I64] * 4 + [_INT, ctypes.c_double, _INT, _P],
     "dagc_conv_batch_norm_backward": [_P] * 11 + [_I64] * 4 + [_INT, _INT, _INT, _P],
 }
-_BLOCK = 4096  # kBlock in cpu_kernels.cpp: the dots' scratch has one value per block
+_BLOCK = 4096  # kBlock in cpu.cpp: the dots' scratch has one value per block
 
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
@@ -121,7 +119,7 @@ def _build_key(compiler: str) -> str:
 
 
 def build() -> Path:
-    """Compile cpu_kernels.cpp into the cache unless it is there already; return the
+    """Compile cpu.cpp into the cache unless it is there already; return the
     shared library's path. Raises KernelBuildError with the reason."""
     compiler = find_compiler()
     if compiler is None:
@@ -358,77 +356,45 @@ def _channel_vectors(x: torch.Tensor, *vectors: torch.Tensor) -> bool:
     )
 
 
-def _dispatching(name: str, original: Callable) -> Callable:
-    fast = globals()[name]
-    if name in ("weighted_relu", "gather"):
-
-        def dispatch(w, *inputs):
-            if (
-                inputs
-                and _activations(inputs[0], inputs[1:])
-                and _edge_weights(w, len(inputs))
-            ):
-                return fast(w, *inputs)
-            return original(w, *inputs)
-
-    elif name == "dots":
-
-        def dispatch(h, *inputs):
-            if inputs and _activations(h, inputs):
-                return fast(h, *inputs)
-            return original(h, *inputs)
-
-    elif name == "conv_batch_norm":
-
-        def dispatch(x, weight, bn_weight, bn_bias, bn_mean, bn_var, training, eps):
-            args = (x, weight, bn_weight, bn_bias, bn_mean, bn_var, training, eps)
-            if (
-                _activations(x, ())
-                and _conv_weight(weight, x)
-                and _channel_vectors(x, bn_weight, bn_bias, bn_mean, bn_var)
-            ):
-                return fast(*args)
-            return original(*args)
-
-    else:
-
-        def dispatch(grad, x, y, weight, bn_weight, bn_mean, bn_var, mean, invstd,
-                     training, eps, relu_input):  # fmt: skip
-            args = (grad, x, y, weight, bn_weight, bn_mean, bn_var, mean, invstd,
-                    training, eps, relu_input)  # fmt: skip
-            stats = (mean, invstd) if training else (bn_mean, bn_var)
-            if (
-                _activations(grad, (x, y))
-                and _conv_weight(weight, x)
-                and _channel_vectors(x, bn_weight, *stats)
-            ):
-                return fast(*args)
-            return original(*args)
-
-    dispatch.__name__ = dispatch.__qualname__ = name
-    dispatch.__doc__ = (
-        f"dagc's C++ `{name}` where usable, else the module's own torch one."
+def _accepts_sum(w, *inputs) -> bool:
+    return (
+        bool(inputs)
+        and _activations(inputs[0], inputs[1:])
+        and _edge_weights(w, len(inputs))
     )
-    dispatch.__wrapped__ = original
-    return dispatch
 
 
-def install(module):
-    """Replace `module`'s per-neuron primitives with dispatchers to the C++ kernels (building
-    them if needed; KernelBuildError says why not). The module's own torch functions are
-    kept on it, serve every call the kernels cannot take, and come back with `uninstall`.
-    Installing twice (or after dagc.runtime.kernels.install) wraps the originals, not the
-    previous wrappers. Returns the module."""
+def _accepts_dots(h, *inputs) -> bool:
+    return bool(inputs) and _activations(h, inputs)
+
+
+def _accepts_conv(x, weight, bn_weight, bn_bias, bn_mean, bn_var, training, eps):
+    return (
+        _activations(x, ())
+        and _conv_weight(weight, x)
+        and _channel_vectors(x, bn_weight, bn_bias, bn_mean, bn_var)
+    )
+
+
+def _accepts_conv_backward(grad, x, y, weight, bn_weight, bn_mean, bn_var, mean, invstd,
+                           training, eps, relu_input):  # fmt: skip
+    stats = (mean, invstd) if training else (bn_mean, bn_var)
+    return (
+        _activations(grad, (x, y))
+        and _conv_weight(weight, x)
+        and _channel_vectors(x, bn_weight, *stats)
+    )
+
+
+def kernels() -> dict[str, tuple[Callable, Callable[..., bool]]]:
+    """Primitive name -> (C++ kernel, whether it takes a call's arguments), for the
+    dispatch in dagc.runtime.kernels. Builds the library first if needed
+    (KernelBuildError says why it cannot)."""
     _load()
-    names = PRIMITIVES + OPTIONAL_PRIMITIVES  # not the Triton-only relu_mask_dots
-    return primitives.swap(
-        module,
-        PRIMITIVES,
-        OPTIONAL_PRIMITIVES,
-        lambda name, original: _dispatching(name, original) if name in names else None,
-    )
-
-
-def uninstall(module):
-    """Restore the module's own torch functions. Returns the module."""
-    return primitives.restore(module)
+    return {
+        "weighted_relu": (weighted_relu, _accepts_sum),
+        "gather": (gather, _accepts_sum),
+        "dots": (dots, _accepts_dots),
+        "conv_batch_norm": (conv_batch_norm, _accepts_conv),
+        "conv_batch_norm_backward": (conv_batch_norm_backward, _accepts_conv_backward),
+    }

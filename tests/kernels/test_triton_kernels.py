@@ -1,4 +1,4 @@
-"""The Triton kernels of dagc.runtime.kernels against the pure-torch primitives.
+"""The Triton kernels of dagc.runtime.kernels.triton against the pure-torch primitives.
 
 Runs under Triton's CPU interpreter (`TRITON_INTERPRET=1 python -m pytest -q -k triton`) on
 tiny shapes, or on CUDA when a GPU is present; otherwise the module skips (the interpreter has
@@ -24,7 +24,8 @@ if not INTERPRET and not torch.cuda.is_available():
     )
 pytest.importorskip("triton")
 
-from dagc.runtime import kernels  # noqa: E402
+from dagc.runtime import kernels as dispatch  # noqa: E402
+from dagc.runtime.kernels import triton as kernels  # noqa: E402
 
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
 SHAPE = (2, 3, 6, 6)  # batch 2, 3 channels: 216 elements (not a multiple of any block)
@@ -270,8 +271,8 @@ def test_triton_install_dispatch_and_fallback():
     calls = []
     module = fake_generated_module(calls)
     originals = (module.weighted_relu, module.gather, module.dots)
-    kernels.install(module, force=True)
-    kernels.install(module, force=True)  # twice: still wraps the originals
+    dispatch.install(module, "triton", force=True)
+    dispatch.install(module, "triton", force=True)  # twice: still wraps the originals
     assert module.weighted_relu.__wrapped__ is originals[0]
     xs, w = make_inputs(3), make_w(3, strided=True)
     torch.testing.assert_close(
@@ -298,10 +299,12 @@ def test_triton_install_dispatch_and_fallback():
     with torch.no_grad():
         module.gather(wg, *xs)
     assert calls == ["gather"]
-    kernels.uninstall(module)
+    dispatch.uninstall(module)
     assert (module.weighted_relu, module.gather, module.dots) == originals
     with pytest.raises(AttributeError, match="defines no gather, dots"):
-        kernels.install(types.SimpleNamespace(__name__="old_net", weighted_relu=len))
+        dispatch.install(
+            types.SimpleNamespace(__name__="old_net", weighted_relu=len), "triton"
+        )
 
 
 def test_triton_pointer_table_cache():
@@ -323,7 +326,7 @@ def test_triton_pointer_table_cache():
 )
 def test_triton_install_cpu_needs_force():
     calls = []
-    module = kernels.install(fake_generated_module(calls))
+    module = dispatch.install(fake_generated_module(calls), "triton")
     xs, w = make_inputs(2), make_w(2)
     module.weighted_relu(w, *xs)
     assert calls == ["weighted_relu"]
@@ -342,7 +345,7 @@ def test_triton_sm90_loads_are_vectorized():
     are read with 16-byte vector loads (the alignment hint reaches the compiler); the only
     scalar loads are the wsum kernel's weights (one per unrolled input, 4 + 1 tail)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "import json; from dagc.runtime.kernels import ptx_report; print(json.dumps(ptx_report(90)))"
+    code = "import json; from dagc.runtime.kernels.triton_ptx import ptx_report; print(json.dumps(ptx_report(90)))"
     run = subprocess.run(
         [sys.executable, "-c", code],
         env=env,
@@ -418,12 +421,12 @@ def test_triton_installed_in_a_generated_module_matches_torch(compile_to):
         with torch.no_grad():
             model.edge_weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
         if installed:
-            kernels.install(module, force=True)
+            dispatch.install(module, "triton", force=True)
         try:
             out = model(x)
             (out * torch.linspace(-1, 1, 10)).sum().backward()
         finally:
-            kernels.uninstall(module)
+            dispatch.uninstall(module)
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         results.append((out.detach(), grads, model.node_bn_mean.clone()))
     (out0, grads0, mean0), (out1, grads1, mean1) = results

@@ -30,7 +30,7 @@ def tiny_run(compile_to, tmp_path_factory, dagc_process):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_run):
-    from dagc.runtime.lesion import load_run
+    from dagc.runtime.studies.lesion import load_run
 
     return load_run(tiny_run, None, "cpu")
 
@@ -46,8 +46,8 @@ def test_set():
 def test_silencing_nothing_reproduces_dagc_eval(
     tiny_run, loaded, test_set, dagc_process
 ):
-    from dagc.runtime.analysis import lesion_scan
-    from dagc.runtime.lesion import accuracy_on, silenced
+    from dagc.runtime.studies.lesion import accuracy_on, silenced
+    from dagc.runtime.studies.scan import lesion_scan
 
     result = dagc_process(
         "eval", tiny_run, "--data-dir", DATA, "--json", "--device", "cpu"
@@ -70,7 +70,7 @@ def test_silencing_nothing_reproduces_dagc_eval(
 
 
 def test_silencing_every_output_neuron_gives_a_constant_guess(loaded, test_set):
-    from dagc.runtime.lesion import accuracy_on, silenced
+    from dagc.runtime.studies.lesion import accuracy_on, silenced
 
     images, labels = test_set
     module = loaded.module
@@ -84,7 +84,7 @@ def test_silencing_every_output_neuron_gives_a_constant_guess(loaded, test_set):
 
 
 def test_silencing_restores_the_network(loaded, test_set):
-    from dagc.runtime.lesion import silenced
+    from dagc.runtime.studies.lesion import silenced
 
     before = {k: v.clone() for k, v in loaded.net.state_dict().items()}
     with silenced(loaded.net, [0, 3, 5]):
@@ -141,9 +141,9 @@ def test_lesion_of_a_folder_without_a_run(tmp_path, dagc_process):
 
 def test_the_fast_scan_is_the_full_forward_pass(compile_to):
     """Recomputing only a neuron's descendants gives the full pass's output (hermaphrodite)."""
-    from dagc.runtime.analysis import IncrementalForward
-    from dagc.runtime.lesion import silenced
     from dagc.runtime.loading import build_model, load_generated
+    from dagc.runtime.studies.lesion import silenced
+    from dagc.runtime.studies.scan import IncrementalForward
 
     module = load_generated(compile_to("hermaphrodite", channels=2)[1])
     torch.manual_seed(0)
@@ -176,7 +176,8 @@ def test_the_fast_scan_is_the_full_forward_pass(compile_to):
 
 
 def test_the_ranking_is_deterministic(loaded, test_set):
-    from dagc.runtime.analysis import lesion_scan, test_subset
+    from dagc.runtime.studies.lesion import test_subset
+    from dagc.runtime.studies.scan import lesion_scan
 
     images, labels = test_set
     chosen = test_subset(labels, 300, seed=5)
@@ -194,7 +195,7 @@ def test_the_ranking_is_deterministic(loaded, test_set):
 
 
 def test_spearman_with_a_permutation_p_value():
-    from dagc.runtime.analysis import spearman_permutation
+    from dagc.runtime.studies.statistics import spearman_permutation
 
     rng = np.random.default_rng(0)
     x = rng.integers(1, 30, 400).astype(float)
@@ -210,10 +211,10 @@ def test_spearman_with_a_permutation_p_value():
 
 
 def test_dale_weights_split_by_sign(compile_to):
-    from dagc.runtime.analysis import synapse_analysis
     from dagc.runtime.data import dataset_info
-    from dagc.runtime.lesion import LoadedRun
     from dagc.runtime.loading import build_model, load_generated
+    from dagc.runtime.studies.lesion import LoadedRun
+    from dagc.runtime.studies.statistics import synapse_analysis
 
     module = load_generated(
         compile_to("hermaphrodite", channels=2, edge_weights="dale")[1]
