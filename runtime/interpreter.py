@@ -114,10 +114,12 @@ class InterpretedNet(nn.Module):
             edge_ids = torch.tensor([e for e, _ in self.in_edges[i]], device=w.device)
             stacked = torch.stack([values[pre] for _, pre in self.in_edges[i]])
             return (w[edge_ids].view(-1, 1, 1, 1, 1) * stacked).sum(0)
+        # In place on a fresh tensor: the same numbers, one pass per edge less (the lesion
+        # scan sums through here), and autograd-safe (neither op's backward reads `total`).
         (first, pre), *rest = self.in_edges[i]
-        total = w[first] * values[pre]
+        total = torch.mul(values[pre], w[first])
         for e, pre in rest:
-            total = torch.addcmul(total, values[pre], w[e])
+            total.addcmul_(values[pre], w[e])
         return total
 
     def node(self, i: int, x: torch.Tensor) -> torch.Tensor:
