@@ -66,8 +66,9 @@ inline float rounded(float v, BF16*) {
 
 struct Tables {
   int64_t N, E;
-  const int32_t* summed_slot;  // N: slot of a summed node's x and g, -1 for source-fed
-  const int32_t* read_slot;    // N: slot of a read node's activation, -1 if none reads it
+  const int32_t* summed_slot;  // N: index of a summed node's saved x, -1 for source-fed
+  const int32_t* read_slot;    // N: arena slot of a read node's activation, else -1
+  const int32_t* grad_slot;    // N: arena slot of a summed node's gradient, else -1
   const int32_t* is_output;    // N: 1 for the nodes whose mean is the sink's input
   const int32_t* in_ptr;       // N + 1: node k's in-edges are in_edge[in_ptr[k]:in_ptr[k+1]]
   const int32_t* in_edge;      // E: edge ids, in the generated file's summation order
@@ -78,8 +79,9 @@ struct Tables {
   Tables(const int32_t* t, int64_t n, int64_t e) : N(n), E(e) {
     summed_slot = t;
     read_slot = t + N;
-    is_output = t + 2 * N;
-    in_ptr = t + 3 * N;
+    grad_slot = t + 2 * N;
+    is_output = t + 3 * N;
+    in_ptr = t + 4 * N;
     in_edge = in_ptr + N + 1;
     out_ptr = in_edge + E;
     out_edge = out_ptr + N + 1;
@@ -87,6 +89,20 @@ struct Tables {
     edge_post = edge_pre + E;
   }
 };
+
+// --- per-thread scratch ---------------------------------------------------------------------
+//
+// Kept from call to call (OpenMP keeps its threads), so that a step's arenas are not fresh
+// pages every time; grown when a call needs more.
+void* scratch(int which, int64_t bytes) {
+  thread_local std::unique_ptr<char[]> buffers[4];
+  thread_local int64_t sizes[4] = {0, 0, 0, 0};
+  if (sizes[which] < bytes) {
+    buffers[which].reset(new char[bytes]);
+    sizes[which] = bytes;
+  }
+  return buffers[which].get();
+}
 
 // --- a channel's batch of planes in a zero-padded grid --------------------------------------
 //
@@ -96,10 +112,14 @@ struct Tables {
 // never written.
 struct Grid {
   int64_t B, H, W, R, G;
-  std::unique_ptr<float[]> values;
-  Grid(int64_t b, int64_t h, int64_t w)
-      : B(b), H(h), W(w), R(w + 2), G((h + 2) * (w + 2)), values(new float[b * G + 2]()) {}
-  float* first() { return values.get() + 1 + R; }  // image 0, padded row 1, column 0
+  float* values;
+  Grid(int64_t b, int64_t h, int64_t w, float* memory)
+      : B(b), H(h), W(w), R(w + 2), G((h + 2) * (w + 2)), values(memory) {
+    std::memset(values, 0, size() * sizeof(float));
+  }
+  static int64_t size(int64_t b, int64_t h, int64_t w) { return b * (h + 2) * (w + 2) + 2; }
+  int64_t size() const { return B * G + 2; }
+  float* first() { return values + 1 + R; }  // image 0, padded row 1, column 0
   int64_t points() const { return (B - 1) * G + H * R; }
   // plane (B x H x W) -> the grid's interior
   void load(const float* plane) {
@@ -156,30 +176,31 @@ void forward(const Tables& T, const float* source, const float* w, const float* 
              const float* bn_weight, const float* bn_bias, const float* bn_mean,
              const float* bn_invstd, int64_t B, int64_t C, int64_t H, int64_t W, int training,
              double eps, int save, float* out, float* mean_out, float* invstd_out,
-             float* shift_out, S* saved_x,
-             int64_t n_read, int64_t n_out, int threads) {
-  const int64_t HW = H * W, P = B * HW, N = T.N;
+             float* shift_out, S* const* saved_x,
+             int64_t n_slots, int64_t n_out, int threads) {
+  const int64_t HW = H * W, P = B * HW, N = T.N, GS = Grid::size(B, H, W);
 #pragma omp parallel num_threads(threads)
   {
-    std::unique_ptr<S[]> arena(new S[n_read * P]);
-    std::unique_ptr<float[]> src(new float[P]), x(new float[P]), y(new float[P]),
-        acc(new float[P]);
-    Grid grid(B, H, W);
-    std::unique_ptr<float[]> conv_out(new float[grid.points()]);
+    S* const arena = (S*)scratch(0, n_slots * P * sizeof(S));
+    float* const planes = (float*)scratch(2, (4 * P + 2 * GS) * sizeof(float));
+    float *const src = planes, *const x = planes + P, *const y = planes + 2 * P,
+                 *const acc = planes + 3 * P;
+    Grid grid(B, H, W, planes + 4 * P);
+    float* const conv_out = planes + 4 * P + GS;
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) {
-      gather_channel(src.get(), source, B, C, c, HW);
+      gather_channel(src, source, B, C, c, HW);
       bool first_output = true;
       for (int64_t k = 0; k < N; ++k) {
-        const float* input = src.get();
+        const float* input = src;
         const int32_t slot = T.summed_slot[k];
         if (slot >= 0) {  // relu(sum_e w[e] * a_pre(e)), in the generated file's order
-          float* __restrict xs = x.get();
+          float* __restrict xs = x;
           const int32_t lo = T.in_ptr[k], hi = T.in_ptr[k + 1];
           for (int32_t i = lo; i < hi; ++i) {
             const int32_t e = T.in_edge[i];
             const float we = w[e];
-            const S* __restrict a = arena.get() + int64_t(T.read_slot[T.edge_pre[e]]) * P;
+            const S* __restrict a = arena + int64_t(T.read_slot[T.edge_pre[e]]) * P;
             if (i == lo) {
 #pragma omp simd
               for (int64_t p = 0; p < P; ++p) xs[p] = load(a[p]) * we;
@@ -193,13 +214,13 @@ void forward(const Tables& T, const float* source, const float* w, const float* 
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p)
             xs[p] = rounded(xs[p] < 0.0f ? 0.0f : xs[p], (S*)nullptr);
-          if (save) store_plane(saved_x + (int64_t(slot) * C + c) * P, xs, P);
+          if (save) store_plane(saved_x[slot] + c * P, xs, P);
           input = xs;
         }
         grid.load(input);
-        convolve(conv_out.get(), grid.first(), conv + (k * C + c) * 9, grid.R, grid.points());
-        float* __restrict ys = y.get();
-        extract(ys, conv_out.get(), grid);
+        convolve(conv_out, grid.first(), conv + (k * C + c) * 9, grid.R, grid.points());
+        float* __restrict ys = y;
+        extract(ys, conv_out, grid);
         float mean, invstd;
         if (training) {  // batch statistics, two passes in double on the cached plane
           double sum = 0.0;
@@ -225,12 +246,12 @@ void forward(const Tables& T, const float* source, const float* w, const float* 
         if (save) shift_out[k * C + c] = shift;
         const int32_t read = T.read_slot[k];
         if (read >= 0) {
-          S* __restrict a = arena.get() + int64_t(read) * P;
+          S* __restrict a = arena + int64_t(read) * P;
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p) store(a + p, ys[p] * scale + shift);
         }
         if (T.is_output[k]) {  // the sink's input: output nodes added in node order
-          float* __restrict o = acc.get();
+          float* __restrict o = acc;
           if (first_output) {
 #pragma omp simd
             for (int64_t p = 0; p < P; ++p) o[p] = ys[p] * scale + shift;
@@ -241,7 +262,7 @@ void forward(const Tables& T, const float* source, const float* w, const float* 
           first_output = false;
         }
       }
-      float* __restrict o = acc.get();
+      float* __restrict o = acc;
       if (first_output) std::memset(o, 0, P * sizeof(float));
       const float count = float(n_out);
 #pragma omp simd
@@ -255,55 +276,57 @@ template <typename S>
 void backward(const Tables& T, const float* grad, const float* source, const float* w,
               const float* conv, const float* bn_weight, const float* mean_in,
               const float* invstd_in, const float* shift_in, int64_t B, int64_t C, int64_t H, int64_t W,
-              int training, const S* saved_x, int64_t n_summed, int64_t n_out,
+              int training, const S* const* saved_x, int64_t n_slots, int64_t n_out,
               float* grad_source, double* dw_part, float* grad_w, float* grad_conv,
               float* grad_bn_weight, float* grad_bn_bias, int threads) {
-  const int64_t HW = H * W, P = B * HW, N = T.N, E = T.E;
+  const int64_t HW = H * W, P = B * HW, N = T.N, E = T.E, GS = Grid::size(B, H, W);
 #pragma omp parallel num_threads(threads)
   {
-    std::unique_ptr<S[]> arena(new S[n_summed * P]);
-    std::unique_ptr<float[]> src(new float[P]), sink(new float[P]), x(new float[P]),
-        y(new float[P]), a(new float[P]), ga(new float[P]), gx(new float[P]),
-        gsrc(new float[P]);
-    Grid xgrid(B, H, W), gygrid(B, H, W);
-    std::unique_ptr<float[]> conv_out(new float[xgrid.points()]);
+    S* const arena = (S*)scratch(1, n_slots * P * sizeof(S));
+    float* const planes = (float*)scratch(3, (8 * P + 3 * GS) * sizeof(float));
+    float *const src = planes, *const sink = planes + P, *const x = planes + 2 * P,
+                 *const y = planes + 3 * P, *const a = planes + 4 * P,
+                 *const ga = planes + 5 * P, *const gx = planes + 6 * P,
+                 *const gsrc = planes + 7 * P;
+    Grid xgrid(B, H, W, planes + 8 * P), gygrid(B, H, W, planes + 8 * P + GS);
+    float* const conv_out = planes + 8 * P + 2 * GS;
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) {
-      gather_channel(src.get(), source, B, C, c, HW);
-      gather_channel(sink.get(), grad, B, C, c, HW);
+      gather_channel(src, source, B, C, c, HW);
+      gather_channel(sink, grad, B, C, c, HW);
       {
-        float* __restrict s = sink.get();
+        float* __restrict s = sink;
         const float count = float(n_out);
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p) s[p] /= count;
       }
-      std::memset(gsrc.get(), 0, P * sizeof(float));
+      std::memset(gsrc, 0, P * sizeof(float));
       for (int64_t j = N - 1; j >= 0; --j) {
         const int32_t slot = T.summed_slot[j];
-        const float* input = src.get();
+        const float* input = src;
         if (slot >= 0) {
-          load_plane(x.get(), saved_x + (int64_t(slot) * C + c) * P, P);
-          input = x.get();
+          load_plane(x, saved_x[slot] + c * P, P);
+          input = x;
         }
         xgrid.load(input);
         const float* K = conv + (j * C + c) * 9;
-        convolve(conv_out.get(), xgrid.first(), K, xgrid.R, xgrid.points());
-        float* __restrict ys = y.get();
-        extract(ys, conv_out.get(), xgrid);
+        convolve(conv_out, xgrid.first(), K, xgrid.R, xgrid.points());
+        float* __restrict ys = y;
+        extract(ys, conv_out, xgrid);
         const float mean = mean_in[j * C + c], invstd = invstd_in[j * C + c];
         const float gamma = bn_weight[j * C + c];
         const float scale = gamma * invstd;
         // j's output gradient: the sink's share, then its consumers' gradients, each read
         // once for both the gather and the edge weight's dot with the recomputed activation.
-        float* __restrict g = ga.get();
+        float* __restrict g = ga;
         bool empty = true;
         if (T.is_output[j]) {
-          std::memcpy(g, sink.get(), P * sizeof(float));
+          std::memcpy(g, sink, P * sizeof(float));
           empty = false;
         }
         const int32_t lo = T.out_ptr[j], hi = T.out_ptr[j + 1];
         if (hi > lo) {  // j's activation as the forward pass stored it
-          float* __restrict as = a.get();
+          float* __restrict as = a;
           const float shift = shift_in[j * C + c];
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p) as[p] = rounded(ys[p] * scale + shift, (S*)nullptr);
@@ -311,8 +334,8 @@ void backward(const Tables& T, const float* grad, const float* source, const flo
         for (int32_t i = lo; i < hi; ++i) {
           const int32_t e = T.out_edge[i];
           const float we = w[e];
-          const S* __restrict gs = arena.get() + int64_t(T.summed_slot[T.edge_post[e]]) * P;
-          const float* __restrict as = a.get();
+          const S* __restrict gs = arena + int64_t(T.grad_slot[T.edge_post[e]]) * P;
+          const float* __restrict as = a;
           double dot = 0.0;
           if (empty) {
 #pragma omp simd reduction(+ : dot)
@@ -345,7 +368,7 @@ void backward(const Tables& T, const float* grad, const float* source, const flo
         grad_bn_weight[j * C + c] = float(sum_gx);
         // BatchNorm's input gradient, straight into the padded grid.
         {
-          float* __restrict gy = gx.get();  // plane scratch
+          float* __restrict gy = gx;  // plane scratch
           if (training) {
             const float mg = float(sum_g / double(P)), mgx = float(sum_gx / double(P));
 #pragma omp simd
@@ -376,21 +399,21 @@ void backward(const Tables& T, const float* grad, const float* source, const flo
         }
         // The input gradient: gy convolved with the flipped taps.
         const float flipped[9] = {K[8], K[7], K[6], K[5], K[4], K[3], K[2], K[1], K[0]};
-        convolve(conv_out.get(), gygrid.first(), flipped, gygrid.R, gygrid.points());
-        float* __restrict gxs = gx.get();
-        extract(gxs, conv_out.get(), gygrid);
+        convolve(conv_out, gygrid.first(), flipped, gygrid.R, gygrid.points());
+        float* __restrict gxs = gx;
+        extract(gxs, conv_out, gygrid);
         if (slot >= 0) {  // through j's own ReLU: zero where x was not positive
-          const float* __restrict xs = x.get();
-          S* __restrict out = arena.get() + int64_t(slot) * P;
+          const float* __restrict xs = x;
+          S* __restrict out = arena + int64_t(T.grad_slot[j]) * P;
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p) store(out + p, xs[p] > 0.0f ? gxs[p] : 0.0f);
         } else {
-          float* __restrict gs = gsrc.get();
+          float* __restrict gs = gsrc;
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p) gs[p] += gxs[p];
         }
       }
-      scatter_channel(grad_source, gsrc.get(), B, C, c, HW);
+      scatter_channel(grad_source, gsrc, B, C, c, HW);
     }
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < E; ++e) {
@@ -405,41 +428,41 @@ void backward(const Tables& T, const float* grad, const float* source, const flo
 
 extern "C" {
 
-void dagc_engine_forward(const int32_t* tables, int64_t N, int64_t E, int64_t n_read,
+void dagc_engine_forward(const int32_t* tables, int64_t N, int64_t E, int64_t n_slots,
                          int64_t n_out, const float* source, const float* w, const float* conv,
                          const float* bn_weight, const float* bn_bias, const float* bn_mean,
                          const float* bn_invstd, int64_t B, int64_t C, int64_t H, int64_t W,
                          int training, double eps, int save, int bf16, float* out,
-                         float* mean_out, float* invstd_out, float* shift_out, void* saved_x,
+                         float* mean_out, float* invstd_out, float* shift_out, void* const* saved_x,
                          int threads) {
   const Tables T(tables, N, E);
   if (bf16)
     forward<BF16>(T, source, w, conv, bn_weight, bn_bias, bn_mean, bn_invstd, B, C, H, W,
-                  training, eps, save, out, mean_out, invstd_out, shift_out, (BF16*)saved_x, n_read,
+                  training, eps, save, out, mean_out, invstd_out, shift_out, (BF16* const*)saved_x, n_slots,
                   n_out, threads);
   else
     forward<float>(T, source, w, conv, bn_weight, bn_bias, bn_mean, bn_invstd, B, C, H, W,
-                   training, eps, save, out, mean_out, invstd_out, shift_out, (float*)saved_x, n_read,
+                   training, eps, save, out, mean_out, invstd_out, shift_out, (float* const*)saved_x, n_slots,
                    n_out, threads);
 }
 
-void dagc_engine_backward(const int32_t* tables, int64_t N, int64_t E, int64_t n_summed,
+void dagc_engine_backward(const int32_t* tables, int64_t N, int64_t E, int64_t n_slots,
                           int64_t n_out, const float* grad, const float* source,
                           const float* w, const float* conv, const float* bn_weight,
                           const float* mean, const float* invstd, const float* shift,
                           int64_t B, int64_t C,
-                          int64_t H, int64_t W, int training, int bf16, const void* saved_x,
+                          int64_t H, int64_t W, int training, int bf16, const void* const* saved_x,
                           float* grad_source, double* dw_part, float* grad_w,
                           float* grad_conv, float* grad_bn_weight, float* grad_bn_bias,
                           int threads) {
   const Tables T(tables, N, E);
   if (bf16)
     backward<BF16>(T, grad, source, w, conv, bn_weight, mean, invstd, shift, B, C, H, W, training,
-                   (const BF16*)saved_x, n_summed, n_out, grad_source, dw_part, grad_w,
+                   (const BF16* const*)saved_x, n_slots, n_out, grad_source, dw_part, grad_w,
                    grad_conv, grad_bn_weight, grad_bn_bias, threads);
   else
     backward<float>(T, grad, source, w, conv, bn_weight, mean, invstd, shift, B, C, H, W, training,
-                    (const float*)saved_x, n_summed, n_out, grad_source, dw_part, grad_w,
+                    (const float* const*)saved_x, n_slots, n_out, grad_source, dw_part, grad_w,
                     grad_conv, grad_bn_weight, grad_bn_bias, threads);
 }
 

@@ -163,6 +163,27 @@ def unavailable_reason() -> str | None:
 # --- the network's tables ----------------------------------------------------------------
 
 
+def _slots(order, kept, dies_at) -> tuple[list[int], int]:
+    """Arena slots for the nodes in `kept`, visited in `order`: node k's slot is taken when
+    k is visited and given back once the node `dies_at(k)` is (its last reader: a visit
+    reads before it writes). Returns each node's slot (-1: none) and the slots needed."""
+    order = list(order)
+    slot = [-1] * len(order)
+    free: list[int] = []
+    dying: dict[int, list[int]] = {}
+    count = 0
+    for k in order:
+        for d in dying.pop(k, ()):
+            free.append(slot[d])
+        if k in kept:
+            if free:
+                slot[k] = free.pop()
+            else:
+                slot[k], count = count, count + 1
+            dying.setdefault(dies_at(k), []).append(k)
+    return slot, count
+
+
 class Tables:
     """The module's graph as the int32 array engine.cpp reads (see its struct Tables)."""
 
@@ -172,11 +193,22 @@ class Tables:
         outputs = getattr(module, "OUTPUT_NODES", None)
         if outputs is None:
             outputs = sorted(set(range(nodes)) - set(read))
-        summed_slot, read_slot = [-1] * nodes, [-1] * nodes
+        summed_slot = [-1] * nodes
         for slot, k in enumerate(summed):
             summed_slot[k] = slot
-        for slot, k in enumerate(read):
-            read_slot[k] = slot
+        # Arena slots by liveness, a freed slot reused first (likely still in cache): an
+        # activation lives from its node to its last consumer (forward), a gradient from
+        # its node to its first predecessor (reverse pass, in reverse order).
+        last_use, first_use = [-1] * nodes, [nodes] * nodes
+        for pre, post in edges:
+            last_use[pre] = max(last_use[pre], post)
+            first_use[post] = min(first_use[post], pre)
+        read_slot, self.read_slots = _slots(
+            range(nodes), set(read), lambda k: last_use[k]
+        )
+        grad_slot, self.grad_slots = _slots(
+            range(nodes - 1, -1, -1), set(summed), lambda k: first_use[k]
+        )
         is_output = [0] * nodes
         for k in outputs:
             is_output[k] = 1
@@ -198,7 +230,7 @@ class Tables:
         in_ptr, in_edge = pointers(incoming)
         out_ptr, out_edge = pointers(outgoing)
         values = (
-            summed_slot + read_slot + is_output + in_ptr + in_edge + out_ptr + out_edge
+            summed_slot + read_slot + grad_slot + is_output + in_ptr + in_edge + out_ptr + out_edge
             + [pre for pre, _ in edges] + [post for _, post in edges]
         )  # fmt: skip
         self.array = torch.tensor(values, dtype=torch.int32)
@@ -255,16 +287,19 @@ def _make_forward(module, tables: Tables, original, bf16: bool):
             (mean, invstd) if training else _eval_stats(bn_mean, bn_var, eps)
         )
         plane = batch * height * width
-        saved_x = torch.empty(
-            (tables.summed, channels, plane) if save else (0,),
-            dtype=torch.bfloat16 if bf16 else torch.float32,
-        )
+        # One tensor per summed node (channels x plane), each small enough for glibc to
+        # reuse freed heap memory (one 1.2 GB tensor came from fresh pages every step).
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        saved_x = [
+            torch.empty((channels, plane), dtype=dtype)
+            for _ in range(tables.summed if save else 0)
+        ]
         shift = torch.empty((tables.nodes, channels) if save else (0,))
         _load().dagc_engine_forward(
             tables.array.data_ptr(),
             tables.nodes,
             tables.edges,
-            tables.read,
+            tables.read_slots,
             tables.outputs,
             source.data_ptr(),
             w.detach().data_ptr(),
@@ -285,33 +320,38 @@ def _make_forward(module, tables: Tables, original, bf16: bool):
             mean.data_ptr(),
             invstd.data_ptr(),
             shift.data_ptr(),
-            saved_x.data_ptr(),
+            _pointers(saved_x),
             torch.get_num_threads(),
         )
-        return [out, mean, invstd, saved_x, shift] if save else [out, mean, invstd]
+        return [out, mean, invstd, *saved_x, shift] if save else [out, mean, invstd]
 
     dag_forward.__doc__ = "dagc's engine: the module's dag_forward in one native call."
     dag_forward.__wrapped__ = original
     return dag_forward
 
 
-def _ours(saved) -> bool:
+def _pointers(tensors) -> ctypes.Array:
+    return (_P * max(len(tensors), 1))(*(t.data_ptr() for t in tensors))
+
+
+def _ours(saved, tables: Tables) -> bool:
     """Whether `saved` ([mean, invstd, *what dag_forward returned]) came from the engine:
-    its saved x is 3-D, where the generated file's saved tensors are all flattened."""
-    return len(saved) == 4 and saved[2].dim() == 3
+    [mean, invstd, *x, shift] with a 2-D shift, where the generated file's saved tensors
+    are all flattened."""
+    return len(saved) == 3 + tables.summed and saved[-1].dim() == 2
 
 
 def _make_backward(module, tables: Tables, original, bf16: bool):
     def dag_backward(
         grad, source, w, conv, bn_weight, bn_mean, bn_var, training, eps, saved
     ):
-        if not _ours(saved):
+        if not _ours(saved, tables):
             return original(
                 grad, source, w, conv, bn_weight, bn_mean, bn_var, training, eps, saved
             )
-        mean, invstd, saved_x, shift = saved
-        saved.clear()  # handed over: freed below, after its only use
-        if saved_x.numel() and saved_x.untyped_storage().nbytes() == 0:
+        mean, invstd, *saved_x, shift = saved
+        saved.clear()  # handed over: freed below, after their only use
+        if any(t.untyped_storage().nbytes() == 0 for t in saved_x[:1]):
             raise module.saved_tensors_freed()
         batch, channels, height, width = source.shape
         if not training:
@@ -327,7 +367,7 @@ def _make_backward(module, tables: Tables, original, bf16: bool):
             tables.array.data_ptr(),
             tables.nodes,
             tables.edges,
-            tables.summed,
+            tables.grad_slots,
             tables.outputs,
             grad.data_ptr(),
             source.data_ptr(),
@@ -342,8 +382,8 @@ def _make_backward(module, tables: Tables, original, bf16: bool):
             height,
             width,
             int(training),
-            int(saved_x.dtype == torch.bfloat16),
-            saved_x.data_ptr(),
+            int(bool(saved_x) and saved_x[0].dtype == torch.bfloat16),
+            _pointers(saved_x),
             grad_source.data_ptr(),
             dw_part.data_ptr(),
             grad_w.data_ptr(),
@@ -352,7 +392,8 @@ def _make_backward(module, tables: Tables, original, bf16: bool):
             grad_bn_bias.data_ptr(),
             torch.get_num_threads(),
         )
-        saved_x.untyped_storage().resize_(0)  # a second backward is then a clear error
+        for t in saved_x:  # a second backward through the graph is then a clear error
+            t.untyped_storage().resize_(0)
         return [grad_source, grad_w, grad_conv, grad_bn_weight, grad_bn_bias]
 
     dag_backward.__doc__ = (
