@@ -90,6 +90,12 @@ struct Tables {
   }
 };
 
+// Reductions: float partial sums over fixed chunks (independent vector lanes, so the loops
+// run at the speed of the loads), the chunks added in double in chunk order.
+constexpr int64_t kChunk = 1024;
+
+inline int64_t chunk_end(int64_t lo, int64_t n) { return lo + kChunk < n ? lo + kChunk : n; }
+
 // --- per-thread scratch ---------------------------------------------------------------------
 //
 // Kept from call to call (OpenMP keeps its threads), so that a step's arenas are not fresh
@@ -224,16 +230,25 @@ void forward(const Tables& T, const float* source, const float* w, const float* 
         float mean, invstd;
         if (training) {  // batch statistics, two passes in double on the cached plane
           double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t p = 0; p < P; ++p) sum += ys[p];
-          const double m = sum / double(P);
-          double squares = 0.0;
-#pragma omp simd reduction(+ : squares)
-          for (int64_t p = 0; p < P; ++p) {
-            const double d = ys[p] - m;
-            squares += d * d;
+          for (int64_t lo = 0; lo < P; lo += kChunk) {
+            const int64_t hi = chunk_end(lo, P);
+            float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+            for (int64_t p = lo; p < hi; ++p) part += ys[p];
+            sum += part;
           }
-          mean = float(m);
+          mean = float(sum / double(P));
+          double squares = 0.0;
+          for (int64_t lo = 0; lo < P; lo += kChunk) {
+            const int64_t hi = chunk_end(lo, P);
+            float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+            for (int64_t p = lo; p < hi; ++p) {
+              const float d = ys[p] - mean;
+              part += d * d;
+            }
+            squares += part;
+          }
           invstd = float(1.0 / std::sqrt(squares / double(P) + eps));
           mean_out[k * C + c] = mean;
           invstd_out[k * C + c] = invstd;
@@ -337,32 +352,43 @@ void backward(const Tables& T, const float* grad, const float* source, const flo
           const S* __restrict gs = arena + int64_t(T.grad_slot[T.edge_post[e]]) * P;
           const float* __restrict as = a;
           double dot = 0.0;
-          if (empty) {
-#pragma omp simd reduction(+ : dot)
-            for (int64_t p = 0; p < P; ++p) {
-              const float v = load(gs[p]);
-              g[p] = v * we;
-              dot += double(as[p] * v);
+          for (int64_t lo = 0; lo < P; lo += kChunk) {
+            const int64_t hi = chunk_end(lo, P);
+            float part = 0.0f;
+            if (empty) {
+#pragma omp simd reduction(+ : part)
+              for (int64_t p = lo; p < hi; ++p) {
+                const float v = load(gs[p]);
+                g[p] = v * we;
+                part += as[p] * v;
+              }
+            } else {
+#pragma omp simd reduction(+ : part)
+              for (int64_t p = lo; p < hi; ++p) {
+                const float v = load(gs[p]);
+                g[p] += v * we;
+                part += as[p] * v;
+              }
             }
-            empty = false;
-          } else {
-#pragma omp simd reduction(+ : dot)
-            for (int64_t p = 0; p < P; ++p) {
-              const float v = load(gs[p]);
-              g[p] += v * we;
-              dot += double(as[p] * v);
-            }
+            dot += part;
           }
+          empty = false;
           dw_part[int64_t(e) * C + c] = dot;
         }
         if (empty) std::memset(g, 0, P * sizeof(float));
         // BatchNorm backward: sums of g and g * xhat in double.
         double sum_g = 0.0, sum_gx = 0.0;
-#pragma omp simd reduction(+ : sum_g, sum_gx)
-        for (int64_t p = 0; p < P; ++p) {
-          const float xhat = (ys[p] - mean) * invstd;
-          sum_g += g[p];
-          sum_gx += double(g[p] * xhat);
+        for (int64_t lo = 0; lo < P; lo += kChunk) {
+          const int64_t hi = chunk_end(lo, P);
+          float part_g = 0.0f, part_gx = 0.0f;
+#pragma omp simd reduction(+ : part_g, part_gx)
+          for (int64_t p = lo; p < hi; ++p) {
+            const float xhat = (ys[p] - mean) * invstd;
+            part_g += g[p];
+            part_gx += g[p] * xhat;
+          }
+          sum_g += part_g;
+          sum_gx += part_gx;
         }
         grad_bn_bias[j * C + c] = float(sum_g);
         grad_bn_weight[j * C + c] = float(sum_gx);
@@ -387,15 +413,28 @@ void backward(const Tables& T, const float* grad, const float* source, const flo
           const float* __restrict gf = gygrid.first();
           const float* __restrict xf = xgrid.first();
           const int64_t R = xgrid.R, n = xgrid.points();
-          const int64_t off[9] = {-R - 1, -R, -R + 1, -1, 0, 1, R - 1, R, R + 1};
-          float* gk = grad_conv + (j * C + c) * 9;
-          for (int t = 0; t < 9; ++t) {
-            const float* __restrict xs = xf + off[t];
-            double s = 0.0;
-#pragma omp simd reduction(+ : s)
-            for (int64_t q = 0; q < n; ++q) s += double(gf[q] * xs[q]);
-            gk[t] = float(s);
+          double sums[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+          for (int64_t lo = 0; lo < n; lo += kChunk) {
+            const int64_t hi = chunk_end(lo, n);
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+            for (int64_t q = lo; q < hi; ++q) {
+              const float v = gf[q];
+              s0 += v * xf[q - R - 1];
+              s1 += v * xf[q - R];
+              s2 += v * xf[q - R + 1];
+              s3 += v * xf[q - 1];
+              s4 += v * xf[q];
+              s5 += v * xf[q + 1];
+              s6 += v * xf[q + R - 1];
+              s7 += v * xf[q + R];
+              s8 += v * xf[q + R + 1];
+            }
+            const float parts[9] = {s0, s1, s2, s3, s4, s5, s6, s7, s8};
+            for (int t = 0; t < 9; ++t) sums[t] += parts[t];
           }
+          float* gk = grad_conv + (j * C + c) * 9;
+          for (int t = 0; t < 9; ++t) gk[t] = float(sums[t]);
         }
         // The input gradient: gy convolved with the flipped taps.
         const float flipped[9] = {K[8], K[7], K[6], K[5], K[4], K[3], K[2], K[1], K[0]};
