@@ -121,12 +121,71 @@ def dag_pass(module, inputs, training: bool) -> list[torch.Tensor]:
     out, mean, invstd, *saved = module.dag_forward(
         source, w, conv, bn_weight, bn_bias, bn_mean, bn_var, training, eps, True
     )
-    grad = torch.linspace(-1, 1, out.numel()).view(out.shape)
+    grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
     grads = module.dag_backward(
         grad, source, w, conv, bn_weight, bn_mean, bn_var, training, eps,
         [mean, invstd, *saved],
     )  # fmt: skip
     return [out, mean, invstd, *grads]
+
+
+OP_RESULTS = ("out", "mean", "invstd", "source", "w", "conv", "bn_weight", "bn_bias")
+
+
+def op_errors(module, train: bool, precision: str, channels=2, batch=3, norm=False):
+    """The DAG op's results (engine, and the torch path in float32) against the torch path
+    in float64: the worst difference over the largest value (or normwise with `norm`)."""
+    inputs = dag_inputs(module, channels, batch)
+    engine.uninstall(module)
+    reference = dag_pass(module, [t.double() for t in inputs], train)
+    torch32 = dag_pass(module, inputs, train)
+    engine.install(module, precision)
+    try:
+        got = dag_pass(module, inputs, train)
+    finally:
+        engine.uninstall(module)
+
+    def error(expected, value):
+        if norm:
+            return ((expected - value.double()).norm() / expected.norm()).item()
+        return relative(expected, value.double())
+
+    return {
+        name: (error(r, g), error(r, t))
+        for name, r, g, t in zip(OP_RESULTS, reference, got, torch32)
+        if r.numel()
+    }
+
+
+@pytest.mark.parametrize("spec, kind, seed", NETWORKS[:3])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_the_dag_op_is_as_accurate_as_the_torch_path(
+    compile_to, spec, kind, seed, train
+):
+    """Every result of dag_forward and dag_backward (the model-level test above can hide
+    some behind the sink's ReLU): within 1e-5 of float64, and of torch's own float32."""
+    module = load_generated(compile_to(spec, kind, seed, channels=2)[1])
+    errors = op_errors(module, train, "fp32", batch=4)
+    for name, (ours, theirs) in errors.items():
+        assert ours < max(1e-5, 2 * theirs), (name, ours, theirs)
+
+
+def test_bf16_storage_stays_within_its_documented_bound(compile_to):
+    """bf16 storage (activations, saved conv inputs and gradients rounded to 8 significant
+    bits, everything accumulated in float32 or double) against float64, normwise, on the
+    hermaphrodite DAG (282 nodes, 72 levels), train and eval. Measured: the output within
+    0.2-1.2 %, every gradient within 1.1-12 % (batch 3 and 32); the gradients move more
+    than the output because they are the exact gradients of the bf16-perturbed forward
+    (keeping the gradient arena in float32 changed them by < 1 %). Bound: 2 % for the
+    output and the statistics, 20 % for the gradients. Whether training accuracy survives
+    this is for the campaign to measure (issue 21)."""
+    module = load_generated(compile_to("hermaphrodite", channels=2)[1])
+    for train in (True, False):
+        errors = op_errors(module, train, "bf16", batch=3, norm=True)
+        for name, (ours, theirs) in errors.items():
+            bound = 0.02 if name in ("out", "mean", "invstd") else 0.2
+            assert ours < bound, (train, name, ours)
+            assert theirs < 1e-5  # the float32 torch path, for scale
 
 
 @pytest.mark.parametrize("precision", engine.PRECISIONS)
