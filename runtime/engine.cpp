@@ -27,10 +27,14 @@
 // gradients). Every channel's work is the same whatever thread runs it, and the only
 // cross-channel reduction (the edge-weight gradients) adds per-channel partials in channel
 // order: results are bitwise the same for any number of threads.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -164,6 +168,41 @@ inline void store_plane(S* __restrict dst, const float* __restrict src, int64_t 
   for (int64_t i = 0; i < n; ++i) store(dst + i, src[i]);
 }
 
+// Copy `bytes` to dst with non-temporal stores where dst is 64-byte aligned (AVX-512): the
+// saved planes go to memory without evicting the cache-resident arenas on their way.
+inline void stream_bytes(void* dst, const void* src, int64_t bytes) {
+#ifdef __AVX512F__
+  char* d = (char*)dst;
+  const char* s = (const char*)src;
+  const int64_t head = std::min<int64_t>(bytes, (64 - (uintptr_t(d) & 63)) & 63);
+  std::memcpy(d, s, head);
+  int64_t i = head;
+  for (; i + 64 <= bytes; i += 64)
+    _mm512_stream_si512((__m512i*)(d + i), _mm512_loadu_si512((const void*)(s + i)));
+  std::memcpy(d + i, s + i, bytes - i);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+inline void stream_fence() {
+#ifdef __AVX512F__
+  _mm_sfence();
+#endif
+}
+
+// A float plane stored as S, written around the cache (chunks converted in L1 first).
+template <typename S>
+inline void stream_plane(S* dst, const float* __restrict src, int64_t n) {
+  alignas(64) S chunk[1024];
+  for (int64_t lo = 0; lo < n; lo += 1024) {
+    const int64_t m = n - lo < 1024 ? n - lo : 1024;
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) store(chunk + i, src[lo + i]);
+    stream_bytes(dst + lo, chunk, m * int64_t(sizeof(S)));
+  }
+}
+
 // source (B, C, H, W) channel c -> plane (B x HW)
 inline void gather_channel(float* __restrict plane, const float* t, int64_t B, int64_t C,
                            int64_t c, int64_t HW) {
@@ -220,7 +259,7 @@ void forward(const Tables& T, const float* source, const float* w, const float* 
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p)
             xs[p] = rounded(xs[p] < 0.0f ? 0.0f : xs[p], (S*)nullptr);
-          if (save) store_plane(saved_x[slot] + c * P, xs, P);
+          if (save) stream_plane(saved_x[slot] + c * P, xs, P);
           input = xs;
         }
         grid.load(input);
@@ -284,6 +323,7 @@ void forward(const Tables& T, const float* source, const float* w, const float* 
       for (int64_t p = 0; p < P; ++p) o[p] /= count;
       scatter_channel(out, o, B, C, c, HW);
     }
+    stream_fence();
   }
 }
 
