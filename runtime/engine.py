@@ -42,6 +42,7 @@ from .cpu_kernels import (
 )
 
 __all__ = [
+    "KernelBuildError",
     "available",
     "unavailable_reason",
     "build",

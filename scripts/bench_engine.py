@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -60,27 +61,32 @@ def main() -> None:
     x = torch.randn(args.batch, *module.INPUT_SHAPE)
     y = torch.randint(0, module.NUM_CLASSES, (args.batch,))
 
-    def train_step(mode: str) -> tuple[float, float]:
+    def train_step(mode: str) -> tuple[float, float, float]:
         use(module, mode)
         model, optimizer = models[mode], optimizers[mode]
         model.train()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         loss = F.nll_loss(model(x), y)
         loss.backward()
         optimizer.step()
-        return time.perf_counter() - start, loss.item()
+        return time.perf_counter() - start, time.process_time() - cpu, loss.item()
 
     times = {m: [] for m in modes}
+    cpu_times = {m: [] for m in modes}
     losses = {m: [] for m in modes}
     for m in modes:  # warm-up: builds, first-touch pages
         train_step(m)
     for _ in range(args.steps):
         for m in modes:
-            seconds, loss = train_step(m)
+            seconds, cpu, loss = train_step(m)
             times[m].append(seconds)
+            cpu_times[m].append(cpu)
             losses[m].append(loss)
-            print(f"  {m:12s} step {seconds:6.3f} s  loss {loss:.5f}", flush=True)
+            print(
+                f"  {m:12s} step {seconds:6.3f} s (cpu {cpu:6.3f} s)  loss {loss:.5f}",
+                flush=True,
+            )
 
     eval_times = {m: [] for m in modes}
     with torch.no_grad():
@@ -101,18 +107,21 @@ def main() -> None:
         "batch": args.batch,
         "channels": args.channels or module.CHANNELS,
         "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
         "malloc_tuned": malloc_tuned,
         "peak_rss_gib_all_modes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         / 2**20,
         "modes": {},
     }
     print(f"\n{'mode':12s} {'median s/step':>14s} {'range':>17s} {'x ' + modes[0]:>8s} "
-          f"{'eval img/s':>11s}")  # fmt: skip
+          f"{'cpu s/step':>11s} {'eval img/s':>11s}")  # fmt: skip
     for m in modes:
         median = statistics.median(times[m])
         images = args.batch / statistics.median(eval_times[m])
         report["modes"][m] = {
             "step_s": times[m],
+            "step_cpu_s": cpu_times[m],
+            "median_step_cpu_s": statistics.median(cpu_times[m]),
             "median_step_s": median,
             "ratio": median / base,
             "losses": losses[m],
@@ -120,7 +129,8 @@ def main() -> None:
             "eval_images_per_s": images,
         }
         print(f"{m:12s} {median:14.3f} {min(times[m]):8.3f}-{max(times[m]):<8.3f} "
-              f"{median / base:8.3f} {images:11.1f}")  # fmt: skip
+              f"{median / base:8.3f} {statistics.median(cpu_times[m]):11.3f} "
+              f"{images:11.1f}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1)
