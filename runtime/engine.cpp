@@ -23,10 +23,11 @@
 // j's own ReLU mask write g_j into the per-thread gradient arena.
 //
 // Storage precision S (float, or bfloat16 kept as uint16) is that of the arenas and the
-// saved x; every accumulation is fp32 (sums), or double (statistics, dots, weight
-// gradients). Every channel's work is the same whatever thread runs it, and the only
-// cross-channel reduction (the edge-weight gradients) adds per-channel partials in channel
-// order: results are bitwise the same for any number of threads.
+// saved x; the edge sums accumulate in fp32, every reduction (statistics, dots, weight
+// gradients) in fp32 over fixed chunks whose totals are added in double. Every channel's
+// work is the same whatever thread runs it, and the only cross-channel reduction (the
+// edge-weight gradients) adds per-channel partials in channel order: results are bitwise
+// the same for any number of threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
