@@ -30,6 +30,18 @@ CONNECTOME_HELP = (
 )
 
 
+def precision_option(default: str | None, help_text: str):
+    """--precision: how the CPU engine stores activations (fp32, or bf16 with fp32
+    arithmetic, parameters and statistics; checkpoints stay fp32 either way)."""
+    return click.option(
+        "--precision",
+        type=click.Choice(["fp32", "bf16"]),
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
+
+
 def front_end_options(command):
     """The options every command that builds a network shares."""
 
@@ -274,13 +286,19 @@ def compile_command(
 )
 @click.option(
     "--kernels",
-    type=click.Choice(["auto", "cpp", "torch", "triton"]),
+    type=click.Choice(["auto", "engine", "cpp", "torch", "triton"]),
     default="auto",
     show_default=True,
-    help="Kernels for each neuron's sums, gathers, edge-weight dots and convolutions "
-    "(generated backward). cpp: dagc's C++ kernels, built on first use with the system's "
-    "compiler (CPU); triton: dagc's Triton kernels (CUDA; not yet measured on a GPU); "
-    "torch: torch's own ops; auto: cpp on a CPU when a compiler is there, else torch.",
+    help="How each neuron's work is computed (generated backward). engine: dagc's CPU "
+    "engine, the whole DAG in one native call per pass; cpp: dagc's C++ kernels per "
+    "neuron (both built on first use with the system's compiler); triton: dagc's Triton "
+    "kernels (CUDA; not yet measured on a GPU); torch: torch's own ops; auto: the engine "
+    "on a CPU when a compiler is there, else torch.",
+)
+@precision_option(
+    "fp32",
+    "Activations stored in fp32, or in bf16 (the CPU engine: half the bytes; arithmetic, "
+    "parameters, statistics and checkpoints stay fp32).",
 )
 @click.option(
     "--cuda-graphs/--no-cuda-graphs",
@@ -324,6 +342,7 @@ def train(
     device,
     use_compile,
     kernels,
+    precision,
     cuda_graphs,
     amp,
     out,
@@ -352,7 +371,8 @@ def train(
         model=str(model), dataset=dataset, data_dir=str(data_dir) if data_dir else None,
         iterations=iterations, batch_size=batch_size, lr=lr, lr_step=lr_step,
         lr_gamma=lr_gamma, eval_every=eval_every, log_every=log_every, seed=seed,
-        device=device, compile=use_compile, kernels=kernels, cuda_graphs=cuda_graphs, amp=amp,
+        device=device, compile=use_compile, kernels=kernels, precision=precision,
+        cuda_graphs=cuda_graphs, amp=amp,
         out=str(out) if out else None,
         resume=resume, quiet=quiet,
         time_limit=parse_duration(time_limit) if time_limit is not None else None,
@@ -465,12 +485,18 @@ def bench(
     default="auto",
     show_default=True,
 )
+@precision_option(
+    None,
+    "Activation storage of the CPU engine [default: the run's, from its summary.json].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_command(target, dataset, data_dir, model, device, as_json):
+def eval_command(target, dataset, data_dir, model, device, precision, as_json):
     """Test accuracy (overall and per class) of a run folder or a .safetensors checkpoint."""
     from dagc.runtime import evaluate
 
-    result = evaluate.evaluate_saved(target, dataset, data_dir, device, model)
+    result = evaluate.evaluate_saved(
+        target, dataset, data_dir, device, model, precision
+    )
     click.echo(evaluate.as_json(result) if as_json else evaluate.format_result(result))
 
 
@@ -547,8 +573,12 @@ def draw(connectome, output, prepare, dag_options):
     is_flag=True,
     help="Print each run's state (complete, partial, not started) and exit; trains nothing.",
 )
+@precision_option(
+    None,
+    "Activation storage of the CPU engine for the runs (see dagc train) [default: fp32].",
+)
 def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_every,
-              time_limit, show_status):  # fmt: skip
+              time_limit, show_status, precision):  # fmt: skip
     """Train the paper's networks and baselines and write REPORT.md with Table 1 and Fig. 3.
 
     \b
@@ -565,7 +595,8 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
 
     overrides = dict(seeds=seeds, channels=channels, iterations=iterations,
                      eval_every=eval_every, device=device,
-                     data_dir=str(data_dir) if data_dir else None)  # fmt: skip
+                     data_dir=str(data_dir) if data_dir else None,
+                     precision=precision)  # fmt: skip
     if quick:
         settings = Settings.quick_settings(**overrides)
     else:
@@ -623,10 +654,15 @@ DEVICE_OPTION = click.option(
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @DEVICE_OPTION
+@precision_option(
+    None,
+    "Activation storage of the CPU engine [default: the run's, from its summary.json].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def lesion_command(
-    run_dir, neurons, types, dataset, data_dir, subset, seed, device, as_json
-):
+    run_dir, neurons, types, dataset, data_dir, subset, seed, device, precision,
+    as_json,
+):  # fmt: skip
     """Test accuracy of a trained RUN_DIR with some neurons silenced, against intact.
 
     A silenced neuron's output is held at zero (its BatchNorm scale and shift set to zero),
@@ -641,7 +677,7 @@ def lesion_command(
 
     result = lesion(
         run_dir, split_names(neurons), split_names(types), dataset, data_dir, device,
-        subset, seed,
+        subset, seed, precision,
     )  # fmt: skip
     click.echo(json.dumps(result, indent=2) if as_json else format_lesion(result))
 
@@ -688,10 +724,15 @@ def lesion_command(
     help="Folder with the data set's files (e.g. mnist/*.gz); env DAGC_DATA_DIR.",
 )
 @DEVICE_OPTION
+@precision_option(
+    None,
+    "Activation storage of the CPU engine [default: the run's, from its summary.json].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def analyze_command(
-    run_dir, out, subset, seed, permutations, dataset, data_dir, device, quiet
-):
+    run_dir, out, subset, seed, permutations, dataset, data_dir, device, precision,
+    quiet,
+):  # fmt: skip
     """Which neurons and synapses a trained RUN_DIR uses: a report with figures.
 
     Silences every neuron alone on a seeded test subset and ranks them by the accuracy drop
@@ -705,7 +746,8 @@ def analyze_command(
     config = AnalysisConfig(
         run=str(run_dir), out=str(out), subset=subset, seed=seed,
         permutations=permutations, dataset=dataset,
-        data_dir=str(data_dir) if data_dir else None, device=device, quiet=quiet,
+        data_dir=str(data_dir) if data_dir else None, device=device,
+        precision=precision, quiet=quiet,
     )  # fmt: skip
     report = analyze(config, log=lambda line: click.echo(line, err=True))
     top = ", ".join(

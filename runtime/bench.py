@@ -37,8 +37,10 @@ class Mode:
     cuda_graph: bool = False  # capture the whole step as one CUDA graph
     amp: str = "off"  # "bf16": autocast
     # "triton": dagc.runtime.kernels.triton replaces the per-node sums (CUDA); "cpp":
-    # dagc.runtime.kernels.cpu replaces the sums and the node convolutions (CPU)
+    # dagc.runtime.kernels.cpu replaces the sums and the node convolutions (CPU);
+    # "engine": dagc.runtime.kernels.engine runs each pass of the DAG as one call (CPU)
     kernels: str = "torch"
+    precision: str = "fp32"  # the engine's activation storage: "fp32" or "bf16"
     channels_last: bool = False
     about: str = ""
 
@@ -76,6 +78,21 @@ MODES = {
             kernels="cpp",
             compile="default",
             about="the C++ kernels inside the one DAG op, torch.compile around it (CPU)",
+        ),
+        Mode(
+            "generated+engine",
+            "flat",
+            backward="generated",
+            kernels="engine",
+            about="dagc's CPU engine: the DAG in one native call per pass (CPU)",
+        ),
+        Mode(
+            "generated+engine+bf16",
+            "flat",
+            backward="generated",
+            kernels="engine",
+            precision="bf16",
+            about="the CPU engine with activations stored in bf16 (CPU)",
         ),
         Mode(
             "generated+cudagraph",
@@ -120,6 +137,8 @@ DEFAULT_MODES = {
         "generated+compile",
         "generated+cpp",
         "generated+cpp+compile",
+        "generated+engine",
+        "generated+engine+bf16",
     ),
     "cuda": (
         "interpreter",
@@ -163,7 +182,7 @@ def resolve_modes(requested: tuple[str, ...], device_kind: str) -> list[Mode]:
         names.insert(0, BASELINE)
     modes = [MODES[name] for name in names]
     if device_kind == "cuda":
-        wrong = [m.name for m in modes if m.kernels == "cpp"]
+        wrong = [m.name for m in modes if m.kernels in ("cpp", "engine")]
         needs = "the CPU"
     else:
         wrong = [m.name for m in modes if m.cuda_graph or m.kernels == "triton"]
@@ -275,6 +294,12 @@ def bench(config: BenchConfig, echo=print) -> dict:
                 result["step_vs_fused_floor"] = (
                     result["step_median_s"] / floor["fused_step_s"]
                 )
+                if mode.kernels == "engine":
+                    key = "engine_bf16_step_s" if mode.precision == "bf16" else (
+                        "engine_step_s")  # fmt: skip
+                    result["step_vs_engine_floor"] = (
+                        result["step_median_s"] / floor[key]
+                    )
             report["modes"][mode.name] = {"about": mode.about, **result}
             echo(f"[{mode.name}] " + _one_line(result))
             add_ratios(report)
@@ -311,6 +336,12 @@ def add_ratios(report: dict) -> None:
             result["train_vs_flat"] = (
                 result["train_images_per_s"] / flat["train_images_per_s"]
             )
+        cpp = report["modes"].get("generated+cpp", {})
+        if cpp.get("ok"):  # the per-neuron C++ kernels the engine's targets divide by
+            result["step_vs_cpp"] = result["step_median_s"] / cpp["step_median_s"]
+            result["infer_vs_cpp"] = (
+                result["infer_images_per_s"] / cpp["infer_images_per_s"]
+            )
         if best is None or result["train_images_per_s"] > best[1]:
             best = (name, result["train_images_per_s"])
     if best:
@@ -321,8 +352,9 @@ def add_ratios(report: dict) -> None:
 
 
 def format_table(report: dict) -> str:
-    header = ("mode", "train img/s", "ms/step", "x interp", "x flat", "x floor", "x fused",
-              "infer img/s", "x interp", "peak mem", "compile s")  # fmt: skip
+    header = ("mode", "train img/s", "ms/step", "x interp", "x flat", "step/cpp",
+              "x floor", "x fused", "x engine", "infer img/s", "x interp", "peak mem",
+              "compile s")  # fmt: skip
     rows, failures = [header], []
     for name, r in report["modes"].items():
         if not r.get("ok"):
@@ -335,8 +367,12 @@ def format_table(report: dict) -> str:
                 f"{r['step_median_s'] * 1000:.1f}",
                 f"{r.get('train_vs_interpreter', float('nan')):.2f}",
                 f"{r.get('train_vs_flat', float('nan')):.2f}",
+                f"{r['step_vs_cpp']:.2f}" if "step_vs_cpp" in r else "-",
                 f"{r.get('step_vs_floor', float('nan')):.1f}",
                 f"{r.get('step_vs_fused_floor', float('nan')):.1f}",
+                f"{r['step_vs_engine_floor']:.1f}"
+                if "step_vs_engine_floor" in r
+                else "-",
                 f"{r['infer_images_per_s']:.0f}",
                 f"{r.get('infer_vs_interpreter', float('nan')):.2f}",
                 f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
@@ -363,5 +399,13 @@ def format_table(report: dict) -> str:
                 f"fused floor (each input read once per pass): "
                 f"{floor['fused_bytes'] / 1e9:.1f} GB per step -> "
                 f"{floor['fused_step_s'] * 1000:.1f} ms"
+            )
+        if "engine_bytes" in floor:
+            lines.append(
+                f"engine floor (pull form, 2 passes per edge, 4 per node): "
+                f"{floor['engine_bytes'] / 1e9:.1f} GB fp32 -> "
+                f"{floor['engine_step_s'] * 1000:.1f} ms, "
+                f"{floor['engine_bf16_bytes'] / 1e9:.1f} GB bf16 -> "
+                f"{floor['engine_bf16_step_s'] * 1000:.1f} ms"
             )
     return "\n".join(lines + failures)

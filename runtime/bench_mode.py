@@ -46,7 +46,9 @@ def run_mode(spec: dict) -> dict:
     module = load_generated(spec["model_path"])
     start = time.perf_counter()
     # As `dagc train` chooses them; the C++ kernels are built here unless cached.
-    use_kernels(mode.kernels, module, device, spec["model_path"])
+    use_kernels(
+        mode.kernels, module, device, spec["model_path"], precision=mode.precision
+    )
     kernel_setup_s = time.perf_counter() - start
     overrides = {"channels": spec["channels"]} if spec["channels"] else {}
     torch.manual_seed(0)
@@ -132,7 +134,7 @@ def run_mode(spec: dict) -> dict:
         from dagc.runtime.kernels.triton import compile_seconds
 
         result["kernel_compile_s"] = dict(compile_seconds)
-    if mode.kernels == "cpp":
+    if mode.kernels in ("cpp", "engine"):
         result["kernel_build_s"] = kernel_setup_s
     if device.type == "cpu":
         result["malloc_keeps_freed_memory"] = malloc_tuned

@@ -61,12 +61,32 @@ def locate(target: Path, model: Path | None) -> tuple[Path, Path]:
     return weights, model
 
 
+def run_kernels(weights: Path, device: str) -> tuple[str, str]:
+    """The --kernels choice and precision a run trained with (its summary.json beside the
+    weights), for `dagc eval` and the lesion scans to compute exactly what training did:
+    near-tie images then get the same prediction. Kernels that cannot run on `device`, or a
+    run without a summary, give ("auto", the run's precision or fp32)."""
+    try:
+        summary = json.loads((weights.parent / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict):
+        return "auto", "fp32"
+    config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+    precision = summary.get("precision") or config.get("precision")
+    precision = precision if precision in ("fp32", "bf16") else "fp32"
+    kernels = summary.get("kernels")
+    usable = ("engine", "cpp", "torch") if device == "cpu" else ("torch",)
+    return (kernels if kernels in usable else "auto"), precision
+
+
 def evaluate_saved(
     target: Path,
     dataset: str,
     data_dir=None,
     device: str = "auto",
     model: Path | None = None,
+    precision: str | None = None,
 ) -> dict:
     weights, model_path = locate(target, model)
     module = load_generated(model_path)
@@ -74,8 +94,14 @@ def evaluate_saved(
     check_model_fits(module, info, model_path)
     device = device_kind(device)
     keep_freed_cpu_memory(torch.device(device))
-    # The kernels training used (auto: C++ on a CPU), so the accuracy is the summary's.
-    kernels = use_kernels("auto", module, torch.device(device), str(model_path))
+    # The kernels and precision training used, so the accuracy is the summary's.
+    choice, trained_in = run_kernels(weights, device)
+    if precision not in (None, trained_in):
+        choice = "auto"  # another precision than training's: the kernels that store it
+    precision = precision or trained_in
+    kernels = use_kernels(
+        choice, module, torch.device(device), str(model_path), precision=precision
+    )
     net = build_model(module).to(device)
     try:
         net.load_state_dict(load_weights(weights, device, network_fingerprint(module)))
@@ -94,6 +120,7 @@ def evaluate_saved(
         "test_accuracy": accuracy,
         "per_class_accuracy": dict(zip(info.class_names, per_class)),
         "kernels": kernels,
+        "precision": precision,
     }
 
 

@@ -43,6 +43,14 @@ def step_floor_counts(module, channels: int, batch: int) -> dict:
     one pass for BatchNorm's input gradient, the conv's input and weight gradients and the
     ReLU mask (read gradient, conv output and conv input, write 1: 4). So 11 + 3k per node.
 
+    `engine_passes`, the CPU engine's pull-form passes (docs/engine.md): per edge, the
+    forward reads the predecessor's activation once and the reverse pass reads the
+    consumer's gradient once, for both the gather and the edge weight's dot (2); per node,
+    the forward writes its conv input (saved) and its activation, the reverse pass reads the
+    conv input back and writes the node's gradient (4); the conv, BatchNorm and their
+    reverse run on a plane that stays in cache. So 4 + 2k per node, at 4 bytes an element
+    in fp32 and 2 with bf16 storage.
+
     Stem, sink and the optimizer are under 1 % and left out.
     """
     size = module.INPUT_SHAPE[1]
@@ -51,6 +59,7 @@ def step_floor_counts(module, channels: int, batch: int) -> dict:
     nodes, edges = len(module.NODES), len(module.EDGES)
     passes = 18 * nodes + 4 * edges
     fused = 11 * nodes + 3 * edges
+    engine = 4 * nodes + 2 * edges
     flops = elements * (
         nodes * (2 * 9 * 3 + 10) + edges * 6
     )  # conv fwd+2 bwd, BN, edges
@@ -60,6 +69,9 @@ def step_floor_counts(module, channels: int, batch: int) -> dict:
         "bytes": 4 * elements * passes,
         "fused_passes": fused,
         "fused_bytes": 4 * elements * fused,
+        "engine_passes": engine,
+        "engine_bytes": 4 * elements * engine,
+        "engine_bf16_bytes": 2 * elements * engine,
         "flops": flops,
     }
 
@@ -102,6 +114,8 @@ def step_floor(module, channels: int, batch: int, machine: dict) -> dict:
         **counts,
         "step_s": max(counts["bytes"] / bandwidth, compute_s),
         "fused_step_s": max(counts["fused_bytes"] / bandwidth, compute_s),
+        "engine_step_s": max(counts["engine_bytes"] / bandwidth, compute_s),
+        "engine_bf16_step_s": max(counts["engine_bf16_bytes"] / bandwidth, compute_s),
     }
 
 

@@ -63,10 +63,13 @@ class TrainConfig:
     compile: bool = (
         False  # Inductor's warm-up is minutes for this graph (docs/performance.md)
     )
-    # "auto": the C++ kernels (runtime/kernels/cpu.py) on a CPU when they build, else
-    # torch's ops; "cpp" insists on them; "triton": runtime/kernels/triton.py (CUDA);
-    # "torch": torch's ops
+    # "auto": the CPU engine (runtime/kernels/engine.py) on a CPU when it builds, else
+    # torch's ops; "engine" insists on it; "cpp": the C++ kernels per neuron
+    # (runtime/kernels/cpu.py); "triton": runtime/kernels/triton.py (CUDA); "torch": torch's
     kernels: str = "auto"
+    # Activation storage: "fp32", or "bf16" (the CPU engine; checkpoints stay fp32, so a
+    # run may switch on --resume)
+    precision: str = "fp32"
     cuda_graphs: bool | None = None  # None: on for one CUDA process without --compile
     amp: str = "off"
     out: str | None = None
@@ -99,7 +102,9 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
     keep_freed_cpu_memory(device)
     module, info = load_generated(config.model), dataset_info(config.dataset)
     check_model_fits(module, info, config.model)
-    kernels = use_kernels(config.kernels, module, device, config.model, dist.main)
+    kernels = use_kernels(
+        config.kernels, module, device, config.model, dist.main, config.precision
+    )
     amp_dtype, scaler = amp_settings(config.amp, device)
     graphs = use_cuda_graphs(config.cuda_graphs, device, dist, config.compile, scaler)
     train_x, train_y = (
@@ -355,6 +360,7 @@ def complete_summary(config, module, info, progress, last_eval, device, dist, gr
         "device": device_name(device),
         "processes": dist.world,
         "amp": config.amp,
+        "precision": config.precision,
         "compile": config.compile,
         "cuda_graphs": graphs,
         "torch": torch.__version__,

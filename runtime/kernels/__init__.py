@@ -6,11 +6,14 @@ time, so replacing the module's globals is enough to route every call through a 
 kernel. This package is the front door to that swap; the backends beside it only describe
 their kernels as data and never import this file back:
 
-- `cpu`: dagc's C++ kernels (`cpu.cpp`, built with the system compiler, loaded by ctypes);
+- `engine`: the CPU engine, the whole neuron DAG as one native call per pass (`engine.cpp`),
+  with the C++ kernels for whatever runs node by node;
+- `cpu`: dagc's C++ kernels per neuron (`cpu.cpp`);
 - `triton`: Triton kernels for the edge primitives on a GPU.
+(`native.py` builds the C++ sources with the system compiler and loads them by ctypes.)
 
-A backend module defines `REQUIRED` and `OPTIONAL` (the primitive names it replaces),
-`available()` / `unavailable_reason()`, and `kernels(**options)`: a table of primitive name
+A backend module defines `REQUIRED` and `OPTIONAL` (the module functions it replaces),
+`available()` / `unavailable_reason()`, and `kernels(module, **options)`: a table of name
 -> (fast function, accepts), where `accepts(*args)` says whether the fast function can take
 this call. Every other call goes to the module's own torch function, which is kept on the
 module, once, whichever backend came first, and comes back with `uninstall`.
@@ -29,16 +32,27 @@ import torch
 
 from dagc.compiler.errors import DagcError
 
-__all__ = ["BACKENDS", "backend", "install", "uninstall", "use_kernels"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "backend",
+    "install",
+    "installed",
+    "uninstall",
+    "use_kernels",
+]
 
 # --kernels choice -> the backend module (in this package) that implements it.
-BACKENDS = {"cpp": "cpu", "triton": "triton"}
-# The module attribute that keeps the torch functions.
+BACKENDS = {"engine": "engine", "cpp": "cpu", "triton": "triton"}
+# --precision: how activations are stored (fp32, or bf16 with fp32 arithmetic: the engine).
+PRECISIONS = ("fp32", "bf16")
+# The module attributes that keep the torch functions, and what was installed.
 ORIGINALS = "_dagc_torch_primitives"
+INSTALLED = "_dagc_kernels"
 
 
 def backend(choice: str) -> ModuleType:
-    """The backend module for a --kernels choice ("cpp" or "triton")."""
+    """The backend module for a --kernels choice ("engine", "cpp" or "triton")."""
     return importlib.import_module(f".{BACKENDS[choice]}", __name__)
 
 
@@ -55,15 +69,15 @@ def _dispatcher(
 
 
 def install(module, choice: str, **options):
-    """Replace `module`'s per-neuron primitives with dispatchers to the `choice` backend's
-    kernels ("cpp" or "triton"; `options` go to the backend's `kernels`, e.g. Triton's
-    force=True for CPU tensors under TRITON_INTERPRET=1). Raises AttributeError when the
-    module lacks a primitive the backend requires, and whatever the backend raises when it
-    cannot load (the C++ one: KernelBuildError). Installing twice, or one backend after
-    another, wraps the module's own functions, never an earlier dispatcher. Returns the
-    module."""
+    """Replace `module`'s functions with dispatchers to the `choice` backend's kernels
+    ("engine", "cpp" or "triton"; `options` go to the backend's `kernels`: the engine's
+    precision="bf16", Triton's force=True for CPU tensors under TRITON_INTERPRET=1). Raises
+    AttributeError when the module lacks a function the backend requires, and whatever the
+    backend raises when it cannot (KernelBuildError: no library; DagcError: a module or an
+    option it cannot take). Installing twice, or one backend after another, wraps the
+    module's own functions, never an earlier dispatcher. Returns the module."""
     chosen = backend(choice)
-    table = chosen.kernels(**options)
+    table = chosen.kernels(module, **options)
     missing = [n for n in chosen.REQUIRED if not callable(getattr(module, n, None))]
     if missing:
         raise AttributeError(f"{module.__name__} defines no {', '.join(missing)}")
@@ -75,32 +89,48 @@ def install(module, choice: str, **options):
         if name in table:
             fast, accepts = table[name]
             setattr(module, name, _dispatcher(name, original, fast, accepts, choice))
-        else:  # a primitive an earlier backend took and this one does not
+        else:  # a function an earlier backend took and this one does not
             setattr(module, name, original)
+    module.__dict__[INSTALLED] = (choice, dict(options))
     return module
 
 
+def installed(module) -> tuple[str, dict] | None:
+    """The backend installed in `module` and its options, or None (its own functions)."""
+    return module.__dict__.get(INSTALLED)
+
+
 def uninstall(module):
-    """Put the module's own torch functions back. Returns the module."""
+    """Put the module's own torch functions back. Returns the module. (Not between a
+    forward pass and its backward: the module's own reverse pass cannot read what a
+    backend's forward saved.)"""
     for name, function in module.__dict__.pop(ORIGINALS, {}).items():
         setattr(module, name, function)
+    module.__dict__.pop(INSTALLED, None)
     return module
 
 
 def use_kernels(
-    choice: str, module, device: torch.device, path: str, main: bool = True
+    choice: str,
+    module,
+    device: torch.device,
+    path: str,
+    main: bool = True,
+    precision: str = "fp32",
 ) -> str:
-    """Swap the module's per-neuron primitives for dagc's kernels as `choice` asks (auto:
-    the C++ kernels on a CPU when they build; cpp; triton; torch); return which ones run
-    ("torch", "cpp" or "triton"), or a DagcError saying in one line why they cannot. Every
-    command that runs a network calls this, so training, `dagc eval` and the lesion scans
-    compute with the same kernels (and agree to the image)."""
+    """Swap the module's functions for dagc's kernels as `choice` asks (auto: the CPU
+    engine on a CPU when it builds, else the C++ kernels; engine; cpp; triton; torch) with
+    activations stored in `precision`; return which ones run ("torch", "engine", "cpp" or
+    "triton"), or a DagcError saying in one line why they cannot. Every command that runs
+    a network calls this, so training, `dagc eval` and the lesion scans compute with the
+    same kernels (and agree to the image)."""
     uninstall(module)  # a module imported before may carry an earlier choice
+    if precision not in PRECISIONS:
+        raise DagcError(f"--precision must be one of {', '.join(PRECISIONS)}")
     generated = getattr(module, "BACKWARD", "autograd") == "generated"
-    if choice == "torch" or (
-        choice == "auto" and (not generated or device.type != "cpu")
-    ):
-        return "torch"
+    on_cpu = device.type == "cpu"
+    if choice == "torch" or (choice == "auto" and not (generated and on_cpu)):
+        return _fp32_only("torch", precision)
     if not generated:
         raise DagcError(
             f"--kernels {choice} needs a module compiled with --backward generated",
@@ -112,10 +142,18 @@ def use_kernels(
                 "--kernels triton needs a CUDA device and Triton (try --kernels torch)"
             )
         install(module, "triton")
-        return "triton"
-    if device.type != "cpu":
-        raise DagcError("--kernels cpp runs on the CPU (try --kernels torch)")
-    reason = backend("cpp").unavailable_reason()  # builds them on first use (seconds)
+        return _fp32_only("triton", precision)
+    if not on_cpu:
+        raise DagcError(f"--kernels {choice} runs on the CPU (try --kernels torch)")
+    if choice in ("auto", "engine"):
+        reason = backend("engine").unavailable_reason()  # builds it on first use
+        if reason is None:
+            install(module, "engine", precision=precision)
+            return "engine"
+        if choice == "engine":
+            raise DagcError(f"--kernels engine: {reason} (try --kernels torch)")
+    _fp32_only("cpp" if choice == "cpp" else "torch", precision)
+    reason = backend("cpp").unavailable_reason()
     if reason is None:
         install(module, "cpp")
         return "cpp"
@@ -127,3 +165,15 @@ def use_kernels(
             file=sys.stderr,
         )
     return "torch"
+
+
+def _fp32_only(kernels: str, precision: str) -> str:
+    """`kernels`, when they can store activations in `precision` (only the engine stores
+    bf16); else the one-line error."""
+    if precision != "fp32":
+        raise DagcError(
+            f"--precision {precision} needs dagc's CPU engine (--kernels auto or engine, "
+            f"a CPU, a module compiled with --backward generated), not {kernels}; "
+            "on CUDA use --amp bf16"
+        )
+    return kernels

@@ -26,16 +26,12 @@ for the reductions), within float32 rounding of them (tests/kernels/test_cpu_ker
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from .native import KernelBuildError, NativeLibrary
 
 __all__ = [
     "available",
@@ -47,12 +43,12 @@ __all__ = [
     "conv_batch_norm",
     "conv_batch_norm_backward",
     "kernels",
+    "KernelBuildError",
     "REQUIRED",
     "OPTIONAL",
 ]
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 # The edge primitives every generated module with the reverse pass defines, then the
 # convolution primitives that modules generated since the C++ kernels define.
 REQUIRED = ("weighted_relu", "gather", "dots")
@@ -67,126 +63,15 @@ _SIGNATURES = {
 }
 _BLOCK = 4096  # kBlock in cpu.cpp: the dots' scratch has one value per block
 
-_library: ctypes.CDLL | None = None
-_failure: str | None = None
-
-
-class KernelBuildError(RuntimeError):
-    """The C++ kernels could not be built or loaded (no compiler, or it failed)."""
-
-
-# --- building -----------------------------------------------------------------------------
-
-
-def find_compiler() -> str | None:
-    """The C++ compiler to use: $CXX, else the first of c++, g++, clang++ on PATH."""
-    if os.environ.get("CXX"):
-        return shutil.which(os.environ["CXX"]) or os.environ["CXX"]
-    for name in ("c++", "g++", "clang++"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def cache_dir() -> Path:
-    if os.environ.get("DAGC_KERNEL_CACHE"):
-        return Path(os.environ["DAGC_KERNEL_CACHE"])
-    return Path.home() / ".cache" / "dagc" / "kernels"
-
-
-def _cpu_identity() -> str:
-    """What -march=native depends on: the CPU's model and feature flags (Linux), else the
-    machine name, so a cache shared between different CPUs never loads a foreign build."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.machine() + platform.processor()
-    wanted = [line for line in lines if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(wanted)))
-
-
-def _build_key(compiler: str) -> str:
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False
-    ).stdout
-    digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), version.encode()):
-        digest.update(part)
-    digest.update(" ".join(FLAGS).encode())
-    digest.update(_cpu_identity().encode())
-    return digest.hexdigest()[:16]
-
-
-def build() -> Path:
-    """Compile cpu.cpp into the cache unless it is there already; return the
-    shared library's path. Raises KernelBuildError with the reason."""
-    compiler = find_compiler()
-    if compiler is None:
-        raise KernelBuildError("no C++ compiler found (set CXX, or install g++)")
-    target = cache_dir() / f"dagc_cpu_kernels_{_build_key(compiler)}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name and renamed: a concurrent or interrupted build never
-    # leaves a half-written library under the final name.
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(handle)
-    try:
-        result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", partial],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            message = (result.stderr or result.stdout).strip().splitlines()
-            raise KernelBuildError(
-                f"{Path(compiler).name} failed to build the kernels: "
-                + (message[-1] if message else f"exit code {result.returncode}")
-            )
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return target
-
-
-def _load() -> ctypes.CDLL:
-    """The loaded kernels (built on the first call); KernelBuildError if impossible."""
-    global _library, _failure
-    if _library is not None:
-        return _library
-    if _failure is not None:
-        raise KernelBuildError(_failure)
-    try:
-        library = ctypes.CDLL(str(build()))
-        for name, argtypes in _SIGNATURES.items():
-            function = getattr(library, name)
-            function.argtypes, function.restype = argtypes, None
-    except (KernelBuildError, OSError, AttributeError) as error:
-        _failure = str(error)
-        raise KernelBuildError(_failure) from None
-    _library = library
-    return library
+_native = NativeLibrary(SOURCE, "dagc_cpu_kernels", _SIGNATURES, "the kernels")
+build = _native.build
+_load = _native.load
+unavailable_reason = _native.unavailable_reason
 
 
 def available() -> bool:
     """Whether the kernels can be used here (builds them on the first call)."""
-    try:
-        _load()
-    except KernelBuildError:
-        return False
-    return True
-
-
-def unavailable_reason() -> str | None:
-    """Why the kernels cannot be used here, or None when they can."""
-    try:
-        _load()
-    except KernelBuildError as error:
-        return str(error)
-    return None
+    return unavailable_reason() is None
 
 
 # --- the primitives -------------------------------------------------------------------------
@@ -386,10 +271,10 @@ def _accepts_conv_backward(grad, x, y, weight, bn_weight, bn_mean, bn_var, mean,
     )
 
 
-def kernels() -> dict[str, tuple[Callable, Callable[..., bool]]]:
+def kernels(module=None) -> dict[str, tuple[Callable, Callable[..., bool]]]:
     """Primitive name -> (C++ kernel, whether it takes a call's arguments), for the
-    dispatch in dagc.runtime.kernels. Builds the library first if needed
-    (KernelBuildError says why it cannot)."""
+    dispatch in dagc.runtime.kernels (the same for every module). Builds the library first
+    if needed (KernelBuildError says why it cannot)."""
     _load()
     return {
         "weighted_relu": (weighted_relu, _accepts_sum),

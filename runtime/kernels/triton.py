@@ -492,9 +492,12 @@ def _weights_usable(w: torch.Tensor, k: int, device: torch.device) -> bool:
     )
 
 
-def kernels(*, force: bool = False) -> dict[str, tuple[Callable, Callable[..., bool]]]:
+def kernels(
+    module=None, *, force: bool = False
+) -> dict[str, tuple[Callable, Callable[..., bool]]]:
     """Primitive name -> (Triton kernel, whether it takes a call's arguments), for the
-    dispatch in dagc.runtime.kernels (`install(module, "triton")`).
+    dispatch in dagc.runtime.kernels (`install(module, "triton")`; the same for every
+    module).
 
     CUDA tensors take the Triton kernels; CPU tensors only with `force=True` under
     TRITON_INTERPRET=1 (tests); everything else (no Triton, other dtypes, non-contiguous

@@ -42,6 +42,7 @@ class AnalysisConfig:
     dataset: str | None = None
     data_dir: str | None = None
     device: str = "auto"
+    precision: str | None = None  # the run's own by default
     batch: int = 250
     quiet: bool = False
 
@@ -57,7 +58,7 @@ def analyze(config: AnalysisConfig, log=lambda line: None) -> dict:
         raise DagcError("--subset must be 0 (the whole test set) or more")
     if config.permutations < 1:
         raise DagcError("--permutations must be at least 1")
-    run = load_run(Path(config.run), config.dataset, config.device)
+    run = load_run(Path(config.run), config.dataset, config.device, config.precision)
     out.mkdir(exist_ok=True)
     check_writable_dir(out / "analysis.json")
     images, labels = load_split(run.dataset, False, config.data_dir)

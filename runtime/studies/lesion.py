@@ -21,7 +21,7 @@ from dagc.compiler.errors import DagcError
 from dagc.runtime.checkpoint import load_weights
 from dagc.runtime.data import DatasetInfo, check_model_fits, dataset_info, load_split
 from dagc.runtime.devices import device_kind, keep_freed_cpu_memory
-from dagc.runtime.evaluate import evaluate, locate
+from dagc.runtime.evaluate import evaluate, locate, run_kernels
 from dagc.runtime.kernels import use_kernels
 from dagc.runtime.loading import build_model, load_generated
 
@@ -54,9 +54,13 @@ def run_dataset(target: Path) -> str:
 
 
 def load_run(
-    target: Path, dataset: str | None = None, device: str = "auto"
+    target: Path,
+    dataset: str | None = None,
+    device: str = "auto",
+    precision: str | None = None,
 ) -> LoadedRun:
-    """The network saved in a run folder (or a .safetensors beside its model.py)."""
+    """The network saved in a run folder (or a .safetensors beside its model.py), computed
+    in `precision` (default: the run's own)."""
     weights, model_path = locate(Path(target), None)
     module = load_generated(model_path)
     dataset = dataset or run_dataset(Path(target))
@@ -64,8 +68,14 @@ def load_run(
     check_model_fits(module, info, model_path)
     device = device_kind(device)
     keep_freed_cpu_memory(torch.device(device))
-    # The kernels training used (auto: C++ on a CPU), so the scans compute what it did.
-    use_kernels("auto", module, torch.device(device), str(model_path))
+    # The kernels and precision training used, so the scans compute what it did.
+    choice, trained_in = run_kernels(weights, device)
+    if precision not in (None, trained_in):
+        choice = "auto"  # another precision than training's: the kernels that store it
+    use_kernels(
+        choice, module, torch.device(device), str(model_path),
+        precision=precision or trained_in,
+    )  # fmt: skip
     net = build_model(module).to(device)
     try:
         net.load_state_dict(load_weights(weights, device))
@@ -175,6 +185,7 @@ def lesion(
     device: str = "auto",
     subset: int = 0,
     seed: int = 0,
+    precision: str | None = None,
 ) -> dict:
     """Test accuracy, overall and per class, intact and with the chosen neurons silenced.
 
@@ -187,7 +198,7 @@ def lesion(
         )
     if subset < 0:
         raise DagcError("--subset must be 0 (the whole test set) or more")
-    run = load_run(Path(target), dataset, device)
+    run = load_run(Path(target), dataset, device, precision)
     indices = resolve(run.module, neurons, types)
     images, labels = load_split(run.dataset, False, data_dir)
     total = len(labels)

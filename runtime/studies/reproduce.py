@@ -90,6 +90,9 @@ class Settings:
     device: str = "auto"
     data_dir: str | None = None
     quick: bool = False
+    precision: str = (
+        "fp32"  # activation storage of the CPU engine (dagc train --precision)
+    )
 
     @classmethod
     def quick_settings(cls, **overrides) -> Settings:
@@ -165,7 +168,8 @@ def run_one(
     config = TrainConfig(
         model=str(model), dataset=cell.row.dataset, data_dir=settings.data_dir,
         iterations=settings.iterations, eval_every=settings.eval_every, seed=cell.seed,
-        device=settings.device, out=str(cell.run_dir), resume=cell.run_dir.exists(),
+        device=settings.device, precision=settings.precision,
+        out=str(cell.run_dir), resume=cell.run_dir.exists(),
         quiet=True, time_limit=time_limit, command=f"dagc reproduce ({cell.run_dir.name})",
         reference_accuracy=paper_accuracy(
             cell.row.network.connectome, cell.row.network.dag, cell.row.dataset

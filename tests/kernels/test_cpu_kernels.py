@@ -327,9 +327,11 @@ def mnist_folder(shared):
     return shared(SHARED / "data" / "mnist" / "train-images-idx3-ubyte.gz").parents[1]
 
 
-@pytest.mark.parametrize("choice", ["cpp", "auto"])
+@pytest.mark.parametrize(
+    "choice, expected", [("cpp", "cpp"), ("auto", "engine"), ("engine", "engine")]
+)
 def test_training_on_a_cpu_takes_the_kernels(
-    dagc, compile_to, shared, tmp_path, choice
+    dagc, compile_to, shared, tmp_path, choice, expected
 ):
     path = compile_to("hermaphrodite", "ws", 0, nodes=6, channels=2)[1]
     out = tmp_path / "run"
@@ -340,14 +342,14 @@ def test_training_on_a_cpu_takes_the_kernels(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["kernels"] == "cpp"
+    assert summary["kernels"] == expected
     # dagc eval computes with the same kernels, so it gives the summary's accuracy.
     result = dagc(
         "eval", out, "--json", "--device", "cpu", "--data-dir", mnist_folder(shared)
     )
     assert result.returncode == 0, result.stderr
     evaluated = json.loads(result.stdout)
-    assert evaluated["kernels"] == "cpp"
+    assert evaluated["kernels"] == expected
     assert evaluated["test_accuracy"] == summary["final_test_accuracy"]
 
 

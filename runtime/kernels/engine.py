@@ -23,39 +23,34 @@ same cache as dagc.runtime.cpu_kernels (`$DAGC_KERNEL_CACHE`).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import subprocess
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from dagc.compiler.errors import DagcError
 
-from .cpu_kernels import (
-    FLAGS,
-    KernelBuildError,
-    _cpu_identity,
-    cache_dir,
-    find_compiler,
-)
+from . import cpu
+from .native import KernelBuildError, NativeLibrary
 
 __all__ = [
-    "KernelBuildError",
     "available",
     "unavailable_reason",
     "build",
-    "install",
-    "uninstall",
-    "installed",
+    "kernels",
+    "KernelBuildError",
     "PRECISIONS",
+    "REQUIRED",
+    "OPTIONAL",
 ]
 
 SOURCE = Path(__file__).with_name("engine.cpp")
 PRECISIONS = ("fp32", "bf16")
-# The module attribute that keeps the module's own dag_forward and dag_backward.
-ORIGINALS = "_dagc_engine_originals"
+# The DAG's two passes, then the C++ kernels' per-neuron primitives, which the engine installs
+# too: whatever calls them node by node (the lesion scan, a call the engine cannot take)
+# runs on the C++ kernels.
+REQUIRED = ("dag_forward", "dag_backward", *cpu.REQUIRED)
+OPTIONAL = cpu.OPTIONAL
 
 _P, _I64, _INT, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _SIGNATURES = {
@@ -78,87 +73,19 @@ _SIGNATURES = {
     + [_INT],
 }
 
-_library: ctypes.CDLL | None = None
-_failure: str | None = None
+_native = NativeLibrary(SOURCE, "dagc_engine", _SIGNATURES, "the engine")
+build = _native.build
+_load = _native.load
 
 
-# --- building (the same compiler, flags and cache as the C++ kernels) ----------------------
-
-
-def _build_key(compiler: str) -> str:
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False
-    ).stdout
-    digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), version.encode()):
-        digest.update(part)
-    digest.update(" ".join(FLAGS).encode())
-    digest.update(_cpu_identity().encode())
-    return digest.hexdigest()[:16]
-
-
-def build() -> Path:
-    """Compile engine.cpp into the kernel cache unless it is there; return the library's
-    path. Raises KernelBuildError with the reason."""
-    compiler = find_compiler()
-    if compiler is None:
-        raise KernelBuildError("no C++ compiler found (set CXX, or install g++)")
-    target = cache_dir() / f"dagc_engine_{_build_key(compiler)}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(handle)
-    try:
-        result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", partial],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            message = (result.stderr or result.stdout).strip().splitlines()
-            raise KernelBuildError(
-                f"{Path(compiler).name} failed to build the engine: "
-                + (message[-1] if message else f"exit code {result.returncode}")
-            )
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return target
-
-
-def _load() -> ctypes.CDLL:
-    global _library, _failure
-    if _library is not None:
-        return _library
-    if _failure is not None:
-        raise KernelBuildError(_failure)
-    try:
-        library = ctypes.CDLL(str(build()))
-        for name, argtypes in _SIGNATURES.items():
-            function = getattr(library, name)
-            function.argtypes, function.restype = argtypes, None
-    except (KernelBuildError, OSError, AttributeError) as error:
-        _failure = str(error)
-        raise KernelBuildError(_failure) from None
-    _library = library
-    return library
+def unavailable_reason() -> str | None:
+    """Why the engine cannot be used here, or None when it can (builds both libraries)."""
+    return _native.unavailable_reason() or cpu.unavailable_reason()
 
 
 def available() -> bool:
     """Whether the engine can be used here (builds it on the first call)."""
     return unavailable_reason() is None
-
-
-def unavailable_reason() -> str | None:
-    """Why the engine cannot be used here, or None when it can."""
-    try:
-        _load()
-    except KernelBuildError as error:
-        return str(error)
-    return None
 
 
 # --- the network's tables ----------------------------------------------------------------
@@ -272,13 +199,10 @@ def _eval_stats(bn_mean, bn_var, eps):
     return bn_mean.detach().contiguous(), torch.rsqrt(bn_var.detach() + eps)
 
 
-def _make_forward(module, tables: Tables, original, bf16: bool):
+def _make_forward(tables: Tables, bf16: bool) -> Callable:
     def dag_forward(
         source, w, conv, bn_weight, bn_bias, bn_mean, bn_var, training, eps, save
     ):
-        args = (source, w, conv, bn_weight, bn_bias, bn_mean, bn_var, training, eps)
-        if not _takes(tables, source, w, conv, bn_weight, bn_bias, bn_mean, bn_var):
-            return original(*args, save)
         batch, channels, height, width = source.shape
         out = torch.empty_like(source)
         stats_shape = (tables.nodes, channels) if training else (0,)
@@ -326,8 +250,6 @@ def _make_forward(module, tables: Tables, original, bf16: bool):
         )
         return [out, mean, invstd, *saved_x, shift] if save else [out, mean, invstd]
 
-    dag_forward.__doc__ = "dagc's engine: the module's dag_forward in one native call."
-    dag_forward.__wrapped__ = original
     return dag_forward
 
 
@@ -342,14 +264,10 @@ def _ours(saved, tables: Tables) -> bool:
     return len(saved) == 3 + tables.summed and saved[-1].dim() == 2
 
 
-def _make_backward(module, tables: Tables, original, bf16: bool):
+def _make_backward(module, tables: Tables) -> Callable:
     def dag_backward(
         grad, source, w, conv, bn_weight, bn_mean, bn_var, training, eps, saved
     ):
-        if not _ours(saved, tables):
-            return original(
-                grad, source, w, conv, bn_weight, bn_mean, bn_var, training, eps, saved
-            )
         mean, invstd, *saved_x, shift = saved
         saved.clear()  # handed over: freed below, after their only use
         if any(t.untyped_storage().nbytes() == 0 for t in saved_x[:1]):
@@ -397,26 +315,19 @@ def _make_backward(module, tables: Tables, original, bf16: bool):
             t.untyped_storage().resize_(0)
         return [grad_source, grad_w, grad_conv, grad_bn_weight, grad_bn_bias]
 
-    dag_backward.__doc__ = (
-        "dagc's engine: the module's dag_backward in one native call."
-    )
-    dag_backward.__wrapped__ = original
     return dag_backward
 
 
-# --- installing ------------------------------------------------------------------------------
+# --- the table the dispatch swaps in ----------------------------------------------------------
 
 
-def installed(module) -> str | None:
-    """The precision the engine runs `module` in, or None when it is not installed."""
-    return module.__dict__.get(ORIGINALS, {}).get("precision")
-
-
-def install(module, precision: str = "fp32"):
-    """Replace `module`'s dag_forward and dag_backward with the engine's (building it if
-    needed; KernelBuildError says why not). The module's own functions are kept on it, take
-    every call the engine cannot, and come back with `uninstall`. Raises DagcError for a
-    module without the generated reverse pass or an unknown precision. Returns the module."""
+def kernels(module, *, precision: str = "fp32") -> dict[str, tuple[Callable, Callable]]:
+    """The module's dag_forward and dag_backward as one native call each, in `precision`
+    (fp32, or bf16 storage), and the C++ kernels' per-neuron primitives: primitive name ->
+    (function, whether it takes a call's arguments), for the dispatch in
+    dagc.runtime.kernels (`install(module, "engine", precision=...)`). Raises DagcError for
+    a module without the generated reverse pass or an unknown precision, KernelBuildError
+    when a library cannot be built."""
     if getattr(module, "BACKWARD", "autograd") != "generated":
         raise DagcError(
             "the CPU engine needs a module compiled with --backward generated",
@@ -424,32 +335,19 @@ def install(module, precision: str = "fp32"):
         )
     if precision not in PRECISIONS:
         raise DagcError(
-            f"unknown precision {precision!r} for the CPU engine (one of {', '.join(PRECISIONS)})"
+            f"unknown precision {precision!r} for the CPU engine "
+            f"(one of {', '.join(PRECISIONS)})"
         )
     _load()
-    kept = module.__dict__.get(ORIGINALS)
-    if kept is None:
-        kept = {
-            "dag_forward": module.dag_forward,
-            "dag_backward": module.dag_backward,
-            "tables": Tables(module),
-        }
-        setattr(module, ORIGINALS, kept)
-    bf16 = precision == "bf16"
-    module.dag_forward = _make_forward(
-        module, kept["tables"], kept["dag_forward"], bf16
-    )
-    module.dag_backward = _make_backward(
-        module, kept["tables"], kept["dag_backward"], bf16
-    )
-    kept["precision"] = precision
-    return module
+    table = cpu.kernels(module)
+    tables = Tables(module)
 
+    def takes_forward(source, w, conv, bn_weight, bn_bias, bn_mean, bn_var, *_):
+        return _takes(tables, source, w, conv, bn_weight, bn_bias, bn_mean, bn_var)
 
-def uninstall(module):
-    """Put the module's own dag_forward and dag_backward back. Returns the module."""
-    kept = module.__dict__.pop(ORIGINALS, None)
-    if kept is not None:
-        module.dag_forward = kept["dag_forward"]
-        module.dag_backward = kept["dag_backward"]
-    return module
+    def takes_backward(*args):
+        return _ours(args[-1], tables)  # the saved list: the engine's forward made it
+
+    table["dag_forward"] = (_make_forward(tables, precision == "bf16"), takes_forward)
+    table["dag_backward"] = (_make_backward(module, tables), takes_backward)
+    return table
