@@ -26,6 +26,7 @@ class PlanNode:
     ]  # plan indices of the nodes feeding this one (empty: the source does)
     edge_slice: tuple[int, int]  # this node's incoming edges in the plan's edge list
     synapses: tuple[float, ...]  # the connectome weight of each incoming edge
+    label: str = ""  # a readable name when `name` is an id (comments only)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def build_plan(dag: Dag) -> NetworkPlan:
                 preds=tuple(index[e.pre] for e in feeding),
                 edge_slice=(start, len(plan_edges)),
                 synapses=tuple(e.weight for e in feeding),
+                label=dag.labels.get(name, ""),
             )
         )
     fed_onward = {pre for pre, _ in plan_edges}
