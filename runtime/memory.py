@@ -13,7 +13,8 @@ batch x channels x (H/2) x (W/2) elements (the stem convolution has stride 2).
   the parameters with their gradients and Adam's two moments, and the data set.
 - An evaluation (no gradients) holds the node outputs still to be read at once: the widest
   point of the forward pass, counted from the edges. It runs in batches of 1000 unless that
-  does not fit (the larva at 8 channels: ~11 GiB); then in the largest batch that does.
+  does not fit beside the training step's memory (the larva at 8 channels: ~11 GiB at 1000);
+  then in the largest batch that does.
 The estimate is an upper bound in spirit (no tensor is counted as freed early); 10% is added
 for the allocator. A run is refused when its training step does not fit. Set
 DAGC_MEMORY_CHECK=off to skip the check.
@@ -59,22 +60,21 @@ class MemoryEstimate:
     def train_bytes(self) -> int:
         return self.activation_bytes + self.parameter_bytes + self.data_bytes
 
-    def eval_bytes_at(self, batch: int) -> int:
-        tensors = self.eval_live + WORKING_TENSORS
-        activations = tensors * self.sample_bytes * batch
-        return activations + self.parameter_bytes + self.data_bytes
-
-    @property
-    def eval_bytes(self) -> int:
-        return self.eval_bytes_at(self.eval_batch)
+    def eval_activation_bytes(self, batch: int) -> int:
+        return (self.eval_live + WORKING_TENSORS) * self.sample_bytes * batch
 
     @property
     def peak_bytes(self) -> int:
-        return int(max(self.train_bytes, self.eval_bytes) * ALLOCATOR_MARGIN)
+        """A training step, then an evaluation on top: on a CPU the allocator keeps the
+        step's freed memory for the next step (devices.keep_freed_cpu_memory), and the
+        evaluation's differently sized tensors may not reuse it."""
+        activations = self.eval_activation_bytes(self.eval_batch)
+        return int((self.train_bytes + activations) * ALLOCATOR_MARGIN)
 
     def largest_eval_batch(self, available: int) -> int:
-        """EVAL_BATCH, or the largest batch below it whose evaluation fits (at least 1)."""
-        budget = available / ALLOCATOR_MARGIN - self.parameter_bytes - self.data_bytes
+        """EVAL_BATCH, or the largest batch below it whose evaluation fits beside a training
+        step's memory (at least 1)."""
+        budget = available / ALLOCATOR_MARGIN - self.train_bytes
         per_image = (self.eval_live + WORKING_TENSORS) * self.sample_bytes
         return max(1, min(EVAL_BATCH, int(budget // max(per_image, 1))))
 
