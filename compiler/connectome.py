@@ -63,6 +63,7 @@ class Cell:
     name: str
     type: str  # one of CELL_TYPES
     neurotransmitter: str = ""  # e.g. "ACh", "Glu", "GABA", "ACh+Glu"; "" when unknown
+    label: str = ""  # a readable name when `name` is an id (larva: skeleton id -> name)
 
     @property
     def is_neuron(self) -> bool:

@@ -13,7 +13,9 @@ Each is a pure function of (graph, options, seed).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from .connectome import Edge
 from .errors import DagcError
@@ -43,6 +45,7 @@ class Dag:
     edges: tuple[Edge, ...]
     layers: tuple[tuple[str, ...], ...]  # X(0), X(1), ... (constrained DAG only)
     inputs: tuple[str, ...]  # the nodes the network's source feeds
+    labels: dict[str, str] = field(default_factory=dict)  # readable names (comments)
 
 
 def build_dag(graph: Graph, options: DagOptions = DagOptions()) -> Dag:
@@ -85,12 +88,14 @@ def sensory_layers(graph: Graph) -> list[list[str]]:
 def constrained_dag(graph: Graph) -> Dag:
     layers = sensory_layers(graph)
     layer_of = {name: depth for depth, layer in enumerate(layers) for name in layer}
-    index = {name: i for i, name in enumerate(graph.nodes)}
+    position = {name: i for layer in layers for i, name in enumerate(layer)}
     # Heaviest first; ties by (pre, post) in code-point order. The tie-break is what makes the
     # result unique and reproduces the paper's edge counts (NOTES.md).
     ordered = sorted(graph.edges, key=lambda e: (-e.weight, e.pre, e.post))
-    # reach[i] is a bitmask of the nodes reachable from node i through accepted edges.
-    reach = [1 << i for i in range(len(graph.nodes))]
+    # An accepted edge never points to an earlier layer, so a path only ever stays in its
+    # layer or moves on to later ones: a cycle can only close inside one layer. Reachability
+    # is therefore kept per layer, among that layer's nodes only (LayerReach).
+    reach: dict[int, LayerReach] = {}
     accepted = []
     for edge in ordered:
         pre_layer, post_layer = layer_of.get(edge.pre), layer_of.get(edge.post)
@@ -100,14 +105,11 @@ def constrained_dag(graph: Graph) -> Dag:
             continue  # the input layer stays unconnected within itself
         if pre_layer > post_layer:
             continue  # information only flows away from the senses
-        source, target = index[edge.pre], index[edge.post]
-        if reach[target] >> source & 1:
-            continue  # would close a cycle (a self-loop always does)
-        target_reach = reach[target]
-        source_bit = 1 << source
-        for i, mask in enumerate(reach):
-            if mask & source_bit:
-                reach[i] = mask | target_reach
+        if pre_layer == post_layer:
+            if pre_layer not in reach:
+                reach[pre_layer] = LayerReach(len(layers[pre_layer]))
+            if not reach[pre_layer].add(position[edge.pre], position[edge.post]):
+                continue  # would close a cycle (a self-loop always does)
         accepted.append(edge)
     return Dag(
         name=graph.name,
@@ -119,7 +121,39 @@ def constrained_dag(graph: Graph) -> Dag:
         edges=tuple(accepted),
         layers=tuple(tuple(layer) for layer in layers),
         inputs=tuple(layers[0]),
+        labels=graph.labels,
     )
+
+
+class LayerReach:
+    """Reachability among the n nodes of one layer through the accepted edges inside it.
+
+    Row i of `descendants` is a bitmask (n bits in 64-bit words) of the nodes that node i
+    reaches, itself included. Accepting an edge s -> t ORs t's row into the rows of the
+    nodes that reach s: one vectorised step over those rows, instead of one big-integer
+    operation per node of the whole graph per accepted edge.
+    """
+
+    def __init__(self, n: int):
+        nodes = np.arange(n)
+        self.descendants = np.zeros((n, (n + 63) // 64), dtype=np.uint64)
+        self.descendants[nodes, nodes >> 6] = np.left_shift(
+            np.uint64(1), (nodes & 63).astype(np.uint64)
+        )
+
+    def reaches(self, source: int, target: int) -> bool:
+        return bool(int(self.descendants[source, target >> 6]) >> (target & 63) & 1)
+
+    def add(self, source: int, target: int) -> bool:
+        """Accept source -> target unless it would close a cycle; whether it was accepted."""
+        if self.reaches(target, source):
+            return False  # target already reaches source (or is source)
+        if not self.reaches(source, target):  # else nothing new becomes reachable
+            rows = self.descendants
+            bit = np.uint64(1 << (source & 63))
+            ancestors = np.flatnonzero(rows[:, source >> 6] & bit)
+            rows[ancestors] |= rows[target]
+        return True
 
 
 # --- random DAGs -----------------------------------------------------------------------------
@@ -172,6 +206,7 @@ def random_dag(graph: Graph, seed: int) -> Dag:
         edges=edges,
         layers=(),
         inputs=in_degree_zero(graph.nodes, edges),
+        labels=graph.labels,
     )
 
 

@@ -37,6 +37,8 @@ class Graph:
     dropped: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The file that lists the cells, with its directories: for error messages only.
     path: str = field(default="", compare=False)
+    # Readable names of nodes whose name is an id (comments only); most graphs have none.
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def self_loops(self) -> int:
@@ -83,4 +85,5 @@ def prepare_graph(
         edges=edges,
         dropped=dropped,
         path=connectome.path,
+        labels={c.name: c.label for c in cells if c.label and c.name in node_set},
     )

@@ -26,6 +26,7 @@ class PlanNode:
     ]  # plan indices of the nodes feeding this one (empty: the source does)
     edge_slice: tuple[int, int]  # this node's incoming edges in the plan's edge list
     synapses: tuple[float, ...]  # the connectome weight of each incoming edge
+    label: str = ""  # a readable name when `name` is an id (comments only)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def build_plan(dag: Dag) -> NetworkPlan:
                 preds=tuple(index[e.pre] for e in feeding),
                 edge_slice=(start, len(plan_edges)),
                 synapses=tuple(e.weight for e in feeding),
+                label=dag.labels.get(name, ""),
             )
         )
     fed_onward = {pre for pre, _ in plan_edges}
@@ -119,14 +121,20 @@ def build_plan(dag: Dag) -> NetworkPlan:
 
 
 def _topological(nodes: list[str], edges) -> list[str]:
-    import igraph
-
-    index = {name: i for i, name in enumerate(nodes)}
-    graph = igraph.Graph(
-        n=len(nodes),
-        edges=[(index[e.pre], index[e.post]) for e in edges],
-        directed=True,
-    )
-    if not graph.is_dag():
+    """A topological order (Kahn's algorithm). Which one does not matter: levels are longest
+    paths and the plan orders nodes by (level, name). Pure Python: importing igraph took a
+    second of the larva's compile."""
+    successors: dict[str, list[str]] = {name: [] for name in nodes}
+    waiting = dict.fromkeys(nodes, 0)
+    for edge in edges:
+        successors[edge.pre].append(edge.post)
+        waiting[edge.post] += 1
+    order = [name for name in nodes if not waiting[name]]
+    for name in order:  # grows while it is read
+        for post in successors[name]:
+            waiting[post] -= 1
+            if not waiting[post]:
+                order.append(post)
+    if len(order) != len(nodes):
         raise ValueError("the plan's graph has a cycle; a DAG builder is broken")
-    return [nodes[i] for i in graph.topological_sorting()]
+    return order

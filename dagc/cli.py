@@ -25,8 +25,8 @@ from dagc.compiler.render import (
 )
 
 CONNECTOME_HELP = (
-    "Bundled name (hermaphrodite, male) or a file: WormWiring .mat, Cook SI 5 .xlsx#SEX, "
-    "NAME.nodes.csv/NAME.edges.csv pair, .graphml."
+    "Bundled name (hermaphrodite, male, larva) or a file: WormWiring .mat, Cook SI 5 "
+    ".xlsx#SEX, NAME.nodes.csv/NAME.edges.csv pair, larva PREFIX_nodes.csv, .graphml."
 )
 
 
@@ -119,7 +119,7 @@ def cli():
 def inspect(connectome, prepare, dag_options, channels, as_json):
     """Load CONNECTOME, build its DAG and network plan, and report the numbers.
 
-    CONNECTOME: bundled name (hermaphrodite, male) or a file: WormWiring .mat, Cook SI 5
+    CONNECTOME: bundled name (hermaphrodite, male, larva) or a file: WormWiring .mat, Cook SI 5
     .xlsx#hermaphrodite|#male, NAME.nodes.csv/NAME.edges.csv pair, or .graphml.
     """
     from dagc.compiler.pipeline import front_end_stats, run_front_end

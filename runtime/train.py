@@ -40,6 +40,7 @@ from .devices import (
 )
 from .evaluate import evaluate
 from .loading import build_model, load_generated
+from .memory import check_training_memory, dataset_bytes
 from .run_dir import Progress, RunDir
 from .stopping import StopRequest
 
@@ -105,6 +106,9 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
     kernels = use_kernels(
         config.kernels, module, device, config.model, dist.main, config.precision
     )
+    memory = check_training_memory(module, config.batch_size // dist.world, device,
+                                   config.model, data_bytes=dataset_bytes(info),
+                                   kernels=kernels, precision=config.precision)  # fmt: skip
     amp_dtype, scaler = amp_settings(config.amp, device)
     graphs = use_cuda_graphs(config.cuda_graphs, device, dist, config.compile, scaler)
     train_x, train_y = (
@@ -175,7 +179,8 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
                    "lr": float(optimizer.param_groups[0]["lr"]),
                    "images_per_s": timed * config.batch_size / max(seconds, 1e-9)}  # fmt: skip
             if at_eval and dist.main:
-                last_eval = evaluate(model, test_x, test_y, info.num_classes, amp_dtype)
+                last_eval = evaluate(model, test_x, test_y, info.num_classes, amp_dtype,
+                                     memory.eval_batch)  # fmt: skip
                 row["test_accuracy"] = last_eval[0]
                 # A deadline passed during the evaluation pauses here, not one step later.
                 stopping = stopping or (dist.world == 1 and stop.requested())
@@ -204,7 +209,7 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
         return {"status": "complete"}
     # The loop always evaluates at the last iteration; a run resumed after it has not.
     last_eval = last_eval or evaluate(
-        model, test_x, test_y, info.num_classes, amp_dtype
+        model, test_x, test_y, info.num_classes, amp_dtype, memory.eval_batch
     )
     summary = complete_summary(config, module, info, progress, last_eval, device, dist,
                                graphs, model)  # fmt: skip

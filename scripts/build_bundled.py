@@ -9,7 +9,8 @@ compiler/bundled/:
   cell_types.csv                        name,type for every SI 4 cell (both sexes)
   hermaphrodite.{nodes,edges}.csv       the full chemical connectome, non-neurons included
   male.{nodes,edges}.csv
-The raw spreadsheets themselves are never copied into the repository.
+The raw spreadsheets themselves are never copied into the repository. The larva is built
+by scripts/build_larva.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import csv
 from dataclasses import replace
 from pathlib import Path
 
-from dagc.compiler.bundled import BUNDLED_DIR, BUNDLED_NAMES
+from dagc.compiler.bundled import BUNDLED_DIR, WORM_NAMES
 from dagc.compiler.loaders.cook import SI4_NAME, load_cook_si5, read_si4_cell_types
 from dagc.compiler.loaders.neurotransmitters import read_neurotransmitters
 from dagc.compiler.loaders.tables import write_csv_pair
@@ -48,7 +49,7 @@ def main() -> None:
         read_si4_cell_types(args.raw / SI4_NAME), args.out / "cell_types.csv"
     )
     transmitters = read_neurotransmitters(*(args.raw / name for name in ATLAS_NAMES))
-    for sex in BUNDLED_NAMES:
+    for sex in WORM_NAMES:
         connectome = load_cook_si5(args.raw / SI5_NAME, sex)
         cells = tuple(
             replace(

@@ -1,6 +1,7 @@
-"""The bundled C. elegans chemical connectomes (Cook et al. 2019), stored as CSV pairs.
-
-Built from the published spreadsheets by `scripts/build_bundled.py`; see README.md here.
+"""The bundled connectomes, stored as CSV pairs: the C. elegans chemical connectomes (Cook et
+al. 2019; built from the published spreadsheets by `scripts/build_bundled.py`) and the
+Drosophila larva brain (Winding et al. 2023, gzip-compressed; built from the processed release
+by `scripts/build_larva.py`). Sources, licences and citations: README.md here.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ from pathlib import Path
 from ..connectome import Connectome
 
 BUNDLED_DIR = Path(__file__).resolve().parent
-BUNDLED_NAMES = ("hermaphrodite", "male")
+WORM_NAMES = ("hermaphrodite", "male")
+BUNDLED_NAMES = WORM_NAMES + ("larva",)
+# Bundled pairs stored gzip-compressed (the larva's edges are 2.3 MB as plain CSV).
+COMPRESSED = ("larva",)
+
+
+def bundled_nodes_path(name: str) -> Path:
+    return BUNDLED_DIR / (f"{name}.nodes.csv" + ".gz" * (name in COMPRESSED))
 
 
 def load_bundled(name: str) -> Connectome:
     from ..loaders.tables import load_csv_pair
 
-    return load_csv_pair(BUNDLED_DIR / f"{name}.nodes.csv", name=name)
+    return load_csv_pair(bundled_nodes_path(name), name=name)
 
 
 @lru_cache(maxsize=1)

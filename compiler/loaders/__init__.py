@@ -8,8 +8,9 @@ from ..connectome import Connectome
 from ..errors import DagcError
 
 FORMATS_HELP = (
-    "a bundled name (hermaphrodite, male), a WormWiring .mat file, Cook 2019 SI 5 .xlsx "
-    "(with #hermaphrodite or #male), a CSV pair (NAME.nodes.csv/NAME.edges.csv) or .graphml"
+    "a bundled name (hermaphrodite, male, larva), a WormWiring .mat file, Cook 2019 SI 5 "
+    ".xlsx (with #hermaphrodite or #male), a CSV pair (NAME.nodes.csv/NAME.edges.csv, "
+    "optionally .gz), the larva pair (PREFIX_nodes.csv/PREFIX_edgelist.csv) or .graphml"
 )
 
 
@@ -17,6 +18,7 @@ def load_connectome(spec: str | Path) -> Connectome:
     """Load a connectome from a bundled name or a file path; the format follows the file."""
     from ..bundled import BUNDLED_NAMES, load_bundled
     from .cook import load_cook_si5, split_sheet_suffix
+    from .larva import is_larva_pair, load_larva_pair
     from .tables import load_csv_pair, load_graphml
 
     spec = str(spec)
@@ -40,7 +42,9 @@ def load_connectome(spec: str | Path) -> Connectome:
         from .matlab import load_matlab
 
         return load_matlab(path)
-    if suffix == ".csv":
+    if suffix == ".csv" and is_larva_pair(path):
+        return load_larva_pair(path)
+    if suffix == ".csv" or path.name.endswith(".csv.gz"):
         return load_csv_pair(path)
     if suffix in (".graphml", ".xml"):
         return load_graphml(path)
