@@ -301,19 +301,24 @@ def test_a_campaign_on_slurm_pauses_requeues_and_matches_a_local_run(
     local = subprocess.Popen([sys.executable, "-m", "dagc", "reproduce", *map(str, settings),
                               "--out", tmp_path / "local"], env=ENV, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    submit = dagc("reproduce", *settings, *slurm, "--out", tmp_path / "slurm",
-                  env=slurm_cluster.env, timeout=600)  # fmt: skip
-    assert submit.returncode == 0, submit.stderr[-3000:]
-    assert submit.stderr.count("submitted:") == 7, submit.stderr
-    again = dagc("reproduce", *settings, *slurm, "--out", tmp_path / "slurm",
-                 env=slurm_cluster.env, timeout=600)  # fmt: skip
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "submitted:" not in again.stderr
-    assert again.stderr.count("skip (queued as job") + again.stderr.count(
-        "skip (finished)") == 7, again.stderr  # fmt: skip
-    wait = dagc("reproduce", *settings, *slurm, "--out", tmp_path / "slurm", "--wait",
-                env=slurm_cluster.env, timeout=1200)  # fmt: skip
-    local_output, _ = local.communicate(timeout=1200)
+    try:
+        submit = dagc("reproduce", *settings, *slurm, "--out", tmp_path / "slurm",
+                      env=slurm_cluster.env, timeout=600)  # fmt: skip
+        assert submit.returncode == 0, submit.stderr[-3000:]
+        assert submit.stderr.count("submitted:") == 7, submit.stderr
+        again = dagc("reproduce", *settings, *slurm, "--out", tmp_path / "slurm",
+                     env=slurm_cluster.env, timeout=600)  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "submitted:" not in again.stderr
+        assert again.stderr.count("skip (queued as job") + again.stderr.count(
+            "skip (finished)") == 7, again.stderr  # fmt: skip
+        wait = dagc("reproduce", *settings, *slurm, "--out", tmp_path / "slurm", "--wait",
+                    env=slurm_cluster.env, timeout=1200)  # fmt: skip
+        local_output, _ = local.communicate(timeout=1200)
+    finally:
+        if local.poll() is None:  # an assertion above failed: stop it
+            local.kill()
+            local.wait()
     logs = {path.stem: path.read_text()
             for path in (tmp_path / "slurm" / "slurm" / "logs").glob("*.out")}  # fmt: skip
     print(f"slurm campaign and local run: {time.monotonic() - started:.0f} s")
