@@ -634,6 +634,10 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
         if wait:
             click.echo(status_table(out, settings))
     else:
+        if (out / "slurm" / "jobs.json").exists():
+            from dagc.runtime.studies.slurm import refuse_if_queued
+
+            refuse_if_queued(out)
         complete = run_reproduction(out, settings, log=log, time_limit=limit)
     return 0 if complete else PAUSED_EXIT_CODE
 

@@ -227,8 +227,8 @@ def batch_script(
         '    local mask; mask=$(awk \'/^SigIgn:/ {print $2}\' "/proc/$cell/status" 2>/dev/null)',
         '    [ -z "$mask" ] || (( ((16#$mask) >> ($(kill -l "$1") - 1) & 1) == 0 ))',
         "}",
-        'trap \'pending=USR1; note "SIGUSR1 from Slurm: the cell pauses"\' USR1',
-        'trap \'pending=TERM; note "SIGTERM from Slurm: the cell pauses"\' TERM',
+        'trap \'pending=USR1; note "SIGUSR1 from Slurm: asking the cell to pause"\' USR1',
+        'trap \'pending=TERM; note "SIGTERM from Slurm: asking the cell to pause"\' TERM',
         'while kill -0 "$cell" 2>/dev/null; do',
         '    if [ -n "$pending" ] && listens "$pending"; then',
         '        kill -s "$pending" "$cell" 2>/dev/null; pending=',
@@ -324,6 +324,23 @@ def wait(out: Path, settings: Settings, log=print, poll_s: float = 5.0) -> bool:
             break
         time.sleep(poll_s)
     return all(cell.state == "complete" for cell in campaign(out, settings))
+
+
+def refuse_if_queued(out: Path) -> None:
+    """A DagcError when a local campaign would train runs that Slurm jobs will train too."""
+    jobs = load_jobs(out)
+    if not jobs:
+        return
+    try:
+        active = active_jobs()
+    except DagcError:
+        return  # no Slurm here: the jobs cannot be running from this machine's view
+    queued = sorted(
+        entry["job_id"] for entry in jobs.values() if entry["job_id"] in active
+    )
+    if queued:
+        raise DagcError(f"{len(queued)} run(s) of this campaign are queued on Slurm (jobs "
+                        f"{', '.join(queued)}): wait for them, or scancel them first", out)  # fmt: skip
 
 
 def queue_lines(out: Path) -> list[str]:

@@ -96,6 +96,23 @@ def test_the_job_script_passes_the_signal_on_once_dagc_listens_and_requeues_on_7
     assert "paused (exit 75): requeued" in lines[-1], output
 
 
+def test_slurm_options_from_a_config_file_and_the_command_line(tmp_path):
+    from dagc.compiler.errors import DagcError
+    from dagc.runtime.studies.slurm import SlurmOptions
+
+    config = tmp_path / "slurm.toml"
+    config.write_text('partition = "gpu"\ntime = "4:00:00"\ngpus_per_task = 1\n'
+                      'extra = ["--account=lab"]\n')  # fmt: skip
+    options = SlurmOptions.load(config, partition="debug", cpus_per_task=8)
+    assert options.sbatch_lines() == [
+        "--requeue", "--signal=B:USR1@120", "--partition=debug", "--time=4:00:00",
+        "--cpus-per-task=8", "--gpus-per-task=1", "--account=lab",
+    ]  # fmt: skip
+    config.write_text("queue = 'gpu'\n")
+    with pytest.raises(DagcError, match="unknown key 'queue'"):
+        SlurmOptions.load(config)
+
+
 # --- the slurm tier: a real Slurm on this machine -------------------------------------------
 
 PACKAGES = ("slurm-wlm", "munge")
@@ -283,7 +300,7 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slurm
 def test_a_campaign_on_slurm_pauses_requeues_and_matches_a_local_run(
-    slurm_cluster, tmp_path
+    slurm_cluster, tmp_path, clean_error
 ):
     from safetensors.torch import load_file
 
@@ -312,6 +329,9 @@ def test_a_campaign_on_slurm_pauses_requeues_and_matches_a_local_run(
         assert "submitted:" not in again.stderr
         assert again.stderr.count("skip (queued as job") + again.stderr.count(
             "skip (finished)") == 7, again.stderr  # fmt: skip
+        clash = dagc("reproduce", *settings, "--out", tmp_path / "slurm",
+                     env=slurm_cluster.env, timeout=600)  # fmt: skip
+        clean_error(clash, "queued on Slurm", "scancel")
         wait = dagc("reproduce", *settings, *slurm, "--out", tmp_path / "slurm", "--wait",
                     env=slurm_cluster.env, timeout=1200)  # fmt: skip
         local_output, _ = local.communicate(timeout=1200)
