@@ -509,6 +509,9 @@ def slurm_options(command):
         click.option("--slurm-time", help="[slurm] sbatch --time per allocation, e.g. 4:00:00."),
         click.option("--cpus-per-task", type=click.IntRange(min=1), help="[slurm]"),
         click.option("--gpus-per-task", type=click.IntRange(min=0), help="[slurm]"),
+        click.option("--nproc-per-node", type=click.IntRange(min=1),
+                     help="[slurm] train each run data-parallel under torchrun with this many "
+                     "processes (one per GPU) [default: 1, no torchrun]."),
         click.option("--signal-grace", type=click.IntRange(min=1),
                      help="[slurm] seconds before the time limit that Slurm asks a cell to "
                      "pause (SIGUSR1) [default: 120]."),
@@ -523,8 +526,8 @@ def slurm_options(command):
                      "once every cell is complete."),
         click.option("--cell", hidden=True, help="Train this one cell (a batch job's command)."),
     ]  # fmt: skip
-    names = ("partition", "slurm_time", "cpus_per_task", "gpus_per_task", "signal_grace",
-             "extra", "slurm_config")  # fmt: skip
+    names = ("partition", "slurm_time", "cpus_per_task", "gpus_per_task", "nproc_per_node",
+             "signal_grace", "extra", "slurm_config")  # fmt: skip
 
     @functools.wraps(command)
     def gather(**kwargs):

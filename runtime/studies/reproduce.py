@@ -11,6 +11,7 @@ continues; `--status` prints the table without training.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import time
@@ -259,6 +260,8 @@ def reproduce_cell(out: Path, settings: Settings, name: str, log=print,
                 f"({stop.reason or summary['stopped_by']})")  # fmt: skip
     if summary.get("status") != "complete":
         return False  # paused: no report now, the grace before the time limit is short
+    if int(os.environ.get("RANK", "0")) != 0:
+        return True  # under torchrun the main process writes the report
     with open(out / ".report.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         write_report(out, settings, campaign(out, settings), time.monotonic() - started)

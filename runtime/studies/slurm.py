@@ -56,6 +56,7 @@ class SlurmOptions:
     gpus_per_task: int | None = None
     signal_grace: int = DEFAULT_GRACE_S  # seconds before the time limit
     extra: tuple[str, ...] = ()  # further sbatch options, e.g. --account=lab
+    nproc_per_node: int | None = None  # > 1: the run trains under torchrun (DDP)
 
     @classmethod
     def load(cls, config: Path | None = None, **overrides) -> SlurmOptions:
@@ -103,7 +104,12 @@ def read_config(path: Path) -> dict:
                 raise DagcError(
                     "extra must be a list of sbatch options (strings)", path
                 )
-        elif key in ("cpus_per_task", "gpus_per_task", "signal_grace"):
+        elif key in (
+            "cpus_per_task",
+            "gpus_per_task",
+            "signal_grace",
+            "nproc_per_node",
+        ):
             if not isinstance(value, int) or value < 0:
                 raise DagcError(f"{key} must be a whole number", path)
         elif not isinstance(value, str | int):
@@ -186,10 +192,15 @@ def save_jobs(out: Path, jobs: dict[str, dict]) -> None:
     write_atomic(slurm_dir(out) / "jobs.json", json.dumps(jobs, indent=2) + "\n")
 
 
-def cell_command(name: str, out: Path, settings: Settings,
-                 time_limit: float | None) -> list[str]:  # fmt: skip
-    """The command a job runs: this Python's dagc, one cell, the campaign's settings."""
-    command = [sys.executable, "-m", "dagc", "reproduce", "--cell", name,
+def cell_command(name: str, out: Path, settings: Settings, time_limit: float | None,
+                 nproc_per_node: int | None = None) -> list[str]:  # fmt: skip
+    """The command a job runs: this Python's dagc (under torchrun for several processes),
+    one cell, the campaign's settings."""
+    launcher = [sys.executable]
+    if nproc_per_node and nproc_per_node > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone",
+                     f"--nproc_per_node={nproc_per_node}"]  # fmt: skip
+    command = [*launcher, "-m", "dagc", "reproduce", "--cell", name,
                "--out", str(out), "--seeds", str(settings.seeds),
                "--channels", str(settings.channels), "--iterations", str(settings.iterations),
                "--eval-every", str(settings.eval_every), "--device", settings.device]  # fmt: skip
@@ -208,6 +219,11 @@ def batch_script(
     log = slurm_dir(out) / "logs" / f"{name}.out"
     header = [f"--job-name=dagc:{name}", f"--output={log}", "--open-mode=append",
               *options.sbatch_lines()]  # fmt: skip
+    # torchrun passes SIGTERM on to its workers (and ignores SIGUSR1), and reports its
+    # workers' exit 75 as its own failure: the run's summary says whether it paused.
+    torchrun = (options.nproc_per_node or 1) > 1
+    started = slurm_dir(out) / f"{name}.started"
+    summary = out / "runs" / name / "summary.json"
     return "\n".join([
         "#!/bin/bash",
         *(f"#SBATCH {shlex.quote(line)}" for line in header),
@@ -218,6 +234,8 @@ def batch_script(
         'note() { echo "[dagc-slurm $(date -u +%H:%M:%S)] job $SLURM_JOB_ID: $*"; }',
         f'note "allocation $((${{SLURM_RESTART_COUNT:-0}} + 1)) on $(hostname): {name}"',
         f"cd {shlex.quote(os.getcwd())}",
+        f"started={shlex.quote(str(started))} summary={shlex.quote(str(summary))}",
+        'touch "$started"',
         "# The cell starts with USR1 and TERM ignored; a signal from Slurm is passed on once",
         "# dagc has its own handler for it (/proc/PID/status, SigIgn), so none is lost early.",
         "trap '' USR1 TERM",
@@ -227,7 +245,8 @@ def batch_script(
         '    local mask; mask=$(awk \'/^SigIgn:/ {print $2}\' "/proc/$cell/status" 2>/dev/null)',
         '    [ -z "$mask" ] || (( ((16#$mask) >> ($(kill -l "$1") - 1) & 1) == 0 ))',
         "}",
-        'trap \'pending=USR1; note "SIGUSR1 from Slurm: asking the cell to pause"\' USR1',
+        f"trap 'pending={'TERM' if torchrun else 'USR1'}; "
+        "note \"SIGUSR1 from Slurm: asking the cell to pause\"' USR1",
         'trap \'pending=TERM; note "SIGTERM from Slurm: asking the cell to pause"\' TERM',
         'while kill -0 "$cell" 2>/dev/null; do',
         '    if [ -n "$pending" ] && listens "$pending"; then',
@@ -237,11 +256,15 @@ def batch_script(
         "done",
         'wait "$cell"; status=$?',
         "trap '' USR1 TERM  # the requeue below cancels this allocation: finish the note",
-        'if [ "$status" -eq 75 ]; then',
+        "paused() {  # exit 75, or a summary written in this allocation that says so",
+        '    [ "$status" -eq 75 ] || { [ "$summary" -nt "$started" ] &&',
+        '        grep -q \'"status": "paused"\' "$summary"; }',
+        "}",
+        "if paused; then",
         '    if scontrol requeue "$SLURM_JOB_ID"; then',
-        '        note "paused (exit 75): requeued"',
+        '        note "paused (exit $status): requeued"',
         "    else",
-        '        note "paused (exit 75), the requeue failed: call dagc reproduce again"',
+        '        note "paused (exit $status), the requeue failed: call dagc reproduce again"',
         "    fi",
         "else",
         '    note "exit $status"',
@@ -292,7 +315,8 @@ def submit(out: Path, settings: Settings, options: SlurmOptions, log=print,
                 )
             compile_model(cell.row.network, cell.seed, settings, out / "models")
             script = slurm_dir(out) / f"{name}.sbatch"
-            command = cell_command(name, out.resolve(), settings, time_limit)
+            command = cell_command(name, out.resolve(), settings, time_limit,
+                                   options.nproc_per_node)  # fmt: skip
             write_atomic(script, batch_script(name, out.resolve(), command, options))
             result = subprocess.run(["sbatch", "--parsable", str(script)],
                                     capture_output=True, text=True)  # fmt: skip

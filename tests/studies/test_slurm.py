@@ -96,6 +96,60 @@ def test_the_job_script_passes_the_signal_on_once_dagc_listens_and_requeues_on_7
     assert "paused (exit 75): requeued" in lines[-1], output
 
 
+@pytest.mark.slow  # torchrun and two worker processes
+def test_under_torchrun_sigterm_is_passed_on_and_a_paused_summary_requeues(tmp_path):
+    """torchrun ignores SIGUSR1 and turns its workers' exit 75 into a failure of its own:
+    the script passes SIGTERM and requeues on the summary written in this allocation."""
+    from dagc.runtime.studies.slurm import SlurmOptions, batch_script
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent("""\
+        import json, os, signal, sys, time
+        from pathlib import Path
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+        print("listening", flush=True)
+        while not stop:
+            time.sleep(0.05)
+        if os.environ["RANK"] == "0":
+            run = Path(sys.argv[1])
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({"status": "paused"}, indent=2))
+        sys.exit(75)
+    """))  # fmt: skip
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "slurm").mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/requeued\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(worker), str(tmp_path / "runs" / "cell-s0")]  # fmt: skip
+    script = batch_script(
+        "cell-s0", tmp_path, command, SlurmOptions.load(nproc_per_node=2)
+    )
+    (tmp_path / "job.sh").write_text(script)
+    env = {**ENV, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "43"}
+    job = subprocess.Popen(["bash", str(tmp_path / "job.sh")], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)  # fmt: skip
+    lines = []
+    try:
+        while sum(line.strip() == "listening" for line in lines) < 2:
+            line = job.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        job.send_signal(signal.SIGUSR1)
+        output = "".join(lines) + job.communicate(timeout=120)[0]
+    finally:
+        if job.poll() is None:  # the script, torchrun and its workers
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "43"], output
+    assert "SIGUSR1 from Slurm" in output and "requeued" in output.splitlines()[-1], (
+        output
+    )
+
+
 def test_slurm_options_from_a_config_file_and_the_command_line(tmp_path):
     from dagc.compiler.errors import DagcError
     from dagc.runtime.studies.slurm import SlurmOptions
