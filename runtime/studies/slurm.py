@@ -37,13 +37,10 @@ from dagc.compiler.output import write_atomic
 
 from .reproduce import Settings, campaign, compile_model
 
-DEFAULT_GRACE_S = (
-    120  # SIGUSR1 this long before the time limit: a step and a checkpoint
-)
+# SIGUSR1 this long before the time limit: time for a step, an evaluation and a checkpoint
+DEFAULT_GRACE_S = 120
 QUERY_TIMEOUT_S = 30  # a squeue that has not answered by then: no reachable Slurm
-# squeue states in which a job will still run (or is running) without a new submission
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-          "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}  # fmt: skip
+WHOLE_NUMBERS = ("cpus_per_task", "gpus_per_task", "signal_grace", "nproc_per_node")
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,8 @@ class SlurmOptions:
 
 
 def read_config(path: Path) -> dict:
-    """A small TOML file: partition, time, cpus_per_task, gpus_per_task, signal_grace, extra."""
+    """A small TOML file with SlurmOptions' fields: partition = "gpu", time = "4:00:00",
+    cpus_per_task, gpus_per_task, nproc_per_node, signal_grace, extra = ["--account=lab"]."""
     try:
         import tomllib
     except ImportError as exc:  # Python 3.10
@@ -104,13 +102,8 @@ def read_config(path: Path) -> dict:
                 raise DagcError(
                     "extra must be a list of sbatch options (strings)", path
                 )
-        elif key in (
-            "cpus_per_task",
-            "gpus_per_task",
-            "signal_grace",
-            "nproc_per_node",
-        ):
-            if not isinstance(value, int) or value < 0:
+        elif key in WHOLE_NUMBERS:
+            if type(value) is not int or value < 0:
                 raise DagcError(f"{key} must be a whole number", path)
         elif not isinstance(value, str | int):
             raise DagcError(f"{key} must be a string", path)
@@ -145,7 +138,8 @@ def check_reachable() -> None:
 
 
 def active_jobs() -> dict[str, str]:
-    """Job id -> state of this user's jobs that the controller still holds as queued."""
+    """Job id -> state of this user's jobs that squeue lists: pending, running, being
+    requeued or completing; not those that have ended."""
     result = _query("squeue", "--noheader", "--user", getpass.getuser(),
                     "--format=%A|%T")  # fmt: skip
     if result.returncode != 0:
