@@ -236,30 +236,30 @@ def reproduce_cell(out: Path, settings: Settings, name: str, log=print,
                    time_limit: float | None = None) -> bool:  # fmt: skip
     """Train one cell (a batch job of `dagc reproduce --launcher slurm`): True once complete.
 
-    A stop signal or the time limit pauses it like a whole campaign (False). A completed
-    cell rewrites the report, one job at a time (a lock file), so the job that finishes the
-    campaign's last cell leaves the complete report.
+    A stop signal or the time limit pauses it like a whole campaign (False). Only the
+    training listens for the stop signals: a job script passes one on once it does
+    (studies/slurm.py), so none falls between a check here and the training's own. A
+    completed cell rewrites the report, one job at a time (a lock file), so the job that
+    finishes the campaign's last cell leaves the complete report.
     """
     import fcntl
 
     started = time.monotonic()
-    with StopRequest(time_limit, started) as stop:
-        cell = find_cell(out, settings, name)
-        summary = {"status": "complete"}
-        if cell.state == "complete":
-            log(f"skip (finished): {name}")
-        else:
-            log(f"{'resume' if cell.state == 'partial' else 'train'}: {name}")
-            elapsed = time.monotonic() - started
-            remaining = None if time_limit is None else max(time_limit - elapsed, 1e-9)
-            if stop.requested():  # asked before training began: one step, then pause
-                remaining = 1e-9
-            summary = run_one(cell, settings, out, remaining)
-        if summary.get("status") == "paused":
-            log(f"paused: {name} at iteration {summary['iteration']} "
-                f"({stop.reason or summary['stopped_by']})")  # fmt: skip
+    cell = find_cell(out, settings, name)
+    summary = {"status": "complete"}
+    if cell.state == "complete":
+        log(f"skip (finished): {name}")
+    else:
+        log(f"{'resume' if cell.state == 'partial' else 'train'}: {name}")
+        remaining = None
+        if time_limit is not None:
+            remaining = max(time_limit - (time.monotonic() - started), 1e-9)
+        summary = run_one(cell, settings, out, remaining)
     if summary.get("status") != "complete":
-        return False  # paused: no report now, the grace before the time limit is short
+        log(
+            f"paused: {name} at iteration {summary['iteration']} ({summary['stopped_by']})"
+        )
+        return False  # no report now: the grace before the time limit is short
     if int(os.environ.get("RANK", "0")) != 0:
         return True  # under torchrun the main process writes the report
     with open(out / ".report.lock", "a") as lock:

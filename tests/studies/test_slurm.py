@@ -250,7 +250,7 @@ PartitionName=short Nodes={host} Default=YES MaxTime={max_minutes} State=UP
 class Cluster:
     """munged + slurmctld + slurmd in the foreground, all state in one temporary folder."""
 
-    def __init__(self, cpus: int = 2, max_minutes: int = 1):
+    def __init__(self, cpus: int = 2, max_minutes: int = 2):
         self.state = Path(tempfile.mkdtemp(prefix="dagc-slurm-"))
         self.conf = self.state / "slurm.conf"
         self.env = {**ENV, "SLURM_CONF": str(self.conf)}
@@ -335,7 +335,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def slurm_cluster():
     install_slurm()
-    cluster = Cluster(cpus=2, max_minutes=1)
+    cluster = Cluster(cpus=2, max_minutes=2)
     try:
         cluster.start()
         yield cluster
@@ -362,10 +362,10 @@ def test_a_campaign_on_slurm_pauses_requeues_and_matches_a_local_run(
     iterations = 30
     settings = ["--quick", "--channels", 1, "--iterations", iterations, "--eval-every",
                 iterations, "--device", "cpu", "--data-dir", DATA]  # fmt: skip
-    # The partition's limit is 1 minute. slurmctld checks time limits every 30 s and sends
-    # SIGUSR1 at the first check within grace + 30 s of the limit: 15-45 s into each
-    # allocation, so a cell still running then pauses and is requeued.
-    slurm = ["--launcher", "slurm", "--slurm-time", 1, "--signal-grace", 15,
+    # slurmctld checks time limits every 30 s and sends SIGUSR1 at the first check within
+    # grace + 30 s of the limit: with 2 minutes and 75 s, 15-45 s into each allocation, so
+    # a cell still running then pauses and is requeued, with 75 s or more to do it in.
+    slurm = ["--launcher", "slurm", "--slurm-time", 2, "--signal-grace", 75,
              "--partition", "short"]  # fmt: skip
     started = time.monotonic()
     # The same cells here, one after another, while the cluster works.
