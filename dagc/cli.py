@@ -520,7 +520,8 @@ def slurm_options(command):
                      "(repeatable)."),
         click.option("--slurm-config", type=click.Path(exists=True, dir_okay=False,
                      path_type=Path), help="[slurm] TOML with partition, time, "
-                     "cpus_per_task, gpus_per_task, signal_grace, extra; options override it."),
+                     "cpus_per_task, gpus_per_task, nproc_per_node, signal_grace, extra; "
+                     "options override it."),
         click.option("--wait", is_flag=True,
                      help="[slurm] stay until no job of the campaign is queued; exit 0 "
                      "once every cell is complete."),
@@ -602,6 +603,11 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
     marks each cell complete, partial (iterations reached) or not started, and the command
     exits with code 75 (EX_TEMPFAIL); call it again with the same options to continue.
     Exit codes: 0 complete, 2 user error, 75 paused.
+
+    \b
+    --launcher slurm makes each run one batch job, requeued whenever it pauses, and returns
+    once they are submitted (exit 0); calling it again submits only the runs that are
+    neither complete nor queued. README: Running on a cluster.
     """
     from dagc.runtime.stopping import PAUSED_EXIT_CODE, parse_duration
     from dagc.runtime.studies.reproduce import Settings, status_table
