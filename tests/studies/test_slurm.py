@@ -261,8 +261,12 @@ class Cluster:
         key = self.state / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
-        self.conf.write_text(SLURM_CONF.format(host=host, ctld_port=free_port(),
-                                               d_port=free_port(), state=self.state,
+        ports = {free_port()}
+        while len(ports) < 2:
+            ports.add(free_port())
+        ctld_port, d_port = sorted(ports)
+        self.conf.write_text(SLURM_CONF.format(host=host, ctld_port=ctld_port,
+                                               d_port=d_port, state=self.state,
                                                cpus=cpus, max_minutes=max_minutes))  # fmt: skip
         self.max_minutes = max_minutes
 
