@@ -367,9 +367,10 @@ def test_a_campaign_on_slurm_pauses_requeues_and_matches_a_local_run(
     settings = ["--quick", "--channels", 1, "--iterations", iterations, "--eval-every",
                 iterations, "--device", "cpu", "--data-dir", DATA]  # fmt: skip
     # slurmctld checks time limits every 30 s and sends SIGUSR1 at the first check within
-    # grace + 30 s of the limit: with 2 minutes and 75 s, 15-45 s into each allocation, so
-    # a cell still running then pauses and is requeued, with 75 s or more to do it in.
-    slurm = ["--launcher", "slurm", "--slurm-time", 2, "--signal-grace", 75,
+    # grace + 30 s of the limit: with 2 minutes and 85 s, 5-35 s into each allocation. The
+    # script holds it until the training listens, so a cell whose training has not ended
+    # by then pauses after a step (85 s or more to do it in) and is requeued.
+    slurm = ["--launcher", "slurm", "--slurm-time", 2, "--signal-grace", 85,
              "--partition", "short"]  # fmt: skip
     started = time.monotonic()
     # The same cells here, one after another, while the cluster works.
