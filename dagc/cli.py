@@ -524,6 +524,50 @@ def draw(connectome, output, prepare, dag_options):
     click.echo(f"wrote {output}", err=True)
 
 
+def slurm_options(command):
+    """`dagc reproduce --launcher slurm` and what each cell's job asks of Slurm."""
+    options = [
+        click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local",
+                     show_default=True,
+                     help="local: the cells one after another here; slurm: each cell one "
+                     "batch job (sbatch), requeued when it pauses (exit 75)."),
+        click.option("--partition", help="[slurm] sbatch --partition."),
+        click.option("--slurm-time", help="[slurm] sbatch --time per allocation, e.g. 4:00:00."),
+        click.option("--cpus-per-task", type=click.IntRange(min=1), help="[slurm]"),
+        click.option("--gpus-per-task", type=click.IntRange(min=0), help="[slurm]"),
+        click.option("--nproc-per-node", type=click.IntRange(min=1),
+                     help="[slurm] train each run data-parallel under torchrun with this many "
+                     "processes (one per GPU) [default: 1, no torchrun]."),
+        click.option("--signal-grace", type=click.IntRange(min=1),
+                     help="[slurm] seconds before the time limit that Slurm asks a cell to "
+                     "pause (SIGUSR1) [default: 120]."),
+        click.option("--sbatch", "extra", multiple=True, metavar="OPTION",
+                     help="[slurm] a further sbatch option, e.g. --sbatch=--account=lab "
+                     "(repeatable)."),
+        click.option("--slurm-config", type=click.Path(exists=True, dir_okay=False,
+                     path_type=Path), help="[slurm] TOML with partition, time, "
+                     "cpus_per_task, gpus_per_task, nproc_per_node, signal_grace, extra; "
+                     "options override it."),
+        click.option("--wait", is_flag=True,
+                     help="[slurm] stay until no job of the campaign is queued; exit 0 "
+                     "once every cell is complete."),
+        click.option("--cell", hidden=True, help="Train this one cell (a batch job's command)."),
+    ]  # fmt: skip
+    names = ("partition", "slurm_time", "cpus_per_task", "gpus_per_task", "nproc_per_node",
+             "signal_grace", "extra", "slurm_config")  # fmt: skip
+
+    @functools.wraps(command)
+    def gather(**kwargs):
+        settings = {name: kwargs.pop(name) for name in names}
+        settings["time"] = settings.pop("slurm_time")
+        settings["config"] = settings.pop("slurm_config")
+        return command(slurm=settings, **kwargs)
+
+    for option in reversed(options):
+        gather = option(gather)
+    return gather
+
+
 @cli.command()
 @click.option(
     "--out",
@@ -577,8 +621,9 @@ def draw(connectome, output, prepare, dag_options):
     None,
     "Activation storage of the CPU engine for the runs (see dagc train) [default: fp32].",
 )
+@slurm_options
 def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_every,
-              time_limit, show_status, precision):  # fmt: skip
+              time_limit, show_status, precision, launcher, slurm, wait, cell):  # fmt: skip
     """Train the paper's networks and baselines and write REPORT.md with Table 1 and Fig. 3.
 
     \b
@@ -588,6 +633,11 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
     marks each cell complete, partial (iterations reached) or not started, and the command
     exits with code 75 (EX_TEMPFAIL); call it again with the same options to continue.
     Exit codes: 0 complete, 2 user error, 75 paused.
+
+    \b
+    --launcher slurm makes each run one batch job, requeued whenever it pauses, and returns
+    once they are submitted (exit 0); calling it again submits only the runs that are
+    neither complete nor queued. README: Running on a cluster.
     """
     from dagc.runtime.stopping import PAUSED_EXIT_CODE, parse_duration
     from dagc.runtime.studies.reproduce import Settings, status_table
@@ -603,13 +653,32 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     if show_status:
         click.echo(status_table(out, settings))
+        if launcher == "slurm":
+            from dagc.runtime.studies.slurm import queue_lines
+
+            click.echo("\n".join(queue_lines(out)))
         return 0
     limit = parse_duration(time_limit) if time_limit is not None else None
     if not out.parent.is_dir():
         raise DagcError("parent folder does not exist", out.parent)
-    complete = run_reproduction(
-        out, settings, log=lambda line: click.echo(line, err=True), time_limit=limit
-    )
+    log = functools.partial(click.echo, err=True)
+    if cell is not None:  # one cell, as a batch job of --launcher slurm runs it
+        from dagc.runtime.studies.reproduce import reproduce_cell
+
+        complete = reproduce_cell(out, settings, cell, log=log, time_limit=limit)
+    elif launcher == "slurm":
+        from dagc.runtime.studies import slurm as launch
+
+        launch.submit(out, settings, launch.SlurmOptions.load(**slurm), log, limit)
+        complete = not wait or launch.wait(out, settings, log)
+        if wait:
+            click.echo(status_table(out, settings))
+    else:
+        if (out / "slurm" / "jobs.json").exists():
+            from dagc.runtime.studies.slurm import refuse_if_queued
+
+            refuse_if_queued(out)
+        complete = run_reproduction(out, settings, log=log, time_limit=limit)
     return 0 if complete else PAUSED_EXIT_CODE
 
 

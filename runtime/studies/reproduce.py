@@ -11,6 +11,7 @@ continues; `--status` prints the table without training.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from dagc.compiler.build import compile_network
 from dagc.compiler.dag import DagOptions
+from dagc.compiler.errors import DagcError
 from dagc.compiler.graph import PrepareOptions
 from dagc.compiler.output import write_atomic
 from dagc.compiler.render import CompileOptions
@@ -220,6 +222,54 @@ def reproduce(
         + ("" if complete else " (incomplete: call again to continue)")
     )
     return complete and not paused
+
+
+def find_cell(out: Path, settings: Settings, name: str) -> Cell:
+    """The campaign's cell whose run folder is `name`; a DagcError naming the others if none."""
+    cells = campaign(out, settings)
+    for cell in cells:
+        if cell.run_dir.name == name:
+            return cell
+    names = ", ".join(cell.run_dir.name for cell in cells)
+    raise DagcError(
+        f"--cell {name!r}: no such run in this campaign (its runs: {names})"
+    )
+
+
+def reproduce_cell(out: Path, settings: Settings, name: str, log=print,
+                   time_limit: float | None = None) -> bool:  # fmt: skip
+    """Train one cell (a batch job of `dagc reproduce --launcher slurm`): True once complete.
+
+    A stop signal or the time limit pauses it like a whole campaign (False). Only the
+    training listens for the stop signals: a job script passes one on once it does
+    (studies/slurm.py), so none falls between a check here and the training's own. A
+    completed cell rewrites the report, one job at a time (a lock file), so the job that
+    finishes the campaign's last cell leaves the complete report.
+    """
+    import fcntl
+
+    started = time.monotonic()
+    cell = find_cell(out, settings, name)
+    summary = {"status": "complete"}
+    if cell.state == "complete":
+        log(f"skip (finished): {name}")
+    else:
+        log(f"{'resume' if cell.state == 'partial' else 'train'}: {name}")
+        remaining = None
+        if time_limit is not None:
+            remaining = max(time_limit - (time.monotonic() - started), 1e-9)
+        summary = run_one(cell, settings, out, remaining)
+    if summary.get("status") != "complete":
+        log(
+            f"paused: {name} at iteration {summary['iteration']} ({summary['stopped_by']})"
+        )
+        return False  # no report now: the grace before the time limit is short
+    if int(os.environ.get("RANK", "0")) != 0:
+        return True  # under torchrun the main process writes the report
+    with open(out / ".report.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_report(out, settings, campaign(out, settings), time.monotonic() - started)
+    return True
 
 
 def status_table(out: Path, settings: Settings) -> str:
