@@ -80,6 +80,21 @@ def run_kernels(weights: Path, device: str) -> tuple[str, str]:
     return (kernels if kernels in usable else "auto"), precision
 
 
+def use_run_kernels(
+    module, weights: Path, model_path: Path, device: str, precision: str | None
+) -> tuple[str, str]:
+    """Swap in the kernels a run trained with, in its precision unless `precision` says
+    otherwise (then the kernels that store it); returns (kernels, precision)."""
+    choice, trained_in = run_kernels(weights, device)
+    if precision not in (None, trained_in):
+        choice = "auto"  # another precision than training's: the kernels that store it
+    precision = precision or trained_in
+    kernels = use_kernels(
+        choice, module, torch.device(device), str(model_path), precision=precision
+    )
+    return kernels, precision
+
+
 def evaluate_saved(
     target: Path,
     dataset: str,
@@ -95,13 +110,7 @@ def evaluate_saved(
     device = device_kind(device)
     keep_freed_cpu_memory(torch.device(device))
     # The kernels and precision training used, so the accuracy is the summary's.
-    choice, trained_in = run_kernels(weights, device)
-    if precision not in (None, trained_in):
-        choice = "auto"  # another precision than training's: the kernels that store it
-    precision = precision or trained_in
-    kernels = use_kernels(
-        choice, module, torch.device(device), str(model_path), precision=precision
-    )
+    kernels, precision = use_run_kernels(module, weights, model_path, device, precision)
     net = build_model(module).to(device)
     try:
         net.load_state_dict(load_weights(weights, device, network_fingerprint(module)))

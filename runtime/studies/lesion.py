@@ -21,8 +21,7 @@ from dagc.compiler.errors import DagcError
 from dagc.runtime.checkpoint import load_weights
 from dagc.runtime.data import DatasetInfo, check_model_fits, dataset_info, load_split
 from dagc.runtime.devices import device_kind, keep_freed_cpu_memory
-from dagc.runtime.evaluate import evaluate, locate, run_kernels
-from dagc.runtime.kernels import use_kernels
+from dagc.runtime.evaluate import evaluate, locate, use_run_kernels
 from dagc.runtime.loading import build_model, load_generated
 
 # The locomotion command interneurons (Chalfie et al. 1985), both sides.
@@ -69,13 +68,7 @@ def load_run(
     device = device_kind(device)
     keep_freed_cpu_memory(torch.device(device))
     # The kernels and precision training used, so the scans compute what it did.
-    choice, trained_in = run_kernels(weights, device)
-    if precision not in (None, trained_in):
-        choice = "auto"  # another precision than training's: the kernels that store it
-    use_kernels(
-        choice, module, torch.device(device), str(model_path),
-        precision=precision or trained_in,
-    )  # fmt: skip
+    use_run_kernels(module, weights, model_path, device, precision)
     net = build_model(module).to(device)
     try:
         net.load_state_dict(load_weights(weights, device))

@@ -295,29 +295,6 @@ def test_a_network_takes_every_kernel_and_never_falls_back(compile_to):
     assert calls["torch"] == []
 
 
-# --- building ---------------------------------------------------------------------------------
-
-
-def test_the_build_is_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGC_KERNEL_CACHE", str(tmp_path))
-    first = cpu_kernels.build()
-    stamp = first.stat().st_mtime_ns
-    assert cpu_kernels.build() == first and first.stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left
-
-
-def test_a_failing_compiler_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGC_KERNEL_CACHE", str(tmp_path))
-    monkeypatch.setenv("CXX", "false")  # exits 1 without a word
-    with pytest.raises(cpu_kernels.KernelBuildError, match="failed to build"):
-        cpu_kernels.build()
-    assert list(tmp_path.iterdir()) == []  # nothing half-written
-    monkeypatch.delenv("CXX")
-    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler anywhere
-    with pytest.raises(cpu_kernels.KernelBuildError, match="no C\\+\\+ compiler"):
-        cpu_kernels.build()
-
-
 # --- the command line ---------------------------------------------------------------------------
 
 

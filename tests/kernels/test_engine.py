@@ -273,25 +273,6 @@ def test_a_second_backward_through_one_graph_is_a_clear_error(compile_to):
         kernels.uninstall(module)
 
 
-def test_the_build_is_cached_and_a_failing_compiler_is_one_clear_error(
-    tmp_path, monkeypatch
-):
-    monkeypatch.setenv("DAGC_KERNEL_CACHE", str(tmp_path))
-    first = engine.build()
-    stamp = first.stat().st_mtime_ns
-    assert engine.build() == first and first.stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left
-    first.unlink()
-    monkeypatch.setenv("CXX", "false")  # exits 1 without a word
-    with pytest.raises(engine.KernelBuildError, match="failed to build the engine"):
-        engine.build()
-    assert list(tmp_path.iterdir()) == []  # nothing half-written
-    monkeypatch.delenv("CXX")
-    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler anywhere
-    with pytest.raises(engine.KernelBuildError, match="no C\\+\\+ compiler"):
-        engine.build()
-
-
 # --- choosing the engine: --kernels and --precision ------------------------------------------
 
 
