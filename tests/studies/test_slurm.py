@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -356,6 +358,26 @@ def metric_rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "images_per_s"} for row in rows]
 
 
+def pause_the_first_cell_through_slurm(cluster, logs: Path, found: list) -> None:
+    """Slurm's time-limit signal comes 5-35 s into an allocation, which a fast machine can
+    outrun (a quick cell trains in seconds once it has started). So the first cell whose
+    job script starts is also sent USR1 through Slurm (`scancel --batch`: the same signal to
+    the batch script that --signal=B:USR1 sends at the time limit), a second into its
+    allocation; the script holds it until the training listens, so that cell pauses and is
+    requeued on any machine. Runs beside the submission; `found` gets the cell's name."""
+    deadline = time.monotonic() + 600
+    started = re.compile(r"job (\d+): allocation 1 on")
+    while time.monotonic() < deadline:
+        for path in sorted(logs.glob("*.out")) if logs.is_dir() else ():
+            match = started.search(path.read_text())
+            if match:
+                time.sleep(1)  # its traps are set within milliseconds of that line
+                result = cluster.run("scancel", "--signal=USR1", "--batch", match[1])
+                found.append(path.stem if result.returncode == 0 else result.stderr)
+                return
+        time.sleep(0.2)
+
+
 @pytest.mark.slurm
 def test_a_campaign_on_slurm_pauses_requeues_and_matches_a_local_run(
     slurm_cluster, tmp_path, clean_error
@@ -373,6 +395,13 @@ def test_a_campaign_on_slurm_pauses_requeues_and_matches_a_local_run(
     slurm = ["--launcher", "slurm", "--slurm-time", 2, "--signal-grace", 85,
              "--partition", "short"]  # fmt: skip
     started = time.monotonic()
+    signalled: list = []
+    signaller = threading.Thread(
+        target=pause_the_first_cell_through_slurm,
+        args=(slurm_cluster, tmp_path / "slurm" / "slurm" / "logs", signalled),
+        daemon=True,
+    )
+    signaller.start()
     # The same cells here, one after another, while the cluster works.
     local = subprocess.Popen([sys.executable, "-m", "dagc", "reproduce", *map(str, settings),
                               "--out", tmp_path / "local"], env=ENV, text=True,
@@ -411,7 +440,10 @@ def test_a_campaign_on_slurm_pauses_requeues_and_matches_a_local_run(
     paused = [
         name for name, text in logs.items() if "paused (exit 75): requeued" in text
     ]
+    signaller.join(timeout=1)
+    print(f"signalled through scancel: {signalled}")
     assert paused, "no cell was signalled and requeued"
+    assert signalled and signalled[0] in paused, signalled
     for name in paused:
         text = logs[name]
         assert "SIGUSR1 from Slurm" in text and "allocation 2 on" in text
