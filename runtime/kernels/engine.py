@@ -195,10 +195,6 @@ def _takes(tables: Tables, source, w, conv, bn_weight, *vectors) -> bool:
     )
 
 
-def _eval_stats(bn_mean, bn_var, eps):
-    return bn_mean.detach().contiguous(), torch.rsqrt(bn_var.detach() + eps)
-
-
 def _make_forward(tables: Tables, bf16: bool) -> Callable:
     def dag_forward(
         source, w, conv, bn_weight, bn_bias, bn_mean, bn_var, training, eps, save
@@ -209,7 +205,7 @@ def _make_forward(tables: Tables, bf16: bool) -> Callable:
         mean = torch.empty(stats_shape, dtype=torch.float32)
         invstd = torch.empty(stats_shape, dtype=torch.float32)
         run_mean, run_invstd = (
-            (mean, invstd) if training else _eval_stats(bn_mean, bn_var, eps)
+            (mean, invstd) if training else cpu._channel_stats(bn_mean, bn_var, eps)
         )
         plane = batch * height * width
         # One tensor per summed node (channels x plane), each small enough for glibc to
@@ -274,7 +270,7 @@ def _make_backward(module, tables: Tables) -> Callable:
             raise module.saved_tensors_freed()
         batch, channels, height, width = source.shape
         if not training:
-            mean, invstd = _eval_stats(bn_mean, bn_var, eps)
+            mean, invstd = cpu._channel_stats(bn_mean, bn_var, eps)
         grad = grad.contiguous().float()
         grad_source = torch.empty_like(source)
         grad_w = torch.empty_like(w)
