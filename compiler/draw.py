@@ -3,6 +3,11 @@
 Nodes are placed by topological level from the source (left) to the sink (right) and coloured
 by neuron type; edge width follows the synapse weight. Within a level, nodes are ordered by the
 mean height of the nodes feeding them, so that wiring flows instead of crossing.
+
+A brain of thousands of neurons (the larva: 3,012 neurons over 1,155 levels) would be ink, so
+above BINNED_ABOVE nodes the levels are binned: how many neurons of each type each stretch of
+levels holds (and how many feed the sink), over a map of how many synapses run from each
+stretch to each later one.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ TYPE_COLOURS = {
     "other": "#8c564b",
 }
 FORMATS = (".svg", ".png", ".pdf")
+BINNED_ABOVE = 600  # nodes; the worms (282, 357) are drawn neuron by neuron
+LEVEL_BINS = 60
 
 
 def node_positions(plan: NetworkPlan) -> list[tuple[float, float]]:
@@ -55,15 +62,25 @@ def node_positions(plan: NetworkPlan) -> list[tuple[float, float]]:
 
 
 def draw_plan(plan: NetworkPlan, path: Path, title: str) -> Path:
+    """Fig. 2 of the plan into `path` (.svg, .png or .pdf), written atomically."""
+    if path.suffix.lower() not in FORMATS:
+        raise DagcError(f"figure format must be one of {', '.join(FORMATS)}", path)
     import matplotlib
 
     matplotlib.use("Agg")
+    if len(plan.nodes) > BINNED_ABOVE:
+        fig = binned_figure(plan, title)
+    else:
+        fig = neuron_figure(plan, title)
+    return _save(fig, path)
+
+
+def neuron_figure(plan: NetworkPlan, title: str):
+    """Every neuron a dot at its level, every synapse a line."""
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
-    if path.suffix.lower() not in FORMATS:
-        raise DagcError(f"figure format must be one of {', '.join(FORMATS)}", path)
     positions = node_positions(plan)
     sink_x = plan.depth + 1
     width = max(10.0, min(40.0, plan.depth * 0.35))
@@ -120,9 +137,69 @@ def draw_plan(plan: NetworkPlan, path: Path, title: str) -> Path:
     ax.set_yticks([])
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    ax.set_title(
-        f"{title}: {len(plan.nodes)} neurons, {len(plan.edges)} synapses, {plan.depth} levels"
+    ax.set_title(_heading(plan, title))
+    return fig
+
+
+def _heading(plan: NetworkPlan, title: str) -> str:
+    return f"{title}: {len(plan.nodes)} neurons, {len(plan.edges)} synapses, {plan.depth} levels"
+
+
+def level_bins(plan: NetworkPlan, bins: int) -> list[int]:
+    """The bin of each plan node: its level scaled onto `bins` equal stretches."""
+    bins = min(bins, plan.depth)
+    return [node.level * bins // plan.depth for node in plan.nodes]
+
+
+def binned_figure(plan: NetworkPlan, title: str, bins: int = LEVEL_BINS):
+    """Neurons per stretch of levels, stacked by type, over the synapses between stretches."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    of_node = level_bins(plan, bins)
+    bins = max(of_node) + 1
+    per_level = plan.depth / bins  # levels per bin
+    centres = (np.arange(bins) + 0.5) * per_level
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(13, 10), sharex=True, height_ratios=(2, 3), layout="constrained"
     )
+    stacked = np.zeros(bins)
+    for cell_type in NEURON_TYPES:
+        counts = np.bincount(
+            [b for b, node in zip(of_node, plan.nodes) if node.type == cell_type],
+            minlength=bins,
+        )
+        if counts.any():
+            top.bar(centres, counts, width=per_level * 0.9, bottom=stacked,
+                    color=TYPE_COLOURS[cell_type],
+                    label=f"{cell_type} ({int(counts.sum())})")  # fmt: skip
+            stacked += counts
+    outputs = np.bincount([of_node[i] for i in plan.outputs], minlength=bins)
+    top.step(centres, outputs, where="mid", color="black", linewidth=1.2,
+             label=f"feed the sink ({len(plan.outputs)})")  # fmt: skip
+    top.set_yscale("symlog", linthresh=10)
+    top.set_ylabel(f"neurons per {per_level:.0f} levels")
+    top.legend(fontsize=9, loc="upper right", framealpha=0.9)
+    top.set_title(_heading(plan, title) + f"; {len(plan.inputs)} fed by the source")
+
+    synapses = np.zeros((bins, bins))
+    for pre, post in plan.edges:
+        synapses[of_node[pre], of_node[post]] += 1
+    extent = (0, plan.depth, plan.depth, 0)
+    image = bottom.imshow(
+        np.ma.masked_equal(synapses, 0), extent=extent, aspect="auto",
+        cmap="viridis", norm=LogNorm(vmin=1, vmax=max(synapses.max(), 2)),
+    )  # fmt: skip
+    fig.colorbar(image, ax=bottom, label="synapses (DAG edges)", pad=0.01)
+    bottom.set_ylabel("presynaptic level")
+    bottom.set_xlabel("postsynaptic level (source -> sink)")
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format=path.suffix.lstrip(".").lower(), dpi=200)

@@ -203,6 +203,24 @@ def widest_fitting_channels(module, estimate: MemoryEstimate, available: int) ->
     return max(0, int(budget / max(scalable, 1) * module.CHANNELS))
 
 
+def _engine_advice(module, batch_size, data_bytes, kernels, device, available) -> str:
+    """ "--kernels engine (N GiB) or " when the CPU engine's step would fit where this one
+    does not (it keeps one saved tensor per summed node; the rest lives per thread)."""
+    if device.type != "cpu" or kernels == "engine":
+        return ""
+    threads = torch.get_num_threads()
+    for precision in ("fp32", "bf16"):
+        engine = estimate_memory(
+            module, batch_size, data_bytes, "engine", precision, threads
+        )
+        if engine.train_bytes * ALLOCATOR_MARGIN <= available:
+            flag = "--kernels engine" + (
+                " --precision bf16" if precision == "bf16" else ""
+            )
+            return f"use {flag} (about {engine.train_bytes * ALLOCATOR_MARGIN / GIB:.1f} GiB), "
+    return ""
+
+
 def check_training_memory(
     module,
     batch_size: int,
@@ -235,6 +253,10 @@ def check_training_memory(
         f"recompile with --channels {fits} or fewer, or lower --batch-size"
         if fits
         else "lower --batch-size"
+    )
+    advice = (
+        _engine_advice(module, batch_size, data_bytes, kernels, device, available)
+        + advice
     )
     raise DagcError(
         f"not enough memory: a training step needs about "

@@ -398,6 +398,37 @@ def test_a_run_that_cannot_fit_is_refused_in_one_line():
     assert fits.eval_batch == EVAL_BATCH
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_refusal_points_to_the_engine_when_its_step_would_fit(precision):
+    import torch
+
+    from dagc.runtime.memory import ALLOCATOR_MARGIN
+
+    module = tiny_module(78)
+    threads = torch.get_num_threads()
+    engine = estimate_memory(module, 100, 0, "engine", precision, threads).train_bytes
+    available = int(engine * ALLOCATOR_MARGIN) + 1
+    assert estimate_memory(module, 100).train_bytes * ALLOCATOR_MARGIN > available
+    with pytest.raises(DagcError) as error:
+        check_training_memory(
+            module,
+            100,
+            torch.device("cpu"),
+            "net.py",
+            available=available,
+            kernels="cpp",
+        )
+    flag = "--kernels engine" + (" --precision bf16" if precision == "bf16" else "")
+    assert f"use {flag} (about" in str(error.value)
+    assert ("--precision bf16" in str(error.value)) == (precision == "bf16")
+    # Already on the engine: no advice to use it.
+    with pytest.raises(DagcError) as error:
+        check_training_memory(
+            module, 100, torch.device("cpu"), "net.py", available=1, kernels="engine"
+        )
+    assert "--kernels engine" not in str(error.value)
+
+
 def test_evaluation_batch_shrinks_to_fit():
     import torch
 
@@ -438,3 +469,23 @@ def test_dagc_train_refuses_before_training(monkeypatch, dagc, tmp_path, clean_e
     line = clean_error(result, "not enough memory", "--channels")
     assert "hermaphrodite_net.py" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_larva_is_drawn_binned_by_level(run_dagc, tmp_path):
+    from dagc.compiler import draw
+    from dagc.compiler.pipeline import run_front_end
+
+    plan = run_front_end("larva", PrepareOptions(), DagOptions()).plan
+    bins = draw.level_bins(plan, draw.LEVEL_BINS)
+    # Each of the 60 stretches holds levels [k * 1155 / 60, (k + 1) * 1155 / 60): a node
+    # of a later level never lands in an earlier bin, and every bin holds some level.
+    assert sorted(set(bins)) == list(range(draw.LEVEL_BINS))
+    by_level = sorted(zip((node.level for node in plan.nodes), bins))
+    assert [b for _, b in by_level] == sorted(b for _, b in by_level)
+    assert bins[-1] == draw.LEVEL_BINS - 1  # the deepest node
+    # The figure is the binned one (its synapse map has a colour bar), written whole.
+    figure = draw.binned_figure(plan, "larva")
+    assert len(figure.axes) == 3
+    result = run_dagc("draw", "larva", "-o", tmp_path / "larva.png")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "larva.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@ pass must equal the torch path (the generated module's own dag_forward/dag_backw
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -53,6 +54,16 @@ def step(module, train: bool, seed: int = 0, batch: int = 3, steps: int = 1):
     return out.detach(), grads, buffers
 
 
+@contextlib.contextmanager
+def engine_installed(module, precision: str = "fp32"):
+    """The engine in `module` for the block, the module's own functions again after it."""
+    kernels.install(module, "engine", precision=precision)
+    try:
+        yield
+    finally:
+        kernels.uninstall(module)
+
+
 def relative(expected: torch.Tensor, got: torch.Tensor, floor: float = 1e-30) -> float:
     scale = expected.abs().max().clamp_min(floor)
     return ((expected - got).abs().max() / scale).item()
@@ -62,11 +73,8 @@ def compare(module, train: bool, precision: str = "fp32", seed: int = 0) -> dict
     """The worst relative differences (engine against the torch path) per tensor."""
     kernels.uninstall(module)
     expected = step(module, train, seed)
-    kernels.install(module, "engine", precision=precision)
-    try:
+    with engine_installed(module, precision):
         got = step(module, train, seed)
-    finally:
-        kernels.uninstall(module)
     largest = max(g.abs().max() for g in expected[1].values())
     errors = {"out": relative(expected[0], got[0])}
     # The stem BatchNorm's gradients are rounding noise around zero (every path from it meets
@@ -146,11 +154,8 @@ def op_errors(module, train: bool, precision: str, channels=2, batch=3, norm=Fal
     kernels.uninstall(module)
     reference = dag_pass(module, [t.double() for t in inputs], train)
     torch32 = dag_pass(module, inputs, train)
-    kernels.install(module, "engine", precision=precision)
-    try:
+    with engine_installed(module, precision):
         got = dag_pass(module, inputs, train)
-    finally:
-        kernels.uninstall(module)
 
     def error(expected, value):
         if norm:
@@ -251,26 +256,20 @@ def test_calls_the_engine_cannot_take_go_to_the_module_functions(compile_to):
     model = build_model(module).double()
     x = torch.randn(2, *module.INPUT_SHAPE, dtype=torch.float64)
     expected = model(x)
-    kernels.install(module, "engine")
-    try:
+    with engine_installed(module):
         got = model(x)  # float64: the module's own dag_forward and dag_backward
         got.sum().backward()
-    finally:
-        kernels.uninstall(module)
     assert torch.equal(expected, got)
 
 
 def test_a_second_backward_through_one_graph_is_a_clear_error(compile_to):
     module = load_generated(compile_to("hermaphrodite", channels=2)[1])
-    kernels.install(module, "engine")
-    try:
+    with engine_installed(module):
         model = build_model(module)
         out = model(torch.randn(2, *module.INPUT_SHAPE)).sum()
         out.backward(retain_graph=True)
         with pytest.raises(RuntimeError, match="freed"):
             out.backward()
-    finally:
-        kernels.uninstall(module)
 
 
 # --- choosing the engine: --kernels and --precision ------------------------------------------
