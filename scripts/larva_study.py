@@ -99,9 +99,11 @@ def summarize(out: Path) -> dict:
             "train_wall_time_s": summary["train_wall_time_s"],
             **final_row(read_metrics(folder)),
         }
-    for run in RUNS:
+    for run in RUNS:  # the worm beside each larva run that was trained
+        if run.name not in rows or run.dag != "constrained":
+            continue
         worm = worm_row(run.dataset, run.iterations)
-        if worm and run.dag == "constrained":
+        if worm:
             rows[f"hermaphrodite8-{run.dataset}-at-{run.iterations}"] = worm
     return rows
 
@@ -115,9 +117,12 @@ def plot(out: Path) -> None:
     curves = [
         (run.name, out / "runs" / run.name, run.dataset, run.iterations) for run in RUNS
     ]
-    for dataset, iterations in (("mnist", 200), ("fashion-mnist", 100)):
-        worm = WORM_RUNS / f"hermaphrodite8-{dataset}-fp32"
-        curves.append((f"hermaphrodite8-{dataset}", worm, dataset, iterations))
+    for run in RUNS:  # the worm beside each larva run that was trained
+        if run.dag == "constrained" and run_is_complete(out / "runs" / run.name):
+            worm = WORM_RUNS / f"hermaphrodite8-{run.dataset}-fp32"
+            curves.append(
+                (f"hermaphrodite8-{run.dataset}", worm, run.dataset, run.iterations)
+            )
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     for name, folder, dataset, iterations in curves:
         if not (folder / "metrics.jsonl").exists():

@@ -27,6 +27,7 @@ from study_runs import (
     read_metrics,
     read_summary,
     run_is_complete,
+    tidy,
     train,
 )
 
@@ -65,6 +66,8 @@ def summarize(out: Path) -> dict:
         runs = {p: out / "runs" / f"{pair.name}-{p}" for p in PRECISIONS}
         if not all(run_is_complete(run) for run in runs.values()):
             continue
+        for run in runs.values():
+            tidy(run)  # completed by an earlier, interrupted invocation
         finals = {p: final_row(read_metrics(run)) for p, run in runs.items()}
         pairs[pair.name] = {
             "channels": pair.channels,

@@ -108,8 +108,11 @@ def compile_model(
     path = models_dir / f"{network.file_name(seed)}-c{settings.channels}.py"
     if not path.exists():
         dag = DagOptions(network.dag, seed if network.seeded else 0)
-        options = CompileOptions(channels=settings.channels, edge_weights=network.edge_weights,
-                                 layout="levels")  # fmt: skip
+        # The compiler's defaults (flat layout, generated reverse pass): what `dagc train`
+        # runs fastest, the CPU engine included; the levels layout falls back to torch's ops.
+        options = CompileOptions(
+            channels=settings.channels, edge_weights=network.edge_weights
+        )
         with warnings.catch_warnings():
             warnings.simplefilter(
                 "ignore"

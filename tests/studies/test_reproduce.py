@@ -42,6 +42,9 @@ def test_quick_reproduction_writes_the_report_and_skips_finished_runs(tmp_path):
         assert label in report, label
     summaries = list(out.glob("runs/*/summary.json"))
     assert len(summaries) == 7
+    # Every cell ran on the fastest kernels a CPU has (a levels-layout module would have
+    # fallen back to torch's ops, 2-3x slower at the paper's width).
+    assert {json.loads(s.read_text())["kernels"] for s in summaries} == {"engine"}
     for name in ("fig3_accuracy_mnist.png", "fig3_examples_male_fashion-mnist.png"):
         assert (out / name).stat().st_size > 10_000
     again = dagc(*args)
