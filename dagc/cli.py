@@ -631,7 +631,10 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
     before a new one starts, so a campaign can be done in slots of any length: with
     --time-limit, or on SIGTERM, SIGUSR1 or SIGINT, the current run pauses cleanly, REPORT.md
     marks each cell complete, partial (iterations reached) or not started, and the command
-    exits with code 75 (EX_TEMPFAIL); call it again with the same options to continue.
+    exits with code 75 (EX_TEMPFAIL); call it again to continue. The first call records the
+    campaign's protocol (--quick, --seeds, --channels, --iterations, --eval-every,
+    --precision) in OUT/campaign.json: later calls take those from there, so --out alone
+    continues or reports the campaign, and an option that contradicts them is refused.
     Exit codes: 0 complete, 2 user error, 75 paused.
 
     \b
@@ -640,17 +643,18 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
     neither complete nor queued. README: Running on a cluster.
     """
     from dagc.runtime.stopping import PAUSED_EXIT_CODE, parse_duration
-    from dagc.runtime.studies.reproduce import Settings, status_table
+    from dagc.runtime.studies.reproduce import (
+        campaign_settings,
+        record_protocol,
+        status_table,
+    )
     from dagc.runtime.studies.reproduce import reproduce as run_reproduction
 
-    overrides = dict(seeds=seeds, channels=channels, iterations=iterations,
-                     eval_every=eval_every, device=device,
-                     data_dir=str(data_dir) if data_dir else None,
-                     precision=precision)  # fmt: skip
-    if quick:
-        settings = Settings.quick_settings(**overrides)
-    else:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    given = dict(seeds=seeds, channels=channels, iterations=iterations,
+                 eval_every=eval_every, device=device,
+                 data_dir=str(data_dir) if data_dir else None,
+                 precision=precision)  # fmt: skip
+    settings = campaign_settings(out, quick, given)
     if show_status:
         click.echo(status_table(out, settings))
         if launcher == "slurm":
@@ -665,11 +669,14 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
     if cell is not None:  # one cell, as a batch job of --launcher slurm runs it
         from dagc.runtime.studies.reproduce import reproduce_cell
 
+        record_protocol(out, settings)
         complete = reproduce_cell(out, settings, cell, log=log, time_limit=limit)
     elif launcher == "slurm":
         from dagc.runtime.studies import slurm as launch
 
         launch.submit(out, settings, launch.SlurmOptions.load(**slurm), log, limit)
+        # Recorded once submitted: a refused launch leaves no folder behind.
+        record_protocol(out, settings)
         complete = not wait or launch.wait(out, settings, log)
         if wait:
             click.echo(status_table(out, settings))
@@ -678,6 +685,7 @@ def reproduce(out, quick, seeds, device, data_dir, channels, iterations, eval_ev
             from dagc.runtime.studies.slurm import refuse_if_queued
 
             refuse_if_queued(out)
+        record_protocol(out, settings)
         complete = run_reproduction(out, settings, log=log, time_limit=limit)
     return 0 if complete else PAUSED_EXIT_CODE
 

@@ -102,6 +102,66 @@ class Settings:
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
+# What fixes a campaign's protocol: written to CAMPAIGN_FILE when it starts, so that calling
+# again with only --out continues (or reports) the same runs. The device and the data folder
+# belong to a slot, not to the campaign: a slot may run on another machine.
+CAMPAIGN_FILE = "campaign.json"
+PROTOCOL = ("quick", "seeds", "channels", "iterations", "eval_every", "precision")
+
+
+def campaign_settings(out: Path, quick: bool, given: dict) -> Settings:
+    """The settings of the campaign in `out`: the options given (None = not given), the rest
+    from its CAMPAIGN_FILE, or the defaults for a new campaign. An option that contradicts
+    the recorded protocol is refused (DagcError): its runs would mix two protocols."""
+    given = {key: value for key, value in given.items() if value is not None}
+    if quick:
+        given["quick"] = True
+    recorded = read_protocol(out)
+    if recorded is None:
+        if given.pop("quick", False):
+            return Settings.quick_settings(**given)
+        return Settings(**given)
+    for key, value in given.items():
+        if key in PROTOCOL and value != recorded[key]:
+            option = (
+                "--quick" if key == "quick" else f"--{key.replace('_', '-')} {value}"
+            )
+            raise DagcError(
+                f"{option}: this campaign runs with {key.replace('_', '-')} "
+                f"{recorded[key]}; leave the option out to continue it, or use another "
+                "--out for another protocol",
+                out / CAMPAIGN_FILE,
+            )
+    return Settings(**{**given, **recorded})
+
+
+def read_protocol(out: Path) -> dict | None:
+    """The recorded protocol; for a campaign from before CAMPAIGN_FILE, the settings its
+    last report wrote to results.json; None for a new campaign."""
+    path = out / CAMPAIGN_FILE
+    if not path.exists():
+        try:
+            report = json.loads((out / "results.json").read_text())
+            recorded = {"precision": "fp32", **report["settings"]}  # before --precision
+            return {key: recorded[key] for key in PROTOCOL}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    try:
+        recorded = json.loads(path.read_text())
+        return {key: recorded[key] for key in PROTOCOL}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DagcError(f"not a campaign record ({exc})", path) from exc
+
+
+def record_protocol(out: Path, settings: Settings) -> None:
+    """Write the campaign's CAMPAIGN_FILE once, when it starts."""
+    path = out / CAMPAIGN_FILE
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        record = {key: getattr(settings, key) for key in PROTOCOL}
+        write_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
 def compile_model(
     network: Network, seed: int, settings: Settings, models_dir: Path
 ) -> Path:

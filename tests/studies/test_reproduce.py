@@ -158,3 +158,53 @@ def test_status_trains_nothing(tmp_path):
         and "--time-limit" in bad.stderr
         and "Traceback" not in bad.stderr
     )
+
+
+def test_a_campaign_remembers_its_protocol(tmp_path):
+    from dagc.compiler.errors import DagcError
+    from dagc.runtime.studies import reproduce
+
+    out = tmp_path / "full"
+    started = reproduce.campaign_settings(out, False, dict(seeds=1, precision=None))
+    assert (started.seeds, started.channels, started.iterations) == (1, 78, 15000)
+    reproduce.record_protocol(out, started)
+    again = reproduce.campaign_settings(out, False, dict(device="cpu", data_dir="D"))
+    assert again == reproduce.Settings(seeds=1, device="cpu", data_dir="D")
+    reproduce.record_protocol(out, reproduce.Settings(seeds=5))  # written once only
+    assert reproduce.read_protocol(out)["seeds"] == 1
+    for quick, given in ((False, dict(seeds=3)), (False, dict(precision="bf16")),
+                         (True, {})):  # fmt: skip
+        with pytest.raises(DagcError, match="this campaign runs with"):
+            reproduce.campaign_settings(out, quick, given)
+    quick = tmp_path / "quick"
+    reproduce.record_protocol(quick, reproduce.Settings.quick_settings(channels=2))
+    assert reproduce.campaign_settings(quick, False, {}).channels == 2
+    assert reproduce.campaign_settings(quick, False, {}).quick
+    older = (
+        tmp_path / "older"
+    )  # a campaign from before campaign.json: its last report's
+    older.mkdir()
+    settings = dict(seeds=1, channels=4, iterations=120, eval_every=40, device="auto",
+                    data_dir=None, quick=True)  # fmt: skip
+    (older / "results.json").write_text(json.dumps({"settings": settings}))
+    assert reproduce.campaign_settings(older, False, {}) == reproduce.Settings(
+        **settings
+    )
+
+
+def test_status_reads_the_recorded_protocol(tmp_path):
+    from dagc.runtime.studies import reproduce
+
+    out = tmp_path / "full"
+    reproduce.record_protocol(out, reproduce.Settings(seeds=1))
+    status = dagc("reproduce", "--out", out, "--status")
+    assert status.returncode == 0, status.stderr
+    assert (
+        "| not started |" in status.stdout and "0 of 7 runs complete" in status.stdout
+    )
+    mixed = dagc("reproduce", "--out", out, "--seeds", 3, "--status")
+    assert mixed.returncode == 2 and "Traceback" not in mixed.stderr
+    assert "campaign.json" in mixed.stderr and "seeds 1" in mixed.stderr
+    (out / "campaign.json").write_text("{")
+    broken = dagc("reproduce", "--out", out, "--status")
+    assert broken.returncode == 2 and "not a campaign record" in broken.stderr
