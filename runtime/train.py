@@ -203,6 +203,7 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
     progress.wall = wall_before + time.perf_counter() - session_start
     if done < config.iterations:
         summary = paused_summary(config, progress, stop.reason)
+        summary.update(device=device_name(device), kernels=kernels)
         run.write_summary(summary)
         return summary
     if not dist.main:

@@ -198,11 +198,21 @@ class Cell:
     state: str  # "complete", "partial" or "not started"
     iteration: int = 0  # reached so far (the last checkpoint's, for a partial run)
     summary: dict | None = None  # a complete run's summary.json
+    paused: dict | None = None  # a partial run's summary.json, written when it paused
 
     def describe(self, iterations: int) -> str:
         if self.state == "partial":
             return f"partial ({self.iteration}/{iterations})"
         return self.state
+
+    def latest_accuracy(self) -> str:
+        """A partial run's last test accuracy (%) and where it was measured, or "-"."""
+        accuracy = (self.paused or {}).get("last_test_accuracy")
+        if accuracy is None:
+            return "-"
+        evaluated = [i for i, _ in accuracy_points(self.run_dir)]
+        at = f" at {evaluated[-1]:,}" if evaluated else ""
+        return f"{100 * accuracy:.2f}{at} (latest)"
 
 
 def cell_state(row: Row, seed: int, out: Path) -> Cell:
@@ -216,7 +226,7 @@ def cell_state(row: Row, seed: int, out: Path) -> Cell:
         return Cell(row, seed, run_dir, "not started")
     pointer = run_dir / "latest.json"
     iteration = json.loads(pointer.read_text())["iteration"] if pointer.exists() else 0
-    return Cell(row, seed, run_dir, "partial", iteration)
+    return Cell(row, seed, run_dir, "partial", iteration, paused=summary)
 
 
 def campaign(out: Path, settings: Settings) -> list[Cell]:
@@ -344,7 +354,7 @@ def status_table(out: Path, settings: Settings) -> str:
     ]
     for cell in cells:
         accuracy = (f"{100 * cell.summary['final_test_accuracy']:.2f}" if cell.summary
-                    else "-")  # fmt: skip
+                    else cell.latest_accuracy())  # fmt: skip
         lines.append(f"| {cell.row.network.label} | {cell.row.dataset} | {cell.seed} "
                      f"| {cell.describe(settings.iterations)} | {accuracy} |")  # fmt: skip
     done = sum(cell.state == "complete" for cell in cells)
@@ -389,6 +399,7 @@ def write_report(
         mine = [cell for cell in cells if cell.row == row]
         summaries = [cell.summary for cell in mine if cell.summary]
         accuracies = [100 * s["final_test_accuracy"] for s in summaries]
+        paused = [cell for cell in mine if cell.paused]  # how far the partial runs are
         table.append({
             "network": row.network.label, "dataset": row.dataset,
             "state": row_state(mine, settings.iterations),
@@ -397,8 +408,11 @@ def write_report(
             "mean": statistics.mean(accuracies) if accuracies else None,
             "paper": row.paper,
             "parameters": summaries[0]["parameters"] if summaries else None,
-            "wall_time_s": sum(s.get("wall_time_s", s["train_wall_time_s"]) for s in summaries),
-            "device": summaries[0]["device"] if summaries else None,
+            "latest": [c.latest_accuracy() for c in paused],
+            "wall_time_s": sum(s.get("wall_time_s", s["train_wall_time_s"])
+                               for s in summaries + [c.paused for c in paused]),
+            "device": next((s.get("device") for s in summaries + [c.paused for c in paused]),
+                           None),
             "runs": [s["command"] for s in summaries],
         })  # fmt: skip
     curves = {}
@@ -460,12 +474,14 @@ def render_report(settings: Settings, table: list[dict], curves: dict[str, str],
     for entry in table:
         paper = f"{entry['paper']:.1f}" if entry["paper"] is not None else "-"
         accuracy = (
-            mean_sd(entry["accuracy_percent"]) if entry["accuracy_percent"] else "-"
+            mean_sd(entry["accuracy_percent"])
+            if entry["accuracy_percent"]
+            else "; ".join(entry["latest"]) or "-"
         )
         parameters = f"{entry['parameters']:,}" if entry["parameters"] else "-"
-        wall = (
-            f"{entry['wall_time_s'] / 60:.1f} min" if entry["accuracy_percent"] else "-"
-        )
+        wall = f"{entry['wall_time_s'] / 60:.1f} min" if entry["wall_time_s"] else "-"
+        if entry["wall_time_s"] and entry["state"] != "complete":
+            wall += " so far"
         lines.append(
             f"| {entry['network']} | {entry['dataset']} | {entry['state']} | {accuracy} "
             f"| {paper} | {parameters} | {wall} | {entry['device'] or '-'} |"

@@ -117,6 +117,12 @@ def test_a_campaign_pauses_and_continues_where_it_stopped(tiny_campaign, tmp_pat
     report = (out / "REPORT.md").read_text()
     assert "INCOMPLETE" in report and f"partial ({cells[0].iteration}/90)" in report
     assert "not started" in report
+    # How far the partial run is: its last evaluation and its time so far.
+    assert cells[0].paused["last_test_accuracy"] is not None
+    latest = cells[0].latest_accuracy()
+    assert latest.endswith("(latest)") and f"{latest} | " in report
+    assert " min so far |" in report
+    assert latest in reproduce.status_table(out, settings)
     logged = metric_rows(first)
 
     lines = []
