@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -130,6 +131,13 @@ def use_kernels(
     generated = getattr(module, "BACKWARD", "autograd") == "generated"
     on_cpu = device.type == "cpu"
     if choice == "torch" or (choice == "auto" and not (generated and on_cpu)):
+        if choice == "auto" and on_cpu and main:  # a silent slowdown would go unnoticed
+            print(
+                f"dagc: {Path(path).name} has autograd's reverse pass (--layout levels or "
+                "--backward autograd), so it runs on torch's ops; compiled with the "
+                "defaults it would run on the CPU engine, several times faster",
+                file=sys.stderr,
+            )
         return _fp32_only("torch", precision)
     if not generated:
         raise DagcError(

@@ -299,12 +299,17 @@ def test_bf16_storage_needs_the_engine(compile_to, choice):
         use_kernels(choice, module, torch.device("cpu"), "net.py", precision="bf16")
 
 
-def test_the_engine_needs_the_generated_reverse_pass(compile_to):
+def test_the_engine_needs_the_generated_reverse_pass(compile_to, capsys):
     from dagc.runtime.kernels import use_kernels
 
     module = load_generated(compile_to("male", channels=2, backward="autograd")[1])
     cpu = torch.device("cpu")
     assert use_kernels("auto", module, cpu, "net.py") == "torch"
+    # said once, in one line: a module that falls back is several times slower
+    notice = capsys.readouterr().err
+    assert notice.count("\n") == 1 and "net.py has autograd's reverse pass" in notice
+    assert use_kernels("auto", module, cpu, "net.py", main=False) == "torch"
+    assert capsys.readouterr().err == ""  # not from every process of a torchrun
     with pytest.raises(DagcError, match="--kernels engine needs a module compiled"):
         use_kernels("engine", module, cpu, "net.py")
     with pytest.raises(DagcError, match="--precision bf16 needs"):
