@@ -89,12 +89,10 @@ def tensor_counts(module) -> tuple[int, int, int]:
     most node outputs alive at once in a forward pass without gradients)."""
     n = len(module.NODES)
     edges = module.EDGES
-    summed = {post for _, post in edges}
-    read = {pre for pre, _ in edges}
     if getattr(module, "BACKWARD", "generated") == "generated":
-        saved = len(summed) + n + len(read)
+        saved = summed_count(module) + n + len({pre for pre, _ in edges})
     else:  # autograd: each node's input sum, conv output and BatchNorm output
-        saved = len(summed) + 2 * n
+        saved = summed_count(module) + 2 * n
     # Reverse pass: node j's gradient exists from j's step down to that of its first
     # predecessor (the last gather that reads it). Forward pass: node i's output exists from
     # i's step up to that of its last consumer, or to the end for an output node.
@@ -113,6 +111,14 @@ def tensor_counts(module) -> tuple[int, int, int]:
         outputs[j] += 1
         outputs[end + 1] -= 1
     return saved, _peak(grads), _peak(outputs)
+
+
+def summed_count(module) -> int:
+    """How many nodes sum weighted inputs: those that keep a saved conv input."""
+    summed = getattr(module, "SUMMED_NODES", None)  # the generated reverse pass's table
+    if summed is None:
+        summed = {post for _, post in module.EDGES}
+    return len(summed)
 
 
 def _peak(differences: list[int]) -> int:
@@ -157,7 +163,7 @@ def estimate_memory(
         # fp32 tensors, rounded up); the gradients and activations of one channel at a
         # time live in each thread's arenas.
         stored = 2 if precision == "bf16" else 4
-        saved = -(-len({post for _, post in module.EDGES}) * stored // element)
+        saved = -(-summed_count(module) * stored // element)
         arena_bytes = threads * (eval_live + live_grads) * batch_size * plane * stored
         live_grads = 0
     return MemoryEstimate(
