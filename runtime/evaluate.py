@@ -14,6 +14,7 @@ from .checkpoint import latest_checkpoint, load_weights, network_fingerprint
 from .data import check_model_fits, dataset_info, load_split, normalise
 from .devices import device_kind, keep_freed_cpu_memory
 from .loading import build_model, load_generated
+from .run_dir import read_summary
 
 
 @torch.no_grad()
@@ -66,11 +67,8 @@ def run_kernels(weights: Path, device: str) -> tuple[str, str]:
     weights), for `dagc eval` and the lesion scans to compute exactly what training did:
     near-tie images then get the same prediction. Kernels that cannot run on `device`, or a
     run without a summary, give ("auto", the run's precision or fp32)."""
-    try:
-        summary = json.loads((weights.parent / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = None
-    if not isinstance(summary, dict):
+    summary = read_summary(weights.parent)
+    if summary is None:
         return "auto", "fp32"
     config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
     precision = summary.get("precision") or config.get("precision")

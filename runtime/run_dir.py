@@ -134,6 +134,15 @@ class RunDir:
             )
 
 
+def read_summary(folder: Path) -> dict | None:
+    """A run folder's summary.json, or None when it is missing or not a JSON object."""
+    try:
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def load_optimizer_state(optimizer, saved: dict, device: torch.device) -> None:
     """Load an Adam state saved by any run (CPU or CUDA, eager or CUDA-graph step).
 

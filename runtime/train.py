@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from dagc import __version__
 from dagc.compiler.errors import DagcError
-from dagc.runtime.kernels import use_kernels
+from dagc.runtime.kernels import engine_hint, use_kernels
 
 from .checkpoint import network_fingerprint
 from .data import check_model_fits, dataset_info, load_split, normalise
@@ -128,6 +128,9 @@ def _train(config: TrainConfig, dist, stop: StopRequest) -> dict:
     )
     run = RunDir(Path(config.out) if config.out else default_run_dir(config), dist.main)
     run.prepare(config.model, config.resume)
+    hint = engine_hint(config.kernels, module, device, config.model)
+    if hint and dist.main:  # once every input is checked: an error stays one line
+        print(hint, file=sys.stderr)
     progress = Progress()
     if config.resume:
         progress = run.restore(model, optimizer, scheduler, scaler, device, fingerprint)

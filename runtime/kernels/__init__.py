@@ -37,6 +37,7 @@ __all__ = [
     "BACKENDS",
     "PRECISIONS",
     "backend",
+    "engine_hint",
     "install",
     "installed",
     "uninstall",
@@ -131,13 +132,6 @@ def use_kernels(
     generated = getattr(module, "BACKWARD", "autograd") == "generated"
     on_cpu = device.type == "cpu"
     if choice == "torch" or (choice == "auto" and not (generated and on_cpu)):
-        if choice == "auto" and on_cpu and main:  # a silent slowdown would go unnoticed
-            print(
-                f"dagc: {Path(path).name} has autograd's reverse pass (--layout levels or "
-                "--backward autograd), so it runs on torch's ops; compiled with the "
-                "defaults it would run on the CPU engine, several times faster",
-                file=sys.stderr,
-            )
         return _fp32_only("torch", precision)
     if not generated:
         raise DagcError(
@@ -173,6 +167,20 @@ def use_kernels(
             file=sys.stderr,
         )
     return "torch"
+
+
+def engine_hint(choice: str, module, device: torch.device, path: str) -> str | None:
+    """One line for a user whose `--kernels auto` on a CPU got torch's ops because the
+    module has autograd's reverse pass: a slowdown of several times that would go unnoticed
+    (None when it does not apply)."""
+    generated = getattr(module, "BACKWARD", "autograd") == "generated"
+    if choice != "auto" or device.type != "cpu" or generated:
+        return None
+    return (
+        f"dagc: {Path(path).name} has autograd's reverse pass (--layout levels or "
+        "--backward autograd), so it runs on torch's ops; compiled with the defaults it "
+        "would run on the CPU engine, several times faster"
+    )
 
 
 def _fp32_only(kernels: str, precision: str) -> str:

@@ -24,6 +24,7 @@ import torch
 from dagc.compiler.errors import DagcError
 from dagc.compiler.output import check_writable_dir, write_atomic
 from dagc.runtime.data import load_split
+from dagc.runtime.run_dir import read_summary
 
 from .lesion import COMMAND_INTERNEURONS, load_run, test_subset
 from .plots import figures
@@ -113,10 +114,8 @@ def recorded_accuracy(target: Path) -> float | None:
     """The run's own full test accuracy: summary.json, else the last evaluation logged."""
     folder = target if target.is_dir() else target.parent
     try:
-        return float(
-            json.loads((folder / "summary.json").read_text())["final_test_accuracy"]
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        return float((read_summary(folder) or {})["final_test_accuracy"])
+    except (KeyError, TypeError, ValueError):
         pass
     try:
         rows = [

@@ -9,7 +9,6 @@ generated code, and every neuron it feeds sees nothing from it.
 from __future__ import annotations
 
 import difflib
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from dagc.runtime.data import DatasetInfo, check_model_fits, dataset_info, load_
 from dagc.runtime.devices import device_kind, keep_freed_cpu_memory
 from dagc.runtime.evaluate import evaluate, locate, use_run_kernels
 from dagc.runtime.loading import build_model, load_generated
+from dagc.runtime.run_dir import read_summary
 
 # The locomotion command interneurons (Chalfie et al. 1985), both sides.
 COMMAND_INTERNEURONS = (
@@ -46,10 +46,8 @@ class LoadedRun:
 def run_dataset(target: Path) -> str:
     """The data set a run folder was trained on (its summary.json), else mnist."""
     folder = target if target.is_dir() else target.parent
-    try:
-        return json.loads((folder / "summary.json").read_text())["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "mnist"
+    dataset = (read_summary(folder) or {}).get("dataset")
+    return dataset if isinstance(dataset, str) else "mnist"
 
 
 def load_run(

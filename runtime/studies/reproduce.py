@@ -25,6 +25,7 @@ from dagc.compiler.errors import DagcError
 from dagc.compiler.graph import PrepareOptions
 from dagc.compiler.output import write_atomic
 from dagc.compiler.render import CompileOptions
+from dagc.runtime.run_dir import read_summary
 from dagc.runtime.stopping import StopRequest
 from dagc.runtime.train import TrainConfig, train
 
@@ -218,8 +219,7 @@ class Cell:
 def cell_state(row: Row, seed: int, out: Path) -> Cell:
     """Read a run's state from its folder alone (nothing is trained or compiled)."""
     run_dir = run_dir_of(row, seed, out)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    summary = read_summary(run_dir)
     if summary is not None and summary.get("status", "complete") == "complete":
         return Cell(row, seed, run_dir, "complete", summary["iterations"], summary)
     if not run_dir.exists():
