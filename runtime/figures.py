@@ -92,7 +92,7 @@ def plot_accuracy_series(
             markersize=4,
             linewidth=1.6,
             color=SERIES_COLOURS[number % len(SERIES_COLOURS)],
-            label=f"{label} (final {ys[-1]:.2f}%)",
+            label=f"{label} ({ys[-1]:.2f}% at {xs[-1]:,})",
         )
     if not values:
         ax.text(

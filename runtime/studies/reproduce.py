@@ -450,7 +450,8 @@ def render_report(settings: Settings, table: list[dict], curves: dict[str, str],
     if any(entry["state"] != "complete" for entry in table):
         lines += [
             "> **INCOMPLETE**: some runs are partial or not started (the state column); "
-            "call `dagc reproduce` again with the same options to continue.",
+            f"call `dagc reproduce --out {out}` again to continue (the protocol is in "
+            f"`{CAMPAIGN_FILE}`).",
             "",
         ]
     if settings.quick:
@@ -464,8 +465,9 @@ def render_report(settings: Settings, table: list[dict], curves: dict[str, str],
     seeds = f"{settings.seeds} seed{'s' if settings.seeds > 1 else ''}"
     lines += [
         f"Protocol: {settings.channels} channels, {settings.iterations} iterations, batch 100, "
-        f"Adam lr 0.004 (x0.1 every 10,000), {seeds}; test accuracy after the last iteration "
-        "(mean ± sd over seeds).",
+        f"Adam lr 0.004 (x0.1 every 10,000), {seeds}, activations stored in "
+        f"{settings.precision}; test accuracy after the last iteration (mean ± sd over "
+        "seeds; for a partial run, its latest evaluation).",
         "",
         "| network | data set | state | dagc accuracy (%) | paper (%) | parameters "
         "| wall time | device |",
