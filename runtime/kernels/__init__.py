@@ -129,7 +129,7 @@ def use_kernels(
     uninstall(module)  # a module imported before may carry an earlier choice
     if precision not in PRECISIONS:
         raise DagcError(f"--precision must be one of {', '.join(PRECISIONS)}")
-    generated = getattr(module, "BACKWARD", "autograd") == "generated"
+    generated = has_generated_backward(module)
     on_cpu = device.type == "cpu"
     if choice == "torch" or (choice == "auto" and not (generated and on_cpu)):
         return _fp32_only("torch", precision)
@@ -173,14 +173,18 @@ def engine_hint(choice: str, module, device: torch.device, path: str) -> str | N
     """One line for a user whose `--kernels auto` on a CPU got torch's ops because the
     module has autograd's reverse pass: a slowdown of several times that would go unnoticed
     (None when it does not apply)."""
-    generated = getattr(module, "BACKWARD", "autograd") == "generated"
-    if choice != "auto" or device.type != "cpu" or generated:
+    if choice != "auto" or device.type != "cpu" or has_generated_backward(module):
         return None
     return (
         f"dagc: {Path(path).name} has autograd's reverse pass (--layout levels or "
         "--backward autograd), so it runs on torch's ops; compiled with the defaults it "
         "would run on the CPU engine, several times faster"
     )
+
+
+def has_generated_backward(module) -> bool:
+    """Whether the module carries the rendered reverse pass dagc's kernels replace."""
+    return getattr(module, "BACKWARD", "autograd") == "generated"
 
 
 def _fp32_only(kernels: str, precision: str) -> str:

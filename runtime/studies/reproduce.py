@@ -208,12 +208,11 @@ class Cell:
 
     def latest_accuracy(self) -> str:
         """A partial run's last test accuracy (%) and where it was measured, or "-"."""
-        accuracy = (self.paused or {}).get("last_test_accuracy")
-        if accuracy is None:
+        evaluated = accuracy_points(self.run_dir)
+        if not evaluated:
             return "-"
-        evaluated = [i for i, _ in accuracy_points(self.run_dir)]
-        at = f" at {evaluated[-1]:,}" if evaluated else ""
-        return f"{100 * accuracy:.2f}{at} (latest)"
+        iteration, accuracy = evaluated[-1]
+        return f"{accuracy:.2f} at {iteration:,} (latest)"
 
 
 def cell_state(row: Row, seed: int, out: Path) -> Cell:
@@ -400,6 +399,7 @@ def write_report(
         summaries = [cell.summary for cell in mine if cell.summary]
         accuracies = [100 * s["final_test_accuracy"] for s in summaries]
         paused = [cell for cell in mine if cell.paused]  # how far the partial runs are
+        timed = summaries + [cell.paused for cell in paused]
         table.append({
             "network": row.network.label, "dataset": row.dataset,
             "state": row_state(mine, settings.iterations),
@@ -409,10 +409,8 @@ def write_report(
             "paper": row.paper,
             "parameters": summaries[0]["parameters"] if summaries else None,
             "latest": [c.latest_accuracy() for c in paused],
-            "wall_time_s": sum(s.get("wall_time_s", s["train_wall_time_s"])
-                               for s in summaries + [c.paused for c in paused]),
-            "device": next((s.get("device") for s in summaries + [c.paused for c in paused]),
-                           None),
+            "wall_time_s": sum(s.get("wall_time_s", s["train_wall_time_s"]) for s in timed),
+            "device": next((s.get("device") for s in timed), None),
             "runs": [s["command"] for s in summaries],
         })  # fmt: skip
     curves = {}
