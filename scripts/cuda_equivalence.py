@@ -7,9 +7,9 @@ run the generated reverse pass with the Triton kernels since it landed.
     python scripts/cuda_equivalence.py --device cpu --kernels torch,cpp,engine   # here
 
 Prints one line per (kernels, mode) with the largest relative differences and exits 1 when
-one is above --tolerance (relative to the largest value of the same tensor, as
-tests/test_reverse_pass.py measures on the CPU). TF32 is switched off: it would round the
-convolutions of both sides to 10 bits.
+one is above --tolerance (relative to the largest value of the same tensor: the measure of
+dagc.runtime.equivalence, which the CPU tests use too). TF32 is switched off: it would
+round the convolutions of both sides to 10 bits.
 """
 
 from __future__ import annotations
@@ -20,65 +20,23 @@ import sys
 import torch
 
 from dagc.runtime import kernels as dispatch
-from dagc.runtime.interpreter import InterpretedNet
-from dagc.runtime.loading import build_model, load_generated
-
-
-def randomised_state(model: torch.nn.Module, seed: int) -> dict:
-    """Parameters and running statistics away from their initial values (ones and zeros
-    would hide a swapped scale or shift)."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, value in model.state_dict().items():
-        if value.is_floating_point():
-            noise = torch.rand(value.shape, generator=generator, dtype=value.dtype)
-            value = value + 0.5 * noise if "var" in name else value + noise - 0.5
-        state[name] = value
-    return state
-
-
-def forward_and_grads(model, x):
-    for parameter in model.parameters():
-        parameter.grad = None
-    out = model(x)
-    (out * torch.linspace(-1, 1, out.shape[1], device=out.device)).sum().backward()
-    return out.detach(), {n: p.grad.detach() for n, p in model.named_parameters()}
-
-
-def relative(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-30) -> float:
-    return ((a - b).abs().max() / a.abs().max().clamp_min(floor)).item()
+from dagc.runtime.equivalence import against_interpreter, worst_by_kind
+from dagc.runtime.loading import load_generated
 
 
 def compare(path: str, kernels: str, train: bool, device: torch.device, channels: int):
+    """The largest relative difference of each kind (output, gradient, buffer) with
+    `kernels` installed in the generated module."""
     module = load_generated(path)
-    torch.manual_seed(0)
-    reference = InterpretedNet(module, aggregate="chain", channels=channels).to(device)
-    state = randomised_state(reference, 0)
-    reference.load_state_dict(state)
-    model = build_model(module, channels=channels).to(device)
-    model.load_state_dict(state)
     if kernels != "torch":
         dispatch.install(module, kernels)
-    reference.train(train)
-    model.train(train)
-    x = torch.randn(4, *module.INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
-    x = x.to(device)
     try:
-        expected, expected_grads = forward_and_grads(reference, x)
-        out, grads = forward_and_grads(model, x)
+        found = against_interpreter(
+            module, train, device=device, batch=4, channels=channels
+        )
     finally:
         dispatch.uninstall(module)
-    largest = max(g.abs().max() for g in expected_grads.values())
-    errors = {"output": relative(expected, out)}
-    errors["gradients"] = max(
-        relative(g, grads[n], largest.item() if n == "stem_bn.weight" else 1e-30)
-        for n, g in expected_grads.items()
-    )
-    errors["running statistics"] = max(
-        relative(getattr(reference, b), getattr(model, b))
-        for b in ("node_bn_mean", "node_bn_var")
-    )
-    return errors
+    return worst_by_kind(found)
 
 
 def main() -> int:

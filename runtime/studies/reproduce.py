@@ -358,7 +358,28 @@ def status_table(out: Path, settings: Settings) -> str:
                      f"| {cell.describe(settings.iterations)} | {accuracy} |")  # fmt: skip
     done = sum(cell.state == "complete" for cell in cells)
     lines += ["", f"{done} of {len(cells)} runs complete ({out})"]
+    if not (out / "runs").is_dir():
+        lines += reported_without_runs(out)
     return "\n".join(lines)
+
+
+def reported_without_runs(out: Path) -> list[str]:
+    """For a folder that kept its report but not its runs (the table above reads the run
+    folders): what the last report recorded, so a committed report is not taken for an
+    empty campaign."""
+    try:
+        rows = json.loads((out / "results.json").read_text())["rows"]
+        reported = [(row["network"], row["dataset"], row["state"], row.get("mean"))
+                    for row in rows]  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    complete = [r for r in reported if r[2] == "complete" and r[3] is not None]
+    lines = [
+        f"No run folders under {out / 'runs'} (not kept: continuing would train every "
+        f"run again). Its results.json records {len(complete)} of {len(reported)} "
+        "rows complete:"
+    ]
+    return lines + [f"  {net}, {data}: {mean:.2f} %" for net, data, _, mean in complete]
 
 
 def mean_sd(values: list[float]) -> str:

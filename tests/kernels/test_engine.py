@@ -11,6 +11,7 @@ import torch
 
 from dagc.compiler.errors import DagcError
 from dagc.runtime import kernels
+from dagc.runtime.equivalence import randomise, relative
 from dagc.runtime.kernels import engine
 from dagc.runtime.loading import build_model, load_generated
 
@@ -23,22 +24,11 @@ if (
     pytest.skip(reason, allow_module_level=True)
 
 
-def randomise(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial parameters and running statistics, so every path is tested."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.node_bn_mean.normal_(0, 0.1, generator=generator)
-        model.node_bn_var.uniform_(0.5, 1.5, generator=generator)
-        model.node_bn_weight.uniform_(0.5, 1.5, generator=generator)
-        model.node_bn_bias.normal_(0, 0.1, generator=generator)
-        model.edge_weight.normal_(0, 1, generator=generator)
-
-
 def step(module, train: bool, seed: int = 0, batch: int = 3, steps: int = 1):
     """Output, every gradient and the buffers after `steps` forward + backward passes."""
     torch.manual_seed(seed)
     model = build_model(module)
-    randomise(model, seed)
+    model.load_state_dict(randomise(model, seed))
     model.train(train)
     x = torch.randn(
         batch, *module.INPUT_SHAPE, generator=torch.Generator().manual_seed(1)
@@ -62,11 +52,6 @@ def engine_installed(module, precision: str = "fp32"):
         yield
     finally:
         kernels.uninstall(module)
-
-
-def relative(expected: torch.Tensor, got: torch.Tensor, floor: float = 1e-30) -> float:
-    scale = expected.abs().max().clamp_min(floor)
-    return ((expected - got).abs().max() / scale).item()
 
 
 def compare(module, train: bool, precision: str = "fp32", seed: int = 0) -> dict:

@@ -214,3 +214,21 @@ def test_status_reads_the_recorded_protocol(tmp_path):
     (out / "campaign.json").write_text("{")
     broken = dagc("reproduce", "--out", out, "--status")
     assert broken.returncode == 2 and "not a campaign record" in broken.stderr
+
+
+def test_status_of_a_report_kept_without_its_runs(tmp_path):
+    """docs/reproduction keeps its report, not its run folders: --status says what the
+    report recorded instead of showing an empty campaign alone."""
+    from dagc.runtime.studies import reproduce
+
+    out = tmp_path / "kept"
+    out.mkdir()
+    rows = [dict(network="worm", dataset="mnist", state="complete", mean=97.5),
+            dict(network="fly", dataset="mnist", state="partial", mean=None)]  # fmt: skip
+    settings = reproduce.Settings.quick_settings()
+    (out / "results.json").write_text(json.dumps({"rows": rows}))
+    table = reproduce.status_table(out, settings)
+    assert "0 of 7 runs complete" in table
+    assert "records 1 of 2 rows complete" in table and "worm, mnist: 97.50 %" in table
+    (out / "runs").mkdir()  # a campaign under way reads its runs only
+    assert "records" not in reproduce.status_table(out, settings)
