@@ -143,6 +143,15 @@ def read_summary(folder: Path) -> dict | None:
     return summary if isinstance(summary, dict) else None
 
 
+def read_metrics(folder: Path) -> list[dict]:
+    """A run folder's metrics.jsonl rows ([] when there is none yet); a line that is not
+    JSON raises ValueError."""
+    path = Path(folder) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def load_optimizer_state(optimizer, saved: dict, device: torch.device) -> None:
     """Load an Adam state saved by any run (CPU or CUDA, eager or CUDA-graph step).
 

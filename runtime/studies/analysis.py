@@ -24,7 +24,7 @@ import torch
 from dagc.compiler.errors import DagcError
 from dagc.compiler.output import check_writable_dir, write_atomic
 from dagc.runtime.data import load_split
-from dagc.runtime.run_dir import read_summary
+from dagc.runtime.run_dir import read_metrics, read_summary
 
 from .lesion import COMMAND_INTERNEURONS, load_run, test_subset
 from .plots import figures
@@ -118,12 +118,7 @@ def recorded_accuracy(target: Path) -> float | None:
     except (KeyError, TypeError, ValueError):
         pass
     try:
-        rows = [
-            json.loads(line)
-            for line in (folder / "metrics.jsonl").read_text().splitlines()
-            if line.strip()
-        ]
-        evaluated = [row for row in rows if "test_accuracy" in row]
+        evaluated = [row for row in read_metrics(folder) if "test_accuracy" in row]
         return float(evaluated[-1]["test_accuracy"]) if evaluated else None
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -25,7 +25,7 @@ from dagc.compiler.errors import DagcError
 from dagc.compiler.graph import PrepareOptions
 from dagc.compiler.output import write_atomic
 from dagc.compiler.render import CompileOptions
-from dagc.runtime.run_dir import read_summary
+from dagc.runtime.run_dir import read_metrics, read_summary
 from dagc.runtime.stopping import StopRequest
 from dagc.runtime.train import TrainConfig, train
 
@@ -398,15 +398,8 @@ def row_state(cells: list[Cell], iterations: int) -> str:
 
 
 def accuracy_points(run_dir: Path) -> list[tuple[int, float]]:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        return []
-    rows = [
-        json.loads(line) for line in metrics.read_text().splitlines() if line.strip()
-    ]
-    return [
-        (r["iteration"], 100 * r["test_accuracy"]) for r in rows if "test_accuracy" in r
-    ]
+    return [(r["iteration"], 100 * r["test_accuracy"])
+            for r in read_metrics(run_dir) if "test_accuracy" in r]  # fmt: skip
 
 
 def write_report(
