@@ -37,7 +37,11 @@ class StopRequest:
     """Set by a stop signal or by the deadline; the training loop polls `requested()`.
 
     Used as a context manager, it installs the signal handlers (main thread only) and puts
-    the previous ones back on exit.
+    the previous ones back on exit. Nested ones (a campaign around each run's training) pass
+    a stop along in both directions, so that no signal is lost between them: one entered
+    while an enclosing request has a stop pending takes it over, and a signal that arrived
+    while it was installed goes on to the enclosing handler on exit (after the run's last
+    step, it is the campaign that must not start the next run).
     """
 
     def __init__(self, time_limit_s: float | None = None, start: float | None = None):
@@ -45,6 +49,7 @@ class StopRequest:
         self.deadline = None if time_limit_s is None else start + time_limit_s
         self.reason: str | None = None
         self._previous: dict = {}
+        self._received: list[int] = []  # stop signals caught while installed
 
     def requested(self) -> bool:
         if self.reason is None and self.deadline is not None:
@@ -55,17 +60,32 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self._note(signum)
+
+    def _note(self, signum: int) -> None:
         self.reason = self.reason or signal.Signals(signum).name
+        self._received.append(signum)
 
     def __enter__(self) -> StopRequest:
         import threading
 
+        self._received = []
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                previous = signal.signal(signum, self._handle)
+                self._previous[signum] = previous
+                enclosing = getattr(previous, "__self__", None)
+                if isinstance(enclosing, StopRequest) and enclosing.reason is not None:
+                    self.reason = self.reason or enclosing.reason
         return self
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        for signum in dict.fromkeys(self._received):
+            enclosing = getattr(signal.getsignal(signum), "__self__", None)
+            # Only to another request: calling SIG_DFL's action would end the process now.
+            if isinstance(enclosing, StopRequest):
+                enclosing._note(signum)
+        self._received = []

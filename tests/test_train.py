@@ -219,6 +219,26 @@ def test_parse_duration():
             parse_duration(text)
 
 
+def test_nested_stop_requests_lose_no_signal():
+    """`dagc reproduce` wraps each run's training in its own request: a signal that comes
+    as a run ends (while it writes its summary and figures) must stop the campaign, and one
+    that comes while the next network compiles must stop that run before it trains."""
+    from dagc.runtime.stopping import StopRequest
+
+    with StopRequest() as campaign:
+        with StopRequest() as run:
+            signal.raise_signal(signal.SIGUSR1)
+            assert run.requested() and not campaign.requested()
+        assert campaign.reason == "SIGUSR1"  # handed on when the run's request ends
+        with StopRequest() as next_run:  # entered with a stop pending: takes it over
+            assert next_run.reason == "SIGUSR1"
+    # None encloses this one: it must not call SIG_DFL's action (that would kill pytest).
+    with StopRequest() as alone:
+        signal.raise_signal(signal.SIGUSR1)
+    assert alone.reason == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
 def test_weights_of_another_network_do_not_load(tiny_model, uninterrupted, compile_to):
     from dagc.runtime.checkpoint import network_fingerprint
     from dagc.runtime.loading import load_generated
