@@ -236,9 +236,9 @@ def campaign(out: Path, settings: Settings) -> list[Cell]:
 
 
 def run_one(
-    cell: Cell, settings: Settings, out: Path, time_limit: float | None
+    cell: Cell, model: Path, settings: Settings, time_limit: float | None
 ) -> dict:
-    model = compile_model(cell.row.network, cell.seed, settings, out / "models")
+    """Trains (or resumes) one cell's run of the compiled `model`; its summary."""
     config = TrainConfig(
         model=str(model), dataset=cell.row.dataset, data_dir=settings.data_dir,
         iterations=settings.iterations, eval_every=settings.eval_every, seed=cell.seed,
@@ -272,9 +272,13 @@ def reproduce(
     paused = False
     with StopRequest(time_limit, started) as stop:
         for cell in todo:
-            # Compiling takes seconds: a stop that comes meanwhile starts no run.
+            # Compiling takes seconds: a stop that comes meanwhile starts no run (and
+            # one that came before leaves `model` None and is caught below).
+            model = None
             if not stop.requested():
-                compile_model(cell.row.network, cell.seed, settings, out / "models")
+                model = compile_model(
+                    cell.row.network, cell.seed, settings, out / "models"
+                )
             remaining = None
             if time_limit is not None:
                 remaining = time_limit - (time.monotonic() - started)
@@ -285,7 +289,7 @@ def reproduce(
             log(f"{'resume' if resume else 'train'}: {cell.run_dir.name}")
             # A stop signal in its last moments (summary, figures) reaches `stop` too
             # (stopping.py: nested requests pass it on), so the next run does not start.
-            summary = run_one(cell, settings, out, remaining)
+            summary = run_one(cell, model, settings, remaining)
             if summary.get("status") == "paused":
                 log(f"paused: {cell.run_dir.name} at iteration {summary['iteration']} "
                     f"({summary['stopped_by']})")  # fmt: skip
@@ -335,7 +339,8 @@ def reproduce_cell(out: Path, settings: Settings, name: str, log=print,
         remaining = None
         if time_limit is not None:
             remaining = max(time_limit - (time.monotonic() - started), 1e-9)
-        summary = run_one(cell, settings, out, remaining)
+        model = compile_model(cell.row.network, cell.seed, settings, out / "models")
+        summary = run_one(cell, model, settings, remaining)
     if summary.get("status") != "complete":
         log(
             f"paused: {name} at iteration {summary['iteration']} ({summary['stopped_by']})"
@@ -470,16 +475,15 @@ NOTES_FILE = "NOTES.md"
 def against_the_paper(table: list[dict], out: Path) -> list[str]:
     """Each complete cell's distance to the paper's number, and OUT/NOTES.md, which says why."""
     lines = ["", "## Against the paper", ""]
-    for entry in table:
-        if entry["state"] != "complete" or entry["paper"] is None:
-            continue
+    compared = [e for e in table if e["state"] == "complete" and e["paper"] is not None]
+    if not compared:
+        lines.append("No cell with a published number is complete yet.")
+    for entry in compared:
         gap = entry["mean"] - entry["paper"]
         verdict = (f"misses it by more than {MISS_POINTS} points" if abs(gap) > MISS_POINTS
                    else f"within {MISS_POINTS} points")  # fmt: skip
         lines.append(f"- {entry['network']}, {entry['dataset']}: {entry['mean']:.2f} % "
                      f"against {entry['paper']:.1f} % ({gap:+.2f} points): {verdict}.")  # fmt: skip
-    if len(lines) == 3:
-        lines.append("No cell is complete yet.")
     notes = out / NOTES_FILE
     if notes.exists():
         lines += ["", f"From `{NOTES_FILE}` (kept when this report is rewritten):", "",

@@ -280,5 +280,5 @@ def test_the_report_puts_each_complete_cell_beside_the_paper(tmp_path):
     assert "fashion-mnist: 80.00" not in report and "NOTES.md" not in report
     (tmp_path / "NOTES.md").write_text("One seed, on a CPU.\n")
     report = reproduce.render_report(settings, [partial], {}, tmp_path)
-    assert "No cell is complete yet." in report
+    assert "No cell with a published number is complete yet." in report
     assert report.count("One seed, on a CPU.") == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -98,25 +99,73 @@ def test_the_job_script_passes_the_signal_on_once_dagc_listens_and_requeues_on_7
     assert "paused (exit 75): requeued" in lines[-1], output
 
 
+class Output:
+    """A child's output, read by a thread, so that every wait on it has a deadline (a bare
+    readline() waits forever on a child that hangs before it prints)."""
+
+    def __init__(self, stream):
+        self.text = ""
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)  # the end of the output
+
+    def until(self, done, seconds: float, what: str) -> str:
+        """Reads until done(text) or the output ends; fails after `seconds`."""
+        deadline = time.monotonic() + seconds
+        while not done(self.text):
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"{what}: nothing after {seconds:.0f} s\n{self.text}")
+            if line is None:
+                break
+            self.text += line
+        return self.text
+
+    def to_the_end(self, seconds: float, what: str) -> str:
+        return self.until(lambda text: False, seconds, what)
+
+
+def kill_all(job: subprocess.Popen, pid_dir: Path) -> None:
+    """The job script's process group (bash, torchrun) and torchrun's workers, which run in
+    sessions of their own (torchrun starts them so) and record their pids in pid_dir."""
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    for pid_file in pid_dir.glob("*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
 @pytest.mark.slow  # torchrun and two worker processes
 def test_under_torchrun_sigterm_is_passed_on_and_a_paused_summary_requeues(tmp_path):
     """torchrun ignores SIGUSR1 and turns its workers' exit 75 into a failure of its own:
     the script passes SIGTERM and requeues on the summary written in this allocation."""
     from dagc.runtime.studies.slurm import SlurmOptions, batch_script
 
+    pids = tmp_path / "pids"
+    pids.mkdir()
     worker = tmp_path / "worker.py"
-    worker.write_text(textwrap.dedent("""\
+    worker.write_text(textwrap.dedent(f"""\
         import json, os, signal, sys, time
         from pathlib import Path
+        Path({str(pids)!r}, f"{{os.getpid()}}.pid").write_text(str(os.getpid()))
         stop = []
         signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
         print("listening", flush=True)
-        while not stop:
+        deadline = time.monotonic() + 600  # never an orphan for long
+        while not stop and time.monotonic() < deadline:
             time.sleep(0.05)
         if os.environ["RANK"] == "0":
             run = Path(sys.argv[1])
             run.mkdir(parents=True)
-            (run / "summary.json").write_text(json.dumps({"status": "paused"}, indent=2))
+            (run / "summary.json").write_text(json.dumps({{"status": "paused"}}, indent=2))
         sys.exit(75)
     """))  # fmt: skip
     bin_dir = tmp_path / "bin"
@@ -134,22 +183,23 @@ def test_under_torchrun_sigterm_is_passed_on_and_a_paused_summary_requeues(tmp_p
     job = subprocess.Popen(["bash", str(tmp_path / "job.sh")], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True)  # fmt: skip
-    lines = []
+
+    def both_listen(text):
+        # Counted in the text, not as lines: torchrun runs its workers unbuffered
+        # (python -u), so print() writes "listening" and "\n" apart and two workers that
+        # start together can interleave them ("listeninglistening\n\n").
+        return text.count("listening") == 2
+
+    output = Output(job.stdout)
     try:
-        while sum(line.strip() == "listening" for line in lines) < 2:
-            line = job.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
+        output.until(both_listen, 300, "torchrun's two workers did not start")
         job.send_signal(signal.SIGUSR1)
-        output = "".join(lines) + job.communicate(timeout=120)[0]
+        text = output.to_the_end(120, "the job did not end after SIGUSR1")
+        assert job.wait(timeout=30) != 0, text  # torchrun's failure, passed on
     finally:
-        if job.poll() is None:  # the script, torchrun and its workers
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-    assert (tmp_path / "requeued").read_text().split() == ["requeue", "43"], output
-    assert "SIGUSR1 from Slurm" in output and "requeued" in output.splitlines()[-1], (
-        output
-    )
+        kill_all(job, pids)
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "43"], text
+    assert "SIGUSR1 from Slurm" in text and "requeued" in text.splitlines()[-1], text
 
 
 def test_slurm_options_from_a_config_file_and_the_command_line(tmp_path):
@@ -379,6 +429,8 @@ def pause_the_first_cell_through_slurm(cluster, logs: Path, found: list) -> None
 
 
 @pytest.mark.slurm
+# It installs Slurm, then waits on queued jobs (each wait bounded): past the default limit.
+@pytest.mark.timeout(3600)
 def test_a_campaign_on_slurm_pauses_requeues_and_matches_a_local_run(
     slurm_cluster, tmp_path, clean_error
 ):
